@@ -1,0 +1,38 @@
+# AniLA: one command to learn (make lab), one to check (make test).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.anila-installed
+# pip on these machines prints a warning per missing local index entry; keep real errors only
+PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+
+.PHONY: help install lab test test-fast demo clean
+
+help:
+	@echo "make lab    set up .venv and open the tutorials in JupyterLab"
+	@echo "make demo   set up .venv and run the headless demo (rings: Langevin vs AniLA)"
+	@echo "make test   set up .venv and run all tests, notebooks included (ANILA_BUDGET=smoke)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[notebooks,test]" $(PIP_QUIET)
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: $(STAMP)
+	ANILA_BUDGET=smoke MPLBACKEND=Agg $(PY) -m pytest -q --nbmake tests notebooks
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+demo: $(STAMP)
+	$(PY) -m anila_core demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,187 @@
+"""Command line for long runs: ``python -m anila_core train | compare | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from .config import DEFAULT_PRESET, PRESETS, TrainConfig, preset
+
+__all__ = ["main", "build_parser"]
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+#: flags that may change when a run is resumed; every other setting is the run's own
+RESUMABLE_FLAGS = ("iters", "device")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    group = parser.add_argument_group("hyperparameters (each overrides the preset)")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default {getattr(defaults, f.name)!r} before the preset)"
+        if f.type in ("bool", bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=f.metadata.get("choices"),
+                               metavar=f.name.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m anila_core", description="Train energy-based models with Langevin or AniLA samplers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    presets = ", ".join(sorted(PRESETS))
+
+    train = sub.add_parser("train", help="train one EBM and write a run directory",
+                           description="Train an EBM on a 2-D target (Algorithm 1) and write a run directory: "
+                                       "config.json, metrics.jsonl, final.json, checkpoint.pt and PNG figures.")
+    train.add_argument("--preset", default=None, help=f"named settings ({presets}; default {DEFAULT_PRESET})")
+    train.add_argument("--out", type=Path, default=None, help="run directory (default runs/<target>-<sampler>-seed<seed>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (only --iters and --device may change)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(train)
+
+    compare = sub.add_parser("compare", help="train several samplers with the same seed and budget, side by side",
+                             description="Train one run per sampler (same preset, seed and budget), then write the side-by-side "
+                                         "figure comparison.png and the table comparison.md.")
+    compare.add_argument("--samplers", nargs="+", default=["langevin", "anila"], help="samplers to compare (default langevin anila)")
+    compare.add_argument("--preset", default=None, help=f"named settings ({presets}; default {DEFAULT_PRESET}); each sampler gets its own tuned entries")
+    compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for the runs and the figure (default runs/compare)")
+    compare.add_argument("--jobs", type=int, default=None, help="runs in parallel (default: one per CPU core, at most one per sampler)")
+    compare.add_argument("--resume", action="store_true", help="resume unfinished runs in --out; finished ones are kept")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_flags(compare, skip=("sampler",))
+
+    demo = sub.add_parser("demo", help="the headless demo: Langevin vs AniLA on the rings at the cpu preset (a few minutes)")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the comparison (default runs/demo)")
+    demo.add_argument("--preset", default=DEFAULT_PRESET, help=f"named settings (default {DEFAULT_PRESET})")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .runs import Run
+
+    overrides = _overrides(args)
+    progress = not args.no_progress
+    if args.resume:
+        if args.out is None:
+            raise ValueError("--resume: needs --out, the run directory to continue")
+        fixed = sorted(set(overrides) - set(RESUMABLE_FLAGS)) + (["preset"] if args.preset else [])
+        if fixed:
+            raise ValueError(f"--resume: {', '.join('--' + f.replace('_', '-') for f in fixed)} cannot change on resume "
+                             f"(the run keeps its config.json); only --iters and --device can")
+        run = Run(args.out, resume=True, iters=overrides.get("iters"), progress=progress)
+    else:
+        sampler = overrides.pop("sampler", "langevin")
+        config = preset(args.preset or DEFAULT_PRESET, sampler, **overrides)
+        out = args.out or Path("runs") / f"{config.target}-{config.sampler}-seed{config.seed}"
+        run = Run(out, config, progress=progress)
+    print(f"training {run.config.sampler} on {run.config.target} for {run.config.iters} iterations -> {run.out}", flush=True)
+    final = run.train()
+    print(f"done: grid_tv {final['grid_tv']:.4f}, grid_kl {final['grid_kl']:.4f}, "
+          f"best grid_tv {final['best_grid_tv']:.4f} at iteration {final['best_iter']}, {final['wall_s']:.0f} s")
+    print(f"run directory: {run.out}")
+    return 0
+
+
+def _train_one(job: tuple) -> dict:
+    """Worker of ``compare``: one sampler's run, with its share of the CPU threads."""
+    import torch
+
+    from .runs import Run
+
+    config, out, resume, threads, progress = job
+    torch.set_num_threads(threads)
+    out = Path(out)
+    if resume and (out / "final.json").exists():
+        import json
+
+        return json.loads((out / "final.json").read_text())
+    run = Run(out, resume=True, progress=progress) if resume and (out / "checkpoint.pt").exists() else Run(out, config, progress=progress)
+    return run.train()
+
+
+def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int:
+    import torch
+
+    from .report import markdown_table, plot_side_by_side, save_figure
+    from .runs import load_trainer
+    from .fileio import atomic_write_text
+    from .metrics import grid_log_probs
+
+    overrides = _overrides(args)
+    samplers = list(dict.fromkeys(args.samplers))
+    configs = {s: preset(args.preset or preset_name or DEFAULT_PRESET, s, **overrides) for s in samplers}
+    out = args.out
+    if not args.resume and out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out: {out} already holds files; pass --resume to finish that comparison or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    on_cuda = any(c.device.startswith("cuda") for c in configs.values()) or (
+        torch.cuda.is_available() and all(c.device == "auto" for c in configs.values()))
+    jobs = args.jobs or (1 if on_cuda else min(len(samplers), cores))
+    if jobs < 1:
+        raise ValueError(f"--jobs: expected an integer >= 1, got {jobs}")
+    threads = max(1, cores // jobs)
+    progress = not args.no_progress
+    work = [(configs[s], out / s, args.resume, threads, progress and jobs == 1) for s in samplers]
+    print(f"comparing {', '.join(samplers)} on {configs[samplers[0]].target}: {configs[samplers[0]].iters} iterations each, "
+          f"{jobs} in parallel -> {out}", flush=True)
+    start = time.perf_counter()
+    if jobs == 1:
+        finals = [_train_one(w) for w in work]
+    else:
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            finals = pool.map(_train_one, work)
+    finals = dict(zip(samplers, finals))
+    runs = {}
+    for s in samplers:
+        trainer = load_trainer(out / s, progress=False)
+        with torch.no_grad():
+            log_p = grid_log_probs(trainer.eval_model(), device=trainer.device)
+        runs[s] = {"log_p": log_p, "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
+    target = load_trainer(out / samplers[0], progress=False).target
+    save_figure(plot_side_by_side(runs, target), out / "comparison.png")
+    table = markdown_table(finals)
+    atomic_write_text(out / "comparison.md", table)
+    print(table)
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    print(f"figure: {out / 'comparison.png'}\ntable:  {out / 'comparison.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.samplers, args.jobs, args.resume, args.no_progress = ["langevin", "anila"], None, args.out.exists(), True
+    return cmd_compare(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .train import TrainingDiverged
+
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "compare": cmd_compare, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (ValueError, FileNotFoundError, PermissionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)
+        return 130
