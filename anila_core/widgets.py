@@ -1,20 +1,33 @@
-"""ipywidgets panels that only wire controls to plain, tested functions; ``run_comparison`` holds the logic."""
+"""ipywidgets panels that only wire controls to plain, tested functions: ``run_comparison`` (known targets) and ``sample_trained`` (a trained energy)."""
 
 from __future__ import annotations
 
 import html
 import math
+from contextlib import contextmanager
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
 from . import plots
-from .metrics import GRID_EXTENT
+from .metrics import GRID_EXTENT, grid_log_probs
 from .samplers import AniLA, Langevin, Trace, energy_and_grad
 from .targets import make_target
 
-__all__ = ["PANEL_TARGETS", "run_comparison", "format_readout", "SamplingPanel", "sampling_panel"]
+__all__ = [
+    "PANEL_TARGETS",
+    "run_comparison",
+    "format_readout",
+    "SamplingPanel",
+    "sampling_panel",
+    "MODEL_SAMPLERS",
+    "sample_trained",
+    "format_model_readout",
+    "ModelSamplingPanel",
+    "model_sampling_panel",
+    "figure_not_shown",
+]
 
 #: dropdown label → ``targets.make_target`` name
 PANEL_TARGETS = {
@@ -25,6 +38,23 @@ PANEL_TARGETS = {
 SAMPLER_LABELS = {"langevin": "Langevin", "anila": "AniLA"}
 
 
+@contextmanager
+def figure_not_shown():
+    """``plt.ioff()`` for a figure that a panel places itself, leaving interactive mode as the session wants it.
+
+    pyplot loads its backend when the first figure is made, and in IPython that turns
+    interactive mode on. Inside a plain ``plt.ioff()`` block that first figure's switch-on
+    is undone when the block ends, and the inline backend then shows no later figure of the
+    notebook; this block turns it back on when the backend asked for it.
+    """
+    was_interactive = plt.isinteractive()
+    with plt.ioff():
+        yield
+        turned_on_inside = plt.isinteractive()
+    if turned_on_inside and not was_interactive:
+        plt.ion()
+
+
 def _check_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
@@ -32,6 +62,11 @@ def _check_count(name: str, value) -> int:
 
 
 def _readout(sampler, target, x: torch.Tensor, b: float, trace: Trace) -> dict:
+    return _energy_readout(target.energy, x, b, trace)
+
+
+def _energy_readout(energy_fn, x: torch.Tensor, b: float, trace: Trace) -> dict:
+    """Mean energy and share of ``|g| > b`` at the finite final states, acceptance rate, diverged chains."""
     finite = torch.isfinite(x).all(1)
     out = {
         "mean_energy": math.nan,
@@ -40,7 +75,7 @@ def _readout(sampler, target, x: torch.Tensor, b: float, trace: Trace) -> dict:
         "n_diverged": int((~finite).sum()),
     }
     if finite.any():
-        energy, grad = energy_and_grad(target.energy, x[finite])
+        energy, grad = energy_and_grad(energy_fn, x[finite])
         out["mean_energy"] = float(energy.mean())
         # the same |g| the AniLA sampler thresholds, so the number explains its step-size map
         size = AniLA(1.0, b).gradient_size(grad)
@@ -187,9 +222,9 @@ class SamplingPanel:
     # ------------------------------------------------------------------ figure
 
     def _build_figure(self) -> None:
-        # ioff: the inline backend must not show the figure on creation, ipympl must not
-        # display its canvas twice; the panel places it itself
-        with plt.ioff():
+        # the inline backend must not show the figure on creation, ipympl must not display
+        # its canvas twice; the panel places it itself
+        with figure_not_shown():
             self.fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
         self.axes = dict(zip(("langevin", "anila", "step_map"), axes))
         self._density_target = self.target_dropdown.value
@@ -275,3 +310,273 @@ class SamplingPanel:
 def sampling_panel(**kwargs) -> SamplingPanel:
     """Build a ``SamplingPanel`` (same keyword arguments); display it by leaving it last in a cell."""
     return SamplingPanel(**kwargs)
+
+
+# --------------------------------------------------------------------------- a trained energy
+
+#: selector label → sampler name, for ``ModelSamplingPanel``
+MODEL_SAMPLERS = {"Langevin": "langevin", "AniLA": "anila"}
+
+
+def _device_of(energy_fn, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if isinstance(energy_fn, torch.nn.Module):
+        for p in energy_fn.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _on_device(energy_fn, device: torch.device):
+    """``energy_fn`` for inputs on any device: grid helpers build their points on the CPU."""
+    if device.type == "cpu":
+        return energy_fn
+    return lambda x: energy_fn(x.to(device)).to(x.device)
+
+
+def _check_b(b) -> float:
+    try:
+        b = float(b)
+    except (TypeError, ValueError):
+        raise ValueError(f"b: expected a number > 0 (inf allowed), got {b!r}") from None
+    if math.isnan(b) or b <= 0:
+        raise ValueError(f"b: expected a number > 0 (inf allowed), got {b!r}")
+    return b
+
+
+def sample_trained(
+    energy_fn,
+    sampler_name: str = "anila",
+    step_size: float = 0.01,
+    b: float = 1.0,
+    K: int = 100,
+    noise_scale: float = 1.0,
+    n: int = 500,
+    seed: int = 0,
+    metropolis: bool = False,
+    extent: float = GRID_EXTENT,
+    device=None,
+) -> dict:
+    """Run ``K`` steps of one sampler on a trained energy from uniform noise on ``[-extent, extent]²``.
+
+    ``energy_fn`` maps ``(N, 2)`` to ``(N,)`` energies (e.g. ``trainer.eval_model()``); chains
+    run on ``device`` (default: where the network's parameters are). The start comes from a
+    generator seeded ``seed`` and the noise from one seeded ``seed + 1``, so Langevin and AniLA
+    with the same seed see the same start and the same noise (and AniLA with ``b = inf`` *is*
+    Langevin). Returns ``sampler``, ``x0`` and ``samples`` (on the CPU), ``params`` (the
+    arguments) and ``readout``: mean energy and share of coordinates with ``|g| > b`` at the
+    final states (finite ones), acceptance rate when ``metropolis`` (else ``None``) and the
+    number of diverged chains.
+    """
+    if sampler_name not in MODEL_SAMPLERS.values():
+        raise ValueError(f"sampler_name: expected one of {list(MODEL_SAMPLERS.values())}, got {sampler_name!r}")
+    K, n = _check_count("K", K), _check_count("n", n)
+    b = _check_b(b)  # checked for Langevin too: the readout's |g| > b uses it
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    if sampler_name == "langevin":
+        sampler = Langevin(step_size, noise_scale=noise_scale, metropolis=metropolis)
+    else:
+        sampler = AniLA(step_size, b, noise_scale=noise_scale, metropolis=metropolis)
+    dev = _device_of(energy_fn, device)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    x0 = (2 * torch.rand(n, 2, generator=gen, device=dev) - 1) * extent
+    trace = Trace()
+    chain_gen = torch.Generator(device=dev).manual_seed(seed + 1)
+    x = sampler.sample(energy_fn, x0, K, generator=chain_gen, trace=trace)
+    return {
+        "sampler": sampler,
+        "x0": x0.cpu(),
+        "samples": x.cpu(),
+        "readout": _energy_readout(energy_fn, x, b, trace),
+        "params": {"sampler_name": sampler_name, "step_size": step_size, "b": b, "K": K,
+                   "noise_scale": noise_scale, "n": n, "seed": seed, "metropolis": metropolis},
+    }
+
+
+def format_model_readout(result: dict, data_energy: float | None = None) -> str:
+    """An HTML table of ``sample_trained``'s readout, with the data's mean energy for scale when given.
+
+    A trained energy is only defined up to an additive constant, so its mean on the samples
+    means something only next to its mean on the data.
+    """
+    r, p = result["readout"], result["params"]
+    label = next(k for k, v in MODEL_SAMPLERS.items() if v == p["sampler_name"])
+    head = "<tr><th></th><th>mean E</th><th>share |g|&gt;b</th><th>acceptance</th><th>diverged</th></tr>"
+    row = (
+        f"<tr><td><b>{label}</b> (seed {p['seed']})</td><td>{_fmt(r['mean_energy'], '.3f')}</td>"
+        f"<td>{_fmt(r['share_grad_above_b'], '.1%')}</td><td>{_fmt(r['acceptance_rate'], '.1%')}</td>"
+        f"<td>{r['n_diverged']} / {p['n']}</td></tr>"
+    )
+    ref = "" if data_energy is None else f"<tr><td>data</td><td>{data_energy:.3f}</td><td></td><td></td><td></td></tr>"
+    return f"<table>{head}{row}{ref}</table>"
+
+
+class ModelSamplingPanel:
+    """Sample a trained energy live: sliders for ``b``, ``ε``, ``K``, ``τ``, a Langevin/AniLA selector, a Run button.
+
+    Every slider reruns ``sample_trained`` when released (``continuous_update=False``) with
+    the same seed, so a change in the picture comes from the setting, not from luck; the Run
+    button draws fresh chains (the next seed). The figure is drawn once and updated in place:
+    left the samples over the model's own density (normalised on the grid), right AniLA's
+    step-size map ``γ/ε = b / max(b, |∇E|)`` on the model's energy for the current ``b``. The
+    readout gives the mean energy at the final states (next to the data's, when ``data`` is
+    given), the share of coordinates with ``|g| > b``, the acceptance rate with the
+    Metropolis box ticked and how many chains diverged. Widgets and artists are attributes
+    (``sampler_selector``, ``b_slider``, ``step_slider``, ``k_slider``, ``noise_slider``,
+    ``metropolis_checkbox``, ``run_button``, ``readout``, ``fig``, ``scatter``, ``density``,
+    ``step_map``) so tests drive the panel without a browser.
+    """
+
+    def __init__(
+        self,
+        energy_fn,
+        sampler: str = "anila",
+        step_size: float = 0.01,
+        b: float = 1.0,
+        K: int = 100,
+        noise_scale: float = 1.0,
+        n_chains: int = 500,
+        seed: int = 0,
+        metropolis: bool = False,
+        data: torch.Tensor | None = None,
+        grid_size: int = 100,
+        extent: float = GRID_EXTENT,
+        title: str = "trained energy",
+        device=None,
+    ):
+        if not callable(energy_fn):
+            raise ValueError(f"energy_fn: expected a callable (N, 2) → (N,), e.g. trainer.eval_model(), got {type(energy_fn).__name__}")
+        if sampler not in MODEL_SAMPLERS.values():
+            raise ValueError(f"sampler: expected one of {list(MODEL_SAMPLERS.values())}, got {sampler!r}")
+        self.energy_fn = energy_fn
+        self.device = _device_of(energy_fn, device)
+        self.n_chains = _check_count("n_chains", n_chains)
+        self.grid_size = _check_count("grid_size", grid_size)
+        self.seed = seed
+        self.extent = extent
+        self.name = title
+        self.data_energy = None
+        if data is not None:
+            with torch.no_grad():
+                self.data_energy = float(energy_fn(data.to(self.device)).mean())
+        style = {"description_width": "110px"}
+        layout = widgets.Layout(width="420px")
+        self.sampler_selector = widgets.ToggleButtons(options=list(MODEL_SAMPLERS.items()), value=sampler, description="sampler", style=style)
+        # continuous_update=False: a drag would otherwise rerun the sampler at each pixel
+        self.b_slider = widgets.FloatLogSlider(
+            value=b, base=10, min=-3, max=3, step=0.1, description="threshold b",
+            continuous_update=False, readout_format=".3g", style=style, layout=layout,
+        )
+        self.step_slider = widgets.FloatLogSlider(
+            value=step_size, base=10, min=-4, max=0, step=0.1, description="step size ε",
+            continuous_update=False, readout_format=".2g", style=style, layout=layout,
+        )
+        self.k_slider = widgets.IntSlider(
+            value=K, min=1, max=1000, step=1, description="steps K", continuous_update=False, style=style, layout=layout
+        )
+        self.noise_slider = widgets.FloatSlider(
+            value=noise_scale, min=0.0, max=1.5, step=0.05, description="noise scale τ",
+            continuous_update=False, style=style, layout=layout,
+        )
+        self.metropolis_checkbox = widgets.Checkbox(value=metropolis, description="Metropolis (MALA) test", indent=False)
+        self.run_button = widgets.Button(description="Run (new chains)", icon="play", tooltip="draw a fresh start and noise: the next seed")
+        self.readout = widgets.HTML()
+        self.controls = [
+            self.sampler_selector, self.b_slider, self.step_slider, self.k_slider, self.noise_slider, self.metropolis_checkbox,
+        ]
+
+        self._build_figure()
+        self.result: dict | None = None
+        self.update()
+        for control in self.controls:
+            control.observe(self.update, names="value")
+        self.run_button.on_click(self.run_new_chains)
+        self.widget = widgets.VBox(
+            [widgets.HBox([widgets.VBox([*self.controls, self.run_button]), self.readout]), self._figure_widget]
+        )
+
+    # ------------------------------------------------------------------ figure
+
+    def _build_figure(self) -> None:
+        # not shown on creation: the panel places the figure itself (see figure_not_shown)
+        with figure_not_shown():
+            self.fig, axes = plt.subplots(1, 2, figsize=(8.2, 3.9))
+        self.axes = dict(zip(("samples", "step_map"), axes))
+        on_grid = _on_device(self.energy_fn, self.device)
+        # the model does not change while the panel lives: its density is computed once
+        log_p = grid_log_probs(self.energy_fn, self.extent, self.grid_size, device=self.device)
+        self.density = plots.plot_density(log_p, ax=self.axes["samples"], extent=self.extent, size=self.grid_size, cmap="Greys")
+        self.scatter = plots.plot_samples(torch.zeros(1, 2), ax=self.axes["samples"], extent=self.extent, s=5, alpha=0.6)
+        self.axes["samples"].set_title("samples over the learned density", fontsize=9)
+        self.step_map = plots.plot_step_size_map(
+            AniLA(self.step_slider.value, self.b_slider.value), on_grid, ax=self.axes["step_map"], extent=self.extent, size=self.grid_size
+        )
+        self.axes["step_map"].set_title("AniLA step size γ/ε (min over coords)", fontsize=9)
+        self.fig.colorbar(self.step_map, ax=self.axes["step_map"], fraction=0.046)
+        self.title = self.fig.suptitle(" ", fontsize=10)  # made now so tight_layout leaves room for it
+        self.fig.tight_layout()
+        if isinstance(self.fig.canvas, widgets.DOMWidget):  # ipympl: the canvas is a widget
+            self.output = None
+            self._figure_widget = self.fig.canvas
+        else:
+            plt.close(self.fig)  # shown through the Output widget only, never a second time by pyplot
+            self.output = widgets.Output()
+            self._figure_widget = self.output
+
+    _redraw = SamplingPanel._redraw  # the same display logic: ipympl canvas or Output widget
+
+    # ------------------------------------------------------------------ logic
+
+    def params(self) -> dict:
+        """The current control values as ``sample_trained`` keyword arguments (without the energy)."""
+        return {
+            "sampler_name": self.sampler_selector.value,
+            "step_size": self.step_slider.value,
+            "b": self.b_slider.value,
+            "K": self.k_slider.value,
+            "noise_scale": self.noise_slider.value,
+            "n": self.n_chains,
+            "seed": self.seed,
+            "metropolis": self.metropolis_checkbox.value,
+            "extent": self.extent,
+            "device": self.device,
+        }
+
+    def update(self, change=None) -> None:
+        """Rerun ``sample_trained`` for the current controls and update the readout and the figure in place."""
+        params = self.params()
+        try:
+            result = sample_trained(self.energy_fn, **params)
+        except ValueError as err:  # e.g. Metropolis with τ = 0: say why instead of raising in a callback
+            self.readout.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+            return
+        self.result = result
+        self.readout.value = format_model_readout(result, self.data_energy)
+        plots.set_samples(self.scatter, result["samples"], self.extent)
+        # γ/ε depends on b only, so the map shows AniLA's steps whichever sampler is selected
+        plots.set_step_size_map(
+            self.step_map, AniLA(params["step_size"], params["b"]), _on_device(self.energy_fn, self.device),
+            extent=self.extent, size=self.grid_size,
+        )
+        label = next(k for k, v in MODEL_SAMPLERS.items() if v == params["sampler_name"])
+        self.title.set_text(
+            f"{self.name}, {label}: K={params['K']}, ε={params['step_size']:.2g}, b={params['b']:.3g}, τ={params['noise_scale']:.2g}"
+        )
+        self._redraw()
+
+    def run_new_chains(self, button=None) -> None:
+        """The Run button: the next seed (a fresh start and fresh noise), same settings."""
+        self.seed += 1
+        self.update()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+        self._redraw()
+
+
+def model_sampling_panel(energy_fn, **kwargs) -> ModelSamplingPanel:
+    """Build a ``ModelSamplingPanel`` for ``energy_fn`` (same keyword arguments); display it by leaving it last in a cell."""
+    return ModelSamplingPanel(energy_fn, **kwargs)
