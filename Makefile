@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[notebooks,test]" $(PIP_QUIET)
 	touch $(STAMP)
 
+# Jupyter refuses to start as root without being told (containers often run as root)
+LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
 
 test: $(STAMP)
 	ANILA_BUDGET=smoke MPLBACKEND=Agg $(PY) -m pytest -q --nbmake tests notebooks

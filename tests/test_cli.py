@@ -1,0 +1,109 @@
+"""The command line: the files a run writes and what is in them, compare, resume, and clear errors without tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from anila_core.cli import main
+from anila_core.fileio import read_jsonl
+from anila_core.runs import RUN_FILES
+
+
+def run_cli(*args, cwd=None):
+    """Run ``python -m anila_core`` in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "anila_core", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_train_writes_every_file_with_the_expected_content(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--sampler", "anila", "--b", "0.5", "--iters", "20", "--seed", "3",
+                 "--out", str(out), "--no-progress"]) == 0
+    for name in RUN_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    config = json.loads((out / "config.json").read_text())
+    assert config["sampler"] == "anila" and config["b"] == 0.5 and config["iters"] == 20 and config["seed"] == 3
+    assert config["n_steps"] == 10  # from the smoke preset, not overridden
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["iter"] for r in rows] == [10, 20]
+    final = json.loads((out / "final.json").read_text())
+    for key in ("grid_tv", "grid_kl", "iters", "wall_s", "sampler"):
+        assert key in final
+    assert final["iters"] == 20 and final["sampler"] == "anila" and final["grid_tv"] == rows[-1]["grid_tv"]
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["iteration"] == 20
+    assert {"model", "optimizer", "buffer", "generator", "torch_rng", "config"} <= set(state)
+    for png in ("true_density.png", "learned_density.png", "samples.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_help_documents_every_hyperparameter():
+    result = run_cli("train", "--help")
+    assert result.returncode == 0
+    for flag in ("--preset", "--sampler", "--step-size", "--b", "--norm", "--noise-scale", "--n-steps", "--chains",
+                 "--lr", "--iters", "--seed", "--device", "--out", "--resume", "--metropolis"):
+        assert flag in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--preset", "huge"], "preset: unknown name 'huge'"),
+        (["train", "--preset", "smoke", "--step-size", "-1"], "step_size: expected a finite number > 0"),
+        (["train", "--preset", "smoke", "--device", "cuda:7"], "device"),
+        (["train", "--resume"], "--resume: needs --out"),
+    ],
+)
+def test_bad_input_is_one_clear_line_without_traceback(tmp_path, args, expected):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_sampler_is_refused_by_the_parser():
+    result = run_cli("train", "--sampler", "hmc")
+    assert result.returncode == 2 and "invalid choice: 'hmc'" in result.stderr
+
+
+def test_a_used_output_folder_is_refused_and_left_untouched(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    result = run_cli("train", "--preset", "smoke", "--out", str(out))
+    assert result.returncode == 2 and "already holds files" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_resume_without_checkpoint_and_resume_with_changed_settings_are_refused(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("train", "--resume", "--out", str(empty))
+    assert result.returncode == 2 and "no config.json" in result.stderr
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--iters", "10", "--out", str(run), "--no-progress"]) == 0
+    result = run_cli("train", "--resume", "--out", str(run), "--step-size", "0.5")
+    assert result.returncode == 2 and "--step-size cannot change on resume" in result.stderr
+    assert json.loads((run / "config.json").read_text())["step_size"] == 0.01
+
+
+def test_cli_resume_continues_to_the_new_iteration_count(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--iters", "10", "--out", str(out), "--no-progress"]) == 0
+    assert main(["train", "--resume", "--iters", "20", "--out", str(out), "--no-progress"]) == 0
+    assert [r["iter"] for r in read_jsonl(out / "metrics.jsonl")] == [10, 20]
+    assert json.loads((out / "final.json").read_text())["iters"] == 20
+
+
+def test_compare_writes_the_side_by_side_figure_and_table(tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    table = (out / "comparison.md").read_text()
+    assert "| langevin |" in table and "| anila |" in table
+    for sampler in ("langevin", "anila"):
+        final = json.loads((out / sampler / "final.json").read_text())
+        assert final["sampler"] == sampler and final["seed"] == 0 and final["iters"] == 10
