@@ -8,12 +8,14 @@ STAMP := $(VENV)/.anila-installed
 # pip on these machines prints a warning per missing local index entry; keep real errors only
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help install lab test test-fast demo clean
+.PHONY: help install lab test test-fast test-browser demo explore clean
 
 help:
 	@echo "make lab    set up .venv and open the tutorials in JupyterLab"
 	@echo "make demo   set up .venv and run the headless demo (rings: Langevin vs AniLA)"
 	@echo "make test   set up .venv and run all tests, notebooks included (ANILA_BUDGET=smoke)"
+	@echo "make test-browser  drive JupyterLab and Voila in headless Chromium (installs chromium with apt)"
+	@echo "make explore       the two live panels as a web app (Voila)"
 
 install: $(STAMP)
 
@@ -29,7 +31,19 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
 
 test: $(STAMP)
-	ANILA_BUDGET=smoke MPLBACKEND=Agg $(PY) -m pytest -q --nbmake tests notebooks
+	ANILA_BUDGET=smoke MPLBACKEND=Agg $(PY) -m pytest -q -m "not browser" --nbmake tests notebooks apps
+
+# Chromium from the distribution: Playwright's own browser download needs the open internet
+CHROMIUM ?= /usr/bin/chromium
+
+test-browser: $(STAMP)
+	if [ ! -x "$(CHROMIUM)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq chromium; fi
+	$(PY) -c "import playwright, voila" 2>/dev/null || $(PY) -m pip install -q -e ".[browser]" $(PIP_QUIET)
+	ANILA_BUDGET=smoke ANILA_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q -rs -m browser tests/browser
+
+explore: $(STAMP)
+	$(VENV)/bin/voila --show_tracebacks=True apps/explore.ipynb
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
