@@ -30,8 +30,13 @@ LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
 
+# notebooks 04 and 05 run in CI on tiny CIFAR-10 / Flowers102 files written in the real formats
+CI_DATA := $(CURDIR)/.ci-data
+
 test: $(STAMP)
-	ANILA_BUDGET=smoke MPLBACKEND=Agg $(PY) -m pytest -q -m "not browser" --nbmake tests notebooks apps
+	$(PY) tests/make_tiny_datasets.py $(CI_DATA)
+	ANILA_BUDGET=smoke ANILA_DATA=$(CI_DATA) ANILA_DATA_VERIFY=0 MPLBACKEND=Agg OMP_NUM_THREADS=1 \
+		$(PY) -m pytest -q -m "not browser" --durations=15 --nbmake tests notebooks apps
 
 # Chromium from the distribution: Playwright's own browser download needs the open internet
 CHROMIUM ?= /usr/bin/chromium

@@ -1,8 +1,9 @@
-"""Command line for long runs: ``python -m anila_core train | compare | demo``."""
+"""Command line for long runs: ``python -m anila_core train | compare | demo`` (``train`` also under ``torchrun`` on several GPUs)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -10,14 +11,14 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .config import DEFAULT_PRESET, PRESETS, TrainConfig, preset
+from .config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, TrainConfig, preset
 
 __all__ = ["main", "build_parser"]
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 #: flags that may change when a run is resumed; every other setting is the run's own
-RESUMABLE_FLAGS = ("iters", "device")
+RESUMABLE_FLAGS = ("iters", "device", "data_root")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -39,14 +40,18 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anila_core", description="Train energy-based models with Langevin or AniLA samplers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    presets = ", ".join(sorted(PRESETS))
+    presets = f"2-D targets: {', '.join(sorted(PRESETS))}; with --dataset: {', '.join(sorted(IMAGE_PRESETS))}"
 
     train = sub.add_parser("train", help="train one EBM and write a run directory",
-                           description="Train an EBM on a 2-D target (Algorithm 1) and write a run directory: "
-                                       "config.json, metrics.jsonl, final.json, checkpoint.pt and PNG figures.")
+                           description="Train an EBM (Algorithm 1) on a 2-D target (--target, the default) or on an image "
+                                       "dataset (--dataset digits|cifar10|flowers, read from --data-root or $ANILA_DATA) and "
+                                       "write a run directory: config.json, metrics.jsonl, final.json, checkpoint.pt and PNG "
+                                       "figures. Under torchrun (torchrun --nproc_per_node N -m anila_core train ...) each "
+                                       "process runs its own chains, gradients are averaged, and rank 0 writes the files.")
     train.add_argument("--preset", default=None, help=f"named settings ({presets}; default {DEFAULT_PRESET})")
-    train.add_argument("--out", type=Path, default=None, help="run directory (default runs/<target>-<sampler>-seed<seed>)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (only --iters and --device may change)")
+    train.add_argument("--out", type=Path, default=None, help="run directory (default runs/<target or dataset>-<sampler>-seed<seed>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its checkpoint (only --iters, --device and --data-root may change)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(train)
 
@@ -72,7 +77,22 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
+def _wants_cuda(device: str) -> bool:
+    import torch
+
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def _saved_device(out: Path) -> str:
+    """The device a run directory's config.json names ('auto' when it cannot be read: the Run then says why)."""
+    try:
+        return str(json.loads((out / "config.json").read_text()).get("device", "auto"))
+    except (OSError, ValueError, AttributeError):
+        return "auto"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .runs import Run
 
     overrides = _overrides(args)
@@ -83,17 +103,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         fixed = sorted(set(overrides) - set(RESUMABLE_FLAGS)) + (["preset"] if args.preset else [])
         if fixed:
             raise ValueError(f"--resume: {', '.join('--' + f.replace('_', '-') for f in fixed)} cannot change on resume "
-                             f"(the run keeps its config.json); only --iters and --device can")
-        run = Run(args.out, resume=True, iters=overrides.get("iters"), progress=progress)
+                             f"(the run keeps its config.json); only --iters, --device and --data-root can")
+        config, device = None, overrides.get("device") or _saved_device(args.out)
     else:
+        if overrides.get("dataset") and "target" in overrides:
+            raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset")
         sampler = overrides.pop("sampler", "langevin")
         config = preset(args.preset or DEFAULT_PRESET, sampler, **overrides)
-        out = args.out or Path("runs") / f"{config.target}-{config.sampler}-seed{config.seed}"
-        run = Run(out, config, progress=progress)
-    print(f"training {run.config.sampler} on {run.config.target} for {run.config.iters} iterations -> {run.out}", flush=True)
-    final = run.train()
-    print(f"done: grid_tv {final['grid_tv']:.4f}, grid_kl {final['grid_kl']:.4f}, "
-          f"best grid_tv {final['best_grid_tv']:.4f} at iteration {final['best_iter']}, {final['wall_s']:.0f} s")
+        device = config.device
+    with distributed.process_group(use_cuda=_wants_cuda(device)) as info:
+        say = print if info.is_main else (lambda *a, **k: None)
+        if args.resume:
+            run = Run(args.out, resume=True, iters=overrides.get("iters"), progress=progress, data_root=overrides.get("data_root"))
+        else:
+            out = args.out or Path("runs") / f"{config.data_name}-{config.sampler}-seed{config.seed}"
+            run = Run(out, config, progress=progress)
+        c, t = run.config, run.trainer
+        what = f"{c.dataset} ({'×'.join(map(str, t.data_shape))})" if c.is_image else c.target
+        where = f" on {info.world_size} processes" if info.enabled else ""
+        say(f"training {c.sampler} on {what} for {c.iters} iterations{where} ({t.device}) -> {run.out}", flush=True)
+        final = run.train()
+    if not info.is_main:
+        return 0
+    if c.is_image:
+        if final["fid"] is None:
+            scores = "FID/KID not computed (see the notice above)"
+        else:
+            scores = f"FID {final['fid']:.4g}, KID {final['kid']:.3g} on {final['fid_features']} features"
+            if final.get("coverage") is not None:
+                scores += f", class coverage {final['coverage']:.0%}"
+            scores += f"; best FID {final['best_fid']:.4g} at iteration {final['best_fid_iter']}"
+        print(f"done: {scores}, {final['wall_s']:.0f} s")
+    else:
+        print(f"done: grid_tv {final['grid_tv']:.4f}, grid_kl {final['grid_kl']:.4f}, "
+              f"best grid_tv {final['best_grid_tv']:.4f} at iteration {final['best_iter']}, {final['wall_s']:.0f} s")
     print(f"run directory: {run.out}")
     return 0
 
@@ -123,7 +166,14 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     from .fileio import atomic_write_text
     from .metrics import grid_log_probs
 
+    from . import distributed
+
+    if distributed.from_env().enabled:
+        raise ValueError("compare: runs its samplers as separate processes and cannot run under torchrun; "
+                         "use `torchrun ... -m anila_core train --sampler NAME` once per sampler")
     overrides = _overrides(args)
+    if overrides.get("dataset") and "target" in overrides:
+        raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset")
     samplers = list(dict.fromkeys(args.samplers))
     configs = {s: preset(args.preset or preset_name or DEFAULT_PRESET, s, **overrides) for s in samplers}
     out = args.out
@@ -139,7 +189,7 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     threads = max(1, cores // jobs)
     progress = not args.no_progress
     work = [(configs[s], out / s, args.resume, threads, progress and jobs == 1) for s in samplers]
-    print(f"comparing {', '.join(samplers)} on {configs[samplers[0]].target}: {configs[samplers[0]].iters} iterations each, "
+    print(f"comparing {', '.join(samplers)} on {configs[samplers[0]].data_name}: {configs[samplers[0]].iters} iterations each, "
           f"{jobs} in parallel -> {out}", flush=True)
     start = time.perf_counter()
     if jobs == 1:
@@ -148,6 +198,8 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
         with mp.get_context("spawn").Pool(jobs) as pool:
             finals = pool.map(_train_one, work)
     finals = dict(zip(samplers, finals))
+    if configs[samplers[0]].is_image:
+        return _finish_image_comparison(out, samplers, finals, start)
     runs = {}
     for s in samplers:
         trainer = load_trainer(out / s, progress=False)
@@ -157,6 +209,26 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     target = load_trainer(out / samplers[0], progress=False).target
     save_figure(plot_side_by_side(runs, target), out / "comparison.png")
     table = markdown_table(finals)
+    atomic_write_text(out / "comparison.md", table)
+    print(table)
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    print(f"figure: {out / 'comparison.png'}\ntable:  {out / 'comparison.md'}")
+    return 0
+
+
+def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start: float) -> int:
+    """comparison.png (sample grids side by side: the paper's Figures 2 and 3), fid.png and comparison.md."""
+    from .fileio import atomic_write_text
+    from .report import image_markdown_table, plot_fid_curve, plot_image_side_by_side, save_figure
+    from .runs import load_trainer
+
+    trainers = {s: load_trainer(out / s, progress=False) for s in samplers}
+    samples = {s: t.sample_for_eval(64) for s, t in trainers.items()}
+    save_figure(plot_image_side_by_side(samples, finals), out / "comparison.png")
+    ax = plot_fid_curve({s: t.history for s, t in trainers.items()})
+    if ax is not None:
+        save_figure(ax.figure, out / "fid.png")
+    table = image_markdown_table(finals)
     atomic_write_text(out / "comparison.md", table)
     print(table)
     print(f"wall time {time.perf_counter() - start:.0f} s")

@@ -96,6 +96,7 @@ class DigitsFeatures(nn.Module):
         return self.classifier.features(x)
 
 
+@torch.enable_grad()  # callers may sit inside torch.no_grad() (evaluation code)
 def train_digits_classifier(
     epochs: int = 20, batch_size: int = 128, lr: float = 3e-3, seed: int = 0, width: int = 16, num_features: int = 64
 ) -> DigitsClassifier:

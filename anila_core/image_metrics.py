@@ -184,13 +184,15 @@ def fid_kid(
     f_fake = extract_features(fake, feature_extractor, batch_size)
     identity = _Precomputed(f_real.shape[1])
 
-    fid = FrechetInceptionDistance(feature=identity)
+    # the features are already complete on this process: never wait for other ranks
+    fid = FrechetInceptionDistance(feature=identity, sync_on_compute=False)
     fid.update(f_real, real=True)
     fid.update(f_fake, real=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")  # we hand it few, small features
         kid = KernelInceptionDistance(
-            feature=identity, subsets=kid_subsets, subset_size=min(kid_subset_size, len(f_real), len(f_fake))
+            feature=identity, subsets=kid_subsets, subset_size=min(kid_subset_size, len(f_real), len(f_fake)),
+            sync_on_compute=False,
         )
     kid.update(f_real, real=True)
     kid.update(f_fake, real=False)

@@ -1,4 +1,4 @@
-"""Figures and tables a finished run or comparison writes: densities, samples, training curves, the side-by-side figure."""
+"""Figures and tables a finished run or comparison writes: densities or sample grids, training and FID curves, step-size maps, side-by-side figures."""
 
 from __future__ import annotations
 
@@ -10,9 +10,21 @@ import torch
 
 from .fileio import atomic_write
 from .metrics import grid_log_probs
-from .plots import plot_density, plot_samples
+from .plots import plot_density, plot_samples, show_image_grid
 
-__all__ = ["save_run_figures", "plot_training_curves", "plot_side_by_side", "save_figure", "markdown_table"]
+__all__ = [
+    "save_run_figures",
+    "plot_training_curves",
+    "plot_side_by_side",
+    "save_figure",
+    "markdown_table",
+    "save_image_run_figures",
+    "plot_image_training_curves",
+    "plot_fid_curve",
+    "plot_step_size_image",
+    "plot_image_side_by_side",
+    "image_markdown_table",
+]
 
 
 def save_figure(fig, path: str | Path) -> None:
@@ -32,7 +44,7 @@ def plot_training_curves(history: Sequence[dict], axes=None, label: str | None =
     axes[1].plot(iters, [r["energy_gap"] for r in history], "o-", ms=3, label=label)
     axes[1].axhline(0, color="grey", lw=0.8)
     axes[1].set_ylabel("E(data) − E(samples)")
-    axes[2].plot(iters, [r.get("clipped_share", 0.0) for r in history], "o-", ms=3, label=label)
+    axes[2].plot(iters, [r.get("clipped_share", float("nan")) for r in history], "o-", ms=3, label=label)
     axes[2].set_ylabel("share of |∇E| > b")
     for ax in axes:
         ax.set_xlabel("iteration")
@@ -109,3 +121,135 @@ def markdown_table(finals: Mapping[str, dict]) -> str:
             f"{f['mmd']:.4f} | {f['iters']} | {f['wall_s']:.0f} | {settings} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- image runs
+
+
+def plot_image_training_curves(history: Sequence[dict], axes=None, label: str | None = None):
+    """The energy gap, the chains' per-coordinate gradient scale and AniLA's clipped share against iteration."""
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    iters = [r["iter"] for r in history]
+    axes[0].plot(iters, [r["energy_gap"] for r in history], "o-", ms=3, label=label)
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylabel("E(data) − E(samples)")
+    axes[1].plot(iters, [r.get("grad_rms", float("nan")) for r in history], "o-", ms=3, label=label)
+    axes[1].set_ylabel("rms of ∇E per coordinate")
+    axes[2].plot(iters, [r.get("clipped_share", float("nan")) for r in history], "o-", ms=3, label=label)
+    axes[2].set_ylabel("share of |∇E| > b")
+    axes[2].set_ylim(-0.02, 1.02)
+    for ax in axes:
+        ax.set_xlabel("iteration")
+    if label is not None:
+        axes[0].legend(fontsize=8)
+    return axes
+
+
+def plot_fid_curve(histories: Mapping[str, Sequence[dict]], ax=None, metric: str = "fid", floor: float | None = None):
+    """FID (or ``metric="kid"``) against iteration, one line per run: the paper's FID-vs-iteration curve.
+
+    Rows without the metric (evaluations between FID points, or ``None`` when it could not be
+    computed) are skipped. ``floor``: a reference drawn dashed, e.g. held-out real images' FID.
+    Returns the axes, or ``None`` when no run has a value to draw.
+    """
+    series = {label: [(r["iter"], r[metric]) for r in h if r.get(metric) is not None] for label, h in histories.items()}
+    if not any(series.values()):
+        return None
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.4))
+    for label, points in series.items():
+        if points:
+            ax.plot(*zip(*points), "o-", ms=3, label=label)
+    if floor is not None:
+        ax.axhline(floor, color="grey", ls="--", lw=1, label="real images")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(metric.upper() + " (lower is better)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_step_size_image(ratio: torch.Tensor, ax=None, title: str | None = None, colorbar: bool = True):
+    """Show a per-pixel map of ``γ/ε`` (``Trainer.step_size_image``): 1 = full step, dark = AniLA shrank it."""
+    if not isinstance(ratio, torch.Tensor) or ratio.ndim != 2:
+        raise ValueError(f"ratio: expected an (H, W) tensor, got {getattr(ratio, 'shape', type(ratio).__name__)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3.6, 3.2))
+    image = ax.imshow(ratio.numpy(), cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title if title is not None else f"γ/ε per pixel (mean {float(ratio.mean()):.2f})", fontsize=9)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.046)
+    return image
+
+
+def save_image_run_figures(trainer, out: str | Path, n_show: int = 64) -> None:
+    """samples.png, training.png, fid.png (when FID was computed) and step_sizes.png (AniLA) for one image run."""
+    out = Path(out)
+    c = trainer.config
+    samples = trainer.samples if trainer.samples is not None else trainer.sample_for_eval(min(n_show, c.fid_samples))
+    samples = samples[:n_show].detach().float().cpu()
+    side = max(1, int(len(samples) ** 0.5))
+    fig, ax = plt.subplots(figsize=(4.4, 4.6))
+    show_image_grid(samples, nrow=side, ax=ax, title=f"{c.sampler} on {c.dataset}, iteration {trainer.iteration}")
+    save_figure(fig, out / "samples.png")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    plot_image_training_curves(trainer.history, axes=axes)
+    fig.tight_layout()
+    save_figure(fig, out / "training.png")
+    ax = plot_fid_curve({c.sampler: trainer.history})
+    if ax is not None:
+        ax.set_title(f"FID on {c.dataset} ({c.fid_samples} samples)", fontsize=9)
+        save_figure(ax.figure, out / "fid.png")
+    if c.sampler == "anila":
+        ratio = trainer.step_size_image(samples.to(trainer.device))
+        fig, ax = plt.subplots(figsize=(3.8, 3.4))
+        plot_step_size_image(ratio, ax=ax, title=f"AniLA γ/ε per pixel, b = {c.b:g}\n(mean over {len(samples)} samples: {float(ratio.mean()):.2f})")
+        save_figure(fig, out / "step_sizes.png")
+
+
+def plot_image_side_by_side(samples: Mapping[str, torch.Tensor], finals: Mapping[str, dict] | None = None, nrow: int = 8, fig=None):
+    """The paper's Figures 2 and 3: one sample grid per sampler, side by side, with FID in the titles when known."""
+    n = len(samples)
+    if n == 0:
+        raise ValueError("samples: expected at least one run's images")
+    if fig is None:
+        fig = plt.figure(figsize=(4.2 * n, 4.5))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (label, x) in zip(axes, samples.items()):
+        title = label
+        f = (finals or {}).get(label, {})
+        if f.get("fid") is not None:
+            title += f": FID {f['fid']:.3g} at iteration {f.get('fid_iter', f.get('iters'))}"
+        show_image_grid(x[: nrow * nrow].float().cpu(), nrow=nrow, ax=ax, title=title)
+    fig.tight_layout()
+    return fig
+
+
+def image_markdown_table(finals: Mapping[str, dict]) -> str:
+    """One row per image run: FID, KID, best FID, coverage (digits), iterations, wall time, settings."""
+    lines = [
+        "| sampler | FID | KID | best FID (iter) | coverage | iters | wall s | settings |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def num(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    for label, f in finals.items():
+        c = f["config"]
+        settings = f"ε={c['step_size']:g}, τ={c['noise_scale']:g}, K={c['n_steps']}"
+        if c["sampler"] == "anila":
+            settings += f", b={c['b']:g}, norm={c['norm']}" + (", noise only" if c.get("variant") == "noise_only" else "")
+        settings += f", seed={c['seed']}"
+        best = "n/a" if f.get("best_fid") is None else f"{f['best_fid']:.3g} ({f['best_fid_iter']})"
+        lines.append(
+            f"| {label} | {num(f.get('fid'), '.3g')} | {num(f.get('kid'), '.3g')} | {best} | {num(f.get('coverage'), '.0%')} | "
+            f"{f['iters']} | {f['wall_s']:.0f} | {settings} |"
+        )
+    note = ""
+    features = {f.get("fid_features") for f in finals.values() if f.get("fid_features")}
+    if features:
+        note = f"\nFID/KID on {', '.join(sorted(features))} features.\n"
+    return "\n".join(lines) + "\n" + note

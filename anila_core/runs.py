@@ -1,4 +1,4 @@
-"""Run directories: config, metrics rows, checkpoints, final figures — written atomically, resumable exactly."""
+"""Run directories: config, metrics rows, checkpoints, final figures — written atomically, resumable exactly (also under torchrun, where rank 0 writes)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ from typing import Callable
 
 import torch
 
+from . import distributed
 from .config import TrainConfig
 from .fileio import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, write_jsonl
 from .train import Trainer
 
-__all__ = ["Run", "CHECKPOINT", "load_trainer", "RUN_FILES"]
+__all__ = ["Run", "CHECKPOINT", "load_trainer", "RUN_FILES", "IMAGE_RUN_FILES", "image_summary", "expected_files"]
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "true_density.png", "learned_density.png", "samples.png", "training.png")
+#: what every image run writes; ``fid.png`` joins when FID was computed, ``step_sizes.png`` for AniLA
+IMAGE_RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "samples.png", "training.png")
 
 
 class Run:
@@ -23,32 +26,45 @@ class Run:
 
     A new run refuses a folder that already holds files (nothing a user made is
     overwritten); ``resume=True`` continues the run found there from its checkpoint, with
-    the same results as if it had never stopped.
+    the same results as if it had never stopped (``data_root`` may point to where the
+    dataset lives now). Under torchrun every rank builds the Run; only rank 0 writes.
     """
 
     def __init__(self, out_dir: str | Path, config: TrainConfig | None = None, resume: bool = False,
-                 iters: int | None = None, progress: bool = True):
+                 iters: int | None = None, progress: bool = True, data_root: str | None = None):
         self.out = Path(out_dir)
+        self.is_main = distributed.current().is_main
         if resume:
-            self.trainer = load_trainer(self.out, progress=progress, iters=iters)
-            # rows after the checkpoint belong to iterations that will be run again
-            write_jsonl(self.out / "metrics.jsonl", self.trainer.history)
+            self.trainer = load_trainer(self.out, progress=progress, iters=iters, data_root=data_root)
+            if self.is_main:
+                # rows after the checkpoint belong to iterations that will be run again
+                write_jsonl(self.out / "metrics.jsonl", self.trainer.history)
         else:
             if config is None:
                 raise ValueError("config: a new run needs a TrainConfig")
-            if self.out.exists() and not self.out.is_dir():
-                raise ValueError(f"--out: {self.out} exists and is not a folder")
-            if self.out.is_dir() and any(self.out.iterdir()):
-                raise ValueError(f"--out: {self.out} already holds files; pass --resume to continue that run or choose another folder")
-            try:
-                self.out.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise ValueError(f"--out: cannot create {self.out}: {err.strerror}") from None
+            # rank 0 checks the folder; every rank raises the same error if it cannot be used
+            error = distributed.broadcast_object(self._folder_problem() if self.is_main else None)
+            if error:
+                raise ValueError(error)
             if iters is not None:
                 config = config.replace(iters=iters)
+            # the trainer first: a missing dataset then leaves no empty run folder behind
             self.trainer = Trainer(config, progress=progress)
-            atomic_write_json(self.out / "config.json", self.trainer.config.to_dict())
-            (self.out / "metrics.jsonl").touch()
+            if self.is_main:
+                try:
+                    self.out.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise ValueError(f"--out: cannot create {self.out}: {err.strerror}") from None
+                atomic_write_json(self.out / "config.json", self.trainer.config.to_dict())
+                (self.out / "metrics.jsonl").touch()
+
+    def _folder_problem(self) -> str | None:
+        """Why ``out`` cannot hold a new run (``None`` when it can)."""
+        if self.out.exists() and not self.out.is_dir():
+            return f"--out: {self.out} exists and is not a folder"
+        if self.out.is_dir() and any(self.out.iterdir()):
+            return f"--out: {self.out} already holds files; pass --resume to continue that run or choose another folder"
+        return None
 
     @property
     def config(self) -> TrainConfig:
@@ -59,7 +75,9 @@ class Run:
         # never replace the last good checkpoint by a broken state
         trainer.check_parameters()
         path = self.out / CHECKPOINT
-        atomic_torch_save(path, trainer.state_dict())
+        state = trainer.state_dict()  # every rank: it gathers the ranks' chain states
+        if self.is_main:
+            atomic_torch_save(path, state)
         trainer.last_checkpoint = (trainer.iteration, path)
         return path
 
@@ -72,13 +90,20 @@ class Run:
                 callback(trainer, row)
 
         self.trainer.run(callback=log, on_checkpoint=self.save_checkpoint)
+        if not self.is_main:
+            return {}  # rank 0 writes final.json and the figures
         return self.finish()
 
     def finish(self) -> dict:
         """Write ``final.json`` and the figures from the current state."""
-        from .report import save_run_figures
+        from .report import save_image_run_figures, save_run_figures
 
         t = self.trainer
+        if t.config.is_image:
+            final = image_summary(t)
+            save_image_run_figures(t, self.out)
+            atomic_write_json(self.out / "final.json", final)
+            return final
         last = t.history[-1]
         best = min(t.history, key=lambda r: r["grid_tv"])
         final = {
@@ -99,8 +124,61 @@ class Run:
         return final
 
 
-def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None = None, device: str | None = None) -> Trainer:
-    """Rebuild the trainer of a run directory from its ``config.json`` and checkpoint (for resuming or sampling)."""
+def image_summary(trainer: Trainer) -> dict:
+    """``final.json`` of an image run (also for an in-memory trainer): the last FID/KID, the best FID and when, coverage for digits.
+
+    ``fid`` and ``kid`` are ``None`` when the run could not compute them (Inception
+    unavailable); ``fid_features`` names the features the numbers come from.
+    """
+    from .image_eval import FEATURES
+
+    t = trainer
+    if not t.history:
+        raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
+    last = t.history[-1]
+    scored = [r for r in t.history if r.get("fid") is not None]
+    best = min(scored, key=lambda r: r["fid"]) if scored else None
+    last_scored = next((r for r in reversed(t.history) if "fid" in r), {})
+    final = {
+        "sampler": t.config.sampler,
+        "dataset": t.config.dataset,
+        "image_shape": list(t.data_shape),
+        "seed": t.config.seed,
+        "iters": t.iteration,
+        "wall_s": round(t.wall_s, 2),
+        "fid": last_scored.get("fid"),
+        "kid": last_scored.get("kid"),
+        "kid_std": last_scored.get("kid_std"),
+        "fid_iter": last_scored.get("iter"),
+        "fid_features": FEATURES[t.config.dataset] if last_scored.get("fid") is not None else None,
+        "fid_samples": t.config.fid_samples,
+        "best_fid": None if best is None else best["fid"],
+        "best_fid_iter": None if best is None else best["iter"],
+        "energy_gap": last["energy_gap"],
+        "config": t.config.to_dict(),
+    }
+    if t.config.dataset == "digits":
+        final.update(coverage=last_scored.get("coverage"), class_entropy=last_scored.get("class_entropy"),
+                     class_histogram=last_scored.get("class_histogram"))
+    if "clipped_share" in last:
+        final["clipped_share"] = last["clipped_share"]
+    return final
+
+
+def expected_files(config: TrainConfig) -> tuple[str, ...]:
+    """The files a finished run with ``config`` leaves in its folder (FID's figure only when FID could be computed)."""
+    if not config.is_image:
+        return RUN_FILES
+    return IMAGE_RUN_FILES + (("step_sizes.png",) if config.sampler == "anila" else ())
+
+
+def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None = None, device: str | None = None,
+                 data_root: str | None = None) -> Trainer:
+    """Rebuild the trainer of a run directory from its ``config.json`` and checkpoint (for resuming or sampling).
+
+    ``iters``, ``device`` and ``data_root`` may differ from the run's own (a longer run, another
+    machine, the dataset somewhere else); a change is written back to ``config.json``.
+    """
     out = Path(out_dir)
     config_path, ckpt_path = out / "config.json", out / CHECKPOINT
     if not config_path.exists():
@@ -116,6 +194,8 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
         changes["iters"] = iters
     if device is not None:
         changes["device"] = device
+    if data_root is not None:
+        changes["data_root"] = str(data_root)
     config = config.replace(**changes)
     try:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -126,6 +206,6 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     trainer = Trainer(config, progress=progress)
     trainer.load_state_dict(state)
     trainer.last_checkpoint = (trainer.iteration, ckpt_path)
-    if changes:
+    if changes and distributed.current().is_main:
         atomic_write_json(config_path, trainer.config.to_dict())
     return trainer

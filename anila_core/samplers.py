@@ -151,6 +151,10 @@ class Sampler:
     """One Euler–Maruyama recipe; subclasses supply the per-coordinate step sizes ``γ``."""
 
     name = "sampler"
+    #: default of ``sample(fast=None)``: run each transition compiled (:mod:`anila_core.fast`); set per instance
+    fast: bool = False
+    #: with the fast path on CUDA, replay each transition as a CUDA graph (``torch.compile(mode="reduce-overhead")``)
+    fast_cuda_graphs: bool = False
 
     def __init__(self, step_size: float, noise_scale: float = 1.0, metropolis: bool = False):
         self.step_size = _finite_positive("step_size", step_size)
@@ -200,12 +204,21 @@ class Sampler:
         n_steps: int,
         generator: torch.Generator | None = None,
         trace: Trace | None = None,
+        *,
+        fast: bool | None = None,
     ) -> torch.Tensor:
         """Run ``n_steps`` transitions from ``x0`` and return the final states, detached.
 
         With ``metropolis=True`` each transition is a proposal accepted with the MALA
-        probability, which makes the chain exact for ``exp(-E)``.
+        probability, which makes the chain exact for ``exp(-E)``. ``fast=True`` (default:
+        the sampler's ``fast`` attribute) compiles each transition with ``torch.compile``
+        (:func:`anila_core.fast.sample_fast`): the same chain up to rounding, faster once
+        compiled; it falls back to this eager loop, with a warning, where compiling fails.
         """
+        if fast or (fast is None and self.fast):
+            from .fast import sample_fast  # imported here: fast.py builds on this module
+
+            return sample_fast(self, energy_fn, x0, n_steps, generator=generator, trace=trace, cuda_graphs=self.fast_cuda_graphs)
         n_steps = _check_n_steps(n_steps)
         x = _check_x0(x0)
         _check_generator(generator, x)

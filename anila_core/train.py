@@ -3,12 +3,16 @@
 For t = 1..T: run K sampler transitions from the chains, draw a data batch, and take an Adam
 step on ``mean E(data) − mean E(samples)`` (the Monte Carlo estimate of the negative
 log-likelihood's gradient). Any sampler from :mod:`anila_core.samplers` plugs in unchanged.
+The data are a 2-D target (an MLP energy) or an image dataset (a ConvNet energy); under
+``torchrun`` each process runs its own chains and DistributedDataParallel averages the
+parameter gradients (see :mod:`anila_core.distributed`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,16 +20,21 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .budget import resolve_device
 from .config import TrainConfig
+from .fast import use_fast_path
 from .metrics import grid_kl, grid_log_probs, grid_tv, mmd
 from .nets import MLPEnergy
 from .samplers import AniLA, Langevin, PSGLD, Sampler, Trace
+from .sources import CHAIN_STREAM, DATA_STREAM, TRAIN_SPLITS, ImageSource, TargetSource, stream_seed
 from .targets import make_target
 
-__all__ = ["Trainer", "TrainingDiverged", "build_sampler", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "build_sampler", "build_energy", "train"]
 
 CHECKPOINT_FORMAT = 1
+#: notices already printed in this process: a notebook training two samplers says each once
+_NOTICES_SHOWN: set[str] = set()
 
 
 class TrainingDiverged(RuntimeError):
@@ -40,6 +49,15 @@ def build_sampler(config: TrainConfig) -> Sampler:
     if config.sampler == "anila":
         return AniLA(b=config.b, norm=config.norm, variant=config.variant, metropolis=config.metropolis, **common)
     return PSGLD(alpha=config.psgld_alpha, damping=config.psgld_damping, **common)
+
+
+def build_energy(config: TrainConfig, data_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The energy network: an MLP for points ``(d,)``, the ConvNet of :mod:`anila_core.convnets` for images ``(C, H, W)``."""
+    if config.is_image:
+        from .convnets import make_convnet
+
+        return make_convnet(data_shape, config.conv_width, config.conv_activation, config.spectral_norm)
+    return MLPEnergy(data_shape[0], config.width, config.depth, config.activation)
 
 
 class Chains:
@@ -72,7 +90,12 @@ class Chains:
 
 
 class Trainer:
-    """One training run: model, sampler, chains, optimiser, and the state a checkpoint needs to resume exactly."""
+    """One training run: model, sampler, chains, optimiser, and the state a checkpoint needs to resume exactly.
+
+    Under torchrun every rank builds the same trainer (same model initialisation; DDP also
+    broadcasts rank 0's parameters) with its own chain and data streams; only rank 0
+    evaluates. ``trainer.dist`` says which rank this is.
+    """
 
     def __init__(self, config: TrainConfig, progress: bool = True):
         self.config = config.validate()
@@ -80,26 +103,86 @@ class Trainer:
             # fixed when the run starts, so that a resumed, longer run keeps the same schedule
             self.config = self.config.replace(lr_decay_iters=self.config.iters)
         c = self.config
-        self.device = resolve_device(c.device)
-        self.progress = progress
-        torch.manual_seed(c.seed)
-        self.target = make_target(c.target)
-        self.model = MLPEnergy(self.target.dim, c.width, c.depth, c.activation).to(self.device)
+        self.dist = distributed.current()
+        self.device = distributed.device_for_rank(resolve_device(c.device), self.dist)
+        self.progress = progress and self.dist.is_main
+        if c.is_image:
+            from .data import load_dataset
+
+            self.target = None
+            self.dataset = load_dataset(c.dataset, c.data_root or None, c.image_size or None, split=TRAIN_SPLITS[c.dataset])
+            self.data_shape = self.dataset.shape
+        else:
+            self.target = make_target(c.target)
+            self.dataset = None
+            self.data_shape = (self.target.dim,)
+        torch.manual_seed(c.seed)  # the model's initialisation: the same on every rank
+        self.model = build_energy(c, self.data_shape).to(self.device)
+        self.channels_last = c.channels_last and c.is_image
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if c.ema > 0 else None
         self.sampler = build_sampler(c)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
-        self.gen = torch.Generator(device=self.device).manual_seed(c.seed)
-        self.chains = Chains(c, (self.target.dim,), self.device, self.gen)
+        self.gen = torch.Generator(device=self.device).manual_seed(stream_seed(c.seed, self.dist.rank, CHAIN_STREAM))
+        if c.is_image:
+            self.source = ImageSource(self.dataset, stream_seed(c.seed, self.dist.rank, DATA_STREAM), self.device)
+        else:
+            self.source = TargetSource(self.target, self.gen)
+        self.chains = Chains(c, self.data_shape, self.device, self.gen)
+        self._setup_forward()
         self.iteration = 0
         self.wall_s = 0.0
         self.history: list[dict] = []
         self.last_checkpoint: tuple[int, Path] | None = None
         self.samples: torch.Tensor | None = None  # the latest negative samples
+        self._scorer = None  # built at the first FID evaluation (loads a feature network)
+        self._scorer_unavailable: str | None = None
+
+    def _setup_forward(self) -> None:
+        """The networks the loss and the sampler call: DDP, compile and bf16 autocast are wrappers around one module."""
+        c = self.config
+        self.amp = c.amp == "bf16" and self.device.type == "cuda"
+        if c.amp == "bf16" and not self.amp and self.dist.is_main:
+            print(f"notice: --amp bf16 applies on CUDA only; this run on {self.device} computes in float32", file=sys.stderr)
+        # bf16 energies are too coarse for a Metropolis test's energy differences: sample in float32 then
+        self.amp_sampler = self.amp and not c.metropolis
+        train_net = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            train_net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        sample_net = self.model  # the sampler needs no gradient sync: the bare module, never DDP
+        if c.compile:
+            train_net = torch.compile(train_net)
+            sample_net = train_net if not self.dist.enabled else torch.compile(self.model)
+        self._train_net, self._sample_net = train_net, sample_net
+        # One forward over data and samples together: DDP expects one forward per backward,
+        # and spectral norm's power iteration then runs once per step. The 2-D loop keeps its
+        # two forwards, so its results are bit for bit those of earlier versions.
+        self._joint_forward = c.is_image or self.dist.enabled
+        # compiled sampling transitions (anila_core.fast), by default only where the run amortises the compile
+        self.fast = use_fast_path(c.fast, c.iters * c.n_steps, self.device, c.is_image, c.compile)
 
     # ------------------------------------------------------------------ the loop
 
+    def _forward(self, net, x: torch.Tensor, amp: bool) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if amp:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return net(x).float()
+        return net(x)
+
     def energy(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        """E(x) as the sampler sees it (bf16 autocast with ``--amp bf16`` on CUDA; the result is float32)."""
+        return self._forward(self._sample_net, x, self.amp_sampler)
+
+    def eval_energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x) of the evaluation model (the EMA when on), with the sampler's precision."""
+        model = self.eval_model()
+        net = self._sample_net if model is self.model else model
+        return self._forward(net, x, self.amp_sampler)
 
     def learning_rate(self, iteration: int) -> float:
         c = self.config
@@ -109,7 +192,7 @@ class Trainer:
         return c.lr * (c.lr_min + (1 - c.lr_min) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def data_batch(self, n: int) -> torch.Tensor:
-        x = self.target.sample(n, generator=self.gen).to(self.device)
+        x = self.source.sample(n, self.device)
         if self.config.data_noise > 0:
             x = x + self.config.data_noise * torch.randn(x.shape, generator=self.gen, device=self.device)
         return x
@@ -118,14 +201,17 @@ class Trainer:
         """One iteration of Algorithm 1; returns the scalars worth logging."""
         c = self.config
         x0 = self.chains.start(c.batch_size)
-        x_neg = self.sampler.sample(self.energy, x0, c.n_steps, generator=self.gen, trace=trace)
+        x_neg = self.sampler.sample(self.energy, x0, c.n_steps, generator=self.gen, trace=trace, fast=self.fast)
         if c.clamp > 0:
             x_neg = x_neg.clamp(-c.clamp, c.clamp)
         self.chains.finish(x_neg)
         self.samples = x_neg
         x_pos = self.data_batch(c.batch_size)
 
-        e_pos, e_neg = self.model(x_pos), self.model(x_neg)
+        if self._joint_forward:
+            e_pos, e_neg = self._forward(self._train_net, torch.cat([x_pos, x_neg]), self.amp).split([len(x_pos), len(x_neg)])
+        else:
+            e_pos, e_neg = self._forward(self._train_net, x_pos, self.amp), self._forward(self._train_net, x_neg, self.amp)
         loss = e_pos.mean() - e_neg.mean()
         if c.energy_reg > 0:
             loss = loss + c.energy_reg * (e_pos.square().mean() + e_neg.square().mean())
@@ -146,17 +232,28 @@ class Trainer:
             "energy_data": e_pos.detach().mean(),
             "energy_samples": e_neg.detach().mean(),
         }
-        self._guard(stats, x_neg)
+        samples_finite = torch.isfinite(x_neg).all()
+        if self.dist.enabled:
+            stats, samples_finite = self._reduce_stats(stats, samples_finite)
+        self._guard(stats, samples_finite)
         return stats
 
-    def _guard(self, stats: dict, x_neg: torch.Tensor) -> None:
+    def _reduce_stats(self, stats: dict, samples_finite: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Average the logged scalars over the ranks, so every rank's guard takes the same decision (none stops alone)."""
+        keys = list(stats)
+        packed = torch.stack([stats[k].float() for k in keys] + [(~samples_finite).float()])
+        distributed.all_reduce_sum(packed)
+        world = self.dist.world_size
+        return {k: packed[i] / world for i, k in enumerate(keys)}, packed[-1] == 0
+
+    def _guard(self, stats: dict, samples_finite: torch.Tensor) -> None:
         """Stop at the first non-finite or exploding quantity; never continue silently."""
         gap = stats["energy_data"] - stats["energy_samples"]
         checks = [
             (torch.isfinite(stats["loss"]), "the loss is not finite"),
             (torch.isfinite(stats["energy_data"]), "the energy of the data is not finite"),
             (torch.isfinite(stats["energy_samples"]), "the energy of the samples is not finite"),
-            (torch.isfinite(x_neg).all(), "the negative samples are not finite"),
+            (samples_finite, "the negative samples are not finite"),
             (torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all(), "the parameters are not finite"),
             (gap.abs() <= self.config.max_energy_gap, f"the energy gap |E(data) − E(samples)| = {float(gap.abs()):.3g} exceeds max_energy_gap = {self.config.max_energy_gap:g}"),
         ]
@@ -181,15 +278,32 @@ class Trainer:
     def eval_model(self) -> torch.nn.Module:
         return self.ema_model if self.ema_model is not None else self.model
 
+    def is_fid_point(self, iteration: int, end: int) -> bool:
+        """Whether the evaluation after ``iteration`` computes FID/KID: every ``fid_every`` iterations and at the end."""
+        c = self.config
+        if not c.is_image:
+            return False
+        if iteration == end:
+            return True
+        every = c.fid_every or c.eval_every
+        return iteration % every == 0
+
+    def _is_eval_point(self, iteration: int, end: int) -> bool:
+        if not self.dist.is_main:
+            return False  # rank 0 evaluates; the others go on and wait for it at the next all-reduce
+        c = self.config
+        return iteration % c.eval_every == 0 or iteration == end or self.is_fid_point(iteration, end)
+
     @torch.no_grad()
-    def evaluate(self, stats: dict, trace: Trace | None) -> dict:
-        """A row of diagnostics: energies and their gap, chain statistics, exact density distances."""
+    def evaluate(self, stats: dict, trace: Trace | None, fid: bool | None = None) -> dict:
+        """A row of diagnostics: energies and their gap, chain statistics, and the data's own distances.
+
+        2-D targets: exact density distances (grid TV and KL) and the MMD to exact samples.
+        Images: FID/KID (and the digits' class coverage) when ``fid`` (default: at
+        ``fid_every`` iterations and at the end).
+        """
         c = self.config
         model = self.eval_model().eval()
-        log_p = grid_log_probs(model, device=self.device)
-        target_lp = grid_log_probs(self.target.energy)
-        samples = self.sample_for_eval()
-        exact = self.target.sample(len(samples), generator=torch.Generator().manual_seed(c.seed + 1))
         row = {
             "iter": self.iteration,
             "wall_s": round(self.wall_s, 3),
@@ -198,12 +312,23 @@ class Trainer:
             "energy_data": float(stats["energy_data"]),
             "energy_samples": float(stats["energy_samples"]),
             "energy_gap": float(stats["energy_data"] - stats["energy_samples"]),
-            "grid_tv": grid_tv(log_p, target_lp),
-            "grid_kl": grid_kl(log_p, target_lp),
-            "mmd": mmd(samples, exact),
         }
+        if c.is_image:
+            if fid is None:
+                fid = self.is_fid_point(self.iteration, c.iters)
+            if fid:
+                row.update(self.image_scores())
+        else:
+            log_p = grid_log_probs(model, device=self.device)
+            target_lp = grid_log_probs(self.target.energy)
+            samples = self.sample_for_eval()
+            exact = self.target.sample(len(samples), generator=torch.Generator().manual_seed(c.seed + 1))
+            row.update(grid_tv=grid_tv(log_p, target_lp), grid_kl=grid_kl(log_p, target_lp), mmd=mmd(samples, exact))
         if trace is not None:
             row["grad_norm"] = float(sum(trace.mean_grad_norm) / len(trace.mean_grad_norm))
+            if c.is_image:
+                # per-coordinate scale of |∇E|: what AniLA's threshold b is compared with
+                row["grad_rms"] = row["grad_norm"] / math.sqrt(math.prod(self.data_shape))
             if trace.clipped_share:
                 row["clipped_share"] = float(sum(trace.clipped_share) / len(trace.clipped_share))
             if trace.acceptance_rate:
@@ -211,14 +336,73 @@ class Trainer:
         self.model.train()
         return row
 
-    def sample_for_eval(self) -> torch.Tensor:
-        """Model samples for the MMD: the buffer's chains, or fresh short-run chains."""
-        n = self.config.eval_samples
+    def sample_for_eval(self, n: int | None = None) -> torch.Tensor:
+        """Model samples for the metrics (CPU): the buffer's chains, or fresh short-run chains from noise.
+
+        ``n`` defaults to ``eval_samples`` for 2-D targets and ``fid_samples`` for images.
+        Fresh chains use a generator seeded ``seed + 2``: the same start and noise at every
+        evaluation, so a metric's curve shows the model changing, not the draw.
+        """
+        c = self.config
+        n = n or (c.fid_samples if c.is_image else c.eval_samples)
         if self.chains.buffer is not None:
             return self.chains.buffer[:n].detach().cpu()
-        gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
-        x0 = Chains(self.config, (self.target.dim,), self.device, gen).noise(n)
-        return self.sampler.sample(self.eval_model(), x0, self.config.n_steps, generator=gen).cpu()
+        gen = torch.Generator(device=self.device).manual_seed(c.seed + 2)
+        chains = Chains(c, self.data_shape, self.device, gen)
+        if not c.is_image:
+            return self.sampler.sample(self.eval_model(), chains.noise(n), c.n_steps, generator=gen).cpu()
+        was_training = self.eval_model().training
+        self.eval_model().eval()
+        out = []
+        for start in range(0, n, c.batch_size):  # in training-sized batches: memory stays that of training
+            x = self.sampler.sample(self.eval_energy, chains.noise(min(c.batch_size, n - start)), c.n_steps, generator=gen)
+            out.append((x.clamp(-c.clamp, c.clamp) if c.clamp > 0 else x).float().cpu())
+        self.eval_model().train(was_training)
+        return torch.cat(out)
+
+    def scorer(self):
+        """The FID/KID scorer of this run's dataset, built once; ``None`` (after one printed notice) when Inception is unavailable."""
+        from .image_eval import make_scorer
+        from .image_metrics import InceptionUnavailableError
+
+        if self._scorer is None and self._scorer_unavailable is None:
+            real = self.source.reference(self.config.fid_samples, seed=self.config.seed + 3)
+            try:
+                # enable_grad: the digits classifier trains on first use, and evaluation runs under no_grad
+                with torch.enable_grad():
+                    self._scorer = make_scorer(self.config.dataset, real, self.device, self.config.data_root or None)
+            except InceptionUnavailableError as err:
+                self._scorer_unavailable = str(err)
+                notice = (f"notice: FID/KID for {self.config.dataset} are not computed (training goes on; the metrics rows "
+                          f"and final.json say \"fid\": null). Why: {err}")
+                if self.dist.is_main and notice not in _NOTICES_SHOWN:
+                    _NOTICES_SHOWN.add(notice)
+                    print(notice, file=sys.stderr, flush=True)
+        return self._scorer
+
+    def image_scores(self) -> dict:
+        """FID/KID of ``fid_samples`` model samples against as many real images (``None`` when the features are unavailable)."""
+        scorer = self.scorer()
+        if scorer is None:
+            return {"fid": None, "kid": None, "kid_std": None}
+        return scorer.score(self.sample_for_eval(self.config.fid_samples))
+
+    def step_size_image(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The sampler's ``γ/ε`` per pixel at images ``x`` (default: the latest negative samples), averaged over batch and channels: ``(H, W)``."""
+        from .image_eval import step_size_image
+
+        if not self.config.is_image:
+            raise ValueError("step_size_image: only for image runs (the 2-D map is plots.plot_step_size_map)")
+        x = self.samples if x is None else x.to(self.device)
+        if x is None:
+            raise ValueError("x: no negative samples yet; train first or pass images")
+        model = self.eval_model()
+        was_training = model.training
+        model.eval()  # a look must not change the model: spectral norm's power iteration runs in training mode only
+        try:
+            return step_size_image(self.sampler, self.eval_energy, x)
+        finally:
+            model.train(was_training)
 
     # ------------------------------------------------------------------ running
 
@@ -227,23 +411,28 @@ class Trainer:
         """Train until iteration ``iters`` (default: the config's), evaluating every ``eval_every`` iterations.
 
         ``callback(trainer, row)`` runs after each evaluation (live plots in a notebook);
-        ``on_checkpoint(trainer)`` every ``checkpoint_every`` iterations (the run directory).
+        ``on_checkpoint(trainer)`` every ``checkpoint_every`` iterations (the run directory),
+        on every rank: saving a distributed run gathers every rank's chain state.
         """
         c = self.config
         end = c.iters if iters is None else iters
-        bar = tqdm(total=end, initial=self.iteration, desc=f"{c.sampler} on {c.target}", disable=not self.progress, leave=False)
+        desc = f"{c.sampler} on {c.data_name}"
+        bar = tqdm(total=end, initial=self.iteration, desc=desc, disable=not self.progress, leave=False)
         try:
             while self.iteration < end:
-                evaluating = (self.iteration + 1) % c.eval_every == 0 or self.iteration + 1 == end
+                evaluating = self._is_eval_point(self.iteration + 1, end)
                 trace = Trace() if evaluating else None
                 start = time.perf_counter()
                 stats = self.train_step(trace)
                 self.wall_s += time.perf_counter() - start
                 bar.update(1)
                 if evaluating:
-                    row = self.evaluate(stats, trace)
+                    row = self.evaluate(stats, trace, fid=self.is_fid_point(self.iteration, end))
                     self.history.append(row)
-                    bar.set_postfix(tv=f"{row['grid_tv']:.3f}", gap=f"{row['energy_gap']:.2f}")
+                    if c.is_image:
+                        bar.set_postfix(gap=f"{row['energy_gap']:.2f}", **({"fid": f"{row['fid']:.1f}"} if row.get("fid") is not None else {}))
+                    else:
+                        bar.set_postfix(tv=f"{row['grid_tv']:.3f}", gap=f"{row['energy_gap']:.2f}")
                     if callback is not None:
                         callback(self, row)
                 if on_checkpoint is not None and (self.iteration % c.checkpoint_every == 0 or self.iteration == end):
@@ -254,8 +443,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self) -> dict:
+    def _chain_state(self) -> dict:
+        """What differs between ranks: chain and data streams, the replay buffer, the global RNG."""
         return {
+            "buffer": None if self.chains.buffer is None else self.chains.buffer.detach().cpu(),
+            "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "source": self.source.state_dict(),
+        }
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly. Under torchrun every rank must call it (it gathers the ranks' chain states)."""
+        state = {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "iteration": self.iteration,
@@ -268,6 +467,11 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
         }
+        if self.config.is_image:
+            state["source"] = self.source.state_dict()
+        if self.dist.enabled:
+            state["ranks"] = distributed.gather_objects(self._chain_state())
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -279,13 +483,28 @@ class Trainer:
         except RuntimeError as err:
             raise ValueError(f"checkpoint: its model does not match this configuration's architecture ({err})") from None
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.chains.buffer is not None:
-            self.chains.buffer = state["buffer"].to(self.device)
-        self.gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        mine = self._own_chain_state(state)
+        if mine is not None:
+            if self.chains.buffer is not None:
+                self.chains.buffer = mine["buffer"].to(self.device)
+            self.gen.set_state(mine["generator"])
+            torch.set_rng_state(mine["torch_rng"])
+            self.source.load_state_dict(mine.get("source") or {})
         self.iteration = int(state["iteration"])
         self.wall_s = float(state["wall_s"])
         self.history = list(state["history"])
+
+    def _own_chain_state(self, state: dict) -> dict | None:
+        """This rank's chain state in a checkpoint; ``None`` (fresh chains, with a notice) when it was saved with fewer ranks."""
+        ranks = state.get("ranks")
+        if ranks is not None and self.dist.rank < len(ranks):
+            return ranks[self.dist.rank]
+        if self.dist.rank == 0:
+            return {"buffer": state["buffer"], "generator": state["generator"], "torch_rng": state["torch_rng"],
+                    "source": state.get("source")}
+        print(f"notice: rank {self.dist.rank}: the checkpoint holds chain states for {len(ranks or [None])} rank(s); "
+              "this rank starts fresh chains, so the resumed run is not bit-identical to an uninterrupted one", file=sys.stderr)
+        return None
 
 
 def train(config: TrainConfig, callback=None, progress: bool = True) -> Trainer:

@@ -1,0 +1,210 @@
+"""Tests of the compiled fast path: the same chain as the eager loop, the eager fallback, the cache, and when training turns it on."""
+
+import warnings
+
+import pytest
+import torch
+
+from anila_core import fast
+from anila_core.config import preset
+from anila_core.nets import MLPEnergy
+from anila_core.samplers import PSGLD, AniLA, Langevin, Trace
+from anila_core.train import Trainer
+
+# The compiled and the eager transition differ only in rounding (fused kernels sum in
+# another order), which a few steps of a smooth energy do not amplify past these.
+TOL = dict(rtol=1e-4, atol=1e-5)
+K = 6
+
+
+def mlp(seed: int = 0) -> MLPEnergy:
+    torch.manual_seed(seed)
+    return MLPEnergy(2, 32, 2)
+
+
+# One network and one start for the tests that compile: transitions of the same shape on the
+# same network share nothing, but smaller graphs keep each compile to seconds.
+NET = mlp()
+X0 = 1.5 * torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+
+
+def both(sampler, energy=NET, x0=X0, n_steps=K, seed=7, trace=False):
+    """(eager, fast) results of the same chain: same start, same generator seed."""
+    traces = (Trace(positions_at=[0, n_steps]), Trace(positions_at=[0, n_steps])) if trace else (None, None)
+    eager = sampler.sample(energy, x0, n_steps, generator=torch.Generator().manual_seed(seed), trace=traces[0])
+    quick = sampler.sample(energy, x0, n_steps, generator=torch.Generator().manual_seed(seed), trace=traces[1], fast=True)
+    return eager, quick, traces
+
+
+# b = 0.04 sits near the median |g| of this network (≈ 0.04 per coordinate, 0.05 per sample): about half the steps shrink
+SAMPLERS = {
+    "langevin": Langevin(step_size=0.05),
+    "anila-coordinate": AniLA(step_size=0.05, b=0.04, norm="coordinate"),
+    "anila-pixel": AniLA(step_size=0.05, b=0.04, norm="pixel"),
+    "anila-sample": AniLA(step_size=0.05, b=0.04, norm="sample"),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_compiled_chain_equals_eager_chain(name):
+    eager, quick, _ = both(SAMPLERS[name])
+    assert not torch.equal(eager, X0)
+    torch.testing.assert_close(quick, eager, **TOL)
+    assert not quick.requires_grad
+
+
+def test_compiled_chain_records_the_same_trace():
+    sampler = SAMPLERS["anila-coordinate"]
+    _, _, (te, tf) = both(sampler, trace=True)
+    assert len(tf.mean_energy) == len(te.mean_energy) == K + 1
+    for a, b in [(te.mean_energy, tf.mean_energy), (te.mean_grad_norm, tf.mean_grad_norm), (te.clipped_share, tf.clipped_share)]:
+        torch.testing.assert_close(torch.tensor(b), torch.tensor(a), **TOL)
+    assert 0 < sum(te.clipped_share)  # the threshold bites, so the clipped share is a real check
+    torch.testing.assert_close(tf.positions[K], te.positions[K], **TOL)
+
+
+@pytest.mark.slow
+def test_compiled_metropolis_and_psgld_equal_eager():
+    mala = AniLA(step_size=0.05, b=0.04, metropolis=True)
+    _, _, (te, tf) = both(mala, trace=True)
+    eager, quick, _ = both(mala)
+    torch.testing.assert_close(quick, eager, **TOL)
+    assert te.acceptance_rate == tf.acceptance_rate
+    eager, quick, _ = both(PSGLD(step_size=0.005))
+    torch.testing.assert_close(quick, eager, rtol=1e-4, atol=1e-4)  # γ = ε / sqrt(V) magnifies rounding where g is small
+
+
+def test_cpu_rewrites_keep_energies_and_gradients():
+    # SiLU as h·σ(h) and the one-output head as a dot product: the same numbers, cheaper to differentiate
+    from anila_core.samplers import energy_and_grad
+
+    energy, grad = energy_and_grad(NET, X0)
+    grad_r, energy_r = fast._grad_and_energy(NET, X0, cpu_rewrites=True)
+    torch.testing.assert_close(energy_r, energy, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_r, grad, rtol=1e-5, atol=1e-6)
+    with fast._CheaperCpuGradient():
+        h = torch.randn(5, 3)
+        w, b = torch.randn(1, 3), torch.randn(1)
+        torch.testing.assert_close(torch.nn.functional.linear(h, weight=w, bias=b), h @ w.T + b)
+        assert torch.nn.functional.linear(h, torch.randn(4, 3)).shape == (5, 4)  # not a head: left to torch
+        inplace = h.clone()
+        torch.nn.functional.silu(inplace, inplace=True)  # left to torch: the caller relies on the in-place write
+        torch.testing.assert_close(inplace, torch.nn.functional.silu(h))
+
+
+def test_cache_reuses_the_compiled_transition_for_the_same_shape():
+    sampler = SAMPLERS["langevin"]
+    both(sampler)  # compiled by now (or by the test above)
+    rows = {r["name"]: dict(r) for r in fast.cache_info()}
+    twin = Langevin(step_size=0.05)  # another object, same hyperparameters: the same entry
+    twin.sample(NET, X0, K, generator=torch.Generator().manual_seed(0), fast=True)
+    after = {r["name"]: r for r in fast.cache_info()}
+    assert after.keys() == rows.keys(), "the same (sampler, energy, shape) must not compile again"
+    [name] = [n for n in after if after[n]["calls"] != rows[n]["calls"]]
+    assert after[name]["calls"] == rows[name]["calls"] + K
+    assert after[name]["compile_s"] > 0 and after[name]["failed"] is None
+    # another shape is another entry, and the parameters are read at every call, not frozen in
+    entry = fast.transition_for(sampler, NET, X0)
+    assert fast.transition_for(sampler, NET, X0[:32]) is not entry
+    assert fast.transition_for(Langevin(step_size=0.1), NET, X0) is not entry
+
+
+def test_compiled_transition_sees_parameter_updates():
+    net = mlp(seed=3)
+    sampler = SAMPLERS["langevin"]
+    both(sampler, energy=net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1.5)  # what an optimiser step does: in place
+    eager, quick, _ = both(sampler, energy=net)
+    torch.testing.assert_close(quick, eager, **TOL)
+
+
+def test_fallback_when_compile_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler on this machine")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    net, sampler = mlp(seed=5), Langevin(step_size=0.05)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no compiler"):
+        eager, quick, _ = both(sampler, energy=net)
+    torch.testing.assert_close(quick, eager, rtol=0, atol=1e-6)
+    [row] = [r for r in fast.cache_info() if r["failed"]]
+    assert "no compiler" in row["failed"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: the second call is silent, and eager
+        again = sampler.sample(net, X0, K, generator=torch.Generator().manual_seed(7), fast=True)
+    assert torch.equal(again, eager)
+    fast.clear_cache()
+
+
+def test_fallback_when_compile_is_unsupported(monkeypatch):
+    monkeypatch.setattr(fast, "compile_supported", lambda: (False, "torch.compile does not support this Python version"))
+    sampler = Langevin(step_size=0.05)
+    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+        eager, quick, _ = both(sampler, energy=mlp(seed=6))
+    assert torch.equal(quick, eager)
+    fast.clear_cache()
+
+
+def test_a_wrong_energy_shape_is_reported_as_itself():
+    sampler = Langevin(step_size=0.05)
+    with pytest.raises(ValueError, match="energy_fn: expected energies of shape"):
+        sampler.sample(lambda x: x.sum(), X0, 2, fast=True)  # one number for the batch, not per sample
+    fast.clear_cache()
+
+
+def test_sample_fast_validates_like_sample():
+    with pytest.raises(ValueError, match="n_steps"):
+        Langevin(0.1).sample(NET, X0, 0, fast=True)
+    with pytest.raises(ValueError, match="x0"):
+        Langevin(0.1).sample(NET, X0.long(), 2, fast=True)
+
+
+def test_sampler_attribute_turns_the_fast_path_on(monkeypatch):
+    called = []
+    monkeypatch.setattr(fast, "sample_fast", lambda *a, **k: called.append(k) or a[2])
+    sampler = Langevin(0.1)
+    sampler.sample(NET, X0, 2)
+    assert not called
+    sampler.fast = True
+    sampler.sample(NET, X0, 2)
+    sampler.sample(NET, X0, 2, fast=False)
+    assert called == [{"generator": None, "trace": None, "cuda_graphs": False}]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_use_fast_path_policy():
+    n = fast.AUTO_MIN_TRANSITIONS
+    assert fast.use_fast_path("auto", n, "cpu") and not fast.use_fast_path("auto", n - 1, "cpu")
+    assert not fast.use_fast_path("auto", 10 * n, "cpu", is_image=True)  # ConvNets gain nothing on a CPU
+    assert fast.use_fast_path("auto", 10 * n, "cuda", is_image=True)
+    assert not fast.use_fast_path("auto", 10 * n, "cpu", network_compiled=True)
+    assert fast.use_fast_path("on", 1, "cpu") and not fast.use_fast_path("off", 10 * n, "cpu")
+    with pytest.raises(ValueError, match="fast: expected one of"):
+        fast.use_fast_path("yes", 1, "cpu")
+
+
+def test_config_field_and_smoke_runs_stay_eager():
+    assert preset("smoke", "anila").fast == "auto"
+    with pytest.raises(ValueError, match="fast: expected one of"):
+        preset("smoke", "anila", fast="always")
+    assert not Trainer(preset("smoke", "anila"), progress=False).fast
+    assert Trainer(preset("cpu_long", "anila"), progress=False).fast  # 10 000 iterations × K = 30
+
+
+def test_training_with_the_fast_path_matches_eager():
+    config = preset("smoke", "langevin", iters=3, eval_every=100)
+    runs = []
+    for mode in ("off", "on"):
+        trainer = Trainer(config.replace(fast=mode), progress=False)
+        assert trainer.fast == (mode == "on")
+        stats = [trainer.train_step() for _ in range(3)]
+        runs.append((stats, trainer.samples, [p.detach().clone() for p in trainer.model.parameters()]))
+    (s_off, x_off, p_off), (s_on, x_on, p_on) = runs
+    torch.testing.assert_close(x_on, x_off, **TOL)
+    for a, b in zip(p_on, p_off):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(s_on[-1]["loss"], s_off[-1]["loss"], **TOL)
