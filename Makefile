@@ -8,7 +8,7 @@ STAMP := $(VENV)/.anila-installed
 # pip on these machines prints a warning per missing local index entry; keep real errors only
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help install lab test test-fast test-browser demo explore clean
+.PHONY: help install lab test test-fast test-browser demo explore bench clean
 
 help:
 	@echo "make lab    set up .venv and open the tutorials in JupyterLab"
@@ -16,6 +16,7 @@ help:
 	@echo "make test   set up .venv and run all tests, notebooks included (ANILA_BUDGET=smoke)"
 	@echo "make test-browser  drive JupyterLab and Voila in headless Chromium (installs chromium with apt)"
 	@echo "make explore       the two live panels as a web app (Voila)"
+	@echo "make bench         the speed table: samplers against the autograd floor and TorchEBM"
 
 install: $(STAMP)
 
@@ -46,6 +47,11 @@ test-browser: $(STAMP)
 		apt-get update -qq && apt-get install -y -qq chromium; fi
 	$(PY) -c "import playwright, voila" 2>/dev/null || $(PY) -m pip install -q -e ".[browser]" $(PIP_QUIET)
 	ANILA_BUDGET=smoke ANILA_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q -rs -m browser tests/browser
+
+# the speed table (benchmarks/RESULTS.md); TorchEBM is compared when the bench extra is installed
+bench: $(STAMP)
+	$(PY) -c "import torchebm" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]" $(PIP_QUIET) || true
+	$(PY) benchmarks/bench.py
 
 explore: $(STAMP)
 	$(VENV)/bin/voila --show_tracebacks=True apps/explore.ipynb
