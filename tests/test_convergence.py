@@ -10,15 +10,6 @@ from anila_core.samplers import AniLA, Langevin
 from anila_core.targets import Gaussian
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small 2-D batches: a second thread adds hand-off latency and no speed
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_log_step_grid():
     assert log_step_grid(1000) == [0, 1, 2, 5, 10, 22, 46, 100, 215, 464, 1000]
     assert log_step_grid(7, include_zero=False) == [1, 2, 5, 7]

@@ -18,20 +18,6 @@ from anila_core.runs import Run  # noqa: E402
 from anila_core.train import Trainer  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
 def tiny(sampler, **kw):
     # b = 0.05 so that AniLA really clips on the smoke model (its gradients are ≈ 0.1–1)
     settings = dict(device="cpu", iters=20, eval_every=10, **({"b": 0.05} if sampler == "anila" else {}))
@@ -124,7 +110,6 @@ def test_bad_input_names_the_parameter(trainers):
         run_together(trainers.values(), iters=0)
     with pytest.raises(ValueError, match="trainer: has no evaluation rows"):
         summarize(trainers["AniLA"])
-
 
 
 def test_figure_not_shown_keeps_the_interactive_mode_a_backend_turns_on_inside():

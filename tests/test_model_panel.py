@@ -15,20 +15,6 @@ from anila_core.train import Trainer  # noqa: E402
 from anila_core.widgets import MODEL_SAMPLERS, format_model_readout, model_sampling_panel, sample_trained  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
 @pytest.fixture(scope="module")
 def trainer():
     t = Trainer(preset("smoke", "anila", device="cpu", iters=10), progress=False)

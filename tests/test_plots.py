@@ -16,22 +16,6 @@ from anila_core.samplers import AniLA, Langevin, Trace, energy_and_grad  # noqa:
 from anila_core.targets import Gaussian, GaussianMixture, Rings  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2-D toys are far too small for a second thread to pay off; on a busy machine the
-    # hand-off costs more than the work
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
 def test_density_image_is_the_grid_density():
     rings = Rings()
     image = plots.plot_density(rings, size=60)

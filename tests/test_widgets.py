@@ -13,20 +13,6 @@ from anila_core.samplers import AniLA, Langevin  # noqa: E402
 from anila_core.widgets import PANEL_TARGETS, format_readout, run_comparison, sampling_panel  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
 def test_run_comparison_runs_both_samplers_from_one_start():
     res = run_comparison("gmm", step_size=0.05, b=1.0, K=20, n_chains=64, seed=3)
     assert isinstance(res["samplers"]["langevin"], Langevin) and isinstance(res["samplers"]["anila"], AniLA)
