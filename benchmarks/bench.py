@@ -690,8 +690,9 @@ def render_markdown(results: dict) -> str:
               "| energy | device | batch | K | sampler | path | ms / iteration | floor ms | loss step (floors) | × (K+2)·floor |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["training"]:
-        lines.append(f"| {r['energy']} | {r['device']} | {r['batch']} | {r['K']} | {r['sampler']} | {r['path']} | {r['ms']:.1f} | "
-                     f"{r['floor_ms']:.2f} | {r['loss_step_floors']:.2f} | {r['ratio_to_K_plus_2_floors']:.3f} |")
+        lines.append(f"| {r['energy']} | {r['device']} | {r['batch']} | {r['K']} | {r['sampler']} | {r['path']} | "
+                     f"{r['ms']:.1f} [{r['ms_p25']:.1f}–{r['ms_p75']:.1f}] | {r['floor_ms']:.2f} | {r['loss_step_floors']:.2f} | "
+                     f"{r['ratio_to_K_plus_2_floors']:.3f} |")
     lines += ["", "## Peak memory against K", "",
               "Peak memory of one `sample` call above what was held before (CPU: resident-set high-water mark; CUDA: "
               "`max_memory_allocated`), AniLA (coordinate).", "",
@@ -709,6 +710,8 @@ def render_markdown(results: dict) -> str:
         v = t["value"]
         shown = (f"{v:.3f}" if isinstance(v, float) else json.dumps(v)) if v is not None else "—"
         lines.append(f"| {t['target']} | {shown} | {_f(t['met'], '{}')} |")
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     if results.get("compile_unavailable"):
         lines += ["", f"Compiling was unavailable: {results['compile_unavailable']}."]
     lines += ["", f"Wall time of the whole run: {results['wall_s']:.0f} s.", ""]
@@ -748,7 +751,18 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run directories (config.json + metrics.jsonl) to take the time-to-quality curves from instead of training")
     parser.add_argument("--all-fast", action="store_true", help="also compile every sampler for the ConvNet on a CPU (minutes of compiling)")
     parser.add_argument("--no-compile", action="store_true", help="measure the eager paths only")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's Notes (repeatable): what the reader should know about this run")
+    parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="only rewrite RESULTS.md (in --out) from an existing results.json, adding any --note")
     args = parser.parse_args(argv)
+
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        results["notes"] = results.get("notes", []) + args.note
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+        (args.out / "RESULTS.md").write_text(render_markdown(results))
+        return results
 
     name = "minimal" if args.minimal else "quick" if args.quick else "full"
     mode = dict(MODES[name])
@@ -783,6 +797,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["fast_cache"] = fast.cache_info()
     results["targets"] = evaluate_targets(results)
     results["wall_s"] = time.perf_counter() - started
+    results["notes"] = args.note
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
     (args.out / "RESULTS.md").write_text(render_markdown(results))
