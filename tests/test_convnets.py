@@ -7,15 +7,6 @@ from torch import nn
 from anila_core.convnets import IMAGE_SIZES, ConvEnergy, make_convnet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machines are shared; restore the setting so other test modules keep theirs
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _convs(net):
     return [m for m in net.modules() if isinstance(m, nn.Conv2d)]
 

@@ -19,15 +19,6 @@ from anila_core.data import (
 from image_fixtures import CIFAR10_FILES, flower_colour, md5, write_tiny_cifar10, write_tiny_flowers102
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machines are shared; restore the setting so other test modules keep theirs
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 N_PER_BATCH = 4
 N_FLOWERS = 12
 

@@ -18,15 +18,6 @@ from anila_core.image_metrics import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machines are shared; restore the setting so other test modules keep theirs
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TinyFeatures(nn.Module):
     """A fixed random projection of the pixels: enough to tell two image laws apart."""
 

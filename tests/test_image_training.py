@@ -23,15 +23,6 @@ from image_fixtures import write_tiny_cifar10, write_tiny_flowers102
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machines are shared; restore the setting so other test modules keep theirs
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def _no_data_env(monkeypatch):
     monkeypatch.delenv("ANILA_DATA", raising=False)
