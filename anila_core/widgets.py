@@ -151,7 +151,81 @@ def format_readout(result: dict) -> str:
     return f"<table>{head}{''.join(rows)}{ref}</table>"
 
 
-class SamplingPanel:
+class _Panel:
+    """What both panels share: the sampler's sliders, placing the figure, redrawing it, the error readout."""
+
+    STYLE = {"description_width": "110px"}
+
+    def _sampler_controls(self, step_size: float, b: float, K: int, noise_scale: float, metropolis: bool) -> list:
+        """The b, ε, K and τ sliders and the Metropolis box (also set as attributes), in display order."""
+        style, layout = self.STYLE, widgets.Layout(width="420px")
+        # continuous_update=False: a drag would otherwise rerun the samplers at each pixel
+        self.b_slider = widgets.FloatLogSlider(
+            value=b, base=10, min=-3, max=3, step=0.1, description="threshold b",
+            continuous_update=False, readout_format=".3g", style=style, layout=layout,
+        )
+        self.step_slider = widgets.FloatLogSlider(
+            value=step_size, base=10, min=-4, max=0, step=0.1, description="step size ε",
+            continuous_update=False, readout_format=".2g", style=style, layout=layout,
+        )
+        self.k_slider = widgets.IntSlider(
+            value=K, min=1, max=1000, step=1, description="steps K", continuous_update=False, style=style, layout=layout
+        )
+        self.noise_slider = widgets.FloatSlider(
+            value=noise_scale, min=0.0, max=1.5, step=0.05, description="noise scale τ",
+            continuous_update=False, style=style, layout=layout,
+        )
+        self.metropolis_checkbox = widgets.Checkbox(value=metropolis, description="Metropolis (MALA) test", indent=False)
+        self.readout = widgets.HTML()
+        return [self.b_slider, self.step_slider, self.k_slider, self.noise_slider, self.metropolis_checkbox]
+
+    def _start(self) -> None:
+        """Draw the figure, run once, and rerun whenever a control changes."""
+        self._build_figure()
+        self.result: dict | None = None
+        self.update()
+        for control in self.controls:
+            control.observe(self.update, names="value")
+
+    def _place_figure(self) -> None:
+        """Finish the figure's layout and choose how it is shown: as the ipympl canvas widget, or through an Output widget."""
+        self.title = self.fig.suptitle(" ", fontsize=10)  # made now so tight_layout leaves room for it
+        self.fig.tight_layout()
+        if isinstance(self.fig.canvas, widgets.DOMWidget):  # ipympl: the canvas is a widget
+            self.output = None
+            self._figure_widget = self.fig.canvas
+        else:
+            # off pyplot's list, so an inline backend never shows it a second time at the end
+            # of a cell; the Output widget displays it instead
+            plt.close(self.fig)
+            self.output = widgets.Output()
+            self._figure_widget = self.output
+
+    def _show_error(self, err: Exception) -> None:
+        # e.g. Metropolis with τ = 0: say why in the readout instead of raising in a callback
+        self.readout.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+
+    def _redraw(self) -> None:
+        self.fig.canvas.draw_idle()
+        if self.output is None:
+            return
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is None:  # plain Python (tests): nothing to display into
+            return
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.fig)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+        self._redraw()
+
+
+class SamplingPanel(_Panel):
     """Sliders for ``b``, ``ε``, ``K``, ``τ``, a target dropdown and a Metropolis box over one live figure.
 
     Every control calls ``update``, which reruns ``run_comparison`` and changes the figure's
@@ -183,38 +257,12 @@ class SamplingPanel:
         self.seed = seed
         self.grid_size = _check_count("grid_size", grid_size)
         self.extent = extent
-        style = {"description_width": "110px"}
-        layout = widgets.Layout(width="420px")
-        # continuous_update=False: a drag would otherwise rerun every sampler at each pixel
         self.target_dropdown = widgets.Dropdown(
-            options=list(PANEL_TARGETS.items()), value=target, description="target", style=style, layout=layout
+            options=list(PANEL_TARGETS.items()), value=target, description="target", style=self.STYLE,
+            layout=widgets.Layout(width="420px"),
         )
-        self.b_slider = widgets.FloatLogSlider(
-            value=b, base=10, min=-3, max=3, step=0.1, description="threshold b",
-            continuous_update=False, readout_format=".3g", style=style, layout=layout,
-        )
-        self.step_slider = widgets.FloatLogSlider(
-            value=step_size, base=10, min=-4, max=0, step=0.1, description="step size ε",
-            continuous_update=False, readout_format=".2g", style=style, layout=layout,
-        )
-        self.k_slider = widgets.IntSlider(
-            value=K, min=1, max=1000, step=1, description="steps K", continuous_update=False, style=style, layout=layout
-        )
-        self.noise_slider = widgets.FloatSlider(
-            value=noise_scale, min=0.0, max=1.5, step=0.05, description="noise scale τ",
-            continuous_update=False, style=style, layout=layout,
-        )
-        self.metropolis_checkbox = widgets.Checkbox(value=metropolis, description="Metropolis (MALA) test", indent=False)
-        self.readout = widgets.HTML()
-        self.controls = [
-            self.target_dropdown, self.b_slider, self.step_slider, self.k_slider, self.noise_slider, self.metropolis_checkbox,
-        ]
-
-        self._build_figure()
-        self.result: dict | None = None
-        self.update()
-        for control in self.controls:
-            control.observe(self.update, names="value")
+        self.controls = [self.target_dropdown, *self._sampler_controls(step_size, b, K, noise_scale, metropolis)]
+        self._start()
         self.widget = widgets.VBox(
             [widgets.HBox([widgets.VBox(self.controls), self.readout]), self._figure_widget]
         )
@@ -239,30 +287,7 @@ class SamplingPanel:
         self.step_map = plots.plot_step_size_map(sampler, target, ax=self.axes["step_map"], extent=self.extent, size=self.grid_size)
         self.axes["step_map"].set_title("AniLA step size γ/ε (min over coords)")
         self.fig.colorbar(self.step_map, ax=self.axes["step_map"], fraction=0.046)
-        self.title = self.fig.suptitle(" ", fontsize=10)  # made now so tight_layout leaves room for it
-        self.fig.tight_layout()
-        if isinstance(self.fig.canvas, widgets.DOMWidget):  # ipympl: the canvas is a widget
-            self.output = None
-            self._figure_widget = self.fig.canvas
-        else:
-            # off pyplot's list, so an inline backend never shows it a second time at the end
-            # of a cell; the Output widget displays it instead
-            plt.close(self.fig)
-            self.output = widgets.Output()
-            self._figure_widget = self.output
-
-    def _redraw(self) -> None:
-        self.fig.canvas.draw_idle()
-        if self.output is None:
-            return
-        from IPython import get_ipython
-        from IPython.display import display
-
-        if get_ipython() is None:  # plain Python (tests): nothing to display into
-            return
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(self.fig)
+        self._place_figure()
 
     # ------------------------------------------------------------------ logic
 
@@ -285,8 +310,8 @@ class SamplingPanel:
         params = self.params()
         try:
             result = run_comparison(**params)
-        except ValueError as err:  # e.g. Metropolis with τ = 0: say why instead of raising in a callback
-            self.readout.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+        except ValueError as err:
+            self._show_error(err)
             return
         self.result = result
         self.readout.value = format_readout(result)
@@ -298,12 +323,6 @@ class SamplingPanel:
             plots.set_samples(artist, result["samples"][name], self.extent)
         plots.set_step_size_map(self.step_map, result["samplers"]["anila"], result["target"], extent=self.extent, size=self.grid_size)
         self.title.set_text(f"{params['target_name']}: K={params['K']}, ε={params['step_size']:.2g}, b={params['b']:.3g}")
-        self._redraw()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
         self._redraw()
 
 
@@ -412,7 +431,7 @@ def format_model_readout(result: dict, data_energy: float | None = None) -> str:
     return f"<table>{head}{row}{ref}</table>"
 
 
-class ModelSamplingPanel:
+class ModelSamplingPanel(_Panel):
     """Sample a trained energy live: sliders for ``b``, ``ε``, ``K``, ``τ``, a Langevin/AniLA selector, a Run button.
 
     Every slider reruns ``sample_trained`` when released (``continuous_update=False``) with
@@ -460,37 +479,11 @@ class ModelSamplingPanel:
         if data is not None:
             with torch.no_grad():
                 self.data_energy = float(energy_fn(data.to(self.device)).mean())
-        style = {"description_width": "110px"}
-        layout = widgets.Layout(width="420px")
-        self.sampler_selector = widgets.ToggleButtons(options=list(MODEL_SAMPLERS.items()), value=sampler, description="sampler", style=style)
-        # continuous_update=False: a drag would otherwise rerun the sampler at each pixel
-        self.b_slider = widgets.FloatLogSlider(
-            value=b, base=10, min=-3, max=3, step=0.1, description="threshold b",
-            continuous_update=False, readout_format=".3g", style=style, layout=layout,
-        )
-        self.step_slider = widgets.FloatLogSlider(
-            value=step_size, base=10, min=-4, max=0, step=0.1, description="step size ε",
-            continuous_update=False, readout_format=".2g", style=style, layout=layout,
-        )
-        self.k_slider = widgets.IntSlider(
-            value=K, min=1, max=1000, step=1, description="steps K", continuous_update=False, style=style, layout=layout
-        )
-        self.noise_slider = widgets.FloatSlider(
-            value=noise_scale, min=0.0, max=1.5, step=0.05, description="noise scale τ",
-            continuous_update=False, style=style, layout=layout,
-        )
-        self.metropolis_checkbox = widgets.Checkbox(value=metropolis, description="Metropolis (MALA) test", indent=False)
+        self.sampler_selector = widgets.ToggleButtons(options=list(MODEL_SAMPLERS.items()), value=sampler, description="sampler",
+                                                      style=self.STYLE)
         self.run_button = widgets.Button(description="Run (new chains)", icon="play", tooltip="draw a fresh start and noise: the next seed")
-        self.readout = widgets.HTML()
-        self.controls = [
-            self.sampler_selector, self.b_slider, self.step_slider, self.k_slider, self.noise_slider, self.metropolis_checkbox,
-        ]
-
-        self._build_figure()
-        self.result: dict | None = None
-        self.update()
-        for control in self.controls:
-            control.observe(self.update, names="value")
+        self.controls = [self.sampler_selector, *self._sampler_controls(step_size, b, K, noise_scale, metropolis)]
+        self._start()
         self.run_button.on_click(self.run_new_chains)
         self.widget = widgets.VBox(
             [widgets.HBox([widgets.VBox([*self.controls, self.run_button]), self.readout]), self._figure_widget]
@@ -514,17 +507,7 @@ class ModelSamplingPanel:
         )
         self.axes["step_map"].set_title("AniLA step size γ/ε (min over coords)", fontsize=9)
         self.fig.colorbar(self.step_map, ax=self.axes["step_map"], fraction=0.046)
-        self.title = self.fig.suptitle(" ", fontsize=10)  # made now so tight_layout leaves room for it
-        self.fig.tight_layout()
-        if isinstance(self.fig.canvas, widgets.DOMWidget):  # ipympl: the canvas is a widget
-            self.output = None
-            self._figure_widget = self.fig.canvas
-        else:
-            plt.close(self.fig)  # shown through the Output widget only, never a second time by pyplot
-            self.output = widgets.Output()
-            self._figure_widget = self.output
-
-    _redraw = SamplingPanel._redraw  # the same display logic: ipympl canvas or Output widget
+        self._place_figure()
 
     # ------------------------------------------------------------------ logic
 
@@ -548,8 +531,8 @@ class ModelSamplingPanel:
         params = self.params()
         try:
             result = sample_trained(self.energy_fn, **params)
-        except ValueError as err:  # e.g. Metropolis with τ = 0: say why instead of raising in a callback
-            self.readout.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+        except ValueError as err:
+            self._show_error(err)
             return
         self.result = result
         self.readout.value = format_model_readout(result, self.data_energy)
@@ -569,12 +552,6 @@ class ModelSamplingPanel:
         """The Run button: the next seed (a fresh start and fresh noise), same settings."""
         self.seed += 1
         self.update()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-        self._redraw()
 
 
 def model_sampling_panel(energy_fn, **kwargs) -> ModelSamplingPanel:
