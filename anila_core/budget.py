@@ -24,6 +24,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} was asked for but CUDA is not available here; use 'cpu' or 'auto'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {device!r} was asked for but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         f"expected 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}', 'cpu' or 'auto'")
     return dev
 
 

@@ -88,6 +88,14 @@ class ImageDataset:
     split: str = "train"
 
     def __post_init__(self):
+        if not isinstance(self.data, torch.Tensor) or self.data.dtype == torch.bool or self.data.is_complex():
+            got = self.data.dtype if isinstance(self.data, torch.Tensor) else type(self.data).__name__
+            raise ValueError(f"data: expected a real-valued torch.Tensor (uint8 or float), got {got}")
+        if not isinstance(self.data_max, (int, float)) or not 0 < self.data_max < float("inf"):
+            raise ValueError(f"data_max: expected a finite number > 0 (the raw value that maps to +1), got {self.data_max!r}")
+        if self.data.is_floating_point() and not torch.isfinite(self.data).all():
+            bad = int((~torch.isfinite(self.data)).sum())
+            raise ValueError(f"data: expected finite values, got {bad} NaN or infinite value(s) in {self.name}")
         if self.data.ndim != 4:
             raise ValueError(f"data: expected shape (N, C, H, W), got {tuple(self.data.shape)}")
         if self.labels.shape != (len(self.data),):

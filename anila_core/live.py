@@ -46,28 +46,10 @@ def _count(name: str, value) -> int:
 
 
 def summarize(trainer) -> dict:
-    """A ``final.json``-like dict for an in-memory trainer (what ``report.markdown_table`` expects).
+    """A ``final.json``-like dict for an in-memory trainer (what ``report.markdown_table`` expects): exactly what ``Run.finish`` writes."""
+    from .runs import target_summary
 
-    Same keys and meaning as ``Run.finish`` writes: the last evaluation's grid TV, grid KL
-    and MMD, the best grid TV and when it happened, iterations, wall time and the config.
-    """
-    if not trainer.history:
-        raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
-    last = trainer.history[-1]
-    best = min(trainer.history, key=lambda r: r["grid_tv"])
-    return {
-        "sampler": trainer.config.sampler,
-        "target": trainer.config.target,
-        "seed": trainer.config.seed,
-        "iters": trainer.iteration,
-        "wall_s": round(trainer.wall_s, 2),
-        "grid_tv": last["grid_tv"],
-        "grid_kl": last["grid_kl"],
-        "mmd": last["mmd"],
-        "best_grid_tv": best["grid_tv"],
-        "best_iter": best["iter"],
-        "config": trainer.config.to_dict(),
-    }
+    return target_summary(trainer)
 
 
 def run_together(trainers: Iterable, iters: int | None = None, callback: Callable | None = None) -> None:

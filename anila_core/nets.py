@@ -45,4 +45,6 @@ class MLPEnergy(nn.Module):
         self.in_dim = in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"x: expected points of shape (N, {self.in_dim}) for this energy, got {tuple(x.shape)}")
         return self.net(x).squeeze(-1)

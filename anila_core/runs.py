@@ -9,11 +9,12 @@ from typing import Callable
 import torch
 
 from . import distributed
-from .config import TrainConfig
+from .config import RESUMABLE_FIELDS, TrainConfig
 from .fileio import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, write_jsonl
 from .train import Trainer
 
-__all__ = ["Run", "CHECKPOINT", "load_trainer", "RUN_FILES", "IMAGE_RUN_FILES", "image_summary", "expected_files"]
+__all__ = ["Run", "CHECKPOINT", "load_trainer", "RUN_FILES", "IMAGE_RUN_FILES", "target_summary", "image_summary", "expected_files",
+           "remove_stale_temporaries"]
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "true_density.png", "learned_density.png", "samples.png", "training.png")
@@ -31,14 +32,17 @@ class Run:
     """
 
     def __init__(self, out_dir: str | Path, config: TrainConfig | None = None, resume: bool = False,
-                 iters: int | None = None, progress: bool = True, data_root: str | None = None):
+                 iters: int | None = None, progress: bool = True, data_root: str | None = None,
+                 on_divergence: str | None = None, max_rollbacks: int | None = None):
         self.out = Path(out_dir)
         self.is_main = distributed.current().is_main
         if resume:
-            self.trainer = load_trainer(self.out, progress=progress, iters=iters, data_root=data_root)
+            self.trainer = load_trainer(self.out, progress=progress, iters=iters, data_root=data_root,
+                                        on_divergence=on_divergence, max_rollbacks=max_rollbacks)
             if self.is_main:
                 # rows after the checkpoint belong to iterations that will be run again
                 write_jsonl(self.out / "metrics.jsonl", self.trainer.history)
+                remove_stale_temporaries(self.out)
         else:
             if config is None:
                 raise ValueError("config: a new run needs a TrainConfig")
@@ -54,9 +58,14 @@ class Run:
                 try:
                     self.out.mkdir(parents=True, exist_ok=True)
                 except OSError as err:
-                    raise ValueError(f"--out: cannot create {self.out}: {err.strerror}") from None
-                atomic_write_json(self.out / "config.json", self.trainer.config.to_dict())
-                (self.out / "metrics.jsonl").touch()
+                    raise ValueError(f"--out: cannot create {self.out}: {err.strerror}; expected a folder path "
+                                     "you can write to") from None
+                try:
+                    atomic_write_json(self.out / "config.json", self.trainer.config.to_dict())
+                    (self.out / "metrics.jsonl").touch()
+                except OSError as err:
+                    raise ValueError(f"--out: cannot write in {self.out}: {err.strerror}; expected a folder you can "
+                                     "write to") from None
 
     def _folder_problem(self) -> str | None:
         """Why ``out`` cannot hold a new run (``None`` when it can)."""
@@ -89,7 +98,11 @@ class Run:
             if callback is not None:
                 callback(trainer, row)
 
-        self.trainer.run(callback=log, on_checkpoint=self.save_checkpoint)
+        def rolled_back(trainer, record):
+            if self.is_main:  # the rows after the state rolled back to are run again
+                write_jsonl(self.out / "metrics.jsonl", trainer.history)
+
+        self.trainer.run(callback=log, on_checkpoint=self.save_checkpoint, on_rollback=rolled_back)
         if not self.is_main:
             return {}  # rank 0 writes final.json and the figures
         return self.finish()
@@ -104,24 +117,33 @@ class Run:
             save_image_run_figures(t, self.out)
             atomic_write_json(self.out / "final.json", final)
             return final
-        last = t.history[-1]
-        best = min(t.history, key=lambda r: r["grid_tv"])
-        final = {
-            "sampler": t.config.sampler,
-            "target": t.config.target,
-            "seed": t.config.seed,
-            "iters": t.iteration,
-            "wall_s": round(t.wall_s, 2),
-            "grid_tv": last["grid_tv"],
-            "grid_kl": last["grid_kl"],
-            "mmd": last["mmd"],
-            "best_grid_tv": best["grid_tv"],
-            "best_iter": best["iter"],
-            "config": t.config.to_dict(),
-        }
+        final = target_summary(t)
         save_run_figures(t, self.out)
         atomic_write_json(self.out / "final.json", final)
         return final
+
+
+def target_summary(trainer: Trainer) -> dict:
+    """``final.json`` of a 2-D run (also for an in-memory trainer): the last grid TV, grid KL and MMD, the best grid TV and when."""
+    t = trainer
+    if not t.history:
+        raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
+    last = t.history[-1]
+    best = min(t.history, key=lambda r: r["grid_tv"])
+    return {
+        "sampler": t.config.sampler,
+        "target": t.config.target,
+        "seed": t.config.seed,
+        "iters": t.iteration,
+        "wall_s": round(t.wall_s, 2),
+        "grid_tv": last["grid_tv"],
+        "grid_kl": last["grid_kl"],
+        "mmd": last["mmd"],
+        "best_grid_tv": best["grid_tv"],
+        "best_iter": best["iter"],
+        "rollbacks": t.rollbacks,
+        "config": t.config.to_dict(),
+    }
 
 
 def image_summary(trainer: Trainer) -> dict:
@@ -155,6 +177,7 @@ def image_summary(trainer: Trainer) -> dict:
         "best_fid": None if best is None else best["fid"],
         "best_fid_iter": None if best is None else best["iter"],
         "energy_gap": last["energy_gap"],
+        "rollbacks": t.rollbacks,
         "config": t.config.to_dict(),
     }
     if t.config.dataset == "digits":
@@ -172,23 +195,41 @@ def expected_files(config: TrainConfig) -> tuple[str, ...]:
     return IMAGE_RUN_FILES + (("step_sizes.png",) if config.sampler == "anila" else ())
 
 
+def remove_stale_temporaries(out: str | Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in a run directory (``.NAME.XXXXXXXX.tmp`` of a run file); return them.
+
+    :func:`anila_core.fileio.atomic_write` writes each file through such a temporary and
+    renames it; a SIGKILL between the two leaves it behind. Only these names are touched.
+    """
+    known = set(RUN_FILES) | set(IMAGE_RUN_FILES) | {"fid.png", "step_sizes.png"}
+    stale = [p for p in Path(out).glob(".*.tmp") if p.is_file() and p.name[1:].rsplit(".", 2)[0] in known]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None = None, device: str | None = None,
-                 data_root: str | None = None) -> Trainer:
+                 data_root: str | None = None, on_divergence: str | None = None, max_rollbacks: int | None = None) -> Trainer:
     """Rebuild the trainer of a run directory from its ``config.json`` and checkpoint (for resuming or sampling).
 
-    ``iters``, ``device`` and ``data_root`` may differ from the run's own (a longer run, another
-    machine, the dataset somewhere else); a change is written back to ``config.json``.
+    ``iters``, ``device``, ``data_root`` and the divergence policy may differ from the run's own
+    (a longer run, another machine, the dataset somewhere else, rollback after a divergence); a
+    change is written back to ``config.json``. A checkpoint that does not belong to the
+    configuration (other settings, another architecture, another format) is refused with a
+    ``ValueError`` that names the file and the difference.
     """
     out = Path(out_dir)
     config_path, ckpt_path = out / "config.json", out / CHECKPOINT
     if not config_path.exists():
-        raise ValueError(f"--resume: {out} has no config.json; is it a run directory?")
+        raise ValueError(f"--resume: {out} has no config.json; expected the folder of a run (the --out of a train command)")
     if not ckpt_path.exists():
-        raise ValueError(f"--resume: {out} has no {CHECKPOINT} yet; nothing to resume (start a new run instead)")
+        raise ValueError(f"--resume: {out} has no {CHECKPOINT} yet: the run stopped before its first checkpoint, so there "
+                         f"is nothing to resume; start it afresh (delete {out} or choose another --out)")
     try:
-        config = TrainConfig.from_dict(json.loads(config_path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as err:
-        raise ValueError(f"{config_path}: not a valid run configuration ({err})") from None
+        saved_config = json.loads(config_path.read_text())
+        config = TrainConfig.from_dict(saved_config)
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{config_path}: not a valid run configuration ({err}); expected the config.json a run wrote") from None
     changes = {}
     if iters is not None:
         changes["iters"] = iters
@@ -196,15 +237,36 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
         changes["device"] = device
     if data_root is not None:
         changes["data_root"] = str(data_root)
+    if on_divergence is not None:
+        changes["on_divergence"] = on_divergence
+    if max_rollbacks is not None:
+        changes["max_rollbacks"] = max_rollbacks
     config = config.replace(**changes)
     try:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     except Exception as err:  # a torn or foreign file: say which and why
-        raise ValueError(f"{ckpt_path}: cannot be read as a checkpoint ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{ckpt_path}: cannot be read as a checkpoint, it is truncated or not a checkpoint at all "
+                         f"({type(err).__name__}: {err}); expected a complete checkpoint.pt written by anila_core") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{ckpt_path}: not an AniLA checkpoint")
+        raise ValueError(f"{ckpt_path}: not an AniLA checkpoint (expected a dict with the model's weights, "
+                         f"got {type(state).__name__}{' without a model' if isinstance(state, dict) else ''})")
+    other = state.get("config")
+    if isinstance(other, dict):
+        differ = [k for k in other if k in saved_config and k not in RESUMABLE_FIELDS and other[k] != saved_config[k]]
+        if differ:
+            diffs = ", ".join(f"{k} {other[k]!r} in the checkpoint, {saved_config[k]!r} in config.json" for k in differ[:4])
+            raise ValueError(f"{ckpt_path}: belongs to another run than {config_path}: {diffs}"
+                             f"{f' (and {len(differ) - 4} more)' if len(differ) > 4 else ''}; expected the checkpoint "
+                             "and config.json of the same run")
+    if iters is not None and "iteration" in state and iters < int(state["iteration"]):
+        raise ValueError(f"--iters: {iters} is below the {int(state['iteration'])} iterations the checkpoint has already "
+                         f"trained; expected --iters >= {int(state['iteration'])}")
     trainer = Trainer(config, progress=progress)
-    trainer.load_state_dict(state)
+    try:
+        trainer.load_state_dict(state)
+    except (ValueError, KeyError) as err:
+        detail = str(err).removeprefix("checkpoint: ") if isinstance(err, ValueError) else f"it lacks {err}"
+        raise ValueError(f"{ckpt_path}: {detail}") from None
     trainer.last_checkpoint = (trainer.iteration, ckpt_path)
     if changes and distributed.current().is_main:
         atomic_write_json(config_path, trainer.config.to_dict())

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import __version__, distributed
 from .budget import resolve_device
 from .config import TrainConfig
 from .fast import use_fast_path
@@ -38,7 +38,14 @@ _NOTICES_SHOWN: set[str] = set()
 
 
 class TrainingDiverged(RuntimeError):
-    """Training produced a non-finite or exploding quantity; the message says when, what and where to resume from."""
+    """Training produced a non-finite or exploding quantity; the message says when, what and where to resume from.
+
+    ``iteration`` and ``cause`` hold the when and the what on their own (``None`` when unknown).
+    """
+
+    def __init__(self, message: str, iteration: int | None = None, cause: str | None = None):
+        super().__init__(message)
+        self.iteration, self.cause = iteration, cause
 
 
 def build_sampler(config: TrainConfig) -> Sampler:
@@ -135,6 +142,11 @@ class Trainer:
         self.wall_s = 0.0
         self.history: list[dict] = []
         self.last_checkpoint: tuple[int, Path] | None = None
+        # --on-divergence rollback: the learning rate's factor (halved at each rollback), what
+        # happened, and the last good state kept in memory (taken at each checkpoint)
+        self.lr_factor = 1.0
+        self.rollbacks: list[dict] = []
+        self._good_state: dict | None = None
         self.samples: torch.Tensor | None = None  # the latest negative samples
         self._scorer = None  # built at the first FID evaluation (loads a feature network)
         self._scorer_unavailable: str | None = None
@@ -187,9 +199,9 @@ class Trainer:
     def learning_rate(self, iteration: int) -> float:
         c = self.config
         if c.lr_schedule == "constant":
-            return c.lr
+            return c.lr * self.lr_factor
         progress = min(iteration / c.lr_decay_iters, 1.0)
-        return c.lr * (c.lr_min + (1 - c.lr_min) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return c.lr * (c.lr_min + (1 - c.lr_min) * 0.5 * (1 + math.cos(math.pi * progress))) * self.lr_factor
 
     def data_batch(self, n: int) -> torch.Tensor:
         x = self.source.sample(n, self.device)
@@ -271,7 +283,7 @@ class Trainer:
             where = "no checkpoint was written yet"
         else:
             where = f"the last good checkpoint is {self.last_checkpoint[1]} (iteration {self.last_checkpoint[0]})"
-        raise TrainingDiverged(f"training diverged at iteration {self.iteration}: {what}; {where}")
+        raise TrainingDiverged(f"training diverged at iteration {self.iteration}: {what}; {where}", self.iteration, what)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -407,39 +419,111 @@ class Trainer:
     # ------------------------------------------------------------------ running
 
     def run(self, iters: int | None = None, callback: Callable[["Trainer", dict], None] | None = None,
-            on_checkpoint: Callable[["Trainer"], None] | None = None) -> list[dict]:
+            on_checkpoint: Callable[["Trainer"], None] | None = None,
+            on_rollback: Callable[["Trainer", dict], None] | None = None) -> list[dict]:
         """Train until iteration ``iters`` (default: the config's), evaluating every ``eval_every`` iterations.
 
         ``callback(trainer, row)`` runs after each evaluation (live plots in a notebook);
         ``on_checkpoint(trainer)`` every ``checkpoint_every`` iterations (the run directory),
         on every rank: saving a distributed run gathers every rank's chain state.
+
+        A divergence raises :class:`TrainingDiverged`, or with ``on_divergence="rollback"``
+        restores the last good state (a copy in memory of the state at the last checkpoint, or
+        at the start of this call), halves the learning rate, records it in ``rollbacks``, calls
+        ``on_rollback(trainer, record)`` and goes on; past ``max_rollbacks`` it raises.
         """
         c = self.config
         end = c.iters if iters is None else iters
+        rollback = c.on_divergence == "rollback"
+        if rollback:
+            self.check_parameters()
+            self._good_state = self._snapshot()
         desc = f"{c.sampler} on {c.data_name}"
         bar = tqdm(total=end, initial=self.iteration, desc=desc, disable=not self.progress, leave=False)
         try:
             while self.iteration < end:
-                evaluating = self._is_eval_point(self.iteration + 1, end)
-                trace = Trace() if evaluating else None
-                start = time.perf_counter()
-                stats = self.train_step(trace)
-                self.wall_s += time.perf_counter() - start
-                bar.update(1)
-                if evaluating:
-                    row = self.evaluate(stats, trace, fid=self.is_fid_point(self.iteration, end))
-                    self.history.append(row)
-                    if c.is_image:
-                        bar.set_postfix(gap=f"{row['energy_gap']:.2f}", **({"fid": f"{row['fid']:.1f}"} if row.get("fid") is not None else {}))
-                    else:
-                        bar.set_postfix(tv=f"{row['grid_tv']:.3f}", gap=f"{row['energy_gap']:.2f}")
-                    if callback is not None:
-                        callback(self, row)
-                if on_checkpoint is not None and (self.iteration % c.checkpoint_every == 0 or self.iteration == end):
-                    on_checkpoint(self)
+                try:
+                    self._run_iteration(end, bar, callback, on_checkpoint, rollback)
+                except TrainingDiverged as err:
+                    if not rollback:
+                        raise
+                    record = self._roll_back(err)
+                    bar.n = self.iteration
+                    bar.refresh()
+                    if on_rollback is not None:
+                        on_rollback(self, record)
         finally:
             bar.close()
         return self.history
+
+    def _run_iteration(self, end: int, bar, callback, on_checkpoint, keep_good_state: bool) -> None:
+        c = self.config
+        evaluating = self._is_eval_point(self.iteration + 1, end)
+        trace = Trace() if evaluating else None
+        start = time.perf_counter()
+        stats = self.train_step(trace)
+        self.wall_s += time.perf_counter() - start
+        bar.update(1)
+        if evaluating:
+            row = self.evaluate(stats, trace, fid=self.is_fid_point(self.iteration, end))
+            self.history.append(row)
+            if c.is_image:
+                bar.set_postfix(gap=f"{row['energy_gap']:.2f}", **({"fid": f"{row['fid']:.1f}"} if row.get("fid") is not None else {}))
+            else:
+                bar.set_postfix(tv=f"{row['grid_tv']:.3f}", gap=f"{row['energy_gap']:.2f}")
+            if callback is not None:
+                callback(self, row)
+        if self.iteration % c.checkpoint_every == 0 or self.iteration == end:
+            if on_checkpoint is not None:
+                on_checkpoint(self)
+            if keep_good_state:
+                self.check_parameters()
+                self._good_state = self._snapshot()
+
+    # ------------------------------------------------------------------ rollback
+
+    def _snapshot(self) -> dict:
+        """A copy of this rank's state that a rollback returns to (nothing is gathered across ranks)."""
+        return copy.deepcopy({
+            "iteration": self.iteration,
+            "history": len(self.history),
+            "model": self.model.state_dict(),
+            "ema_model": None if self.ema_model is None else self.ema_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "chains": self._chain_state(),
+        })
+
+    def _restore(self, good: dict) -> None:
+        good = copy.deepcopy(good)  # the kept state stays intact for a later rollback
+        self.model.load_state_dict(good["model"])
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(good["ema_model"])
+        self.optimizer.load_state_dict(good["optimizer"])
+        chains = good["chains"]
+        if self.chains.buffer is not None:
+            self.chains.buffer = chains["buffer"].to(self.device)
+        self.gen.set_state(chains["generator"])
+        torch.set_rng_state(chains["torch_rng"])
+        self.source.load_state_dict(chains["source"])
+        self.iteration = good["iteration"]
+        del self.history[good["history"]:]
+
+    def _roll_back(self, err: TrainingDiverged) -> dict:
+        """Return to the last good state with half the learning rate; raise ``err`` (extended) past ``max_rollbacks``."""
+        c = self.config
+        if len(self.rollbacks) >= c.max_rollbacks or self._good_state is None:
+            raise TrainingDiverged(f"{err}; gave up after {len(self.rollbacks)} rollback(s) (max_rollbacks = {c.max_rollbacks}; "
+                                   f"the learning rate was {self.lr_factor:g} × lr)", err.iteration, err.cause) from None
+        self._restore(self._good_state)
+        self.lr_factor *= 0.5
+        record = {"iter": err.iteration, "cause": err.cause or str(err), "restored_iter": self.iteration,
+                  "lr_factor": self.lr_factor, "lr": self.learning_rate(self.iteration)}
+        self.rollbacks.append(record)
+        if self.dist.is_main:
+            print(f"warning: rollback at iteration {record['iter']}: {record['cause']}; back to the state of iteration "
+                  f"{self.iteration}, learning rate now {record['lr']:.3g} (rollback {len(self.rollbacks)} of at most "
+                  f"{c.max_rollbacks})", file=sys.stderr, flush=True)
+        return record
 
     # ------------------------------------------------------------------ state
 
@@ -456,6 +540,7 @@ class Trainer:
         """Everything needed to resume exactly. Under torchrun every rank must call it (it gathers the ranks' chain states)."""
         state = {
             "format": CHECKPOINT_FORMAT,
+            "anila_core_version": __version__,
             "config": self.config.to_dict(),
             "iteration": self.iteration,
             "wall_s": self.wall_s,
@@ -466,6 +551,8 @@ class Trainer:
             "generator": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
+            "lr_factor": self.lr_factor,
+            "rollbacks": self.rollbacks,
         }
         if self.config.is_image:
             state["source"] = self.source.state_dict()
@@ -474,14 +561,26 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint: format {state.get('format')!r} is not the supported format {CHECKPOINT_FORMAT}")
-        try:
-            self.model.load_state_dict(state["model"])
-            if self.ema_model is not None:
-                self.ema_model.load_state_dict(state["ema_model"])
-        except RuntimeError as err:
-            raise ValueError(f"checkpoint: its model does not match this configuration's architecture ({err})") from None
+        fmt = state.get("format")
+        if fmt is None:
+            raise ValueError(f"checkpoint: has no format number, so no anila_core Trainer wrote it; expected an anila_core "
+                             f"checkpoint of format {CHECKPOINT_FORMAT}")
+        if fmt != CHECKPOINT_FORMAT:
+            writer = state.get("anila_core_version")
+            by = f" (written by anila_core {writer})" if writer else ""
+            raise ValueError(f"checkpoint: format {fmt!r}{by} cannot be read by anila_core {__version__}, "
+                             f"which reads format {CHECKPOINT_FORMAT}; resume it with the version that wrote it")
+        for name, model in (("model", self.model), ("ema_model", self.ema_model)):
+            if model is None:
+                continue
+            mismatch = _state_mismatch(model, state.get(name))
+            if mismatch:
+                raise ValueError(f"checkpoint: its {'EMA ' if name == 'ema_model' else ''}model does not match this configuration's "
+                                 f"architecture: {mismatch}; expected a checkpoint written with the same network settings")
+            try:
+                model.load_state_dict(state[name])
+            except RuntimeError as err:
+                raise ValueError(f"checkpoint: its model does not match this configuration's architecture ({err})") from None
         self.optimizer.load_state_dict(state["optimizer"])
         mine = self._own_chain_state(state)
         if mine is not None:
@@ -493,6 +592,8 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.wall_s = float(state["wall_s"])
         self.history = list(state["history"])
+        self.lr_factor = float(state.get("lr_factor", 1.0))
+        self.rollbacks = list(state.get("rollbacks", []))
 
     def _own_chain_state(self, state: dict) -> dict | None:
         """This rank's chain state in a checkpoint; ``None`` (fresh chains, with a notice) when it was saved with fewer ranks."""
@@ -505,6 +606,23 @@ class Trainer:
         print(f"notice: rank {self.dist.rank}: the checkpoint holds chain states for {len(ranks or [None])} rank(s); "
               "this rank starts fresh chains, so the resumed run is not bit-identical to an uninterrupted one", file=sys.stderr)
         return None
+
+
+def _state_mismatch(model: torch.nn.Module, saved) -> str:
+    """How a saved ``state_dict`` differs from ``model``'s in names and shapes ('' when it fits)."""
+    if not isinstance(saved, dict):
+        return f"the checkpoint holds no weights for it (got {type(saved).__name__})"
+    mine = model.state_dict()
+    problems = []
+    for key in list(mine) + [k for k in saved if k not in mine]:
+        if key not in saved:
+            problems.append(f"{key} is missing from the checkpoint")
+        elif key not in mine:
+            problems.append(f"the checkpoint's {key} has no place in this network")
+        elif isinstance(saved[key], torch.Tensor) and tuple(saved[key].shape) != tuple(mine[key].shape):
+            problems.append(f"{key} has shape {tuple(saved[key].shape)} in the checkpoint, {tuple(mine[key].shape)} in this configuration")
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
 
 
 def train(config: TrainConfig, callback=None, progress: bool = True) -> Trainer:

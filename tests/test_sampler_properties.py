@@ -1,13 +1,14 @@
 """Property-based tests (hypothesis) of the samplers' validation and of invariants that hold for every valid input."""
 
 import math
+import re
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anila_core.samplers import NORMS, AniLA, Langevin
+from anila_core.samplers import NORMS, SAMPLERS, PSGLD, AniLA, Langevin, make_sampler
 
 finite_positive = st.floats(min_value=1e-6, max_value=1e3, allow_nan=False, allow_infinity=False)
 not_positive = st.one_of(st.floats(max_value=0.0, allow_nan=False), st.just(math.nan), st.just(-math.inf))
@@ -79,3 +80,97 @@ def test_zero_noise_never_increases_a_convex_quadratic_energy(step, b, x):
     energy = lambda z: 0.5 * z.square().sum(1)  # noqa: E731
     out = AniLA(step, b=b, noise_scale=0.0).sample(energy, x0, 3)
     assert (energy(out) <= energy(x0) + 1e-9).all()
+
+
+# --------------------------------------------------------------------------- inputs of sample(): x0 and the energy
+
+ANY_SAMPLER = st.sampled_from([Langevin(0.1), AniLA(0.1, b=1.0), PSGLD(0.1), Langevin(0.1, metropolis=True)])
+QUADRATIC = lambda z: 0.5 * z.square().flatten(1).sum(1)  # noqa: E731
+
+
+@SETTINGS
+@given(sampler=ANY_SAMPLER,
+       dtype=st.sampled_from([torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.complex64]))
+def test_any_x0_that_is_not_real_floating_point_is_refused(sampler, dtype):
+    with pytest.raises(ValueError, match=f"x0: expected a floating-point tensor, got dtype {dtype}"):
+        sampler.sample(QUADRATIC, torch.zeros(3, 2, dtype=dtype), 2)
+
+
+@SETTINGS
+@given(sampler=ANY_SAMPLER,
+       shape=st.one_of(st.lists(st.integers(1, 4), max_size=1), st.lists(st.integers(1, 4), min_size=1, max_size=3).map(lambda s: [0] + s)))
+def test_any_x0_without_a_sample_and_a_data_dimension_is_refused(sampler, shape):
+    with pytest.raises(ValueError, match=r"x0: expected shape \(N, \.\.\.\) with N >= 1"):
+        sampler.sample(QUADRATIC, torch.zeros(shape), 2)
+
+
+@SETTINGS
+@given(sampler=ANY_SAMPLER, n=st.integers(1, 5), d=st.integers(1, 4), bad=st.sampled_from([math.nan, math.inf, -math.inf]), data=st.data())
+def test_any_x0_with_a_non_finite_value_is_refused(sampler, n, d, bad, data):
+    x0 = torch.zeros(n, d)
+    x0[data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, d - 1))] = bad
+    with pytest.raises(ValueError, match="x0: expected finite values"):
+        sampler.sample(QUADRATIC, x0, 2)
+
+
+@SETTINGS
+@given(sampler=ANY_SAMPLER, shape=st.lists(st.integers(1, 4), max_size=3).map(tuple).filter(lambda s: s != (3,)))
+def test_any_energy_that_is_not_one_value_per_sample_is_refused(sampler, shape):
+    energy = lambda z: z.square().sum() * torch.ones(shape)  # noqa: E731
+    with pytest.raises(ValueError, match=r"energy_fn: expected energies of shape \(3,\), one per sample, got " + re.escape(str(shape))):
+        sampler.sample(energy, torch.ones(3, 2), 2)
+
+
+@SETTINGS
+@given(sampler=ANY_SAMPLER, value=st.one_of(st.floats(allow_nan=False), st.none(), st.text(max_size=3)))
+def test_any_energy_that_is_not_a_tensor_is_refused(sampler, value):
+    with pytest.raises(ValueError, match="energy_fn: expected energies of shape"):
+        sampler.sample(lambda z: value, torch.ones(3, 2), 2)
+
+
+MAKERS = {"langevin": lambda eps: Langevin(eps), "anila": lambda eps: AniLA(eps, b=1.0), "psgld": lambda eps: PSGLD(eps),
+          "mala": lambda eps: Langevin(eps, metropolis=True)}
+
+
+@SETTINGS
+@given(kind=st.sampled_from(sorted(MAKERS)), step=st.floats(min_value=1e-4, max_value=1.0),
+       x=st.lists(st.floats(min_value=-10, max_value=10, allow_nan=False), min_size=6, max_size=6),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_any_valid_x0_gives_finite_samples_of_its_shape_and_dtype(kind, step, x, dtype):
+    x0 = torch.tensor(x, dtype=dtype).view(3, 2)
+    out = MAKERS[kind](step).sample(QUADRATIC, x0, 3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x0.shape and out.dtype == dtype and torch.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------- pSGLD and building samplers by name
+
+
+@SETTINGS
+@given(alpha=st.one_of(st.floats(max_value=-1e-12, allow_nan=False), st.floats(min_value=1.0), st.just(math.nan)))
+def test_any_psgld_decay_outside_zero_one_is_refused(alpha):
+    with pytest.raises(ValueError, match=r"alpha: expected a number in \[0, 1\)"):
+        PSGLD(0.1, alpha=alpha)
+
+
+@SETTINGS
+@given(damping=st.one_of(not_positive, st.just(math.inf)))
+def test_any_psgld_damping_that_is_not_finite_and_positive_is_refused(damping):
+    with pytest.raises(ValueError, match="damping: expected a finite number > 0"):
+        PSGLD(0.1, damping=damping)
+
+
+@SETTINGS
+@given(name=st.text(max_size=12).filter(lambda s: s not in SAMPLERS))
+def test_any_unknown_sampler_name_is_refused(name):
+    with pytest.raises(ValueError, match="sampler: unknown name"):
+        make_sampler(name, step_size=0.1)
+
+
+@SETTINGS
+@given(name=st.sampled_from(sorted(SAMPLERS)), key=st.from_regex(r"[a-z_]{1,12}", fullmatch=True))
+def test_any_unknown_hyperparameter_is_refused_by_name(name, key):
+    accepted = {"step_size", "noise_scale", "metropolis", "b", "norm", "variant", "alpha", "damping"}
+    if key in accepted:
+        return
+    with pytest.raises(ValueError, match=f"unknown hyperparameter\\(s\\) \\['{key}'\\]"):
+        make_sampler(name, step_size=0.1, **{key: 1.0})
