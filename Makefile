@@ -8,7 +8,7 @@ STAMP := $(VENV)/.anila-installed
 # pip on these machines prints a warning per missing local index entry; keep real errors only
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help install lab test test-fast test-browser demo explore bench clean
+.PHONY: help install lab test test-fast test-browser demo explore bench study clean
 
 help:
 	@echo "make lab    set up .venv and open the tutorials in JupyterLab"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-browser  drive JupyterLab and Voila in headless Chromium (installs chromium with apt)"
 	@echo "make explore       the two live panels as a web app (Voila)"
 	@echo "make bench         the speed table: samplers against the autograd floor and TorchEBM"
+	@echo "make study         the sampler study behind notebook 06 (docs/study/rings; about an hour on 2 cores)"
 
 install: $(STAMP)
 
@@ -52,6 +53,10 @@ test-browser: $(STAMP)
 bench: $(STAMP)
 	$(PY) -c "import torchebm" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]" $(PIP_QUIET) || true
 	$(PY) benchmarks/bench.py
+
+# finished cells are kept: rerunning after an interruption only computes what is missing
+study: $(STAMP)
+	$(PY) -m anila_core sweep --study rings --out docs/study/rings
 
 explore: $(STAMP)
 	$(VENV)/bin/voila --show_tracebacks=True apps/explore.ipynb

@@ -1,24 +1,22 @@
-"""Command line for long runs: ``python -m anila_core train | compare | demo`` (``train`` also under ``torchrun`` on several GPUs)."""
+"""Command line for long runs: ``python -m anila_core train | compare | demo | sweep`` (``train`` also under ``torchrun`` on several GPUs)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 
-from .config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, TrainConfig, preset
+from .config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, preset
+from .processes import process_pool
 
 __all__ = ["main", "build_parser"]
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
-#: flags that may change when a run is resumed; every other setting is the run's own
-RESUMABLE_FLAGS = ("iters", "device", "data_root")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -51,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=None, help=f"named settings ({presets}; default {DEFAULT_PRESET})")
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/<target or dataset>-<sampler>-seed<seed>)")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its checkpoint (only --iters, --device and --data-root may change)")
+                       help="continue the run in --out from its checkpoint (only --iters, --device, --data-root, "
+                            "--on-divergence and --max-rollbacks may change)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(train)
 
@@ -66,10 +65,47 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_flags(compare, skip=("sampler",))
 
+    _add_sweep_parser(sub, presets)
+
     demo = sub.add_parser("demo", help="the headless demo: Langevin vs AniLA on the rings at the cpu preset (a few minutes)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the comparison (default runs/demo)")
     demo.add_argument("--preset", default=DEFAULT_PRESET, help=f"named settings (default {DEFAULT_PRESET})")
     return parser
+
+
+#: the settings a sweep varies per cell; the rest of its flags set the base every cell shares
+SWEEP_AXES = ("sampler", "step_size", "b", "n_steps", "chains", "seed", "norm", "variant", "metropolis")
+
+
+def _add_sweep_parser(sub, presets: str) -> None:
+    from .config import CHAIN_KINDS
+    from .sweep import KIND_HELP, KINDS, STUDIES
+
+    sweep = sub.add_parser(
+        "sweep", help="the sampler study: a grid of settings and seeds at one budget per cell, in parallel, resumable",
+        description="Train one run per cell of the grid (samplers × step sizes × b × K × chain kinds × seeds; b applies to "
+                    "the AniLA samplers only) at the same budget, in parallel processes, and write sweep.json, sweep.md, "
+                    "heatmaps.png, stability.png and quality_vs_time.png to --out. Each finished cell is saved at once "
+                    "(cells/<cell>.json): running the same command again finishes an interrupted sweep without "
+                    "recomputing a finished cell. Samplers: " + "; ".join(f"{k}: {v}" for k, v in KIND_HELP.items()) + ".")
+    sweep.add_argument("--study", choices=sorted(STUDIES), default=None,
+                       help="a named grid (rings: the committed study, docs/study/rings; digits; smoke); "
+                            "then the grid flags below are not allowed")
+    sweep.add_argument("--samplers", nargs="+", choices=list(KINDS), default=None, help="samplers (default langevin anila)")
+    sweep.add_argument("--step-size", dest="grid_step_size", nargs="+", type=float, default=None, metavar="EPS",
+                       help="step sizes ε (default 0.01)")
+    sweep.add_argument("--b", dest="grid_b", nargs="+", type=float, default=None, metavar="B",
+                       help="AniLA thresholds b (default 1)")
+    sweep.add_argument("--n-steps", dest="grid_n_steps", nargs="+", type=int, default=None, metavar="K",
+                       help="sampler transitions per iteration (default: the preset's)")
+    sweep.add_argument("--chains", dest="grid_chains", nargs="+", choices=list(CHAIN_KINDS), default=None,
+                       help="chain kinds (default: the preset's)")
+    sweep.add_argument("--seed", dest="grid_seed", nargs="+", type=int, default=None, metavar="SEED", help="seeds (default 0)")
+    sweep.add_argument("--preset", default=None, help=f"base settings of every cell ({presets}; default sweep, or cpu with --dataset)")
+    sweep.add_argument("--out", type=Path, default=None, help="folder of the sweep (default runs/sweep-<study>, or runs/sweep)")
+    sweep.add_argument("--jobs", type=int, default=None, help="cells in parallel (default: one per CPU core)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(sweep, skip=SWEEP_AXES)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -100,10 +136,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.out is None:
             raise ValueError("--resume: needs --out, the run directory to continue")
-        fixed = sorted(set(overrides) - set(RESUMABLE_FLAGS)) + (["preset"] if args.preset else [])
+        fixed = sorted(set(overrides) - set(RESUMABLE_FIELDS)) + (["preset"] if args.preset else [])
         if fixed:
             raise ValueError(f"--resume: {', '.join('--' + f.replace('_', '-') for f in fixed)} cannot change on resume "
-                             f"(the run keeps its config.json); only --iters, --device and --data-root can")
+                             f"(the run keeps its config.json); only "
+                             f"{', '.join('--' + f.replace('_', '-') for f in RESUMABLE_FIELDS)} can")
         config, device = None, overrides.get("device") or _saved_device(args.out)
     else:
         if overrides.get("dataset") and "target" in overrides:
@@ -114,7 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     with distributed.process_group(use_cuda=_wants_cuda(device)) as info:
         say = print if info.is_main else (lambda *a, **k: None)
         if args.resume:
-            run = Run(args.out, resume=True, iters=overrides.get("iters"), progress=progress, data_root=overrides.get("data_root"))
+            run = Run(args.out, resume=True, iters=overrides.get("iters"), progress=progress, data_root=overrides.get("data_root"),
+                      on_divergence=overrides.get("on_divergence"), max_rollbacks=overrides.get("max_rollbacks"))
         else:
             out = args.out or Path("runs") / f"{config.data_name}-{config.sampler}-seed{config.seed}"
             run = Run(out, config, progress=progress)
@@ -148,14 +186,16 @@ def _train_one(job: tuple) -> dict:
     from .runs import Run
 
     config, out, resume, threads, progress = job
-    torch.set_num_threads(threads)
     out = Path(out)
     if resume and (out / "final.json").exists():
-        import json
-
         return json.loads((out / "final.json").read_text())
-    run = Run(out, resume=True, progress=progress) if resume and (out / "checkpoint.pt").exists() else Run(out, config, progress=progress)
-    return run.train()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run = Run(out, resume=True, progress=progress) if resume and (out / "checkpoint.pt").exists() else Run(out, config, progress=progress)
+        return run.train()
+    finally:
+        torch.set_num_threads(previous)  # with --jobs 1 this runs in the caller's process: leave its setting as it was
 
 
 def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int:
@@ -177,6 +217,8 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     samplers = list(dict.fromkeys(args.samplers))
     configs = {s: preset(args.preset or preset_name or DEFAULT_PRESET, s, **overrides) for s in samplers}
     out = args.out
+    if args.jobs is not None and args.jobs < 1:  # before anything is written
+        raise ValueError(f"--jobs: expected an integer >= 1, got {args.jobs}")
     if not args.resume and out.exists() and any(out.iterdir()):
         raise ValueError(f"--out: {out} already holds files; pass --resume to finish that comparison or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +237,7 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     if jobs == 1:
         finals = [_train_one(w) for w in work]
     else:
-        with mp.get_context("spawn").Pool(jobs) as pool:
+        with process_pool(jobs) as pool:
             finals = pool.map(_train_one, work)
     finals = dict(zip(samplers, finals))
     if configs[samplers[0]].is_image:
@@ -236,6 +278,49 @@ def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .sweep import STUDIES, best_settings, command_line, grid_from_lists, run_sweep, study_base
+
+    if distributed.from_env().enabled:
+        raise ValueError("sweep: runs its cells as separate processes and cannot run under torchrun")
+    overrides = _overrides(args)
+    grid_flags = {"--samplers": args.samplers, "--step-size": args.grid_step_size, "--b": args.grid_b,
+                  "--n-steps": args.grid_n_steps, "--chains": args.grid_chains, "--seed": args.grid_seed}
+    if args.study:
+        given = [flag for flag, value in grid_flags.items() if value is not None] + (["--preset"] if args.preset else [])
+        if given:
+            raise ValueError(f"--study: fixes the grid and the preset; drop {', '.join(given)} (or leave out --study to give your own grid)")
+        study = STUDIES[args.study]
+        base = study_base(study, **overrides)
+        cells = study.cells()
+        out = args.out or Path("runs") / f"sweep-{args.study}"
+    else:
+        if overrides.get("dataset") and "target" in overrides:
+            raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset")
+        base = preset(args.preset or ("cpu" if overrides.get("dataset") else "sweep"), "langevin", **overrides)
+        grid = grid_from_lists(args.samplers or ["langevin", "anila"], args.grid_step_size or [0.01], args.grid_b or [1.0],
+                               args.grid_n_steps or [base.n_steps], args.grid_chains or [base.chains], args.grid_seed or [0])
+        cells = grid.cells()
+        out = args.out or Path("runs") / "sweep"
+    print(f"sweep: {len(cells)} cells on {base.data_name}, {base.iters} iterations each -> {out}", flush=True)
+    start = time.perf_counter()
+    summary = run_sweep(out, cells, base, jobs=args.jobs, progress=not args.no_progress, study=args.study, command=command_line())
+    for entry in best_settings(summary):
+        w = entry["best"]
+        steps = ", ".join(f"{s:g}" for s in entry["stable_step_sizes"]) or "none"
+        if w is None:
+            print(f"  {entry['kind']:>13}: no setting stable for every seed")
+            continue
+        key = "fid" if base.is_image else "grid_tv"
+        b = "" if w["b"] is None else f", b={w['b']:g}"
+        print(f"  {entry['kind']:>13}: best {key} {w[key]:.3f} at ε={w['step_size']:g}{b}; stable at ε in {{{steps}}}")
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    print(f"table: {out / 'sweep.md'}\nresults: {out / 'sweep.json'}\nfigures: {out / 'heatmaps.png'}, {out / 'stability.png'}, "
+          f"{out / 'quality_vs_time.png'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     args.samplers, args.jobs, args.resume, args.no_progress = ["langevin", "anila"], None, args.out.exists(), True
     return cmd_compare(args)
@@ -245,13 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     from .train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "compare": cmd_compare, "demo": cmd_demo}
+    handlers = {"train": cmd_train, "compare": cmd_compare, "demo": cmd_demo, "sweep": cmd_sweep}
     try:
         return handlers[args.command](args)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
+        if args.command == "train" and "the last good checkpoint is" in str(err) and "gave up after" not in str(err):
+            print("hint: continue from that checkpoint with --resume --on-divergence rollback (back to the last good "
+                  "state at half the learning rate whenever it diverges)", file=sys.stderr)
         return EXIT_DIVERGED
-    except (ValueError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, OSError) as err:  # OSError: a missing dataset, a full disk, a folder one may not write to
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

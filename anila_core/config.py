@@ -13,12 +13,16 @@ from .nets import ACTIVATIONS
 from .samplers import ANILA_VARIANTS, NORMS, SAMPLERS
 from .targets import TARGETS
 
-__all__ = ["TrainConfig", "PRESETS", "IMAGE_PRESETS", "DEFAULT_PRESET", "preset", "preset_names", "CHAIN_KINDS", "LR_SCHEDULES", "AMP_MODES"]
+__all__ = ["TrainConfig", "PRESETS", "IMAGE_PRESETS", "DEFAULT_PRESET", "preset", "preset_names", "CHAIN_KINDS", "LR_SCHEDULES", "AMP_MODES",
+           "DIVERGENCE_POLICIES", "RESUMABLE_FIELDS"]
 
 CHAIN_KINDS = ("buffer", "short_run")
 LR_SCHEDULES = ("constant", "cosine")
 INIT_KINDS = ("uniform", "gaussian")
 AMP_MODES = ("off", "bf16")
+#: settings that may change when a run is resumed; every other setting is the run's own
+RESUMABLE_FIELDS = ("iters", "device", "data_root", "on_divergence", "max_rollbacks")
+DIVERGENCE_POLICIES = ("stop", "rollback")
 
 
 def _f(default, help: str, **kw):
@@ -76,6 +80,9 @@ class TrainConfig:
     ema: float = _f(0.0, "decay of an exponential moving average of the parameters used for evaluation (0 = off)")
     # divergence guard
     max_energy_gap: float = _f(1e4, "stop when |mean E(data) − mean E(samples)| exceeds this")
+    on_divergence: str = _f("stop", "what a divergence does: 'stop' with an error naming the last good checkpoint, or 'rollback' to "
+                                    "the last good state with half the learning rate", choices=DIVERGENCE_POLICIES)
+    max_rollbacks: int = _f(5, "with --on-divergence rollback: rollbacks allowed before the run stops with the error")
     # bookkeeping
     eval_every: int = _f(100, "iterations between evaluations (a row of metrics.jsonl)")
     eval_samples: int = _f(2000, "samples used by the MMD at each evaluation")
@@ -108,7 +115,8 @@ class TrainConfig:
         positive = ["step_size", "b", "lr", "init_scale", "psgld_damping", "max_energy_gap"]
         at_least_one = ["width", "depth", "n_steps", "buffer_size", "batch_size", "iters", "eval_every", "eval_samples", "checkpoint_every",
                         "conv_width"]
-        non_negative = ["noise_scale", "energy_reg", "data_noise", "grad_clip", "clamp", "lr_decay_iters", "seed", "image_size", "fid_every"]
+        non_negative = ["noise_scale", "energy_reg", "data_noise", "grad_clip", "clamp", "lr_decay_iters", "seed", "image_size", "fid_every",
+                        "max_rollbacks"]
         unit = {"reinit": (0.0, 1.0), "beta1": (0.0, 0.999999), "beta2": (0.0, 0.999999), "lr_min": (0.0, 1.0), "ema": (0.0, 0.999999), "psgld_alpha": (0.0, 0.999999)}
         for name in positive:
             v = getattr(self, name)
@@ -177,6 +185,10 @@ _CPU = dict(
     eval_samples=2000, checkpoint_every=500,
 )
 _CPU_LONG = dict(_CPU, iters=10_000, eval_every=500, checkpoint_every=1000)
+# One cell of the sampler study (anila_core.sweep): the cpu preset at K = 20 and 2000
+# iterations, so that a grid of 80 runs fits in under an hour on 2 cores. (At 800
+# iterations every run still sat at grid TV ≈ 0.42, too early to tell samplers apart.)
+_SWEEP = dict(_CPU, n_steps=20, iters=2000, eval_every=250, eval_samples=1000, checkpoint_every=2000)
 # The paper's rings setting as far as the draft fixes it: short-run chains from uniform
 # noise, a small threshold b (the authors' toy configs used b ≈ 0.01–0.05), Adam 1e-4.
 _PAPER = dict(
@@ -190,6 +202,7 @@ PRESETS: dict[str, tuple[dict, dict[str, dict]]] = {
     # 0.02}; AniLA at ε = 0.01, b ∈ {3, 10, 30}; seed 0, best final grid TV at this preset
     "cpu": (_CPU, {"langevin": dict(step_size=0.01), "anila": dict(step_size=0.01, b=30.0)}),
     "cpu_long": (_CPU_LONG, {"langevin": dict(step_size=0.01), "anila": dict(step_size=0.01, b=30.0)}),
+    "sweep": (_SWEEP, {}),  # the sweep sets each cell's sampler, step size and b itself
     "paper": (_PAPER, {"langevin": dict(step_size=0.01), "anila": dict(step_size=0.01, b=0.03)}),
 }
 DEFAULT_PRESET = "cpu"

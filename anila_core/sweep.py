@@ -1,0 +1,700 @@
+"""The sampler study: a grid of training settings, each cell trained at the same budget over several seeds, in parallel and resumably, summarised as one JSON file, a markdown table and figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .config import CHAIN_KINDS, TrainConfig, preset
+from .fileio import atomic_write_json, atomic_write_text
+from .processes import process_pool
+
+__all__ = [
+    "KINDS",
+    "Grid",
+    "Study",
+    "STUDIES",
+    "cell_id",
+    "run_sweep",
+    "load_sweep",
+    "summarize",
+    "best_settings",
+    "markdown_report",
+    "setting_table",
+    "plot_heatmaps",
+    "plot_stability",
+    "plot_quality_vs_time",
+    "plot_clipping",
+    "plot_histories",
+    "UNSTABLE_TV",
+]
+
+#: the samplers a sweep compares, by name: the sampler, its variant and whether it is Metropolis-adjusted
+KINDS: dict[str, dict] = {
+    "langevin": dict(sampler="langevin", metropolis=False),
+    "mala": dict(sampler="langevin", metropolis=True),
+    "anila": dict(sampler="anila", norm="coordinate", variant="full", metropolis=False),
+    "anila_sample": dict(sampler="anila", norm="sample", variant="full", metropolis=False),
+    "anila_pixel": dict(sampler="anila", norm="pixel", variant="full", metropolis=False),
+    "anila_noise": dict(sampler="anila", norm="coordinate", variant="noise_only", metropolis=False),
+    "anila_mh": dict(sampler="anila", norm="coordinate", variant="full", metropolis=True),
+    "psgld": dict(sampler="psgld", metropolis=False),
+}
+KIND_HELP = {
+    "langevin": "unadjusted Langevin",
+    "mala": "Metropolis-adjusted Langevin",
+    "anila": "AniLA, per-coordinate |∇E| (Algorithm 1)",
+    "anila_sample": "AniLA, one |∇E| per sample (L2 norm)",
+    "anila_pixel": "AniLA, |∇E| per pixel over channels (images)",
+    "anila_noise": "AniLA noise-only variant (the authors' image code)",
+    "anila_mh": "AniLA, Metropolis-adjusted",
+    "psgld": "preconditioned SGLD",
+}
+#: a run whose final grid TV is at least this has lost the target (collapsed) even if nothing overflowed
+UNSTABLE_TV = 0.5
+#: settings a cell varies; everything else comes from the sweep's base configuration
+CELL_FIELDS = ("kind", "step_size", "b", "n_steps", "chains", "seed")
+
+
+def uses_b(kind: str) -> bool:
+    """Whether the sampler ``kind`` has AniLA's threshold ``b``."""
+    return KINDS[kind]["sampler"] == "anila"
+
+
+def _number(x: float) -> str:
+    return f"{x:g}"
+
+
+def cell_id(cell: dict) -> str:
+    """A file-name-safe name of one cell, e.g. ``anila-eps0.01-b3-K30-buffer-seed0``."""
+    b = f"-b{_number(cell['b'])}" if cell.get("b") is not None else ""
+    return f"{cell['kind']}-eps{_number(cell['step_size'])}{b}-K{cell['n_steps']}-{cell['chains']}-seed{cell['seed']}"
+
+
+def setting_key(cell: dict) -> tuple:
+    """A cell's settings without its seed: the seeds of one setting are grouped in the tables."""
+    return (cell["kind"], cell["step_size"], cell.get("b"), cell["n_steps"], cell["chains"])
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The product of the listed settings; ``b`` applies to the AniLA kinds only (the others get one cell per step size)."""
+
+    kinds: tuple[str, ...] = ("langevin", "anila")
+    step_sizes: tuple[float, ...] = (0.01,)
+    bs: tuple[float, ...] = (1.0,)
+    n_steps: tuple[int, ...] = (30,)
+    chains: tuple[str, ...] = ("buffer",)
+    seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        for name in ("kinds", "step_sizes", "bs", "n_steps", "chains", "seeds"):
+            values = tuple(getattr(self, name))
+            object.__setattr__(self, name, values)
+            if not values:
+                raise ValueError(f"{name}: expected at least one value")
+        for kind in self.kinds:
+            if kind not in KINDS:
+                raise ValueError(f"samplers: unknown name {kind!r}; expected some of {list(KINDS)}")
+        for name, values, ok, expected in (
+            ("step_size", self.step_sizes, lambda v: v > 0 and math.isfinite(v), "finite numbers > 0"),
+            ("b", self.bs, lambda v: v > 0, "numbers > 0 (inf allowed)"),
+            ("n_steps", self.n_steps, lambda v: isinstance(v, int) and v >= 1, "integers >= 1"),
+            ("chains", self.chains, lambda v: v in CHAIN_KINDS, f"some of {list(CHAIN_KINDS)}"),
+            ("seed", self.seeds, lambda v: isinstance(v, int) and v >= 0, "integers >= 0"),
+        ):
+            bad = [v for v in values if not ok(v)]
+            if bad:
+                raise ValueError(f"{name}: expected {expected}, got {bad}")
+
+    def cells(self) -> list[dict]:
+        out = []
+        for kind, eps, k, chains, seed in itertools.product(self.kinds, self.step_sizes, self.n_steps, self.chains, self.seeds):
+            for b in (self.bs if uses_b(kind) else (None,)):
+                out.append(dict(kind=kind, step_size=float(eps), b=None if b is None else float(b), n_steps=int(k),
+                                chains=chains, seed=int(seed)))
+        return out
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Study:
+    """A named sweep: a base preset (and overrides) and the grids whose cells it runs."""
+
+    description: str
+    preset: str
+    grids: tuple[Grid, ...]
+    overrides: dict = dataclasses.field(default_factory=dict)
+
+    def cells(self) -> list[dict]:
+        seen, out = set(), []
+        for grid in self.grids:
+            for cell in grid.cells():
+                if cell_id(cell) not in seen:
+                    seen.add(cell_id(cell))
+                    out.append(cell)
+        return out
+
+
+_STEPS = (0.01, 0.02, 0.05, 0.1)
+_SEEDS = (0, 1)
+STUDIES: dict[str, Study] = {
+    # The committed study (docs/study/rings): every sampler over the same four step sizes
+    # and two seeds; AniLA (Algorithm 1) at three thresholds b, from heavy clipping (1) to
+    # almost none (30), its other forms at b = 3; then short-run chains and K = 10 for
+    # Langevin and AniLA (b = 3) at ε = 0.02. pSGLD diverged at every one of those step
+    # sizes (its preconditioner multiplies ε by 1/(λ + √V), large where gradients are
+    # small), so it also got four smaller ones. 88 runs, about an hour on 2 cores.
+    "rings": Study(
+        description="rings toy, 'sweep' preset (2000 iterations, K = 20 per cell)",
+        preset="sweep",
+        grids=(
+            Grid(kinds=("langevin", "mala", "psgld"), step_sizes=_STEPS, n_steps=(20,), seeds=_SEEDS),
+            Grid(kinds=("psgld",), step_sizes=(1e-4, 3e-4, 1e-3, 3e-3), n_steps=(20,), seeds=_SEEDS),
+            Grid(kinds=("anila",), step_sizes=_STEPS, bs=(1.0, 3.0, 30.0), n_steps=(20,), seeds=_SEEDS),
+            Grid(kinds=("anila_sample", "anila_noise", "anila_mh"), step_sizes=_STEPS, bs=(3.0,), n_steps=(20,), seeds=_SEEDS),
+            Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(20,), chains=("short_run",), seeds=_SEEDS),
+            Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(10,), seeds=_SEEDS),
+        ),
+    ),
+    # Digits: cold sampling (τ = 0.01) from noise, so the step sizes are in the image presets' units.
+    "digits": Study(
+        description="digits 8×8, 'cpu' image preset shortened to 300 iterations",
+        preset="cpu",
+        overrides=dict(dataset="digits", iters=300, eval_every=100, fid_every=300, fid_samples=500),
+        grids=(Grid(kinds=("langevin", "anila"), step_sizes=(1.0, 3.0), bs=(0.03, 0.1, 0.3), n_steps=(40,),
+                    chains=("short_run",), seeds=_SEEDS),),
+    ),
+    # seconds: the tests and the notebook's live slice
+    "smoke": Study(
+        description="rings toy, 'smoke' preset: a check that everything runs, not a result",
+        preset="smoke",
+        grids=(Grid(kinds=("langevin", "anila"), step_sizes=(0.01, 0.05), bs=(3.0,), n_steps=(10,), seeds=(0,)),),
+    ),
+}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def cell_config(base: TrainConfig, cell: dict) -> TrainConfig:
+    """The training configuration of one cell: the base with the cell's sampler, step size, b, K, chains and seed."""
+    kind = KINDS[cell["kind"]]
+    changes = dict(kind, step_size=cell["step_size"], n_steps=cell["n_steps"], chains=cell["chains"], seed=cell["seed"])
+    if cell.get("b") is not None:
+        changes["b"] = cell["b"]
+    return base.replace(**changes).validate()
+
+
+def _quality_fields(row: dict) -> dict:
+    keys = ("grid_tv", "grid_kl", "mmd", "fid", "kid", "coverage")
+    return {k: row[k] for k in keys if row.get(k) is not None}
+
+
+def run_cell(base: TrainConfig, cell: dict) -> dict:
+    """Train one cell in memory and return its result (a divergence is a result, not an error)."""
+    from .train import Trainer, TrainingDiverged
+
+    config = cell_config(base, cell)
+    start = time.perf_counter()
+    trainer = Trainer(config, progress=False)
+    cpu_start = time.process_time()
+
+    def cpu_time(trainer, row):
+        # the process's CPU time: unlike wall time, it does not grow when other jobs share the cores
+        row["cpu_s"] = round(time.process_time() - cpu_start, 3)
+
+    diverged = None
+    try:
+        trainer.run(callback=cpu_time)
+    except TrainingDiverged as err:
+        diverged = {"iter": trainer.iteration, "cause": str(err).split(": ", 1)[-1].split("; ")[0]}
+    history = [
+        {k: r[k] for k in ("iter", "wall_s", "cpu_s", "grid_tv", "grid_kl", "mmd", "fid", "kid", "coverage", "energy_gap", "clipped_share",
+                           "acceptance") if r.get(k) is not None}
+        for r in trainer.history
+    ]
+    result = {"id": cell_id(cell), **{k: cell.get(k) for k in CELL_FIELDS}, "diverged": diverged is not None,
+              "diverged_at": diverged and diverged["iter"], "cause": diverged and diverged["cause"],
+              "iters": trainer.iteration, "wall_s": round(time.perf_counter() - start, 2), "history": history}
+    final = {} if diverged or not trainer.history else _quality_fields(trainer.history[-1])
+    result["final"] = final
+    clipped = [r["clipped_share"] for r in trainer.history if "clipped_share" in r]
+    result["clipped_share"] = sum(clipped) / len(clipped) if clipped else None
+    result["energy_gap"] = trainer.history[-1]["energy_gap"] if trainer.history else None
+    if not config.is_image and trainer.history and not diverged:
+        result["best_grid_tv"] = min(r["grid_tv"] for r in trainer.history)
+    return result
+
+
+def _cell_worker(job: tuple) -> dict:
+    base_dict, cell, path, threads = job
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = run_cell(TrainConfig.from_dict(base_dict), cell)
+    finally:
+        torch.set_num_threads(previous)  # with jobs = 1 this runs in the caller's process: leave its setting as it was
+    atomic_write_json(path, result)  # written by the worker: a finished cell survives an interrupted sweep
+    return result
+
+
+def _plan(base: TrainConfig, cells: list[dict], study: str | None) -> dict:
+    return {"study": study, "base": base.to_dict(), "cells": [cell_id(c) for c in cells]}
+
+
+def _machine() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _known_results(out: Path) -> dict[str, dict]:
+    """Finished cells in ``out``: one file per cell, and the cells of a summary already written there."""
+    known = {}
+    summary = out / "sweep.json"
+    if summary.exists():
+        for r in json.loads(summary.read_text()).get("cells", []):
+            known[r["id"]] = r
+    for path in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
+        try:
+            r = json.loads(path.read_text())
+        except ValueError:
+            continue  # not possible with atomic writes; recompute rather than trust it
+        known[r["id"]] = r
+    return known
+
+
+def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: int | None = None, progress: bool = True,
+              study: str | None = None, command: str | None = None) -> dict:
+    """Run every cell not yet finished in ``out`` and write ``sweep.json``, ``sweep.md`` and the figures; return the summary.
+
+    Cells run in ``jobs`` processes (default: one per CPU core, one thread each). Each
+    finished cell is written at once to ``out/cells/<id>.json``, so running the same sweep
+    again (after a crash, or to add cells) never recomputes a finished one. A folder that
+    holds a sweep with another base configuration is refused.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    base = base.validate()
+    cells = list(cells)
+    if jobs is not None and jobs < 1:  # before anything is written
+        raise ValueError(f"--jobs: expected an integer >= 1, got {jobs}")
+    if not cells:
+        raise ValueError("cells: the sweep has no cells")
+    ids = [cell_id(c) for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ValueError("cells: the same cell is listed twice")
+    plan = _plan(base, cells, study)
+    plan_path = out / "plan.json"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} exists and is not a folder")
+    if plan_path.exists():
+        old = json.loads(plan_path.read_text())
+        try:  # a setting added to TrainConfig since then takes its default: the same runs
+            old_base = TrainConfig.from_dict(old["base"]).to_dict()
+        except ValueError as err:
+            raise ValueError(f"{plan_path}: written by another version of anila_core ({err})") from None
+        if old_base != plan["base"]:
+            changed = sorted(k for k in plan["base"] if old_base.get(k) != plan["base"][k])
+            raise ValueError(f"--out: {out} holds a sweep with other base settings ({', '.join(changed)}); "
+                             "choose another folder or run that sweep's own command")
+        plan["cells"] = list(dict.fromkeys(old["cells"] + plan["cells"]))
+    elif out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"--out: {out} already holds files that are not a sweep; choose another folder")
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan_path, plan)
+
+    known = _known_results(out)
+    todo = [c for c in cells if cell_id(c) not in known]
+    # the costliest cells first, so that the last ones to finish are short
+    todo.sort(key=lambda c: -(c["n_steps"] + 2))
+    cores = os.cpu_count() or 1
+    jobs = jobs or cores
+    threads = max(1, cores // jobs)
+    work = [(base.to_dict(), c, out / "cells" / f"{cell_id(c)}.json", threads) for c in todo]
+    if todo:
+        bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep cells", disable=not progress)
+        try:
+            if jobs == 1 or len(work) == 1:
+                for w in work:
+                    known[cell_id(w[1])] = _cell_worker(w)
+                    bar.update(1)
+            else:
+                with process_pool(min(jobs, len(work))) as pool:
+                    for r in pool.imap_unordered(_cell_worker, work):
+                        known[r["id"]] = r
+                        bar.update(1)
+        finally:
+            bar.close()
+    results = [known[i] for i in plan["cells"] if i in known]
+    summary = {
+        "study": study,
+        "command": command,
+        "date": datetime.date.today().isoformat(),
+        "machine": _machine(),
+        "base": base.to_dict(),
+        "unstable_tv": UNSTABLE_TV,
+        "cells": results,
+    }
+    atomic_write_json(out / "sweep.json", summary)
+    write_report(summary, out)
+    return summary
+
+
+def load_sweep(path: str | Path) -> dict:
+    """A sweep's ``sweep.json`` (give the file or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "sweep.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no sweep results here; run `python -m anila_core sweep ... --out {path.parent}` first")
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def quality_key(summary: dict) -> str:
+    """The metric a sweep ranks by: grid TV on 2-D targets, FID on images (lower is better for both)."""
+    return "fid" if summary["base"].get("dataset") else "grid_tv"
+
+
+def _stable(result: dict, key: str) -> bool:
+    if result["diverged"]:
+        return False
+    return key != "grid_tv" or result["final"].get("grid_tv", 1.0) < UNSTABLE_TV
+
+
+def summarize(summary: dict) -> list[dict]:
+    """One row per setting (seeds pooled): means and spreads of the final metrics, diverged and unstable shares, wall time."""
+    key = quality_key(summary)
+    groups: dict[tuple, list[dict]] = {}
+    for r in summary["cells"]:
+        groups.setdefault(setting_key(r), []).append(r)
+    rows = []
+    for setting, results in groups.items():
+        row = dict(zip(("kind", "step_size", "b", "n_steps", "chains"), setting))
+        finished = [r for r in results if not r["diverged"]]
+        row["seeds"] = sorted(r["seed"] for r in results)
+        row["diverged"] = sum(r["diverged"] for r in results)
+        row["stable_share"] = sum(_stable(r, key) for r in results) / len(results)
+        for metric in ("grid_tv", "grid_kl", "mmd", "fid", "kid", "coverage", "best_grid_tv"):
+            values = [r["final"][metric] if metric in r["final"] else r.get(metric) for r in finished]
+            values = [v for v in values if v is not None]
+            if values:
+                row[metric] = statistics.fmean(values)
+                row[metric + "_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        clipped = [r["clipped_share"] for r in results if r.get("clipped_share") is not None]
+        row["clipped_share"] = statistics.fmean(clipped) if clipped else None
+        row["wall_s"] = statistics.fmean(r["wall_s"] for r in results)
+        rows.append(row)
+    order = {k: i for i, k in enumerate(KINDS)}
+    rows.sort(key=lambda r: (order[r["kind"]], r["chains"], r["n_steps"], r["step_size"], r["b"] or 0))
+    return rows
+
+
+def main_slice(rows: list[dict]) -> tuple[int, str]:
+    """The K and chain kind most settings share: the heatmaps and the stability plot are drawn at them."""
+    counts: dict[tuple, int] = {}
+    for r in rows:
+        counts[(r["n_steps"], r["chains"])] = counts.get((r["n_steps"], r["chains"]), 0) + 1
+    return max(counts, key=counts.get)
+
+
+def best_settings(summary: dict) -> list[dict]:
+    """Per sampler, its best setting (lowest mean final quality among settings stable for every seed) and its stable step sizes."""
+    key = quality_key(summary)
+    rows = summarize(summary)
+    k, chains = main_slice(rows)
+    best = []
+    for kind in KINDS:
+        mine = [r for r in rows if r["kind"] == kind and r["n_steps"] == k and r["chains"] == chains]
+        if not mine:
+            continue
+        stable = [r for r in mine if r["stable_share"] == 1 and key in r]
+        winner = min(stable, key=lambda r: r[key]) if stable else None
+        # a step size is in the stable range when some b (or the sampler itself) is stable at it for every seed
+        steps = sorted({r["step_size"] for r in mine if r["stable_share"] == 1})
+        best.append({"kind": kind, "best": winner, "stable_step_sizes": steps,
+                     "all_step_sizes": sorted({r["step_size"] for r in mine})})
+    return best
+
+
+def _fmt(value, digits: int = 3, sd=None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    text = f"{value:.{digits}f}"
+    return text + (f" ± {sd:.{digits}f}" if sd else "")
+
+
+def setting_table(rows: Sequence[dict], images: bool = False) -> str:
+    """Rows of :func:`summarize` (seeds pooled per setting) as a markdown table."""
+    if images:
+        header = "| sampler | ε | b | K | chains | seeds | diverged | FID | KID | coverage | clipped | wall s |"
+    else:
+        header = "| sampler | ε | b | K | chains | seeds | diverged | unstable | final TV | best TV | KL | MMD | clipped | wall s |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        n = len(r["seeds"])
+        head = (f"| {r['kind']} | {_number(r['step_size'])} | {'—' if r['b'] is None else _number(r['b'])} | {r['n_steps']} | "
+                f"{r['chains']} | {n} | {r['diverged']}/{n} |")
+        clipped = "—" if r["clipped_share"] is None else f"{100 * r['clipped_share']:.1f} %"
+        if images:
+            tail = (f" {_fmt(r.get('fid'), 3, r.get('fid_sd'))} | {_fmt(r.get('kid'), 4)} | {_fmt(r.get('coverage'), 2)} | "
+                    f"{clipped} | {r['wall_s']:.0f} |")
+        else:
+            unstable = round((1 - r["stable_share"]) * n)
+            tail = (f" {unstable}/{n} | {_fmt(r.get('grid_tv'), 3, r.get('grid_tv_sd'))} | {_fmt(r.get('best_grid_tv'))} | "
+                    f"{_fmt(r.get('grid_kl'), 2)} | {_fmt(r.get('mmd'), 4)} | {clipped} | {r['wall_s']:.0f} |")
+        lines.append(head + tail)
+    return "\n".join(lines)
+
+
+def markdown_report(summary: dict) -> str:
+    """The study as markdown: how it was run, the best setting per sampler, then every setting."""
+    key = quality_key(summary)
+    rows = summarize(summary)
+    images = key == "fid"
+    base = summary["base"]
+    lines = [
+        f"# Sampler sweep{': ' + summary['study'] if summary.get('study') else ''}",
+        "",
+        f"{len(summary['cells'])} training runs on **{base.get('dataset') or base['target']}**, {base['iters']} iterations each "
+        f"(batch {base['batch_size']}, Adam {base['lr']:g}, {base['lr_schedule']} schedule); seeds pooled per setting "
+        f"(mean ± sd over the seeds that finished). Date {summary.get('date')}, {summary['machine'].get('cpus')} CPUs, "
+        f"torch {summary['machine'].get('torch')}.",
+        "",
+        f"Command: `{summary.get('command') or 'python -m anila_core sweep ...'}`",
+        "",
+        "*Diverged*: the guard stopped the run (non-finite values or an exploding energy gap). "
+        + ("" if images else f"*Unstable*: diverged, or final grid TV ≥ {UNSTABLE_TV} (the model lost the target). "),
+        "",
+        "## Best setting per sampler",
+        "",
+    ]
+    best = best_settings(summary)
+    metric = "FID" if images else "grid TV"
+    lines += [f"| sampler | step size | b | final {metric} | stable step sizes (every seed) |", "|---|---|---|---|---|"]
+    for entry in best:
+        w = entry["best"]
+        steps = ", ".join(_number(s) for s in entry["stable_step_sizes"]) or "none"
+        if w is None:
+            lines.append(f"| {entry['kind']} | — | — | no setting stable for every seed | {steps} |")
+        else:
+            lines.append(f"| {entry['kind']} | {_number(w['step_size'])} | {'—' if w['b'] is None else _number(w['b'])} | "
+                         f"{_fmt(w[key], 3, w.get(key + '_sd'))} | {steps} |")
+    lines += ["", "## Every setting", "", setting_table(rows, images)]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_heatmaps(summary: dict, axes=None):
+    """Mean final quality over (step size, b) for each sampler at the main K and chain kind; ✕ marks settings where a seed was unstable."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    key = quality_key(summary)
+    rows = summarize(summary)
+    k, chains = main_slice(rows)
+    rows = [r for r in rows if r["n_steps"] == k and r["chains"] == chains]
+    kinds = [kind for kind in KINDS if any(r["kind"] == kind for r in rows)]
+    steps = sorted({r["step_size"] for r in rows})
+    if axes is None:
+        _, axes = plt.subplots(1, len(kinds), figsize=(2.3 * len(kinds) + 1.5, 0.45 * len(steps) + 1.8), squeeze=False)
+        axes = list(axes[0])
+    vmax = 1.0 if key == "grid_tv" else max((r.get(key, 0) for r in rows), default=1.0) or 1.0
+    image = None
+    for ax, kind in zip(axes, kinds):
+        mine = [r for r in rows if r["kind"] == kind]
+        bs = sorted({r["b"] for r in mine if r["b"] is not None}) or [None]
+        grid = np.full((len(steps), len(bs)), np.nan)
+        for r in mine:
+            i, j = steps.index(r["step_size"]), bs.index(r["b"])
+            grid[i, j] = r.get(key, np.nan)
+            mark = "" if r["stable_share"] == 1 else "✕"
+            text = "div" if key not in r else f"{r[key]:.2f}"
+            ax.text(j, i, f"{text}{mark}", ha="center", va="center", fontsize=7,
+                    color="white" if key in r and r[key] > 0.55 * vmax else "black")
+        image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
+        ax.set_xticks(range(len(bs)), ["—" if b is None else _number(b) for b in bs])
+        ax.set_yticks(range(len(steps)), [_number(s) for s in steps])
+        ax.set_title(kind, fontsize=9)
+        ax.set_xlabel("b" if bs != [None] else "")
+    axes[0].set_ylabel("step size ε")
+    if image is not None:
+        label = "final grid TV (lower is better)" if key == "grid_tv" else "final FID (lower is better)"
+        axes[0].figure.colorbar(image, ax=list(axes), label=label, shrink=0.9)
+    axes[0].figure.suptitle(f"quality over (ε, b), K = {k}, {chains} chains; ✕: a seed diverged or collapsed", fontsize=10)
+    return axes
+
+
+def plot_stability(summary: dict, ax=None):
+    """The stability region: for each sampler (rows) and step size (columns), the share of seeds that trained stably, at its most stable b (the best of those)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    key = quality_key(summary)
+    rows = summarize(summary)
+    k, chains = main_slice(rows)
+    rows = [r for r in rows if r["n_steps"] == k and r["chains"] == chains]
+    kinds = [kind for kind in KINDS if any(r["kind"] == kind for r in rows)]
+    steps = sorted({r["step_size"] for r in rows})
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.75 * len(steps) + 2.5, 0.42 * len(kinds) + 1.4))
+    share = np.full((len(kinds), len(steps)), np.nan)
+    for i, kind in enumerate(kinds):
+        for j, step in enumerate(steps):
+            mine = [r for r in rows if r["kind"] == kind and r["step_size"] == step]
+            if not mine:
+                continue
+            # an AniLA user would pick the most stable b, and among those the best one
+            best = max(mine, key=lambda r: (r["stable_share"], -r.get(key, math.inf)))
+            share[i, j] = best["stable_share"]
+            n = len(best["seeds"])
+            b = "" if best["b"] is None else f"\nb={_number(best['b'])}"
+            ax.text(j, i, f"{round(best['stable_share'] * n)}/{n}{b}", ha="center", va="center", fontsize=7)
+    ax.imshow(share, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(steps)), [_number(s) for s in steps])
+    ax.set_yticks(range(len(kinds)), kinds)
+    ax.set_xlabel("step size ε")
+    ax.set_title(f"seeds that trained stably (most stable b; K = {k}, {chains})", fontsize=10)
+    return ax
+
+
+def plot_quality_vs_time(summary: dict, ax=None):
+    """Quality against training CPU time for each sampler's best setting (mean over its seeds).
+
+    CPU time (one thread per cell) is what compares samplers whose cells ran while the
+    machine was shared unevenly; sweeps written before it was recorded are drawn against
+    the iteration instead, and the axis says so.
+    """
+    import matplotlib.pyplot as plt
+
+    key = quality_key(summary)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6))
+    best = [(entry, [r for r in summary["cells"] if setting_key(r) == setting_key(entry["best"]) and not r["diverged"]])
+            for entry in best_settings(summary) if entry["best"] is not None]
+    on_cpu = all("cpu_s" in h for _, results in best for r in results for h in r["history"])
+    clock = "cpu_s" if on_cpu else "iter"
+    for entry, results in best:
+        rows = [[h for h in r["history"] if key in h] for r in results]
+        n = min(len(h) for h in rows)
+        if n == 0:
+            continue
+        time_axis = [statistics.fmean(h[i][clock] for h in rows) for i in range(n)]
+        value = [statistics.fmean(h[i][key] for h in rows) for i in range(n)]
+        w = entry["best"]
+        b = "" if w["b"] is None else f", b={_number(w['b'])}"
+        ax.plot(time_axis, value, "o-", ms=3, label=f"{entry['kind']} (ε={_number(w['step_size'])}{b})")
+    ax.set_xlabel("training CPU time (s, one thread)" if on_cpu else "iteration (this sweep recorded wall time only)")
+    ax.set_ylabel("grid TV" if key == "grid_tv" else "FID")
+    ax.set_title("quality against " + ("time" if on_cpu else "iterations") + ", each sampler's best setting", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no setting was stable for every seed", ha="center", va="center", transform=ax.transAxes)
+    return ax
+
+
+def plot_clipping(summary: dict, ax=None):
+    """For every finished AniLA cell: the share of clipped coordinates against its final quality, coloured by step size."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    key = quality_key(summary)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6))
+    cells = [r for r in summary["cells"] if uses_b(r["kind"]) and not r["diverged"] and r.get("clipped_share") is not None
+             and key in r["final"]]
+    markers = {"anila": "o", "anila_sample": "s", "anila_noise": "^", "anila_mh": "D", "anila_pixel": "v"}
+    steps = [r["step_size"] for r in cells] or [1.0]
+    norm = LogNorm(min(steps), max(steps) if max(steps) > min(steps) else min(steps) * 10)
+    dots = None
+    for kind in markers:
+        mine = [r for r in cells if r["kind"] == kind]
+        if mine:
+            dots = ax.scatter([100 * r["clipped_share"] for r in mine], [r["final"][key] for r in mine],
+                              c=[r["step_size"] for r in mine], cmap="plasma", norm=norm, marker=markers[kind], s=22,
+                              edgecolors="k", linewidths=0.3, label=kind)
+    if dots is not None:
+        ax.figure.colorbar(dots, ax=ax, label="step size ε")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("coordinates with |∇E| > b (%, mean over training)")
+    ax.set_ylabel("final grid TV" if key == "grid_tv" else "final FID")
+    ax.set_title("how much AniLA clips, and what it costs or buys", fontsize=10)
+    return ax
+
+
+def plot_histories(summary: dict, settings: Sequence[dict], metric: str = "energy_gap", ax=None):
+    """``metric`` (e.g. ``energy_gap``, ``grid_tv``, ``clipped_share``) over training for the cells matching each of ``settings``, one line per seed."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6))
+    for n, wanted in enumerate(settings):
+        colour = f"C{n}"
+        matches = [r for r in summary["cells"] if all(r.get(k) == v for k, v in wanted.items())]
+        if not matches:
+            raise ValueError(f"settings: no cell of the sweep matches {wanted}")
+        for i, r in enumerate(matches):
+            rows = [h for h in r["history"] if metric in h]
+            label = ", ".join(f"{k}={v}" for k, v in wanted.items()) if i == 0 else None
+            ax.plot([h["iter"] for h in rows], [h[metric] for h in rows], "o-", ms=3, color=colour, alpha=0.8, label=label)
+            if r["diverged"]:
+                ax.axvline(r["diverged_at"], color=colour, ls=":", lw=1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def write_report(summary: dict, out: str | Path) -> list[Path]:
+    """``sweep.md``, ``heatmaps.png``, ``stability.png`` and ``quality_vs_time.png`` in ``out``."""
+    from .report import save_figure
+
+    out = Path(out)
+    atomic_write_text(out / "sweep.md", markdown_report(summary))
+    written = [out / "sweep.md"]
+    for name, plot in (("heatmaps.png", plot_heatmaps), ("stability.png", plot_stability), ("quality_vs_time.png", plot_quality_vs_time)):
+        drawn = plot(summary)
+        save_figure((drawn[0] if isinstance(drawn, list) else drawn).figure, out / name)
+        written.append(out / name)
+    return written
+
+
+def grid_from_lists(kinds: Iterable[str], step_sizes: Iterable[float], bs: Iterable[float], n_steps: Iterable[int],
+                    chains: Iterable[str], seeds: Iterable[int]) -> Grid:
+    """A :class:`Grid` from the command line's lists."""
+    return Grid(kinds=tuple(kinds), step_sizes=tuple(step_sizes), bs=tuple(bs), n_steps=tuple(n_steps), chains=tuple(chains),
+                seeds=tuple(seeds))
+
+
+def study_base(study: Study, **overrides) -> TrainConfig:
+    """The base configuration of a named study (with ``overrides`` on top)."""
+    return preset(study.preset, "langevin", **{**study.overrides, **overrides})
+
+
+def command_line() -> str:
+    """How this process was started, for the record in sweep.json."""
+    return "python -m anila_core " + " ".join(sys.argv[1:])

@@ -1,0 +1,163 @@
+"""The sampler sweep: the grid it expands, the table it pools, and a tiny sweep end to end (parallel, resumable, divergence recorded)."""
+
+import json
+
+import pytest
+
+from anila_core import sweep
+from anila_core.cli import main
+from anila_core.config import preset
+from anila_core.sweep import Grid, cell_id, run_sweep, summarize
+
+
+def tiny_base(**changes):
+    return preset("smoke", "langevin", iters=10, eval_every=5, eval_samples=100, **changes)
+
+
+def test_grid_gives_b_to_anila_kinds_only():
+    grid = Grid(kinds=("langevin", "anila", "psgld"), step_sizes=(0.01, 0.1), bs=(1.0, 3.0, 10.0), seeds=(0, 1))
+    cells = grid.cells()
+    # langevin and psgld: 2 step sizes × 2 seeds; anila: × 3 thresholds
+    assert len(cells) == 2 * 2 + 2 * 3 * 2 + 2 * 2
+    assert all(c["b"] is None for c in cells if c["kind"] != "anila")
+    assert sorted({c["b"] for c in cells if c["kind"] == "anila"}) == [1.0, 3.0, 10.0]
+    assert len({cell_id(c) for c in cells}) == len(cells)
+    assert cell_id(cells[0]) == "langevin-eps0.01-K30-buffer-seed0"
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(kinds=("gibbs",)), "samplers: unknown name 'gibbs'"),
+    (dict(step_sizes=(0.01, -1.0)), "step_size: expected finite numbers > 0, got [-1.0]"),
+    (dict(bs=(0.0,)), "b: expected numbers > 0"),
+    (dict(n_steps=(0,)), "n_steps: expected integers >= 1"),
+    (dict(chains=("pool",)), "chains: expected some of"),
+    (dict(seeds=()), "seeds: expected at least one value"),
+])
+def test_grid_rejects_bad_values_by_name(changes, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        Grid(**changes)
+
+
+def _result(kind, eps, b, seed, tv, diverged=False, wall=10.0):
+    return {"id": f"{kind}{eps}{b}{seed}", "kind": kind, "step_size": eps, "b": b, "n_steps": 30, "chains": "buffer", "seed": seed,
+            "diverged": diverged, "final": {} if diverged else {"grid_tv": tv, "grid_kl": 2 * tv, "mmd": tv / 10},
+            "best_grid_tv": None if diverged else tv, "clipped_share": None if b is None else 0.25, "wall_s": wall,
+            "history": [] if diverged else [{"iter": 10, "wall_s": wall, "grid_tv": tv}]}
+
+
+FIXED = {"base": {"dataset": "", "target": "rings", "iters": 10, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant"},
+         "machine": {"cpus": 2, "torch": "x"}, "cells": [
+             _result("langevin", 0.01, None, 0, 0.2), _result("langevin", 0.01, None, 1, 0.4),
+             _result("langevin", 0.1, None, 0, None, diverged=True), _result("langevin", 0.1, None, 1, 0.3),
+             _result("anila", 0.01, 3.0, 0, 0.1), _result("anila", 0.01, 3.0, 1, 0.6),
+             _result("anila", 0.1, 3.0, 0, 0.25), _result("anila", 0.1, 3.0, 1, 0.35),
+         ]}
+
+
+def test_summary_pools_seeds_exactly():
+    rows = {(r["kind"], r["step_size"]): r for r in summarize(FIXED)}
+    assert rows[("langevin", 0.01)]["grid_tv"] == pytest.approx(0.3)
+    assert rows[("langevin", 0.01)]["grid_tv_sd"] == pytest.approx(0.1414213562)
+    assert rows[("langevin", 0.01)]["stable_share"] == 1.0
+    # a diverged seed is left out of the means and counted
+    assert rows[("langevin", 0.1)]["diverged"] == 1 and rows[("langevin", 0.1)]["grid_tv"] == pytest.approx(0.3)
+    assert rows[("langevin", 0.1)]["stable_share"] == 0.5
+    # a seed that ended at TV >= 0.5 (lost the target) is unstable without having diverged
+    assert rows[("anila", 0.01)]["diverged"] == 0 and rows[("anila", 0.01)]["stable_share"] == 0.5
+    assert rows[("anila", 0.01)]["clipped_share"] == 0.25
+    best = {e["kind"]: e for e in sweep.best_settings(FIXED)}
+    assert best["langevin"]["best"]["step_size"] == 0.01 and best["langevin"]["stable_step_sizes"] == [0.01]
+    assert best["anila"]["best"]["step_size"] == 0.1 and best["anila"]["best"]["grid_tv"] == pytest.approx(0.3)
+    table = sweep.markdown_report(FIXED)
+    assert "| langevin | 0.1 | — | 30 | buffer | 2 | 1/2 | 1/2 | 0.300 |" in table
+    assert "| anila | 0.1 | 3 | 0.300 ± 0.071 | 0.1 |" in table
+
+
+def test_tiny_sweep_end_to_end_parallel_and_resumable(tmp_path, monkeypatch):
+    grid = Grid(kinds=("langevin", "anila"), step_sizes=(0.01, 0.05), bs=(3.0,), n_steps=(5,), seeds=(0,))
+    out = tmp_path / "sweep"
+    summary = run_sweep(out, grid.cells(), tiny_base(), jobs=2, progress=False)
+    assert len(summary["cells"]) == 4
+    for name in ("sweep.json", "sweep.md", "plan.json", "heatmaps.png", "stability.png", "quality_vs_time.png"):
+        assert (out / name).stat().st_size > 0, name
+    cells = sorted((out / "cells").glob("*.json"))
+    assert len(cells) == 4
+    saved = json.loads((out / "sweep.json").read_text())
+    for r in saved["cells"]:
+        assert not r["diverged"] and 0 <= r["final"]["grid_tv"] <= 1 and r["iters"] == 10
+        assert [h["iter"] for h in r["history"]] == [5, 10]
+        assert 0 < r["history"][0]["cpu_s"] <= r["history"][1]["cpu_s"]
+        assert (r["clipped_share"] is None) == (r["kind"] == "langevin")
+    # a finished cell is never computed again; a new cell is
+    stamps = {p.name: p.stat().st_mtime_ns for p in cells}
+    computed = []
+    real = sweep.run_cell
+    monkeypatch.setattr(sweep, "run_cell", lambda base, cell: computed.append(cell_id(cell)) or real(base, cell))
+    more = Grid(kinds=("langevin",), step_sizes=(0.01, 0.02), n_steps=(5,), seeds=(0,)).cells()
+    summary = run_sweep(out, grid.cells() + more[1:], tiny_base(), jobs=1, progress=False)
+    assert computed == ["langevin-eps0.02-K5-buffer-seed0"]
+    assert len(summary["cells"]) == 5
+    assert {p.name: p.stat().st_mtime_ns for p in cells} == stamps
+
+
+def test_a_diverged_cell_is_a_result(tmp_path):
+    base = tiny_base(max_energy_gap=1e-12)  # the guard trips at the first iteration
+    cell = dict(kind="langevin", step_size=0.01, b=None, n_steps=5, chains="buffer", seed=0)
+    summary = run_sweep(tmp_path / "s", [cell], base, jobs=1, progress=False)
+    r = summary["cells"][0]
+    assert r["diverged"] and r["diverged_at"] == 1 and "energy gap" in r["cause"] and r["final"] == {}
+    assert "| langevin | 0.01 | — | 5 | buffer | 1 | 1/1 | 1/1 | — |" in (tmp_path / "s" / "sweep.md").read_text()
+
+
+def test_a_folder_with_another_sweep_or_other_files_is_refused(tmp_path):
+    cell = dict(kind="langevin", step_size=0.01, b=None, n_steps=5, chains="buffer", seed=0)
+    run_sweep(tmp_path / "s", [cell], tiny_base(), jobs=1, progress=False)
+    with pytest.raises(ValueError, match="holds a sweep with other base settings \\(lr\\)"):
+        run_sweep(tmp_path / "s", [cell], tiny_base(lr=0.01), jobs=1, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds files that are not a sweep"):
+        run_sweep(tmp_path / "other", [cell], tiny_base(), jobs=1, progress=False)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_cli_sweep_writes_the_table(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["sweep", "--preset", "smoke", "--samplers", "langevin", "anila", "--step-size", "0.01", "--b", "3",
+                 "--n-steps", "5", "--iters", "10", "--eval-every", "5", "--jobs", "1", "--no-progress", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "sweep: 2 cells on rings, 10 iterations each" in printed and str(out / "sweep.md") in printed
+    assert json.loads((out / "sweep.json").read_text())["command"].startswith("python -m anila_core")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--study", "smoke", "--samplers", "langevin"], "--study: fixes the grid and the preset; drop --samplers"),
+    (["--samplers", "gibbs"], "invalid choice: 'gibbs'"),
+    (["--step-size", "0"], "step_size: expected finite numbers > 0, got [0.0]"),
+])
+def test_cli_sweep_bad_input(tmp_path, capsys, argv, message):
+    try:
+        code = main(["sweep", "--out", str(tmp_path / "x"), *argv])
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_digits_cells_report_fid_kid_and_coverage(tmp_path_factory, monkeypatch):
+    from digits_judge import digits_data_root
+
+    monkeypatch.delenv("ANILA_DATA", raising=False)
+    root = digits_data_root(tmp_path_factory.getbasetemp())
+    base = preset("smoke", "langevin", dataset="digits", device="cpu", data_root=str(root), iters=2, eval_every=2,
+                  fid_every=2, fid_samples=32)
+    cells = Grid(kinds=("langevin", "anila"), step_sizes=(1.0,), bs=(0.1,), n_steps=(3,), chains=("short_run",)).cells()
+    out = tmp_path_factory.mktemp("digits-sweep")
+    summary = run_sweep(out, cells, base, jobs=1, progress=False)
+    for r in summary["cells"]:
+        assert set(r["final"]) == {"fid", "kid", "coverage"} and r["final"]["fid"] >= 0 and 0 <= r["final"]["coverage"] <= 1
+    table = (out / "sweep.md").read_text()
+    assert "| sampler | ε | b | K | chains | seeds | diverged | FID | KID | coverage | clipped | wall s |" in table
+    assert "final FID" in table
