@@ -193,6 +193,8 @@ def test_config_field_and_smoke_runs_stay_eager():
         preset("smoke", "anila", fast="always")
     assert not Trainer(preset("smoke", "anila"), progress=False).fast
     assert Trainer(preset("cpu_long", "anila"), progress=False).fast  # 10 000 iterations × K = 30
+    assert Trainer(preset("cpu", "langevin"), progress=False).fast  # the demo and notebook 02: 3000 × 30
+    assert not Trainer(preset("sweep", "langevin"), progress=False).fast  # a sweep cell: 800 × 30
 
 
 def test_training_with_the_fast_path_matches_eager():
