@@ -38,7 +38,7 @@ CI_DATA := $(CURDIR)/.ci-data
 test: $(STAMP)
 	$(PY) tests/make_tiny_datasets.py $(CI_DATA)
 	ANILA_BUDGET=smoke ANILA_DATA=$(CI_DATA) ANILA_DATA_VERIFY=0 MPLBACKEND=Agg OMP_NUM_THREADS=1 \
-		$(PY) -m pytest -q -m "not browser" --durations=15 --nbmake tests notebooks apps
+		$(PY) -m pytest -q -rs -m "not browser" --durations=15 --nbmake tests notebooks apps
 
 # Chromium from the distribution: Playwright's own browser download needs the open internet
 CHROMIUM ?= /usr/bin/chromium
