@@ -508,17 +508,23 @@ def markdown_report(summary: dict) -> str:
 # --------------------------------------------------------------------------- figures
 
 
-def plot_heatmaps(summary: dict, axes=None):
-    """Mean final quality over (step size, b) for each sampler at the main K and chain kind; ✕ marks settings where a seed was unstable."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+def _main_rows(summary: dict) -> tuple:
+    """What the maps draw: the quality key, the pooled rows at the main K and chain kind, that K and kind, the samplers and step sizes present."""
     key = quality_key(summary)
     rows = summarize(summary)
     k, chains = main_slice(rows)
     rows = [r for r in rows if r["n_steps"] == k and r["chains"] == chains]
     kinds = [kind for kind in KINDS if any(r["kind"] == kind for r in rows)]
     steps = sorted({r["step_size"] for r in rows})
+    return key, rows, k, chains, kinds, steps
+
+
+def plot_heatmaps(summary: dict, axes=None):
+    """Mean final quality over (step size, b) for each sampler at the main K and chain kind; ✕ marks settings where a seed was unstable."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    key, rows, k, chains, kinds, steps = _main_rows(summary)
     if axes is None:
         _, axes = plt.subplots(1, len(kinds), figsize=(2.3 * len(kinds) + 1.5, 0.45 * len(steps) + 1.8), squeeze=False)
         axes = list(axes[0])
@@ -553,12 +559,7 @@ def plot_stability(summary: dict, ax=None):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    key = quality_key(summary)
-    rows = summarize(summary)
-    k, chains = main_slice(rows)
-    rows = [r for r in rows if r["n_steps"] == k and r["chains"] == chains]
-    kinds = [kind for kind in KINDS if any(r["kind"] == kind for r in rows)]
-    steps = sorted({r["step_size"] for r in rows})
+    key, rows, k, chains, kinds, steps = _main_rows(summary)
     if ax is None:
         _, ax = plt.subplots(figsize=(0.75 * len(steps) + 2.5, 0.42 * len(kinds) + 1.4))
     share = np.full((len(kinds), len(steps)), np.nan)
