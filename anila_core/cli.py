@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, preset
-from .processes import process_pool
+from .processes import process_pool, torch_threads
 
 __all__ = ["main", "build_parser"]
 
@@ -181,21 +181,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_one(job: tuple) -> dict:
     """Worker of ``compare``: one sampler's run, with its share of the CPU threads."""
-    import torch
-
     from .runs import Run
 
     config, out, resume, threads, progress = job
     out = Path(out)
     if resume and (out / "final.json").exists():
         return json.loads((out / "final.json").read_text())
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         run = Run(out, resume=True, progress=progress) if resume and (out / "checkpoint.pt").exists() else Run(out, config, progress=progress)
         return run.train()
-    finally:
-        torch.set_num_threads(previous)  # with --jobs 1 this runs in the caller's process: leave its setting as it was
 
 
 def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int:
@@ -203,7 +197,6 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
 
     from .report import markdown_table, plot_side_by_side, save_figure
     from .runs import load_trainer
-    from .fileio import atomic_write_text
     from .metrics import grid_log_probs
 
     from . import distributed
@@ -250,7 +243,13 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
         runs[s] = {"log_p": log_p, "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
     target = load_trainer(out / samplers[0], progress=False).target
     save_figure(plot_side_by_side(runs, target), out / "comparison.png")
-    table = markdown_table(finals)
+    return _write_comparison_table(out, markdown_table(finals), start)
+
+
+def _write_comparison_table(out: Path, table: str, start: float) -> int:
+    """comparison.md, then the table, the wall time and where the figure and table are, on the terminal."""
+    from .fileio import atomic_write_text
+
     atomic_write_text(out / "comparison.md", table)
     print(table)
     print(f"wall time {time.perf_counter() - start:.0f} s")
@@ -260,7 +259,6 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
 
 def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start: float) -> int:
     """comparison.png (sample grids side by side: the paper's Figures 2 and 3), fid.png and comparison.md."""
-    from .fileio import atomic_write_text
     from .report import image_markdown_table, plot_fid_curve, plot_image_side_by_side, save_figure
     from .runs import load_trainer
 
@@ -270,12 +268,7 @@ def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start
     ax = plot_fid_curve({s: t.history for s, t in trainers.items()})
     if ax is not None:
         save_figure(ax.figure, out / "fid.png")
-    table = image_markdown_table(finals)
-    atomic_write_text(out / "comparison.md", table)
-    print(table)
-    print(f"wall time {time.perf_counter() - start:.0f} s")
-    print(f"figure: {out / 'comparison.png'}\ntable:  {out / 'comparison.md'}")
-    return 0
+    return _write_comparison_table(out, image_markdown_table(finals), start)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 from .config import CHAIN_KINDS, TrainConfig, preset
 from .fileio import atomic_write_json, atomic_write_text
-from .processes import process_pool
+from .processes import process_pool, torch_threads
 
 __all__ = [
     "KINDS",
@@ -199,9 +199,14 @@ def cell_config(base: TrainConfig, cell: dict) -> TrainConfig:
     return base.replace(**changes).validate()
 
 
-def _quality_fields(row: dict) -> dict:
-    keys = ("grid_tv", "grid_kl", "mmd", "fid", "kid", "coverage")
-    return {k: row[k] for k in keys if row.get(k) is not None}
+#: an evaluation row's measures of quality (2-D targets: the first three; images: the last three)
+QUALITY_FIELDS = ("grid_tv", "grid_kl", "mmd", "fid", "kid", "coverage")
+#: what a cell keeps of each evaluation row
+HISTORY_FIELDS = ("iter", "wall_s", "cpu_s", *QUALITY_FIELDS, "energy_gap", "clipped_share", "acceptance")
+
+
+def _fields(row: dict, names: Sequence[str]) -> dict:
+    return {k: row[k] for k in names if row.get(k) is not None}
 
 
 def run_cell(base: TrainConfig, cell: dict) -> dict:
@@ -222,15 +227,11 @@ def run_cell(base: TrainConfig, cell: dict) -> dict:
         trainer.run(callback=cpu_time)
     except TrainingDiverged as err:
         diverged = {"iter": trainer.iteration, "cause": str(err).split(": ", 1)[-1].split("; ")[0]}
-    history = [
-        {k: r[k] for k in ("iter", "wall_s", "cpu_s", "grid_tv", "grid_kl", "mmd", "fid", "kid", "coverage", "energy_gap", "clipped_share",
-                           "acceptance") if r.get(k) is not None}
-        for r in trainer.history
-    ]
+    history = [_fields(r, HISTORY_FIELDS) for r in trainer.history]
     result = {"id": cell_id(cell), **{k: cell.get(k) for k in CELL_FIELDS}, "diverged": diverged is not None,
               "diverged_at": diverged and diverged["iter"], "cause": diverged and diverged["cause"],
               "iters": trainer.iteration, "wall_s": round(time.perf_counter() - start, 2), "history": history}
-    final = {} if diverged or not trainer.history else _quality_fields(trainer.history[-1])
+    final = {} if diverged or not trainer.history else _fields(trainer.history[-1], QUALITY_FIELDS)
     result["final"] = final
     clipped = [r["clipped_share"] for r in trainer.history if "clipped_share" in r]
     result["clipped_share"] = sum(clipped) / len(clipped) if clipped else None
@@ -242,14 +243,8 @@ def run_cell(base: TrainConfig, cell: dict) -> dict:
 
 def _cell_worker(job: tuple) -> dict:
     base_dict, cell, path, threads = job
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         result = run_cell(TrainConfig.from_dict(base_dict), cell)
-    finally:
-        torch.set_num_threads(previous)  # with jobs = 1 this runs in the caller's process: leave its setting as it was
     atomic_write_json(path, result)  # written by the worker: a finished cell survives an interrupted sweep
     return result
 
@@ -396,7 +391,7 @@ def summarize(summary: dict) -> list[dict]:
         row["seeds"] = sorted(r["seed"] for r in results)
         row["diverged"] = sum(r["diverged"] for r in results)
         row["stable_share"] = sum(_stable(r, key) for r in results) / len(results)
-        for metric in ("grid_tv", "grid_kl", "mmd", "fid", "kid", "coverage", "best_grid_tv"):
+        for metric in (*QUALITY_FIELDS, "best_grid_tv"):
             values = [r["final"][metric] if metric in r["final"] else r.get(metric) for r in finished]
             values = [v for v in values if v is not None]
             if values:
