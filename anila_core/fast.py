@@ -26,6 +26,7 @@ import time
 import types
 import warnings
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -90,6 +91,52 @@ class _CheaperCpuGradient(TorchFunctionMode):
                 out = (h * weight[0]).sum(-1, keepdim=True)
                 return out if bias is None else out + bias
         return func(*args, **kwargs)
+
+
+#: a linear layer with at most this many inputs counts as thin (the 2-D MLP's first layer)
+_THIN_INPUTS = 8
+
+
+def _thin_linear_weights(energy_fn) -> list[torch.nn.Parameter]:
+    """The weights of the thin ``nn.Linear`` layers (few inputs, more outputs) in the modules ``energy_fn`` belongs to.
+
+    Looks at ``energy_fn`` itself when it is a module, else at the object a bound method
+    belongs to: that object when it is a module, or the modules among its attributes (a
+    trainer's ``energy``). A plain function finds none, and then nothing changes.
+    """
+    owner = getattr(energy_fn, "__self__", energy_fn)
+    if isinstance(owner, torch.nn.Module):
+        roots = [owner]
+    else:
+        roots = [v for v in vars(owner).values() if isinstance(v, torch.nn.Module)] if hasattr(owner, "__dict__") else []
+    weights: dict[int, torch.nn.Parameter] = {}
+    for root in roots:
+        for module in root.modules():
+            if isinstance(module, torch.nn.Linear) and module.in_features <= _THIN_INPUTS < module.out_features:
+                weights[id(module.weight)] = module.weight
+    return list(weights.values())
+
+
+@contextmanager
+def _thin_weights_column_major(weights: list[torch.nn.Parameter]):
+    """Hold the given ``(out, in)`` weights in column-major memory while a CPU chain runs; the values are untouched.
+
+    The input gradient of a thin layer is a (N × width) @ (width × in) product. CPU BLAS runs
+    that shape ≈ 4× faster when the small matrix is column-major (measured at N = 1024,
+    width 128, in = 2: 40 µs against 166 µs, ≈ 5 % of a transition of the 2-D MLP). The
+    compiler keeps a graph input's layout, so the weights are re-laid before the compiled
+    transitions run and put back after. The compiled graphs are specialised on this layout.
+    """
+    originals = []
+    try:
+        for weight in weights:
+            if weight.ndim == 2 and weight.is_contiguous():
+                originals.append((weight, weight.data))
+                weight.data = weight.data.t().contiguous().t()
+        yield
+    finally:
+        for weight, data in originals:
+            weight.data = data
 
 
 def _grad_and_energy(energy_fn: EnergyFn, x: torch.Tensor, cpu_rewrites: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,11 +375,19 @@ def sample_fast(
         step = transition_for(sampler, energy_fn, x, "adjusted", cuda_graphs=graphs)
         if step.failed is not None:
             return sampler.sample(energy_fn, x, n_steps, generator=generator, trace=trace, fast=False)
-        return _run_adjusted(sampler, step, energy_fn, x, n_steps, generator, trace, graphs)
+        with _layout_for(energy_fn, x):
+            return _run_adjusted(sampler, step, energy_fn, x, n_steps, generator, trace, graphs)
     first = transition_for(sampler, energy_fn, x, "unadjusted", cuda_graphs=graphs)
     if first.failed is not None:
         return sampler.sample(energy_fn, x, n_steps, generator=generator, trace=trace, fast=False)
-    return _run_unadjusted(sampler, first, x, energy_fn, n_steps, generator, trace, graphs)
+    with _layout_for(energy_fn, x):
+        return _run_unadjusted(sampler, first, x, energy_fn, n_steps, generator, trace, graphs)
+
+
+def _layout_for(energy_fn, x: torch.Tensor):
+    """The weight layout the compiled CPU transitions are built for (see :func:`_thin_weights_column_major`)."""
+    weights = _thin_linear_weights(energy_fn) if x.device.type == "cpu" else []
+    return _thin_weights_column_major(weights)
 
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

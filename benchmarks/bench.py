@@ -633,6 +633,13 @@ def _f(v, fmt="{:.3f}"):
     return "—" if v is None else fmt.format(v)
 
 
+def _load_words(load: dict, machine: dict) -> str:
+    # the benchmark itself keeps torch_threads cores busy: only load beyond that is someone else's
+    if load["max"] <= machine["torch_threads"] + 0.5:
+        return "nothing else ran on this machine during the run (the load stayed at the benchmark's own)."
+    return "other jobs shared this machine during the run, so absolute times are inflated and noisy."
+
+
 def render_markdown(results: dict) -> str:
     m = results["machine"]
     load = results["load"]
@@ -642,10 +649,10 @@ def render_markdown(results: dict) -> str:
         f"Measured by `benchmarks/bench.py` ({results['mode']} mode) on {m['date']}: {m['cpu']}, {m['cores']} cores, "
         f"torch {m['torch']} with {m['torch_threads']} thread(s), Python {m['python']}, TorchEBM {m.get('torchebm') or 'not installed'}.",
         "",
-        f"**Load**: other jobs shared this machine during the run; the 1-minute load average was "
-        f"{load['min']:.2f}–{load['max']:.2f} (median {load['median']:.2f}, {load['samples']} samples) on {m['cores']} cores. "
-        "Absolute times are therefore inflated and noisy; the ratios, measured side by side with the rows taking turns "
-        "within each repetition, are the figures to read.",
+        f"**Load**: {_load_words(load, m)} The 1-minute load average was "
+        f"{load['min']:.2f}–{load['max']:.2f} (median {load['median']:.2f}, {load['samples']} samples) on {m['cores']} cores, "
+        "the benchmark's own thread(s) included. The ratios, measured side by side with the rows taking turns within each "
+        "repetition, are the figures to read.",
         "",
         f"**Clock**: CPU rows report {_clock_words(results['clock'])}; the wall-clock median is given beside it. "
         "CUDA rows (when present) use wall time after `torch.cuda.synchronize()`.",

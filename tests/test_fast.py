@@ -210,3 +210,37 @@ def test_training_with_the_fast_path_matches_eager():
     for a, b in zip(p_on, p_off):
         torch.testing.assert_close(a, b, **TOL)
     torch.testing.assert_close(s_on[-1]["loss"], s_off[-1]["loss"], **TOL)
+
+
+def test_thin_weights_are_column_major_only_while_a_fast_chain_runs():
+    """The first layer's (out, 2) weight is re-laid for the compiled chain (a faster input gradient) and put back, same storage."""
+    net = mlp()
+    weight = net.net[0].weight
+    storage, strides = weight.data_ptr(), weight.stride()
+    seen = []
+
+    class Holder:  # the owner of a bound-method energy, as a trainer is
+        def __init__(self):
+            self.net = net
+
+        def energy(self, z):
+            seen.append(weight.stride())
+            return self.net(z)
+
+    holder = Holder()
+    assert fast._thin_linear_weights(holder.energy) == [weight]
+    assert fast._thin_linear_weights(lambda z: net(z)) == []  # a plain function: nothing to find, nothing changes
+    eager, quick, _ = both(SAMPLERS["langevin"], energy=holder.energy)
+    torch.testing.assert_close(quick, eager, **TOL)
+    assert (1, weight.shape[0]) in seen and strides in seen  # the compiled trace saw column-major, the eager loop row-major
+    assert (weight.data_ptr(), weight.stride()) == (storage, strides)
+    with pytest.raises(RuntimeError, match="inside"):
+        with fast._thin_weights_column_major([weight]):
+            assert weight.stride() == (1, weight.shape[0])
+            raise RuntimeError("inside")
+    assert (weight.data_ptr(), weight.stride()) == (storage, strides)
+
+
+def test_a_trainer_energy_finds_its_models_thin_weights():
+    trainer = Trainer(preset("smoke", "langevin", device="cpu"), progress=False)
+    assert fast._thin_linear_weights(trainer.energy) == [trainer.model.net[0].weight]
