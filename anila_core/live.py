@@ -35,6 +35,7 @@ CURVES = {
     "loss": "loss",
     "grad_norm": "mean |∇E| of the chains",
     "acceptance": "acceptance rate",
+    "global_accept": "acceptance of the global moves",
     "lr": "learning rate",
 }
 
@@ -150,7 +151,7 @@ class LivePlot:
             ax.tick_params(labelsize=7)
             if curve == "energy_gap":
                 ax.axhline(0.0, color="grey", lw=0.8)
-            if curve in ("grid_tv", "clipped_share", "acceptance"):
+            if curve in ("grid_tv", "clipped_share", "acceptance", "global_accept"):
                 ax.set_ylim(0.0, 1.0)  # shares and TV live in [0, 1]: a fixed scale reads at a glance
         next(iter(self.curve_axes.values())).legend(fontsize=7)
         for label, trainer in self.trainers.items():
@@ -198,7 +199,7 @@ class LivePlot:
     def _rescale(self) -> None:
         for curve, ax in self.curve_axes.items():
             ax.relim()
-            ax.autoscale_view(scaley=curve not in ("grid_tv", "clipped_share", "acceptance"))
+            ax.autoscale_view(scaley=curve not in ("grid_tv", "clipped_share", "acceptance", "global_accept"))
 
     def __call__(self, trainer, row: dict | None = None) -> None:
         """The callback: redraw ``trainer``'s density, samples and curves from its history (``row`` is its last entry)."""

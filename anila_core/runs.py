@@ -130,6 +130,7 @@ def target_summary(trainer: Trainer) -> dict:
         raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
     last = t.history[-1]
     best = min(t.history, key=lambda r: r["grid_tv"])
+    extra = {k: last[k] for k in ("clipped_share", "global_accept") if k in last}
     return {
         "sampler": t.config.sampler,
         "target": t.config.target,
@@ -142,6 +143,7 @@ def target_summary(trainer: Trainer) -> dict:
         "best_grid_tv": best["grid_tv"],
         "best_iter": best["iter"],
         "rollbacks": t.rollbacks,
+        **extra,
         "config": t.config.to_dict(),
     }
 

@@ -24,6 +24,7 @@ from . import __version__, distributed
 from .budget import resolve_device
 from .config import TrainConfig
 from .fast import use_fast_path
+from .global_moves import independence_moves
 from .metrics import grid_kl, grid_log_probs, grid_tv, mmd
 from .nets import MLPEnergy
 from .samplers import AniLA, Langevin, PSGLD, Sampler, Trace
@@ -213,6 +214,8 @@ class Trainer:
         """One iteration of Algorithm 1; returns the scalars worth logging."""
         c = self.config
         x0 = self.chains.start(c.batch_size)
+        if c.global_moves:
+            x0, global_accept = independence_moves(self.energy, x0, c.global_moves, c.init_scale, self.gen)
         x_neg = self.sampler.sample(self.energy, x0, c.n_steps, generator=self.gen, trace=trace, fast=self.fast)
         if c.clamp > 0:
             x_neg = x_neg.clamp(-c.clamp, c.clamp)
@@ -244,6 +247,8 @@ class Trainer:
             "energy_data": e_pos.detach().mean(),
             "energy_samples": e_neg.detach().mean(),
         }
+        if c.global_moves:
+            stats["global_accept"] = global_accept
         samples_finite = torch.isfinite(x_neg).all()
         if self.dist.enabled:
             stats, samples_finite = self._reduce_stats(stats, samples_finite)
@@ -336,6 +341,8 @@ class Trainer:
             samples = self.sample_for_eval()
             exact = self.target.sample(len(samples), generator=torch.Generator().manual_seed(c.seed + 1))
             row.update(grid_tv=grid_tv(log_p, target_lp), grid_kl=grid_kl(log_p, target_lp), mmd=mmd(samples, exact))
+        if "global_accept" in stats:
+            row["global_accept"] = float(stats["global_accept"])
         if trace is not None:
             row["grad_norm"] = float(sum(trace.mean_grad_norm) / len(trace.mean_grad_norm))
             if c.is_image:
