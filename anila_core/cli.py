@@ -179,6 +179,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_same_settings(out: Path, config: TrainConfig) -> None:
+    """Refuse to keep or resume the run in ``out`` when it was made with other settings than ``config`` (say, an older preset)."""
+    saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict()
+    wanted = config.replace(lr_decay_iters=config.lr_decay_iters or config.iters).to_dict()  # the run fixes it when it starts
+    differ = [k for k in wanted if k not in RESUMABLE_FIELDS and wanted[k] != saved[k]]
+    if differ:
+        diffs = ", ".join(f"{k} {saved[k]!r} there, {wanted[k]!r} now" for k in differ[:4])
+        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+        raise ValueError(f"--out: {out} holds a run made with other settings ({diffs}{more}); delete that folder to train "
+                         "again, or choose another --out")
+
+
 def _train_one(job: tuple) -> dict:
     """Worker of ``compare``: one sampler's run, with its share of the CPU threads."""
     from .runs import Run
@@ -186,6 +198,7 @@ def _train_one(job: tuple) -> dict:
     config, out, resume, threads, progress = job
     out = Path(out)
     if resume and (out / "final.json").exists():
+        print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True)
         return json.loads((out / "final.json").read_text())
     with torch_threads(threads):
         run = Run(out, resume=True, progress=progress) if resume and (out / "checkpoint.pt").exists() else Run(out, config, progress=progress)
@@ -223,6 +236,10 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
         raise ValueError(f"--jobs: expected an integer >= 1, got {jobs}")
     threads = max(1, cores // jobs)
     progress = not args.no_progress
+    if args.resume:  # before any run starts: a folder from other settings is refused as a whole
+        for s in samplers:
+            if (out / s / "config.json").exists():
+                _check_same_settings(out / s, configs[s])
     work = [(configs[s], out / s, args.resume, threads, progress and jobs == 1) for s in samplers]
     print(f"comparing {', '.join(samplers)} on {configs[samplers[0]].data_name}: {configs[samplers[0]].iters} iterations each, "
           f"{jobs} in parallel -> {out}", flush=True)

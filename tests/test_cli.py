@@ -107,3 +107,19 @@ def test_compare_writes_the_side_by_side_figure_and_table(tmp_path):
     for sampler in ("langevin", "anila"):
         final = json.loads((out / sampler / "final.json").read_text())
         assert final["sampler"] == sampler and final["seed"] == 0 and final["iters"] == 10
+
+
+def test_compare_resume_keeps_finished_runs_and_refuses_a_folder_from_other_settings(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".pt")}
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0  # what `make demo` does a second time
+    assert "finished earlier with these settings, kept" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in before} == before
+    # an older preset or another setting: refused before anything runs, the folder untouched
+    assert main(args + ["--resume", "--step-size", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run made with other settings" in err and "step_size" in err and str(out / "langevin") in err
+    assert {p: p.read_bytes() for p in before} == before
