@@ -152,7 +152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         say = print if info.is_main else (lambda *a, **k: None)
         if args.resume:
             run = Run(args.out, resume=True, iters=overrides.get("iters"), progress=progress, data_root=overrides.get("data_root"),
-                      on_divergence=overrides.get("on_divergence"), max_rollbacks=overrides.get("max_rollbacks"))
+                      on_divergence=overrides.get("on_divergence"), max_rollbacks=overrides.get("max_rollbacks"),
+                      device=overrides.get("device"))
         else:
             out = args.out or Path("runs") / f"{config.data_name}-{config.sampler}-seed{config.seed}"
             run = Run(out, config, progress=progress)

@@ -28,17 +28,18 @@ class Run:
     A new run refuses a folder that already holds files (nothing a user made is
     overwritten); ``resume=True`` continues the run found there from its checkpoint, with
     the same results as if it had never stopped (``data_root`` may point to where the
-    dataset lives now). Under torchrun every rank builds the Run; only rank 0 writes.
+    dataset lives now, ``device`` to another device). Under torchrun every rank builds the Run; only rank 0 writes.
     """
 
     def __init__(self, out_dir: str | Path, config: TrainConfig | None = None, resume: bool = False,
                  iters: int | None = None, progress: bool = True, data_root: str | None = None,
-                 on_divergence: str | None = None, max_rollbacks: int | None = None):
+                 on_divergence: str | None = None, max_rollbacks: int | None = None, device: str | None = None):
         self.out = Path(out_dir)
         self.is_main = distributed.current().is_main
         if resume:
             self.trainer = load_trainer(self.out, progress=progress, iters=iters, data_root=data_root,
-                                        on_divergence=on_divergence, max_rollbacks=max_rollbacks)
+                                        on_divergence=on_divergence, max_rollbacks=max_rollbacks, device=device,
+                                        write_config=True)
             if self.is_main:
                 # rows after the checkpoint belong to iterations that will be run again
                 write_jsonl(self.out / "metrics.jsonl", self.trainer.history)
@@ -211,12 +212,14 @@ def remove_stale_temporaries(out: str | Path) -> list[Path]:
 
 
 def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None = None, device: str | None = None,
-                 data_root: str | None = None, on_divergence: str | None = None, max_rollbacks: int | None = None) -> Trainer:
+                 data_root: str | None = None, on_divergence: str | None = None, max_rollbacks: int | None = None,
+                 write_config: bool = False) -> Trainer:
     """Rebuild the trainer of a run directory from its ``config.json`` and checkpoint (for resuming or sampling).
 
     ``iters``, ``device``, ``data_root`` and the divergence policy may differ from the run's own
-    (a longer run, another machine, the dataset somewhere else, rollback after a divergence); a
-    change is written back to ``config.json``. A checkpoint that does not belong to the
+    (a longer run, another machine, the dataset somewhere else, rollback after a divergence).
+    With ``write_config`` (what ``--resume`` does) a change is written back to ``config.json``;
+    without it, loading a run to sample from it leaves its folder as it was. A checkpoint that does not belong to the
     configuration (other settings, another architecture, another format) is refused with a
     ``ValueError`` that names the file and the difference.
     """
@@ -270,6 +273,6 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
         detail = str(err).removeprefix("checkpoint: ") if isinstance(err, ValueError) else f"it lacks {err}"
         raise ValueError(f"{ckpt_path}: {detail}") from None
     trainer.last_checkpoint = (trainer.iteration, ckpt_path)
-    if changes and distributed.current().is_main:
+    if write_config and changes and distributed.current().is_main:
         atomic_write_json(config_path, trainer.config.to_dict())
     return trainer

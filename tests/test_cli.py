@@ -123,3 +123,17 @@ def test_compare_resume_keeps_finished_runs_and_refuses_a_folder_from_other_sett
     err = capsys.readouterr().err
     assert "holds a run made with other settings" in err and "step_size" in err and str(out / "langevin") in err
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_loading_a_run_to_sample_leaves_its_config_while_resume_records_the_change(tmp_path):
+    from anila_core.runs import load_trainer
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--iters", "10", "--out", str(out), "--no-progress"]) == 0
+    before = (out / "config.json").read_bytes()
+    trainer = load_trainer(out, progress=False, device="cpu", iters=30)
+    assert trainer.config.device == "cpu" and trainer.config.iters == 30
+    assert (out / "config.json").read_bytes() == before
+    assert main(["train", "--resume", "--iters", "20", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["iters"] == 20 and saved["device"] == "cpu"
