@@ -195,7 +195,7 @@ _CPU = dict(
 # them it settles (seed 0: 0.044 at 10 000 iterations, best 0.037; seed 1: 0.046, best 0.043). They
 # cost 4 forwards of the batch per iteration, a few per cent of the 30 transitions' forward and
 # backward passes. An average of the parameters (EMA 0.995, ≈ 200 iterations) then smooths what
-# is left of the step-to-step wobble (seed 0: 0.039, best 0.037; seed 1: 0.043, best 0.040);
+# is left of the step-to-step wobble (seed 0: 0.039, best 0.037; seed 1: 0.042, best 0.040);
 # before the moves, averaging only added lag to the drift (EMA 0.999: 0.134, best 0.080).
 _CPU_LONG = dict(_CPU, iters=10_000, eval_every=500, checkpoint_every=1000, global_moves=4, ema=0.995)
 # One cell of the sampler study (anila_core.sweep): the cpu preset at K = 20 and 2000

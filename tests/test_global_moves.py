@@ -54,8 +54,9 @@ def test_an_energy_equal_to_the_proposal_accepts_every_move():
 
 def test_non_finite_proposals_are_rejected_and_zero_moves_change_nothing():
     x0 = torch.randn(64, 2)
-    x, accept = independence_moves(lambda z: torch.full((len(z),), float("nan")), x0, n_moves=2, scale=1.0)
-    assert torch.equal(x, x0) and float(accept) == 0.0
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x, accept = independence_moves(lambda z: torch.full((len(z),), bad), x0, n_moves=2, scale=1.0)
+        assert torch.equal(x, x0) and float(accept) == 0.0, bad
     x, accept = independence_moves(bimodal_energy, x0, n_moves=0, scale=1.0)
     assert torch.equal(x, x0) and math.isnan(float(accept))
 
