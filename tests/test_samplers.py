@@ -180,13 +180,14 @@ def test_no_graph_survives_the_call():
         gc.collect()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # isinstance on some torch module objects warns
-            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None)
+            return [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None]
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.SiLU(), torch.nn.Linear(32, 1))
     energy = lambda x: net(x).squeeze(1)  # noqa: E731
+    # held, so that graphs other tests left behind cannot be freed meanwhile and hide a new one in the count
     before = live_graph_tensors()
     outs = [AniLA(0.01, 1.0).sample(energy, torch.randn(64, 2), n, trace=Trace()) for n in (2, 50)]
-    assert live_graph_tensors() == before
+    assert len(live_graph_tensors()) == len(before)
     assert all(o.grad_fn is None for o in outs)
 
 
