@@ -10,7 +10,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, preset
+from .config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes, preset
 from .processes import process_pool, torch_threads
 
 __all__ = ["main", "build_parser"]
@@ -109,8 +109,12 @@ def _add_sweep_parser(sub, presets: str) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
+    """The settings given on the command line (every flag named after a TrainConfig field that was set)."""
     names = {f.name for f in fields(TrainConfig)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if overrides.get("dataset") and "target" in overrides:
+        raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset")
+    return overrides
 
 
 def _wants_cuda(device: str) -> bool:
@@ -143,8 +147,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"{', '.join('--' + f.replace('_', '-') for f in RESUMABLE_FIELDS)} can")
         config, device = None, overrides.get("device") or _saved_device(args.out)
     else:
-        if overrides.get("dataset") and "target" in overrides:
-            raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset")
         sampler = overrides.pop("sampler", "langevin")
         config = preset(args.preset or DEFAULT_PRESET, sampler, **overrides)
         device = config.device
@@ -184,12 +186,10 @@ def _check_same_settings(out: Path, config: TrainConfig) -> None:
     """Refuse to keep or resume the run in ``out`` when it was made with other settings than ``config`` (say, an older preset)."""
     saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict()
     wanted = config.replace(lr_decay_iters=config.lr_decay_iters or config.iters).to_dict()  # the run fixes it when it starts
-    differ = [k for k in wanted if k not in RESUMABLE_FIELDS and wanted[k] != saved[k]]
+    differ = changed_settings(saved, wanted)
     if differ:
-        diffs = ", ".join(f"{k} {saved[k]!r} there, {wanted[k]!r} now" for k in differ[:4])
-        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
-        raise ValueError(f"--out: {out} holds a run made with other settings ({diffs}{more}); delete that folder to train "
-                         "again, or choose another --out")
+        raise ValueError(f"--out: {out} holds a run made with other settings ({describe_changes(differ, saved, wanted, 'there', 'now')}); "
+                         "delete that folder to train again, or choose another --out")
 
 
 def _train_one(job: tuple) -> dict:
@@ -219,8 +219,6 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
         raise ValueError("compare: runs its samplers as separate processes and cannot run under torchrun; "
                          "use `torchrun ... -m anila_core train --sampler NAME` once per sampler")
     overrides = _overrides(args)
-    if overrides.get("dataset") and "target" in overrides:
-        raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset")
     samplers = list(dict.fromkeys(args.samplers))
     configs = {s: preset(args.preset or preset_name or DEFAULT_PRESET, s, **overrides) for s in samplers}
     out = args.out
@@ -233,8 +231,6 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     on_cuda = any(c.device.startswith("cuda") for c in configs.values()) or (
         torch.cuda.is_available() and all(c.device == "auto" for c in configs.values()))
     jobs = args.jobs or (1 if on_cuda else min(len(samplers), cores))
-    if jobs < 1:
-        raise ValueError(f"--jobs: expected an integer >= 1, got {jobs}")
     threads = max(1, cores // jobs)
     progress = not args.no_progress
     if args.resume:  # before any run starts: a folder from other settings is refused as a whole
@@ -291,7 +287,7 @@ def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from . import distributed
-    from .sweep import STUDIES, best_settings, command_line, grid_from_lists, run_sweep, study_base
+    from .sweep import STUDIES, Grid, best_settings, command_line, run_sweep, study_base
 
     if distributed.from_env().enabled:
         raise ValueError("sweep: runs its cells as separate processes and cannot run under torchrun")
@@ -307,11 +303,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cells = study.cells()
         out = args.out or Path("runs") / f"sweep-{args.study}"
     else:
-        if overrides.get("dataset") and "target" in overrides:
-            raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset")
         base = preset(args.preset or ("cpu" if overrides.get("dataset") else "sweep"), "langevin", **overrides)
-        grid = grid_from_lists(args.samplers or ["langevin", "anila"], args.grid_step_size or [0.01], args.grid_b or [1.0],
-                               args.grid_n_steps or [base.n_steps], args.grid_chains or [base.chains], args.grid_seed or [0])
+        grid = Grid(kinds=args.samplers or ["langevin", "anila"], step_sizes=args.grid_step_size or [0.01], bs=args.grid_b or [1.0],
+                    n_steps=args.grid_n_steps or [base.n_steps], chains=args.grid_chains or [base.chains], seeds=args.grid_seed or [0])
         cells = grid.cells()
         out = args.out or Path("runs") / "sweep"
     print(f"sweep: {len(cells)} cells on {base.data_name}, {base.iters} iterations each -> {out}", flush=True)

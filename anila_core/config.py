@@ -14,7 +14,7 @@ from .samplers import ANILA_VARIANTS, NORMS, SAMPLERS
 from .targets import TARGETS
 
 __all__ = ["TrainConfig", "PRESETS", "IMAGE_PRESETS", "DEFAULT_PRESET", "preset", "preset_names", "CHAIN_KINDS", "LR_SCHEDULES", "AMP_MODES",
-           "DIVERGENCE_POLICIES", "RESUMABLE_FIELDS"]
+           "DIVERGENCE_POLICIES", "RESUMABLE_FIELDS", "changed_settings", "describe_changes"]
 
 CHAIN_KINDS = ("buffer", "short_run")
 LR_SCHEDULES = ("constant", "cosine")
@@ -23,6 +23,17 @@ AMP_MODES = ("off", "bf16")
 #: settings that may change when a run is resumed; every other setting is the run's own
 RESUMABLE_FIELDS = ("iters", "device", "data_root", "on_divergence", "max_rollbacks")
 DIVERGENCE_POLICIES = ("stop", "rollback")
+
+
+def changed_settings(old: dict, new: dict, ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:
+    """The settings whose values differ between two config dicts (names only one of them has, and ``ignore``, do not count)."""
+    return [k for k in new if k in old and k not in ignore and old[k] != new[k]]
+
+
+def describe_changes(names: list[str], old: dict, new: dict, old_where: str, new_where: str, most: int = 4) -> str:
+    """``"lr 0.001 in A, 0.01 in B, ..."`` for the first ``most`` of ``names``, then how many more."""
+    text = ", ".join(f"{k} {old[k]!r} {old_where}, {new[k]!r} {new_where}" for k in names[:most])
+    return text + (f" (and {len(names) - most} more)" if len(names) > most else "")
 
 
 def _f(default, help: str, **kw):

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .samplers import Sampler, Trace, _check_generator, _check_n_steps, _check_x0, energy_and_grad
+from .samplers import Sampler, Trace, _check_generator, _check_n_steps, _check_x0, check_energies, energy_and_grad
 
 __all__ = [
     "sample_fast",
@@ -148,8 +148,7 @@ def _grad_and_energy(energy_fn: EnergyFn, x: torch.Tensor, cpu_rewrites: bool = 
                 energy = energy_fn(z)
         else:
             energy = energy_fn(z)
-        if energy.shape != (z.shape[0],):  # static shapes: checked once, while tracing
-            raise ValueError(f"energy_fn: expected energies of shape ({z.shape[0]},), one per sample, got {tuple(energy.shape)}")
+        check_energies(energy, z)  # static shapes: checked once, while tracing
         return energy.sum(), energy
 
     grad, (_, energy) = torch.func.grad_and_value(total, has_aux=True)(x)

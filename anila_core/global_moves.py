@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from .samplers import _check_generator, _check_x0, _finite_positive
+from .samplers import _check_generator, _check_x0, _finite_positive, check_energies
 
 __all__ = ["independence_moves"]
 
@@ -50,9 +50,7 @@ def independence_moves(
     accepted = torch.zeros((), device=x.device)
     with torch.no_grad():
         energy = energy_fn(x)
-        if not isinstance(energy, torch.Tensor) or energy.shape != (x.shape[0],):
-            got = tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__
-            raise ValueError(f"energy_fn: expected energies of shape ({x.shape[0]},), one per sample, got {got}")
+        check_energies(energy, x)
         energy = energy.float()
         for _ in range(n_moves):
             proposal = scale * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -14,14 +14,13 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Mapping
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from . import plots
 from .metrics import GRID_EXTENT, grid_log_probs
-from .widgets import figure_not_shown
+from .widgets import figure_host, figure_not_shown, redisplay
 
 __all__ = ["CURVES", "LivePlot", "run_together", "summarize"]
 
@@ -38,6 +37,8 @@ CURVES = {
     "global_accept": "acceptance of the global moves",
     "lr": "learning rate",
 }
+#: curves that are shares or TV, drawn on a fixed [0, 1] axis: a fixed scale reads at a glance
+UNIT_CURVES = ("grid_tv", "clipped_share", "acceptance", "global_accept")
 
 
 def _count(name: str, value) -> int:
@@ -151,20 +152,12 @@ class LivePlot:
             ax.tick_params(labelsize=7)
             if curve == "energy_gap":
                 ax.axhline(0.0, color="grey", lw=0.8)
-            if curve in ("grid_tv", "clipped_share", "acceptance", "global_accept"):
-                ax.set_ylim(0.0, 1.0)  # shares and TV live in [0, 1]: a fixed scale reads at a glance
+            if curve in UNIT_CURVES:
+                ax.set_ylim(0.0, 1.0)
         next(iter(self.curve_axes.values())).legend(fontsize=7)
         for label, trainer in self.trainers.items():
             self._update_trainer(label, trainer)
-        if isinstance(self.fig.canvas, widgets.DOMWidget):  # ipympl: the canvas is a widget
-            self.output = None
-            self.widget = self.fig.canvas
-        else:
-            # off pyplot's list, so an inline backend never shows it a second time at the end
-            # of the cell; the Output widget displays it instead
-            plt.close(self.fig)
-            self.output = widgets.Output()
-            self.widget = self.output
+        self.widget, self.output = figure_host(self.fig)
 
     def _log_p(self, trainer) -> torch.Tensor:
         with torch.no_grad():
@@ -199,7 +192,7 @@ class LivePlot:
     def _rescale(self) -> None:
         for curve, ax in self.curve_axes.items():
             ax.relim()
-            ax.autoscale_view(scaley=curve not in ("grid_tv", "clipped_share", "acceptance", "global_accept"))
+            ax.autoscale_view(scaley=curve not in UNIT_CURVES)
 
     def __call__(self, trainer, row: dict | None = None) -> None:
         """The callback: redraw ``trainer``'s density, samples and curves from its history (``row`` is its last entry)."""
@@ -232,7 +225,6 @@ class LivePlot:
     def redraw(self) -> None:
         """Show the artists' current data: redraw the ipympl canvas, or re-display the figure in the Output widget."""
         from IPython import get_ipython
-        from IPython.display import display
 
         if get_ipython() is None:  # plain Python: the artists hold the data; fig.savefig() draws them
             return
@@ -244,9 +236,7 @@ class LivePlot:
             # image at once but an idle request only when the kernel is free again
             self.fig.canvas.draw()
             return
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(self.fig)
+        redisplay(self.output, self.fig)
 
     def _ipython_display_(self):
         self.show()

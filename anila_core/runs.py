@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from . import distributed
-from .config import RESUMABLE_FIELDS, TrainConfig
+from .config import TrainConfig, changed_settings, describe_changes
 from .fileio import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, write_jsonl
 from .train import Trainer
 
@@ -257,11 +257,10 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
                          f"got {type(state).__name__}{' without a model' if isinstance(state, dict) else ''})")
     other = state.get("config")
     if isinstance(other, dict):
-        differ = [k for k in other if k in saved_config and k not in RESUMABLE_FIELDS and other[k] != saved_config[k]]
+        differ = changed_settings(other, saved_config)
         if differ:
-            diffs = ", ".join(f"{k} {other[k]!r} in the checkpoint, {saved_config[k]!r} in config.json" for k in differ[:4])
-            raise ValueError(f"{ckpt_path}: belongs to another run than {config_path}: {diffs}"
-                             f"{f' (and {len(differ) - 4} more)' if len(differ) > 4 else ''}; expected the checkpoint "
+            diffs = describe_changes(differ, other, saved_config, "in the checkpoint", "in config.json")
+            raise ValueError(f"{ckpt_path}: belongs to another run than {config_path}: {diffs}; expected the checkpoint "
                              "and config.json of the same run")
     if iters is not None and "iteration" in state and iters < int(state["iteration"]):
         raise ValueError(f"--iters: {iters} is below the {int(state['iteration'])} iterations the checkpoint has already "

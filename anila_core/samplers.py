@@ -23,6 +23,7 @@ __all__ = [
     "PSGLD",
     "Trace",
     "energy_and_grad",
+    "check_energies",
     "make_sampler",
     "SAMPLERS",
     "NORMS",
@@ -72,6 +73,13 @@ def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> None
 # --------------------------------------------------------------------------- energy and gradient
 
 
+def check_energies(energy, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``energy`` is a tensor of one energy per sample of ``x``."""
+    if not isinstance(energy, torch.Tensor) or energy.shape != (x.shape[0],):
+        got = tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__
+        raise ValueError(f"energy_fn: expected energies of shape ({x.shape[0]},), one per sample, got {got}")
+
+
 def energy_and_grad(energy_fn: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Energies ``(N,)`` and input gradients ``∇_x Σ E`` at ``x``, both detached.
 
@@ -81,9 +89,7 @@ def energy_and_grad(energy_fn: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor,
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         energy = energy_fn(x)
-        if not isinstance(energy, torch.Tensor) or energy.shape != (x.shape[0],):
-            got = tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__
-            raise ValueError(f"energy_fn: expected energies of shape ({x.shape[0]},), one per sample, got {got}")
+        check_energies(energy, x)
         if not energy.requires_grad:
             raise ValueError("energy_fn: its energies do not depend on x (no gradient reaches x); expected a differentiable "
                              "function of x, computed with torch operations")

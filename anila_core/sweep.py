@@ -14,9 +14,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from .config import CHAIN_KINDS, TrainConfig, preset
+from .config import CHAIN_KINDS, TrainConfig, changed_settings, preset
 from .fileio import atomic_write_json, atomic_write_text
 from .processes import process_pool, torch_threads
 
@@ -89,7 +89,7 @@ def setting_key(cell: dict) -> tuple:
 
 @dataclass(frozen=True)
 class Grid:
-    """The product of the listed settings; ``b`` applies to the AniLA kinds only (the others get one cell per step size)."""
+    """The product of the listed settings (any sequences; kept as tuples); ``b`` applies to the AniLA kinds only (the others get one cell per step size)."""
 
     kinds: tuple[str, ...] = ("langevin", "anila")
     step_sizes: tuple[float, ...] = (0.01,)
@@ -226,7 +226,7 @@ def run_cell(base: TrainConfig, cell: dict) -> dict:
     try:
         trainer.run(callback=cpu_time)
     except TrainingDiverged as err:
-        diverged = {"iter": trainer.iteration, "cause": str(err).split(": ", 1)[-1].split("; ")[0]}
+        diverged = {"iter": trainer.iteration, "cause": err.cause or str(err)}
     history = [_fields(r, HISTORY_FIELDS) for r in trainer.history]
     result = {"id": cell_id(cell), **{k: cell.get(k) for k in CELL_FIELDS}, "diverged": diverged is not None,
               "diverged_at": diverged and diverged["iter"], "cause": diverged and diverged["cause"],
@@ -307,8 +307,8 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
             old_base = TrainConfig.from_dict(old["base"]).to_dict()
         except ValueError as err:
             raise ValueError(f"{plan_path}: written by another version of anila_core ({err})") from None
-        if old_base != plan["base"]:
-            changed = sorted(k for k in plan["base"] if old_base.get(k) != plan["base"][k])
+        changed = sorted(changed_settings(old_base, plan["base"], ignore=()))
+        if changed:
             raise ValueError(f"--out: {out} holds a sweep with other base settings ({', '.join(changed)}); "
                              "choose another folder or run that sweep's own command")
         plan["cells"] = list(dict.fromkeys(old["cells"] + plan["cells"]))
@@ -677,13 +677,6 @@ def write_report(summary: dict, out: str | Path) -> list[Path]:
         save_figure((drawn[0] if isinstance(drawn, list) else drawn).figure, out / name)
         written.append(out / name)
     return written
-
-
-def grid_from_lists(kinds: Iterable[str], step_sizes: Iterable[float], bs: Iterable[float], n_steps: Iterable[int],
-                    chains: Iterable[str], seeds: Iterable[int]) -> Grid:
-    """A :class:`Grid` from the command line's lists."""
-    return Grid(kinds=tuple(kinds), step_sizes=tuple(step_sizes), bs=tuple(bs), n_steps=tuple(n_steps), chains=tuple(chains),
-                seeds=tuple(seeds))
 
 
 def study_base(study: Study, **overrides) -> TrainConfig:

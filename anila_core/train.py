@@ -506,12 +506,7 @@ class Trainer:
         if self.ema_model is not None:
             self.ema_model.load_state_dict(good["ema_model"])
         self.optimizer.load_state_dict(good["optimizer"])
-        chains = good["chains"]
-        if self.chains.buffer is not None:
-            self.chains.buffer = chains["buffer"].to(self.device)
-        self.gen.set_state(chains["generator"])
-        torch.set_rng_state(chains["torch_rng"])
-        self.source.load_state_dict(chains["source"])
+        self._load_chain_state(good["chains"])
         self.iteration = good["iteration"]
         del self.history[good["history"]:]
 
@@ -542,6 +537,14 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "source": self.source.state_dict(),
         }
+
+    def _load_chain_state(self, chains: dict) -> None:
+        """The inverse of :meth:`_chain_state`."""
+        if self.chains.buffer is not None:
+            self.chains.buffer = chains["buffer"].to(self.device)
+        self.gen.set_state(chains["generator"])
+        torch.set_rng_state(chains["torch_rng"])
+        self.source.load_state_dict(chains.get("source") or {})
 
     def state_dict(self) -> dict:
         """Everything needed to resume exactly. Under torchrun every rank must call it (it gathers the ranks' chain states)."""
@@ -591,11 +594,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         mine = self._own_chain_state(state)
         if mine is not None:
-            if self.chains.buffer is not None:
-                self.chains.buffer = mine["buffer"].to(self.device)
-            self.gen.set_state(mine["generator"])
-            torch.set_rng_state(mine["torch_rng"])
-            self.source.load_state_dict(mine.get("source") or {})
+            self._load_chain_state(mine)
         self.iteration = int(state["iteration"])
         self.wall_s = float(state["wall_s"])
         self.history = list(state["history"])

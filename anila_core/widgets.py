@@ -27,6 +27,8 @@ __all__ = [
     "ModelSamplingPanel",
     "model_sampling_panel",
     "figure_not_shown",
+    "figure_host",
+    "redisplay",
 ]
 
 #: dropdown label → ``targets.make_target`` name
@@ -53,6 +55,29 @@ def figure_not_shown():
         turned_on_inside = plt.isinteractive()
     if turned_on_inside and not was_interactive:
         plt.ion()
+
+
+def figure_host(fig) -> tuple[widgets.DOMWidget, widgets.Output | None]:
+    """``(widget, output)``: the widget that shows ``fig``, and the ``Output`` widget to re-display it into (``None`` under ipympl).
+
+    Under ipympl the canvas itself is a widget and redraws in place. Otherwise the figure is
+    taken off pyplot's list, so that an inline backend never shows it a second time at the end
+    of a cell, and an ``Output`` widget displays it instead (:func:`redisplay`).
+    """
+    if isinstance(fig.canvas, widgets.DOMWidget):
+        return fig.canvas, None
+    plt.close(fig)
+    output = widgets.Output()
+    return output, output
+
+
+def redisplay(output: widgets.Output, fig) -> None:
+    """Show ``fig`` as it is now in ``output``, in place of what was there."""
+    from IPython.display import display
+
+    with output:
+        output.clear_output(wait=True)
+        display(fig)
 
 
 def _check_count(name: str, value) -> int:
@@ -191,15 +216,7 @@ class _Panel:
         """Finish the figure's layout and choose how it is shown: as the ipympl canvas widget, or through an Output widget."""
         self.title = self.fig.suptitle(" ", fontsize=10)  # made now so tight_layout leaves room for it
         self.fig.tight_layout()
-        if isinstance(self.fig.canvas, widgets.DOMWidget):  # ipympl: the canvas is a widget
-            self.output = None
-            self._figure_widget = self.fig.canvas
-        else:
-            # off pyplot's list, so an inline backend never shows it a second time at the end
-            # of a cell; the Output widget displays it instead
-            plt.close(self.fig)
-            self.output = widgets.Output()
-            self._figure_widget = self.output
+        self._figure_widget, self.output = figure_host(self.fig)
 
     def _show_error(self, err: Exception) -> None:
         # e.g. Metropolis with τ = 0: say why in the readout instead of raising in a callback
@@ -210,13 +227,10 @@ class _Panel:
         if self.output is None:
             return
         from IPython import get_ipython
-        from IPython.display import display
 
         if get_ipython() is None:  # plain Python (tests): nothing to display into
             return
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(self.fig)
+        redisplay(self.output, self.fig)
 
     def _ipython_display_(self):
         from IPython.display import display
