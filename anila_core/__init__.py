@@ -1,9 +1,16 @@
-"""AniLA: energy-based models trained with Anisotropic Langevin dynamics — targets, samplers, training, metrics."""
+"""AniLA: energy-based models trained with Anisotropic Langevin dynamics — targets, samplers, training, metrics.
 
-from .samplers import AniLA, Langevin, PSGLD, Sampler, Trace, energy_and_grad, make_sampler
-from .targets import Gaussian, GaussianMixture, Rings, make_target
+The package's parts: ``sampling`` (targets, samplers, the compiled transition), ``training``
+(config, the loop, runs), ``images`` (datasets, ConvNets, FID/KID), ``study`` (sweeps) and
+``ui`` (plots, widgets, live figures); ``cli`` is ``python -m anila_core``.
+"""
 
 __version__ = "0.1.0"
+
+from anila_core.budget import resolve_budget
+from anila_core.device import resolve_device
+from anila_core.sampling.samplers import AniLA, Langevin, PSGLD, Sampler, Trace, energy_and_grad, make_sampler
+from anila_core.sampling.targets import Gaussian, GaussianMixture, Rings, make_target
 
 __all__ = [
     "AniLA",
@@ -17,4 +24,6 @@ __all__ = [
     "GaussianMixture",
     "Rings",
     "make_target",
+    "resolve_budget",
+    "resolve_device",
 ]

@@ -10,8 +10,8 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes, preset
-from .processes import process_pool, torch_threads
+from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes, preset
+from anila_core.processes import process_pool, torch_threads
 
 __all__ = ["main", "build_parser"]
 
@@ -78,8 +78,8 @@ SWEEP_AXES = ("sampler", "step_size", "b", "n_steps", "chains", "seed", "norm", 
 
 
 def _add_sweep_parser(sub, presets: str) -> None:
-    from .config import CHAIN_KINDS
-    from .sweep import KIND_HELP, KINDS, STUDIES
+    from anila_core.training.config import CHAIN_KINDS
+    from anila_core.study.sweep import KIND_HELP, KINDS, STUDIES
 
     sweep = sub.add_parser(
         "sweep", help="the sampler study: a grid of settings and seeds at one budget per cell, in parallel, resumable",
@@ -132,8 +132,8 @@ def _saved_device(out: Path) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .runs import Run
+    from anila_core.training import distributed
+    from anila_core.training.runs import Run
 
     overrides = _overrides(args)
     progress = not args.no_progress
@@ -194,7 +194,7 @@ def _check_same_settings(out: Path, config: TrainConfig) -> None:
 
 def _train_one(job: tuple) -> dict:
     """Worker of ``compare``: one sampler's run, with its share of the CPU threads."""
-    from .runs import Run
+    from anila_core.training.runs import Run
 
     config, out, resume, threads, progress = job
     out = Path(out)
@@ -209,11 +209,11 @@ def _train_one(job: tuple) -> dict:
 def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int:
     import torch
 
-    from .report import markdown_table, plot_side_by_side, save_figure
-    from .runs import load_trainer
-    from .metrics import grid_log_probs
+    from anila_core.ui.report import markdown_table, plot_side_by_side, save_figure
+    from anila_core.training.runs import load_trainer
+    from anila_core.sampling.distances import grid_log_probs
 
-    from . import distributed
+    from anila_core.training import distributed
 
     if distributed.from_env().enabled:
         raise ValueError("compare: runs its samplers as separate processes and cannot run under torchrun; "
@@ -262,7 +262,7 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
 
 def _write_comparison_table(out: Path, table: str, start: float) -> int:
     """comparison.md, then the table, the wall time and where the figure and table are, on the terminal."""
-    from .fileio import atomic_write_text
+    from anila_core.fileio import atomic_write_text
 
     atomic_write_text(out / "comparison.md", table)
     print(table)
@@ -273,8 +273,8 @@ def _write_comparison_table(out: Path, table: str, start: float) -> int:
 
 def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start: float) -> int:
     """comparison.png (sample grids side by side: the paper's Figures 2 and 3), fid.png and comparison.md."""
-    from .report import image_markdown_table, plot_fid_curve, plot_image_side_by_side, save_figure
-    from .runs import load_trainer
+    from anila_core.ui.report import image_markdown_table, plot_fid_curve, plot_image_side_by_side, save_figure
+    from anila_core.training.runs import load_trainer
 
     trainers = {s: load_trainer(out / s, progress=False) for s in samplers}
     samples = {s: t.sample_for_eval(64) for s, t in trainers.items()}
@@ -286,8 +286,8 @@ def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .sweep import STUDIES, Grid, best_settings, command_line, run_sweep, study_base
+    from anila_core.training import distributed
+    from anila_core.study.sweep import STUDIES, Grid, best_settings, command_line, run_sweep, study_base
 
     if distributed.from_env().enabled:
         raise ValueError("sweep: runs its cells as separate processes and cannot run under torchrun")
@@ -332,7 +332,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train import TrainingDiverged
+    from anila_core.training.trainer import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "compare": cmd_compare, "demo": cmd_demo, "sweep": cmd_sweep}

@@ -9,11 +9,11 @@ Writes ``results.json`` and ``RESULTS.md`` to ``--out`` (default: this folder) a
 What the rows mean:
 
 * floor: one eager forward and backward of the energy with respect to its input
-  (``anila_core.samplers.energy_and_grad``), no update: the gradient every transition needs;
+  (``anila_core.sampling.samplers.energy_and_grad``), no update: the gradient every transition needs;
 * a transition: the marginal cost of one more step of ``Sampler.sample``,
   ``(t(K) − t(1)) / (K − 1)``, so a chain's start (its first gradient; for MALA the gradient of
   the initial state) is not counted; ``eager`` is the plain loop, ``fast`` the compiled
-  transition of :mod:`anila_core.fast` (its compile time reported apart); the floor is
+  transition of :mod:`anila_core.sampling.compiled` (its compile time reported apart); the floor is
   measured the same way, as the marginal cost of one more call;
 * TorchEBM: its ``LangevinDynamics`` on the same energy, batch and K, timed only after a check
   that it produces our Langevin chain for the same generator;
@@ -46,14 +46,14 @@ from unittest import mock
 
 import torch
 
-import anila_core.data
-from anila_core import fast
-from anila_core.config import preset
-from anila_core.convnets import make_convnet
-from anila_core.data import ImageDataset
+import anila_core.images.datasets
+from anila_core.sampling import compiled as fast
+from anila_core.training.config import preset
+from anila_core.images.convnets import make_convnet
+from anila_core.images.datasets import ImageDataset
 from anila_core.nets import MLPEnergy
-from anila_core.samplers import PSGLD, AniLA, Langevin, energy_and_grad
-from anila_core.train import Trainer
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin, energy_and_grad
+from anila_core.training.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 
@@ -337,7 +337,7 @@ def bench_transitions(kind: str, mode: dict, device: torch.device, compile_ok: b
         measures[f"{name}/eager"] = marginal_measure(lambda k, s=sampler: s.sample(net, x, k, generator=gen, fast=False), K, device)
         if not compile_ok or name not in fast_rows:
             notes[f"{name}/fast"] = "not measured: " + ("compiling is off in this mode" if not compile_ok else
-                                                     "a ConvNet gains nothing from compiling on a CPU (DESIGN.md §5); --all-fast measures it")
+                                                     "a ConvNet gains nothing from compiling on a CPU (measured); --all-fast measures it")
             continue
         compile_info[name] = compile_row(sampler, net, x, gen)
         if compile_info[name]["failed"]:
@@ -443,7 +443,7 @@ def compile_row(sampler, net, x, gen) -> dict:
 @contextmanager
 def synthetic_images(n: int = 512):
     """CIFAR-10-shaped images for the image trainer where the real files are absent: a training iteration's time does not depend on their content."""
-    real = anila_core.data.load_dataset
+    real = anila_core.images.datasets.load_dataset
 
     def load(name, data_root=None, size=None, split="train", **kw):
         try:
@@ -453,7 +453,7 @@ def synthetic_images(n: int = 512):
             data = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
             return ImageDataset(name=name, data=data, labels=torch.zeros(n, dtype=torch.long), data_max=255.0, split=split)
 
-    with mock.patch.object(anila_core.data, "load_dataset", load):
+    with mock.patch.object(anila_core.images.datasets, "load_dataset", load):
         yield
 
 

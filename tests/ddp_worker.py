@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-import anila_core.runs as runs
-from anila_core import distributed
+import anila_core.training.runs as runs
+from anila_core.training import distributed
 from anila_core.cli import main
 
 

@@ -12,7 +12,7 @@ def digits_data_root(base: Path) -> Path:
     if "root" not in _ROOTS:
         import torch
 
-        from anila_core.digits_classifier import default_classifier_path, load_digits_classifier
+        from anila_core.images.digits_classifier import default_classifier_path, load_digits_classifier
 
         root = Path(base) / "digits-root"
         with torch.enable_grad():

@@ -9,7 +9,7 @@ import torch
 
 from anila_core.cli import main
 from anila_core.fileio import read_jsonl
-from anila_core.runs import RUN_FILES
+from anila_core.training.runs import RUN_FILES
 
 
 def run_cli(*args, cwd=None):
@@ -126,7 +126,7 @@ def test_compare_resume_keeps_finished_runs_and_refuses_a_folder_from_other_sett
 
 
 def test_loading_a_run_to_sample_leaves_its_config_while_resume_records_the_change(tmp_path):
-    from anila_core.runs import load_trainer
+    from anila_core.training.runs import load_trainer
 
     out = tmp_path / "run"
     assert main(["train", "--preset", "smoke", "--iters", "10", "--out", str(out), "--no-progress"]) == 0

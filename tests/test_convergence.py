@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from anila_core.convergence import compare_convergence, convergence_curve, log_step_grid, noise_floor, stationary_variance
-from anila_core.samplers import AniLA, Langevin
-from anila_core.targets import Gaussian
+from anila_core.sampling.convergence import compare_convergence, convergence_curve, log_step_grid, noise_floor, stationary_variance
+from anila_core.sampling.samplers import AniLA, Langevin
+from anila_core.sampling.targets import Gaussian
 
 
 def test_log_step_grid():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from anila_core.convnets import IMAGE_SIZES, ConvEnergy, make_convnet
+from anila_core.images.convnets import IMAGE_SIZES, ConvEnergy, make_convnet
 
 
 def _convs(net):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from anila_core.data import (
+from anila_core.images.datasets import (
     DatasetChecksumError,
     DatasetNotFoundError,
     ImageDataset,

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from anila_core.config import preset
+from anila_core.training.config import preset
 from anila_core.fileio import read_jsonl
-from anila_core.runs import CHECKPOINT, expected_files
+from anila_core.training.runs import CHECKPOINT, expected_files
 from digits_judge import digits_data_root
 
 WORKER = Path(__file__).with_name("ddp_worker.py")

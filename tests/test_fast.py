@@ -5,11 +5,11 @@ import warnings
 import pytest
 import torch
 
-from anila_core import fast
-from anila_core.config import preset
+from anila_core.sampling import compiled as fast
+from anila_core.training.config import preset
 from anila_core.nets import MLPEnergy
-from anila_core.samplers import PSGLD, AniLA, Langevin, Trace
-from anila_core.train import Trainer
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin, Trace
+from anila_core.training.trainer import Trainer
 
 # The compiled and the eager transition differ only in rounding (fused kernels sum in
 # another order), which a few steps of a smooth energy do not amplify past these.
@@ -76,7 +76,7 @@ def test_compiled_metropolis_and_psgld_equal_eager():
 
 def test_cpu_rewrites_keep_energies_and_gradients():
     # SiLU as h·σ(h) and the one-output head as a dot product: the same numbers, cheaper to differentiate
-    from anila_core.samplers import energy_and_grad
+    from anila_core.sampling.samplers import energy_and_grad
 
     energy, grad = energy_and_grad(NET, X0)
     grad_r, energy_r = fast._grad_and_energy(NET, X0, cpu_rewrites=True)

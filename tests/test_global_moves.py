@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from anila_core.config import TrainConfig, preset
-from anila_core.global_moves import independence_moves
-from anila_core.runs import Run
+from anila_core.training.config import TrainConfig, preset
+from anila_core.sampling.global_moves import independence_moves
+from anila_core.training.runs import Run
 
 # Two modes with unequal weights, six sd apart: a Langevin chain practically never crosses between them.
 WEIGHTS = (0.25, 0.75)

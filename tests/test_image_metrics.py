@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-import anila_core.digits_classifier as dc
-from anila_core.data import load_dataset
-from anila_core.image_metrics import (
+import anila_core.images.digits_classifier as dc
+from anila_core.images.datasets import load_dataset
+from anila_core.images.metrics import (
     INCEPTION_WEIGHTS_FILE,
     InceptionUnavailableError,
     _torch_fidelity_available,

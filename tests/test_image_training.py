@@ -7,16 +7,16 @@ import sys
 import pytest
 import torch
 
-import anila_core.image_metrics as image_metrics
-import anila_core.train as train_module
+import anila_core.images.metrics as image_metrics
+import anila_core.training.trainer as train_module
 from anila_core.cli import main
-from anila_core.config import IMAGE_PRESETS, PRESETS, TrainConfig, preset
+from anila_core.training.config import IMAGE_PRESETS, PRESETS, TrainConfig, preset
 from anila_core.fileio import read_jsonl
-from anila_core.image_eval import ImageScorer, make_scorer, sample_from_noise, step_size_image
-from anila_core.runs import CHECKPOINT, IMAGE_RUN_FILES, Run, expected_files, image_summary
-from anila_core.samplers import AniLA, Langevin
-from anila_core.sources import ImageSource, stream_seed
-from anila_core.train import Trainer
+from anila_core.images.evaluation import ImageScorer, make_scorer, sample_from_noise, step_size_image
+from anila_core.training.runs import CHECKPOINT, IMAGE_RUN_FILES, Run, expected_files, image_summary
+from anila_core.sampling.samplers import AniLA, Langevin
+from anila_core.training.sources import ImageSource, stream_seed
+from anila_core.training.trainer import Trainer
 from digits_judge import digits_data_root
 from image_fixtures import write_tiny_cifar10, write_tiny_flowers102
 
@@ -108,7 +108,7 @@ def test_bad_image_config_values_are_named(change, name):
 
 
 def test_image_source_draws_distinct_images_per_round_and_a_fixed_reference(data_root):
-    from anila_core.data import load_dataset
+    from anila_core.images.datasets import load_dataset
 
     ds = load_dataset("cifar10", data_root=data_root)  # 40 training images
     source = ImageSource(ds, seed=5, device=torch.device("cpu"))
@@ -185,8 +185,8 @@ def test_digits_rows_hold_fid_kid_and_coverage_at_fid_points(data_root):
 
 
 def test_image_scorer_gives_the_numbers_of_fid_kid(data_root):
-    from anila_core.data import load_dataset
-    from anila_core.digits_classifier import digits_feature_extractor
+    from anila_core.images.datasets import load_dataset
+    from anila_core.images.digits_classifier import digits_feature_extractor
 
     ds = load_dataset("digits")
     real, fake = ds.images[:200], (ds.images[200:300] + 0.3 * torch.randn(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)

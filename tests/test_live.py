@@ -11,11 +11,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from anila_core.config import preset  # noqa: E402
-from anila_core.live import LivePlot, run_together, summarize  # noqa: E402
-from anila_core.report import markdown_table  # noqa: E402
-from anila_core.runs import Run  # noqa: E402
-from anila_core.train import Trainer  # noqa: E402
+from anila_core.training.config import preset  # noqa: E402
+from anila_core.ui.live import LivePlot, run_together, summarize  # noqa: E402
+from anila_core.ui.report import markdown_table  # noqa: E402
+from anila_core.training.runs import Run  # noqa: E402
+from anila_core.training.trainer import Trainer  # noqa: E402
 
 
 def tiny(sampler, **kw):
@@ -113,7 +113,7 @@ def test_bad_input_names_the_parameter(trainers):
 
 
 def test_figure_not_shown_keeps_the_interactive_mode_a_backend_turns_on_inside():
-    from anila_core.widgets import figure_not_shown
+    from anila_core.ui.widgets import figure_not_shown
 
     was = plt.isinteractive()
     try:
@@ -138,9 +138,9 @@ def test_a_live_plot_as_first_figure_leaves_later_inline_figures_shown(tmp_path)
         "matplotlib.use('module://matplotlib_inline.backend_inline')\n"
         "import matplotlib.pyplot as plt, torch\n"
         "torch.set_num_threads(1)\n"
-        "from anila_core.config import preset\n"
-        "from anila_core.live import LivePlot\n"
-        "from anila_core.train import Trainer\n"
+        "from anila_core.training.config import preset\n"
+        "from anila_core.ui.live import LivePlot\n"
+        "from anila_core.training.trainer import Trainer\n"
         "t = Trainer(preset('smoke', 'anila', device='cpu', iters=10), progress=False)\n"
         "live = LivePlot({'AniLA': t}, grid_size=16)\n"
         "live.show()\n"

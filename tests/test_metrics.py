@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from anila_core.metrics import grid_kl, grid_log_probs, grid_points, grid_tv, histogram_tv, mmd
-from anila_core.targets import Gaussian, Rings
+from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_points, grid_tv, histogram_tv, mmd
+from anila_core.sampling.targets import Gaussian, Rings
 
 
 def test_grid_is_cell_centred_and_symmetric():

@@ -9,10 +9,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from anila_core.config import preset  # noqa: E402
-from anila_core.samplers import AniLA, Langevin, energy_and_grad  # noqa: E402
-from anila_core.train import Trainer  # noqa: E402
-from anila_core.widgets import MODEL_SAMPLERS, format_model_readout, model_sampling_panel, sample_trained  # noqa: E402
+from anila_core.training.config import preset  # noqa: E402
+from anila_core.sampling.samplers import AniLA, Langevin, energy_and_grad  # noqa: E402
+from anila_core.training.trainer import Trainer  # noqa: E402
+from anila_core.ui.widgets import MODEL_SAMPLERS, format_model_readout, model_sampling_panel, sample_trained  # noqa: E402
 
 
 @pytest.fixture(scope="module")

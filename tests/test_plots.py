@@ -9,11 +9,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from anila_core import plots  # noqa: E402
-from anila_core.convergence import ConvergenceResult  # noqa: E402
-from anila_core.metrics import grid_log_probs, grid_points  # noqa: E402
-from anila_core.samplers import AniLA, Langevin, Trace, energy_and_grad  # noqa: E402
-from anila_core.targets import Gaussian, GaussianMixture, Rings  # noqa: E402
+from anila_core.ui import plots  # noqa: E402
+from anila_core.sampling.convergence import ConvergenceResult  # noqa: E402
+from anila_core.sampling.distances import grid_log_probs, grid_points  # noqa: E402
+from anila_core.sampling.samplers import AniLA, Langevin, Trace, energy_and_grad  # noqa: E402
+from anila_core.sampling.targets import Gaussian, GaussianMixture, Rings  # noqa: E402
 
 
 def test_density_image_is_the_grid_density():

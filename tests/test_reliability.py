@@ -35,17 +35,17 @@ from typing import Callable
 import pytest
 import torch
 
-import anila_core.report as report
-import anila_core.runs as runs
+import anila_core.ui.report as report
+import anila_core.training.runs as runs
 from anila_core import fileio
 from anila_core.cli import main
-from anila_core.config import TrainConfig, preset
-from anila_core.data import DatasetNotFoundError, ImageDataset, load_dataset
+from anila_core.training.config import TrainConfig, preset
+from anila_core.images.datasets import DatasetNotFoundError, ImageDataset, load_dataset
 from anila_core.nets import MLPEnergy
-from anila_core.runs import CHECKPOINT, Run, load_trainer
-from anila_core.samplers import PSGLD, AniLA, Langevin, make_sampler
-from anila_core.targets import make_target
-from anila_core.train import Trainer, TrainingDiverged
+from anila_core.training.runs import CHECKPOINT, Run, load_trainer
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin, make_sampler
+from anila_core.sampling.targets import make_target
+from anila_core.training.trainer import Trainer, TrainingDiverged
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 #: what the tests of this file observed, for docs/RELIABILITY.md

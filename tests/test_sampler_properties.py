@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anila_core.samplers import NORMS, SAMPLERS, PSGLD, AniLA, Langevin, make_sampler
+from anila_core.sampling.samplers import NORMS, SAMPLERS, PSGLD, AniLA, Langevin, make_sampler
 
 finite_positive = st.floats(min_value=1e-6, max_value=1e3, allow_nan=False, allow_infinity=False)
 not_positive = st.one_of(st.floats(max_value=0.0, allow_nan=False), st.just(math.nan), st.just(-math.inf))

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from anila_core.samplers import AniLA, Langevin
-from anila_core.targets import Gaussian
+from anila_core.sampling.samplers import AniLA, Langevin
+from anila_core.sampling.targets import Gaussian
 
 Z = 4.0
 N_CHAINS = 20_000

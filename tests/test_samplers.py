@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from anila_core.samplers import PSGLD, AniLA, Langevin, Trace, energy_and_grad, make_sampler
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin, Trace, energy_and_grad, make_sampler
 
 
 def quadratic(x):

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from anila_core import sweep
+from anila_core.study import sweep
 from anila_core.cli import main
-from anila_core.config import preset
-from anila_core.sweep import Grid, cell_id, run_sweep, summarize
+from anila_core.training.config import preset
+from anila_core.study.sweep import Grid, cell_id, run_sweep, summarize
 
 
 def tiny_base(**changes):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from anila_core.metrics import grid_points
-from anila_core.targets import Gaussian, GaussianMixture, Rings, make_target
+from anila_core.sampling.distances import grid_points
+from anila_core.sampling.targets import Gaussian, GaussianMixture, Rings, make_target
 
 Z = 4.0
 

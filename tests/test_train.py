@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from anila_core.config import PRESETS, TrainConfig, preset
+from anila_core.training.config import PRESETS, TrainConfig, preset
 from anila_core.fileio import read_jsonl
-from anila_core.runs import CHECKPOINT, Run
-from anila_core.train import Trainer, TrainingDiverged, build_sampler
-from anila_core.samplers import AniLA, Langevin, PSGLD
+from anila_core.training.runs import CHECKPOINT, Run
+from anila_core.training.trainer import Trainer, TrainingDiverged, build_sampler
+from anila_core.sampling.samplers import AniLA, Langevin, PSGLD
 
 
 def smoke(sampler="anila", **kw):

@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from . import plots
-from .metrics import GRID_EXTENT, grid_log_probs
-from .widgets import figure_host, figure_not_shown, redisplay
+from anila_core.ui import plots
+from anila_core.sampling.distances import GRID_EXTENT, grid_log_probs
+from anila_core.ui.widgets import figure_host, figure_not_shown, redisplay
 
 __all__ = ["CURVES", "LivePlot", "run_together", "summarize"]
 
@@ -49,7 +49,7 @@ def _count(name: str, value) -> int:
 
 def summarize(trainer) -> dict:
     """A ``final.json``-like dict for an in-memory trainer (what ``report.markdown_table`` expects): exactly what ``Run.finish`` writes."""
-    from .runs import target_summary
+    from anila_core.training.runs import target_summary
 
     return target_summary(trainer)
 

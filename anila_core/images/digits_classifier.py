@@ -2,7 +2,7 @@
 
 Inception features mean little for 8×8 grey digits (and need weights that cannot be downloaded
 offline), so the digits get their own judge: a two-convolution network trained in seconds on
-the ``train`` split of :func:`anila_core.data.load_dataset("digits")` and checked on its
+the ``train`` split of :func:`anila_core.images.datasets.load_dataset("digits")` and checked on its
 held-out ``test`` split. It is trained once and cached (atomically) under the data root, at
 ``<data root>/cache/digits_classifier.pt``; later loads read the file.
 """
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import load_dataset, resolve_data_root
-from .fileio import atomic_torch_save
+from anila_core.images.datasets import load_dataset, resolve_data_root
+from anila_core.fileio import atomic_torch_save
 
 __all__ = [
     "DigitsClassifier",
@@ -85,7 +85,7 @@ class DigitsClassifier(nn.Module):
 
 
 class DigitsFeatures(nn.Module):
-    """The classifier's penultimate features as a feature extractor for :func:`anila_core.image_metrics.fid_kid`."""
+    """The classifier's penultimate features as a feature extractor for :func:`anila_core.images.metrics.fid_kid`."""
 
     def __init__(self, classifier: DigitsClassifier):
         super().__init__()

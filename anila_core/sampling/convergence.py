@@ -8,9 +8,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .metrics import GRID_EXTENT, grid_log_probs, histogram_tv, mmd
-from .samplers import Sampler, Trace
-from .targets import Target, make_target
+from anila_core.sampling.distances import GRID_EXTENT, grid_log_probs, histogram_tv, mmd
+from anila_core.sampling.samplers import Sampler, Trace
+from anila_core.sampling.targets import Target, make_target
 
 __all__ = [
     "ConvergenceResult",

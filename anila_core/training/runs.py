@@ -8,10 +8,10 @@ from typing import Callable
 
 import torch
 
-from . import distributed
-from .config import TrainConfig, changed_settings, describe_changes
-from .fileio import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, write_jsonl
-from .train import Trainer
+from anila_core.training import distributed
+from anila_core.training.config import TrainConfig, changed_settings, describe_changes
+from anila_core.fileio import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, write_jsonl
+from anila_core.training.trainer import Trainer
 
 __all__ = ["Run", "CHECKPOINT", "load_trainer", "RUN_FILES", "IMAGE_RUN_FILES", "target_summary", "image_summary", "expected_files",
            "remove_stale_temporaries"]
@@ -110,7 +110,7 @@ class Run:
 
     def finish(self) -> dict:
         """Write ``final.json`` and the figures from the current state."""
-        from .report import save_image_run_figures, save_run_figures
+        from anila_core.ui.report import save_image_run_figures, save_run_figures
 
         t = self.trainer
         if t.config.is_image:
@@ -155,7 +155,7 @@ def image_summary(trainer: Trainer) -> dict:
     ``fid`` and ``kid`` are ``None`` when the run could not compute them (Inception
     unavailable); ``fid_features`` names the features the numbers come from.
     """
-    from .image_eval import FEATURES
+    from anila_core.images.evaluation import FEATURES
 
     t = trainer
     if not t.history:

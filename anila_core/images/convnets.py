@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from .nets import ACTIVATIONS, make_activation
+from anila_core.nets import ACTIVATIONS, make_activation
 
 __all__ = ["ConvEnergy", "make_convnet", "IMAGE_SIZES"]
 

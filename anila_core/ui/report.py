@@ -8,9 +8,9 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
-from .fileio import atomic_write
-from .metrics import grid_log_probs
-from .plots import plot_density, plot_samples, show_image_grid
+from anila_core.fileio import atomic_write
+from anila_core.sampling.distances import grid_log_probs
+from anila_core.ui.plots import plot_density, plot_samples, show_image_grid
 
 __all__ = [
     "save_run_figures",

@@ -1,6 +1,6 @@
 """Langevin-type MCMC samplers (Langevin, AniLA, pSGLD) sharing one Euler–Maruyama transition and an optional Metropolis test.
 
-Convention (DESIGN.md §1): ``energy_fn`` returns one energy per sample, ``p(x) ∝ exp(-E(x))``,
+Convention: ``energy_fn`` returns one energy per sample, ``p(x) ∝ exp(-E(x))``,
 ``g = ∇_x E``. One transition is
 
     γ  = ε · a(g)
@@ -160,7 +160,7 @@ class Sampler:
     """One Euler–Maruyama recipe; subclasses supply the per-coordinate step sizes ``γ``."""
 
     name = "sampler"
-    #: default of ``sample(fast=None)``: run each transition compiled (:mod:`anila_core.fast`); set per instance
+    #: default of ``sample(fast=None)``: run each transition compiled (:mod:`anila_core.sampling.compiled`); set per instance
     fast: bool = False
     #: with the fast path on CUDA, replay each transition as a CUDA graph (``torch.compile(mode="reduce-overhead")``)
     fast_cuda_graphs: bool = False
@@ -221,11 +221,11 @@ class Sampler:
         With ``metropolis=True`` each transition is a proposal accepted with the MALA
         probability, which makes the chain exact for ``exp(-E)``. ``fast=True`` (default:
         the sampler's ``fast`` attribute) compiles each transition with ``torch.compile``
-        (:func:`anila_core.fast.sample_fast`): the same chain up to rounding, faster once
+        (:func:`anila_core.sampling.compiled.sample_fast`): the same chain up to rounding, faster once
         compiled; it falls back to this eager loop, with a warning, where compiling fails.
         """
         if fast or (fast is None and self.fast):
-            from .fast import sample_fast  # imported here: fast.py builds on this module
+            from anila_core.sampling.compiled import sample_fast  # imported here: fast.py builds on this module
 
             return sample_fast(self, energy_fn, x0, n_steps, generator=generator, trace=trace, cuda_graphs=self.fast_cuda_graphs)
         n_steps = _check_n_steps(n_steps)

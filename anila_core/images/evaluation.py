@@ -1,9 +1,9 @@
 """Judging an image EBM: FID/KID against fixed real images (features extracted once), digit coverage, and AniLA's per-pixel step sizes.
 
-Which features: the digits get the small digits classifier (:mod:`anila_core.digits_classifier`),
-CIFAR-10 and Flowers the standard Inception network (:mod:`anila_core.image_metrics`), which
+Which features: the digits get the small digits classifier (:mod:`anila_core.images.digits_classifier`),
+CIFAR-10 and Flowers the standard Inception network (:mod:`anila_core.images.metrics`), which
 needs torch-fidelity and a weights file; :func:`make_scorer` raises
-:class:`~anila_core.image_metrics.InceptionUnavailableError` with the reason and where the
+:class:`~anila_core.images.metrics.InceptionUnavailableError` with the reason and where the
 file goes when they are missing. Numbers from different features are different numbers.
 """
 
@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .image_metrics import InceptionFeatures, extract_features
-from .samplers import Sampler, energy_and_grad
+from anila_core.images.metrics import InceptionFeatures, extract_features
+from anila_core.sampling.samplers import Sampler, energy_and_grad
 
 __all__ = ["ImageScorer", "make_scorer", "FEATURES", "step_size_image", "sample_from_noise"]
 
@@ -40,7 +40,7 @@ class ImageScorer:
 
     ``extractor`` maps images in ``[-1, 1]`` to ``(N, D)`` features; ``classifier`` (digits
     only) adds the class coverage of the samples. ``score`` gives the same numbers as
-    :func:`anila_core.image_metrics.fid_kid` on the same images and extractor.
+    :func:`anila_core.images.metrics.fid_kid` on the same images and extractor.
     """
 
     def __init__(self, real: torch.Tensor, extractor: nn.Module, features: str, classifier: nn.Module | None = None,
@@ -78,7 +78,7 @@ class ImageScorer:
             kid_mean, kid_std = kid.compute()
         out = {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
         if self.classifier is not None:
-            from .digits_classifier import class_coverage
+            from anila_core.images.digits_classifier import class_coverage
 
             cov = class_coverage(fake.cpu(), self.classifier)
             out.update(coverage=cov["coverage"], class_entropy=cov["entropy"], class_histogram=cov["histogram"])
@@ -88,13 +88,13 @@ class ImageScorer:
 def make_scorer(dataset: str, real: torch.Tensor, device: torch.device | str = "cpu", data_root: str | None = None) -> ImageScorer:
     """The scorer for ``dataset``'s samples: digits-classifier features (and coverage) or Inception features.
 
-    Raises :class:`~anila_core.image_metrics.InceptionUnavailableError` for CIFAR-10 and
+    Raises :class:`~anila_core.images.metrics.InceptionUnavailableError` for CIFAR-10 and
     Flowers when torch-fidelity or the Inception weights are missing (nothing is downloaded).
     """
     if dataset not in FEATURES:
         raise ValueError(f"dataset: expected one of {list(FEATURES)}, got {dataset!r}")
     if dataset == "digits":
-        from .digits_classifier import DigitsFeatures, load_digits_classifier
+        from anila_core.images.digits_classifier import DigitsFeatures, load_digits_classifier
 
         classifier = load_digits_classifier(data_root=data_root)
         # the classifier stays on the CPU: it is tiny, and class_coverage feeds it CPU tensors

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .config import CHAIN_KINDS, TrainConfig, changed_settings, preset
-from .fileio import atomic_write_json, atomic_write_text
-from .processes import process_pool, torch_threads
+from anila_core.training.config import CHAIN_KINDS, TrainConfig, changed_settings, preset
+from anila_core.fileio import atomic_write_json, atomic_write_text
+from anila_core.processes import process_pool, torch_threads
 
 __all__ = [
     "KINDS",
@@ -211,7 +211,7 @@ def _fields(row: dict, names: Sequence[str]) -> dict:
 
 def run_cell(base: TrainConfig, cell: dict) -> dict:
     """Train one cell in memory and return its result (a divergence is a result, not an error)."""
-    from .train import Trainer, TrainingDiverged
+    from anila_core.training.trainer import Trainer, TrainingDiverged
 
     config = cell_config(base, cell)
     start = time.perf_counter()
@@ -667,7 +667,7 @@ def plot_histories(summary: dict, settings: Sequence[dict], metric: str = "energ
 
 def write_report(summary: dict, out: str | Path) -> list[Path]:
     """``sweep.md``, ``heatmaps.png``, ``stability.png`` and ``quality_vs_time.png`` in ``out``."""
-    from .report import save_figure
+    from anila_core.ui.report import save_figure
 
     out = Path(out)
     atomic_write_text(out / "sweep.md", markdown_report(summary))

@@ -5,7 +5,7 @@ elementwise kernels around the network's forward and backward. Compiling the *wh
 transition with ``torch.compile`` — the energy, its input gradient through
 ``torch.func.grad_and_value``, the sampler's step-size map and the update — fuses those and
 drops the bookkeeping: on the 2-D MLP it runs below the cost of one eager forward+backward
-(DESIGN.md §5). Compiling only the network is slower than eager, so this module never does.
+(measured: README, "Speed"). Compiling only the network is slower than eager, so this module never does.
 
 The noise is drawn *outside* the compiled region, with ``torch.randn(..., generator=...)`` in
 the same order as :meth:`Sampler.sample`, so a compiled chain equals the eager chain of the
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .samplers import Sampler, Trace, _check_generator, _check_n_steps, _check_x0, check_energies, energy_and_grad
+from anila_core.sampling.samplers import Sampler, Trace, _check_generator, _check_n_steps, _check_x0, check_energies, energy_and_grad
 
 __all__ = [
     "sample_fast",
@@ -275,7 +275,7 @@ class FastTransition:
         out = self.eager(*args)
         reason = f"{type(compile_error).__name__}: {str(compile_error).strip().splitlines()[0] if str(compile_error).strip() else ''}"
         self.failed = reason
-        _warn_once(f"anila_core.fast: torch.compile failed ({reason}); sampling continues eagerly with the same chain")
+        _warn_once(f"anila_core.sampling.compiled: torch.compile failed ({reason}); sampling continues eagerly with the same chain")
         return out
 
 
@@ -367,7 +367,7 @@ def sample_fast(
     _check_generator(generator, x)
     ok, why = compile_supported()
     if not ok:
-        _warn_once(f"anila_core.fast: {why}; sampling runs eagerly")
+        _warn_once(f"anila_core.sampling.compiled: {why}; sampling runs eagerly")
         return sampler.sample(energy_fn, x, n_steps, generator=generator, trace=trace, fast=False)
     graphs = cuda_graphs and x.device.type == "cuda"
     if sampler.metropolis:
@@ -458,7 +458,7 @@ def use_fast_path(mode: str, transitions: int, device: torch.device | str, is_im
     ``mode``: ``"on"``, ``"off"`` or ``"auto"``. ``"auto"`` compiles only when the run is long
     enough to amortise the compile (``transitions`` = iters × K ≥ :data:`AUTO_MIN_TRANSITIONS`),
     and not for ConvNet energies on a CPU (their transition is all convolution: compiling
-    does not speed it up, DESIGN.md §5), nor when the network is already compiled
+    does not speed it up, measured), nor when the network is already compiled
     (``--compile``, the other route).
     """
     if mode not in FAST_MODES:

@@ -8,7 +8,7 @@ The standard Inception network (``feature_extractor=None``) needs the ``torch-fi
 package and the file ``weights-inception-2015-12-05-6726825d.pth`` in torch hub's checkpoint
 folder (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch/hub/checkpoints``);
 nothing is downloaded unless ``download_weights=True``. For the 8×8 digits use
-``feature_extractor="digits"``: the penultimate layer of :mod:`anila_core.digits_classifier`.
+``feature_extractor="digits"``: the penultimate layer of :mod:`anila_core.images.digits_classifier`.
 FID and KID from different feature extractors are different numbers: compare like with like,
 and at equal sample counts (FID is biased upward for small sets).
 """
@@ -174,7 +174,7 @@ def fid_kid(
     if feature_extractor is None:
         feature_extractor = InceptionFeatures(weights_path, download=download_weights)
     elif isinstance(feature_extractor, str) and feature_extractor == "digits":
-        from .digits_classifier import digits_feature_extractor
+        from anila_core.images.digits_classifier import digits_feature_extractor
 
         feature_extractor = digits_feature_extractor()
     elif not isinstance(feature_extractor, nn.Module):

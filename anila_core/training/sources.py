@@ -6,8 +6,8 @@ import hashlib
 
 import torch
 
-from .data import ImageDataset
-from .targets import Target
+from anila_core.images.datasets import ImageDataset
+from anila_core.sampling.targets import Target
 
 __all__ = ["TargetSource", "ImageSource", "TRAIN_SPLITS", "stream_seed", "CHAIN_STREAM", "DATA_STREAM"]
 

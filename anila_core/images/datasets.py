@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .fileio import atomic_torch_save
+from anila_core.fileio import atomic_torch_save
 
 __all__ = [
     "DATASETS",

@@ -10,10 +10,10 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-from . import plots
-from .metrics import GRID_EXTENT, grid_log_probs
-from .samplers import AniLA, Langevin, Trace, energy_and_grad
-from .targets import make_target
+from anila_core.ui import plots
+from anila_core.sampling.distances import GRID_EXTENT, grid_log_probs
+from anila_core.sampling.samplers import AniLA, Langevin, Trace, energy_and_grad
+from anila_core.sampling.targets import make_target
 
 __all__ = [
     "PANEL_TARGETS",

@@ -2,10 +2,10 @@
 
 For t = 1..T: run K sampler transitions from the chains, draw a data batch, and take an Adam
 step on ``mean E(data) − mean E(samples)`` (the Monte Carlo estimate of the negative
-log-likelihood's gradient). Any sampler from :mod:`anila_core.samplers` plugs in unchanged.
+log-likelihood's gradient). Any sampler from :mod:`anila_core.sampling.samplers` plugs in unchanged.
 The data are a 2-D target (an MLP energy) or an image dataset (a ConvNet energy); under
 ``torchrun`` each process runs its own chains and DistributedDataParallel averages the
-parameter gradients (see :mod:`anila_core.distributed`).
+parameter gradients (see :mod:`anila_core.training.distributed`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,18 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, distributed
-from .budget import resolve_device
-from .config import TrainConfig
-from .fast import use_fast_path
-from .global_moves import independence_moves
-from .metrics import grid_kl, grid_log_probs, grid_tv, mmd
-from .nets import MLPEnergy
-from .samplers import AniLA, Langevin, PSGLD, Sampler, Trace
-from .sources import CHAIN_STREAM, DATA_STREAM, TRAIN_SPLITS, ImageSource, TargetSource, stream_seed
-from .targets import make_target
+from anila_core import __version__
+
+from anila_core.training import distributed
+from anila_core.device import resolve_device
+from anila_core.training.config import TrainConfig
+from anila_core.sampling.compiled import use_fast_path
+from anila_core.sampling.global_moves import independence_moves
+from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, mmd
+from anila_core.nets import MLPEnergy
+from anila_core.sampling.samplers import AniLA, Langevin, PSGLD, Sampler, Trace
+from anila_core.training.sources import CHAIN_STREAM, DATA_STREAM, TRAIN_SPLITS, ImageSource, TargetSource, stream_seed
+from anila_core.sampling.targets import make_target
 
 __all__ = ["Trainer", "TrainingDiverged", "build_sampler", "build_energy", "train"]
 
@@ -60,9 +62,9 @@ def build_sampler(config: TrainConfig) -> Sampler:
 
 
 def build_energy(config: TrainConfig, data_shape: tuple[int, ...]) -> torch.nn.Module:
-    """The energy network: an MLP for points ``(d,)``, the ConvNet of :mod:`anila_core.convnets` for images ``(C, H, W)``."""
+    """The energy network: an MLP for points ``(d,)``, the ConvNet of :mod:`anila_core.images.convnets` for images ``(C, H, W)``."""
     if config.is_image:
-        from .convnets import make_convnet
+        from anila_core.images.convnets import make_convnet
 
         return make_convnet(data_shape, config.conv_width, config.conv_activation, config.spectral_norm)
     return MLPEnergy(data_shape[0], config.width, config.depth, config.activation)
@@ -115,7 +117,7 @@ class Trainer:
         self.device = distributed.device_for_rank(resolve_device(c.device), self.dist)
         self.progress = progress and self.dist.is_main
         if c.is_image:
-            from .data import load_dataset
+            from anila_core.images.datasets import load_dataset
 
             self.target = None
             self.dataset = load_dataset(c.dataset, c.data_root or None, c.image_size or None, split=TRAIN_SPLITS[c.dataset])
@@ -174,7 +176,7 @@ class Trainer:
         # and spectral norm's power iteration then runs once per step. The 2-D loop keeps its
         # two forwards, so its results are bit for bit those of earlier versions.
         self._joint_forward = c.is_image or self.dist.enabled
-        # compiled sampling transitions (anila_core.fast), by default only where the run amortises the compile
+        # compiled sampling transitions (anila_core.sampling.compiled), by default only where the run amortises the compile
         self.fast = use_fast_path(c.fast, c.iters * c.n_steps, self.device, c.is_image, c.compile)
 
     # ------------------------------------------------------------------ the loop
@@ -381,8 +383,8 @@ class Trainer:
 
     def scorer(self):
         """The FID/KID scorer of this run's dataset, built once; ``None`` (after one printed notice) when Inception is unavailable."""
-        from .image_eval import make_scorer
-        from .image_metrics import InceptionUnavailableError
+        from anila_core.images.evaluation import make_scorer
+        from anila_core.images.metrics import InceptionUnavailableError
 
         if self._scorer is None and self._scorer_unavailable is None:
             real = self.source.reference(self.config.fid_samples, seed=self.config.seed + 3)
@@ -408,7 +410,7 @@ class Trainer:
 
     def step_size_image(self, x: torch.Tensor | None = None) -> torch.Tensor:
         """The sampler's ``γ/ε`` per pixel at images ``x`` (default: the latest negative samples), averaged over batch and channels: ``(H, W)``."""
-        from .image_eval import step_size_image
+        from anila_core.images.evaluation import step_size_image
 
         if not self.config.is_image:
             raise ValueError("step_size_image: only for image runs (the 2-D map is plots.plot_step_size_map)")
@@ -632,7 +634,7 @@ def _state_mismatch(model: torch.nn.Module, saved) -> str:
 
 
 def train(config: TrainConfig, callback=None, progress: bool = True) -> Trainer:
-    """Train in memory (no files) and return the trainer; see :mod:`anila_core.runs` for run directories."""
+    """Train in memory (no files) and return the trainer; see :mod:`anila_core.training.runs` for run directories."""
     trainer = Trainer(config, progress=progress)
     trainer.run(callback=callback)
     return trainer

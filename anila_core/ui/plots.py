@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 
-from . import metrics
-from .metrics import GRID_EXTENT, GRID_SIZE
-from .samplers import Sampler, Trace, energy_and_grad
+from anila_core.sampling import distances as metrics
+from anila_core.sampling.distances import GRID_EXTENT, GRID_SIZE
+from anila_core.sampling.samplers import Sampler, Trace, energy_and_grad
 
 __all__ = [
     "density_grid",

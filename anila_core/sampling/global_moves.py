@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from .samplers import _check_generator, _check_x0, _finite_positive, check_energies
+from anila_core.sampling.samplers import _check_generator, _check_x0, _finite_positive, check_energies
 
 __all__ = ["independence_moves"]
 

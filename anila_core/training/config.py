@@ -7,11 +7,11 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .data import DATASETS, SIZES
-from .fast import AUTO_MIN_TRANSITIONS, FAST_MODES
-from .nets import ACTIVATIONS
-from .samplers import ANILA_VARIANTS, NORMS, SAMPLERS
-from .targets import TARGETS
+from anila_core.images.datasets import DATASETS, SIZES
+from anila_core.sampling.compiled import AUTO_MIN_TRANSITIONS, FAST_MODES
+from anila_core.nets import ACTIVATIONS
+from anila_core.sampling.samplers import ANILA_VARIANTS, NORMS, SAMPLERS
+from anila_core.sampling.targets import TARGETS
 
 __all__ = ["TrainConfig", "PRESETS", "IMAGE_PRESETS", "DEFAULT_PRESET", "preset", "preset_names", "CHAIN_KINDS", "LR_SCHEDULES", "AMP_MODES",
            "DIVERGENCE_POLICIES", "RESUMABLE_FIELDS", "changed_settings", "describe_changes"]
@@ -109,7 +109,7 @@ class TrainConfig:
     amp: str = _f("off", "'bf16': bfloat16 autocast of the energy network on CUDA (sampler state and updates stay float32; ignored on CPU)", choices=AMP_MODES)
     channels_last: bool = _f(False, "images: channels-last memory layout for the ConvNet (faster convolutions on recent GPUs)")
     compile: bool = _f(False, "torch.compile the energy network (minutes of compile time; pays off on long GPU runs only)")
-    fast: str = _f("auto", f"sample through compiled transitions (anila_core.fast): 'auto' = when iters × n_steps >= {AUTO_MIN_TRANSITIONS} and not a ConvNet on a CPU", choices=FAST_MODES)
+    fast: str = _f("auto", f"sample through compiled transitions (anila_core.sampling.compiled): 'auto' = when iters × n_steps >= {AUTO_MIN_TRANSITIONS} and not a ConvNet on a CPU", choices=FAST_MODES)
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first field outside its allowed range."""
@@ -200,7 +200,7 @@ _CPU = dict(
     lr_schedule="cosine", lr_min=0.05, init="gaussian", init_scale=2.0, eval_every=250,
     eval_samples=2000, checkpoint_every=500,
 )
-# The long run adds 4 independence Metropolis moves per chain and iteration (anila_core.global_moves),
+# The long run adds 4 independence Metropolis moves per chain and iteration (anila_core.sampling.global_moves),
 # for both samplers. Without them the rings' relative energies drifted once no buffer chain crossed
 # between rings: grid TV swung 0.07–0.20 late in the run and ended at 0.092 (best 0.067); with
 # them it settles (seed 0: 0.044 at 10 000 iterations, best 0.037; seed 1: 0.046, best 0.043). They
@@ -209,7 +209,7 @@ _CPU = dict(
 # is left of the step-to-step wobble (seed 0: 0.039, best 0.037; seed 1: 0.042, best 0.040);
 # before the moves, averaging only added lag to the drift (EMA 0.999: 0.134, best 0.080).
 _CPU_LONG = dict(_CPU, iters=10_000, eval_every=500, checkpoint_every=1000, global_moves=4, ema=0.995)
-# One cell of the sampler study (anila_core.sweep): the cpu preset at K = 20 and 2000
+# One cell of the sampler study (anila_core.study.sweep): the cpu preset at K = 20 and 2000
 # iterations, so that a grid of 80 runs fits in under an hour on 2 cores. (At 800
 # iterations every run still sat at grid TV ≈ 0.42, too early to tell samplers apart.)
 _SWEEP = dict(_CPU, n_steps=20, iters=2000, eval_every=250, eval_samples=1000, checkpoint_every=2000)
@@ -268,7 +268,7 @@ _PHOTO_GPU = dict(
     eval_every=250, fid_every=1000, fid_samples=5000, checkpoint_every=1000, step_size=1.0, noise_scale=0.01, amp="bf16",
 )
 _PHOTO_SAMPLERS = {"anila": dict(b=0.05)}
-# The paper's image setting as DESIGN.md §2 gives it: 32×32, short-run chains from uniform
+# The paper's image setting as the authors' configs give it: 32×32, short-run chains from uniform
 # noise, K = 100 (Flowers used 50–150), Adam 1e-4, 100k iterations, noise 0.01, b ≈ 2e-4.
 # Those numbers come from the authors' image code, whose AniLA scaled only the noise by
 # b / max(b, |g|) over a pixel's channels; with the drift scaled too (variant "full") a

@@ -1,0 +1,1 @@
+"""Images: datasets on disk, ConvNet energies, FID/KID features and scores, and the digits classifier."""

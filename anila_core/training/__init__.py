@@ -1,0 +1,1 @@
+"""Training: the configuration and presets, the loop of Algorithm 1, data sources, runs on disk and distributed training."""
