@@ -9,7 +9,9 @@ __version__ = "0.1.0"
 
 from anila_core.budget import resolve_budget
 from anila_core.device import resolve_device
-from anila_core.sampling.samplers import AniLA, Langevin, PSGLD, Sampler, Trace, energy_and_grad, make_sampler
+from anila_core.sampling.kernel import NonFiniteChainError, SamplerState, Trace, energy_and_grad
+from anila_core.sampling.registry import SAMPLERS, make_sampler
+from anila_core.sampling.samplers import AniLA, Langevin, PSGLD, Sampler
 from anila_core.sampling.targets import Gaussian, GaussianMixture, Rings, make_target
 
 __all__ = [
@@ -18,6 +20,9 @@ __all__ = [
     "PSGLD",
     "Sampler",
     "Trace",
+    "SamplerState",
+    "NonFiniteChainError",
+    "SAMPLERS",
     "energy_and_grad",
     "make_sampler",
     "Gaussian",

@@ -8,7 +8,8 @@ import torch
 from anila_core.sampling import compiled as fast
 from anila_core.training.config import preset
 from anila_core.nets import MLPEnergy
-from anila_core.sampling.samplers import PSGLD, AniLA, Langevin, Trace
+from anila_core.sampling.kernel import Trace
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
 from anila_core.training.trainer import Trainer
 
 # The compiled and the eager transition differ only in rounding (fused kernels sum in
@@ -76,7 +77,7 @@ def test_compiled_metropolis_and_psgld_equal_eager():
 
 def test_cpu_rewrites_keep_energies_and_gradients():
     # SiLU as h·σ(h) and the one-output head as a dot product: the same numbers, cheaper to differentiate
-    from anila_core.sampling.samplers import energy_and_grad
+    from anila_core.sampling.kernel import energy_and_grad
 
     energy, grad = energy_and_grad(NET, X0)
     grad_r, energy_r = fast._grad_and_energy(NET, X0, cpu_rewrites=True)
@@ -97,7 +98,7 @@ def test_cache_reuses_the_compiled_transition_for_the_same_shape():
     both(sampler)  # compiled by now (or by the test above)
     rows = {r["name"]: dict(r) for r in fast.cache_info()}
     twin = Langevin(step_size=0.05)  # another object, same hyperparameters: the same entry
-    twin.sample(NET, X0, K, generator=torch.Generator().manual_seed(0), fast=True)
+    twin.run(NET, twin.init(NET, X0), K, generator=torch.Generator().manual_seed(0), fast=True)
     after = {r["name"]: r for r in fast.cache_info()}
     assert after.keys() == rows.keys(), "the same (sampler, energy, shape) must not compile again"
     [name] = [n for n in after if after[n]["calls"] != rows[n]["calls"]]
@@ -161,16 +162,37 @@ def test_sample_fast_validates_like_sample():
         Langevin(0.1).sample(NET, X0.long(), 2, fast=True)
 
 
-def test_sampler_attribute_turns_the_fast_path_on(monkeypatch):
+def test_auto_compiles_big_calls_only(monkeypatch):
+    """``fast="auto"`` (the default) compiles a call of many chain-steps, never a small one nor an eager-forced one."""
     called = []
-    monkeypatch.setattr(fast, "sample_fast", lambda *a, **k: called.append(k) or a[2])
-    sampler = Langevin(0.1)
-    sampler.sample(NET, X0, 2)
+    real = fast.compiled_transition
+    monkeypatch.setattr(fast, "compiled_transition", lambda *a, **k: called.append(a[2].shape) or real(*a, **k))
+    monkeypatch.setattr(fast, "AUTO_MIN_CHAIN_STEPS", len(X0) * K)
+    sampler = SAMPLERS["langevin"]
+    sampler.sample(NET, X0, K - 1)  # one chain-step short of the threshold: eager
     assert not called
-    sampler.fast = True
-    sampler.sample(NET, X0, 2)
-    sampler.sample(NET, X0, 2, fast=False)
-    assert called == [{"generator": None, "trace": None, "cuda_graphs": False}]
+    sampler.sample(NET, X0, K, fast=False)
+    assert not called
+    big = sampler.sample(NET, X0, K, generator=torch.Generator().manual_seed(7))
+    assert called == [X0.shape]
+    eager = sampler.sample(NET, X0, K, generator=torch.Generator().manual_seed(7), fast=False)
+    torch.testing.assert_close(big, eager, **TOL)
+    image_batch = torch.zeros(2, 1, 4, 4)  # a ConvNet's transition is all convolution on a CPU: never compiled by auto
+    assert not fast.auto_compiles(NET, image_batch, 10**9)
+    assert not fast.auto_compiles(lambda z: NET(z), X0, 10**9)  # not a network's method: an analytic energy stays eager
+    with pytest.raises(ValueError, match="fast: expected one of"):
+        sampler.sample(NET, X0, 2, fast="yes")
+
+
+def test_compiled_runs_continue_exactly():
+    """n then m compiled steps from a state equal n + m compiled steps, bit for bit (pSGLD's V included)."""
+    for sampler in (SAMPLERS["langevin"], PSGLD(step_size=0.005)):
+        state = sampler.init(NET, X0)
+        whole = sampler.run(NET, state, 2 * K, generator=torch.Generator().manual_seed(3), fast=True)
+        gen = torch.Generator().manual_seed(3)
+        half = sampler.run(NET, sampler.run(NET, state, K, generator=gen, fast=True), K, generator=gen, fast=True)
+        assert torch.equal(half.x, whole.x) and torch.equal(half.grad, whole.grad)
+        assert all(torch.equal(half.extra[k], whole.extra[k]) for k in whole.extra)
 
 
 # --------------------------------------------------------------------------- training

@@ -68,7 +68,7 @@ def test_non_finite_proposals_are_rejected_and_zero_moves_change_nothing():
         (dict(n_moves=1.5), "n_moves"),
         (dict(scale=0.0), "scale"),
         (dict(scale=float("inf")), "scale"),
-        (dict(x=torch.zeros(3)), "x0"),
+        (dict(x=torch.zeros(3)), "^x: expected shape"),
         (dict(energy_fn=lambda z: z), "energy_fn"),
     ],
 )

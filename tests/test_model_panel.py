@@ -10,7 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from anila_core.training.config import preset  # noqa: E402
-from anila_core.sampling.samplers import AniLA, Langevin, energy_and_grad  # noqa: E402
+from anila_core.sampling.kernel import energy_and_grad  # noqa: E402
+from anila_core.sampling.samplers import AniLA, Langevin  # noqa: E402
 from anila_core.training.trainer import Trainer  # noqa: E402
 from anila_core.ui.widgets import MODEL_SAMPLERS, format_model_readout, model_sampling_panel, sample_trained  # noqa: E402
 

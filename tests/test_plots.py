@@ -12,7 +12,8 @@ import torch  # noqa: E402
 from anila_core.ui import plots  # noqa: E402
 from anila_core.sampling.convergence import ConvergenceResult  # noqa: E402
 from anila_core.sampling.distances import grid_log_probs, grid_points  # noqa: E402
-from anila_core.sampling.samplers import AniLA, Langevin, Trace, energy_and_grad  # noqa: E402
+from anila_core.sampling.kernel import Trace, energy_and_grad  # noqa: E402
+from anila_core.sampling.samplers import AniLA, Langevin  # noqa: E402
 from anila_core.sampling.targets import Gaussian, GaussianMixture, Rings  # noqa: E402
 
 

@@ -43,7 +43,8 @@ from anila_core.training.config import TrainConfig, preset
 from anila_core.images.datasets import DatasetNotFoundError, ImageDataset, load_dataset
 from anila_core.nets import MLPEnergy
 from anila_core.training.runs import CHECKPOINT, Run, load_trainer
-from anila_core.sampling.samplers import PSGLD, AniLA, Langevin, make_sampler
+from anila_core.sampling.registry import make_sampler
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
 from anila_core.sampling.targets import make_target
 from anila_core.training.trainer import Trainer, TrainingDiverged
 

@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anila_core.sampling.samplers import NORMS, SAMPLERS, PSGLD, AniLA, Langevin, make_sampler
+from anila_core.sampling.registry import SAMPLERS, make_sampler
+from anila_core.sampling.samplers import NORMS, PSGLD, AniLA, Langevin
 
 finite_positive = st.floats(min_value=1e-6, max_value=1e3, allow_nan=False, allow_infinity=False)
 not_positive = st.one_of(st.floats(max_value=0.0, allow_nan=False), st.just(math.nan), st.just(-math.inf))

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from anila_core.sampling.samplers import PSGLD, AniLA, Langevin, Trace, energy_and_grad, make_sampler
+from anila_core.sampling.kernel import Trace, energy_and_grad
+from anila_core.sampling.registry import make_sampler
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
 
 
 def quadratic(x):

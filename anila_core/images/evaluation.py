@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from anila_core.images.metrics import InceptionFeatures, extract_features
-from anila_core.sampling.samplers import Sampler, energy_and_grad
+from anila_core.sampling.kernel import energy_and_grad
+from anila_core.sampling.samplers import Sampler
 
 __all__ = ["ImageScorer", "make_scorer", "FEATURES", "step_size_image", "sample_from_noise"]
 

@@ -1,26 +1,27 @@
-"""The fast path: one compiled Langevin-type transition (energy, input gradient, step-size map, update), cached per energy and shape, with an eager fallback.
+"""The compiled path: a sampler's own transition (:meth:`Sampler.transition`) compiled with ``torch.compile``, cached per energy and shape, with an eager fallback.
 
 Eager PyTorch pays, per transition, for autograd's bookkeeping and for a dozen small
 elementwise kernels around the network's forward and backward. Compiling the *whole*
-transition with ``torch.compile`` — the energy, its input gradient through
-``torch.func.grad_and_value``, the sampler's step-size map and the update — fuses those and
-drops the bookkeeping: on the 2-D MLP it runs below the cost of one eager forward+backward
-(measured: README, "Speed"). Compiling only the network is slower than eager, so this module never does.
+transition — the step-size map, the move, the energy and its input gradient through
+``torch.func.grad_and_value``, the Metropolis test — fuses those and drops the bookkeeping:
+on the 2-D MLP it runs below the cost of one eager forward+backward (README, "Speed").
+Compiling only the network is slower than eager, so this module never does.
 
-The noise is drawn *outside* the compiled region, with ``torch.randn(..., generator=...)`` in
-the same order as :meth:`Sampler.sample`, so a compiled chain equals the eager chain of the
-same generator seed up to floating-point rounding.
+Nothing here re-implements a sampler: :func:`compiled_transition` compiles the sampler's
+``transition`` method with a ``torch.func`` gradient in place of autograd's, and
+``Sampler.run`` calls it in its one loop. The noise is drawn *outside* the compiled region,
+in the same order as eagerly, so a compiled chain equals the eager chain of the same
+generator seed up to floating-point rounding.
 
-Use it through ``sampler.sample(energy_fn, x0, K, generator=g, fast=True)`` (or
-``sampler.fast = True``); the training loop turns it on with ``TrainConfig.fast``. Compiled
-transitions are cached per (sampler type and hyperparameters, energy, input shape, dtype,
-device), so the compile (seconds to tens of seconds, see :func:`cache_info`) is paid once.
-When ``torch.compile`` is unavailable or fails, a warning says so once and sampling goes on
-eagerly with the same result.
+Compiled transitions are cached per (sampler type and hyperparameters, energy, input shape,
+dtype, device), so the compile (seconds to tens of seconds, see :func:`cache_info`) is paid
+once per process. When ``torch.compile`` is unavailable or fails, a warning says so once and
+sampling goes on eagerly with the same result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import types
@@ -28,16 +29,18 @@ import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from anila_core.sampling.samplers import Sampler, Trace, _check_generator, _check_n_steps, _check_x0, check_energies, energy_and_grad
+from anila_core.sampling.kernel import check_energies, energy_and_grad
 
 __all__ = [
-    "sample_fast",
+    "compiled_transition",
+    "auto_compiles",
     "transition_for",
     "FastTransition",
     "cache_info",
@@ -46,6 +49,7 @@ __all__ = [
     "use_fast_path",
     "FAST_MODES",
     "AUTO_MIN_TRANSITIONS",
+    "AUTO_MIN_CHAIN_STEPS",
 ]
 
 EnergyFn = Callable[[torch.Tensor], torch.Tensor]
@@ -59,6 +63,14 @@ FAST_MODES = ("auto", "on", "off")
 #: preset makes 90k: the demo, notebook 02 at the cpu budget, cpu_long, paper) and the CI
 #: sizes (hundreds of transitions) and the sweep's cells (40k) stay eager.
 AUTO_MIN_TRANSITIONS = 80_000
+#: ``run``/``sample(fast="auto")`` compile a call that moves at least this many chain-steps
+#: (chains × steps) of a network energy. At batch 1024 the compiled transition of the 2-D MLP
+#: saves ≈ 0.9 ms of 3.4 ms, so one call of 100 steps saves ≈ 0.1 s: less than a compile
+#: (0.2–3 s warm from inductor's disk cache, 11–25 s cold). The graph is cached for the
+#: process, so it pays in a loop that samples the same setting again and again, or in one
+#: call of tens of thousands of steps; this threshold makes the compiled path the default
+#: where a user's batch is big enough for its speed to show.
+AUTO_MIN_CHAIN_STEPS = 100_000
 
 
 # --------------------------------------------------------------------------- the transitions
@@ -97,20 +109,18 @@ class _CheaperCpuGradient(TorchFunctionMode):
 _THIN_INPUTS = 8
 
 
-def _thin_linear_weights(energy_fn) -> list[torch.nn.Parameter]:
-    """The weights of the thin ``nn.Linear`` layers (few inputs, more outputs) in the modules ``energy_fn`` belongs to.
-
-    Looks at ``energy_fn`` itself when it is a module, else at the object a bound method
-    belongs to: that object when it is a module, or the modules among its attributes (a
-    trainer's ``energy``). A plain function finds none, and then nothing changes.
-    """
+def _modules_of(energy_fn) -> list[torch.nn.Module]:
+    """The network(s) ``energy_fn`` computes with: itself when it is a module, else the module a bound method belongs to, or the modules among that object's attributes (a trainer's ``energy``)."""
     owner = getattr(energy_fn, "__self__", energy_fn)
     if isinstance(owner, torch.nn.Module):
-        roots = [owner]
-    else:
-        roots = [v for v in vars(owner).values() if isinstance(v, torch.nn.Module)] if hasattr(owner, "__dict__") else []
+        return [owner]
+    return [v for v in vars(owner).values() if isinstance(v, torch.nn.Module)] if hasattr(owner, "__dict__") else []
+
+
+def _thin_linear_weights(energy_fn) -> list[torch.nn.Parameter]:
+    """The weights of the thin ``nn.Linear`` layers (few inputs, more outputs) in the modules ``energy_fn`` belongs to (none for a plain function)."""
     weights: dict[int, torch.nn.Parameter] = {}
-    for root in roots:
+    for root in _modules_of(energy_fn):
         for module in root.modules():
             if isinstance(module, torch.nn.Linear) and module.in_features <= _THIN_INPUTS < module.out_features:
                 weights[id(module.weight)] = module.weight
@@ -155,46 +165,24 @@ def _grad_and_energy(energy_fn: EnergyFn, x: torch.Tensor, cpu_rewrites: bool = 
     return grad, energy
 
 
-def _make_unadjusted(sampler: Sampler, cpu_rewrites: bool):
-    """One unadjusted transition from ``x``: gradient at ``x``, step sizes, move. Returns the new state and ``x``'s energy and gradient.
+def _evaluator(cpu_rewrites: bool):
+    """``evaluate(energy_fn, x) -> (energy, grad)`` for a compiled transition: the kernel's order, ``torch.func``'s gradient."""
 
-    Taking the gradient at the start of the transition (not carrying it from the previous
-    one) keeps it to one gradient per transition, like the eager loop, which skips the
-    gradient at the final state.
-    """
-
-    def anila_unadjusted_transition(energy_fn, x, noise, state):
+    def evaluate(energy_fn, x):
         grad, energy = _grad_and_energy(energy_fn, x, cpu_rewrites)
-        drift_gamma, noise_gamma, state = sampler._step_sizes_with_state(grad, state)
-        return sampler._move(x, grad, drift_gamma, noise_gamma, noise), energy, grad, state
+        return energy, grad
 
-    return anila_unadjusted_transition
+    return evaluate
 
 
-def _make_adjusted(sampler: Sampler, cpu_rewrites: bool):
-    """One Metropolis-adjusted transition; the same test as ``Sampler._metropolis`` with the uniform ``u`` passed in (tests check they agree)."""
+def _make_transition(sampler, cpu_rewrites: bool):
+    """The sampler's transition as a plain function of tensors, ready for ``torch.compile``."""
+    evaluate = _evaluator(cpu_rewrites)
 
-    def anila_adjusted_transition(energy_fn, x, energy, grad, noise, u):
-        drift_gamma, noise_gamma, _ = sampler._step_sizes_with_state(grad, None)
-        proposal = sampler._move(x, grad, drift_gamma, noise_gamma, noise)
-        prop_grad, prop_energy = _grad_and_energy(energy_fn, proposal, cpu_rewrites)
-        prop_drift, prop_noise, _ = sampler._step_sizes_with_state(prop_grad, None)
-        log_alpha = (
-            energy
-            - prop_energy
-            + sampler._log_proposal(x, proposal, prop_grad, prop_drift, prop_noise)
-            - sampler._log_proposal(proposal, x, grad, drift_gamma, noise_gamma)
-        )
-        accepted = u.log() < log_alpha  # NaN compares False: a broken proposal is rejected
-        mask = accepted.view(-1, *([1] * (x.ndim - 1)))
-        return (
-            torch.where(mask, proposal, x),
-            torch.where(accepted, prop_energy, energy),
-            torch.where(mask, prop_grad, grad),
-            accepted,
-        )
+    def anila_transition(energy_fn, x, energy, grad, extra, noise, u):
+        return sampler.transition(evaluate, energy_fn, x, energy, grad, extra, noise, u)
 
-    return anila_adjusted_transition
+    return anila_transition
 
 
 def _own_code(fn, name: str):
@@ -263,7 +251,11 @@ class FastTransition:
             if self.compiled is None:
                 # fullgraph: a graph break would leave a slow half-compiled transition; better to know and run eagerly
                 self.compiled = torch.compile(self.eager, fullgraph=True, dynamic=False, mode=self.mode)
-            out = self.compiled(*args)
+            if self.mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+                out = _cloned(self.compiled(*args))  # a CUDA graph's outputs are overwritten by its next replay
+            else:
+                out = self.compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
             compile_error = err
         else:
@@ -279,6 +271,17 @@ class FastTransition:
         return out
 
 
+def _cloned(value):
+    """``value`` with every tensor in it (nested in tuples, lists and dicts) cloned."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cloned(v) for v in value)
+    return value
+
+
 # energy owner (a module, a function, or a bound method's object) -> {key: FastTransition}.
 # Weak keys: a cache entry never keeps a model alive, and the compiled functions take the
 # energy as an argument rather than holding it.
@@ -287,8 +290,8 @@ _UNWEAKABLE: dict[int, tuple[object, dict[tuple, FastTransition]]] = {}  # owner
 _counter = 0
 
 
-def _sampler_key(sampler: Sampler) -> tuple:
-    return (type(sampler).__qualname__, tuple(sorted(sampler._describe().items())))
+def _sampler_key(sampler) -> tuple:
+    return (type(sampler).__qualname__, tuple(sorted(sampler.settings().items())))
 
 
 def _entries_for(energy_fn) -> dict[tuple, FastTransition]:
@@ -299,26 +302,21 @@ def _entries_for(energy_fn) -> dict[tuple, FastTransition]:
         return _UNWEAKABLE.setdefault(id(owner), (owner, {}))[1]
 
 
-def transition_for(sampler: Sampler, energy_fn: EnergyFn, x: torch.Tensor, kind: str = "unadjusted",
-                   stateful: bool = False, cuda_graphs: bool = False) -> FastTransition:
-    """The cached :class:`FastTransition` of ``kind`` (``"unadjusted"`` or ``"adjusted"``) for this sampler, energy and ``x``.
+def transition_for(sampler, energy_fn: EnergyFn, x: torch.Tensor, cuda_graphs: bool = False) -> FastTransition:
+    """The cached :class:`FastTransition` of ``sampler.transition`` for this sampler's hyperparameters, energy and ``x``.
 
-    ``stateful``: the transition receives the sampler's running state (pSGLD's ``V``), not
-    ``None``; the first and later pSGLD transitions are two graphs. ``cuda_graphs``: on CUDA,
-    compile with ``mode="reduce-overhead"`` (the transition replays as one CUDA graph);
-    ignored elsewhere.
+    ``cuda_graphs``: on CUDA, compile with ``mode="reduce-overhead"`` (the transition replays
+    as one CUDA graph); ignored elsewhere.
     """
     global _counter
     mode = "reduce-overhead" if cuda_graphs and x.device.type == "cuda" else "default"
     func = getattr(energy_fn, "__func__", None)
-    key = (kind, stateful, _sampler_key(sampler), func, tuple(x.shape), x.dtype, x.device, mode)
+    key = (_sampler_key(sampler), func, tuple(x.shape), x.dtype, x.device, mode)
     entries = _entries_for(energy_fn)
     entry = entries.get(key)
     if entry is None:
         # a frozen copy: the entry's graph belongs to the hyperparameters in its key
-        frozen = copy.copy(sampler)
-        make = _make_adjusted if kind == "adjusted" else _make_unadjusted
-        transition = make(frozen, cpu_rewrites=x.device.type == "cpu")
+        transition = _make_transition(copy.copy(sampler), cpu_rewrites=x.device.type == "cpu")
         _counter += 1
         name = f"{transition.__name__}_{sampler.name}_{_counter}"
         entry = FastTransition(name=name, eager=_own_code(transition, name), mode=mode)
@@ -326,126 +324,44 @@ def transition_for(sampler: Sampler, energy_fn: EnergyFn, x: torch.Tensor, kind:
     return entry
 
 
-def cache_info() -> list[dict]:
-    """One row per cached transition: its name, compile mode, compile time in seconds, calls, and why it fell back (``None`` if it did not)."""
-    rows = []
-    for entries in list(_CACHE.values()) + [e for _, e in _UNWEAKABLE.values()]:
-        for entry in entries.values():
-            rows.append({"name": entry.name, "mode": entry.mode, "compile_s": entry.compile_s, "calls": entry.calls, "failed": entry.failed})
-    return rows
+def compiled_transition(sampler, energy_fn: EnergyFn, x: torch.Tensor, cuda_graphs: bool = False):
+    """``(step, context)`` for ``Sampler.run``: the compiled transition, and the block to run its loop in.
 
-
-def clear_cache() -> None:
-    """Forget every compiled transition (the next fast call compiles again) and the warnings already given."""
-    _CACHE.clear()
-    _UNWEAKABLE.clear()
-    _warned.clear()
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-def sample_fast(
-    sampler: Sampler,
-    energy_fn: EnergyFn,
-    x0: torch.Tensor,
-    n_steps: int,
-    generator: torch.Generator | None = None,
-    trace: Trace | None = None,
-    *,
-    cuda_graphs: bool = False,
-) -> torch.Tensor:
-    """:meth:`Sampler.sample` with each transition compiled: the same chain for the same ``generator``, up to rounding.
-
-    ``trace`` and ``metropolis=True`` are supported (the trace's bookkeeping runs eagerly
-    between compiled transitions). ``cuda_graphs=True`` replays each transition as a CUDA
-    graph on CUDA (``torch.compile(mode="reduce-overhead")``), which removes the per-kernel
-    launch cost that dominates small energies there; it is ignored on other devices.
+    The context turns off parameter gradients (``torch.func`` computes the input gradient
+    regardless) and, on a CPU, holds thin first-layer weights column-major
+    (:func:`_thin_weights_column_major`). Where ``torch.compile`` cannot run here, ``step``
+    is the same transition run eagerly, after a warning.
     """
-    n_steps = _check_n_steps(n_steps)
-    x = _check_x0(x0)
-    _check_generator(generator, x)
     ok, why = compile_supported()
     if not ok:
         _warn_once(f"anila_core.sampling.compiled: {why}; sampling runs eagerly")
-        return sampler.sample(energy_fn, x, n_steps, generator=generator, trace=trace, fast=False)
-    graphs = cuda_graphs and x.device.type == "cuda"
-    if sampler.metropolis:
-        step = transition_for(sampler, energy_fn, x, "adjusted", cuda_graphs=graphs)
-        if step.failed is not None:
-            return sampler.sample(energy_fn, x, n_steps, generator=generator, trace=trace, fast=False)
-        with _layout_for(energy_fn, x):
-            return _run_adjusted(sampler, step, energy_fn, x, n_steps, generator, trace, graphs)
-    first = transition_for(sampler, energy_fn, x, "unadjusted", cuda_graphs=graphs)
-    if first.failed is not None:
-        return sampler.sample(energy_fn, x, n_steps, generator=generator, trace=trace, fast=False)
-    with _layout_for(energy_fn, x):
-        return _run_unadjusted(sampler, first, x, energy_fn, n_steps, generator, trace, graphs)
+        return partial(sampler.transition, energy_and_grad), contextlib.nullcontext()
+    step = transition_for(sampler, energy_fn, x, cuda_graphs=cuda_graphs)
+    return step, _compiled_block(energy_fn, x)
 
 
-def _layout_for(energy_fn, x: torch.Tensor):
-    """The weight layout the compiled CPU transitions are built for (see :func:`_thin_weights_column_major`)."""
+@contextmanager
+def _compiled_block(energy_fn, x: torch.Tensor):
     weights = _thin_linear_weights(energy_fn) if x.device.type == "cpu" else []
-    return _thin_weights_column_major(weights)
+    with torch.no_grad(), _thin_weights_column_major(weights):
+        yield
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    # exactly the eager loop's draw, so that both consume the generator identically
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def auto_compiles(energy_fn: EnergyFn, x: torch.Tensor, n_steps: int) -> bool:
+    """``fast="auto"`` for one ``run``/``sample`` call: compile a network's chains when chains × steps ≥ :data:`AUTO_MIN_CHAIN_STEPS`.
 
-
-def _clipped(sampler: Sampler, grad: torch.Tensor) -> torch.Tensor:
-    """AniLA's share of coordinates stepped below ε at ``grad``, as the eager trace records it."""
-    return (sampler._step_sizes_with_state(grad, None)[1] < sampler.step_size).float().mean()
-
-
-def _run_unadjusted(sampler, first, x, energy_fn, n_steps, generator, trace, graphs):
-    state = sampler._init_state(x)
-    later = first  # samplers with a running state (pSGLD) switch to their stateful graph after the first transition
-    traced_clip = trace is not None and hasattr(sampler, "b")
-    with torch.no_grad():  # torch.func computes the input gradient regardless; this keeps parameters out of it
-        for t in range(1, n_steps + 1):
-            noise = _noise(x, generator)
-            if graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            if state is not None and later is first:
-                later = transition_for(sampler, energy_fn, x, "unadjusted", stateful=True, cuda_graphs=graphs)
-            step = first if state is None else later
-            x_new, energy, grad, state = step(energy_fn, x, noise, state)
-            if graphs:  # a CUDA graph's outputs are overwritten by its next replay
-                x_new, energy, grad = x_new.clone(), energy.clone(), grad.clone()
-                state = None if state is None else state.clone()
-            if trace is not None:
-                trace._record_state(t - 1, x, energy, grad)
-                if traced_clip:
-                    trace._clipped.append(_clipped(sampler, grad))
-            x = x_new
-    if trace is not None:
-        energy, grad = energy_and_grad(energy_fn, x)
-        trace._record_state(n_steps, x, energy, grad)
-    return x
-
-
-def _run_adjusted(sampler, step, energy_fn, x, n_steps, generator, trace, graphs):
-    energy, grad = energy_and_grad(energy_fn, x)
-    if trace is not None:
-        trace._record_state(0, x, energy, grad)
-    traced_clip = trace is not None and hasattr(sampler, "b")
-    with torch.no_grad():
-        for t in range(1, n_steps + 1):
-            noise = _noise(x, generator)  # the eager order: the proposal's noise, then the uniform
-            u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
-            if traced_clip:
-                trace._clipped.append(_clipped(sampler, grad))
-            if graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            x, energy, grad, accepted = step(energy_fn, x, energy, grad, noise, u)
-            if graphs:
-                x, energy, grad, accepted = x.clone(), energy.clone(), grad.clone(), accepted.clone()
-            if trace is not None:
-                trace._accept.append(accepted.float().mean())
-                trace._record_state(t, x, energy, grad)
-    return x
+    Only energies computed by a ``torch.nn.Module`` (the module itself, or a method of an
+    object holding one) compile: an analytic energy such as a 2-D target costs microseconds
+    per step eagerly, and its compile (seconds, once per sampler setting, energy and shape)
+    would not pay within a notebook. Image batches (``x.ndim > 2``) on a CPU never compile: a
+    ConvNet's transition is all convolution there, and compiling does not make it faster
+    (measured).
+    """
+    if x.device.type == "cpu" and x.ndim > 2:
+        return False
+    if x.shape[0] * n_steps < AUTO_MIN_CHAIN_STEPS or not _modules_of(energy_fn):
+        return False
+    return compile_supported()[0]
 
 
 # --------------------------------------------------------------------------- when it pays off

@@ -9,7 +9,8 @@ from typing import Mapping, Sequence
 import torch
 
 from anila_core.sampling.distances import GRID_EXTENT, grid_log_probs, histogram_tv, mmd
-from anila_core.sampling.samplers import Sampler, Trace
+from anila_core.sampling.kernel import Trace
+from anila_core.sampling.samplers import Sampler
 from anila_core.sampling.targets import Target, make_target
 
 __all__ = [

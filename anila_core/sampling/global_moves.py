@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from anila_core.sampling.samplers import _check_generator, _check_x0, _finite_positive, check_energies
+from anila_core.sampling.kernel import check_energies, check_generator, check_positions, finite_positive
 
 __all__ = ["independence_moves"]
 
@@ -41,9 +41,9 @@ def independence_moves(
     """
     if isinstance(n_moves, bool) or not isinstance(n_moves, int) or n_moves < 0:
         raise ValueError(f"n_moves: expected an integer >= 0, got {n_moves!r}")
-    scale = _finite_positive("scale", scale)
-    x = _check_x0(x)
-    _check_generator(generator, x)
+    scale = finite_positive("scale", scale)
+    x = check_positions(x, "x")
+    check_generator(generator, x)
     if n_moves == 0:
         return x, torch.tensor(float("nan"), device=x.device)
     dims = tuple(range(1, x.ndim))

@@ -1,172 +1,56 @@
-"""Langevin-type MCMC samplers (Langevin, AniLA, pSGLD) sharing one Euler–Maruyama transition and an optional Metropolis test.
+"""The Langevin-type samplers (Langevin, AniLA, pSGLD): each is a step-size map plugged into the shared transition of :mod:`anila_core.sampling.kernel`.
 
-Convention: ``energy_fn`` returns one energy per sample, ``p(x) ∝ exp(-E(x))``,
-``g = ∇_x E``. One transition is
-
-    γ  = ε · a(g)
-    x' = x − (γ/2) ⊙ g + τ · sqrt(γ) ⊙ ξ,   ξ ~ N(0, I)
-
-and the samplers differ only in the step-size map ``a``.
+Every sampler follows one recipe: ``state = sampler.init(energy_fn, x0)`` evaluates the start,
+``state = sampler.run(energy_fn, state, n_steps, generator=g)`` advances it by ``n_steps``
+transitions, and ``sampler.sample(energy_fn, x0, n_steps)`` is ``run(init(x0)).x``. One
+transition (:meth:`Sampler.transition`) is the sampler's step sizes ``γ = ε·a(g)``, the shared
+Euler–Maruyama move and, with ``metropolis=True``, the shared Metropolis test; the compiled
+path (:mod:`anila_core.sampling.compiled`) compiles that same method. Running ``n`` then ``m``
+steps from a state equals running ``n + m`` steps, bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Iterable
+from functools import partial
 
 import torch
 
-__all__ = [
-    "Sampler",
-    "Langevin",
-    "AniLA",
-    "PSGLD",
-    "Trace",
-    "energy_and_grad",
-    "check_energies",
-    "make_sampler",
-    "SAMPLERS",
-    "NORMS",
-]
+from anila_core.sampling import compiled
+from anila_core.sampling.kernel import (
+    EnergyFn,
+    NonFiniteChainError,
+    SamplerState,
+    Trace,
+    check_generator,
+    check_n_steps,
+    check_positions,
+    energy_and_grad,
+    euler_maruyama_move,
+    finite_chains,
+    finite_positive,
+    log_proposal_density,
+    metropolis_test,
+)
 
-EnergyFn = Callable[[torch.Tensor], torch.Tensor]
+__all__ = ["Sampler", "Langevin", "AniLA", "PSGLD", "NORMS", "ANILA_VARIANTS"]
+
 NORMS = ("coordinate", "pixel", "sample")
 ANILA_VARIANTS = ("full", "noise_only")
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _finite_positive(name: str, value: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-    return value
-
-
-def _check_n_steps(n_steps: int) -> int:
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
-    return n_steps
-
-
-def _check_x0(x0: torch.Tensor) -> torch.Tensor:
-    if not isinstance(x0, torch.Tensor):
-        raise ValueError(f"x0: expected a torch.Tensor of shape (N, ...), got {type(x0).__name__}")
-    if not x0.is_floating_point():
-        raise ValueError(f"x0: expected a floating-point tensor, got dtype {x0.dtype}")
-    if x0.ndim < 2 or x0.shape[0] < 1:
-        raise ValueError(f"x0: expected shape (N, ...) with N >= 1 and at least one data dimension, got {tuple(x0.shape)}")
-    if not torch.isfinite(x0).all():
-        raise ValueError("x0: expected finite values, got NaN or inf")
-    return x0.detach()
-
-
-def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> None:
-    if generator is not None and torch.device(generator.device).type != x.device.type:
-        raise ValueError(f"generator: lives on {generator.device} but x0 is on {x.device}; create it with torch.Generator(device=x0.device)")
-
-
-# --------------------------------------------------------------------------- energy and gradient
-
-
-def check_energies(energy, x: torch.Tensor) -> None:
-    """Raise ``ValueError`` unless ``energy`` is a tensor of one energy per sample of ``x``."""
-    if not isinstance(energy, torch.Tensor) or energy.shape != (x.shape[0],):
-        got = tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__
-        raise ValueError(f"energy_fn: expected energies of shape ({x.shape[0]},), one per sample, got {got}")
-
-
-def energy_and_grad(energy_fn: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Energies ``(N,)`` and input gradients ``∇_x Σ E`` at ``x``, both detached.
-
-    Only the input's gradient is asked of autograd, so nothing accumulates in a network's
-    ``.grad`` and no graph survives the call: sampling memory is flat in the number of steps.
-    """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        energy = energy_fn(x)
-        check_energies(energy, x)
-        if not energy.requires_grad:
-            raise ValueError("energy_fn: its energies do not depend on x (no gradient reaches x); expected a differentiable "
-                             "function of x, computed with torch operations")
-        (grad,) = torch.autograd.grad(energy.sum(), x)
-    return energy.detach(), grad.detach()
-
-
-# --------------------------------------------------------------------------- trace
-
-
-class Trace:
-    """What a chain did, for plots and teaching; pass one to ``Sampler.sample(trace=...)``.
-
-    Recorded at every step t = 0..n_steps (t = 0 is the start): mean energy, mean gradient
-    norm per sample, and positions at the steps listed in ``positions_at``; per transition
-    t = 1..n_steps: the acceptance rate (Metropolis) and the share of coordinates whose step
-    was shrunk below ε (AniLA's ``|g| > b``). Values are kept as tensors until read, so
-    tracing adds no device synchronisation inside the loop.
-    """
-
-    def __init__(self, positions_at: Iterable[int] = ()):
-        self.positions_at = sorted({int(t) for t in positions_at})
-        self.positions: dict[int, torch.Tensor] = {}
-        self._energy: list[torch.Tensor] = []
-        self._grad_norm: list[torch.Tensor] = []
-        self._accept: list[torch.Tensor] = []
-        self._clipped: list[torch.Tensor] = []
-
-    def _record_state(self, t: int, x: torch.Tensor, energy: torch.Tensor, grad: torch.Tensor) -> None:
-        self._energy.append(energy.mean())
-        self._grad_norm.append(torch.linalg.vector_norm(grad.flatten(1), dim=1).mean())
-        if t in self.positions_at:
-            self.positions[t] = x.detach().cpu().clone()
-
-    @staticmethod
-    def _floats(values: list[torch.Tensor]) -> list[float]:
-        return torch.stack(values).tolist() if values else []
-
-    @property
-    def mean_energy(self) -> list[float]:
-        return self._floats(self._energy)
-
-    @property
-    def mean_grad_norm(self) -> list[float]:
-        return self._floats(self._grad_norm)
-
-    @property
-    def acceptance_rate(self) -> list[float]:
-        return self._floats(self._accept)
-
-    @property
-    def clipped_share(self) -> list[float]:
-        return self._floats(self._clipped)
-
-    def as_dict(self) -> dict:
-        return {
-            "mean_energy": self.mean_energy,
-            "mean_grad_norm": self.mean_grad_norm,
-            "acceptance_rate": self.acceptance_rate,
-            "clipped_share": self.clipped_share,
-        }
-
-
-# --------------------------------------------------------------------------- samplers
+#: values of ``fast=`` in ``run`` and ``sample``
+FAST_CHOICES = ("auto", True, False)
 
 
 class Sampler:
-    """One Euler–Maruyama recipe; subclasses supply the per-coordinate step sizes ``γ``."""
+    """The shared recipe; a subclass supplies its step sizes (:meth:`step_sizes`, or :meth:`step_map` for samplers with memory)."""
 
     name = "sampler"
-    #: default of ``sample(fast=None)``: run each transition compiled (:mod:`anila_core.sampling.compiled`); set per instance
-    fast: bool = False
-    #: with the fast path on CUDA, replay each transition as a CUDA graph (``torch.compile(mode="reduce-overhead")``)
+    #: with the compiled path on CUDA, replay each transition as a CUDA graph (``torch.compile(mode="reduce-overhead")``)
     fast_cuda_graphs: bool = False
 
     def __init__(self, step_size: float, noise_scale: float = 1.0, metropolis: bool = False):
-        self.step_size = _finite_positive("step_size", step_size)
+        self.step_size = finite_positive("step_size", step_size)
         try:
             noise_scale = float(noise_scale)
         except (TypeError, ValueError):
@@ -178,107 +62,154 @@ class Sampler:
             raise ValueError("metropolis: needs noise_scale > 0 (a deterministic proposal has no density to correct)")
         self.metropolis = bool(metropolis)
 
-    # -- the part that differs between samplers
+    # -- what differs between samplers
+
     def step_sizes(self, grad: torch.Tensor) -> torch.Tensor:
         """Per-coordinate step sizes γ for the gradient ``grad`` (same shape)."""
         raise NotImplementedError
 
-    def _init_state(self, grad: torch.Tensor):
+    def init_extra(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The sampler's own per-chain state at a fresh start whose gradient is ``grad`` (none for memoryless samplers)."""
+        return {}
+
+    def step_map(self, grad: torch.Tensor, extra: dict[str, torch.Tensor]):
+        """``(γ for the drift, γ for the noise, new extra)`` at gradient ``grad``; samplers with memory or a split map override it."""
+        gamma = self.step_sizes(grad)
+        return gamma, gamma, extra
+
+    def clipped_share(self, grad: torch.Tensor) -> torch.Tensor | None:
+        """The share of coordinates whose step is shrunk below ε at ``grad`` (``None`` for samplers that never shrink it)."""
         return None
 
-    def _step_sizes_with_state(self, grad: torch.Tensor, state):
-        """(γ for the drift, γ for the noise, new state); samplers with memory override this."""
-        gamma = self.step_sizes(grad)
-        return gamma, gamma, state
-
-    # -- the shared transition
-    def _move(self, x, grad, drift_gamma, noise_gamma, noise):
-        return x - 0.5 * drift_gamma * grad + self.noise_scale * noise_gamma.sqrt() * noise
+    # -- the one transition
 
     def step(self, x: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The unadjusted transition ``x − γ/2·grad + τ·sqrt(γ)·noise``; no randomness inside."""
-        drift_gamma, noise_gamma, _ = self._step_sizes_with_state(grad, self._init_state(grad))
-        return self._move(x, grad, drift_gamma, noise_gamma, noise)
+        """The unadjusted move from a fresh start, ``x − γ/2·grad + τ·sqrt(γ)·noise``; no randomness inside."""
+        drift_gamma, noise_gamma, _ = self.step_map(grad, self.init_extra(grad))
+        return euler_maruyama_move(x, grad, drift_gamma, noise_gamma, noise, self.noise_scale)
 
-    def _log_proposal(self, to, frm, grad, drift_gamma, noise_gamma) -> torch.Tensor:
-        """log q(to | frm) up to a constant that cancels, summed per sample."""
-        mean = frm - 0.5 * drift_gamma * grad
-        var = self.noise_scale**2 * noise_gamma
-        return -0.5 * ((to - mean) ** 2 / var + var.log()).flatten(1).sum(1)
+    def transition(self, evaluate, energy_fn: EnergyFn, x, energy, grad, extra, noise, u=None):
+        """One transition: step sizes, the move, the energy and gradient at the proposal, and the Metropolis test when on.
 
-    def sample(
-        self,
-        energy_fn: EnergyFn,
-        x0: torch.Tensor,
-        n_steps: int,
-        generator: torch.Generator | None = None,
-        trace: Trace | None = None,
-        *,
-        fast: bool | None = None,
-    ) -> torch.Tensor:
-        """Run ``n_steps`` transitions from ``x0`` and return the final states, detached.
-
-        With ``metropolis=True`` each transition is a proposal accepted with the MALA
-        probability, which makes the chain exact for ``exp(-E)``. ``fast=True`` (default:
-        the sampler's ``fast`` attribute) compiles each transition with ``torch.compile``
-        (:func:`anila_core.sampling.compiled.sample_fast`): the same chain up to rounding, faster once
-        compiled; it falls back to this eager loop, with a warning, where compiling fails.
+        ``evaluate(energy_fn, x) -> (energy, grad)`` computes the proposal's energy and input
+        gradient (autograd here, ``torch.func`` in the compiled path); ``noise`` is the move's
+        standard normal draw and ``u`` the test's uniform draw (unused when unadjusted).
+        ``evaluate=None`` makes the move only (the last step of a run that needs no gradient
+        there). Returns ``(x, energy, grad, extra, accepted, finite)``: ``accepted`` per chain
+        (``None`` when unadjusted), ``finite`` per chain whether its energy and gradient are finite.
         """
-        if fast or (fast is None and self.fast):
-            from anila_core.sampling.compiled import sample_fast  # imported here: fast.py builds on this module
+        drift_gamma, noise_gamma, extra = self.step_map(grad, extra)
+        proposal = euler_maruyama_move(x, grad, drift_gamma, noise_gamma, noise, self.noise_scale)
+        if evaluate is None:
+            return proposal, None, None, extra, None, torch.isfinite(proposal).flatten(1).all(1)
+        prop_energy, prop_grad = evaluate(energy_fn, proposal)
+        if not self.metropolis:
+            return proposal, prop_energy, prop_grad, extra, None, finite_chains(prop_energy, prop_grad)
+        # the reverse move's step sizes; only memoryless samplers offer the test, so ``extra`` plays no part
+        prop_drift, prop_noise, _ = self.step_map(prop_grad, extra)
+        log_q_forward = log_proposal_density(proposal, x, grad, drift_gamma, noise_gamma, self.noise_scale)
+        log_q_backward = log_proposal_density(x, proposal, prop_grad, prop_drift, prop_noise, self.noise_scale)
+        x, energy, grad, accepted = metropolis_test(x, energy, grad, proposal, prop_energy, prop_grad, log_q_forward, log_q_backward, u)
+        return x, energy, grad, extra, accepted, finite_chains(energy, grad)
 
-            return sample_fast(self, energy_fn, x0, n_steps, generator=generator, trace=trace, cuda_graphs=self.fast_cuda_graphs)
-        n_steps = _check_n_steps(n_steps)
-        x = _check_x0(x0)
-        _check_generator(generator, x)
+    # -- the recipe: init, run, sample
+
+    def init(self, energy_fn: EnergyFn, x0: torch.Tensor, extra: dict[str, torch.Tensor] | None = None,
+             *, allow_nonfinite: bool = False) -> SamplerState:
+        """The state of chains starting at ``x0``: energies, gradients and the sampler's own state (fresh, or ``extra`` as given).
+
+        A start whose energy or gradient is not finite raises :class:`NonFiniteChainError` with
+        ``step = 0`` (``allow_nonfinite=True`` accepts it, for panels that count diverged chains).
+        """
+        x = check_positions(x0)
         energy, grad = energy_and_grad(energy_fn, x)
-        state = self._init_state(grad)
+        if not allow_nonfinite:
+            _refuse_nonfinite_start(self.name, energy, grad)
+        return SamplerState(x, energy, grad, self.init_extra(grad) if extra is None else dict(extra))
+
+    def run(self, energy_fn: EnergyFn, state: SamplerState, n_steps: int, generator: torch.Generator | None = None,
+            trace: Trace | None = None, *, fast: bool | str = "auto", evaluate_final: bool = True,
+            allow_nonfinite: bool = False) -> SamplerState:
+        """Advance ``state`` by ``n_steps`` transitions and return the new state (positions detached).
+
+        ``fast``: ``True`` runs each transition compiled (:mod:`anila_core.sampling.compiled`; the
+        same chain up to rounding, falling back to eager with a warning where compiling fails),
+        ``False`` eagerly, ``"auto"`` (default) compiles a network energy's chains when chains ×
+        steps make it pay (:func:`~anila_core.sampling.compiled.auto_compiles`). ``evaluate_final=False`` skips
+        the energy and gradient at the last positions of an unadjusted chain (nothing but a
+        continuation needs them; the next ``run`` computes them). An unadjusted chain whose
+        energy or gradient turns NaN or infinite raises :class:`NonFiniteChainError` at the end
+        of the call (checked once, so the loop never waits on the device); with
+        ``allow_nonfinite=True`` such chains are returned as they are.
+        """
+        n_steps = check_n_steps(n_steps)
+        if not isinstance(state, SamplerState):
+            raise ValueError(f"state: expected a SamplerState from sampler.init(energy_fn, x0), got {type(state).__name__}")
+        if fast not in FAST_CHOICES:
+            raise ValueError(f"fast: expected one of {list(FAST_CHOICES)}, got {fast!r}")
+        x = check_positions(state.x, "state.x")
+        check_generator(generator, x)
+        energy, grad, extra = state.energy, state.grad, dict(state.extra)
+        if not state.evaluated:
+            energy, grad = energy_and_grad(energy_fn, x)
+            if not allow_nonfinite:
+                _refuse_nonfinite_start(self.name, energy, grad)
+        use_compiled = fast is True or (fast == "auto" and compiled.auto_compiles(energy_fn, x, n_steps))
+        step, context = partial(self.transition, energy_and_grad), contextlib.nullcontext()
+        if use_compiled:
+            step, context = compiled.compiled_transition(self, energy_fn, x, cuda_graphs=self.fast_cuda_graphs)
+        check_finite = not (self.metropolis or allow_nonfinite)
+        ever_bad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        first_bad = torch.zeros((), dtype=torch.long, device=x.device)
         if trace is not None:
-            trace._record_state(0, x, energy, grad)
-        for t in range(1, n_steps + 1):
-            drift_gamma, noise_gamma, state = self._step_sizes_with_state(grad, state)
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            proposal = self._move(x, grad, drift_gamma, noise_gamma, noise)
-            if trace is not None and hasattr(self, "b"):
-                trace._clipped.append((noise_gamma < self.step_size).float().mean())
-            if self.metropolis:
-                x, energy, grad, accepted = self._metropolis(
-                    energy_fn, x, energy, grad, drift_gamma, noise_gamma, proposal, generator
-                )
+            trace.record_state(0, x, energy, grad)
+        with context:
+            for t in range(1, n_steps + 1):
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) if self.metropolis else None
+                clipped = self.clipped_share(grad) if trace is not None else None
+                # the gradient at the last positions is only needed to continue or to trace the chain
+                skip_gradient = t == n_steps and not (evaluate_final or self.metropolis or trace is not None)
+                if skip_gradient:
+                    x, energy, grad, extra, accepted, finite = self.transition(None, energy_fn, x, energy, grad, extra, noise, u)
+                else:
+                    x, energy, grad, extra, accepted, finite = step(energy_fn, x, energy, grad, extra, noise, u)
+                if check_finite:
+                    first_bad = torch.where((first_bad == 0) & ~finite.all(), t, first_bad)
+                    ever_bad |= ~finite
                 if trace is not None:
-                    trace._accept.append(accepted.float().mean())
-            else:
-                x = proposal
-                # the gradient at the final state is only needed when someone looks at it
-                if t < n_steps or trace is not None:
-                    energy, grad = energy_and_grad(energy_fn, x)
-            if trace is not None:
-                trace._record_state(t, x, energy, grad)
-        return x
+                    trace.record_transition(accepted, clipped)
+                    trace.record_state(t, x, energy, grad)
+        if check_finite and bool(ever_bad.any()):
+            raise NonFiniteChainError(self.name, int(first_bad), int(ever_bad.sum()), x.shape[0], n_steps)
+        return SamplerState(x.detach(), energy, grad, extra)
 
-    def _metropolis(self, energy_fn, x, energy, grad, drift_gamma, noise_gamma, proposal, generator):
-        prop_energy, prop_grad = energy_and_grad(energy_fn, proposal)
-        prop_drift, prop_noise, _ = self._step_sizes_with_state(prop_grad, None)
-        log_alpha = (
-            energy
-            - prop_energy
-            + self._log_proposal(x, proposal, prop_grad, prop_drift, prop_noise)
-            - self._log_proposal(proposal, x, grad, drift_gamma, noise_gamma)
-        )
-        u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
-        accepted = u.log() < log_alpha  # NaN compares False: a broken proposal is rejected
-        mask = accepted.view(-1, *([1] * (x.ndim - 1)))
-        x = torch.where(mask, proposal, x)
-        energy = torch.where(accepted, prop_energy, energy)
-        grad = torch.where(mask, prop_grad, grad)
-        return x, energy, grad, accepted
+    def sample(self, energy_fn: EnergyFn, x0: torch.Tensor, n_steps: int, generator: torch.Generator | None = None,
+               trace: Trace | None = None, *, fast: bool | str = "auto", allow_nonfinite: bool = False) -> torch.Tensor:
+        """The positions after ``n_steps`` transitions from ``x0``: ``run(init(x0), n_steps).x``.
 
-    def _describe(self) -> dict:
+        It skips the gradient at the last positions, which nothing here uses. With
+        ``metropolis=True`` each transition is a proposal accepted with the MALA probability,
+        which makes the chain exact for ``exp(-E)``. ``fast`` and ``allow_nonfinite`` as in :meth:`run`.
+        """
+        state = self.init(energy_fn, x0, allow_nonfinite=allow_nonfinite)
+        return self.run(energy_fn, state, n_steps, generator, trace, fast=fast, evaluate_final=False, allow_nonfinite=allow_nonfinite).x
+
+    # -- description
+
+    def settings(self) -> dict:
+        """The sampler's name and hyperparameters, as plain values (also the compiled path's cache key)."""
         return {"sampler": self.name, "step_size": self.step_size, "noise_scale": self.noise_scale, "metropolis": self.metropolis}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._describe().items() if k != "sampler")
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k != "sampler")
         return f"{type(self).__name__}({args})"
+
+
+def _refuse_nonfinite_start(name: str, energy: torch.Tensor, grad: torch.Tensor) -> None:
+    finite = finite_chains(energy, grad)
+    if not bool(finite.all()):
+        raise NonFiniteChainError(name, 0, int((~finite).sum()), len(finite))
 
 
 class Langevin(Sampler):
@@ -303,15 +234,8 @@ class AniLA(Sampler):
 
     name = "anila"
 
-    def __init__(
-        self,
-        step_size: float,
-        b: float,
-        noise_scale: float = 1.0,
-        norm: str = "coordinate",
-        metropolis: bool = False,
-        variant: str = "full",
-    ):
+    def __init__(self, step_size: float, b: float, noise_scale: float = 1.0, norm: str = "coordinate",
+                 metropolis: bool = False, variant: str = "full"):
         super().__init__(step_size, noise_scale, metropolis)
         try:
             b = float(b)
@@ -343,23 +267,26 @@ class AniLA(Sampler):
         ratio = self.b / self.gradient_size(grad).clamp_min(self.b)
         return (self.step_size * ratio).expand_as(grad)
 
-    def _step_sizes_with_state(self, grad, state):
+    def step_map(self, grad, extra):
         gamma = self.step_sizes(grad)
         if self.variant == "noise_only":
-            return torch.full_like(grad, self.step_size), gamma, state
-        return gamma, gamma, state
+            return torch.full_like(grad, self.step_size), gamma, extra
+        return gamma, gamma, extra
 
-    def _describe(self) -> dict:
-        return {**super()._describe(), "b": self.b, "norm": self.norm, "variant": self.variant}
+    def clipped_share(self, grad: torch.Tensor) -> torch.Tensor:
+        return (self.step_sizes(grad) < self.step_size).float().mean()
+
+    def settings(self) -> dict:
+        return {**super().settings(), "b": self.b, "norm": self.norm, "variant": self.variant}
 
 
 class PSGLD(Sampler):
     """Preconditioned SGLD (Li et al. 2016): ``V ← αV + (1−α)g²``, ``γ = ε / (λ + sqrt(V))``.
 
-    ``V`` is kept per chain and coordinate during one ``sample`` call and starts at ``g²`` of
-    the first state (a bias-corrected start; RMSprop's ``V = 0`` would make the first steps
-    ``1/sqrt(1−α)`` times too long). The preconditioner depends on the chain's history, so
-    no Metropolis test is offered.
+    ``V`` is kept per chain and coordinate in the state (``state.extra["v"]``), so it carries
+    over when a chain is continued, and starts at ``g²`` of the first state (a bias-corrected
+    start; RMSprop's ``V = 0`` would make the first steps ``1/sqrt(1−α)`` times too long). The
+    preconditioner depends on the chain's history, so no Metropolis test is offered.
     """
 
     name = "psgld"
@@ -373,38 +300,23 @@ class PSGLD(Sampler):
         if not (0.0 <= alpha < 1.0):
             raise ValueError(f"alpha: expected a number in [0, 1), got {alpha!r}")
         self.alpha = alpha
-        self.damping = _finite_positive("damping", damping)
+        self.damping = finite_positive("damping", damping)
 
     def step_sizes(self, grad: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-        """γ after folding ``grad`` into the running average ``v`` (``None``: the first step)."""
-        v = self._update(v, grad)
+        """γ after folding ``grad`` into the running average ``v`` (``None``: the first step, ``V = g²``)."""
+        v = grad.square() if v is None else self._fold(v, grad)
         return self.step_size / (self.damping + v.sqrt())
 
-    def _update(self, v, grad):
-        return grad.square() if v is None else self.alpha * v + (1.0 - self.alpha) * grad.square()
+    def _fold(self, v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return self.alpha * v + (1.0 - self.alpha) * grad.square()
 
-    def _step_sizes_with_state(self, grad, state):
-        v = self._update(state, grad)
+    def init_extra(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"v": grad.square()}
+
+    def step_map(self, grad, extra):
+        v = self._fold(extra["v"], grad)
         gamma = self.step_size / (self.damping + v.sqrt())
-        return gamma, gamma, v
+        return gamma, gamma, {"v": v}
 
-    def _describe(self) -> dict:
-        return {**super()._describe(), "alpha": self.alpha, "damping": self.damping}
-
-
-SAMPLERS = {"langevin": Langevin, "anila": AniLA, "psgld": PSGLD}
-
-
-def make_sampler(name: str, **kwargs) -> Sampler:
-    """Build a sampler by name (``langevin``, ``anila``, ``psgld``) from keyword hyperparameters."""
-    if name not in SAMPLERS:
-        raise ValueError(f"sampler: unknown name {name!r}; expected one of {sorted(SAMPLERS)}")
-    import inspect
-
-    accepted = [p for p in inspect.signature(SAMPLERS[name].__init__).parameters if p != "self"]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(f"{name}: unknown hyperparameter(s) {unknown}; expected some of {accepted}")
-    if "step_size" not in kwargs:
-        raise ValueError(f"{name}: step_size is required; expected some of {accepted}")
-    return SAMPLERS[name](**kwargs)
+    def settings(self) -> dict:
+        return {**super().settings(), "alpha": self.alpha, "damping": self.damping}

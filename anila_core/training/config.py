@@ -9,8 +9,9 @@ from typing import Any
 
 from anila_core.images.datasets import DATASETS, SIZES
 from anila_core.sampling.compiled import AUTO_MIN_TRANSITIONS, FAST_MODES
+from anila_core.sampling.registry import SAMPLERS
 from anila_core.nets import ACTIVATIONS
-from anila_core.sampling.samplers import ANILA_VARIANTS, NORMS, SAMPLERS
+from anila_core.sampling.samplers import ANILA_VARIANTS, NORMS
 from anila_core.sampling.targets import TARGETS
 
 __all__ = ["TrainConfig", "PRESETS", "IMAGE_PRESETS", "DEFAULT_PRESET", "preset", "preset_names", "CHAIN_KINDS", "LR_SCHEDULES", "AMP_MODES",
@@ -149,8 +150,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a number in [{low}, {high}], got {v!r}")
         if self.metropolis and self.noise_scale == 0:
             raise ValueError("metropolis: needs noise_scale > 0")
-        if self.metropolis and self.sampler == "psgld":
-            raise ValueError("metropolis: not available for psgld (its preconditioner depends on the chain's history)")
+        if self.metropolis and not SAMPLERS[self.sampler].offers_metropolis:
+            raise ValueError(f"metropolis: not available for {self.sampler} (its step sizes depend on the chain's history)")
         if self.global_moves > 0 and self.init != "gaussian":
             raise ValueError(f"global_moves: needs init='gaussian' (its proposal is the Gaussian start), got init={self.init!r}")
         if self.chains == "buffer" and self.buffer_size < self.batch_size:

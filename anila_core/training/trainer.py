@@ -29,7 +29,9 @@ from anila_core.sampling.compiled import use_fast_path
 from anila_core.sampling.global_moves import independence_moves
 from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, mmd
 from anila_core.nets import MLPEnergy
-from anila_core.sampling.samplers import AniLA, Langevin, PSGLD, Sampler, Trace
+from anila_core.sampling.kernel import Trace
+from anila_core.sampling.registry import sampler_from_config
+from anila_core.sampling.samplers import Sampler
 from anila_core.training.sources import CHAIN_STREAM, DATA_STREAM, TRAIN_SPLITS, ImageSource, TargetSource, stream_seed
 from anila_core.sampling.targets import make_target
 
@@ -52,13 +54,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_sampler(config: TrainConfig) -> Sampler:
-    """The sampler a configuration names, with its hyperparameters."""
-    common = dict(step_size=config.step_size, noise_scale=config.noise_scale)
-    if config.sampler == "langevin":
-        return Langevin(metropolis=config.metropolis, **common)
-    if config.sampler == "anila":
-        return AniLA(b=config.b, norm=config.norm, variant=config.variant, metropolis=config.metropolis, **common)
-    return PSGLD(alpha=config.psgld_alpha, damping=config.psgld_damping, **common)
+    """The sampler a configuration names, with its hyperparameters (:func:`~anila_core.sampling.registry.sampler_from_config`)."""
+    return sampler_from_config(config)
 
 
 def build_energy(config: TrainConfig, data_shape: tuple[int, ...]) -> torch.nn.Module:
@@ -218,7 +215,8 @@ class Trainer:
         x0 = self.chains.start(c.batch_size)
         if c.global_moves:
             x0, global_accept = independence_moves(self.energy, x0, c.global_moves, c.init_scale, self.gen)
-        x_neg = self.sampler.sample(self.energy, x0, c.n_steps, generator=self.gen, trace=trace, fast=self.fast)
+        # allow_nonfinite: non-finite chains are the divergence guard's to catch, with the run's policy (stop or roll back)
+        x_neg = self.sampler.sample(self.energy, x0, c.n_steps, generator=self.gen, trace=trace, fast=self.fast, allow_nonfinite=True)
         if c.clamp > 0:
             x_neg = x_neg.clamp(-c.clamp, c.clamp)
         self.chains.finish(x_neg)
@@ -371,12 +369,12 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(c.seed + 2)
         chains = Chains(c, self.data_shape, self.device, gen)
         if not c.is_image:
-            return self.sampler.sample(self.eval_model(), chains.noise(n), c.n_steps, generator=gen).cpu()
+            return self.sampler.sample(self.eval_model(), chains.noise(n), c.n_steps, generator=gen, allow_nonfinite=True).cpu()
         was_training = self.eval_model().training
         self.eval_model().eval()
         out = []
         for start in range(0, n, c.batch_size):  # in training-sized batches: memory stays that of training
-            x = self.sampler.sample(self.eval_energy, chains.noise(min(c.batch_size, n - start)), c.n_steps, generator=gen)
+            x = self.sampler.sample(self.eval_energy, chains.noise(min(c.batch_size, n - start)), c.n_steps, generator=gen, allow_nonfinite=True)
             out.append((x.clamp(-c.clamp, c.clamp) if c.clamp > 0 else x).float().cpu())
         self.eval_model().train(was_training)
         return torch.cat(out)

@@ -11,7 +11,8 @@ from matplotlib.colors import LogNorm
 
 from anila_core.sampling import distances as metrics
 from anila_core.sampling.distances import GRID_EXTENT, GRID_SIZE
-from anila_core.sampling.samplers import Sampler, Trace, energy_and_grad
+from anila_core.sampling.kernel import Trace, energy_and_grad
+from anila_core.sampling.samplers import Sampler
 
 __all__ = [
     "density_grid",

@@ -12,7 +12,9 @@ import torch
 
 from anila_core.ui import plots
 from anila_core.sampling.distances import GRID_EXTENT, grid_log_probs
-from anila_core.sampling.samplers import AniLA, Langevin, Trace, energy_and_grad
+from anila_core.sampling.kernel import Trace, energy_and_grad
+from anila_core.sampling.registry import applicable, make_sampler
+from anila_core.sampling.samplers import AniLA
 from anila_core.sampling.targets import make_target
 
 __all__ = [
@@ -133,17 +135,16 @@ def run_comparison(
     """
     target = make_target(target_name)
     K, n_chains = _check_count("K", K), _check_count("n_chains", n_chains)
-    samplers = {
-        "langevin": Langevin(step_size, noise_scale=noise_scale, metropolis=metropolis),
-        "anila": AniLA(step_size, b, noise_scale=noise_scale, metropolis=metropolis),
-    }
+    settings = dict(step_size=step_size, b=b, noise_scale=noise_scale, metropolis=metropolis)
+    samplers = {name: make_sampler(name, **applicable(name, settings)) for name in ("langevin", "anila")}
     gen = torch.Generator().manual_seed(seed)
     x0 = (2 * torch.rand(n_chains, 2, generator=gen) - 1) * extent
     samples, readout = {}, {}
     for name, sampler in samplers.items():
         trace = Trace()
         chain_gen = torch.Generator().manual_seed(seed + 1)
-        samples[name] = sampler.sample(target.energy, x0, K, generator=chain_gen, trace=trace)
+        # allow_nonfinite: the panel counts and shows diverged chains rather than stopping at them
+        samples[name] = sampler.sample(target.energy, x0, K, generator=chain_gen, trace=trace, allow_nonfinite=True)
         readout[name] = _readout(sampler, target, samples[name], b, trace)
     exact = target.sample(n_chains, gen)
     return {
@@ -407,16 +408,15 @@ def sample_trained(
     b = _check_b(b)  # checked for Langevin too: the readout's |g| > b uses it
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
-    if sampler_name == "langevin":
-        sampler = Langevin(step_size, noise_scale=noise_scale, metropolis=metropolis)
-    else:
-        sampler = AniLA(step_size, b, noise_scale=noise_scale, metropolis=metropolis)
+    settings = dict(step_size=step_size, b=b, noise_scale=noise_scale, metropolis=metropolis)
+    sampler = make_sampler(sampler_name, **applicable(sampler_name, settings))
     dev = _device_of(energy_fn, device)
     gen = torch.Generator(device=dev).manual_seed(seed)
     x0 = (2 * torch.rand(n, 2, generator=gen, device=dev) - 1) * extent
     trace = Trace()
     chain_gen = torch.Generator(device=dev).manual_seed(seed + 1)
-    x = sampler.sample(energy_fn, x0, K, generator=chain_gen, trace=trace)
+    # fast=False: every slider setting would be a compile of its own (seconds), longer than the sampling it saves
+    x = sampler.sample(energy_fn, x0, K, generator=chain_gen, trace=trace, fast=False, allow_nonfinite=True)
     return {
         "sampler": sampler,
         "x0": x0.cpu(),

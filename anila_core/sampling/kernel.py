@@ -1,0 +1,259 @@
+"""The parts every sampler shares: the chains' state, the energy and its gradient, one Euler–Maruyama move, one Metropolis test, the trace, and input checks.
+
+Convention: ``energy_fn`` returns one energy per sample, ``p(x) ∝ exp(-E(x))``, and
+``g = ∇_x E``. A Langevin-type transition is
+
+    γ  = ε · a(g)                               the sampler's step-size map
+    x' = x − (γ/2) ⊙ g + τ · sqrt(γ) ⊙ ξ,       ξ ~ N(0, I)     (the move)
+
+optionally followed by the Metropolis test, which accepts ``x'`` with probability
+``min(1, exp(E(x) − E(x')) · q(x | x') / q(x' | x))`` for the Gaussian proposal density ``q``
+of the move. The samplers (:mod:`anila_core.sampling.samplers`) differ only in ``a``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable
+
+import torch
+
+__all__ = [
+    "SamplerState",
+    "Trace",
+    "NonFiniteChainError",
+    "energy_and_grad",
+    "check_energies",
+    "euler_maruyama_move",
+    "log_proposal_density",
+    "metropolis_test",
+    "check_n_steps",
+    "check_positions",
+    "check_generator",
+    "finite_positive",
+]
+
+EnergyFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def finite_positive(name: str, value: float) -> float:
+    """``value`` as a float, or ``ValueError`` naming ``name`` unless it is finite and > 0."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return value
+
+
+def check_n_steps(n_steps: int, allow_zero: bool = False) -> int:
+    """``n_steps`` if it is an integer ≥ 1 (≥ 0 with ``allow_zero``), else ``ValueError``."""
+    low = 0 if allow_zero else 1
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < low:
+        raise ValueError(f"n_steps: expected an integer >= {low}, got {n_steps!r}")
+    return n_steps
+
+
+def check_positions(x: torch.Tensor, name: str = "x0") -> torch.Tensor:
+    """``x`` detached, if it is a finite floating-point batch ``(N, ...)``; else ``ValueError`` naming ``name``."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor of shape (N, ...), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"{name}: expected shape (N, ...) with N >= 1 and at least one data dimension, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x.flatten(1)).all(1)).sum())
+        raise ValueError(f"{name}: expected finite values, got NaN or inf in {bad} of {x.shape[0]} chains")
+    return x.detach()
+
+
+def check_generator(generator: torch.Generator | None, x: torch.Tensor) -> None:
+    """``ValueError`` unless ``generator`` is ``None`` or lives on ``x``'s device type."""
+    if generator is not None and torch.device(generator.device).type != x.device.type:
+        raise ValueError(f"generator: lives on {generator.device} but x0 is on {x.device}; create it with torch.Generator(device=x0.device)")
+
+
+# --------------------------------------------------------------------------- energy and gradient
+
+
+def check_energies(energy, x: torch.Tensor) -> None:
+    """``ValueError`` unless ``energy`` is a real floating-point tensor of one energy per sample of ``x``."""
+    if not isinstance(energy, torch.Tensor) or energy.shape != (x.shape[0],):
+        got = tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__
+        raise ValueError(f"energy_fn: expected energies of shape ({x.shape[0]},), one per sample, got {got}")
+    if not energy.is_floating_point():
+        raise ValueError(f"energy_fn: expected real floating-point energies, got dtype {energy.dtype}; return E(x) as a float tensor")
+
+
+def energy_and_grad(energy_fn: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energies ``(N,)`` and input gradients ``∇_x Σ E`` at ``x``, both detached.
+
+    Only the input's gradient is asked of autograd, so nothing accumulates in a network's
+    ``.grad`` and no graph survives the call: sampling memory is flat in the number of steps.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        energy = energy_fn(x)
+        check_energies(energy, x)
+        if not energy.requires_grad:
+            raise ValueError("energy_fn: its energies do not depend on x (no gradient reaches x); expected a differentiable "
+                             "function of x, computed with torch operations")
+        (grad,) = torch.autograd.grad(energy.sum(), x)
+    return energy.detach(), grad.detach()
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class SamplerState:
+    """A batch of chains: positions ``x`` ``(N, ...)``, their energies ``(N,)`` and gradients ``∇_x E``, and the sampler's own per-chain tensors.
+
+    ``extra`` holds what a sampler carries from one transition to the next besides the
+    position (pSGLD's running average ``"v"``; empty for memoryless samplers), each tensor with
+    the chains along its first dimension. ``energy`` and ``grad`` are ``None`` when a run was
+    asked to skip them at its last positions (``run(..., evaluate_final=False)``); the next
+    ``run`` then computes them first, so continuing such a state is still exact.
+    """
+
+    x: torch.Tensor
+    energy: torch.Tensor | None
+    grad: torch.Tensor | None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def evaluated(self) -> bool:
+        """Whether ``energy`` and ``grad`` are known at ``x``."""
+        return self.energy is not None and self.grad is not None
+
+    def to(self, device: torch.device | str) -> "SamplerState":
+        """The same state on ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, x=move(self.x), energy=move(self.energy), grad=move(self.grad),
+                       extra={k: move(v) for k, v in self.extra.items()})
+
+
+# --------------------------------------------------------------------------- the move and the test
+
+
+def euler_maruyama_move(x: torch.Tensor, grad: torch.Tensor, drift_gamma: torch.Tensor, noise_gamma: torch.Tensor,
+                        noise: torch.Tensor, noise_scale: float) -> torch.Tensor:
+    """``x − (γ_drift/2)·grad + τ·sqrt(γ_noise)·noise``: the one move of every Langevin-type sampler (no randomness inside)."""
+    return x - 0.5 * drift_gamma * grad + noise_scale * noise_gamma.sqrt() * noise
+
+
+def log_proposal_density(to: torch.Tensor, frm: torch.Tensor, grad: torch.Tensor, drift_gamma: torch.Tensor,
+                         noise_gamma: torch.Tensor, noise_scale: float) -> torch.Tensor:
+    """``log q(to | frm)`` of the move from ``frm`` (whose gradient is ``grad``), per sample, up to a constant that cancels."""
+    mean = frm - 0.5 * drift_gamma * grad
+    var = noise_scale**2 * noise_gamma
+    return -0.5 * ((to - mean) ** 2 / var + var.log()).flatten(1).sum(1)
+
+
+def metropolis_test(x, energy, grad, proposal, prop_energy, prop_grad, log_q_forward, log_q_backward, u):
+    """Accept each chain's proposal where ``log u < E(x) − E(x') + log q(x|x') − log q(x'|x)``.
+
+    A NaN ratio compares False, so a proposal with a non-finite energy or gradient is rejected.
+    Returns the new positions, energies and gradients and the boolean acceptance per chain.
+    """
+    log_alpha = energy - prop_energy + log_q_backward - log_q_forward
+    accepted = u.log() < log_alpha
+    mask = accepted.view(-1, *([1] * (x.ndim - 1)))
+    return torch.where(mask, proposal, x), torch.where(accepted, prop_energy, energy), torch.where(mask, prop_grad, grad), accepted
+
+
+def finite_chains(energy: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Per chain: whether its energy and every coordinate of its gradient are finite."""
+    return torch.isfinite(energy) & torch.isfinite(grad).flatten(1).all(1)
+
+
+# --------------------------------------------------------------------------- trace
+
+
+class Trace:
+    """What a chain did, for plots and teaching; pass one to ``Sampler.run(trace=...)`` or ``Sampler.sample(trace=...)``.
+
+    Recorded at every step t = 0..n_steps (t = 0 is the start): mean energy, mean gradient
+    norm per sample, and positions at the steps listed in ``positions_at``; per transition
+    t = 1..n_steps: the acceptance rate (Metropolis) and the share of coordinates whose step
+    was shrunk below ε (AniLA's ``|g| > b``). Values are kept as tensors until read, so
+    tracing adds no device synchronisation inside the loop.
+    """
+
+    def __init__(self, positions_at: Iterable[int] = ()):
+        self.positions_at = sorted({int(t) for t in positions_at})
+        self.positions: dict[int, torch.Tensor] = {}
+        self._energy: list[torch.Tensor] = []
+        self._grad_norm: list[torch.Tensor] = []
+        self._accept: list[torch.Tensor] = []
+        self._clipped: list[torch.Tensor] = []
+
+    def record_state(self, t: int, x: torch.Tensor, energy: torch.Tensor, grad: torch.Tensor) -> None:
+        """Note the chains at step ``t``."""
+        self._energy.append(energy.mean())
+        self._grad_norm.append(torch.linalg.vector_norm(grad.flatten(1), dim=1).mean())
+        if t in self.positions_at:
+            self.positions[t] = x.detach().cpu().clone()
+
+    def record_transition(self, accepted: torch.Tensor | None, clipped: torch.Tensor | None) -> None:
+        """Note one transition: which chains accepted (Metropolis), the share of clipped coordinates (AniLA)."""
+        if accepted is not None:
+            self._accept.append(accepted.float().mean())
+        if clipped is not None:
+            self._clipped.append(clipped)
+
+    @staticmethod
+    def _floats(values: list[torch.Tensor]) -> list[float]:
+        return torch.stack(values).tolist() if values else []
+
+    @property
+    def mean_energy(self) -> list[float]:
+        return self._floats(self._energy)
+
+    @property
+    def mean_grad_norm(self) -> list[float]:
+        return self._floats(self._grad_norm)
+
+    @property
+    def acceptance_rate(self) -> list[float]:
+        return self._floats(self._accept)
+
+    @property
+    def clipped_share(self) -> list[float]:
+        return self._floats(self._clipped)
+
+    def as_dict(self) -> dict:
+        return {
+            "mean_energy": self.mean_energy,
+            "mean_grad_norm": self.mean_grad_norm,
+            "acceptance_rate": self.acceptance_rate,
+            "clipped_share": self.clipped_share,
+        }
+
+
+# --------------------------------------------------------------------------- non-finite chains
+
+
+class NonFiniteChainError(FloatingPointError):
+    """A chain reached (or started at) a point where the energy or its gradient is NaN or infinite.
+
+    ``step`` is the first transition (1-based, within the ``run`` call) at which it happened,
+    0 for the start, and ``share`` the fraction of chains hit by the end of the call (``last_step``).
+    """
+
+    def __init__(self, sampler: str, step: int, n_bad: int, n_chains: int, last_step: int = 0):
+        self.step, self.share = step, n_bad / n_chains
+        hit = f"{n_bad} of {n_chains} chains ({100 * self.share:.3g} %)"
+        if step == 0:
+            what = f"at the start (step 0) in {hit}; {sampler} needs a start where the energy is finite (or allow_nonfinite=True to run such chains anyway)"
+        else:
+            what = (f"first at step {step}, and {hit} were hit by step {last_step}; an unadjusted chain cannot recover from that. "
+                    "Remedies: a smaller step_size, metropolis=True (the Metropolis test rejects such proposals), or an energy "
+                    "that is finite where the chains go")
+        super().__init__(f"{sampler}: the energy or its gradient became NaN or infinite {what}")
