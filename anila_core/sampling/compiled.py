@@ -364,6 +364,22 @@ def auto_compiles(energy_fn: EnergyFn, x: torch.Tensor, n_steps: int) -> bool:
     return compile_supported()[0]
 
 
+def cache_info() -> list[dict]:
+    """One row per cached transition: its name, compile mode, compile time in seconds, calls, and why it fell back (``None`` if it did not)."""
+    rows = []
+    for entries in list(_CACHE.values()) + [e for _, e in _UNWEAKABLE.values()]:
+        for entry in entries.values():
+            rows.append({"name": entry.name, "mode": entry.mode, "compile_s": entry.compile_s, "calls": entry.calls, "failed": entry.failed})
+    return rows
+
+
+def clear_cache() -> None:
+    """Forget every compiled transition (the next fast call compiles again) and the warnings already given."""
+    _CACHE.clear()
+    _UNWEAKABLE.clear()
+    _warned.clear()
+
+
 # --------------------------------------------------------------------------- when it pays off
 
 
