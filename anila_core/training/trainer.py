@@ -29,7 +29,7 @@ from anila_core.sampling.compiled import use_fast_path
 from anila_core.sampling.global_moves import independence_moves
 from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, mmd
 from anila_core.nets import MLPEnergy
-from anila_core.sampling.kernel import Trace
+from anila_core.sampling.kernel import SamplerState, Trace
 from anila_core.sampling.registry import sampler_from_config
 from anila_core.sampling.samplers import Sampler
 from anila_core.training.sources import CHAIN_STREAM, DATA_STREAM, TRAIN_SPLITS, ImageSource, TargetSource, stream_seed
@@ -68,12 +68,20 @@ def build_energy(config: TrainConfig, data_shape: tuple[int, ...]) -> torch.nn.M
 
 
 class Chains:
-    """Where each iteration's chains start: fresh noise (short-run) or a replay buffer of persistent chains."""
+    """Where each iteration's chains start: fresh noise (short-run) or a replay buffer of persistent chains.
+
+    A buffer keeps, besides each chain's position, the sampler's own state of that chain
+    (pSGLD's running average ``v``), so a chain drawn again continues where it stopped.
+    """
 
     def __init__(self, config: TrainConfig, shape: tuple[int, ...], device: torch.device, generator: torch.Generator):
         self.config, self.shape, self.device, self.gen = config, shape, device, generator
         self.buffer = self.noise(config.buffer_size) if config.chains == "buffer" else None
+        #: per buffer slot: the sampler's state of its chain, and whether a run has set it yet (fresh noise has none)
+        self.sampler_state: dict[str, torch.Tensor] = {}
+        self.has_sampler_state = torch.zeros(config.buffer_size, dtype=torch.bool, device=device) if self.buffer is not None else None
         self._index: torch.Tensor | None = None
+        self._kept: torch.Tensor | None = None
 
     def noise(self, n: int) -> torch.Tensor:
         c = self.config
@@ -83,17 +91,35 @@ class Chains:
         return c.init_scale * torch.randn((n, *self.shape), generator=self.gen, device=self.device)
 
     def start(self, n: int) -> torch.Tensor:
-        """Starting points for ``n`` chains; remembers which buffer slots they came from."""
+        """Starting points for ``n`` chains; remembers which buffer slots they came from and which were restarted."""
         if self.buffer is None:
             return self.noise(n)
         self._index = torch.randint(len(self.buffer), (n,), generator=self.gen, device=self.device)
         x = self.buffer[self._index].clone()
         restart = torch.rand(n, generator=self.gen, device=self.device) < self.config.reinit
+        self._kept = ~restart & self.has_sampler_state[self._index]
         return torch.where(restart.view(-1, *[1] * len(self.shape)), self.noise(n), x)
 
-    def finish(self, x: torch.Tensor) -> None:
-        if self.buffer is not None:
-            self.buffer[self._index] = x
+    def sampler_start(self, sampler: Sampler, energy_fn, x0: torch.Tensor) -> SamplerState:
+        """The sampler's state at ``x0``: evaluated afresh (the energy changed since the last iteration), with each buffer chain's own sampler state carried over."""
+        state = sampler.init(energy_fn, x0, allow_nonfinite=True)
+        if self.buffer is not None and self.sampler_state:
+            kept = self._kept
+            state.extra = {k: torch.where(kept.view(-1, *[1] * (v.ndim - 1)), self.sampler_state[k][self._index], v)
+                           for k, v in state.extra.items()}
+        return state
+
+    def finish(self, x: torch.Tensor, sampler_state: dict[str, torch.Tensor]) -> None:
+        """Put the chains back into their buffer slots, with their sampler state."""
+        if self.buffer is None:
+            return
+        self.buffer[self._index] = x
+        for key, value in sampler_state.items():
+            if key not in self.sampler_state:
+                self.sampler_state[key] = torch.zeros((len(self.buffer), *value.shape[1:]), dtype=value.dtype, device=self.device)
+            self.sampler_state[key][self._index] = value
+        if sampler_state:
+            self.has_sampler_state[self._index] = True
 
 
 class Trainer:
@@ -215,11 +241,15 @@ class Trainer:
         x0 = self.chains.start(c.batch_size)
         if c.global_moves:
             x0, global_accept = independence_moves(self.energy, x0, c.global_moves, c.init_scale, self.gen)
-        # allow_nonfinite: non-finite chains are the divergence guard's to catch, with the run's policy (stop or roll back)
-        x_neg = self.sampler.sample(self.energy, x0, c.n_steps, generator=self.gen, trace=trace, fast=self.fast, allow_nonfinite=True)
+        state = self.chains.sampler_start(self.sampler, self.energy, x0)
+        # allow_nonfinite: non-finite chains are the divergence guard's to catch, with the run's policy (stop or roll back);
+        # evaluate_final=False: the next iteration's energy differs, so the last gradient would be thrown away
+        state = self.sampler.run(self.energy, state, c.n_steps, generator=self.gen, trace=trace, fast=self.fast,
+                                 evaluate_final=False, allow_nonfinite=True)
+        x_neg = state.x
         if c.clamp > 0:
             x_neg = x_neg.clamp(-c.clamp, c.clamp)
-        self.chains.finish(x_neg)
+        self.chains.finish(x_neg, state.extra)
         self.samples = x_neg
         x_pos = self.data_batch(c.batch_size)
 
@@ -533,15 +563,26 @@ class Trainer:
         """What differs between ranks: chain and data streams, the replay buffer, the global RNG."""
         return {
             "buffer": None if self.chains.buffer is None else self.chains.buffer.detach().cpu(),
+            "sampler_state": self._buffer_sampler_state(),
             "generator": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "source": self.source.state_dict(),
         }
 
+    def _buffer_sampler_state(self) -> dict | None:
+        """The buffer chains' sampler state (pSGLD's ``v``) and which slots hold one, on the CPU; ``None`` without a buffer."""
+        if self.chains.buffer is None:
+            return None
+        return {"state": {k: v.detach().cpu() for k, v in self.chains.sampler_state.items()},
+                "has_state": self.chains.has_sampler_state.detach().cpu()}
+
     def _load_chain_state(self, chains: dict) -> None:
         """The inverse of :meth:`_chain_state`."""
         if self.chains.buffer is not None:
             self.chains.buffer = chains["buffer"].to(self.device)
+            saved = chains.get("sampler_state") or {"state": {}, "has_state": torch.zeros(len(self.chains.buffer), dtype=torch.bool)}
+            self.chains.sampler_state = {k: v.to(self.device) for k, v in saved["state"].items()}
+            self.chains.has_sampler_state = saved["has_state"].to(self.device)
         self.gen.set_state(chains["generator"])
         torch.set_rng_state(chains["torch_rng"])
         self.source.load_state_dict(chains.get("source") or {})
@@ -558,6 +599,7 @@ class Trainer:
             "ema_model": None if self.ema_model is None else self.ema_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "buffer": self.chains.buffer,
+            "sampler_state": self._buffer_sampler_state(),
             "generator": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
@@ -607,8 +649,8 @@ class Trainer:
         if ranks is not None and self.dist.rank < len(ranks):
             return ranks[self.dist.rank]
         if self.dist.rank == 0:
-            return {"buffer": state["buffer"], "generator": state["generator"], "torch_rng": state["torch_rng"],
-                    "source": state.get("source")}
+            return {"buffer": state["buffer"], "sampler_state": state.get("sampler_state"), "generator": state["generator"],
+                    "torch_rng": state["torch_rng"], "source": state.get("source")}
         print(f"notice: rank {self.dist.rank}: the checkpoint holds chain states for {len(ranks or [None])} rank(s); "
               "this rank starts fresh chains, so the resumed run is not bit-identical to an uninterrupted one", file=sys.stderr)
         return None
