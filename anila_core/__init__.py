@@ -11,13 +11,14 @@ from anila_core.budget import resolve_budget
 from anila_core.device import resolve_device
 from anila_core.sampling.kernel import NonFiniteChainError, SamplerState, Trace, energy_and_grad
 from anila_core.sampling.registry import SAMPLERS, make_sampler
-from anila_core.sampling.samplers import AniLA, Langevin, PSGLD, Sampler
+from anila_core.sampling.samplers import HMC, AniLA, Langevin, PSGLD, Sampler
 from anila_core.sampling.targets import Gaussian, GaussianMixture, Rings, make_target
 
 __all__ = [
     "AniLA",
     "Langevin",
     "PSGLD",
+    "HMC",
     "Sampler",
     "Trace",
     "SamplerState",

@@ -64,8 +64,8 @@ def test_bad_input_is_one_clear_line_without_traceback(tmp_path, args, expected)
 
 
 def test_an_unknown_sampler_is_refused_by_the_parser():
-    result = run_cli("train", "--sampler", "hmc")
-    assert result.returncode == 2 and "invalid choice: 'hmc'" in result.stderr
+    result = run_cli("train", "--sampler", "ghmc")
+    assert result.returncode == 2 and "invalid choice: 'ghmc'" in result.stderr
 
 
 def test_a_used_output_folder_is_refused_and_left_untouched(tmp_path):

@@ -221,7 +221,7 @@ def test_energy_and_grad_matches_the_analytic_gradient():
         (lambda: AniLA(0.1, b=1.0, variant="drift_only"), "variant"),
         (lambda: PSGLD(0.1, alpha=1.0), "alpha"),
         (lambda: PSGLD(0.1, damping=0.0), "damping"),
-        (lambda: make_sampler("hmc", step_size=0.1), "sampler"),
+        (lambda: make_sampler("ghmc", step_size=0.1), "sampler"),
     ],
 )
 def test_bad_hyperparameters_raise_naming_the_parameter(build, name):

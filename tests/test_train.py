@@ -149,7 +149,7 @@ def test_a_huge_learning_rate_is_caught_not_hidden():
         (dict(n_steps=0), "n_steps"),
         (dict(lr=float("nan")), "lr"),
         (dict(reinit=1.5), "reinit"),
-        (dict(sampler="hmc"), "sampler"),
+        (dict(sampler="ghmc"), "sampler"),
         (dict(chains="forever"), "chains"),
         (dict(batch_size=1000, buffer_size=10), "buffer_size"),
         (dict(iters="many"), "iters"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from anila_core.sampling.samplers import PSGLD, AniLA, Langevin, Sampler
+from anila_core.sampling.samplers import HMC, PSGLD, AniLA, Langevin, Sampler
 
 __all__ = ["SamplerEntry", "SAMPLERS", "make_sampler", "applicable", "sampler_from_config"]
 
@@ -17,11 +17,8 @@ class SamplerEntry:
     cls: type[Sampler]
     summary: str
     settings: dict[str, str]
-
-    @property
-    def offers_metropolis(self) -> bool:
-        """Whether the sampler has a Metropolis-adjusted form (``metropolis=True``)."""
-        return "metropolis" in self.settings
+    #: why ``metropolis=True`` is not a setting of this sampler ('' when it is one)
+    no_metropolis_setting: str = ""
 
 
 _COMMON = {"step_size": "step_size", "noise_scale": "noise_scale"}
@@ -30,7 +27,11 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "anila": SamplerEntry(AniLA, "anisotropic Langevin: steps shrink where |∇E| > b",
                           {**_COMMON, "b": "b", "norm": "norm", "variant": "variant", "metropolis": "metropolis"}),
     "psgld": SamplerEntry(PSGLD, "preconditioned SGLD (RMSprop-scaled steps)",
-                          {**_COMMON, "alpha": "psgld_alpha", "damping": "psgld_damping"}),
+                          {**_COMMON, "alpha": "psgld_alpha", "damping": "psgld_damping"},
+                          "not available for psgld (its preconditioner depends on the chain's history)"),
+    "hmc": SamplerEntry(HMC, "Hamiltonian Monte Carlo: leapfrog trajectories and a Metropolis test",
+                        {"step_size": "step_size", "n_leapfrog": "hmc_leapfrog"},
+                        "hmc always ends its transitions in the Metropolis test; leave metropolis off"),
 }
 
 

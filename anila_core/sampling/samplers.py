@@ -34,7 +34,7 @@ from anila_core.sampling.kernel import (
     metropolis_test,
 )
 
-__all__ = ["Sampler", "Langevin", "AniLA", "PSGLD", "NORMS", "ANILA_VARIANTS"]
+__all__ = ["Sampler", "LangevinSampler", "Langevin", "AniLA", "PSGLD", "HMC", "NORMS", "ANILA_VARIANTS"]
 
 NORMS = ("coordinate", "pixel", "sample")
 ANILA_VARIANTS = ("full", "noise_only")
@@ -43,74 +43,31 @@ FAST_CHOICES = ("auto", True, False)
 
 
 class Sampler:
-    """The shared recipe; a subclass supplies its step sizes (:meth:`step_sizes`, or :meth:`step_map` for samplers with memory)."""
+    """The shared recipe (``init``, ``run``, ``sample``); a subclass supplies :meth:`transition` and, if it has one, its per-chain state."""
 
     name = "sampler"
+    #: whether every transition ends in the Metropolis test (then ``run`` draws its uniform, and rejected proposals keep chains finite)
+    metropolis: bool = False
     #: with the compiled path on CUDA, replay each transition as a CUDA graph (``torch.compile(mode="reduce-overhead")``)
     fast_cuda_graphs: bool = False
-
-    def __init__(self, step_size: float, noise_scale: float = 1.0, metropolis: bool = False):
-        self.step_size = finite_positive("step_size", step_size)
-        try:
-            noise_scale = float(noise_scale)
-        except (TypeError, ValueError):
-            raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale!r}") from None
-        if not math.isfinite(noise_scale) or noise_scale < 0:
-            raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale!r}")
-        self.noise_scale = noise_scale
-        if metropolis and noise_scale == 0:
-            raise ValueError("metropolis: needs noise_scale > 0 (a deterministic proposal has no density to correct)")
-        self.metropolis = bool(metropolis)
-
-    # -- what differs between samplers
-
-    def step_sizes(self, grad: torch.Tensor) -> torch.Tensor:
-        """Per-coordinate step sizes γ for the gradient ``grad`` (same shape)."""
-        raise NotImplementedError
 
     def init_extra(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
         """The sampler's own per-chain state at a fresh start whose gradient is ``grad`` (none for memoryless samplers)."""
         return {}
 
-    def step_map(self, grad: torch.Tensor, extra: dict[str, torch.Tensor]):
-        """``(γ for the drift, γ for the noise, new extra)`` at gradient ``grad``; samplers with memory or a split map override it."""
-        gamma = self.step_sizes(grad)
-        return gamma, gamma, extra
-
     def clipped_share(self, grad: torch.Tensor) -> torch.Tensor | None:
         """The share of coordinates whose step is shrunk below ε at ``grad`` (``None`` for samplers that never shrink it)."""
         return None
 
-    # -- the one transition
-
-    def step(self, x: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The unadjusted move from a fresh start, ``x − γ/2·grad + τ·sqrt(γ)·noise``; no randomness inside."""
-        drift_gamma, noise_gamma, _ = self.step_map(grad, self.init_extra(grad))
-        return euler_maruyama_move(x, grad, drift_gamma, noise_gamma, noise, self.noise_scale)
-
     def transition(self, evaluate, energy_fn: EnergyFn, x, energy, grad, extra, noise, u=None):
-        """One transition: step sizes, the move, the energy and gradient at the proposal, and the Metropolis test when on.
+        """One transition from ``x`` (with its ``energy``, ``grad`` and ``extra``), given its standard normal ``noise`` and uniform ``u``.
 
-        ``evaluate(energy_fn, x) -> (energy, grad)`` computes the proposal's energy and input
-        gradient (autograd here, ``torch.func`` in the compiled path); ``noise`` is the move's
-        standard normal draw and ``u`` the test's uniform draw (unused when unadjusted).
-        ``evaluate=None`` makes the move only (the last step of a run that needs no gradient
-        there). Returns ``(x, energy, grad, extra, accepted, finite)``: ``accepted`` per chain
-        (``None`` when unadjusted), ``finite`` per chain whether its energy and gradient are finite.
+        ``evaluate(energy_fn, x) -> (energy, grad)`` computes energies and input gradients
+        (autograd eagerly, ``torch.func`` in the compiled path). Returns ``(x, energy, grad,
+        extra, accepted, finite)``: ``accepted`` per chain (``None`` without a test) and
+        ``finite`` per chain whether its energy and gradient are finite.
         """
-        drift_gamma, noise_gamma, extra = self.step_map(grad, extra)
-        proposal = euler_maruyama_move(x, grad, drift_gamma, noise_gamma, noise, self.noise_scale)
-        if evaluate is None:
-            return proposal, None, None, extra, None, torch.isfinite(proposal).flatten(1).all(1)
-        prop_energy, prop_grad = evaluate(energy_fn, proposal)
-        if not self.metropolis:
-            return proposal, prop_energy, prop_grad, extra, None, finite_chains(prop_energy, prop_grad)
-        # the reverse move's step sizes; only memoryless samplers offer the test, so ``extra`` plays no part
-        prop_drift, prop_noise, _ = self.step_map(prop_grad, extra)
-        log_q_forward = log_proposal_density(proposal, x, grad, drift_gamma, noise_gamma, self.noise_scale)
-        log_q_backward = log_proposal_density(x, proposal, prop_grad, prop_drift, prop_noise, self.noise_scale)
-        x, energy, grad, accepted = metropolis_test(x, energy, grad, proposal, prop_energy, prop_grad, log_q_forward, log_q_backward, u)
-        return x, energy, grad, extra, accepted, finite_chains(energy, grad)
+        raise NotImplementedError
 
     # -- the recipe: init, run, sample
 
@@ -199,7 +156,7 @@ class Sampler:
 
     def settings(self) -> dict:
         """The sampler's name and hyperparameters, as plain values (also the compiled path's cache key)."""
-        return {"sampler": self.name, "step_size": self.step_size, "noise_scale": self.noise_scale, "metropolis": self.metropolis}
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k != "sampler")
@@ -212,7 +169,60 @@ def _refuse_nonfinite_start(name: str, energy: torch.Tensor, grad: torch.Tensor)
         raise NonFiniteChainError(name, 0, int((~finite).sum()), len(finite))
 
 
-class Langevin(Sampler):
+class LangevinSampler(Sampler):
+    """A Langevin-type sampler: its step-size map (:meth:`step_sizes`, or :meth:`step_map` with memory) in the shared Euler–Maruyama move, and the Metropolis test when asked."""
+
+    def __init__(self, step_size: float, noise_scale: float = 1.0, metropolis: bool = False):
+        self.step_size = finite_positive("step_size", step_size)
+        try:
+            noise_scale = float(noise_scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale!r}") from None
+        if not math.isfinite(noise_scale) or noise_scale < 0:
+            raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale!r}")
+        self.noise_scale = noise_scale
+        if metropolis and noise_scale == 0:
+            raise ValueError("metropolis: needs noise_scale > 0 (a deterministic proposal has no density to correct)")
+        self.metropolis = bool(metropolis)
+
+    def step_sizes(self, grad: torch.Tensor) -> torch.Tensor:
+        """Per-coordinate step sizes γ for the gradient ``grad`` (same shape)."""
+        raise NotImplementedError
+
+    def step_map(self, grad: torch.Tensor, extra: dict[str, torch.Tensor]):
+        """``(γ for the drift, γ for the noise, new extra)`` at gradient ``grad``; samplers with memory or a split map override it."""
+        gamma = self.step_sizes(grad)
+        return gamma, gamma, extra
+
+    def step(self, x: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The unadjusted move from a fresh start, ``x − γ/2·grad + τ·sqrt(γ)·noise``; no randomness inside."""
+        drift_gamma, noise_gamma, _ = self.step_map(grad, self.init_extra(grad))
+        return euler_maruyama_move(x, grad, drift_gamma, noise_gamma, noise, self.noise_scale)
+
+    def transition(self, evaluate, energy_fn: EnergyFn, x, energy, grad, extra, noise, u=None):
+        """Step sizes, the shared move, the energy and gradient at the proposal, and the shared Metropolis test when on.
+
+        ``evaluate=None`` makes the move only (the last step of a run that needs no gradient there).
+        """
+        drift_gamma, noise_gamma, extra = self.step_map(grad, extra)
+        proposal = euler_maruyama_move(x, grad, drift_gamma, noise_gamma, noise, self.noise_scale)
+        if evaluate is None:
+            return proposal, None, None, extra, None, torch.isfinite(proposal).flatten(1).all(1)
+        prop_energy, prop_grad = evaluate(energy_fn, proposal)
+        if not self.metropolis:
+            return proposal, prop_energy, prop_grad, extra, None, finite_chains(prop_energy, prop_grad)
+        # the reverse move's step sizes; only memoryless samplers offer the test, so ``extra`` plays no part
+        prop_drift, prop_noise, _ = self.step_map(prop_grad, extra)
+        log_q_forward = log_proposal_density(proposal, x, grad, drift_gamma, noise_gamma, self.noise_scale)
+        log_q_backward = log_proposal_density(x, proposal, prop_grad, prop_drift, prop_noise, self.noise_scale)
+        x, energy, grad, accepted = metropolis_test(x, energy, grad, proposal, prop_energy, prop_grad, log_q_forward, log_q_backward, u)
+        return x, energy, grad, extra, accepted, finite_chains(energy, grad)
+
+    def settings(self) -> dict:
+        return {"sampler": self.name, "step_size": self.step_size, "noise_scale": self.noise_scale, "metropolis": self.metropolis}
+
+
+class Langevin(LangevinSampler):
     """Unadjusted Langevin (ULA / SGLD): ``a(g) = 1``; Metropolis-adjusted (MALA) with ``metropolis=True``."""
 
     name = "langevin"
@@ -221,7 +231,7 @@ class Langevin(Sampler):
         return torch.full_like(grad, self.step_size)
 
 
-class AniLA(Sampler):
+class AniLA(LangevinSampler):
     """Anisotropic Langevin: ``a(g) = b / max(b, |g|)``, so steep coordinates take shorter steps.
 
     ``norm`` fixes what ``|g|`` means: ``"coordinate"`` (elementwise, the paper's formula),
@@ -280,7 +290,7 @@ class AniLA(Sampler):
         return {**super().settings(), "b": self.b, "norm": self.norm, "variant": self.variant}
 
 
-class PSGLD(Sampler):
+class PSGLD(LangevinSampler):
     """Preconditioned SGLD (Li et al. 2016): ``V ← αV + (1−α)g²``, ``γ = ε / (λ + sqrt(V))``.
 
     ``V`` is kept per chain and coordinate in the state (``state.extra["v"]``), so it carries
@@ -320,3 +330,54 @@ class PSGLD(Sampler):
 
     def settings(self) -> dict:
         return {**super().settings(), "alpha": self.alpha, "damping": self.damping}
+
+
+class HMC(Sampler):
+    """Hamiltonian Monte Carlo: a fresh momentum ``p ~ N(0, M)``, ``n_leapfrog`` leapfrog steps of size ``ε``, and the Metropolis test on ``H = E(x) + ½ pᵀM⁻¹p``.
+
+    ``mass`` is the diagonal of ``M``: one number, or one per coordinate of a sample (a
+    sequence with a sample's shape, flattened). Each transition costs ``n_leapfrog``
+    gradients. With ``n_leapfrog = 1`` it is MALA with step size ``ε²``. The test makes it
+    exact for ``exp(-E)``; a trajectory that reaches a non-finite energy is rejected.
+    """
+
+    name = "hmc"
+    metropolis = True
+
+    def __init__(self, step_size: float, n_leapfrog: int = 10, mass=1.0):
+        self.step_size = finite_positive("step_size", step_size)
+        if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
+            raise ValueError(f"n_leapfrog: expected an integer >= 1, got {n_leapfrog!r}")
+        self.n_leapfrog = n_leapfrog
+        try:
+            masses = torch.as_tensor(mass, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"mass: expected a number > 0 or a sequence of them, got {mass!r}") from None
+        if masses.numel() < 1 or not bool(torch.isfinite(masses).all()) or bool((masses <= 0).any()):
+            raise ValueError(f"mass: expected finite numbers > 0, got {mass!r}")
+        #: the diagonal of M as plain floats (one, or one per coordinate): hashable, so also the compiled path's cache key
+        self.mass = float(masses[0]) if masses.numel() == 1 else tuple(masses.tolist())
+
+    def _mass_like(self, x: torch.Tensor):
+        if isinstance(self.mass, float):
+            return self.mass
+        if len(self.mass) != x[0].numel():
+            raise ValueError(f"mass: expected 1 or {x[0].numel()} values (one per coordinate of a sample), got {len(self.mass)}")
+        return torch.tensor(self.mass, dtype=x.dtype, device=x.device).view(x.shape[1:])
+
+    def transition(self, evaluate, energy_fn: EnergyFn, x, energy, grad, extra, noise, u=None):
+        mass, eps = self._mass_like(x), self.step_size
+        p = noise * mass**0.5
+        kinetic = lambda q: 0.5 * (q.square() / mass).flatten(1).sum(1)  # noqa: E731
+        q, q_energy, q_grad = x, energy, grad
+        momentum = p - 0.5 * eps * q_grad
+        for i in range(self.n_leapfrog):
+            q = q + eps * momentum / mass
+            q_energy, q_grad = evaluate(energy_fn, q)
+            momentum = momentum - (eps if i < self.n_leapfrog - 1 else 0.5 * eps) * q_grad
+        # the shared test with the momentum's log density in place of the proposal's: log α = E(x) − E(q) + K(p) − K(p')
+        x, energy, grad, accepted = metropolis_test(x, energy, grad, q, q_energy, q_grad, -kinetic(p), -kinetic(momentum), u)
+        return x, energy, grad, extra, accepted, finite_chains(energy, grad)
+
+    def settings(self) -> dict:
+        return {"sampler": self.name, "step_size": self.step_size, "n_leapfrog": self.n_leapfrog, "mass": self.mass}

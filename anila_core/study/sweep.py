@@ -50,6 +50,7 @@ KINDS: dict[str, dict] = {
     "anila_noise": dict(sampler="anila", norm="coordinate", variant="noise_only", metropolis=False),
     "anila_mh": dict(sampler="anila", norm="coordinate", variant="full", metropolis=True),
     "psgld": dict(sampler="psgld", metropolis=False),
+    "hmc": dict(sampler="hmc", metropolis=False),  # always Metropolis-adjusted; its leapfrog count comes from the base config
 }
 KIND_HELP = {
     "langevin": "unadjusted Langevin",
@@ -60,6 +61,7 @@ KIND_HELP = {
     "anila_noise": "AniLA noise-only variant (the authors' image code)",
     "anila_mh": "AniLA, Metropolis-adjusted",
     "psgld": "preconditioned SGLD",
+    "hmc": "Hamiltonian Monte Carlo (hmc_leapfrog gradients per transition)",
 }
 #: a run whose final grid TV is at least this has lost the target (collapsed) even if nothing overflowed
 UNSTABLE_TV = 0.5

@@ -68,6 +68,7 @@ class TrainConfig:
     metropolis: bool = _f(False, "Metropolis-adjust every transition (MALA)")
     psgld_alpha: float = _f(0.99, "pSGLD: decay of the squared-gradient average")
     psgld_damping: float = _f(1e-5, "pSGLD: damping λ added to sqrt(V)")
+    hmc_leapfrog: int = _f(5, "HMC: leapfrog steps per transition (each costs one gradient, so an iteration costs K × this)")
     n_steps: int = _f(50, "K: sampler transitions per training iteration")
     # chains
     chains: str = _f("buffer", "'short_run' restarts from noise every iteration (as the paper); 'buffer' persists chains", choices=list(CHAIN_KINDS))
@@ -128,7 +129,7 @@ class TrainConfig:
             if expected is float and math.isnan(value):
                 raise ValueError(f"{f.name}: expected a number, got NaN")
         positive = ["step_size", "b", "lr", "init_scale", "psgld_damping", "max_energy_gap"]
-        at_least_one = ["width", "depth", "n_steps", "buffer_size", "batch_size", "iters", "eval_every", "eval_samples", "checkpoint_every",
+        at_least_one = ["width", "depth", "n_steps", "hmc_leapfrog", "buffer_size", "batch_size", "iters", "eval_every", "eval_samples", "checkpoint_every",
                         "conv_width"]
         non_negative = ["noise_scale", "energy_reg", "data_noise", "grad_clip", "clamp", "lr_decay_iters", "seed", "image_size", "fid_every",
                         "max_rollbacks", "global_moves"]
@@ -150,8 +151,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a number in [{low}, {high}], got {v!r}")
         if self.metropolis and self.noise_scale == 0:
             raise ValueError("metropolis: needs noise_scale > 0")
-        if self.metropolis and not SAMPLERS[self.sampler].offers_metropolis:
-            raise ValueError(f"metropolis: not available for {self.sampler} (its step sizes depend on the chain's history)")
+        if self.metropolis and SAMPLERS[self.sampler].no_metropolis_setting:
+            raise ValueError(f"metropolis: {SAMPLERS[self.sampler].no_metropolis_setting}")
         if self.global_moves > 0 and self.init != "gaussian":
             raise ValueError(f"global_moves: needs init='gaussian' (its proposal is the Gaussian start), got init={self.init!r}")
         if self.chains == "buffer" and self.buffer_size < self.batch_size:
