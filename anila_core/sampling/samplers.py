@@ -59,6 +59,10 @@ class Sampler:
         """The share of coordinates whose step is shrunk below ε at ``grad`` (``None`` for samplers that never shrink it)."""
         return None
 
+    def small_step_log_weight(self, energy: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, bool, str]:
+        """``(log w, exact, note)``: the unnormalised log density the chain approaches as ε → 0, at points with these energies and gradients (:mod:`anila_core.sampling.small_step`)."""
+        raise ValueError(f"{self.name}: no small-step density as a function of x is known for this sampler")
+
     def transition(self, evaluate, energy_fn: EnergyFn, x, energy, grad, extra, noise, u=None):
         """One transition from ``x`` (with its ``energy``, ``grad`` and ``extra``), given its standard normal ``noise`` and uniform ``u``.
 
@@ -218,6 +222,23 @@ class LangevinSampler(Sampler):
         x, energy, grad, accepted = metropolis_test(x, energy, grad, proposal, prop_energy, prop_grad, log_q_forward, log_q_backward, u)
         return x, energy, grad, extra, accepted, finite_chains(energy, grad)
 
+    def small_step_log_weight(self, energy, grad):
+        if self.metropolis:
+            return -energy, True, "Metropolis-adjusted: exact for exp(-E)"
+        drift_gamma, noise_gamma, _ = self.step_map(grad, self.init_extra(grad))
+        if not torch.equal(drift_gamma, noise_gamma):
+            raise ValueError(f"{self.name}: no small-step density is derived for a map that scales drift and noise differently")
+        log_a = (noise_gamma / self.step_size).log().flatten(1)
+        if self.one_step_size_per_sample:
+            return -energy / self.noise_scale**2 - log_a[:, 0], True, "exp(-E/τ²)/a with one step size per sample: exact"
+        return (-energy / self.noise_scale**2 - log_a.sum(1), False,
+                "exp(-E/τ²)/∏ a_i with per-coordinate steps: exact for separable energies, else an approximation")
+
+    @property
+    def one_step_size_per_sample(self) -> bool:
+        """Whether the map gives all coordinates of a sample one step size (then the small-step density is exact for any energy)."""
+        return True
+
     def settings(self) -> dict:
         return {"sampler": self.name, "step_size": self.step_size, "noise_scale": self.noise_scale, "metropolis": self.metropolis}
 
@@ -286,6 +307,10 @@ class AniLA(LangevinSampler):
     def clipped_share(self, grad: torch.Tensor) -> torch.Tensor:
         return (self.step_sizes(grad) < self.step_size).float().mean()
 
+    @property
+    def one_step_size_per_sample(self) -> bool:
+        return self.norm == "sample" or math.isinf(self.b)
+
     def settings(self) -> dict:
         return {**super().settings(), "b": self.b, "norm": self.norm, "variant": self.variant}
 
@@ -327,6 +352,9 @@ class PSGLD(LangevinSampler):
         v = self._fold(extra["v"], grad)
         gamma = self.step_size / (self.damping + v.sqrt())
         return gamma, gamma, {"v": v}
+
+    def small_step_log_weight(self, energy, grad):
+        raise ValueError("psgld: its step sizes depend on the chain's history, so its small-step law is not a function of x")
 
     def settings(self) -> dict:
         return {**super().settings(), "alpha": self.alpha, "damping": self.damping}
@@ -378,6 +406,9 @@ class HMC(Sampler):
         # the shared test with the momentum's log density in place of the proposal's: log α = E(x) − E(q) + K(p) − K(p')
         x, energy, grad, accepted = metropolis_test(x, energy, grad, q, q_energy, q_grad, -kinetic(p), -kinetic(momentum), u)
         return x, energy, grad, extra, accepted, finite_chains(energy, grad)
+
+    def small_step_log_weight(self, energy, grad):
+        return -energy, True, "Metropolis-adjusted: exact for exp(-E)"
 
     def settings(self) -> dict:
         return {"sampler": self.name, "step_size": self.step_size, "n_leapfrog": self.n_leapfrog, "mass": self.mass}
