@@ -227,7 +227,7 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     out = Path(out_dir)
     config_path, ckpt_path = out / "config.json", out / CHECKPOINT
     if not config_path.exists():
-        raise ValueError(f"out_dir: {out} has no config.json; expected the folder of a run (the out_dir a Run wrote)")
+        raise ValueError(f"out_dir: {out} has no config.json; expected the folder of a run, which holds its config.json and checkpoint")
     if not ckpt_path.exists():
         raise ValueError(f"out_dir: {out} has no {CHECKPOINT} yet: the run stopped before its first checkpoint, so there "
                          f"is nothing to resume; start it afresh (delete {out} or choose another out_dir)")
