@@ -90,7 +90,6 @@ class Guard:
         return TrainingDiverged(f"training diverged at iteration {iteration}: {what}; {where}", iteration, what)
 
 
-
 def roll_back(trainer, err: TrainingDiverged) -> dict:
     """Return ``trainer`` to its guard's last finite state with half the learning rate, and say so; return the record.
 
