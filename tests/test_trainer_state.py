@@ -94,6 +94,8 @@ CORRUPTIONS = {
                     "rank 0's replay buffer holds 10 chain(s)", "buffer_size = 500"),
     "fast-not-a-bool": (_set("fast", "auto"), "its fast is 'auto'", "expected True or False"),
     "format-other": (_set("format", 2), "format 2", "reads format 1"),
+    "settings-other": (lambda s: s["config"].__setitem__("lr", 0.5), "was trained with other settings: lr 0.5 in the checkpoint",
+                       "only iters, device, data_root, on_divergence, max_rollbacks may change on resume"),
     "model-missing": (lambda s: s.pop("model"), "lacks 'model'", "expected a complete checkpoint"),
 }
 

@@ -12,7 +12,7 @@ from anila_core import __version__
 from anila_core.device import resolve_device
 from anila_core.training import distributed
 from anila_core.training.chains import ChainState, own_chain_state
-from anila_core.training.config import TrainConfig
+from anila_core.training.config import RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes
 from anila_core.training.networks import build_energy
 
 __all__ = ["CHECKPOINT_FORMAT", "state_dict", "load_state_dict", "validate_checkpoint", "expected_data_shape", "snapshot", "restore"]
@@ -108,7 +108,7 @@ def validate_checkpoint(state: dict, config: TrainConfig, data_shape: tuple[int,
                         device: torch.device | str | None = None) -> None:
     """Refuse a checkpoint that cannot resume a run of ``config``, with one ``ValueError`` that says what is wrong and what was expected.
 
-    Checked: the format, the iteration (within ``[0, config.iters]``), the model's and the EMA's
+    Checked: the format, the settings (those a resume may not change), the iteration (within ``[0, config.iters]``), the model's and the EMA's
     names, shapes and finiteness, the optimiser's moments, the replay buffer's size and shape,
     the generator states (the right kind for ``device``'s generator), the history and the
     rollback record. ``data_shape`` and ``device`` default to what ``config`` implies; nothing is
@@ -117,6 +117,7 @@ def validate_checkpoint(state: dict, config: TrainConfig, data_shape: tuple[int,
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint: expected a dict written by anila_core's Trainer.state_dict, got {type(state).__name__}")
     _check_format(state)
+    _check_settings(state.get("config"), config)
     for key in ("model", "optimizer", "iteration", "wall_s", "history"):
         if key not in state:
             raise ValueError(f"checkpoint: lacks {key!r}; expected a complete checkpoint written by anila_core's Trainer.state_dict")
@@ -147,6 +148,19 @@ def _check_format(state: dict) -> None:
         by = f" (written by anila_core {writer})" if writer else ""
         raise ValueError(f"checkpoint: format {fmt!r}{by} cannot be read by anila_core {__version__}, "
                          f"which reads format {CHECKPOINT_FORMAT}; resume it with the version that wrote it")
+
+
+def _check_settings(saved, config: TrainConfig) -> None:
+    """The settings the checkpoint was trained with must be ``config``'s, but for those a resume may change."""
+    if not isinstance(saved, dict):
+        return  # a checkpoint without its config: the weights' shapes are checked instead
+    mine = config.to_dict()
+    if mine["lr_decay_iters"] == 0:  # what a Trainer of this config fixes it to when it starts
+        mine["lr_decay_iters"] = config.iters
+    differ = changed_settings(saved, mine)
+    if differ:
+        raise ValueError(f"checkpoint: was trained with other settings: {describe_changes(differ, saved, mine, 'in the checkpoint', 'in this configuration')}; "
+                         f"expected the settings of the run it belongs to (only {', '.join(RESUMABLE_FIELDS)} may change on resume)")
 
 
 def _check_iteration(iteration, iters: int) -> None:
