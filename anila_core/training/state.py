@@ -108,10 +108,10 @@ def validate_checkpoint(state: dict, config: TrainConfig, data_shape: tuple[int,
                         device: torch.device | str | None = None) -> None:
     """Refuse a checkpoint that cannot resume a run of ``config``, with one ``ValueError`` that says what is wrong and what was expected.
 
-    Checked: the format, the settings (those a resume may not change), the iteration (within ``[0, config.iters]``), the model's and the EMA's
-    names, shapes and finiteness, the optimiser's moments, the replay buffer's size and shape,
-    the generator states (the right kind for ``device``'s generator), the history and the
-    rollback record. ``data_shape`` and ``device`` default to what ``config`` implies; nothing is
+    Checked: the format, the settings (those a resume may not change), the iteration (within
+    ``[0, config.iters]``), the model's and the EMA's names, shapes and finiteness, the
+    optimiser's moments, the replay buffer's size and shape, the generator states (the right
+    kind for ``device``'s generator), the history and the rollback record. ``data_shape`` and ``device`` default to what ``config`` implies; nothing is
     read from disk and no global random state changes, so a loader can call it before anything else.
     """
     if not isinstance(state, dict):
@@ -159,7 +159,8 @@ def _check_settings(saved, config: TrainConfig) -> None:
         mine["lr_decay_iters"] = config.iters
     differ = changed_settings(saved, mine)
     if differ:
-        raise ValueError(f"checkpoint: was trained with other settings: {describe_changes(differ, saved, mine, 'in the checkpoint', 'in this configuration')}; "
+        changes = describe_changes(differ, saved, mine, "in the checkpoint", "in this configuration")
+        raise ValueError(f"checkpoint: was trained with other settings: {changes}; "
                          f"expected the settings of the run it belongs to (only {', '.join(RESUMABLE_FIELDS)} may change on resume)")
 
 
