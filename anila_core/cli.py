@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import fields
@@ -17,6 +18,22 @@ __all__ = ["main", "build_parser"]
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+
+#: the library's arguments that a command-line user sets with a flag: the library's errors name the
+#: arguments (a notebook has no flags), and this layer words them in the flags' terms
+_FLAGS = {"out_dir": "--out", "out": "--out", "resume=True": "--resume", "iters": "--iters", "jobs": "--jobs"}
+#: those of them that mean nothing else inside a message (``out`` or ``jobs`` may be plain words there)
+_FLAG_WORDS = ("out_dir", "resume=True", "iters")
+
+
+def _in_flag_terms(message: str) -> str:
+    """A library error worded with the flags that set its arguments: ``iters: 5 is below …`` → ``--iters: 5 is below …``."""
+    head, sep, rest = message.partition(": ")
+    if sep and head in _FLAGS:
+        message = _FLAGS[head] + sep + rest
+    for name in _FLAG_WORDS:  # not inside a longer name (lr_decay_iters), a path or a flag
+        message = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/])", _FLAGS[name], message)
+    return message
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -332,7 +349,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from anila_core.training.trainer import TrainingDiverged
+    from anila_core.training.guard import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "compare": cmd_compare, "demo": cmd_demo, "sweep": cmd_sweep}
@@ -345,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                   "state at half the learning rate whenever it diverges)", file=sys.stderr)
         return EXIT_DIVERGED
     except (ValueError, OSError) as err:  # OSError: a missing dataset, a full disk, a folder one may not write to
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_in_flag_terms(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)

@@ -501,7 +501,7 @@ def bench_training(mode: dict, device: torch.device, compile_ok: bool, log: Load
 def loss_step(trainer: Trainer, x: torch.Tensor) -> None:
     """The parameter-update half of an iteration as the trainer computes it: forwards of data and samples, backward for the parameters."""
     trainer.model.zero_grad(set_to_none=True)
-    if trainer._joint_forward:
+    if trainer.nets.joint_forward:
         energy = trainer.model(torch.cat([x, x]))
     else:
         energy = torch.cat([trainer.model(x), trainer.model(x)])

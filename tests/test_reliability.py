@@ -650,8 +650,8 @@ CASES = [
     Case("checkpoint-no-format", "API", "load_trainer(<checkpoint without a format number>)", "has no format number",
          "expected an anila_core checkpoint of format 1", call=lambda w: load_trainer(w / "run", progress=False),
          setup=_edit_checkpoint(lambda s: s.pop("format"))),
-    Case("resume-iters-below", "API", "Run(<run at iteration 10>, resume=True, iters=5)", "--iters: 5 is below the 10 iterations",
-         "expected --iters >= 10", call=lambda w: Run(w / "run", resume=True, iters=5, progress=False), setup=_copy_run),
+    Case("resume-iters-below", "API", "Run(<run at iteration 10>, resume=True, iters=5)", "iters: 5 is below the 10 iterations",
+         "expected iters >= 10", call=lambda w: Run(w / "run", resume=True, iters=5, progress=False), setup=_copy_run),
     # ---- the command line: hyperparameters and names
     Case("cli-lr-negative", "CLI", "train --lr -1", "lr: ", "expected a finite number > 0, got -1.0", argv=lambda w: SMOKE + ["--lr", "-1"]),
     Case("cli-reinit", "CLI", "train --reinit 1.5", "reinit", "expected a number in [0.0, 1.0], got 1.5", argv=lambda w: SMOKE + ["--reinit", "1.5"]),

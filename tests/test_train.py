@@ -8,7 +8,8 @@ import torch
 from anila_core.training.config import PRESETS, TrainConfig, preset
 from anila_core.fileio import read_jsonl
 from anila_core.training.runs import CHECKPOINT, Run
-from anila_core.training.trainer import Trainer, TrainingDiverged, build_sampler
+from anila_core.training.guard import TrainingDiverged
+from anila_core.training.trainer import Trainer, build_sampler
 from anila_core.sampling.samplers import AniLA, Langevin, PSGLD
 
 

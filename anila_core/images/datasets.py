@@ -28,6 +28,8 @@ from anila_core.fileio import atomic_torch_save
 __all__ = [
     "DATASETS",
     "SIZES",
+    "DEFAULT_SIZES",
+    "CHANNELS",
     "DatasetNotFoundError",
     "DatasetChecksumError",
     "ImageDataset",
@@ -39,6 +41,8 @@ DATASETS = ("digits", "cifar10", "flowers")
 #: Image sides each dataset can be resized to (the ConvNet energies exist for these sizes).
 SIZES = {"digits": (8, 16), "cifar10": (8, 16, 32, 64), "flowers": (8, 16, 32, 64)}
 DEFAULT_SIZES = {"digits": 8, "cifar10": 32, "flowers": 32}
+#: Colour channels of each dataset's images (known without reading a file: a checkpoint is checked against it).
+CHANNELS = {"digits": 1, "cifar10": 3, "flowers": 3}
 SPLITS = {"digits": ("train", "test", "all"), "cifar10": ("train", "test", "all"), "flowers": ("train", "val", "test", "all")}
 
 # Held-out share of the digits (stratified per class, fixed seed): the classifier's test set.

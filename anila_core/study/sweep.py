@@ -213,7 +213,8 @@ def _fields(row: dict, names: Sequence[str]) -> dict:
 
 def run_cell(base: TrainConfig, cell: dict) -> dict:
     """Train one cell in memory and return its result (a divergence is a result, not an error)."""
-    from anila_core.training.trainer import Trainer, TrainingDiverged
+    from anila_core.training.guard import TrainingDiverged
+    from anila_core.training.trainer import Trainer
 
     config = cell_config(base, cell)
     start = time.perf_counter()
@@ -293,7 +294,7 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     base = base.validate()
     cells = list(cells)
     if jobs is not None and jobs < 1:  # before anything is written
-        raise ValueError(f"--jobs: expected an integer >= 1, got {jobs}")
+        raise ValueError(f"jobs: expected an integer >= 1, got {jobs}")
     if not cells:
         raise ValueError("cells: the sweep has no cells")
     ids = [cell_id(c) for c in cells]
@@ -302,7 +303,7 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     plan = _plan(base, cells, study)
     plan_path = out / "plan.json"
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {out} exists and is not a folder")
+        raise ValueError(f"out: {out} exists and is not a folder")
     if plan_path.exists():
         old = json.loads(plan_path.read_text())
         try:  # a setting added to TrainConfig since then takes its default: the same runs
@@ -311,11 +312,11 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
             raise ValueError(f"{plan_path}: written by another version of anila_core ({err})") from None
         changed = sorted(changed_settings(old_base, plan["base"], ignore=()))
         if changed:
-            raise ValueError(f"--out: {out} holds a sweep with other base settings ({', '.join(changed)}); "
+            raise ValueError(f"out: {out} holds a sweep with other base settings ({', '.join(changed)}); "
                              "choose another folder or run that sweep's own command")
         plan["cells"] = list(dict.fromkeys(old["cells"] + plan["cells"]))
     elif out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"--out: {out} already holds files that are not a sweep; choose another folder")
+        raise ValueError(f"out: {out} already holds files that are not a sweep; choose another folder")
     (out / "cells").mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan_path, plan)
 

@@ -11,6 +11,7 @@ import torch
 from anila_core.training import distributed
 from anila_core.training.config import TrainConfig, changed_settings, describe_changes
 from anila_core.fileio import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, write_jsonl
+from anila_core.training.state import validate_checkpoint
 from anila_core.training.trainer import Trainer
 
 __all__ = ["Run", "CHECKPOINT", "load_trainer", "RUN_FILES", "IMAGE_RUN_FILES", "target_summary", "image_summary", "expected_files",
@@ -59,21 +60,21 @@ class Run:
                 try:
                     self.out.mkdir(parents=True, exist_ok=True)
                 except OSError as err:
-                    raise ValueError(f"--out: cannot create {self.out}: {err.strerror}; expected a folder path "
+                    raise ValueError(f"out_dir: cannot create {self.out}: {err.strerror}; expected a folder path "
                                      "you can write to") from None
                 try:
                     atomic_write_json(self.out / "config.json", self.trainer.config.to_dict())
                     (self.out / "metrics.jsonl").touch()
                 except OSError as err:
-                    raise ValueError(f"--out: cannot write in {self.out}: {err.strerror}; expected a folder you can "
+                    raise ValueError(f"out_dir: cannot write in {self.out}: {err.strerror}; expected a folder you can "
                                      "write to") from None
 
     def _folder_problem(self) -> str | None:
         """Why ``out`` cannot hold a new run (``None`` when it can)."""
         if self.out.exists() and not self.out.is_dir():
-            return f"--out: {self.out} exists and is not a folder"
+            return f"out_dir: {self.out} exists and is not a folder"
         if self.out.is_dir() and any(self.out.iterdir()):
-            return f"--out: {self.out} already holds files; pass --resume to continue that run or choose another folder"
+            return f"out_dir: {self.out} already holds files; pass resume=True to continue that run or choose another folder"
         return None
 
     @property
@@ -88,7 +89,7 @@ class Run:
         state = trainer.state_dict()  # every rank: it gathers the ranks' chain states
         if self.is_main:
             atomic_torch_save(path, state)
-        trainer.last_checkpoint = (trainer.iteration, path)
+        trainer.guard.record_checkpoint(trainer.iteration, path, trainer.model)
         return path
 
     def train(self, callback: Callable[[Trainer, dict], None] | None = None) -> dict:
@@ -226,10 +227,10 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     out = Path(out_dir)
     config_path, ckpt_path = out / "config.json", out / CHECKPOINT
     if not config_path.exists():
-        raise ValueError(f"--resume: {out} has no config.json; expected the folder of a run (the --out of a train command)")
+        raise ValueError(f"out_dir: {out} has no config.json; expected the folder of a run, which holds its config.json and checkpoint")
     if not ckpt_path.exists():
-        raise ValueError(f"--resume: {out} has no {CHECKPOINT} yet: the run stopped before its first checkpoint, so there "
-                         f"is nothing to resume; start it afresh (delete {out} or choose another --out)")
+        raise ValueError(f"out_dir: {out} has no {CHECKPOINT} yet: the run stopped before its first checkpoint, so there "
+                         f"is nothing to resume; start it afresh (delete {out} or choose another out_dir)")
     try:
         saved_config = json.loads(config_path.read_text())
         config = TrainConfig.from_dict(saved_config)
@@ -263,15 +264,19 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
             raise ValueError(f"{ckpt_path}: belongs to another run than {config_path}: {diffs}; expected the checkpoint "
                              "and config.json of the same run")
     if iters is not None and "iteration" in state and iters < int(state["iteration"]):
-        raise ValueError(f"--iters: {iters} is below the {int(state['iteration'])} iterations the checkpoint has already "
-                         f"trained; expected --iters >= {int(state['iteration'])}")
+        raise ValueError(f"iters: {iters} is below the {int(state['iteration'])} iterations the checkpoint has already "
+                         f"trained; expected iters >= {int(state['iteration'])}")
+    try:
+        validate_checkpoint(state, config)  # before the trainer is built: a checkpoint that cannot fit is refused first
+    except ValueError as err:
+        raise ValueError(f"{ckpt_path}: {str(err).removeprefix('checkpoint: ')}") from None
     trainer = Trainer(config, progress=progress)
     try:
         trainer.load_state_dict(state)
     except (ValueError, KeyError) as err:
         detail = str(err).removeprefix("checkpoint: ") if isinstance(err, ValueError) else f"it lacks {err}"
         raise ValueError(f"{ckpt_path}: {detail}") from None
-    trainer.last_checkpoint = (trainer.iteration, ckpt_path)
+    trainer.guard.record_checkpoint(trainer.iteration, ckpt_path, trainer.model)
     if write_config and changes and distributed.current().is_main:
         atomic_write_json(config_path, trainer.config.to_dict())
     return trainer

@@ -1,0 +1,167 @@
+"""What a trainer measures at its evaluation points: energies and chain statistics, exact distances for 2-D targets, FID/KID for images."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+
+from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, mmd
+from anila_core.sampling.kernel import Trace
+from anila_core.training.chains import Chains
+from anila_core.training.config import TrainConfig
+
+__all__ = ["is_eval_point", "is_fid_point", "evaluate", "sample_for_eval", "ImageScoring", "step_size_image"]
+
+#: notices already printed in this process: a notebook training two samplers says each once
+_NOTICES_SHOWN: set[str] = set()
+
+
+def is_fid_point(config: TrainConfig, iteration: int, end: int) -> bool:
+    """Whether the evaluation after ``iteration`` computes FID/KID: every ``fid_every`` iterations and at the end."""
+    if not config.is_image:
+        return False
+    if iteration == end:
+        return True
+    return iteration % (config.fid_every or config.eval_every) == 0
+
+
+def is_eval_point(config: TrainConfig, iteration: int, end: int) -> bool:
+    """Whether a row of diagnostics is computed after ``iteration``: every ``eval_every`` iterations, at FID points and at the end."""
+    return iteration % config.eval_every == 0 or iteration == end or is_fid_point(config, iteration, end)
+
+
+@torch.no_grad()
+def evaluate(trainer, stats: dict, trace: Trace | None, fid: bool | None = None) -> dict:
+    """A row of diagnostics of ``trainer``: energies and their gap, chain statistics, and the data's own distances.
+
+    2-D targets: exact density distances (grid TV and KL) and the MMD to exact samples.
+    Images: FID/KID (and the digits' class coverage) when ``fid`` (default: at
+    ``fid_every`` iterations and at the end).
+    """
+    c = trainer.config
+    model = trainer.eval_model().eval()
+    row = {
+        "iter": trainer.iteration,
+        "wall_s": round(trainer.wall_s, 3),
+        "lr": trainer.learning_rate(trainer.iteration - 1),
+        "loss": float(stats["loss"]),
+        "energy_data": float(stats["energy_data"]),
+        "energy_samples": float(stats["energy_samples"]),
+        "energy_gap": float(stats["energy_data"] - stats["energy_samples"]),
+    }
+    if c.is_image:
+        if fid is None:
+            fid = is_fid_point(c, trainer.iteration, c.iters)
+        if fid:
+            row.update(trainer.image_scores())
+    else:
+        log_p = grid_log_probs(model, device=trainer.device)
+        target_lp = grid_log_probs(trainer.target.energy)
+        samples = trainer.sample_for_eval()
+        exact = trainer.target.sample(len(samples), generator=torch.Generator().manual_seed(c.seed + 1))
+        row.update(grid_tv=grid_tv(log_p, target_lp), grid_kl=grid_kl(log_p, target_lp), mmd=mmd(samples, exact))
+    if "global_accept" in stats:
+        row["global_accept"] = float(stats["global_accept"])
+    if trace is not None:
+        row.update(_chain_statistics(trace, trainer.data_shape if c.is_image else None))
+    trainer.model.train()
+    return row
+
+
+def _chain_statistics(trace: Trace, image_shape: tuple[int, ...] | None) -> dict:
+    """The sampler's averages over the iteration's transitions: gradient norm, AniLA's clipped share, Metropolis acceptance."""
+    row = {"grad_norm": float(sum(trace.mean_grad_norm) / len(trace.mean_grad_norm))}
+    if image_shape is not None:
+        # per-coordinate scale of |∇E|: what AniLA's threshold b is compared with
+        row["grad_rms"] = row["grad_norm"] / math.sqrt(math.prod(image_shape))
+    if trace.clipped_share:
+        row["clipped_share"] = float(sum(trace.clipped_share) / len(trace.clipped_share))
+    if trace.acceptance_rate:
+        row["acceptance"] = float(sum(trace.acceptance_rate) / len(trace.acceptance_rate))
+    return row
+
+
+def sample_for_eval(trainer, n: int | None = None) -> torch.Tensor:
+    """Model samples for the metrics (CPU): the buffer's chains, or fresh short-run chains from noise.
+
+    ``n`` defaults to ``eval_samples`` for 2-D targets and ``fid_samples`` for images.
+    Fresh chains use a generator seeded ``seed + 2``: the same start and noise at every
+    evaluation, so a metric's curve shows the model changing, not the draw.
+    """
+    c = trainer.config
+    n = n or (c.fid_samples if c.is_image else c.eval_samples)
+    if trainer.chains.buffer is not None:
+        return trainer.chains.buffer[:n].detach().cpu()
+    gen = torch.Generator(device=trainer.device).manual_seed(c.seed + 2)
+    chains = Chains(c, trainer.data_shape, trainer.device, gen)
+    model = trainer.eval_model()
+    if not c.is_image:
+        return trainer.sampler.sample(model, chains.noise(n), c.n_steps, generator=gen, allow_nonfinite=True).cpu()
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, n, c.batch_size):  # in training-sized batches: memory stays that of training
+        x = trainer.sampler.sample(trainer.eval_energy, chains.noise(min(c.batch_size, n - start)), c.n_steps, generator=gen,
+                                   allow_nonfinite=True)
+        out.append((x.clamp(-c.clamp, c.clamp) if c.clamp > 0 else x).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+class ImageScoring:
+    """FID/KID of a trainer's samples against its dataset; the scorer (a feature network) is built at the first use.
+
+    ``unavailable`` says why there is no scorer (Inception's weights or torch-fidelity missing), ``None`` otherwise.
+    """
+
+    def __init__(self):
+        self._scorer = None
+        self.unavailable: str | None = None
+
+    def scorer(self, trainer):
+        """The FID/KID scorer of ``trainer``'s dataset, built once; ``None`` (after one printed notice) when Inception is unavailable."""
+        from anila_core.images.evaluation import make_scorer
+        from anila_core.images.metrics import InceptionUnavailableError
+
+        c = trainer.config
+        if self._scorer is None and self.unavailable is None:
+            real = trainer.source.reference(c.fid_samples, seed=c.seed + 3)
+            try:
+                # enable_grad: the digits classifier trains on first use, and evaluation runs under no_grad
+                with torch.enable_grad():
+                    self._scorer = make_scorer(c.dataset, real, trainer.device, c.data_root or None)
+            except InceptionUnavailableError as err:
+                self.unavailable = str(err)
+                notice = (f"notice: FID/KID for {c.dataset} are not computed (training goes on; the metrics rows "
+                          f"and final.json say \"fid\": null). Why: {err}")
+                if trainer.dist.is_main and notice not in _NOTICES_SHOWN:
+                    _NOTICES_SHOWN.add(notice)
+                    print(notice, file=sys.stderr, flush=True)
+        return self._scorer
+
+    def scores(self, trainer) -> dict:
+        """FID/KID of ``fid_samples`` model samples against as many real images (``None`` when the features are unavailable)."""
+        scorer = self.scorer(trainer)
+        if scorer is None:
+            return {"fid": None, "kid": None, "kid_std": None}
+        return scorer.score(trainer.sample_for_eval(trainer.config.fid_samples))
+
+
+def step_size_image(trainer, x: torch.Tensor | None = None) -> torch.Tensor:
+    """The sampler's ``γ/ε`` per pixel at images ``x`` (default: the latest negative samples), averaged over batch and channels: ``(H, W)``."""
+    from anila_core.images.evaluation import step_size_image as per_pixel
+
+    if not trainer.config.is_image:
+        raise ValueError("step_size_image: only for image runs (the 2-D map is plots.plot_step_size_map)")
+    x = trainer.samples if x is None else x.to(trainer.device)
+    if x is None:
+        raise ValueError("x: no negative samples yet; train first or pass images")
+    model = trainer.eval_model()
+    was_training = model.training
+    model.eval()  # a look must not change the model: spectral norm's power iteration runs in training mode only
+    try:
+        return per_pixel(trainer.sampler, trainer.eval_energy, x)
+    finally:
+        model.train(was_training)

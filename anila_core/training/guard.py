@@ -1,0 +1,114 @@
+"""Divergence handling: the checks after each training step, the last good checkpoint, and rollback to the last finite state."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from anila_core.training.state import restore, snapshot
+
+__all__ = ["TrainingDiverged", "Guard", "step_problem", "parameters_finite", "optimizer_overflow", "roll_back"]
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite or exploding quantity; the message says when, what and where to resume from.
+
+    ``iteration`` and ``cause`` hold the when and the what on their own (``None`` when unknown).
+    """
+
+    def __init__(self, message: str, iteration: int | None = None, cause: str | None = None):
+        super().__init__(message)
+        self.iteration, self.cause = iteration, cause
+
+
+def parameters_finite(*models: torch.nn.Module | None) -> bool:
+    """Whether every parameter of the given models (``None`` skipped) is finite."""
+    return all(bool(torch.isfinite(p).all()) for m in models if m is not None for p in m.parameters())
+
+
+def optimizer_overflow(err: RuntimeError, lr: float) -> str | None:
+    """The divergence cause when ``optimizer.step()`` raised because its update overflowed (``None`` for any other error).
+
+    Adam turns its step size into the parameters' float type; past float32's range (about
+    3.4e38, e.g. ``lr = 1e39``) torch raises instead of writing inf, so the guard would never see it.
+    """
+    if "overflow" not in str(err):
+        return None
+    return f"the optimizer step overflowed: its update at learning rate {lr:.3g} is not a finite float ({err})"
+
+
+def step_problem(stats: dict, samples_finite: torch.Tensor, params_finite: torch.Tensor, max_energy_gap: float,
+                 lr: float) -> str | None:
+    """What is wrong after a training step, the first of the guarded quantities in order (``None`` when all are well).
+
+    The loss and energies were computed before the optimiser step, so parameters that are
+    non-finite while those are finite were made so by the step itself: the cause names it.
+    """
+    gap = stats["energy_data"] - stats["energy_samples"]
+    checks = [
+        (torch.isfinite(stats["loss"]), "the loss is not finite"),
+        (torch.isfinite(stats["energy_data"]), "the energy of the data is not finite"),
+        (torch.isfinite(stats["energy_samples"]), "the energy of the samples is not finite"),
+        (samples_finite, "the negative samples are not finite"),
+        (params_finite, f"the parameters are not finite after the optimizer step (learning rate {lr:.3g})"),
+        (gap.abs() <= max_energy_gap, f"the energy gap |E(data) − E(samples)| = {float(gap.abs()):.3g} exceeds max_energy_gap = {max_energy_gap:g}"),
+    ]
+    return next((what for ok, what in checks if not bool(ok)), None)
+
+
+class Guard:
+    """What a run knows about divergence: the last checkpoint with finite parameters, and a finite state to roll back to.
+
+    ``good_state`` is an in-memory copy (see :func:`anila_core.training.state.snapshot`) taken
+    at the start of ``Trainer.run`` and at each checkpoint, only while the parameters are
+    finite; so a rollback never returns to a broken state, and the error never names one.
+    """
+
+    def __init__(self):
+        self.last_good_checkpoint: tuple[int, Path] | None = None
+        self.good_state: dict | None = None
+
+    def record_checkpoint(self, iteration: int, path: Path, *models: torch.nn.Module | None) -> None:
+        """Remember ``path`` (written or loaded at ``iteration``) as the place to resume from, if its parameters are finite."""
+        if parameters_finite(*models):
+            self.last_good_checkpoint = (iteration, Path(path))
+
+    def keep_state_of(self, trainer) -> None:
+        """Copy ``trainer``'s state as the one a rollback returns to, if its parameters (the EMA's too) are finite."""
+        if parameters_finite(trainer.model, trainer.ema_model):
+            self.good_state = snapshot(trainer)
+
+    def error(self, iteration: int, what: str) -> TrainingDiverged:
+        """The exception for a divergence at ``iteration``: what went wrong and the last good checkpoint, if any."""
+        if self.last_good_checkpoint is None:
+            where = "no checkpoint was written yet"
+        else:
+            at, path = self.last_good_checkpoint
+            where = f"the last good checkpoint is {path} (iteration {at})"
+        return TrainingDiverged(f"training diverged at iteration {iteration}: {what}; {where}", iteration, what)
+
+
+def roll_back(trainer, err: TrainingDiverged) -> dict:
+    """Return ``trainer`` to its guard's last finite state with half the learning rate, and say so; return the record.
+
+    Raises ``err``, extended with the reason, when there is no finite state to return to or
+    ``max_rollbacks`` rollbacks were already spent.
+    """
+    c, good = trainer.config, trainer.guard.good_state
+    if good is None:
+        raise TrainingDiverged(f"{err}; there is no state with finite parameters to roll back to", err.iteration, err.cause) from None
+    if len(trainer.rollbacks) >= c.max_rollbacks:
+        raise TrainingDiverged(f"{err}; gave up after {len(trainer.rollbacks)} rollback(s) (max_rollbacks = {c.max_rollbacks}; "
+                               f"the learning rate was {trainer.lr_factor:g} × lr)", err.iteration, err.cause) from None
+    restore(trainer, good)
+    trainer.lr_factor *= 0.5
+    record = {"iter": err.iteration, "cause": err.cause or str(err), "restored_iter": trainer.iteration,
+              "lr_factor": trainer.lr_factor, "lr": trainer.learning_rate(trainer.iteration)}
+    trainer.rollbacks.append(record)
+    if trainer.dist.is_main:
+        print(f"warning: rollback at iteration {record['iter']}: {record['cause']}; back to the state of iteration "
+              f"{trainer.iteration}, learning rate now {record['lr']:.3g} (rollback {len(trainer.rollbacks)} of at most "
+              f"{c.max_rollbacks})", file=sys.stderr, flush=True)
+    return record

@@ -1,0 +1,74 @@
+"""The energy network and the views of it that training and sampling call: DDP, torch.compile, bf16 autocast, channels-last."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from anila_core.nets import MLPEnergy
+from anila_core.training import distributed
+from anila_core.training.config import TrainConfig
+
+__all__ = ["build_energy", "Networks"]
+
+
+def build_energy(config: TrainConfig, data_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The energy network: an MLP for points ``(d,)``, the ConvNet of :mod:`anila_core.images.convnets` for images ``(C, H, W)``."""
+    if config.is_image:
+        from anila_core.images.convnets import make_convnet
+
+        return make_convnet(data_shape, config.conv_width, config.conv_activation, config.spectral_norm)
+    return MLPEnergy(data_shape[0], config.width, config.depth, config.activation)
+
+
+class Networks:
+    """One energy module seen two ways: the training view (DDP, compile) and the sampling view (never DDP), with their precision.
+
+    Wrapping changes how a forward runs, never which parameters it uses: both views share
+    ``model``'s parameters.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: torch.device, dist: distributed.DistInfo):
+        self.model = model
+        self.amp = config.amp == "bf16" and device.type == "cuda"
+        if config.amp == "bf16" and not self.amp and dist.is_main:
+            print(f"notice: amp='bf16' applies on CUDA only; this run on {device} computes in float32", file=sys.stderr)
+        # bf16 energies are too coarse for a Metropolis test's energy differences: sample in float32 then
+        self.amp_sampler = self.amp and not config.metropolis
+        self.channels_last = config.channels_last and config.is_image
+        train_net = model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            train_net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        sample_net = model  # the sampler needs no gradient sync: the bare module, never DDP
+        if config.compile:
+            train_net = torch.compile(train_net)
+            sample_net = train_net if not dist.enabled else torch.compile(model)
+        self.train_net, self.sample_net = train_net, sample_net
+        # One forward over data and samples together: DDP expects one forward per backward,
+        # and spectral norm's power iteration then runs once per step. The 2-D loop keeps its
+        # two forwards, so its results are bit for bit those of earlier versions.
+        self.joint_forward = config.is_image or dist.enabled
+
+    def forward(self, net, x: torch.Tensor, amp: bool) -> torch.Tensor:
+        """``net(x)`` in the run's memory layout, under bf16 autocast when ``amp`` (the result is float32)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if amp:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return net(x).float()
+        return net(x)
+
+    def sample_energy(self, x: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """E(x) as the sampler sees it, of ``model`` (default: the trained one) with the sampler's precision."""
+        net = self.sample_net if model is None or model is self.model else model
+        return self.forward(net, x, self.amp_sampler)
+
+    def training_energies(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The energies of the data and of the samples, through the training view (with gradients)."""
+        if self.joint_forward:
+            both = self.forward(self.train_net, torch.cat([x_pos, x_neg]), self.amp)
+            return both.split([len(x_pos), len(x_neg)])
+        return self.forward(self.train_net, x_pos, self.amp), self.forward(self.train_net, x_neg, self.amp)
