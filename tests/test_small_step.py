@@ -94,3 +94,21 @@ def test_with_one_step_size_per_sample_the_prediction_is_exact_on_a_non_separabl
     assert bool(((limit - expected).abs() < 4 * se).all()), f"chains {limit.tolist()} predicted {expected.tolist()}"
     target = grid_covariance(grid_log_probs(rotated))
     assert float(limit[0, 0]) > 1.1 * float(target[0, 0])  # away from exp(-E)
+
+
+def test_every_rings_run_reports_both_densities():
+    """exp(−E) and the density its sampler draws at small step: the same for Langevin, different for an AniLA that clips."""
+    from anila_core.training.config import preset
+    from anila_core.training.runs import target_summary
+    from anila_core.training.trainer import Trainer
+
+    finals = {}
+    for name in ("langevin", "anila"):
+        trainer = Trainer(preset("smoke", name, device="cpu", iters=10, eval_every=10, b=0.05), progress=False)
+        trainer.run()
+        finals[name] = target_summary(trainer)
+        assert "sampler_grid_tv" in trainer.history[-1] and "sampler_grid_kl" in trainer.history[-1]
+    assert finals["langevin"]["sampler_grid_tv"] == pytest.approx(finals["langevin"]["grid_tv"], abs=1e-9)
+    assert abs(finals["anila"]["sampler_grid_tv"] - finals["anila"]["grid_tv"]) > 1e-3
+    psgld = Trainer(preset("smoke", "psgld", device="cpu", iters=10, eval_every=10), progress=False)
+    assert psgld.run()[-1]["sampler_grid_tv"] is None  # no small-step law as a function of x

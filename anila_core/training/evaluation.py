@@ -9,6 +9,7 @@ import torch
 
 from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, mmd
 from anila_core.sampling.kernel import Trace
+from anila_core.sampling.small_step import small_step_log_probs
 from anila_core.training.chains import Chains
 from anila_core.training.config import TrainConfig
 
@@ -62,12 +63,28 @@ def evaluate(trainer, stats: dict, trace: Trace | None, fid: bool | None = None)
         samples = trainer.sample_for_eval()
         exact = trainer.target.sample(len(samples), generator=torch.Generator().manual_seed(c.seed + 1))
         row.update(grid_tv=grid_tv(log_p, target_lp), grid_kl=grid_kl(log_p, target_lp), mmd=mmd(samples, exact))
+        row.update(_sampler_density_distances(trainer.sampler, model, target_lp, trainer.device))
     if "global_accept" in stats:
         row["global_accept"] = float(stats["global_accept"])
     if trace is not None:
         row.update(_chain_statistics(trace, trainer.data_shape if c.is_image else None))
     trainer.model.train()
     return row
+
+
+def _sampler_density_distances(sampler, model, target_lp: torch.Tensor, device) -> dict:
+    """Grid TV and KL to the target of the density the sampler draws from the trained energy as ε → 0 (:mod:`anila_core.sampling.small_step`).
+
+    Algorithm 1 fits the energy *through its sampler*; for AniLA that law is exp(−E)/a, not
+    exp(−E), so a model can match the data through its sampler while exp(−E) is off (and the
+    other way round). For Langevin the two densities are the same. ``None`` for samplers with
+    no such law as a function of x (pSGLD).
+    """
+    try:
+        density = small_step_log_probs(sampler, model, device=device)
+    except ValueError:
+        return {"sampler_grid_tv": None, "sampler_grid_kl": None}
+    return {"sampler_grid_tv": grid_tv(density.log_probs, target_lp), "sampler_grid_kl": grid_kl(density.log_probs, target_lp)}
 
 
 def _chain_statistics(trace: Trace, image_shape: tuple[int, ...] | None) -> dict:

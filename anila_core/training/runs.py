@@ -132,7 +132,7 @@ def target_summary(trainer: Trainer) -> dict:
         raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
     last = t.history[-1]
     best = min(t.history, key=lambda r: r["grid_tv"])
-    extra = {k: last[k] for k in ("clipped_share", "global_accept") if k in last}
+    extra = {k: last[k] for k in ("sampler_grid_tv", "sampler_grid_kl", "clipped_share", "global_accept") if k in last}
     return {
         "sampler": t.config.sampler,
         "target": t.config.target,
