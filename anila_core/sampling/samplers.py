@@ -1,12 +1,13 @@
-"""The Langevin-type samplers (Langevin, AniLA, pSGLD): each is a step-size map plugged into the shared transition of :mod:`anila_core.sampling.kernel`.
+"""The samplers: Langevin, AniLA and pSGLD (each a step-size map in the shared Euler–Maruyama move) and HMC, all on one recipe.
 
-Every sampler follows one recipe: ``state = sampler.init(energy_fn, x0)`` evaluates the start,
+Every sampler follows it: ``state = sampler.init(energy_fn, x0)`` evaluates the start,
 ``state = sampler.run(energy_fn, state, n_steps, generator=g)`` advances it by ``n_steps``
-transitions, and ``sampler.sample(energy_fn, x0, n_steps)`` is ``run(init(x0)).x``. One
-transition (:meth:`Sampler.transition`) is the sampler's step sizes ``γ = ε·a(g)``, the shared
-Euler–Maruyama move and, with ``metropolis=True``, the shared Metropolis test; the compiled
-path (:mod:`anila_core.sampling.compiled`) compiles that same method. Running ``n`` then ``m``
-steps from a state equals running ``n + m`` steps, bit for bit.
+transitions, and ``sampler.sample(energy_fn, x0, n_steps)`` is ``run(init(x0)).x``. A
+Langevin-type transition (:meth:`LangevinSampler.transition`) is the sampler's step sizes
+``γ = ε·a(g)``, the shared move of :mod:`anila_core.sampling.kernel` and, with
+``metropolis=True``, the shared Metropolis test; HMC's is a leapfrog trajectory and the same
+test. The compiled path (:mod:`anila_core.sampling.compiled`) compiles that same method.
+Running ``n`` then ``m`` steps from a state equals running ``n + m`` steps, bit for bit.
 """
 
 from __future__ import annotations
