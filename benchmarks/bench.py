@@ -754,7 +754,8 @@ def device_transitions(device: torch.device, sizes: list[tuple[str, int]], sizin
     """The transition tables of ``sizes`` (``[("mlp", 1024), ("conv", 256), ...]``) on ``device``: what ``benchmarks/gpu_check.py`` measures.
 
     ``sizing``: per kind, the network and repetition settings of :data:`MODES` to use
-    (``width``, ``depth``, ``K``, ``reps``, ``warmup``); the batch comes from ``sizes``.
+    (``width``, ``depth``, ``K``, ``reps``, ``warmup``), and ``overhead`` (``K``, ``reps``) for the
+    samplers' own cost; the batch comes from ``sizes``.
     Returns ``{"machine", "clock", "transitions", "torchebm_check", "load"}``, rows as in the full benchmark.
     """
     log = LoadLog()
@@ -763,7 +764,8 @@ def device_transitions(device: torch.device, sizes: list[tuple[str, int]], sizin
     results = {"machine": machine_info(torch.get_num_threads()), "clock": Stats.clock, "transitions": [], "torchebm_check": [],
                "compile_unavailable": None if ok else why}
     for kind, batch in sizes:
-        mode = {kind: dict(sizing[kind], batch=batch, cuda_batch=batch), "conv_fast_rows": tuple(samplers_for(kind))}
+        mode = {kind: dict(sizing[kind], batch=batch, cuda_batch=batch), "conv_fast_rows": tuple(samplers_for(kind)),
+                "overhead": sizing.get("overhead", dict(K=sizing[kind]["K"], reps=3))}
         bench_transitions(kind, mode, device, compile_ok and ok, log, results, only=only, extras=False)
     log.mark()
     results["load"] = log.summary()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -266,6 +268,10 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
         raise ValueError(f"--iters: {iters} is below the {int(state['iteration'])} iterations the checkpoint has already "
                          f"trained; expected --iters >= {int(state['iteration'])}")
     trainer = Trainer(config, progress=progress)
+    if _fit_generator_states(state, trainer.device) and distributed.current().is_main:
+        print(f"notice: {ckpt_path} was saved on another kind of device than {trainer.device}; its chain generator's state "
+              "cannot move there, so the chains continue from a generator seeded from that state: the run goes on, but not "
+              "bit-identical to one that never changed device", file=sys.stderr)
     try:
         trainer.load_state_dict(state)
     except (ValueError, KeyError) as err:
@@ -275,3 +281,26 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     if write_config and changes and distributed.current().is_main:
         atomic_write_json(config_path, trainer.config.to_dict())
     return trainer
+
+
+def _fit_generator_states(state: dict, device: torch.device) -> bool:
+    """Make the saved chain generators' states loadable by a generator on ``device``, in place; True when one had to change.
+
+    A CPU generator's state (the Mersenne Twister's 5 kB) and a CUDA one's (Philox seed and
+    offset) cannot be loaded into each other, so a run resumed on another kind of device
+    reseeds its chain stream from a hash of the saved state: deterministic, and still its own
+    stream per rank.
+    """
+    holders = [state] + [r for r in (state.get("ranks") or []) if isinstance(r, dict)]
+    changed = False
+    for holder in holders:
+        saved = holder.get("generator")
+        if not isinstance(saved, torch.Tensor):
+            continue
+        try:
+            torch.Generator(device=device).set_state(saved)
+        except RuntimeError:  # the wrong size for this device's generator: saved on another kind of device
+            seed = int.from_bytes(hashlib.sha256(saved.cpu().numpy().tobytes()).digest()[:8], "little") >> 1
+            holder["generator"] = torch.Generator(device=device).manual_seed(seed).get_state()
+            changed = True
+    return changed
