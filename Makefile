@@ -50,9 +50,9 @@ test-browser: $(STAMP)
 	$(PY) -c "import playwright, voila" 2>/dev/null || $(PY) -m pip install -q -e ".[browser]" $(PIP_QUIET)
 	ANILA_BUDGET=smoke ANILA_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q -rs -m browser tests/browser
 
-# the speed table (benchmarks/RESULTS.md); TorchEBM is compared when the bench extra is installed
+# the speed table (benchmarks/RESULTS.md); TorchEBM, JAX and BlackJAX are compared when the bench extra is installed
 bench: $(STAMP)
-	$(PY) -c "import torchebm" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]" $(PIP_QUIET) || true
+	$(PY) -c "import torchebm, jax, blackjax" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]" $(PIP_QUIET) || true
 	$(PY) benchmarks/bench.py
 
 # The GPU check: on a GPU machine every step at full size and benchmarks/RESULTS-cuda.md; without a GPU the

@@ -1,7 +1,8 @@
 """Speed benchmark of anila_core's samplers: eager and compiled transitions against one gradient's cost, TorchEBM, a training iteration, memory against K, and time to quality.
 
 Run ``python benchmarks/bench.py`` (``make bench``); ``--quick`` for a sanity run of a couple of
-minutes, ``--minimal`` for the seconds-long run the tests use. Every timing is measured in this
+minutes, ``--minimal`` for the seconds-long run the tests use; ``--device cpu|cuda`` for one
+device only (``benchmarks/gpu_check.py`` uses :func:`device_transitions` for its CUDA table). Every timing is measured in this
 one process, side by side: the rows of a table take turns within each repetition (so a
 neighbour's load spike hits them all alike), after warm-up, and the table gives medians.
 Writes ``results.json`` and ``RESULTS.md`` to ``--out`` (default: this folder) and prints the tables.
@@ -17,6 +18,13 @@ What the rows mean:
   measured the same way, as the marginal cost of one more call;
 * TorchEBM: its ``LangevinDynamics`` on the same energy, batch and K, timed only after a check
   that it produces our Langevin chain for the same generator;
+* JAX and BlackJAX (CPU MLP): a ``jax.jit`` Langevin loop and BlackJAX's ``mala`` vmapped over
+  the chains, on the MLP's weights copied from torch (timed only after their energies and
+  gradients agree with torch's), in a child process with one XLA thread
+  (``benchmarks/jax_rows.py``) whose measures take their turns with the torch rows; skipped,
+  saying so, when jax or blackjax is not installed (``pip install -e '.[bench]'``);
+* public default (CPU MLP): ``sampler.sample(energy, x0, 100)`` with no ``fast=`` argument, a
+  whole call divided by 100, after warm-up: what a user gets without asking;
 * a training iteration: one ``Trainer.train_step`` (the second of two in a row), against
   (K + 2) × floor.
 
@@ -37,7 +45,9 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -265,12 +275,41 @@ def primed(fn: Callable[[], object], device: torch.device) -> Callable[[], tuple
 # --------------------------------------------------------------------------- energies and samplers
 
 
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        print(message, file=sys.stderr, flush=True)
+
+
+def hmc_sampler(step_size: float):
+    """An HMC sampler when this version of the package has one (``SAMPLERS["hmc"]``), built from its step size; else ``None``, said once."""
+    from anila_core.sampling import samplers as module
+
+    cls = getattr(module, "SAMPLERS", {}).get("hmc")
+    if cls is None:
+        _say_once("HMC: not in this version's samplers, skipped")
+        return None
+    try:
+        return cls(step_size)  # the other hyperparameters at their defaults: the timing is per gradient
+    except Exception as err:  # noqa: BLE001 - a constructor this benchmark does not know: a row less, said why
+        _say_once(f"HMC: cannot be built from a step size alone ({type(err).__name__}: {err}), skipped")
+        return None
+
+
 def samplers_for(kind: str) -> dict[str, object]:
     """The samplers of the table, with the hyperparameters of the presets for that energy (the timing does not depend on them)."""
     if kind == "mlp":  # the rings' cpu preset
         eps, tau, b = 0.01, 1.0, 3.0
     else:  # the image presets: ε = 1, cold noise τ = 0.01
         eps, tau, b = 1.0, 0.01, 0.05
+    hmc = hmc_sampler(eps)
+    return {**({"hmc": hmc} if hmc is not None else {}), **_samplers_for(eps, tau, b)}
+
+
+def _samplers_for(eps: float, tau: float, b: float) -> dict[str, object]:
     return {
         "langevin": Langevin(eps, noise_scale=tau),
         "langevin-mala": Langevin(eps, noise_scale=tau, metropolis=True),
@@ -359,7 +398,7 @@ class JaxRows:
     WORKER = HERE / "jax_rows.py"
 
     def __init__(self, net: MLPEnergy, x: torch.Tensor, langevin: Langevin, K: int, folder: Path):
-        import subprocess
+        import numpy as np
 
         energy, grad = energy_and_grad(net, x)
         linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
@@ -367,8 +406,6 @@ class JaxRows:
         for i, m in enumerate(linears):
             arrays[f"w{i}"] = m.weight.detach().cpu().numpy()
             arrays[f"b{i}"] = m.bias.detach().cpu().numpy()
-        import numpy as np
-
         npz = folder / "jax_rows_inputs.npz"
         np.savez(npz, **arrays)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -495,8 +532,6 @@ def bench_transitions(kind: str, mode: dict, device: torch.device, compile_ok: b
         default = samplers_for(kind)["langevin"]
         measures["langevin/default"] = whole_call_measure(lambda: default.sample(net, x, DEFAULT_ROW_STEPS, generator=gen),
                                                           DEFAULT_ROW_STEPS, device)
-        import tempfile
-
         scratch = tempfile.TemporaryDirectory(prefix="anila-bench-")
         jax_rows = add_jax_rows(net, x, samplers_for(kind)["langevin"], K, measures, notes, results, Path(scratch.name))
     log.mark()

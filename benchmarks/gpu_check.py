@@ -26,6 +26,8 @@ it, and a CUDA error cannot poison them), each with its share of the time budget
 5. the report: RESULTS-cuda.md (and results-cuda.json) with every table.
 
 The summary lists passed / failed / skipped steps; the exit code is 1 when a step failed.
+``ANILA_GPU_CHECK_HIDE=pkg,...`` makes the steps see those packages as missing, to rehearse a
+machine without them (the CPU dry run always hides what the GPU machine lacks).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ PACKAGES = [
     ("pytest", "pytest", "7.4", "step 2"),
 ]
 #: optional: missing is a skip with a line saying so, never a failure
-OPTIONAL = [("jax", "jax"), ("torchebm", "torchebm"), ("blackjax", "blackjax"), ("hypothesis", "hypothesis"),
+OPTIONAL = [("triton", "triton"), ("jax", "jax"), ("torchebm", "torchebm"), ("blackjax", "blackjax"), ("hypothesis", "hypothesis"),
             ("ipywidgets", "ipywidgets"), ("torch_fidelity", "torch-fidelity")]
 #: what the bare GPU machine lacks: the CPU dry run hides these from its steps, so that a step
 #: that needs one fails here first instead of on the GPU machine's few minutes
@@ -178,6 +180,8 @@ def step_versions(ctx: dict) -> dict:
         "nvidia_smi": _nvidia_smi(), "date": ctx["date"], "load_avg": _load(),
         "bf16_supported": bool(cuda and torch.cuda.is_bf16_supported()),
         "nccl": bool(torch.distributed.is_available() and torch.distributed.is_nccl_available()),
+        # torch.compile's GPU kernels (Triton) build a small launcher with the host's C compiler: without one every compile falls back
+        "c_compiler": shutil.which("gcc") or shutil.which("cc") or shutil.which("clang"),
     }
     rows, problems = [], []
     for module, dist_name, minimum, why in PACKAGES:
@@ -191,7 +195,8 @@ def step_versions(ctx: dict) -> dict:
         rows.append({"package": dist_name, "version": version, "minimum": None,
                      "status": "ok" if version else f"optional, not installed: what needs it is skipped ({(error or '')[:90]})"})
     info["packages"] = rows
-    for k in ("machine", "python", "torch", "torch_cuda", "cudnn", "gpu", "gpu_capability", "gpu_memory_gib", "nvidia_smi", "bf16_supported", "nccl"):
+    for k in ("machine", "python", "torch", "torch_cuda", "cudnn", "gpu", "gpu_capability", "gpu_memory_gib", "nvidia_smi", "bf16_supported", "nccl",
+              "c_compiler"):
         print(f"  {k:15s} {info[k]}")
     for r in rows:
         print(f"  {r['package']:15s} {r['version'] or '—':12s} {r['status']}")
@@ -380,6 +385,8 @@ def _time_training(trainer, iters: int, seconds: float, device) -> dict:
     """Two warm-up iterations (compiling happens there), then up to ``iters`` timed ones or ``seconds``, whichever comes first."""
     import torch
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
     start = time.perf_counter()
     for _ in range(2):
@@ -504,8 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = torch.cuda.is_available()
     size = "gpu" if on_gpu else "cpu"
     if not on_gpu:  # the steps see what the GPU machine has; the children get the same through the environment
-        os.environ["ANILA_GPU_CHECK_HIDE"] = ",".join(NOT_ON_GPU_MACHINE)
-        hide_packages_if_asked()
+        os.environ["ANILA_GPU_CHECK_HIDE"] = ",".join(filter(None, [os.environ.get("ANILA_GPU_CHECK_HIDE", ""), *NOT_ON_GPU_MACHINE]))
+    hide_packages_if_asked()
     out = args.out
     if out is None:
         out = GPU_REPORT if on_gpu else Path(tempfile.gettempdir()) / "anila-gpu-check" / "RESULTS-cuda-dryrun.md"
@@ -574,7 +581,7 @@ def render(report: dict) -> str:
         lines += [f"**Machine**: {v.get('gpu') or 'no GPU'} (compute capability {v.get('gpu_capability')}, {v.get('gpu_memory_gib')} GiB), "
                   f"driver / nvidia-smi: {v.get('nvidia_smi') or 'not found'}; {v.get('cpu')}, {v.get('cores')} cores. "
                   f"Python {v.get('python')}, torch {v.get('torch')} (CUDA {v.get('torch_cuda')}, cuDNN {v.get('cudnn')}); "
-                  f"bf16 supported: {v.get('bf16_supported')}, NCCL: {v.get('nccl')}. "
+                  f"bf16 supported: {v.get('bf16_supported')}, NCCL: {v.get('nccl')}, C compiler (for Triton): {v.get('c_compiler') or 'none found'}. "
                   f"Load average at the start {v.get('load_avg')}, at the end {report.get('load_end')}.", ""]
         lines += ["| package | version | minimum | status |", "|---|---|---|---|"]
         lines += [f"| {p['package']} | {p['version'] or '—'} | {p['minimum'] or '—'} | {p['status']} |" for p in v.get("packages", [])]

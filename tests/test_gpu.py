@@ -22,6 +22,7 @@ from anila_core.cli import main
 from anila_core.fileio import read_jsonl
 from anila_core.images.convnets import make_convnet
 from anila_core.sampling import compiled as fast
+from anila_core.sampling import samplers as samplers_module
 from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
 from anila_core.training.config import preset
 from anila_core.training.runs import CHECKPOINT
@@ -72,6 +73,9 @@ def _samplers(b: float) -> dict:
     for norm in ("coordinate", "pixel", "sample"):
         out[f"anila-{norm}"] = AniLA(0.05, b=b, norm=norm)
         out[f"anila-{norm}-mala"] = AniLA(0.05, b=b, norm=norm, metropolis=True)
+    hmc = getattr(samplers_module, "SAMPLERS", {}).get("hmc")  # once the package has one, it is checked too
+    if hmc is not None:
+        out["hmc"] = hmc(0.05)
     return out
 
 
