@@ -46,6 +46,7 @@ import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -98,6 +99,8 @@ SIZES = {
 }
 #: each step's share of --budget-s (the rest is process start-up and the report)
 SHARES = {"versions": 0.0, "tests": 0.38, "bench": 0.30, "train": 0.30}
+#: seconds a step's process may run past its share (finishing the unit under way) before it is ended
+GRACE_S = 20.0
 
 
 # --------------------------------------------------------------------------- the dry run's missing packages
@@ -280,15 +283,16 @@ def step_bench(ctx: dict) -> dict:
     device = torch.device("cuda" if ctx["size"] == "gpu" else "cpu")
     torch.set_num_threads(1 if device.type == "cpu" else torch.get_num_threads())
     only = tuple(ctx["bench_samplers"])
-    deadline = time.monotonic() + ctx["timeout"] - 15  # leave room to write the rows measured so far
+    clock = Budget(ctx["timeout"])
     out = {"device": str(device), "transitions": [], "skipped": [], "compile": size["compile"] and ctx["compile"],
            "samplers": list(only)}
     for kind, batch in size["bench_sizes"]:
-        if time.monotonic() > deadline:
-            out["skipped"].append(f"{kind} batch {batch}: over this step's time budget")
+        if not clock.fits(kind):
+            out["skipped"].append(f"{kind} batch {batch}: does not fit what is left of this step's time ({clock.left():.0f} s; --budget-s)")
             continue
         print(f"  {kind} batch {batch} on {device} ...", flush=True)
-        part = bench.device_transitions(device, [(kind, batch)], size["bench"], only=only, compile_ok=out["compile"])
+        with clock.unit(kind):
+            part = bench.device_transitions(device, [(kind, batch)], size["bench"], only=only, compile_ok=out["compile"])
         out["transitions"] += part["transitions"]
         out["torchebm"] = part["machine"].get("torchebm") or f"skipped: not installed ({part['machine'].get('torchebm_error', '')[:80]})"
         out["load"] = part["load"]
@@ -340,7 +344,7 @@ def step_train(ctx: dict) -> dict:
     write_tiny_cifar10(data, n_per_batch=8)  # the files tests/make_tiny_datasets.py writes (official layout, synthetic pixels)
     os.environ["ANILA_DATA_VERIFY"] = "0"
     iters = ctx["train_iters"] or size["train_iters"]
-    deadline = time.monotonic() + ctx["timeout"] - 15
+    clock = Budget(ctx["timeout"])
     out = {"device": str(device), "iters_asked": iters, "seconds_per_run": ctx["train_seconds"], "runs": [], "skipped": [],
            "overrides": size["train_overrides"], "hmc": None}
     samplers = _samplers_to_train()
@@ -351,15 +355,16 @@ def step_train(ctx: dict) -> dict:
             if variant.get("compile") and not (size["compile"] and ctx["compile"]):
                 out["skipped"].append(f"{label}: not run in the CPU dry run (compiling a ConvNet on a CPU takes minutes)")
                 continue
-            if time.monotonic() > deadline:
-                out["skipped"].append(f"{label}: over this step's time budget")
+            if not clock.fits(flags, unknown_factor=2.0 if variant.get("compile") else 1.0):
+                out["skipped"].append(f"{label}: does not fit what is left of this step's time ({clock.left():.0f} s; --budget-s)")
                 continue
             print(f"  train {label} ...", flush=True)
             # the paper's iteration count stays in the config: it decides --fast auto as in a real paper run
             config = preset("paper", sampler, dataset="cifar10", data_root=str(data), device=device.type, fast=ctx["train_fast"],
                             **variant, **size["train_overrides"])
             try:
-                row = _time_training(Trainer(config, progress=False), iters, min(ctx["train_seconds"], deadline - time.monotonic()), device)
+                with clock.unit(flags):
+                    row = _time_training(Trainer(config, progress=False), iters, min(ctx["train_seconds"], clock.left()), device)
             except Exception as err:  # noqa: BLE001 - one run's failure is that row's result; the others still run
                 row = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:300]}
                 ctx.setdefault("errors", []).append(label)
@@ -372,6 +377,37 @@ def step_train(ctx: dict) -> dict:
     if ctx.get("errors"):
         raise StepFailed(f"training failed for {', '.join(ctx['errors'])}", out)
     return out
+
+
+class Budget:
+    """A step's time: a unit (a size, a training run) starts only when the last one like it would still fit, with a margin.
+
+    A unit without a record of its own kind is expected to cost what the last unit of any kind
+    cost, times ``unknown_factor`` (2 for one that compiles a network), so that one slow compile
+    cannot push the step past its share, where its process would be ended.
+    """
+
+    MARGIN_S = 15.0  # writing the rows measured so far
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds - self.MARGIN_S
+        self.costs: dict[str, float] = {}
+        self.last = 0.0
+
+    def left(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def fits(self, kind: str, unknown_factor: float = 1.0) -> bool:
+        expected = self.costs.get(kind, self.last * unknown_factor)
+        return self.left() > 1.2 * expected
+
+    @contextmanager
+    def unit(self, kind: str):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.last = self.costs[kind] = time.monotonic() - start
 
 
 def _sync(device) -> None:
@@ -464,7 +500,7 @@ def run_step(name: str, ctx: dict, timeout: float) -> dict:
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--step", name, "--ctx", json.dumps(child_ctx)],
-                              timeout=timeout + 30, env=env, cwd=ROOT)
+                              timeout=timeout + GRACE_S, env=env, cwd=ROOT)
         code = done.returncode
     except subprocess.TimeoutExpired:
         code = "timeout"
@@ -474,7 +510,9 @@ def run_step(name: str, ctx: dict, timeout: float) -> dict:
     except (OSError, ValueError):
         result = {}
     if code == "timeout":
-        result = {"status": "failed", "error": f"did not finish within {timeout + 30:.0f} s", "result": result.get("result")}
+        result = {"status": "failed", "result": result.get("result"),
+                  "error": f"ran past its share of the time, {timeout:.0f} s (+{GRACE_S:.0f}), and was ended; the report keeps what it "
+                           f"measured until then (more time: --budget-s; this step alone: --steps {name})"}
     elif code != 0 or result.get("status") not in ("passed", "failed"):
         result = {"status": "failed", "error": f"the step's process ended with exit code {code} before reporting", "result": result.get("result")}
     result["wall_s"] = round(wall, 1)
@@ -483,8 +521,9 @@ def run_step(name: str, ctx: dict, timeout: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget-s", type=float, default=440.0,
-                        help="seconds for all steps together on a GPU (default 440: with the processes' start-up, within 8 minutes of device time); "
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="seconds for all steps together on a GPU (default 420: with the processes' start-up and grace, within 8 minutes "
+                             "of device time); "
                              "each step gets its share and skips, saying so, what does not fit")
     parser.add_argument("--train-iters", type=int, default=0, help="timed iterations per training run (default: 200 on a GPU, 2 in the CPU dry run)")
     parser.add_argument("--train-seconds", type=float, default=10.0, help="at most this many seconds of timed iterations per training run (default 10)")
