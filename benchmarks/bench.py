@@ -921,7 +921,8 @@ def render_markdown(results: dict) -> str:
         c = j["check"]
         v = j.get("versions", {})
         lines += [f"jax {v.get('jax')}, BlackJAX {v.get('blackjax') or 'not installed'}, in a process of their own with "
-                  f"`XLA_FLAGS={j.get('xla_flags')}` and `OMP_NUM_THREADS=1` (one thread, like the torch rows), taking their turns "
+                  f"`XLA_FLAGS={j.get('xla_flags')}`, `OMP_NUM_THREADS=1` and held to one CPU (CPU {j.get('cpu_affinity')}; "
+                  f"CPU time / wall time while timed: {j.get('cpu_per_wall')}), one CPU's work at a time like the torch rows' one thread, taking their turns "
                   "with the torch rows in every repetition. The same MLP, its weights copied from torch: energies differ by at most "
                   f"{c['energy_max_abs_diff']:.2e} and input gradients by {c['grad_max_abs_diff']:.2e} (largest {c['grad_max_abs']:.3g}). "
                   "`langevin/jax`: a `jax.jit` `lax.fori_loop` of our Langevin update (`jax.random` noise, so another chain of "

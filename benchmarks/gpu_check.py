@@ -9,7 +9,7 @@ Elsewhere ``make gpu-check`` runs the same with the project's .venv. Without a G
 CPU dry run: every step at a tiny size (seconds), the report written to a temporary folder
 (never to benchmarks/RESULTS-cuda.md, which holds GPU figures only); CI runs it.
 
-Steps, each in a process of its own (a failing or hanging step cannot take the next ones with
+Steps 2–4 each in a process of its own (a failing or hanging step cannot take the next ones with
 it, and a CUDA error cannot poison them), each with its share of the time budget:
 
 1. ``versions``: machine, Python, torch, CUDA, driver (nvidia-smi), package versions; fails
@@ -114,7 +114,7 @@ class _Hide(importlib.abc.MetaPathFinder):
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname.split(".")[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden: the GPU machine lacks it)")
+            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden by ANILA_GPU_CHECK_HIDE: the machine rehearsed lacks it)")
         return None
 
 

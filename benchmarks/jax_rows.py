@@ -21,6 +21,11 @@ import sys
 XLA_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + XLA_THREAD_FLAGS).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The flags alone still left XLA's CPU runtime computing on two threads at once here (measured: CPU
+# time twice the wall time): it sizes its thread pools from the CPUs the process may use, so the
+# process is held to one CPU before jax starts (then CPU time equals wall time, measured).
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 import json  # noqa: E402
 import time  # noqa: E402
@@ -134,6 +139,12 @@ def setup(spec: dict) -> tuple[dict, dict]:
     return measures, info
 
 
+def parallelism(measure, calls: int = 20) -> float:
+    """CPU time over wall time across ``calls`` runs of ``measure``: about 1 when one CPU at a time computes, the check of one thread."""
+    samples = [measure() for _ in range(calls)]
+    return round(sum(m["cpu"] for m in samples) / sum(m["wall"] for m in samples), 2)
+
+
 def _marginal(one, many, K: int) -> dict:
     import jax
 
@@ -152,6 +163,9 @@ def main() -> int:
     except Exception as err:  # noqa: BLE001 - reported as the rows' note; the torch rows go on
         _reply({"ok": False, "why": f"{type(err).__name__}: {err}"})
         return 0
+    if info.get("ok") and "langevin/jax" in measures:
+        info["cpu_per_wall"] = parallelism(measures["langevin/jax"])
+        info["cpu_affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     _reply(info)
     for line in sys.stdin:
         name = line.strip()

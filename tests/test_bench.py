@@ -118,6 +118,8 @@ def test_jax_child_runs_the_torch_mlp_and_answers_each_measure(tmp_path):
     child = bench.add_jax_rows(net, x, bench.Langevin(0.01), 3, measures, notes, results, tmp_path)
     try:
         assert child is not None and results["jax"]["check"]["equal"], results
+        assert len(results["jax"]["cpu_affinity"]) == 1  # one CPU for XLA: its flags alone left two threads computing
+        assert results["jax"]["cpu_per_wall"] <= 1.2
         expected = set(bench.JAX_ROWS) if importlib.util.find_spec("blackjax") else {"langevin/jax"}
         assert set(measures) == expected
         for measure in measures.values():
