@@ -20,7 +20,7 @@ What the rows mean:
   that it produces our Langevin chain for the same generator;
 * JAX and BlackJAX (CPU MLP): a ``jax.jit`` Langevin loop and BlackJAX's ``mala`` vmapped over
   the chains, on the MLP's weights copied from torch (timed only after their energies and
-  gradients agree with torch's), in a child process with one XLA thread
+  gradients agree with torch's), in a child process held to one CPU with XLA's one-thread flags
   (``benchmarks/jax_rows.py``) whose measures take their turns with the torch rows; skipped,
   saying so, when jax or blackjax is not installed (``pip install -e '.[bench]'``);
 * public default (CPU MLP): ``sampler.sample(energy, x0, 100)`` with no ``fast=`` argument, a
@@ -392,7 +392,7 @@ class JaxRows:
 
     jax never enters this process, so its threads and allocator cannot touch the torch rows'
     timings. Each measure asks the child for one sample and waits (blocked, using no CPU) for
-    the reply; the child runs with one XLA thread and ``OMP_NUM_THREADS=1``.
+    the reply; the child runs on one CPU, with XLA's one-thread flags and ``OMP_NUM_THREADS=1``.
     """
 
     WORKER = HERE / "jax_rows.py"
@@ -573,7 +573,7 @@ def bench_transitions(kind: str, mode: dict, device: torch.device, compile_ok: b
         if path in ("jax", "blackjax") and key in samples:
             jinfo = results.get("jax", {})
             row["compile"] = {"compile_s": jinfo.get("rows", {}).get(key, {}).get("compile_s"), "inductor_cache": "XLA"}
-            row["note"] = "own process, 1 XLA thread" + (f"; acceptance {jinfo['rows'][key]['acceptance']}"
+            row["note"] = "own process, one CPU" + (f"; acceptance {jinfo['rows'][key]['acceptance']}"
                                                          if "acceptance" in jinfo.get("rows", {}).get(key, {}) else "")
         if key in notes:
             row["note"] = notes[key]
@@ -971,7 +971,7 @@ def print_summary(results: dict) -> None:
     m, load = results["machine"], results.get("load") or LoadLog().summary()
     jax_flags = (results.get("jax") or {}).get("xla_flags")
     print(f"\nmeasured side by side in this one run: torch {m['torch']}, {m['torch_threads']} torch thread(s)"
-          f"{', JAX: 1 XLA thread in its own process' if jax_flags else ''}; {m['cores']} cores, 1-min load average "
+          f"{', JAX: its own process on one CPU' if jax_flags else ''}; {m['cores']} cores, 1-min load average "
           f"{load['min']:.2f}–{load['max']:.2f} (median {load['median']:.2f}); clock: {results['clock']}")
     print(f"{'energy':36s} {'dev':5s} {'sampler':17s} {'path':16s} {'ms':>10s} {'×floor':>7s} {'compile s':>9s}  note")
     for r in results["transitions"]:
