@@ -30,14 +30,17 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
     assert results["load"]["samples"] > 0
 
     rows = {(r["kind"], r["row"]): r for r in results["transitions"] if r["device"] == "cpu"}
+    # A marginal (t(K) − t(1)) / (K − 1) at this size and a repetition or three is noise-sized and can
+    # come out at or below zero on a busy machine: measured and finite is the property, its size is the benchmark's.
+    measured = lambda r: r["ms"] is not None and math.isfinite(r["ms"]) and math.isfinite(r["ratio_to_floor"])  # noqa: E731
     for kind in ("mlp", "conv"):
-        assert rows[(kind, "floor")]["ms"] > 0
+        assert measured(rows[(kind, "floor")]) and rows[(kind, "floor")]["ms"] != 0
         for name in SAMPLERS:
             eager = rows[(kind, f"{name}/eager")]
-            assert eager["ms"] > 0 and eager["ratio_to_floor"] > 0, eager
+            assert measured(eager), eager
             assert (kind, f"{name}/fast") in rows  # present, with a note saying why it is not measured in this mode
         ebm = rows[(kind, "langevin/torchebm")]
-        assert ebm["ms"] is None or ebm["ratio_to_floor"] > 0
+        assert ebm["ms"] is None or measured(ebm)
         assert ebm["ms"] is not None or "note" in ebm
     for check in results["torchebm_check"]:
         assert check["equal"], check  # timed only after it reproduced our chain
@@ -47,7 +50,7 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
     for key, present in (("langevin/jax", HAVE_JAX), ("langevin-mala/blackjax", HAVE_JAX and HAVE_BLACKJAX)):
         row = rows[("mlp", key)]
         if present:
-            assert row["ms"] is not None and math.isfinite(row["ratio_to_floor"]), row
+            assert measured(row), row
         else:
             assert row["ms"] is None and row["note"].startswith("skipped: "), row
     if HAVE_JAX:
