@@ -330,6 +330,7 @@ def _samplers_to_train() -> list[str]:
 def step_train(ctx: dict) -> dict:
     import torch
 
+    from anila_core.sampling import compiled as fast
     from anila_core.training.config import preset
     from anila_core.training.trainer import Trainer
 
@@ -362,9 +363,13 @@ def step_train(ctx: dict) -> dict:
             # the paper's iteration count stays in the config: it decides --fast auto as in a real paper run
             config = preset("paper", sampler, dataset="cifar10", data_root=str(data), device=device.type, fast=ctx["train_fast"],
                             **variant, **size["train_overrides"])
+            before = {r["name"] for r in fast.cache_info()}
             try:
                 with clock.unit(flags):
                     row = _time_training(Trainer(config, progress=False), iters, min(ctx["train_seconds"], clock.left()), device)
+                # a compiled transition that failed runs eagerly with a warning: the row must say so, not "compiled"
+                failed = [r["failed"] for r in fast.cache_info() if r["name"] not in before and r["failed"]]
+                row["sampler_path"] = ("eager (compile failed: " + failed[0] + ")") if failed else "compiled" if row["fast"] else "eager"
             except Exception as err:  # noqa: BLE001 - one run's failure is that row's result; the others still run
                 row = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:300]}
                 ctx.setdefault("errors", []).append(label)
@@ -656,14 +661,14 @@ def render(report: dict) -> str:
                   "files with synthetic pixels (the speed does not depend on them); evaluation and checkpoints not included. "
                   f"Projected: the paper's {PAPER_ITERS:,} iterations at the measured rate. HMC: {tr.get('hmc')}."
                   + (f" CPU dry-run sizes: {tr['overrides']}." if tr.get("overrides") else ""), "",
-                  "| sampler | flags | batch | K | width | it/s | 100k iterations | warm-up s | timed | bf16 on | sampler compiled | finite | peak GiB |",
+                  "| sampler | flags | batch | K | width | it/s | 100k iterations | warm-up s | timed | bf16 on | sampler | finite | peak GiB |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in tr["runs"]:
             if "error" in r:
                 lines.append(f"| {r['sampler']} | `{r['flags']}` | {r['batch']} | {r['K']} | {r['conv_width']} | failed: {r['error'].replace('|', '/')} ||||||||")
                 continue
             lines.append(f"| {r['sampler']} | `{r['flags']}` | {r['batch']} | {r['K']} | {r['conv_width']} | {r['it_per_s']:.2f} | "
-                         f"{r['paper_hours']:.1f} h | {r['warmup_s']} | {r['iters_timed']} in {r['seconds']} s | {r['amp']} | {r['fast']} | "
+                         f"{r['paper_hours']:.1f} h | {r['warmup_s']} | {r['iters_timed']} in {r['seconds']} s | {r['amp']} | {r.get('sampler_path', '—')} | "
                          f"{r['finite']} | {r['peak_gib'] or '—'} |")
         lines += [f"- skipped: {s}" for s in tr.get("skipped", [])]
     lines.append("")
