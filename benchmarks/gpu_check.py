@@ -336,13 +336,14 @@ def step_train(ctx: dict) -> dict:
 
     sys.path.insert(0, str(ROOT / "tests"))
     from image_fixtures import write_tiny_cifar10
+    from make_tiny_datasets import CIFAR_PER_BATCH
 
     size = SIZES[ctx["size"]]
     device = torch.device("cuda" if ctx["size"] == "gpu" else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(1)
     data = Path(ctx["scratch"]) / "data"
-    write_tiny_cifar10(data, n_per_batch=8)  # the files tests/make_tiny_datasets.py writes (official layout, synthetic pixels)
+    write_tiny_cifar10(data, n_per_batch=CIFAR_PER_BATCH)  # the files tests/make_tiny_datasets.py writes (official layout, synthetic pixels)
     os.environ["ANILA_DATA_VERIFY"] = "0"
     iters = ctx["train_iters"] or size["train_iters"]
     clock = Budget(ctx["timeout"])
