@@ -229,6 +229,14 @@ def _load() -> list[float] | None:
 
 
 def step_tests(ctx: dict) -> dict:
+    import importlib.util
+
+    try:
+        have_pytest = importlib.util.find_spec("pytest") is not None
+    except ModuleNotFoundError:  # hidden
+        have_pytest = False
+    if not have_pytest:
+        raise StepSkipped("pytest is not installed here, and the gpu tests need it")
     junit = Path(ctx["scratch"]) / "gpu-tests.xml"
     # pytest through this module, so that the dry run's hidden packages stay hidden there too
     run_pytest = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import gpu_check; gpu_check.hide_packages_if_asked(); "
@@ -261,6 +269,10 @@ def step_tests(ctx: dict) -> dict:
     if counts["passed"] == 0:
         result["skipped_because"] = cases[0]["detail"] if cases else "no tests collected"
     return result
+
+
+class StepSkipped(Exception):
+    """A step that cannot run here (a package it needs is missing): a skip with its reason, not a failure."""
 
 
 class StepFailed(RuntimeError):
@@ -476,6 +488,8 @@ def run_child(name: str, ctx: dict) -> int:
     hide_packages_if_asked()
     try:
         result = {"status": "passed", "result": STEPS[name](ctx)}
+    except StepSkipped as err:
+        result = {"status": "skipped", "error": str(err)}
     except StepFailed as err:
         result = {"status": "failed", "error": str(err), "result": err.partial}
     except Exception as err:  # noqa: BLE001 - the step's failure is its result; the parent goes on to the next step
@@ -519,7 +533,7 @@ def run_step(name: str, ctx: dict, timeout: float) -> dict:
         result = {"status": "failed", "result": result.get("result"),
                   "error": f"ran past its share of the time, {timeout:.0f} s (+{GRACE_S:.0f}), and was ended; the report keeps what it "
                            f"measured until then (more time: --budget-s; this step alone: --steps {name})"}
-    elif code != 0 or result.get("status") not in ("passed", "failed"):
+    elif code != 0 or result.get("status") not in ("passed", "failed", "skipped"):
         result = {"status": "failed", "error": f"the step's process ended with exit code {code} before reporting", "result": result.get("result")}
     result["wall_s"] = round(wall, 1)
     return result
@@ -593,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 results[name] = run_step(name, ctx, timeout=max(60.0, SHARES[name] * budget))
             r = results[name]
-            if name == "tests" and r["status"] == "passed" and not r["result"]["counts"]["passed"]:
+            if name == "tests" and r["status"] == "passed" and not r["result"]["counts"]["passed"]:  # every test skipped (no GPU)
                 r["status"] = "skipped"
                 r["error"] = r["result"].get("skipped_because", "")
             print(f"  -> {r['status']} in {r['wall_s']} s{': ' + r['error'] if r.get('error') else ''}", flush=True)
