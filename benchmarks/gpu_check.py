@@ -295,6 +295,9 @@ def step_bench(ctx: dict) -> dict:
     device = torch.device("cuda" if ctx["size"] == "gpu" else "cpu")
     torch.set_num_threads(1 if device.type == "cpu" else torch.get_num_threads())
     only = tuple(ctx["bench_samplers"])
+    unknown = sorted(set(only) - set(bench.samplers_for("mlp")))
+    if unknown:
+        raise StepFailed(f"--bench-samplers: unknown {unknown}; expected some of {sorted(bench.samplers_for('mlp'))}", {})
     clock = Budget(ctx["timeout"])
     out = {"device": str(device), "transitions": [], "skipped": [], "compile": size["compile"] and ctx["compile"],
            "samplers": list(only)}
@@ -303,8 +306,13 @@ def step_bench(ctx: dict) -> dict:
             out["skipped"].append(f"{kind} batch {batch}: does not fit what is left of this step's time ({clock.left():.0f} s; --budget-s)")
             continue
         print(f"  {kind} batch {batch} on {device} ...", flush=True)
-        with clock.unit(kind):
-            part = bench.device_transitions(device, [(kind, batch)], size["bench"], only=only, compile_ok=out["compile"])
+        try:
+            with clock.unit(kind):
+                part = bench.device_transitions(device, [(kind, batch)], size["bench"], only=only, compile_ok=out["compile"])
+        except Exception as err:  # noqa: BLE001 - one size's failure is that size's result; the other sizes still run
+            out.setdefault("errors", []).append(f"{kind} batch {batch}: {type(err).__name__}: {str(err).strip()[:300]}")
+            print(f"    FAILED: {out['errors'][-1]}", flush=True)
+            continue
         out["transitions"] += part["transitions"]
         out["torchebm"] = part["machine"].get("torchebm") or f"skipped: not installed ({part['machine'].get('torchebm_error', '')[:80]})"
         out["load"] = part["load"]
@@ -314,6 +322,8 @@ def step_bench(ctx: dict) -> dict:
         print(f"  {r['energy'][:34]:34s} {r['batch']:6d} {r['sampler']:17s} {r['path']:16s} "
               f"{'—' if r['ms'] is None else format(r['ms'], '9.4f'):>9s} ms  ×floor {'—' if r['ratio_to_floor'] is None else format(r['ratio_to_floor'], '.3f')}"
               f"  {r.get('note', '')[:60]}")
+    if out.get("errors"):
+        raise StepFailed("; ".join(out["errors"]), out)
     return out
 
 
@@ -667,7 +677,7 @@ def render(report: dict) -> str:
             ratio = "—" if r["ratio_to_floor"] is None else f"{r['ratio_to_floor']:.3f}"
             comp = "" if c.get("compile_s") is None else f"{c['compile_s']:.1f}"
             lines.append(f"| {r['energy']} | {r['batch']} | {r['K']} | {r['sampler']} | {r['path']} | {ms} | {ratio} | {comp} | {r.get('note', '')} |")
-        lines += [f"- skipped: {s}" for s in b.get("skipped", [])]
+        lines += [f"- skipped: {s}" for s in b.get("skipped", [])] + [f"- FAILED: {e}" for e in b.get("errors", [])]
     tr = (steps.get("train") or {}).get("result")
     if tr:
         lines += ["", f"## Training speed on {tr['device']}: CIFAR-10 ConvNet at the `paper` preset", "",
