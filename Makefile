@@ -8,7 +8,7 @@ STAMP := $(VENV)/.anila-installed
 # pip on these machines prints a warning per missing local index entry; keep real errors only
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help install lab test test-fast test-browser demo explore bench study clean
+.PHONY: help install lab test test-fast test-browser demo explore bench gpu-check study clean
 
 help:
 	@echo "make lab    set up .venv and open the tutorials in JupyterLab"
@@ -16,7 +16,8 @@ help:
 	@echo "make test   set up .venv and run all tests, notebooks included (ANILA_BUDGET=smoke)"
 	@echo "make test-browser  drive JupyterLab and Voila in headless Chromium (installs chromium with apt)"
 	@echo "make explore       the two live panels as a web app (Voila)"
-	@echo "make bench         the speed table: samplers against the autograd floor and TorchEBM"
+	@echo "make bench         the speed table: samplers against the autograd floor, TorchEBM, JAX and BlackJAX"
+	@echo "make gpu-check     the GPU check (tests, CUDA benchmark, training speed); without a GPU its CPU dry run"
 	@echo "make study         the sampler study behind notebook 06 (docs/study/rings; about an hour on 2 cores)"
 
 install: $(STAMP)
@@ -49,10 +50,21 @@ test-browser: $(STAMP)
 	$(PY) -c "import playwright, voila" 2>/dev/null || $(PY) -m pip install -q -e ".[browser]" $(PIP_QUIET)
 	ANILA_BUDGET=smoke ANILA_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q -rs -m browser tests/browser
 
-# the speed table (benchmarks/RESULTS.md); TorchEBM is compared when the bench extra is installed
+# the speed table (benchmarks/RESULTS.md); TorchEBM, JAX and BlackJAX are compared when the bench extra is installed
 bench: $(STAMP)
-	$(PY) -c "import torchebm" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]" $(PIP_QUIET) || true
+	$(PY) -c "import torchebm, jax, blackjax" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]" $(PIP_QUIET) || true
 	$(PY) benchmarks/bench.py
+
+# The GPU check: on a GPU machine every step at full size and benchmarks/RESULTS-cuda.md; without a GPU the
+# CPU dry run (seconds; its report goes to a temporary folder). With .venv, or where none can be built but
+# python3 has torch (the bare GPU machine, no package registry), that python3 as it is; there the command is
+#   PYTHONPATH=. python3 benchmarks/gpu_check.py
+GPU_CHECK_ARGS ?=
+gpu-check:
+	if [ -x "$(PY)" ] || ! $(PYTHON) -c "import torch, torchvision" 2>/dev/null; then \
+		$(MAKE) --no-print-directory install; py="$(PY)"; else py="$(PYTHON)"; fi; \
+	echo "gpu-check: $$py"; \
+	PYTHONPATH="$(CURDIR)" MPLBACKEND=Agg "$$py" benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # finished cells are kept: rerunning after an interruption only computes what is missing
 study: $(STAMP)

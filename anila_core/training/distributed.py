@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "from_env", "current", "init_from_env", "process_group", "shutdown", "broadcast_object",
+__all__ = ["DistInfo", "from_env", "current", "backend_for", "init_from_env", "process_group", "shutdown", "broadcast_object",
            "gather_objects", "all_reduce_sum", "device_for_rank"]
 
 # Rank 0 evaluates (FID with Inception can take many minutes) while the others wait at the
@@ -70,6 +70,11 @@ def current() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", dist.get_rank()))
 
 
+def backend_for(use_cuda: bool) -> str:
+    """The process group's backend: NCCL for runs on CUDA, Gloo on CPUs."""
+    return "nccl" if use_cuda else "gloo"
+
+
 def init_from_env(use_cuda: bool) -> DistInfo:
     """Start the process group when torchrun launched us: NCCL for CUDA runs, Gloo on CPUs.
 
@@ -87,7 +92,7 @@ def init_from_env(use_cuda: bool) -> DistInfo:
             raise ValueError(f"LOCAL_RANK: {info.local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
                              "use --nproc_per_node at most the number of GPUs")
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(backend=backend_for(use_cuda), timeout=COLLECTIVE_TIMEOUT)
     return current()
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from anila_core.device import resolve_device
 from anila_core.training import distributed
 from anila_core.training.config import TrainConfig, changed_settings, describe_changes
 from anila_core.fileio import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, write_jsonl
@@ -266,6 +269,11 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     if iters is not None and "iteration" in state and iters < int(state["iteration"]):
         raise ValueError(f"iters: {iters} is below the {int(state['iteration'])} iterations the checkpoint has already "
                          f"trained; expected iters >= {int(state['iteration'])}")
+    device = resolve_device(config.device)
+    if _fit_generator_states(state, device) and distributed.current().is_main:
+        print(f"notice: {ckpt_path} was saved on another kind of device than {device}; its chain generator's state "
+              "cannot move there, so the chains continue from a generator seeded from that state: the run goes on, but not "
+              "bit-identical to one that never changed device", file=sys.stderr)
     try:
         validate_checkpoint(state, config)  # before the trainer is built: a checkpoint that cannot fit is refused first
     except ValueError as err:
@@ -280,3 +288,26 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     if write_config and changes and distributed.current().is_main:
         atomic_write_json(config_path, trainer.config.to_dict())
     return trainer
+
+
+def _fit_generator_states(state: dict, device: torch.device) -> bool:
+    """Make the saved chain generators' states loadable by a generator on ``device``, in place; True when one had to change.
+
+    A CPU generator's state (the Mersenne Twister's 5 kB) and a CUDA one's (Philox seed and
+    offset) cannot be loaded into each other, so a run resumed on another kind of device
+    reseeds its chain stream from a hash of the saved state: deterministic, and still its own
+    stream per rank.
+    """
+    holders = [state] + [r for r in (state.get("ranks") or []) if isinstance(r, dict)]
+    changed = False
+    for holder in holders:
+        saved = holder.get("generator")
+        if not isinstance(saved, torch.Tensor):
+            continue
+        try:
+            torch.Generator(device=device).set_state(saved)
+        except RuntimeError:  # the wrong size for this device's generator: saved on another kind of device
+            seed = int.from_bytes(hashlib.sha256(saved.cpu().numpy().tobytes()).digest()[:8], "little") >> 1
+            holder["generator"] = torch.Generator(device=device).manual_seed(seed).get_state()
+            changed = True
+    return changed
