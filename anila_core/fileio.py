@@ -153,7 +153,8 @@ def _read_holder(fd: int) -> dict | None:
 def _command() -> str:
     """This process's command line, as the user typed it (``python -m anila_core ...`` rather than the path of ``__main__.py``)."""
     argv = list(sys.argv) or ["python"]
-    head = "python -m anila_core" if argv[0].endswith(os.path.join("anila_core", "__main__.py")) else os.path.basename(argv[0])
+    main = Path(argv[0])
+    head = f"python -m {main.parent.name}" if main.name == "__main__.py" else main.name
     return " ".join([head, *argv[1:]])[:300]
 
 

@@ -26,6 +26,7 @@ import math
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import socket
@@ -845,7 +846,10 @@ def _one_error_line(printed: str) -> str:
 
 
 def _quote(text: str, tmp: Path) -> str:
-    return text.replace(str(tmp), "<tmp>")
+    """A message as the doc shows it: without the test's folder, and without what varies from run to run in a lock holder's description."""
+    text = text.replace(str(tmp), "<tmp>").replace(f" on host {socket.gethostname()}", " on host <host>")
+    text = re.sub(r" since [0-9: -]+ UTC", " since <time>", text)
+    return re.sub(r", running `[^`]*`", ", running `<command>`", text)
 
 
 def _record(name: str, case: str, outcome: str) -> None:
