@@ -8,10 +8,8 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Iterator
 
 from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes, preset
 from anila_core.processes import process_pool, torch_threads
@@ -273,6 +271,7 @@ def _train_one(job: tuple) -> dict:
 
 
 def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int:
+    from anila_core.fileio import LOCK_FILE, locked_folder
     from anila_core.training import distributed
     from anila_core.training.limits import check_memory
 
@@ -288,42 +287,13 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
         raise ValueError(f"--jobs: expected an integer >= 1, got {args.jobs}")
     for c in configs.values():
         check_memory(c)
-    with _claim_folder(out, resume=args.resume):
-        return _compare(args, out, samplers, configs)
 
-
-@contextmanager
-def _claim_folder(out: Path, resume: bool) -> Iterator[None]:
-    """Hold ``out``'s lock (one comparison writes it at a time) and, unless ``resume``, refuse it when it holds files.
-
-    A refused folder is left as it was: the folders and the lock made to look are removed again.
-    """
-    from anila_core.fileio import LOCK_FILE, FolderLock
-
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {out} exists and is not a folder")
-    missing = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"--out: cannot create {out}: {err.strerror}; expected a folder path you can write to") from None
-    lock = FolderLock(out)
-    try:
-        try:
-            lock.acquire()
-        except OSError as err:
-            raise ValueError(f"--out: cannot write in {out}: {err.strerror}; expected a folder you can write to") from None
-        if not resume and any(p.name != LOCK_FILE for p in out.iterdir()):
+    def unused() -> None:  # under the lock: a comparison may be finished with --resume, not overwritten
+        if not args.resume and any(p.name != LOCK_FILE for p in out.iterdir()):
             raise ValueError(f"--out: {out} already holds files; pass --resume to finish that comparison or choose another folder")
-    except BaseException:
-        lock.release()
-        for folder in missing:
-            folder.rmdir()
-        raise
-    try:
-        yield
-    finally:
-        lock.release()
+
+    with locked_folder(out, check=unused):  # one comparison writes the folder at a time
+        return _compare(args, out, samplers, configs)
 
 
 def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: dict[str, TrainConfig]) -> int:

@@ -8,8 +8,9 @@ import os
 import socket
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -24,13 +25,19 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "read_jsonl",
-           "FolderLock", "FolderBusy", "LOCK_FILE", "lock_holder", "busy_error"]
+           "FolderLock", "FolderBusy", "LOCK_FILE", "lock_holder", "busy_error", "locked_folder", "make_folder", "remove_made_folders"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(fileobj)`` into a temporary file beside ``path``, fsync it, then rename over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # even an empty file may not fit on a full disk
+        full = disk_full(err, path)
+        if full is not None:
+            raise full from None
+        raise
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, mode) as f:
@@ -189,7 +196,6 @@ class FolderLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self._fd: int | None = None
-        self.created = False  # whether acquire made the file (a failed start then leaves the folder as it was)
 
     @property
     def held(self) -> bool:
@@ -200,7 +206,6 @@ class FolderLock:
         if self._fd is not None or fcntl is None:
             return self
         while True:
-            existed = self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 _flock_briefly_retried(fd)
@@ -218,7 +223,7 @@ class FolderLock:
             if same:
                 break
             os.close(fd)  # the holder released and removed the file between our open and our lock: try the new one
-        self._fd, self.created = fd, not existed
+        self._fd = fd
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "command": _command()}
         os.ftruncate(fd, 0)
@@ -267,3 +272,51 @@ def lock_holder(folder: str | Path) -> str | None:
     finally:
         os.close(fd)  # closing drops the shared lock, if it was taken
     return None
+
+
+def make_folder(folder: str | Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the folders it made, deepest first (``ValueError`` naming it when it cannot)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out: {folder} exists and is not a folder")
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out: cannot create {folder}: {err.strerror}; expected a folder path you can write to") from None
+    return missing
+
+
+def remove_made_folders(made: list[Path]) -> None:
+    """Remove again the empty folders :func:`make_folder` made (deepest first), stopping at the first that is not empty."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+@contextmanager
+def locked_folder(folder: str | Path, check: Callable[[], None] | None = None) -> Iterator[FolderLock]:
+    """Hold ``folder``'s lock for the block, creating the folder if needed; ``check()`` runs first, under the lock.
+
+    When the lock is held elsewhere or ``check`` refuses the folder, the folders made and the
+    lock are removed again: a refused folder is left as it was.
+    """
+    made = make_folder(folder)
+    lock = FolderLock(folder)
+    try:
+        try:
+            lock.acquire()
+        except OSError as err:
+            raise ValueError(f"--out: cannot write in {folder}: {err.strerror}; expected a folder you can write to") from None
+        if check is not None:
+            check()
+    except BaseException:
+        lock.release()
+        remove_made_folders(made)
+        raise
+    try:
+        yield lock
+    finally:
+        lock.release()

@@ -252,7 +252,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(trial, crash_r
             torn_row = True
     checkpoint = out / CHECKPOINT
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # the checkpoint always loads
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # the checkpoint always loads, as tensors and plain data
         at = int(state["iteration"])
         landed = "after the run had finished" if not killed else f"resumed from the checkpoint of iteration {at}"
         run = Run(out, resume=True, progress=False)
@@ -352,7 +352,7 @@ def test_the_cli_stops_with_the_message_and_resume_with_rollback_completes(tmp_p
     first = next(line for line in err.splitlines() if line.startswith("error: "))
     assert first == f"error: training diverged at iteration 15: the loss is not finite; the last good checkpoint is {out / CHECKPOINT} (iteration 10)"
     assert "hint: continue from that checkpoint with --resume --on-divergence rollback" in err
-    state = torch.load(out / CHECKPOINT, weights_only=False)
+    state = torch.load(out / CHECKPOINT, weights_only=True)
     assert state["iteration"] == 10 and all(torch.isfinite(p).all() for p in state["model"].values())
     assert [r["iter"] for r in _strict_rows(out / "metrics.jsonl")] == [10]
 
@@ -391,7 +391,7 @@ def test_rollback_restores_the_last_good_state_halves_the_lr_and_completes(tmp_p
     assert [r["iter"] for r in rows] == [10, 20, 30]  # the rows of the rolled-back iterations were written again, once
     assert rows[0]["lr"] == 1e-3 and rows[1]["lr"] == rows[2]["lr"] == 5e-4
     assert all(torch.isfinite(p).all() for p in run.trainer.model.parameters())
-    state = torch.load(out / CHECKPOINT, weights_only=False)
+    state = torch.load(out / CHECKPOINT, weights_only=True)
     assert state["lr_factor"] == 0.5 and state["rollbacks"] == final["rollbacks"]
     RESULTS["divergence"]["nan-rollback"] = {
         "forced": "a parameter set to NaN after iteration 20 (Python API, run folder)", "policy": "rollback",
@@ -512,7 +512,7 @@ def _copy_run(work: Path, base: Path) -> Path:
 def _edit_checkpoint(edit: Callable[[dict], None]) -> Callable[[Path, Path], None]:
     def setup(work, base):
         path = _copy_run(work, base) / CHECKPOINT
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         edit(state)
         torch.save(state, path)
     return setup

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 from anila_core.training.config import CHAIN_KINDS, TrainConfig, changed_settings, preset
-from anila_core.fileio import LOCK_FILE, FolderLock, atomic_write_json, atomic_write_text
+from anila_core.fileio import LOCK_FILE, atomic_write_json, atomic_write_text, locked_folder
 from anila_core.processes import process_pool, torch_threads
+from anila_core.training.limits import check_memory
 
 __all__ = [
     "KINDS",
@@ -307,33 +308,14 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     ids = [cell_id(c) for c in cells]
     if len(set(ids)) != len(ids):
         raise ValueError("cells: the same cell is listed twice")
-    from anila_core.training.limits import check_memory
-
     for c in cells:  # arithmetic on each cell's settings: an absurd size is refused before anything is written
         check_memory(cell_config(base, c))
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {out} exists and is not a folder")
-    missing = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"--out: cannot create {out}: {err.strerror}; expected a folder path you can write to") from None
-    lock = FolderLock(out)  # one sweep writes a folder at a time; its workers end with it
-    try:
-        lock.acquire()
-        _check_folder(out, base, cells, study)
-    except BaseException:
-        lock.release()
-        for folder in missing:  # a refused folder is left as it was
-            folder.rmdir()
-        raise
-    try:
+    # one sweep writes a folder at a time (its workers end with it); a refused folder is left as it was
+    with locked_folder(out, check=lambda: _check_folder(out, base)):
         return _run_sweep(out, cells, base, jobs, progress, study, command)
-    finally:
-        lock.release()
 
 
-def _check_folder(out: Path, base: TrainConfig, cells: list[dict], study: str | None) -> None:
+def _check_folder(out: Path, base: TrainConfig) -> None:
     """Refuse ``out`` when it holds files that are not a sweep, or a sweep with another base configuration."""
     plan_path = out / "plan.json"
     if plan_path.exists():

@@ -11,11 +11,11 @@ from typing import Callable
 
 import torch
 
-from anila_core.failures import DiskFull, RunFailure, is_out_of_memory
+from anila_core.failures import DiskFull, RunFailure, disk_full, is_out_of_memory
 from anila_core.training import distributed
 from anila_core.training.config import TrainConfig, changed_settings, describe_changes
 from anila_core.fileio import (LOCK_FILE, FolderBusy, FolderLock, append_jsonl, atomic_torch_save, atomic_write_json, busy_error,
-                               lock_holder, read_jsonl, write_jsonl)
+                               lock_holder, make_folder, read_jsonl, remove_made_folders, write_jsonl)
 from anila_core.training.limits import check_memory, out_of_memory
 from anila_core.training.trainer import Trainer
 
@@ -104,7 +104,7 @@ class Run:
         if not self.is_main:
             return
         try:
-            self._make_folder()
+            self._made = make_folder(self.out)
             try:
                 self._lock.acquire()
             except OSError as err:
@@ -128,14 +128,6 @@ class Run:
             self._undo_start()
             raise
 
-    def _make_folder(self) -> None:
-        missing = [p for p in (self.out, *self.out.parents) if not p.exists()]
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ValueError(f"--out: cannot create {self.out}: {err.strerror}; expected a folder path "
-                             "you can write to") from None
-        self._made = missing
 
     def _undo_start(self) -> None:
         """Remove what this Run's start (or its run before the first checkpoint) wrote: its files, the lock, the folders it made."""
@@ -145,11 +137,7 @@ class Run:
             remove_stale_temporaries(self.out)
             self._started = False
         self._lock.release()
-        for folder in self._made:  # deepest first
-            try:
-                folder.rmdir()
-            except OSError:
-                break  # not empty (or not ours to remove): keep it and everything above it
+        remove_made_folders(self._made)
         self._made = []
 
     def _folder_problem(self, restart: TrainConfig | None = None) -> str | None:
@@ -240,12 +228,16 @@ class Run:
             if not self.is_main:
                 return {}  # rank 0 writes final.json and the figures
             return self.finish()
-        except (RunFailure, MemoryError, RuntimeError) as err:
+        except (RunFailure, MemoryError, RuntimeError, OSError) as err:
             if isinstance(err, RunFailure):
                 failure = err
+            elif isinstance(err, OSError):
+                failure = disk_full(err, err.filename or self.out)  # a write outside anila_core.fileio (a library's own)
             elif is_out_of_memory(err):
                 failure = out_of_memory(err, self.config, f"while training {self.out}")
             else:
+                failure = None
+            if failure is None:
                 raise
             raise self._after_failure(failure) from None
         finally:
