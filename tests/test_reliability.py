@@ -1044,11 +1044,13 @@ def test_the_workers_of_a_killed_compare_end_with_it(tmp_path):
     out = tmp_path / "cmp"
     parent = subprocess.Popen([sys.executable, "-m", "anila_core", "compare", "--preset", "smoke", "--iters", "1000000",
                                "--eval-every", "1000000", "--checkpoint-every", "1000000", "--jobs", "2", "--out", str(out),
-                               "--no-progress"], env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--no-progress"], env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     workers: list[int] = []
     try:
         # each worker holds its sampler folder's lock while it trains: then it is busy, not waiting for work
         def both_training():
+            if parent.poll() is not None:
+                pytest.fail(f"compare ended early with exit {parent.returncode}: {parent.stderr.read()}")
             pids = [_lock_pid(out / s) for s in ("langevin", "anila")]
             return pids if all(pids) else None
 
