@@ -42,6 +42,7 @@ from typing import Callable
 import pytest
 import torch
 
+import anila_core.cli as cli
 import anila_core.ui.report as report
 import anila_core.training.runs as runs
 from anila_core import fileio
@@ -1002,6 +1003,23 @@ def test_a_folder_held_by_another_writer_is_refused_by_every_command(command, tm
             f"exit 2: \"{_quote(message, tmp_path).replace(str(os.getpid()), '<pid>')}\"")
 
 
+def test_a_run_holds_its_folder_while_open_and_lets_go_when_training_ends(tmp_path, no_figures):
+    """The Python API (a notebook): a second Run of the folder is refused while the first is open; train() and close() let go."""
+    out = tmp_path / "run"
+    first = Run(out, preset("smoke", "langevin", device="cpu", iters=10), progress=False)
+    with pytest.raises(ValueError, match="this very process"):
+        Run(out, resume=True, progress=False)
+    first.train()
+    assert not (out / fileio.LOCK_FILE).exists()
+    second = Run(out, resume=True, iters=20, progress=False)
+    with pytest.raises(ValueError, match=f"is being written by pid {os.getpid()}"):
+        Run(out, resume=True, progress=False)
+    second.close()
+    with Run(out, resume=True, iters=20, progress=False) as third:
+        assert third.train()["iters"] == 20
+    assert fileio.lock_holder(out) is None
+
+
 def test_a_compare_killed_before_its_first_checkpoint_finishes_with_resume(tmp_path, no_figures):
     out = tmp_path / "cmp"
     args = ["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]
@@ -1010,6 +1028,7 @@ def test_a_compare_killed_before_its_first_checkpoint_finishes_with_resume(tmp_p
         code = 70
         try:  # SIGKILL halfway through the first checkpoint: config.json and a row exist, no checkpoint
             runs.atomic_torch_save = _dies_inside_checkpoint_write(runs.atomic_torch_save, 1, 0.5)
+            cli.torch_threads = lambda n: contextlib.nullcontext()  # one thread in a forked child (see _fork)
             code = main(args)
         except BaseException:
             traceback.print_exc()
@@ -1069,7 +1088,7 @@ def test_the_workers_of_a_killed_compare_end_with_it(tmp_path):
     assert all(fileio.lock_holder(out / s) is None for s in ("langevin", "anila")), "their locks were let go"
     _record("compare-workers-die-with-parent", "`compare --jobs 2` SIGKILLed while both worker processes train",
             "both workers ended with it (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog thread that sees the parent pid change), "
-            "their folder locks free; `compare --resume` can continue")
+            "and their folder locks were free again")
 
 
 POOL_SCRIPT = '''

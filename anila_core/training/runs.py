@@ -128,7 +128,6 @@ class Run:
             self._undo_start()
             raise
 
-
     def _undo_start(self) -> None:
         """Remove what this Run's start (or its run before the first checkpoint) wrote: its files, the lock, the folders it made."""
         if self._started:
