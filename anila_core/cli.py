@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import decimal
 import json
 import os
 import re
@@ -17,7 +18,30 @@ from anila_core.processes import process_pool, torch_threads
 __all__ = ["main", "build_parser"]
 
 EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3
+#: a run that diverged, or that its machine stopped (disk full, out of memory)
+EXIT_FAILED = EXIT_DIVERGED = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, answering a bad flag with one ``error:`` line (and where to read more) instead of the usage block first."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _integer(text: str) -> int:
+    """An integer flag's value: ``2000``, or ``1e3`` when it names an integer exactly (``1.5`` does not)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = decimal.Decimal(text)
+        if value.is_finite() and value == value.to_integral_value():
+            return int(value)
+    except decimal.InvalidOperation:
+        pass
+    raise argparse.ArgumentTypeError(f"expected an integer (such as 2000 or 2e3), got {text!r}")
 
 #: the library's arguments that a command-line user sets with a flag: the library's errors name the
 #: arguments (a notebook has no flags), and this layer words them in the flags' terms
@@ -47,13 +71,13 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         if f.type in ("bool", bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            kind = {"int": _integer, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             group.add_argument(flag, dest=f.name, type=kind, default=None, choices=f.metadata.get("choices"),
                                metavar=f.name.upper(), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m anila_core", description="Train energy-based models with Langevin or AniLA samplers.")
+    parser = _Parser(prog="python -m anila_core", description="Train energy-based models with Langevin or AniLA samplers.")
     sub = parser.add_subparsers(dest="command", required=True)
     presets = f"2-D targets: {', '.join(sorted(PRESETS))}; with --dataset: {', '.join(sorted(IMAGE_PRESETS))}"
 
@@ -66,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=None, help=f"named settings ({presets}; default {DEFAULT_PRESET})")
     train.add_argument("--out", type=Path, default=None, help="run directory (default runs/<target or dataset>-<sampler>-seed<seed>)")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its checkpoint (only --iters, --device, --data-root, "
-                            "--on-divergence and --max-rollbacks may change)")
+                       help="continue the run in --out from its checkpoint: the same command line plus --resume (only "
+                            "--iters, --device, --data-root, --on-divergence and --max-rollbacks may differ from the run's)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(train)
 
@@ -77,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--samplers", nargs="+", default=["langevin", "anila"], help="samplers to compare (default langevin anila)")
     compare.add_argument("--preset", default=None, help=f"named settings ({presets}; default {DEFAULT_PRESET}); each sampler gets its own tuned entries")
     compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for the runs and the figure (default runs/compare)")
-    compare.add_argument("--jobs", type=int, default=None, help="runs in parallel (default: one per CPU core, at most one per sampler)")
+    compare.add_argument("--jobs", type=_integer, default=None, help="runs in parallel (default: one per CPU core, at most one per sampler)")
     compare.add_argument("--resume", action="store_true", help="resume unfinished runs in --out; finished ones are kept")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_flags(compare, skip=("sampler",))
@@ -113,14 +137,14 @@ def _add_sweep_parser(sub, presets: str) -> None:
                        help="step sizes ε (default 0.01)")
     sweep.add_argument("--b", dest="grid_b", nargs="+", type=float, default=None, metavar="B",
                        help="AniLA thresholds b (default 1)")
-    sweep.add_argument("--n-steps", dest="grid_n_steps", nargs="+", type=int, default=None, metavar="K",
+    sweep.add_argument("--n-steps", dest="grid_n_steps", nargs="+", type=_integer, default=None, metavar="K",
                        help="sampler transitions per iteration (default: the preset's)")
     sweep.add_argument("--chains", dest="grid_chains", nargs="+", choices=list(CHAIN_KINDS), default=None,
                        help="chain kinds (default: the preset's)")
-    sweep.add_argument("--seed", dest="grid_seed", nargs="+", type=int, default=None, metavar="SEED", help="seeds (default 0)")
+    sweep.add_argument("--seed", dest="grid_seed", nargs="+", type=_integer, default=None, metavar="SEED", help="seeds (default 0)")
     sweep.add_argument("--preset", default=None, help=f"base settings of every cell ({presets}; default sweep, or cpu with --dataset)")
     sweep.add_argument("--out", type=Path, default=None, help="folder of the sweep (default runs/sweep-<study>, or runs/sweep)")
-    sweep.add_argument("--jobs", type=int, default=None, help="cells in parallel (default: one per CPU core)")
+    sweep.add_argument("--jobs", type=_integer, default=None, help="cells in parallel (default: one per CPU core)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(sweep, skip=SWEEP_AXES)
 
@@ -157,15 +181,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.out is None:
             raise ValueError("--resume: needs --out, the run directory to continue")
-        fixed = sorted(set(overrides) - set(RESUMABLE_FIELDS)) + (["preset"] if args.preset else [])
-        if fixed:
-            raise ValueError(f"--resume: {', '.join('--' + f.replace('_', '-') for f in fixed)} cannot change on resume "
-                             f"(the run keeps its config.json); only "
-                             f"{', '.join('--' + f.replace('_', '-') for f in RESUMABLE_FIELDS)} can")
+        _check_resume_settings(args.out, args.preset, overrides)
         config, device = None, overrides.get("device") or _saved_device(args.out)
     else:
         sampler = overrides.pop("sampler", "langevin")
-        config = preset(args.preset or DEFAULT_PRESET, sampler, **overrides)
+        config = preset(DEFAULT_PRESET if args.preset is None else args.preset, sampler, **overrides)
         device = config.device
     with distributed.process_group(use_cuda=_wants_cuda(device)) as info:
         say = print if info.is_main else (lambda *a, **k: None)
@@ -177,6 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             out = args.out or Path("runs") / f"{config.data_name}-{config.sampler}-seed{config.seed}"
             run = Run(out, config, progress=progress)
         c, t = run.config, run.trainer
+        if args.resume:
+            say(f"resuming {run.out} at iteration {t.iteration} of {c.iters}", flush=True)
         what = f"{c.dataset} ({'×'.join(map(str, t.data_shape))})" if c.is_image else c.target
         where = f" on {info.world_size} processes" if info.enabled else ""
         say(f"training {c.sampler} on {what} for {c.iters} iterations{where} ({t.device}) -> {run.out}", flush=True)
@@ -199,6 +221,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_resume_settings(out: Path, preset_name: str | None, overrides: dict) -> None:
+    """Refuse a ``train --resume`` whose settings differ from the run's own, naming each field with both values.
+
+    The same command line plus ``--resume`` (what a cluster's requeue runs) is accepted: only a
+    value that differs from the saved one counts as a change. With ``--preset`` the whole
+    configuration that command line stands for is compared (a setting it does not give comes
+    from the preset); without, only the flags given. A run folder that cannot be read is left to
+    :class:`Run`, which says what is wrong with it.
+    """
+    try:
+        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict()
+    except (OSError, ValueError, TypeError, AttributeError):
+        return
+    if preset_name is not None:
+        options = dict(overrides)
+        wanted = preset(preset_name, options.pop("sampler", "langevin"), **options).to_dict()
+        origin = {k: f"from --preset {preset_name}" for k in wanted if k not in overrides}
+        ignore = RESUMABLE_FIELDS + (() if wanted["lr_decay_iters"] else ("lr_decay_iters",))  # 0: fixed by the run when it started
+    else:
+        wanted, origin, ignore = dict(overrides), {}, RESUMABLE_FIELDS
+    changed = changed_settings(saved, wanted, ignore=ignore)
+    if not changed:
+        return
+    parts = "; ".join(f"{_flag(k)}: {saved[k]!r} in the run's config.json, {wanted[k]!r} {origin.get(k, 'given')}" for k in changed[:4])
+    more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+    raise ValueError(f"--resume: {', '.join(_flag(k) for k in changed)} cannot change on resume ({parts}{more}); the run keeps "
+                     f"its config.json: drop the flag or give the run's value; only {', '.join(_flag(f) for f in RESUMABLE_FIELDS)} can "
+                     "change")
+
+
 def _check_same_settings(out: Path, config: TrainConfig) -> None:
     """Refuse to keep or resume the run in ``out`` when it was made with other settings than ``config`` (say, an older preset)."""
     saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict()
@@ -219,31 +275,52 @@ def _train_one(job: tuple) -> dict:
         print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True)
         return json.loads((out / "final.json").read_text())
     with torch_threads(threads):
-        run = Run(out, resume=True, progress=progress) if resume and (out / "checkpoint.pt").exists() else Run(out, config, progress=progress)
+        if resume and (out / "config.json").exists():
+            # restart=True: a sampler killed before its first checkpoint starts again (its settings were checked)
+            run = Run(out, config, resume=True, restart=True, progress=progress)
+            if (out / "checkpoint.pt").exists():
+                print(f"resuming {out} at iteration {run.trainer.iteration} of {run.config.iters}", flush=True)
+            else:
+                print(f"{out}: stopped before its first checkpoint, started again", flush=True)
+        else:
+            run = Run(out, config, progress=progress)
         return run.train()
 
 
 def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int:
-    import torch
-
-    from anila_core.ui.report import markdown_table, plot_side_by_side, save_figure
-    from anila_core.training.runs import load_trainer
-    from anila_core.sampling.distances import grid_log_probs
-
+    from anila_core.fileio import LOCK_FILE, locked_folder
     from anila_core.training import distributed
+    from anila_core.training.limits import check_memory
 
     if distributed.from_env().enabled:
         raise ValueError("compare: runs its samplers as separate processes and cannot run under torchrun; "
                          "use `torchrun ... -m anila_core train --sampler NAME` once per sampler")
     overrides = _overrides(args)
     samplers = list(dict.fromkeys(args.samplers))
-    configs = {s: preset(args.preset or preset_name or DEFAULT_PRESET, s, **overrides) for s in samplers}
+    name = args.preset if args.preset is not None else (preset_name or DEFAULT_PRESET)
+    configs = {s: preset(name, s, **overrides) for s in samplers}
     out = args.out
     if args.jobs is not None and args.jobs < 1:  # before anything is written
         raise ValueError(f"--jobs: expected an integer >= 1, got {args.jobs}")
-    if not args.resume and out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out: {out} already holds files; pass --resume to finish that comparison or choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
+    for c in configs.values():
+        check_memory(c)
+
+    def unused() -> None:  # under the lock: a comparison may be finished with --resume, not overwritten
+        if not args.resume and any(p.name != LOCK_FILE for p in out.iterdir()):
+            raise ValueError(f"--out: {out} already holds files; pass --resume to finish that comparison or choose another folder")
+
+    with locked_folder(out, check=unused):  # one comparison writes the folder at a time
+        return _compare(args, out, samplers, configs)
+
+
+def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: dict[str, TrainConfig]) -> int:
+    """The comparison itself, in the locked folder ``out``: one run per sampler, then the figure and the table."""
+    import torch
+
+    from anila_core.ui.report import plot_side_by_side, markdown_table, save_figure
+    from anila_core.training.runs import load_trainer
+    from anila_core.sampling.distances import grid_log_probs
+
     cores = os.cpu_count() or 1
     on_cuda = any(c.device.startswith("cuda") for c in configs.values()) or (
         torch.cuda.is_available() and all(c.device == "auto" for c in configs.values()))
@@ -312,7 +389,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid_flags = {"--samplers": args.samplers, "--step-size": args.grid_step_size, "--b": args.grid_b,
                   "--n-steps": args.grid_n_steps, "--chains": args.grid_chains, "--seed": args.grid_seed}
     if args.study:
-        given = [flag for flag, value in grid_flags.items() if value is not None] + (["--preset"] if args.preset else [])
+        given = [flag for flag, value in grid_flags.items() if value is not None] + (["--preset"] if args.preset is not None else [])
         if given:
             raise ValueError(f"--study: fixes the grid and the preset; drop {', '.join(given)} (or leave out --study to give your own grid)")
         study = STUDIES[args.study]
@@ -320,7 +397,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cells = study.cells()
         out = args.out or Path("runs") / f"sweep-{args.study}"
     else:
-        base = preset(args.preset or ("cpu" if overrides.get("dataset") else "sweep"), "langevin", **overrides)
+        name = args.preset if args.preset is not None else ("cpu" if overrides.get("dataset") else "sweep")
+        base = preset(name, "langevin", **overrides)
         grid = Grid(kinds=args.samplers or ["langevin", "anila"], step_sizes=args.grid_step_size or [0.01], bs=args.grid_b or [1.0],
                     n_steps=args.grid_n_steps or [base.n_steps], chains=args.grid_chains or [base.chains], seeds=args.grid_seed or [0])
         cells = grid.cells()
@@ -349,6 +427,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure ends with one ``error:`` line: exit 2 for bad input, 3 for a run that diverged or that the
+    machine stopped (disk full, out of memory), 130 for Ctrl-C."""
+    from anila_core.failures import RunFailure, disk_full, is_out_of_memory
     from anila_core.training.guard import TrainingDiverged
 
     args = build_parser().parse_args(argv)
@@ -361,9 +442,19 @@ def main(argv: list[str] | None = None) -> int:
             print("hint: continue from that checkpoint with --resume --on-divergence rollback (back to the last good "
                   "state at half the learning rate whenever it diverges)", file=sys.stderr)
         return EXIT_DIVERGED
-    except (ValueError, OSError) as err:  # OSError: a missing dataset, a full disk, a folder one may not write to
+    except RunFailure as err:
         print(f"error: {_in_flag_terms(str(err))}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_FAILED
+    except (ValueError, OSError) as err:  # OSError: a missing dataset, a folder one may not write to
+        full = disk_full(err, getattr(err, "filename", None) or "a file") if isinstance(err, OSError) else None
+        print(f"error: {full or _in_flag_terms(str(err))}", file=sys.stderr)
+        return EXIT_FAILED if full else EXIT_BAD_INPUT
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        print(f"error: out of memory ({type(err).__name__}: {' '.join(str(err).split())[:200]}); reduce --buffer-size, "
+              "--batch-size or --width (--conv-width for images)", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)
         return 130

@@ -1,25 +1,43 @@
-"""Atomic file writes: a crash mid-write leaves the previous file intact, never a half-written one."""
+"""Atomic file writes (a crash mid-write leaves the previous file intact, never a half-written one) and the lock that gives a run folder one writer."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import socket
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
+
+from anila_core.failures import disk_full
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: there folders are not locked
+    fcntl = None
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "read_jsonl"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "read_jsonl",
+           "FolderLock", "FolderBusy", "LOCK_FILE", "lock_holder", "busy_error", "locked_folder", "make_folder", "remove_made_folders"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(fileobj)`` into a temporary file beside ``path``, fsync it, then rename over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # even an empty file may not fit on a full disk
+        full = disk_full(err, path)
+        if full is not None:
+            raise full from None
+        raise
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, mode) as f:
@@ -27,11 +45,14 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        full = disk_full(err, path)
+        if full is not None and full is not err:
+            raise full from None
         raise
     _fsync_dir(path.parent)
 
@@ -62,11 +83,21 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one JSON row and flush it to disk, so a crash loses at most the row being written."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON row and flush it to disk, so a crash loses at most the row being written.
+
+    On a full disk the row may be torn; :func:`read_jsonl` drops a torn last line, and a
+    resumed run rewrites the rows from its checkpoint.
+    """
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        full = disk_full(err, path)
+        if full is not None:
+            raise full from None
+        raise
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -90,3 +121,202 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+# --------------------------------------------------------------------------- one writer per folder
+
+LOCK_FILE = ".lock"
+
+
+class FolderBusy(ValueError):
+    """The folder is being written by another process (or another open writer in this one)."""
+
+
+def _describe_holder(folder: Path, holder: dict | None) -> str:
+    if not holder:
+        return f"{folder} is being written by another process (it has not said which yet)"
+    pid, host = holder.get("pid"), holder.get("host")
+    mine = " (this very process: another writer of this folder is still open; let it finish or close it)" if (
+        pid == os.getpid() and host == socket.gethostname()) else ""
+    since = f" since {holder['since']}" if holder.get("since") else ""
+    command = f", running `{holder['command']}`" if holder.get("command") else ""
+    return f"{folder} is being written by pid {pid} on host {host}{since}{command}{mine}"
+
+
+def busy_error(description: str) -> FolderBusy:
+    """The refusal of a second writer; ``description`` (from :func:`lock_holder`) names the folder and its writer."""
+    return FolderBusy(f"--out: {description}; one process writes a folder at a time: wait for it to finish (or stop it), "
+                      "or choose another folder")
+
+
+def _read_holder(fd: int) -> dict | None:
+    try:
+        data = os.pread(fd, 4096, 0)
+        return json.loads(data) if data.strip() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _command() -> str:
+    """This process's command line, as the user typed it (``python -m anila_core ...`` rather than the path of ``__main__.py``)."""
+    argv = list(sys.argv) or ["python"]
+    main = Path(argv[0])
+    head = f"python -m {main.parent.name}" if main.name == "__main__.py" else main.name
+    return " ".join([head, *argv[1:]])[:300]
+
+
+def _flock_briefly_retried(fd: int) -> None:
+    """``flock(LOCK_EX | LOCK_NB)``, tried a few times over a fraction of a second.
+
+    :func:`lock_holder` takes a shared lock for an instant to look; a writer that tries at that
+    instant must not be refused for it. A real holder keeps the lock far longer.
+    """
+    import time
+
+    for attempt in range(5):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == 4:
+                raise
+            time.sleep(0.02)
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``folder/.lock``, which holds the writer's pid, host, start time and command.
+
+    The OS releases a flock when the process that holds it ends, however it ends, so a lock
+    file left by a killed process never blocks: the next writer takes it over. A second writer
+    is refused at once with :class:`FolderBusy` naming the holder. :meth:`release` removes the
+    file (checking the inode, so that a writer that opened the old file retries on the new one).
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "FolderLock":
+        """Take the lock (the folder must exist); raise :class:`FolderBusy` when another writer holds it."""
+        if self._fd is not None or fcntl is None:
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                _flock_briefly_retried(fd)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise busy_error(_describe_holder(self.folder, holder)) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder released and removed the file between our open and our lock: try the new one
+        self._fd = fd
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "command": _command()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and let go of the lock (a no-op when not held)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(self.path)  # before unlocking: a waiter that opened this file sees it gone and retries
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:  # at interpreter exit os may be gone; the OS releases the lock anyway
+            pass
+
+
+def lock_holder(folder: str | Path) -> str | None:
+    """Who writes ``folder`` now (a sentence naming pid and host), or ``None`` when nobody does; changes nothing."""
+    path = Path(folder) / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _describe_holder(Path(folder), _read_holder(fd))
+    finally:
+        os.close(fd)  # closing drops the shared lock, if it was taken
+    return None
+
+
+def make_folder(folder: str | Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the folders it made, deepest first (``ValueError`` naming it when it cannot)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out: {folder} exists and is not a folder")
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out: cannot create {folder}: {err.strerror}; expected a folder path you can write to") from None
+    return missing
+
+
+def remove_made_folders(made: list[Path]) -> None:
+    """Remove again the empty folders :func:`make_folder` made (deepest first), stopping at the first that is not empty."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+@contextmanager
+def locked_folder(folder: str | Path, check: Callable[[], None] | None = None) -> Iterator[FolderLock]:
+    """Hold ``folder``'s lock for the block, creating the folder if needed; ``check()`` runs first, under the lock.
+
+    When the lock is held elsewhere or ``check`` refuses the folder, the folders made and the
+    lock are removed again: a refused folder is left as it was.
+    """
+    made = make_folder(folder)
+    lock = FolderLock(folder)
+    try:
+        try:
+            lock.acquire()
+        except OSError as err:
+            raise ValueError(f"--out: cannot write in {folder}: {err.strerror}; expected a folder you can write to") from None
+        if check is not None:
+            check()
+    except BaseException:
+        lock.release()
+        remove_made_folders(made)
+        raise
+    try:
+        yield lock
+    finally:
+        lock.release()

@@ -32,7 +32,7 @@ def test_train_writes_every_file_with_the_expected_content(tmp_path):
     for key in ("grid_tv", "grid_kl", "iters", "wall_s", "sampler"):
         assert key in final
     assert final["iters"] == 20 and final["sampler"] == "anila" and final["grid_tv"] == rows[-1]["grid_tv"]
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)  # tensors and plain data only: what resume loads
     assert state["iteration"] == 20
     assert {"model", "optimizer", "buffer", "generator", "torch_rng", "config"} <= set(state)
     for png in ("true_density.png", "learned_density.png", "samples.png"):
@@ -54,6 +54,10 @@ def test_help_documents_every_hyperparameter():
         (["train", "--preset", "smoke", "--step-size", "-1"], "step_size: expected a finite number > 0"),
         (["train", "--preset", "smoke", "--device", "cuda:7"], "device"),
         (["train", "--resume"], "--resume: needs --out"),
+        (["train", "--preset", ""], "preset: unknown name ''"),
+        (["train", "--preset", "smoke", "--seed", "1e20"], "seed: expected an integer in [0, 2**63 - 1 = 9223372036854775807]"),
+        (["train", "--preset", "smoke", "--eval-samples", "1e9"], "eval_samples: expected at most 10000"),
+        (["train", "--preset", "smoke", "--seed", "two"], "argument --seed: expected an integer (such as 2000 or 2e3), got 'two'"),
     ],
 )
 def test_bad_input_is_one_clear_line_without_traceback(tmp_path, args, expected):
@@ -61,6 +65,8 @@ def test_bad_input_is_one_clear_line_without_traceback(tmp_path, args, expected)
     assert result.returncode == 2
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # argparse's too: no usage block before it
+    assert not any(tmp_path.iterdir()), "nothing was written"
 
 
 def test_an_unknown_sampler_is_refused_by_the_parser():
@@ -90,10 +96,14 @@ def test_resume_without_checkpoint_and_resume_with_changed_settings_are_refused(
     assert json.loads((run / "config.json").read_text())["step_size"] == 0.01
 
 
-def test_cli_resume_continues_to_the_new_iteration_count(tmp_path):
+def test_cli_resume_continues_to_the_new_iteration_count(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--preset", "smoke", "--iters", "10", "--out", str(out), "--no-progress"]) == 0
-    assert main(["train", "--resume", "--iters", "20", "--out", str(out), "--no-progress"]) == 0
+    command = ["train", "--preset", "smoke", "--seed", "2", "--out", str(out), "--no-progress"]
+    assert main(command + ["--iters", "10"]) == 0
+    capsys.readouterr()
+    # the same command line, plus --resume and a longer run: every setting given equals the saved one
+    assert main(command + ["--iters", "20", "--resume"]) == 0
+    assert f"resuming {out} at iteration 10 of 20" in capsys.readouterr().out
     assert [r["iter"] for r in read_jsonl(out / "metrics.jsonl")] == [10, 20]
     assert json.loads((out / "final.json").read_text())["iters"] == 20
 
@@ -137,3 +147,18 @@ def test_loading_a_run_to_sample_leaves_its_config_while_resume_records_the_chan
     assert main(["train", "--resume", "--iters", "20", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["iters"] == 20 and saved["device"] == "cpu"
+
+
+def test_resume_refuses_only_a_changed_value_and_names_both(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--iters", "10", "--out", str(out), "--no-progress"]) == 0
+    before = (out / "config.json").read_bytes()
+    capsys.readouterr()
+    # --sampler and --seed as saved: accepted; --target given as saved too
+    assert main(["train", "--resume", "--sampler", "langevin", "--seed", "0", "--target", "rings", "--iters", "10", "--out", str(out),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--sampler", "anila", "--seed", "0", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--sampler cannot change on resume (--sampler: 'langevin' in the run's config.json, 'anila' given)" in err
+    assert (out / "config.json").read_bytes() == before

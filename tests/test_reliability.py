@@ -1,6 +1,6 @@
 """Reliability: nothing lost on a crash, divergence caught and recovered, every bad input answered clearly.
 
-Three parts, each also a section of docs/RELIABILITY.md, which the last test checks against
+Four parts, each also a section of docs/RELIABILITY.md, which the last test checks against
 this file (``ANILA_WRITE_DOCS=1`` rewrites it from the outcomes of a full run of this file):
 
 * crashes: training processes forked from this one are killed with SIGKILL, at moments drawn
@@ -8,6 +8,9 @@ this file (``ANILA_WRITE_DOCS=1`` rewrites it from the outcomes of a full run of
   result must equal, bit for bit, a run that was never interrupted;
 * divergence: runs forced to diverge stop at the first bad iteration with the clear error, or
   with ``on_divergence="rollback"`` return to the last good state at half the learning rate;
+* run folders: a checkpoint carrying code, two writers of one folder, a compare killed before
+  its first checkpoint or killed with its workers busy, a full disk, a failed allocation, and
+  the same command line requeued with ``--resume``;
 * bad input: a table of wrong inputs tried through the Python API and the command line, each
   answered by an error naming what was wrong and what was expected, without a traceback, and
   with every file that existed before left as it was.
@@ -23,8 +26,12 @@ import math
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -35,6 +42,7 @@ from typing import Callable
 import pytest
 import torch
 
+import anila_core.cli as cli
 import anila_core.ui.report as report
 import anila_core.training.runs as runs
 from anila_core import fileio
@@ -50,7 +58,7 @@ from anila_core.training.trainer import Trainer, TrainingDiverged
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 #: what the tests of this file observed, for docs/RELIABILITY.md
-RESULTS: dict[str, dict] = {"crash": {}, "divergence": {}, "bad_input": {}}
+RESULTS: dict[str, dict] = {"crash": {}, "divergence": {}, "bad_input": {}, "run_folders": {}}
 
 
 def _no_figures(monkeypatch) -> None:
@@ -246,7 +254,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(trial, crash_r
             torn_row = True
     checkpoint = out / CHECKPOINT
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # the checkpoint always loads
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # the checkpoint always loads, as tensors and plain data
         at = int(state["iteration"])
         landed = "after the run had finished" if not killed else f"resumed from the checkpoint of iteration {at}"
         run = Run(out, resume=True, progress=False)
@@ -346,7 +354,7 @@ def test_the_cli_stops_with_the_message_and_resume_with_rollback_completes(tmp_p
     first = next(line for line in err.splitlines() if line.startswith("error: "))
     assert first == f"error: training diverged at iteration 15: the loss is not finite; the last good checkpoint is {out / CHECKPOINT} (iteration 10)"
     assert "hint: continue from that checkpoint with --resume --on-divergence rollback" in err
-    state = torch.load(out / CHECKPOINT, weights_only=False)
+    state = torch.load(out / CHECKPOINT, weights_only=True)
     assert state["iteration"] == 10 and all(torch.isfinite(p).all() for p in state["model"].values())
     assert [r["iter"] for r in _strict_rows(out / "metrics.jsonl")] == [10]
 
@@ -385,7 +393,7 @@ def test_rollback_restores_the_last_good_state_halves_the_lr_and_completes(tmp_p
     assert [r["iter"] for r in rows] == [10, 20, 30]  # the rows of the rolled-back iterations were written again, once
     assert rows[0]["lr"] == 1e-3 and rows[1]["lr"] == rows[2]["lr"] == 5e-4
     assert all(torch.isfinite(p).all() for p in run.trainer.model.parameters())
-    state = torch.load(out / CHECKPOINT, weights_only=False)
+    state = torch.load(out / CHECKPOINT, weights_only=True)
     assert state["lr_factor"] == 0.5 and state["rollbacks"] == final["rollbacks"]
     RESULTS["divergence"]["nan-rollback"] = {
         "forced": "a parameter set to NaN after iteration 20 (Python API, run folder)", "policy": "rollback",
@@ -494,6 +502,7 @@ def base_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("base") / "run"
     run = Run(out, preset("smoke", "langevin", device="cpu", iters=10), progress=False)
     run.trainer.run(callback=lambda t, row: fileio.append_jsonl(out / "metrics.jsonl", row), on_checkpoint=run.save_checkpoint)
+    run.close()
     return out
 
 
@@ -505,7 +514,7 @@ def _copy_run(work: Path, base: Path) -> Path:
 def _edit_checkpoint(edit: Callable[[dict], None]) -> Callable[[Path, Path], None]:
     def setup(work, base):
         path = _copy_run(work, base) / CHECKPOINT
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         edit(state)
         torch.save(state, path)
     return setup
@@ -525,6 +534,24 @@ def _config_json_width_64(work, base):
 def _weights_of_another_network(state):
     state["model"] = MLPEnergy(2, 64, 2).state_dict()
     state.pop("config")
+
+
+class _PlantedCode:
+    """An object whose unpickling calls ``os.mkdir(marker)``: what a booby-trapped checkpoint could run instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _plant_code(run: Path, marker: Path) -> None:
+    """Give the run's checkpoint a planted object; loading it with pickle would create ``marker`` (the tree check sees it)."""
+    path = run / CHECKPOINT
+    state = torch.load(path, weights_only=True)
+    state["history"].append({"note": _PlantedCode(marker)})
+    torch.save(state, path)
 
 
 def _drop_checkpoint(work, base):
@@ -650,6 +677,9 @@ CASES = [
     Case("checkpoint-no-format", "API", "load_trainer(<checkpoint without a format number>)", "has no format number",
          "expected an anila_core checkpoint of format 1", call=lambda w: load_trainer(w / "run", progress=False),
          setup=_edit_checkpoint(lambda s: s.pop("format"))),
+    Case("checkpoint-planted-code", "API", "load_trainer(<run whose checkpoint.pt carries a __reduce__>), as notebooks and the app do",
+         "refused: it may not be a checkpoint of anila_core", "expected a checkpoint.pt written by anila_core",
+         call=lambda w: load_trainer(w / "run", progress=False), setup=lambda w, b: _plant_code(_copy_run(w, b), w / "PWNED")),
     Case("resume-iters-below", "API", "Run(<run at iteration 10>, resume=True, iters=5)", "iters: 5 is below the 10 iterations",
          "expected iters >= 10", call=lambda w: Run(w / "run", resume=True, iters=5, progress=False), setup=_copy_run),
     # ---- the command line: hyperparameters and names
@@ -660,12 +690,25 @@ CASES = [
     Case("cli-step-size-nan", "CLI", "train --step-size nan", "step_size", "expected a number, got NaN", argv=lambda w: SMOKE + ["--step-size", "nan"]),
     Case("cli-max-rollbacks", "CLI", "train --max-rollbacks -1", "max_rollbacks", "expected a finite number >= 0",
          argv=lambda w: SMOKE + ["--max-rollbacks", "-1"]),
-    Case("cli-iters-not-an-integer", "CLI", "train --iters 1.5", "argument --iters", "invalid int value: '1.5'", argv=lambda w: SMOKE + ["--iters", "1.5"]),
+    Case("cli-iters-not-an-integer", "CLI", "train --iters 1.5", "argument --iters", "expected an integer (such as 2000 or 2e3), got '1.5'",
+         argv=lambda w: SMOKE + ["--iters", "1.5"]),
+    Case("cli-seed-too-large", "CLI", "train --seed 1e20", "seed: ", "expected an integer in [0, 2**63 - 1 = 9223372036854775807], got 100000000000000000000",
+         argv=lambda w: SMOKE + ["--seed", "1e20"]),
+    Case("cli-eval-samples-huge", "CLI", "train --eval-samples 1e9", "eval_samples: ", "expected at most 10000",
+         argv=lambda w: SMOKE + ["--eval-samples", "1e9"]),
+    Case("cli-eval-samples-above-buffer", "CLI", "train --preset smoke --eval-samples 1000 (buffer of 500 chains)", "eval_samples: ",
+         "expected at most buffer_size (500)", argv=lambda w: SMOKE + ["--eval-samples", "1000"]),
+    Case("cli-buffer-too-large", "CLI", "train --buffer-size 1e12", "buffer_size: the run needs at least", "expected a smaller --buffer-size",
+         argv=lambda w: SMOKE + ["--buffer-size", "1e12"]),
+    Case("cli-width-too-large", "CLI", "train --width 1e6", "width: the run needs at least", "expected a smaller --width",
+         argv=lambda w: SMOKE + ["--width", "1e6"]),
     Case("cli-sampler-unknown", "CLI", "train --sampler ghmc", "invalid choice: 'ghmc'", "choose from", argv=lambda w: SMOKE + ["--sampler", "ghmc"]),
     Case("cli-target-unknown", "CLI", "train --target moons", "invalid choice: 'moons'", "choose from", argv=lambda w: SMOKE + ["--target", "moons"]),
     Case("cli-policy-unknown", "CLI", "train --on-divergence retry", "invalid choice: 'retry'", "choose from",
          argv=lambda w: SMOKE + ["--on-divergence", "retry"]),
     Case("cli-preset-unknown", "CLI", "train --preset huge", "unknown name 'huge'", "expected one of", argv=lambda w: ["train", "--preset", "huge"]),
+    Case("cli-preset-empty", "CLI", "train --preset ''", "preset: unknown name ''", "expected one of ['cpu', 'cpu_long', 'paper', 'smoke', 'sweep']",
+         argv=lambda w: ["train", "--preset", "", "--no-progress"]),
     Case("cli-target-and-dataset", "CLI", "train --target rings --dataset digits", "--target and --dataset", "choose one",
          argv=lambda w: SMOKE + ["--target", "rings", "--dataset", "digits"]),
     Case("cli-image-size", "CLI", "train --dataset digits --image-size 12", "image_size", "expected 0 (the dataset's own) or one of (8, 16)",
@@ -706,8 +749,13 @@ CASES = [
          argv=lambda w: ["train", "--resume", "--out", str(w / "run")]),
     Case("cli-resume-broken-config", "CLI", "train --resume --out <run with a truncated config.json>", "config.json: not a valid run configuration",
          "expected the config.json a run wrote", setup=_broken_config_json, argv=lambda w: ["train", "--resume", "--out", str(w / "run")]),
-    Case("cli-resume-changed-setting", "CLI", "train --resume --out <run> --lr 0.1", "--lr cannot change on resume", "only --iters, --device",
-         setup=_copy_run, argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--lr", "0.1"]),
+    Case("cli-resume-changed-setting", "CLI", "train --resume --out <run> --lr 0.1", "--lr cannot change on resume (--lr: 0.001 in the run's "
+         "config.json, 0.1 given)", "only --iters, --device", setup=_copy_run, argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--lr", "0.1"]),
+    Case("cli-resume-other-preset", "CLI", "train --resume --out <smoke run> --preset cpu", "--n-steps: 10 in the run's config.json, 30 from --preset cpu",
+         "drop the flag or give the run's value", setup=_copy_run, argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--preset", "cpu"]),
+    Case("cli-resume-planted-code", "CLI", "train --resume --out <run whose checkpoint.pt carries a __reduce__ that would make a folder>",
+         "checkpoint.pt: refused: it may not be a checkpoint of anila_core", "expected a checkpoint.pt written by anila_core",
+         setup=lambda w, b: _plant_code(_copy_run(w, b), w / "PWNED"), argv=lambda w: ["train", "--resume", "--out", str(w / "run")]),
     Case("cli-resume-iters-below", "CLI", "train --resume --out <run at iteration 10> --iters 5", "--iters: 5 is below",
          "expected --iters >= 10", setup=_copy_run, argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--iters", "5"]),
 ]
@@ -784,6 +832,435 @@ def test_a_bad_input_is_answered_by_a_clear_error(case, base_run, tmp_path, monk
     RESULTS["bad_input"][case.id] = {"outcome": outcome, "message": message.replace(str(work), "<tmp>")}
 
 
+# =========================================================================== run folders
+#
+# What a run folder may contain and who may write it: a checkpoint that carries code, two
+# writers, a compare killed early or killed as a whole, a full disk, too little memory, and the
+# requeue of the same command line with --resume.
+
+
+def _one_error_line(printed: str) -> str:
+    """The one ``error:`` line a failing command printed (and no traceback), without its prefix."""
+    assert "Traceback" not in printed, printed
+    lines = [line for line in printed.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, printed
+    return lines[0].removeprefix("error: ")
+
+
+def _quote(text: str, tmp: Path) -> str:
+    """A message as the doc shows it: without the test's folder, and without what varies from run to run in a lock holder's description."""
+    text = text.replace(str(tmp), "<tmp>").replace(f" on host {socket.gethostname()}", " on host <host>")
+    text = re.sub(r" since [0-9: -]+ UTC", " since <time>", text)
+    return re.sub(r", running `[^`]*`", ", running `<command>`", text)
+
+
+def _record(name: str, case: str, outcome: str) -> None:
+    RESULTS["run_folders"][name] = {"case": case, "outcome": outcome}
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie that nobody reaped yet has ended too)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _until(condition: Callable[[], object], timeout: float, what: str):
+    """Wait for ``condition()`` to be true (a safety limit, not a measurement: a slow machine only waits longer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def _lock_pid(folder: Path) -> int | None:
+    try:
+        return json.loads((folder / fileio.LOCK_FILE).read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+
+
+@pytest.mark.parametrize("via", ["train --resume", "compare --resume", "load_trainer"])
+def test_a_checkpoint_with_planted_code_is_refused_without_running_it(via, base_run, tmp_path):
+    # the control: pickle's own loading (what weights_only=False did) runs the planted call
+    control = tmp_path / "control"
+    shutil.copytree(base_run, control)
+    _plant_code(control, tmp_path / "CONTROL")
+    torch.load(control / CHECKPOINT, weights_only=False)
+    assert (tmp_path / "CONTROL").is_dir()
+
+    work = tmp_path / "work"
+    run = work / ("cmp/langevin" if via == "compare --resume" else "run")
+    shutil.copytree(base_run, run)
+    marker = tmp_path / "PWNED"
+    _plant_code(run, marker)
+    before = _tree(work)
+    if via == "load_trainer":  # what the notebooks and the Voila app call
+        with pytest.raises(ValueError) as err:
+            load_trainer(run, progress=False)
+        message = str(err.value)
+    else:
+        argv = (["train", "--resume", "--out", str(run), "--no-progress"] if via == "train --resume" else
+                ["compare", "--preset", "smoke", "--iters", "10", "--samplers", "langevin", "--jobs", "1", "--resume",
+                 "--out", str(run.parent), "--no-progress"])
+        code, printed = _cli(argv)
+        assert code == 2, printed
+        message = _one_error_line(printed)
+    assert not marker.exists(), "the planted call ran"
+    assert message.startswith(f"{run / CHECKPOINT}: refused: it may not be a checkpoint of anila_core"), message
+    assert "posix.mkdir" in message
+    assert _tree(work) == before, "nothing in the folder changed"
+    _record(f"planted-code-{via.split()[0]}", f"`{via}` on a run whose checkpoint.pt carries an object whose `__reduce__` calls "
+            "`os.mkdir` (pickle's own loading of the same file does create the folder)",
+            f"{'exit 2, ' if via != 'load_trainer' else 'ValueError, '}nothing ran, the folder byte for byte as before: "
+            f"\"{_quote(message, tmp_path)}\"")
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_and_the_first_completes(tmp_path, no_figures):
+    out = tmp_path / "run"
+    to_child, from_parent = os.pipe()
+    to_parent, from_child = os.pipe()
+    pid = _fork()
+    if pid == 0:
+        code = 70
+        try:
+            os.close(from_parent)
+            os.close(to_parent)
+            append = runs.append_jsonl
+
+            def append_then_wait(path, row):  # mid-run: the parent tries its writers now
+                append(path, row)
+                if row["iter"] == 10:
+                    os.write(from_child, b"1")
+                    os.read(to_child, 1)
+
+            runs.append_jsonl = append_then_wait
+            code = main(SMOKE + ["--out", str(out)])
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(to_child)
+    os.close(from_child)
+    attempts = {}
+    try:
+        assert os.read(to_parent, 1) == b"1", "the first writer did not reach its first row"
+        before = _tree(out)
+        for label, argv in (("train", SMOKE + ["--out", str(out)]), ("train --resume", ["train", "--resume", "--out", str(out), "--no-progress"])):
+            code, printed = _cli(argv)
+            assert code == 2, printed
+            attempts[label] = _one_error_line(printed)
+        with pytest.raises(ValueError) as err:
+            Run(out, resume=True, progress=False)
+        attempts["Run(resume=True)"] = str(err.value)
+        after = _tree(out)
+    finally:
+        os.write(from_parent, b"1")
+    status = _wait(pid, timeout=120)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the first writer failed: status {status}"
+    for label, message in attempts.items():
+        assert f"is being written by pid {pid} on host {socket.gethostname()}" in message, (label, message)
+    assert after == before, "the refused writers changed nothing"
+    rows = _strict_rows(out / "metrics.jsonl")
+    assert [r["iter"] for r in rows] == [10, 20, 30]
+    assert json.loads((out / "final.json").read_text())["iters"] == 30
+    assert torch.load(out / CHECKPOINT, weights_only=True)["iteration"] == 30
+    assert not (out / fileio.LOCK_FILE).exists(), "the lock is gone with its writer"
+    _record("second-writer", "`train` mid-run in a forked process; meanwhile `train`, `train --resume` and `Run(out, resume=True)` "
+            "on the same folder", "each refused at once, exit 2: \"" + _quote(attempts["train --resume"], tmp_path).replace(str(pid), "<pid>")
+            + "\"; the folder unchanged by them; the first run completed (rows 10, 20, 30, final.json, checkpoint of iteration 30)")
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "sweep"])
+def test_a_folder_held_by_another_writer_is_refused_by_every_command(command, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    argv = {"train": SMOKE + ["--out", str(out)],
+            "compare": ["compare", "--preset", "smoke", "--jobs", "1", "--resume", "--out", str(out), "--no-progress"],
+            "sweep": ["sweep", "--preset", "smoke", "--samplers", "langevin", "--jobs", "1", "--out", str(out), "--no-progress"]}[command]
+    with fileio.FolderLock(out):  # held here: a notebook's open Run, say
+        before = _tree(out)
+        code, printed = _cli(argv)
+        after = _tree(out)
+    assert code == 2, printed
+    message = _one_error_line(printed)
+    assert f"is being written by pid {os.getpid()} on host {socket.gethostname()}" in message and "this very process" in message
+    assert after == before
+    _record(f"busy-folder-{command}", f"`{command}` on a folder whose lock another writer holds",
+            f"exit 2: \"{_quote(message, tmp_path).replace(str(os.getpid()), '<pid>')}\"")
+
+
+def test_a_run_holds_its_folder_while_open_and_lets_go_when_training_ends(tmp_path, no_figures):
+    """The Python API (a notebook): a second Run of the folder is refused while the first is open; train() and close() let go."""
+    out = tmp_path / "run"
+    first = Run(out, preset("smoke", "langevin", device="cpu", iters=10), progress=False)
+    with pytest.raises(ValueError, match="this very process"):
+        Run(out, resume=True, progress=False)
+    first.train()
+    assert not (out / fileio.LOCK_FILE).exists()
+    second = Run(out, resume=True, iters=20, progress=False)
+    with pytest.raises(ValueError, match=f"is being written by pid {os.getpid()}"):
+        Run(out, resume=True, progress=False)
+    second.close()
+    with Run(out, resume=True, iters=20, progress=False) as third:
+        assert third.train()["iters"] == 20
+    assert fileio.lock_holder(out) is None
+
+
+def test_a_compare_killed_before_its_first_checkpoint_finishes_with_resume(tmp_path, no_figures):
+    out = tmp_path / "cmp"
+    args = ["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]
+    pid = _fork()
+    if pid == 0:
+        code = 70
+        try:  # SIGKILL halfway through the first checkpoint: config.json and a row exist, no checkpoint
+            runs.atomic_torch_save = _dies_inside_checkpoint_write(runs.atomic_torch_save, 1, 0.5)
+            cli.torch_threads = lambda n: contextlib.nullcontext()  # one thread in a forked child (see _fork)
+            code = main(args)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    status = _wait(pid, timeout=120)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    left = sorted(p.name for p in (out / "langevin").iterdir())
+    assert "config.json" in left and CHECKPOINT not in left and fileio.LOCK_FILE in left, left
+    code, printed = _cli(args + ["--resume"])
+    assert code == 0, printed
+    assert f"{out / 'langevin'}: stopped before its first checkpoint, started again" in printed
+    from anila_core.processes import torch_threads
+
+    with torch_threads(os.cpu_count() or 1):  # the threads compare --jobs 1 gives its run: the same reduction order
+        reference = Run(tmp_path / "reference", preset("smoke", "langevin", iters=10), progress=False).train()
+    for sampler in ("langevin", "anila"):
+        final = json.loads((out / sampler / "final.json").read_text())
+        assert final["iters"] == 10 and [r["iter"] for r in _strict_rows(out / sampler / "metrics.jsonl")] == [10]
+    drop = ("wall_s",)
+    langevin = json.loads((out / "langevin" / "final.json").read_text())
+    assert {k: v for k, v in langevin.items() if k not in drop} == {k: v for k, v in reference.items() if k not in drop}
+    assert (out / "comparison.md").is_file() and (out / "comparison.png").is_file()
+    assert not list(out.rglob(".*.tmp")) and not list(out.rglob(fileio.LOCK_FILE))
+    _record("compare-killed-before-checkpoint", "`compare` (langevin, anila) SIGKILLed halfway through langevin's first checkpoint "
+            "write (left: its config.json, a metrics row, a temporary file, stale locks), then the same command with `--resume`",
+            "exit 0: langevin started again (\"stopped before its first checkpoint, started again\") and ended equal to an "
+            "uninterrupted run, anila trained, comparison.md and comparison.png written; the stale locks did not block")
+
+
+def test_the_workers_of_a_killed_compare_end_with_it(tmp_path):
+    out = tmp_path / "cmp"
+    parent = subprocess.Popen([sys.executable, "-m", "anila_core", "compare", "--preset", "smoke", "--iters", "1000000",
+                               "--eval-every", "1000000", "--checkpoint-every", "1000000", "--jobs", "2", "--out", str(out),
+                               "--no-progress"], env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        # each worker holds its sampler folder's lock while it trains: then it is busy, not waiting for work
+        def both_training():
+            if parent.poll() is not None:
+                pytest.fail(f"compare ended early with exit {parent.returncode}: {parent.stderr.read()}")
+            pids = [_lock_pid(out / s) for s in ("langevin", "anila")]
+            return pids if all(pids) else None
+
+        workers = _until(both_training, timeout=300, what="both workers training")
+        assert all(_parent_of(w) == parent.pid for w in workers)
+        parent.kill()
+        parent.wait()
+        _until(lambda: all(_gone(w) for w in workers), timeout=60, what="the workers ending after their parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for w in workers:  # a failed check must not leave them training
+            if not _gone(w):
+                os.kill(w, signal.SIGKILL)
+    assert all(fileio.lock_holder(out / s) is None for s in ("langevin", "anila")), "their locks were let go"
+    _record("compare-workers-die-with-parent", "`compare --jobs 2` SIGKILLed while both worker processes train",
+            "both workers ended with it (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog thread that sees the parent pid change), "
+            "and their folder locks were free again")
+
+
+POOL_SCRIPT = '''
+import os, sys, time
+from anila_core.processes import process_pool
+
+def busy(path):
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(3600)  # a job in progress: the worker does not read its task pipe meanwhile
+
+if __name__ == "__main__":
+    with process_pool(1) as pool:
+        pool.map(busy, [sys.argv[1]])
+'''
+
+
+def test_a_pool_worker_ends_when_its_parent_is_killed(tmp_path):
+    """The pool of compare and of sweep's cells: a worker busy with a job ends when the parent dies."""
+    script = tmp_path / "pool_parent.py"
+    script.write_text(POOL_SCRIPT)
+    started = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, str(script), str(started)], env=SUBPROCESS_ENV)
+    worker = None
+    try:
+        worker = int(_until(lambda: started.exists() and started.read_text(), timeout=120, what="the worker's job starting"))
+        assert _parent_of(worker) == parent.pid
+        parent.kill()
+        parent.wait()
+        _until(lambda: _gone(worker), timeout=60, what="the worker ending after its parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if worker is not None and not _gone(worker):
+            os.kill(worker, signal.SIGKILL)
+    _record("pool-workers-die-with-parent", "a `process_pool` worker (compare's runs, sweep's cells) in the middle of a job; "
+            "its parent SIGKILLed", "the worker ended with it")
+
+
+def _mount_tmpfs(path: Path, size: int) -> bool:
+    """Mount a tmpfs of ``size`` bytes on ``path``; ``False`` where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
+    try:
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_and_resume_completes(tmp_path, monkeypatch, base_run, no_figures):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    page = 4096
+    checkpoint_pages = -(-(base_run / CHECKPOINT).stat().st_size // page)
+    # room for config.json, metrics.jsonl, .lock and one checkpoint and a half: the second checkpoint's temporary file does not fit
+    mounted = _mount_tmpfs(disk, page * (3 + checkpoint_pages + checkpoint_pages // 2))
+    try:
+        if not mounted:  # the same error torch raises on a full disk, from the second checkpoint's write
+            save, calls = torch.save, []
+
+            def full_disk_save(obj, f, *args, **kwargs):
+                calls.append(1)
+                if len(calls) < 2:
+                    return save(obj, f, *args, **kwargs)
+                f.write(b"PK\x03\x04 a few bytes")
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+            monkeypatch.setattr(torch, "save", full_disk_save)
+        out = disk / "run"
+        code, printed = _cli(SMOKE + ["--out", str(out)])
+        assert code == 3, printed
+        message = _one_error_line(printed)
+        assert message.startswith(f"disk full / no space left while writing {out / CHECKPOINT}"), message
+        assert f"the last good checkpoint {out / CHECKPOINT} (iteration 10) is intact: continue with --resume" in message
+        assert torch.load(out / CHECKPOINT, weights_only=True)["iteration"] == 10, "the previous checkpoint is intact"
+        assert not list(out.glob(".*.tmp")) and not (out / fileio.LOCK_FILE).exists()
+        # space again: the same folder resumes to the end
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        else:
+            monkeypatch.setattr(torch, "save", save)
+        code, printed = _cli(["train", "--resume", "--out", str(out), "--no-progress"])
+        assert code == 0, printed
+        assert "resuming" in printed and [r["iter"] for r in _strict_rows(out / "metrics.jsonl")] == [10, 20, 30]
+        assert json.loads((out / "final.json").read_text())["iters"] == 30
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=False)
+    how = (f"a tmpfs of {3 + checkpoint_pages + checkpoint_pages // 2} pages mounted for the test" if mounted else
+           "mounting refused here: `torch.save` replaced by one that raises torch's full-disk RuntimeError")
+    _record("disk-full-checkpoint", f"`train` whose second checkpoint does not fit on the disk ({how}); then space again and "
+            "`train --resume`", f"exit 3: \"{_quote(message, tmp_path)}\"; checkpoint of iteration 10 intact, no temporary file; "
+            "the resume completed (rows 10, 20, 30)")
+
+
+OUT_OF_MEMORY = {
+    "cpu-allocator": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                                          "you tried to allocate 8000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    "memory-error": lambda: MemoryError(),
+    "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 7.28 TiB. GPU 0 has a total capacity of 139.8 GiB"),
+}
+
+
+@pytest.mark.parametrize("kind, at", [("cpu-allocator", 3), ("memory-error", 3), ("cuda", 3), ("cpu-allocator", 15)],
+                         ids=["cpu-allocator-before-checkpoint", "memory-error-before-checkpoint", "cuda-before-checkpoint",
+                              "cpu-allocator-after-checkpoint"])
+def test_out_of_memory_names_the_sizes_and_leaves_a_folder_to_rerun_or_resume(kind, at, tmp_path, monkeypatch, no_figures):
+    step, failed = Trainer.train_step, []
+
+    def fails_once(self, trace=None):
+        if self.iteration == at - 1 and not failed:
+            failed.append(at)
+            raise OUT_OF_MEMORY[kind]()
+        return step(self, trace)
+
+    monkeypatch.setattr(Trainer, "train_step", fails_once)
+    out = tmp_path / "run"
+    code, printed = _cli(SMOKE + ["--out", str(out)])
+    assert code == 3, printed
+    message = _one_error_line(printed)
+    assert message.startswith(f"out of {'GPU ' if kind == 'cuda' else ''}memory while training {out}"), message
+    for size in ("--buffer-size (now 500)", "--batch-size (now 64)", "--width (now 32)", "--eval-samples (now 200)"):
+        assert size in message
+    if at < 10:
+        assert f"no checkpoint was written yet, so the files of this run were removed from {out}: run the command again" in message
+        assert not out.exists(), "the folder this run made is gone: the same command can run again"
+        code, printed = _cli(SMOKE + ["--out", str(out)])
+    else:
+        assert f"the last good checkpoint {out / CHECKPOINT} (iteration 10) is intact: continue with --resume" in message
+        code, printed = _cli(["train", "--resume", "--out", str(out), "--no-progress"])
+    assert code == 0, printed
+    assert json.loads((out / "final.json").read_text())["iters"] == 30
+    when = "before" if at < 10 else "after"
+    _record(f"oom-{kind}-{when}-checkpoint", f"`train` whose iteration {at} raises {type(OUT_OF_MEMORY[kind]()).__name__} "
+            f"({'the CPU allocator' if kind == 'cpu-allocator' else 'Python' if kind == 'memory-error' else 'CUDA'}), "
+            f"{when} the first checkpoint; then the command again" + ("" if at < 10 else " with `--resume`"),
+            f"exit 3: \"{_quote(message, tmp_path)}\"; the " + ("rerun" if at < 10 else "resume") + " completed")
+
+
+def test_the_same_command_plus_resume_continues_and_a_changed_value_is_refused(tmp_path, monkeypatch, no_figures):
+    out = tmp_path / "run"
+    command = ["train", "--preset", "smoke", "--sampler", "anila", "--seed", "3", "--iters", "20", "--out", str(out), "--no-progress"]
+    step = Trainer.train_step
+
+    def stopped_after_the_checkpoint(self, trace=None):  # a cluster's time limit, right after the checkpoint of iteration 10
+        if self.iteration == 10:
+            raise KeyboardInterrupt
+        return step(self, trace)
+
+    monkeypatch.setattr(Trainer, "train_step", stopped_after_the_checkpoint)
+    assert _cli(command)[0] == 130
+    monkeypatch.setattr(Trainer, "train_step", step)
+    before = _tree(out)
+    changed = [("4" if a == "3" else a) for a in command] + ["--resume"]
+    code, printed = _cli(changed)
+    assert code == 2, printed
+    refused = _one_error_line(printed)
+    assert refused.startswith("--resume: --seed cannot change on resume (--seed: 3 in the run's config.json, 4 given)"), refused
+    assert _tree(out) == before
+    code, printed = _cli(command + ["--resume"])
+    assert code == 0, printed
+    assert f"resuming {out} at iteration 10 of 20" in printed
+    straight = tmp_path / "straight"
+    assert _cli([a if a != str(out) else str(straight) for a in command])[0] == 0
+    assert _strip(_strict_rows(out / "metrics.jsonl")) == _strip(_strict_rows(straight / "metrics.jsonl"))
+    _record("resume-same-command", "`train --preset smoke --sampler anila --seed 3 --iters 20` stopped after its checkpoint of "
+            "iteration 10; the same command plus `--resume`, and with `--seed 4` plus `--resume`",
+            f"the same command: accepted, printed \"resuming <tmp>/run at iteration 10 of 20\", and ended with the rows of an "
+            f"uninterrupted run; `--seed 4`: exit 2, \"{_quote(refused, tmp_path)}\", the folder unchanged")
+
+
 # =========================================================================== docs/RELIABILITY.md
 
 
@@ -796,7 +1273,7 @@ def _cell(text: str, limit: int | None = None) -> str:
 
 def render_note() -> str:
     """docs/RELIABILITY.md from the plans and case list above and the outcomes this session recorded."""
-    crash, divergence, bad = RESULTS["crash"], RESULTS["divergence"], RESULTS["bad_input"]
+    crash, divergence, bad, folders = RESULTS["crash"], RESULTS["divergence"], RESULTS["bad_input"], RESULTS["run_folders"]
     landed = [crash[i]["landed"] for i in range(len(PLAN))]
     resumed = sum(s.startswith("resumed from") for s in landed)
     fresh = sum("fresh start" in s for s in landed)
@@ -828,6 +1305,13 @@ def render_note() -> str:
         f"line); {len(bad)} of {len(CASES)} were answered by an error naming what was wrong and what was expected; every "
         "command-line case exited with code 2 and one `error:` line, without a traceback; in every case the files that "
         "existed before were left byte for byte as they were, and nothing was added.",
+        f"- **Run folders**: {len(RUN_FOLDER_TESTS)} tests of who may write a run folder and what it may hold: a checkpoint "
+        "carrying code is refused without running it (every checkpoint loads with `torch.load(weights_only=True)`); a second "
+        "writer is refused at once, naming the holder's pid and host (`flock` on `.lock`, released by the OS however the "
+        "writer ends); a compare killed before a sampler's first checkpoint finishes with `--resume`, and its worker processes "
+        "end with it; a full disk and a failed allocation end with one `error:` line and exit 3, the last checkpoint intact (or, "
+        "before the first one, the run's files removed so the command can run again); the same command line plus `--resume` "
+        "continues, a changed value is refused naming both.",
         "",
         "## Crashes",
         "",
@@ -853,6 +1337,19 @@ def render_note() -> str:
     ]
     for name, r in divergence.items():
         lines.append(f"| `{name}` | {_cell(r['forced'])} | {_cell(r['policy'])} | {_cell(r['outcome'])} |")
+    lines += [
+        "",
+        "## Run folders",
+        "",
+        "One process writes a run folder at a time, and nothing in a folder can run code. Messages are quoted as printed "
+        "(after `error: `), `<tmp>` being the test's folder and `<pid>` the holder's pid.",
+        "",
+        "| test | case | what happened |",
+        "|---|---|---|",
+    ]
+    for name in RUN_FOLDER_TESTS:
+        r = folders[name]
+        lines.append(f"| `{name}` | {_cell(r['case'])} | {_cell(r['outcome'])} |")
     lines += [
         "",
         "## Bad input",
@@ -882,10 +1379,17 @@ DIVERGENCE_TESTS = ("huge-lr-stop", "nan-stop-in-memory", "nan-cli-stop-then-res
                     "huge-lr-gives-up", "rollback-resume-exact", "rollback-exact-rings", "rollback-exact-digits")
 
 
+RUN_FOLDER_TESTS = ("planted-code-train", "planted-code-compare", "planted-code-load_trainer", "second-writer", "busy-folder-train",
+                    "busy-folder-compare", "busy-folder-sweep", "compare-killed-before-checkpoint", "compare-workers-die-with-parent",
+                    "pool-workers-die-with-parent", "disk-full-checkpoint", "oom-cpu-allocator-before-checkpoint",
+                    "oom-memory-error-before-checkpoint", "oom-cuda-before-checkpoint", "oom-cpu-allocator-after-checkpoint",
+                    "resume-same-command")
+
+
 def test_the_reliability_note_matches_these_tests():
-    """docs/RELIABILITY.md lists exactly this file's trials, divergence tests and cases (ANILA_WRITE_DOCS=1 rewrites it)."""
+    """docs/RELIABILITY.md lists exactly this file's trials, divergence tests, run-folder tests and cases (ANILA_WRITE_DOCS=1 rewrites it)."""
     complete = (len(RESULTS["crash"]) == len(PLAN) and len(RESULTS["bad_input"]) == len(CASES)
-                and set(RESULTS["divergence"]) == set(DIVERGENCE_TESTS))
+                and set(RESULTS["divergence"]) == set(DIVERGENCE_TESTS) and set(RESULTS["run_folders"]) == set(RUN_FOLDER_TESTS))
     if os.environ.get("ANILA_WRITE_DOCS") == "1":
         if not complete:
             pytest.fail("ANILA_WRITE_DOCS=1 needs every test of tests/test_reliability.py in the same session (no -k)")
@@ -905,3 +1409,5 @@ def test_the_reliability_note_matches_these_tests():
         assert row.startswith(f"| `{case.id}` | {case.interface} | {_cell(case.given)} |"), row
     for name in DIVERGENCE_TESTS:
         assert f"| `{name}` |" in text, f"divergence test {name} is missing"
+    folder_rows = [line for line in text.split("## Run folders")[1].split("## Bad input")[0].splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in folder_rows] == list(RUN_FOLDER_TESTS), "the run-folder table lists other tests than these"

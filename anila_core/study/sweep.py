@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 from anila_core.training.config import CHAIN_KINDS, TrainConfig, changed_settings, preset
-from anila_core.fileio import atomic_write_json, atomic_write_text
+from anila_core.fileio import LOCK_FILE, atomic_write_json, atomic_write_text, locked_folder
 from anila_core.processes import process_pool, torch_threads
+from anila_core.training.limits import check_memory
 
 __all__ = [
     "KINDS",
@@ -213,12 +214,19 @@ def _fields(row: dict, names: Sequence[str]) -> dict:
 
 def run_cell(base: TrainConfig, cell: dict) -> dict:
     """Train one cell in memory and return its result (a divergence is a result, not an error)."""
+    from anila_core.failures import is_out_of_memory
     from anila_core.training.guard import TrainingDiverged
+    from anila_core.training.limits import out_of_memory
     from anila_core.training.trainer import Trainer
 
     config = cell_config(base, cell)
     start = time.perf_counter()
-    trainer = Trainer(config, progress=False)
+    try:
+        trainer = Trainer(config, progress=False)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise out_of_memory(err, config, f"building sweep cell {cell_id(cell)}") from None
     cpu_start = time.process_time()
 
     def cpu_time(trainer, row):
@@ -230,6 +238,10 @@ def run_cell(base: TrainConfig, cell: dict) -> dict:
         trainer.run(callback=cpu_time)
     except TrainingDiverged as err:
         diverged = {"iter": trainer.iteration, "cause": err.cause or str(err)}
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise out_of_memory(err, config, f"in sweep cell {cell_id(cell)}") from None
     history = [_fields(r, HISTORY_FIELDS) for r in trainer.history]
     result = {"id": cell_id(cell), **{k: cell.get(k) for k in CELL_FIELDS}, "diverged": diverged is not None,
               "diverged_at": diverged and diverged["iter"], "cause": diverged and diverged["cause"],
@@ -286,10 +298,9 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     Cells run in ``jobs`` processes (default: one per CPU core, one thread each). Each
     finished cell is written at once to ``out/cells/<id>.json``, so running the same sweep
     again (after a crash, or to add cells) never recomputes a finished one. A folder that
-    holds a sweep with another base configuration is refused.
+    holds a sweep with another base configuration is refused, and so is a folder another
+    sweep is writing (``out/.lock``); the worker processes end when this process ends.
     """
-    from tqdm.auto import tqdm
-
     out = Path(out)
     base = base.validate()
     cells = list(cells)
@@ -300,23 +311,39 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     ids = [cell_id(c) for c in cells]
     if len(set(ids)) != len(ids):
         raise ValueError("cells: the same cell is listed twice")
-    plan = _plan(base, cells, study)
+    for c in cells:  # arithmetic on each cell's settings: an absurd size is refused before anything is written
+        check_memory(cell_config(base, c))
+    # one sweep writes a folder at a time (its workers end with it); a refused folder is left as it was
+    with locked_folder(out, check=lambda: _check_folder(out, base)):
+        return _run_sweep(out, cells, base, jobs, progress, study, command)
+
+
+def _check_folder(out: Path, base: TrainConfig) -> None:
+    """Refuse ``out`` when it holds files that are not a sweep, or a sweep with another base configuration."""
     plan_path = out / "plan.json"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} exists and is not a folder")
     if plan_path.exists():
         old = json.loads(plan_path.read_text())
         try:  # a setting added to TrainConfig since then takes its default: the same runs
             old_base = TrainConfig.from_dict(old["base"]).to_dict()
         except ValueError as err:
             raise ValueError(f"{plan_path}: written by another version of anila_core ({err})") from None
-        changed = sorted(changed_settings(old_base, plan["base"], ignore=()))
+        changed = sorted(changed_settings(old_base, base.to_dict(), ignore=()))
         if changed:
             raise ValueError(f"out: {out} holds a sweep with other base settings ({', '.join(changed)}); "
                              "choose another folder or run that sweep's own command")
-        plan["cells"] = list(dict.fromkeys(old["cells"] + plan["cells"]))
-    elif out.is_dir() and any(out.iterdir()):
+    elif any(p.name != LOCK_FILE for p in out.iterdir()):
         raise ValueError(f"out: {out} already holds files that are not a sweep; choose another folder")
+
+
+def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None, progress: bool, study: str | None,
+               command: str | None) -> dict:
+    """:func:`run_sweep` in its locked, checked folder."""
+    from tqdm.auto import tqdm
+
+    plan = _plan(base, cells, study)
+    plan_path = out / "plan.json"
+    if plan_path.exists():  # the same base (checked): the cells of both plans
+        plan["cells"] = list(dict.fromkeys(json.loads(plan_path.read_text())["cells"] + plan["cells"]))
     (out / "cells").mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan_path, plan)
 

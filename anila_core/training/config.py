@@ -15,7 +15,7 @@ from anila_core.sampling.samplers import ANILA_VARIANTS, NORMS
 from anila_core.sampling.targets import TARGETS
 
 __all__ = ["TrainConfig", "PRESETS", "IMAGE_PRESETS", "DEFAULT_PRESET", "preset", "preset_names", "CHAIN_KINDS", "LR_SCHEDULES", "AMP_MODES",
-           "DIVERGENCE_POLICIES", "RESUMABLE_FIELDS", "changed_settings", "describe_changes"]
+           "DIVERGENCE_POLICIES", "RESUMABLE_FIELDS", "changed_settings", "describe_changes", "MAX_SEED", "MAX_EVAL_SAMPLES"]
 
 CHAIN_KINDS = ("buffer", "short_run")
 LR_SCHEDULES = ("constant", "cosine")
@@ -24,6 +24,10 @@ AMP_MODES = ("off", "bf16")
 #: settings that may change when a run is resumed; every other setting is the run's own
 RESUMABLE_FIELDS = ("iters", "device", "data_root", "on_divergence", "max_rollbacks")
 DIVERGENCE_POLICIES = ("stop", "rollback")
+#: the largest seed: torch takes seeds up to 2**64 − 1, and the evaluation streams use seed + 1 … seed + 3
+MAX_SEED = 2**63 - 1
+#: the most samples an evaluation's MMD may use: its kernel matrices grow as the square (10 000: about 2.4 GB)
+MAX_EVAL_SAMPLES = 10_000
 
 
 def changed_settings(old: dict, new: dict, ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:
@@ -149,6 +153,11 @@ class TrainConfig:
             v = getattr(self, name)
             if not (low <= v <= high):
                 raise ValueError(f"{name}: expected a number in [{low}, {high}], got {v!r}")
+        if self.seed > MAX_SEED:
+            raise ValueError(f"seed: expected an integer in [0, 2**63 - 1 = {MAX_SEED}], got {self.seed!r}")
+        if self.eval_samples > MAX_EVAL_SAMPLES:
+            raise ValueError(f"eval_samples: expected at most {MAX_EVAL_SAMPLES} (the MMD's memory grows as its square), "
+                             f"got {self.eval_samples!r}")
         if self.metropolis and self.noise_scale == 0:
             raise ValueError("metropolis: needs noise_scale > 0")
         if self.metropolis and SAMPLERS[self.sampler].no_metropolis_setting:
@@ -157,6 +166,9 @@ class TrainConfig:
             raise ValueError(f"global_moves: needs init='gaussian' (its proposal is the Gaussian start), got init={self.init!r}")
         if self.chains == "buffer" and self.buffer_size < self.batch_size:
             raise ValueError(f"buffer_size: expected at least batch_size ({self.batch_size}), got {self.buffer_size}")
+        if not self.dataset and self.chains == "buffer" and self.eval_samples > self.buffer_size:
+            raise ValueError(f"eval_samples: expected at most buffer_size ({self.buffer_size}): the evaluation measures the "
+                             f"buffer's chains, got {self.eval_samples!r}")
         if self.fid_samples < 2:
             raise ValueError(f"fid_samples: expected an integer >= 2 (FID needs a covariance), got {self.fid_samples!r}")
         if self.dataset and self.image_size != 0 and self.image_size not in SIZES[self.dataset]:

@@ -1,88 +1,200 @@
-"""Run directories: config, metrics rows, checkpoints, final figures — written atomically, resumable exactly (also under torchrun, where rank 0 writes)."""
+"""Run directories: config, metrics rows, checkpoints, final figures — written atomically by one process at a time, resumable exactly (also under torchrun, where rank 0 writes)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from anila_core.failures import DiskFull, RunFailure, disk_full, is_out_of_memory
 from anila_core.device import resolve_device
 from anila_core.training import distributed
 from anila_core.training.config import TrainConfig, changed_settings, describe_changes
-from anila_core.fileio import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl, write_jsonl
+from anila_core.fileio import (LOCK_FILE, FolderBusy, FolderLock, append_jsonl, atomic_torch_save, atomic_write_json, busy_error,
+                               lock_holder, make_folder, read_jsonl, remove_made_folders, write_jsonl)
+from anila_core.training.limits import check_memory, out_of_memory
 from anila_core.training.state import validate_checkpoint
 from anila_core.training.trainer import Trainer
 
-__all__ = ["Run", "CHECKPOINT", "load_trainer", "RUN_FILES", "IMAGE_RUN_FILES", "target_summary", "image_summary", "expected_files",
-           "remove_stale_temporaries"]
+__all__ = ["Run", "CHECKPOINT", "load_trainer", "load_checkpoint", "RUN_FILES", "IMAGE_RUN_FILES", "target_summary", "image_summary",
+           "expected_files", "remove_stale_temporaries"]
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "true_density.png", "learned_density.png", "samples.png", "training.png")
 #: what every image run writes; ``fid.png`` joins when FID was computed, ``step_sizes.png`` for AniLA
 IMAGE_RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "samples.png", "training.png")
+#: every name a run writes in its folder
+_KNOWN_FILES = frozenset(RUN_FILES) | frozenset(IMAGE_RUN_FILES) | {"fid.png", "step_sizes.png"}
 
 
 class Run:
-    """A training run that lives in ``out_dir``.
+    """A training run that lives in ``out_dir``, written by this process alone while it is open.
 
     A new run refuses a folder that already holds files (nothing a user made is
     overwritten); ``resume=True`` continues the run found there from its checkpoint, with
     the same results as if it had never stopped (``data_root`` may point to where the
-    dataset lives now, ``device`` to another device). Under torchrun every rank builds the Run; only rank 0 writes.
+    dataset lives now, ``device`` to another device). With ``resume=True, restart=True`` and a
+    ``config``, a run that was stopped before its first checkpoint (and has the same settings)
+    starts again from the beginning instead of being refused. Under torchrun every rank builds
+    the Run; only rank 0 writes.
+
+    The folder is locked (``.lock``, see :class:`anila_core.fileio.FolderLock`) from the
+    Run's creation until :meth:`train` returns or raises, or :meth:`close`; another writer,
+    in another process or this one, is refused meanwhile. A failure of the machine (disk
+    full, out of memory) before the first checkpoint removes the files the run wrote, so
+    that the same command can run again.
     """
 
     def __init__(self, out_dir: str | Path, config: TrainConfig | None = None, resume: bool = False,
                  iters: int | None = None, progress: bool = True, data_root: str | None = None,
-                 on_divergence: str | None = None, max_rollbacks: int | None = None, device: str | None = None):
+                 on_divergence: str | None = None, max_rollbacks: int | None = None, device: str | None = None,
+                 restart: bool = False):
         self.out = Path(out_dir)
         self.is_main = distributed.current().is_main
-        if resume:
-            self.trainer = load_trainer(self.out, progress=progress, iters=iters, data_root=data_root,
-                                        on_divergence=on_divergence, max_rollbacks=max_rollbacks, device=device,
-                                        write_config=True)
+        self._lock = FolderLock(self.out)
+        self._made: list[Path] = []  # folders this Run created: removed again when its start fails
+        self._started = False  # this Run wrote config.json: it started the run in the folder
+        unstarted = False
+        if resume and restart and config is not None:
+            unstarted = distributed.broadcast_object(
+                ((self.out / "config.json").is_file() and not (self.out / CHECKPOINT).exists()) if self.is_main else None)
+        if resume and not unstarted:
+            self._resume(progress=progress, iters=iters, data_root=data_root, on_divergence=on_divergence,
+                         max_rollbacks=max_rollbacks, device=device)
+        else:
+            self._start(config, iters, progress, restart=unstarted)
+
+    def _resume(self, **options) -> None:
+        error = None
+        if self.is_main and self.out.is_dir():  # a missing folder: load_trainer says what is wrong, nothing to lock
+            try:
+                self._lock.acquire()
+            except FolderBusy as err:
+                error = str(err)
+            except OSError as err:
+                error = f"out_dir: cannot write in {self.out}: {err.strerror}; expected a run folder you can write to"
+        error = distributed.broadcast_object(error)
+        if error:
+            raise ValueError(error)
+        try:
+            self.trainer = load_trainer(self.out, write_config=True, **options)
             if self.is_main:
                 # rows after the checkpoint belong to iterations that will be run again
                 write_jsonl(self.out / "metrics.jsonl", self.trainer.history)
                 remove_stale_temporaries(self.out)
-        else:
-            if config is None:
-                raise ValueError("config: a new run needs a TrainConfig")
-            # rank 0 checks the folder; every rank raises the same error if it cannot be used
-            error = distributed.broadcast_object(self._folder_problem() if self.is_main else None)
-            if error:
-                raise ValueError(error)
-            if iters is not None:
-                config = config.replace(iters=iters)
-            # the trainer first: a missing dataset then leaves no empty run folder behind
-            self.trainer = Trainer(config, progress=progress)
-            if self.is_main:
-                try:
-                    self.out.mkdir(parents=True, exist_ok=True)
-                except OSError as err:
-                    raise ValueError(f"out_dir: cannot create {self.out}: {err.strerror}; expected a folder path "
-                                     "you can write to") from None
-                try:
-                    atomic_write_json(self.out / "config.json", self.trainer.config.to_dict())
-                    (self.out / "metrics.jsonl").touch()
-                except OSError as err:
-                    raise ValueError(f"out_dir: cannot write in {self.out}: {err.strerror}; expected a folder you can "
-                                     "write to") from None
+        except BaseException:
+            self._lock.release()
+            raise
 
-    def _folder_problem(self) -> str | None:
-        """Why ``out`` cannot hold a new run (``None`` when it can)."""
+    def _start(self, config: TrainConfig | None, iters: int | None, progress: bool, restart: bool) -> None:
+        if config is None:
+            raise ValueError("config: a new run needs a TrainConfig")
+        if iters is not None:
+            config = config.replace(iters=iters)
+        # rank 0 checks the folder; every rank raises the same error if it cannot be used
+        error = distributed.broadcast_object(self._folder_problem(config if restart else None) if self.is_main else None)
+        if error:
+            raise ValueError(error)
+        # the trainer first: a missing dataset or too little memory then leaves no empty run folder behind
+        check_memory(config.validate())
+        self.trainer = _build_trainer(config, progress)
+        if not self.is_main:
+            return
+        try:
+            self._made = make_folder(self.out)
+            try:
+                self._lock.acquire()
+            except OSError as err:
+                raise ValueError(f"out_dir: cannot write in {self.out}: {err.strerror}; expected a folder you can write to") from None
+            # again under the lock: another writer may have started between the first look and now
+            problem = self._folder_problem(config if restart else None)
+            if problem:
+                raise ValueError(problem)
+            if restart:
+                for name in _KNOWN_FILES:  # what the stopped run wrote before its first checkpoint; it starts again
+                    (self.out / name).unlink(missing_ok=True)
+            remove_stale_temporaries(self.out)
+            self._started = True
+            try:
+                atomic_write_json(self.out / "config.json", self.trainer.config.to_dict())
+                (self.out / "metrics.jsonl").touch()
+            except OSError as err:
+                raise ValueError(f"out_dir: cannot write in {self.out}: {err.strerror}; expected a folder you can "
+                                 "write to") from None
+        except BaseException:
+            self._undo_start()
+            raise
+
+    def _undo_start(self) -> None:
+        """Remove what this Run's start (or its run before the first checkpoint) wrote: its files, the lock, the folders it made."""
+        if self._started:
+            for name in ("config.json", "metrics.jsonl"):
+                (self.out / name).unlink(missing_ok=True)
+            remove_stale_temporaries(self.out)
+            self._started = False
+        self._lock.release()
+        remove_made_folders(self._made)
+        self._made = []
+
+    def _folder_problem(self, restart: TrainConfig | None = None) -> str | None:
+        """Why ``out`` cannot hold a new run (``None`` when it can); with ``restart``, why that config cannot start again there."""
         if self.out.exists() and not self.out.is_dir():
             return f"out_dir: {self.out} exists and is not a folder"
-        if self.out.is_dir() and any(self.out.iterdir()):
-            return f"out_dir: {self.out} already holds files; pass resume=True to continue that run or choose another folder"
+        if not self.out.is_dir():
+            return None
+        if not self._lock.held:
+            holder = lock_holder(self.out)
+            if holder:
+                return str(busy_error(holder))
+        # a lock and the temporaries a killed writer left do not make a folder used
+        names = {p.name for p in self.out.iterdir()} - {LOCK_FILE} - {p.name for p in _stale_temporaries(self.out)}
+        if restart is None:
+            if names:
+                return f"out_dir: {self.out} already holds files; pass resume=True to continue that run or choose another folder"
+            return None
+        if CHECKPOINT in names:
+            return f"out_dir: {self.out} has a checkpoint now; resume it with resume=True"
+        unknown = sorted(names - _KNOWN_FILES)
+        if unknown:
+            return (f"out_dir: {self.out} holds files no run wrote ({', '.join(unknown[:3])}); expected the folder of a run "
+                    "stopped before its first checkpoint, which then starts again; move those files or choose another folder")
+        config_path = self.out / "config.json"
+        try:
+            saved = TrainConfig.from_dict(json.loads(config_path.read_text())).to_dict()
+        except (OSError, json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
+            return f"{config_path}: not a valid run configuration ({err}); expected the config.json a run wrote"
+        wanted = restart.replace(lr_decay_iters=restart.lr_decay_iters or restart.iters).to_dict()
+        differ = changed_settings(saved, wanted)
+        if differ:
+            return (f"out_dir: {self.out} holds a run made with other settings ({describe_changes(differ, saved, wanted, 'there', 'now')}); "
+                    "delete that folder to train again, or choose another out_dir")
         return None
 
     @property
     def config(self) -> TrainConfig:
         return self.trainer.config
+
+    def _hold(self) -> None:
+        """Take the folder's lock again when this Run let go of it (after :meth:`train` or :meth:`close`)."""
+        if self.is_main and not self._lock.held:
+            self._lock.acquire()
+
+    def close(self) -> None:
+        """Let go of the folder: another process may write it from now on."""
+        self._lock.release()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def save_checkpoint(self, trainer: Trainer | None = None) -> Path:
         trainer = trainer or self.trainer
@@ -91,12 +203,18 @@ class Run:
         path = self.out / CHECKPOINT
         state = trainer.state_dict()  # every rank: it gathers the ranks' chain states
         if self.is_main:
+            self._hold()
             atomic_torch_save(path, state)
         trainer.guard.record_checkpoint(trainer.iteration, path, trainer.model)
         return path
 
     def train(self, callback: Callable[[Trainer, dict], None] | None = None) -> dict:
-        """Train to the config's ``iters``, logging rows and checkpointing; return ``final.json``'s content."""
+        """Train to the config's ``iters``, logging rows and checkpointing; return ``final.json``'s content.
+
+        The folder's lock is let go when this returns or raises. A full disk or an allocation
+        that fails raises :class:`anila_core.failures.RunFailure` with what to do; before the
+        first checkpoint the files this run wrote are removed, after it the checkpoint is intact.
+        """
 
         def log(trainer, row):
             append_jsonl(self.out / "metrics.jsonl", row)
@@ -107,15 +225,47 @@ class Run:
             if self.is_main:  # the rows after the state rolled back to are run again
                 write_jsonl(self.out / "metrics.jsonl", trainer.history)
 
-        self.trainer.run(callback=log, on_checkpoint=self.save_checkpoint, on_rollback=rolled_back)
-        if not self.is_main:
-            return {}  # rank 0 writes final.json and the figures
-        return self.finish()
+        self._hold()
+        try:
+            self.trainer.run(callback=log, on_checkpoint=self.save_checkpoint, on_rollback=rolled_back)
+            if not self.is_main:
+                return {}  # rank 0 writes final.json and the figures
+            return self.finish()
+        except (RunFailure, MemoryError, RuntimeError, OSError) as err:
+            if isinstance(err, RunFailure):
+                failure = err
+            elif isinstance(err, OSError):
+                failure = disk_full(err, err.filename or self.out)  # a write outside anila_core.fileio (a library's own)
+            elif is_out_of_memory(err):
+                failure = out_of_memory(err, self.config, f"while training {self.out}")
+            else:
+                failure = None
+            if failure is None:
+                raise
+            raise self._after_failure(failure) from None
+        finally:
+            self.close()
+
+    def _after_failure(self, failure: RunFailure) -> RunFailure:
+        """``failure`` with what became of the folder: the last checkpoint intact, or (none yet) the run's files removed."""
+        disk = isinstance(failure, DiskFull)
+        freed = "space is free on that disk" if disk else "more memory is free (the sizes of a run cannot change on resume)"
+        if self.trainer.guard.last_good_checkpoint is not None:
+            iteration, path = self.trainer.guard.last_good_checkpoint
+            note = f"the last good checkpoint {path} (iteration {iteration}) is intact: continue with resume=True once {freed}"
+        elif self._started and self.is_main:
+            self._undo_start()
+            again = "once space is free there" if disk else "with smaller sizes"
+            note = f"no checkpoint was written yet, so the files of this run were removed from {self.out}: run the command again {again}"
+        else:
+            note = "no checkpoint was written yet"
+        return type(failure)(f"{failure}; {note}")
 
     def finish(self) -> dict:
         """Write ``final.json`` and the figures from the current state."""
         from anila_core.ui.report import save_image_run_figures, save_run_figures
 
+        self._hold()
         t = self.trainer
         if t.config.is_image:
             final = image_summary(t)
@@ -126,6 +276,16 @@ class Run:
         save_run_figures(t, self.out)
         atomic_write_json(self.out / "final.json", final)
         return final
+
+
+def _build_trainer(config: TrainConfig, progress: bool) -> Trainer:
+    """``Trainer(config)``, with a failed allocation (a huge replay buffer, say) answered by the sizes to reduce."""
+    try:
+        return Trainer(config, progress=progress)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise out_of_memory(err, config, "while building the trainer") from None
 
 
 def target_summary(trainer: Trainer) -> dict:
@@ -208,11 +368,14 @@ def remove_stale_temporaries(out: str | Path) -> list[Path]:
     :func:`anila_core.fileio.atomic_write` writes each file through such a temporary and
     renames it; a SIGKILL between the two leaves it behind. Only these names are touched.
     """
-    known = set(RUN_FILES) | set(IMAGE_RUN_FILES) | {"fid.png", "step_sizes.png"}
-    stale = [p for p in Path(out).glob(".*.tmp") if p.is_file() and p.name[1:].rsplit(".", 2)[0] in known]
+    stale = _stale_temporaries(out)
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def _stale_temporaries(out: str | Path) -> list[Path]:
+    return [p for p in Path(out).glob(".*.tmp") if p.is_file() and p.name[1:].rsplit(".", 2)[0] in _KNOWN_FILES]
 
 
 def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None = None, device: str | None = None,
@@ -251,11 +414,7 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     if max_rollbacks is not None:
         changes["max_rollbacks"] = max_rollbacks
     config = config.replace(**changes)
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a torn or foreign file: say which and why
-        raise ValueError(f"{ckpt_path}: cannot be read as a checkpoint, it is truncated or not a checkpoint at all "
-                         f"({type(err).__name__}: {err}); expected a complete checkpoint.pt written by anila_core") from None
+    state = load_checkpoint(ckpt_path)
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{ckpt_path}: not an AniLA checkpoint (expected a dict with the model's weights, "
                          f"got {type(state).__name__}{' without a model' if isinstance(state, dict) else ''})")
@@ -278,7 +437,8 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
         validate_checkpoint(state, config)  # before the trainer is built: a checkpoint that cannot fit is refused first
     except ValueError as err:
         raise ValueError(f"{ckpt_path}: {str(err).removeprefix('checkpoint: ')}") from None
-    trainer = Trainer(config, progress=progress)
+    check_memory(config)
+    trainer = _build_trainer(config, progress)
     try:
         trainer.load_state_dict(state)
     except (ValueError, KeyError) as err:
@@ -288,6 +448,39 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     if write_config and changes and distributed.current().is_main:
         atomic_write_json(config_path, trainer.config.to_dict())
     return trainer
+
+
+def load_checkpoint(path: str | Path) -> object:
+    """Read a checkpoint (or any state file of a run) without running code it may carry: tensors and plain data only.
+
+    ``torch.load(weights_only=True)``: a pickle can name any Python callable to rebuild an
+    object, and loading it calls that callable, so a run folder from elsewhere could run code
+    on resume, in a notebook or in the app. What anila_core saves (dicts, lists, numbers,
+    strings, tensors, generator states as byte tensors) needs nothing more. A file that asks
+    for more is refused with a ``ValueError`` naming it, and nothing is loaded.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about a pickle protocol it does not expect: the error says it all
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise _unreadable(path, err) from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it asks for {found.group(1)}" if found else "it is not a torch checkpoint"
+        raise ValueError(f"{path}: refused: it may not be a checkpoint of anila_core: it holds Python objects other than "
+                         f"tensors and plain data ({what}), and loading such a file could run code it carries; nothing was "
+                         "loaded and nothing in its folder was changed; expected a checkpoint.pt written by anila_core") from None
+    except Exception as err:  # a torn or foreign file: say which and why
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    detail = " ".join(str(err).split())
+    detail = detail if len(detail) <= 200 else detail[:199] + "…"
+    return ValueError(f"{path}: cannot be read as a checkpoint, it is truncated or not a checkpoint at all "
+                      f"({type(err).__name__}: {detail}); expected a complete checkpoint.pt written by anila_core")
 
 
 def _fit_generator_states(state: dict, device: torch.device) -> bool:

@@ -1,0 +1,119 @@
+"""Memory a run needs, checked before it starts, and the out-of-memory message that names the sizes to reduce."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from anila_core.failures import OutOfMemory
+from anila_core.training.config import TrainConfig
+
+__all__ = ["data_shape", "memory_needs", "available_memory", "check_memory", "out_of_memory"]
+
+_FLOAT = 4  # bytes of a float32: chains, activations and weights
+_DOUBLE = 8  # the MMD's kernel matrices are float64
+_CHANNELS = {"digits": 1, "cifar10": 3, "flowers": 3}
+
+
+def data_shape(config: TrainConfig) -> tuple[int, ...]:
+    """The shape of one data point, from the configuration alone (no dataset is read)."""
+    if config.is_image:
+        from anila_core.images.datasets import DEFAULT_SIZES
+
+        side = config.image_size or DEFAULT_SIZES[config.dataset]
+        return (_CHANNELS[config.dataset], side, side)
+    from anila_core.sampling.targets import make_target
+
+    return (make_target(config.target).dim,)
+
+
+def memory_needs(config: TrainConfig) -> dict[str, tuple[int, str]]:
+    """A lower bound of the bytes a run holds at once, per part: ``{flag: (bytes, what)}``.
+
+    Only what is certain to be allocated counts (the chains, one layer's activations over a
+    batch, the weights with their gradient and Adam's two moments, the MMD's kernel matrices),
+    so a refusal never turns away a run that would have fit.
+    """
+    c = config
+    values = math.prod(data_shape(c))
+    needs: dict[str, tuple[int, str]] = {}
+    if c.chains == "buffer":
+        needs["--buffer-size"] = (c.buffer_size * values * _FLOAT, f"chains: buffer_size {c.buffer_size} × {values} values × 4 bytes")
+    if c.is_image:
+        side = data_shape(c)[-1]
+        needs["--batch-size"] = (c.batch_size * c.conv_width * side * side * _FLOAT,
+                                 f"first convolution's output: batch_size {c.batch_size} × conv_width {c.conv_width} × {side}×{side} × 4 bytes")
+        needs["--conv-width"] = (4 * 9 * c.conv_width * c.conv_width * _FLOAT, f"weights: conv_width {c.conv_width}² × 3×3 × 4 copies × 4 bytes")
+    else:
+        needs["--batch-size"] = (c.batch_size * c.width * c.depth * _FLOAT,
+                                 f"activations: batch_size {c.batch_size} × width {c.width} × depth {c.depth} × 4 bytes")
+        layers = max(c.depth - 1, 1)
+        needs["--width"] = (4 * c.width * c.width * layers * _FLOAT,
+                            f"weights: width {c.width}² × {layers} hidden-to-hidden layer{'s' if layers > 1 else ''} × 4 copies × 4 bytes")
+        n = min(c.eval_samples, c.buffer_size) if c.chains == "buffer" else c.eval_samples
+        needs["--eval-samples"] = (3 * n * n * _DOUBLE, f"the MMD's 3 kernel matrices: {n}² × 8 bytes")
+    return needs
+
+
+def available_memory(config: TrainConfig) -> tuple[int, str] | None:
+    """Bytes free where the run's tensors live (the GPU's free memory, or the machine's available memory); ``None`` when unknown."""
+    try:
+        from anila_core.device import resolve_device
+
+        device = resolve_device(config.device)
+    except ValueError:
+        return None  # the trainer names the bad device
+    if device.type == "cuda":
+        import torch
+
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+        except RuntimeError:
+            return None
+        return int(free), f"free on {device}"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available on this machine"
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "available on this machine"
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def check_memory(config: TrainConfig) -> None:
+    """Refuse, with a ``ValueError`` naming the largest size, a run whose certain needs exceed the memory free for it.
+
+    Cheap (arithmetic on the configuration) and done before anything is allocated or written:
+    an allocation of many gigabytes can otherwise succeed on paper and end in the kernel's
+    OOM killer, which leaves no message at all.
+    """
+    free = available_memory(config)
+    if free is None:
+        return
+    needs = memory_needs(config)
+    total = sum(b for b, _ in needs.values())
+    if total <= free[0]:
+        return
+    flag, (most, what) = max(needs.items(), key=lambda kv: kv[1][0])
+    raise ValueError(f"{flag.lstrip('-').replace('-', '_')}: the run needs at least {_gb(total)} of memory, more than the "
+                     f"{_gb(free[0])} {free[1]}; the largest part is {what} = {_gb(most)}; expected a smaller {flag}")
+
+
+def out_of_memory(err: BaseException, config: TrainConfig, during: str) -> OutOfMemory:
+    """The :class:`OutOfMemory` for a failed allocation ``err`` raised ``during`` a run: what failed, and the sizes to reduce, largest first."""
+    c = config
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if len(first) > 160:
+        first = first[:159] + "…"
+    needs = sorted(memory_needs(c).items(), key=lambda kv: -kv[1][0])
+    sizes = ", ".join(f"{flag} (now {getattr(c, flag[2:].replace('-', '_'))})" for flag, _ in needs)
+    where = "GPU memory" if "CUDA" in str(err) or type(err).__name__ == "OutOfMemoryError" else "memory"
+    return OutOfMemory(f"out of {where} {during} ({type(err).__name__}: {first}); reduce {sizes}")
