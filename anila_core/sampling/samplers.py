@@ -120,9 +120,7 @@ class Sampler:
         step, context = partial(self.transition, energy_and_grad), contextlib.nullcontext()
         if use_compiled:
             step, context = compiled.compiled_transition(self, energy_fn, x, cuda_graphs=self.fast_cuda_graphs)
-        check_finite = not (self.metropolis or allow_nonfinite)
-        ever_bad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        first_bad = torch.zeros((), dtype=torch.long, device=x.device)
+        watch = _FiniteWatch(x) if not (self.metropolis or allow_nonfinite) else None
         if trace is not None:
             trace.record_state(0, x, energy, grad)
         with context:
@@ -136,14 +134,13 @@ class Sampler:
                     x, energy, grad, extra, accepted, finite = self.transition(None, energy_fn, x, energy, grad, extra, noise, u)
                 else:
                     x, energy, grad, extra, accepted, finite = step(energy_fn, x, energy, grad, extra, noise, u)
-                if check_finite:
-                    first_bad = torch.where((first_bad == 0) & ~finite.all(), t, first_bad)
-                    ever_bad |= ~finite
+                if watch is not None:
+                    watch.add(finite)
                 if trace is not None:
                     trace.record_transition(accepted, clipped)
                     trace.record_state(t, x, energy, grad)
-        if check_finite and bool(ever_bad.any()):
-            raise NonFiniteChainError(self.name, int(first_bad), int(ever_bad.sum()), x.shape[0], n_steps)
+        if watch is not None:
+            watch.raise_if_any(self.name, n_steps)
         return SamplerState(x.detach(), energy, grad, extra)
 
     def sample(self, energy_fn: EnergyFn, x0: torch.Tensor, n_steps: int, generator: torch.Generator | None = None,
@@ -166,6 +163,43 @@ class Sampler:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k != "sampler")
         return f"{type(self).__name__}({args})"
+
+
+class _FiniteWatch:
+    """Which chains of a run turned non-finite, and at which step first, kept without waiting on the device.
+
+    The per-step masks are folded every ``fold`` steps: a few operations per fold rather than
+    per step (the loop's own cost matters next to a compiled transition), and memory bounded.
+    """
+
+    fold = 64
+
+    def __init__(self, x: torch.Tensor):
+        self.masks: list[torch.Tensor] = []
+        self.steps_seen = 0
+        self.ever_bad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.first_bad = torch.zeros((), dtype=torch.long, device=x.device)  # 1-based; 0 = none yet
+
+    def add(self, finite: torch.Tensor) -> None:
+        self.masks.append(finite)
+        if len(self.masks) == self.fold:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self.masks:
+            return
+        bad = ~torch.stack(self.masks)  # (steps, chains)
+        bad_step = bad.any(1)
+        first_here = self.steps_seen + 1 + bad_step.int().argmax()
+        self.first_bad = torch.where((self.first_bad == 0) & bad_step.any(), first_here, self.first_bad)
+        self.ever_bad |= bad.any(0)
+        self.steps_seen += len(self.masks)
+        self.masks = []
+
+    def raise_if_any(self, sampler: str, n_steps: int) -> None:
+        self._fold()
+        if bool(self.ever_bad.any()):
+            raise NonFiniteChainError(sampler, int(self.first_bad), int(self.ever_bad.sum()), len(self.ever_bad), n_steps)
 
 
 def _refuse_nonfinite_start(name: str, energy: torch.Tensor, grad: torch.Tensor) -> None:
