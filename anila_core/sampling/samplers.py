@@ -181,7 +181,8 @@ class _FiniteWatch:
         self.first_bad = torch.zeros((), dtype=torch.long, device=x.device)  # 1-based; 0 = none yet
 
     def add(self, finite: torch.Tensor) -> None:
-        self.masks.append(finite)
+        # a copy: a compiled transition's output can be a view that keeps a buffer of the whole step alive
+        self.masks.append(finite.clone())
         if len(self.masks) == self.fold:
             self._fold()
 
