@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from anila_core.sampling.kernel import check_energies, energy_and_grad
+from anila_core.sampling.kernel import check_energies, energy_and_grad, watched
 
 __all__ = [
     "compiled_transition",
@@ -176,11 +176,11 @@ def _evaluator(cpu_rewrites: bool):
 
 
 def _make_transition(sampler, cpu_rewrites: bool):
-    """The sampler's transition as a plain function of tensors, ready for ``torch.compile``."""
+    """The sampler's transition, with the run's watch of non-finite chains, as a plain function of tensors for ``torch.compile``."""
     evaluate = _evaluator(cpu_rewrites)
 
-    def anila_transition(energy_fn, x, energy, grad, extra, noise, u):
-        return sampler.transition(evaluate, energy_fn, x, energy, grad, extra, noise, u)
+    def anila_transition(energy_fn, x, energy, grad, extra, noise, u, ok, steps_ok):
+        return watched(sampler.transition, evaluate, energy_fn, x, energy, grad, extra, noise, u, ok, steps_ok)
 
     return anila_transition
 
@@ -335,7 +335,7 @@ def compiled_transition(sampler, energy_fn: EnergyFn, x: torch.Tensor, cuda_grap
     ok, why = compile_supported()
     if not ok:
         _warn_once(f"anila_core.sampling.compiled: {why}; sampling runs eagerly")
-        return partial(sampler.transition, energy_and_grad), contextlib.nullcontext()
+        return partial(watched, sampler.transition, energy_and_grad), contextlib.nullcontext()
     step = transition_for(sampler, energy_fn, x, cuda_graphs=cuda_graphs)
     return step, _compiled_block(energy_fn, x)
 

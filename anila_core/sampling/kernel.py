@@ -28,6 +28,7 @@ __all__ = [
     "euler_maruyama_move",
     "log_proposal_density",
     "metropolis_test",
+    "watched",
     "check_n_steps",
     "check_positions",
     "check_generator",
@@ -166,6 +167,20 @@ def metropolis_test(x, energy, grad, proposal, prop_energy, prop_grad, log_q_for
     accepted = u.log() < log_alpha
     mask = accepted.view(-1, *([1] * (x.ndim - 1)))
     return torch.where(mask, proposal, x), torch.where(accepted, prop_energy, energy), torch.where(mask, prop_grad, grad), accepted
+
+
+def watched(transition, evaluate, energy_fn, x, energy, grad, extra, noise, u, ok, steps_ok):
+    """One ``transition`` (a sampler's method, see ``Sampler.transition``) and the run's watch of non-finite chains.
+
+    ``ok`` marks the chains finite so far and ``steps_ok`` counts the steps at which all of
+    them still were: it stops growing at the first bad step. Kept as tensors, so the loop never
+    waits on the device, and inside the compiled graph on the compiled path, where it costs
+    nothing beside the step. Returns the transition's ``(x, energy, grad, extra, accepted)``
+    and the new ``ok`` and ``steps_ok``.
+    """
+    x, energy, grad, extra, accepted, finite = transition(evaluate, energy_fn, x, energy, grad, extra, noise, u)
+    ok = ok & finite
+    return x, energy, grad, extra, accepted, ok, steps_ok + ok.all()
 
 
 def finite_chains(energy: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

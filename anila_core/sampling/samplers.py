@@ -33,6 +33,7 @@ from anila_core.sampling.kernel import (
     finite_positive,
     log_proposal_density,
     metropolis_test,
+    watched,
 )
 
 __all__ = ["Sampler", "LangevinSampler", "Langevin", "AniLA", "PSGLD", "HMC", "NORMS", "ANILA_VARIANTS"]
@@ -117,10 +118,11 @@ class Sampler:
             if not allow_nonfinite:
                 _refuse_nonfinite_start(self.name, energy, grad)
         use_compiled = fast is True or (fast == "auto" and compiled.auto_compiles(energy_fn, x, n_steps))
-        step, context = partial(self.transition, energy_and_grad), contextlib.nullcontext()
+        step, context = partial(watched, self.transition, energy_and_grad), contextlib.nullcontext()
         if use_compiled:
             step, context = compiled.compiled_transition(self, energy_fn, x, cuda_graphs=self.fast_cuda_graphs)
-        watch = _FiniteWatch(x) if not (self.metropolis or allow_nonfinite) else None
+        ok = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # the chains finite so far
+        steps_ok = torch.zeros((), dtype=torch.long, device=x.device)  # steps at which all of them were
         if trace is not None:
             trace.record_state(0, x, energy, grad)
         with context:
@@ -131,16 +133,16 @@ class Sampler:
                 # the gradient at the last positions is only needed to continue or to trace the chain
                 skip_gradient = t == n_steps and not (evaluate_final or self.metropolis or trace is not None)
                 if skip_gradient:
-                    x, energy, grad, extra, accepted, finite = self.transition(None, energy_fn, x, energy, grad, extra, noise, u)
+                    x, energy, grad, extra, accepted, ok, steps_ok = watched(self.transition, None, energy_fn, x, energy, grad,
+                                                                            extra, noise, u, ok, steps_ok)
                 else:
-                    x, energy, grad, extra, accepted, finite = step(energy_fn, x, energy, grad, extra, noise, u)
-                if watch is not None:
-                    watch.add(finite)
+                    x, energy, grad, extra, accepted, ok, steps_ok = step(energy_fn, x, energy, grad, extra, noise, u, ok, steps_ok)
                 if trace is not None:
                     trace.record_transition(accepted, clipped)
                     trace.record_state(t, x, energy, grad)
-        if watch is not None:
-            watch.raise_if_any(self.name, n_steps)
+        # Metropolis chains reject non-finite proposals, and allow_nonfinite returns such chains as they are
+        if not (self.metropolis or allow_nonfinite) and not bool(ok.all()):
+            raise NonFiniteChainError(self.name, int(steps_ok) + 1, int((~ok).sum()), x.shape[0], n_steps)
         return SamplerState(x.detach(), energy, grad, extra)
 
     def sample(self, energy_fn: EnergyFn, x0: torch.Tensor, n_steps: int, generator: torch.Generator | None = None,
@@ -163,44 +165,6 @@ class Sampler:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k != "sampler")
         return f"{type(self).__name__}({args})"
-
-
-class _FiniteWatch:
-    """Which chains of a run turned non-finite, and at which step first, kept without waiting on the device.
-
-    The per-step masks are folded every ``fold`` steps: a few operations per fold rather than
-    per step (the loop's own cost matters next to a compiled transition), and memory bounded.
-    """
-
-    fold = 64
-
-    def __init__(self, x: torch.Tensor):
-        self.masks: list[torch.Tensor] = []
-        self.steps_seen = 0
-        self.ever_bad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        self.first_bad = torch.zeros((), dtype=torch.long, device=x.device)  # 1-based; 0 = none yet
-
-    def add(self, finite: torch.Tensor) -> None:
-        # a copy: a compiled transition's output can be a view that keeps a buffer of the whole step alive
-        self.masks.append(finite.clone())
-        if len(self.masks) == self.fold:
-            self._fold()
-
-    def _fold(self) -> None:
-        if not self.masks:
-            return
-        bad = ~torch.stack(self.masks)  # (steps, chains)
-        bad_step = bad.any(1)
-        first_here = self.steps_seen + 1 + bad_step.int().argmax()
-        self.first_bad = torch.where((self.first_bad == 0) & bad_step.any(), first_here, self.first_bad)
-        self.ever_bad |= bad.any(0)
-        self.steps_seen += len(self.masks)
-        self.masks = []
-
-    def raise_if_any(self, sampler: str, n_steps: int) -> None:
-        self._fold()
-        if bool(self.ever_bad.any()):
-            raise NonFiniteChainError(sampler, int(self.first_bad), int(self.ever_bad.sum()), len(self.ever_bad), n_steps)
 
 
 def _refuse_nonfinite_start(name: str, energy: torch.Tensor, grad: torch.Tensor) -> None:
