@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import tempfile
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -183,6 +184,29 @@ def _flock_briefly_retried(fd: int) -> None:
             time.sleep(0.02)
 
 
+#: the locks this process holds: a forked child lets go of its copies of them (see :func:`_forget_locks_in_child`)
+_HELD: "weakref.WeakSet[FolderLock]" = weakref.WeakSet()
+
+
+def _forget_locks_in_child() -> None:
+    """In a forked child, close the inherited descriptors of the parent's folder locks.
+
+    A flock belongs to the open file, which a fork shares: a child that outlives its parent (a
+    compile worker that torch forks, say) would keep the folder locked after the writer died.
+    """
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
 class FolderLock:
     """An exclusive ``flock`` on ``folder/.lock``, which holds the writer's pid, host, start time and command.
 
@@ -190,6 +214,7 @@ class FolderLock:
     file left by a killed process never blocks: the next writer takes it over. A second writer
     is refused at once with :class:`FolderBusy` naming the holder. :meth:`release` removes the
     file (checking the inode, so that a writer that opened the old file retries on the new one).
+    Processes forked from the writer do not hold it.
     """
 
     def __init__(self, folder: str | Path):
@@ -224,6 +249,7 @@ class FolderLock:
                 break
             os.close(fd)  # the holder released and removed the file between our open and our lock: try the new one
         self._fd = fd
+        _HELD.add(self)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "command": _command()}
         os.ftruncate(fd, 0)

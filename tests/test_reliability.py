@@ -1379,11 +1379,41 @@ DIVERGENCE_TESTS = ("huge-lr-stop", "nan-stop-in-memory", "nan-cli-stop-then-res
                     "huge-lr-gives-up", "rollback-resume-exact", "rollback-exact-rings", "rollback-exact-digits")
 
 
+def test_a_process_forked_by_the_writer_does_not_keep_its_folder_locked(tmp_path):
+    """torch forks compile workers; one that outlives the writer must not hold the run folder's lock."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    ready = tmp_path / "child-ready"
+    writer = os.fork()
+    if writer == 0:  # the writer: takes the lock, forks a long-lived child, then dies
+        try:
+            lock = fileio.FolderLock(folder).acquire()  # held (a dropped lock object lets go)
+            if os.fork() == 0:
+                ready.write_text(str(os.getpid()))
+                time.sleep(30)
+                os._exit(0)
+            while not ready.exists():
+                time.sleep(0.01)
+            assert lock.held
+        finally:
+            os._exit(0)
+    os.waitpid(writer, 0)
+    child = int(ready.read_text())
+    try:
+        assert not _gone(child), "the forked child must outlive the writer for this test to mean anything"
+        assert fileio.lock_holder(folder) is None, "the writer's forked child still holds the lock"
+        fileio.FolderLock(folder).acquire().release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+    _record("writer-fork-keeps-no-lock", "a writer holding its folder's lock forks a child (as torch forks compile workers), then dies",
+            "the child, still running, does not hold the lock: the folder is free for the next writer")
+
+
 RUN_FOLDER_TESTS = ("planted-code-train", "planted-code-compare", "planted-code-load_trainer", "second-writer", "busy-folder-train",
                     "busy-folder-compare", "busy-folder-sweep", "compare-killed-before-checkpoint", "compare-workers-die-with-parent",
                     "pool-workers-die-with-parent", "disk-full-checkpoint", "oom-cpu-allocator-before-checkpoint",
                     "oom-memory-error-before-checkpoint", "oom-cuda-before-checkpoint", "oom-cpu-allocator-after-checkpoint",
-                    "resume-same-command")
+                    "resume-same-command", "writer-fork-keeps-no-lock")
 
 
 def test_the_reliability_note_matches_these_tests():
@@ -1411,3 +1441,4 @@ def test_the_reliability_note_matches_these_tests():
         assert f"| `{name}` |" in text, f"divergence test {name} is missing"
     folder_rows = [line for line in text.split("## Run folders")[1].split("## Bad input")[0].splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in folder_rows] == list(RUN_FOLDER_TESTS), "the run-folder table lists other tests than these"
+
