@@ -14,7 +14,7 @@ of the move. The samplers (:mod:`anila_core.sampling.samplers`) differ only in `
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "check_positions",
     "check_generator",
     "finite_positive",
+    "positive_or_inf",
 ]
 
 EnergyFn = Callable[[torch.Tensor], torch.Tensor]
@@ -52,11 +53,21 @@ def finite_positive(name: str, value: float) -> float:
     return value
 
 
-def check_n_steps(n_steps: int, allow_zero: bool = False) -> int:
-    """``n_steps`` if it is an integer ≥ 1 (≥ 0 with ``allow_zero``), else ``ValueError``."""
-    low = 0 if allow_zero else 1
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < low:
-        raise ValueError(f"n_steps: expected an integer >= {low}, got {n_steps!r}")
+def positive_or_inf(name: str, value: float) -> float:
+    """``value`` as a float, or ``ValueError`` naming ``name`` unless it is > 0 (``inf`` allowed: AniLA's ``b = inf`` is Langevin)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number > 0 (inf allowed), got {value!r}") from None
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{name}: expected a number > 0 (inf allowed), got {value!r}")
+    return value
+
+
+def check_n_steps(n_steps: int) -> int:
+    """``n_steps`` if it is an integer ≥ 1, else ``ValueError``."""
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
     return n_steps
 
 
@@ -132,12 +143,6 @@ class SamplerState:
     def evaluated(self) -> bool:
         """Whether ``energy`` and ``grad`` are known at ``x``."""
         return self.energy is not None and self.grad is not None
-
-    def to(self, device: torch.device | str) -> "SamplerState":
-        """The same state on ``device``."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(self, x=move(self.x), energy=move(self.energy), grad=move(self.grad),
-                       extra={k: move(v) for k, v in self.extra.items()})
 
 
 # --------------------------------------------------------------------------- the move and the test

@@ -33,6 +33,7 @@ from anila_core.sampling.kernel import (
     finite_positive,
     log_proposal_density,
     metropolis_test,
+    positive_or_inf,
     watched,
 )
 
@@ -77,9 +78,8 @@ class Sampler:
 
     # -- the recipe: init, run, sample
 
-    def init(self, energy_fn: EnergyFn, x0: torch.Tensor, extra: dict[str, torch.Tensor] | None = None,
-             *, allow_nonfinite: bool = False) -> SamplerState:
-        """The state of chains starting at ``x0``: energies, gradients and the sampler's own state (fresh, or ``extra`` as given).
+    def init(self, energy_fn: EnergyFn, x0: torch.Tensor, *, allow_nonfinite: bool = False) -> SamplerState:
+        """The state of chains starting at ``x0``: their energies, gradients and the sampler's own state, fresh.
 
         A start whose energy or gradient is not finite raises :class:`NonFiniteChainError` with
         ``step = 0`` (``allow_nonfinite=True`` accepts it, for panels that count diverged chains).
@@ -88,7 +88,7 @@ class Sampler:
         energy, grad = energy_and_grad(energy_fn, x)
         if not allow_nonfinite:
             _refuse_nonfinite_start(self.name, energy, grad)
-        return SamplerState(x, energy, grad, self.init_extra(grad) if extra is None else dict(extra))
+        return SamplerState(x, energy, grad, self.init_extra(grad))
 
     def run(self, energy_fn: EnergyFn, state: SamplerState, n_steps: int, generator: torch.Generator | None = None,
             trace: Trace | None = None, *, fast: bool | str = "auto", evaluate_final: bool = True,
@@ -268,12 +268,7 @@ class AniLA(LangevinSampler):
     def __init__(self, step_size: float, b: float, noise_scale: float = 1.0, norm: str = "coordinate",
                  metropolis: bool = False, variant: str = "full"):
         super().__init__(step_size, noise_scale, metropolis)
-        try:
-            b = float(b)
-        except (TypeError, ValueError):
-            raise ValueError(f"b: expected a number > 0 (inf allowed), got {b!r}") from None
-        if math.isnan(b) or b <= 0:
-            raise ValueError(f"b: expected a number > 0 (inf allowed), got {b!r}")
+        b = positive_or_inf("b", b)
         if norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
         if variant not in ANILA_VARIANTS:

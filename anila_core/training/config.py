@@ -63,7 +63,8 @@ class TrainConfig:
     depth: int = _f(3, "hidden layers of the MLP energy")
     activation: str = _f("silu", "activation of the MLP energy", choices=sorted(ACTIVATIONS))
     # sampler
-    sampler: str = _f("langevin", "MCMC sampler for the negative samples", choices=sorted(SAMPLERS))
+    sampler: str = _f("langevin", "MCMC sampler for the negative samples: " + "; ".join(f"{k}, {e.summary}" for k, e in sorted(SAMPLERS.items())),
+                      choices=sorted(SAMPLERS))
     step_size: float = _f(0.01, "sampler step size ε (> 0)")
     b: float = _f(1.0, "AniLA threshold b (> 0): steps shrink where |∇E| > b")
     norm: str = _f("coordinate", "AniLA: what |∇E| means", choices=list(NORMS))

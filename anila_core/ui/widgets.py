@@ -12,7 +12,7 @@ import torch
 
 from anila_core.ui import plots
 from anila_core.sampling.distances import GRID_EXTENT, grid_log_probs
-from anila_core.sampling.kernel import Trace, energy_and_grad
+from anila_core.sampling.kernel import Trace, energy_and_grad, positive_or_inf
 from anila_core.sampling.registry import applicable, make_sampler
 from anila_core.sampling.samplers import AniLA
 from anila_core.sampling.targets import make_target
@@ -368,14 +368,6 @@ def _on_device(energy_fn, device: torch.device):
     return lambda x: energy_fn(x.to(device)).to(x.device)
 
 
-def _check_b(b) -> float:
-    try:
-        b = float(b)
-    except (TypeError, ValueError):
-        raise ValueError(f"b: expected a number > 0 (inf allowed), got {b!r}") from None
-    if math.isnan(b) or b <= 0:
-        raise ValueError(f"b: expected a number > 0 (inf allowed), got {b!r}")
-    return b
 
 
 def sample_trained(
@@ -405,7 +397,7 @@ def sample_trained(
     if sampler_name not in MODEL_SAMPLERS.values():
         raise ValueError(f"sampler_name: expected one of {list(MODEL_SAMPLERS.values())}, got {sampler_name!r}")
     K, n = _check_count("K", K), _check_count("n", n)
-    b = _check_b(b)  # checked for Langevin too: the readout's |g| > b uses it
+    b = positive_or_inf("b", b)  # checked for Langevin too: the readout's |g| > b uses it
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     settings = dict(step_size=step_size, b=b, noise_scale=noise_scale, metropolis=metropolis)
