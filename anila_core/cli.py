@@ -129,7 +129,7 @@ def _add_sweep_parser(sub, presets: str) -> None:
         "sweep", help="the sampler study: a grid of settings and seeds at one budget per cell, in parallel, resumable",
         description="Train one run per cell of the grid (samplers × step sizes × b × K × chain kinds × seeds; b applies to "
                     "the AniLA samplers only) at the same budget, in parallel processes, and write sweep.json, sweep.md, "
-                    "heatmaps.png, stability.png and quality_vs_time.png to --out. Each finished cell is saved at once "
+                    "heatmaps.png, stability.png, quality_vs_budget.png (and two_densities.png) to --out. Each finished cell is saved at once "
                     "(cells/<cell>.json): running the same command again finishes an interrupted sweep without "
                     "recomputing a finished cell. Samplers: " + "; ".join(f"{k}: {v}" for k, v in KIND_HELP.items()) + ".")
     sweep.add_argument("--study", choices=sorted(STUDIES), default=None,
@@ -454,7 +454,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  {entry['kind']:>13}: best {key} {w[key]:.3f} at ε={w['step_size']:g}{b}; stable at ε in {{{steps}}}")
     print(f"wall time {time.perf_counter() - start:.0f} s")
     print(f"table: {out / 'sweep.md'}\nresults: {out / 'sweep.json'}\nfigures: {out / 'heatmaps.png'}, {out / 'stability.png'}, "
-          f"{out / 'quality_vs_time.png'}")
+          f"{out / 'quality_vs_budget.png'}")
     return 0
 
 
