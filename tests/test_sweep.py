@@ -102,10 +102,14 @@ def test_hmc_cells_join_the_slice_of_equal_gradients_per_iteration():
 
 def test_report_counts_which_density_training_fitted():
     text = sweep.markdown_report(TWO)
-    # three AniLA settings: two with the sampler's density closer to the data (0.20 < 0.40, 0.40 < 0.45)
-    assert "closer to the data than exp(−E) in **2 of 3** settings (mean TV 0.287 against 0.367)" in text
+    # three stable AniLA settings: two with the sampler's density closer to the data (0.20 < 0.40, 0.40 < 0.45)
+    assert "closer to the data than exp(−E) in **2 of 3** stable settings (mean TV 0.287 against 0.367)" in text
     assert "clips more than 10 % of coordinates: **2 of 2** (mean TV 0.300 against 0.425)" in text
-    assert "| anila | 0.01 | 3 | buffer | 50.0 % | 0.400 | 0.200 | -0.200 |" in text
+    assert "| anila | 0.01 | 3 | buffer | 1/1 | 50.0 % | 0.400 | 0.200 | -0.200 |" in text
+    # a setting that lost the target is listed but not counted
+    lost = {**TWO, "cells": TWO["cells"] + [_two_density_cell("anila", 0.1, 1.0, 0, 0.95, 0.60, 0.8)]}
+    text = sweep.markdown_report(lost)
+    assert "in **2 of 3** stable settings" in text and "| anila | 0.1 | 1 | buffer | 0/1 | 80.0 % | 0.950 | 0.600 | -0.350 |" in text
     assert [r["b"] for r in sweep.two_density_rows(summarize(TWO))] == [3.0, 30.0, 0.03]
 
 
