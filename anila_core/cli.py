@@ -453,8 +453,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         b = "" if w["b"] is None else f", b={w['b']:g}"
         print(f"  {entry['kind']:>13}: best {key} {w[key]:.3f} at ε={w['step_size']:g}{b}; stable at ε in {{{steps}}}")
     print(f"wall time {time.perf_counter() - start:.0f} s")
-    print(f"table: {out / 'sweep.md'}\nresults: {out / 'sweep.json'}\nfigures: {out / 'heatmaps.png'}, {out / 'stability.png'}, "
-          f"{out / 'quality_vs_budget.png'}")
+    figures = [out / name for name in ("heatmaps.png", "stability.png", "quality_vs_budget.png", "two_densities.png") if (out / name).exists()]
+    print(f"table: {out / 'sweep.md'}\nresults: {out / 'sweep.json'}\nfigures: {', '.join(map(str, figures))}")
     return 0
 
 

@@ -696,32 +696,41 @@ def _main_rows(summary: dict) -> tuple:
 
 
 def plot_heatmaps(summary: dict, axes=None):
-    """Mean final quality over (step size, b) for each sampler at the main K and chain kind; ✕ marks settings where a seed was unstable."""
+    """Mean final quality over (step size, b) for each sampler at the main gradient budget and chain kind; ✕ marks settings where a seed was unstable.
+
+    Each panel has its own rows (the step sizes that sampler ran: HMC's ε is a leapfrog step, on
+    another scale) and a width in proportion to its thresholds, so every number stays readable.
+    """
     import matplotlib.pyplot as plt
     import numpy as np
 
-    key, rows, budget, chains, kinds, steps = _main_rows(summary)
+    key, rows, budget, chains, kinds, _ = _main_rows(summary)
+    mine = {kind: [r for r in rows if r["kind"] == kind] for kind in kinds}
+    bs = {kind: sorted({r["b"] for r in mine[kind] if r["b"] is not None}) or [None] for kind in kinds}
+    steps = {kind: sorted({r["step_size"] for r in mine[kind]}) for kind in kinds}
     if axes is None:
-        _, axes = plt.subplots(1, len(kinds), figsize=(2.3 * len(kinds) + 1.5, 0.45 * len(steps) + 1.8), squeeze=False)
+        widths = [max(1.0, 0.75 * len(bs[kind])) for kind in kinds]
+        tallest = max(len(v) for v in steps.values())
+        # constrained layout keeps each panel's ε labels, the titles and the colour bar apart
+        _, axes = plt.subplots(1, len(kinds), figsize=(1.45 * sum(widths) + 2.5, 0.42 * tallest + 2.0), squeeze=False,
+                               layout="constrained", gridspec_kw={"width_ratios": widths})
         axes = list(axes[0])
     vmax = 1.0 if key == "grid_tv" else max((r.get(key, 0) for r in rows), default=1.0) or 1.0
     image = None
     for ax, kind in zip(axes, kinds):
-        mine = [r for r in rows if r["kind"] == kind]
-        bs = sorted({r["b"] for r in mine if r["b"] is not None}) or [None]
-        grid = np.full((len(steps), len(bs)), np.nan)
-        for r in mine:
-            i, j = steps.index(r["step_size"]), bs.index(r["b"])
+        grid = np.full((len(steps[kind]), len(bs[kind])), np.nan)
+        for r in mine[kind]:
+            i, j = steps[kind].index(r["step_size"]), bs[kind].index(r["b"])
             grid[i, j] = r.get(key, np.nan)
             mark = "" if r["stable_share"] == 1 else "✕"
             text = "div" if key not in r else f"{r[key]:.2f}"
             ax.text(j, i, f"{text}{mark}", ha="center", va="center", fontsize=7,
                     color="white" if key in r and r[key] > 0.55 * vmax else "black")
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
-        ax.set_xticks(range(len(bs)), ["—" if b is None else _number(b) for b in bs])
-        ax.set_yticks(range(len(steps)), [_number(s) for s in steps])
+        ax.set_xticks(range(len(bs[kind])), ["—" if b is None else _number(b) for b in bs[kind]], fontsize=8)
+        ax.set_yticks(range(len(steps[kind])), [_number(v) for v in steps[kind]], fontsize=8)
         ax.set_title(kind, fontsize=9)
-        ax.set_xlabel("b" if bs != [None] else "")
+        ax.set_xlabel("b" if bs[kind] != [None] else "")
     axes[0].set_ylabel("step size ε")
     if image is not None:
         label = "final grid TV (lower is better)" if key == "grid_tv" else "final FID (lower is better)"
