@@ -551,7 +551,9 @@ def plot_heatmaps(summary: dict, axes=None):
 
     key, rows, k, chains, kinds, steps = _main_rows(summary)
     if axes is None:
-        _, axes = plt.subplots(1, len(kinds), figsize=(2.3 * len(kinds) + 1.5, 0.45 * len(steps) + 1.8), squeeze=False)
+        # constrained layout makes room for the suptitle above the panels' titles (and for the colour bar)
+        _, axes = plt.subplots(1, len(kinds), figsize=(2.3 * len(kinds) + 1.5, 0.45 * len(steps) + 1.8), squeeze=False,
+                               layout="constrained")
         axes = list(axes[0])
     vmax = 1.0 if key == "grid_tv" else max((r.get(key, 0) for r in rows), default=1.0) or 1.0
     image = None
@@ -568,7 +570,8 @@ def plot_heatmaps(summary: dict, axes=None):
                     color="white" if key in r and r[key] > 0.55 * vmax else "black")
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
         ax.set_xticks(range(len(bs)), ["—" if b is None else _number(b) for b in bs])
-        ax.set_yticks(range(len(steps)), [_number(s) for s in steps])
+        # the panels share the rows: ε is labelled once, on the left, not over the neighbouring panel
+        ax.set_yticks(range(len(steps)), [_number(s) for s in steps] if ax is axes[0] else [])
         ax.set_title(kind, fontsize=9)
         ax.set_xlabel("b" if bs != [None] else "")
     axes[0].set_ylabel("step size ε")
@@ -685,14 +688,35 @@ def plot_histories(summary: dict, settings: Sequence[dict], metric: str = "energ
             raise ValueError(f"settings: no cell of the sweep matches {wanted}")
         for i, r in enumerate(matches):
             rows = [h for h in r["history"] if metric in h]
-            label = ", ".join(f"{k}={v}" for k, v in wanted.items()) if i == 0 else None
+            label = _setting_label(wanted, settings) if i == 0 else None
             ax.plot([h["iter"] for h in rows], [h[metric] for h in rows], "o-", ms=3, color=colour, alpha=0.8, label=label)
             if r["diverged"]:
                 ax.axvline(r["diverged_at"], color=colour, ls=":", lw=1)
     ax.set_xlabel("iteration")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
     ax.legend(fontsize=7)
     return ax
+
+
+#: how plot_histories names a sampler kind and a metric in its legend and axis
+_KIND_LABELS = {"langevin": "Langevin", "mala": "MALA", "anila": "AniLA", "anila_sample": "AniLA (sample norm)",
+                "anila_pixel": "AniLA (pixel norm)", "anila_noise": "AniLA (noise only)", "anila_mh": "AniLA + Metropolis",
+                "psgld": "pSGLD", "hmc": "HMC"}
+_METRIC_LABELS = {"energy_gap": "E(data) − E(samples)", "grid_tv": "grid TV to target", "clipped_share": "share of |∇E| > b",
+                  "fid": "FID"}
+
+
+def _setting_label(wanted: dict, settings: Sequence[dict]) -> str:
+    """A legend entry for one setting: ``Langevin, ε = 0.1``, ``AniLA, ε = 0.1, b = 30``; K, chains and seed only where the settings differ."""
+    parts = [_KIND_LABELS.get(wanted["kind"], wanted["kind"])] if "kind" in wanted else []
+    if "step_size" in wanted:
+        parts.append(f"ε = {_number(wanted['step_size'])}")
+    if wanted.get("b") is not None:
+        parts.append(f"b = {_number(wanted['b'])}")
+    for key, text in (("n_steps", "K = {}"), ("chains", "{} chains"), ("seed", "seed {}")):
+        if key in wanted and len({str(s.get(key)) for s in settings}) > 1:
+            parts.append(text.format(wanted[key]))
+    return ", ".join(parts)
 
 
 def write_report(summary: dict, out: str | Path) -> list[Path]:
