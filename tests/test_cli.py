@@ -9,6 +9,7 @@ import torch
 
 from anila_core.cli import main
 from anila_core.fileio import read_jsonl
+from anila_core.training.config import preset
 from anila_core.training.runs import RUN_FILES
 
 
@@ -117,6 +118,42 @@ def test_compare_writes_the_side_by_side_figure_and_table(tmp_path):
     for sampler in ("langevin", "anila"):
         final = json.loads((out / sampler / "final.json").read_text())
         assert final["sampler"] == sampler and final["seed"] == 0 and final["iters"] == 10
+
+
+def test_compare_entries_carry_their_own_settings(tmp_path):
+    from anila_core.cli import run_spec
+
+    assert run_spec("anila") == ("anila", "anila", {})
+    assert run_spec("anila:b=3") == ("anila-b3", "anila", {"b": 3.0})
+    assert run_spec("anila:b=3,n_steps=5") == ("anila-b3-n-steps5", "anila", {"b": 3.0, "n_steps": 5})
+    out = tmp_path / "cmp"
+    assert main(["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress",
+                 "--samplers", "anila", "anila:b=3"]) == 0
+    tuned, clipping = (json.loads((out / name / "config.json").read_text()) for name in ("anila", "anila-b3"))
+    assert tuned["b"] == preset("smoke", "anila").b and clipping["b"] == 3.0
+    assert {k for k in tuned if tuned[k] != clipping[k]} == {"b"}
+    table = (out / "comparison.md").read_text()
+    assert "| anila-b3 |" in table and "b=3, norm=coordinate" in table
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("anila:c=3", "expected NAME or NAME:setting=value"),
+    ("anila:b", "expected NAME or NAME:setting=value"),
+    ("anila:b=x", "anila:b=x': b: could not convert"),
+    ("anila:sampler=hmc", "expected NAME or NAME:setting=value"),
+    ("nope", "sampler: unknown name 'nope'"),
+])
+def test_compare_refuses_a_bad_entry_in_one_line(tmp_path, capsys, entry, message):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--preset", "smoke", "--out", str(out), "--samplers", "langevin", entry]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_compare_refuses_two_entries_for_one_folder(tmp_path, capsys):
+    assert main(["compare", "--preset", "smoke", "--out", str(tmp_path / "c"), "--samplers", "anila:b=3", "anila:b=3.0"]) == 2
+    assert "anila-b3 named twice" in capsys.readouterr().err
 
 
 def test_compare_resume_keeps_finished_runs_and_refuses_a_folder_from_other_settings(tmp_path, capsys):
