@@ -126,7 +126,7 @@ def plot_side_by_side(runs: Mapping[str, dict], target, fig=None):
         if run.get("sampler_log_p") is not None:
             plot_density(run["sampler_log_p"], ax=axes[1, j])
             tv = final.get("sampler_grid_tv")
-            axes[1, j].set_title(f"{label}: its sampler's density" + ("" if tv is None else f", TV {tv:.3f}"), fontsize=10)
+            axes[1, j].set_title(f"{label}: its sampler's density" + ("" if tv is None else f", TV {tv:.3f}"), fontsize=9)  # the longest title: kept within its column
         else:
             axes[1, j].axis("off")
             axes[1, j].set_title(f"{label}: no small-step density", fontsize=10)

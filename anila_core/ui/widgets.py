@@ -29,6 +29,7 @@ __all__ = [
     "ModelSamplingPanel",
     "model_sampling_panel",
     "trained_model_panel",
+    "IMAGE_SAMPLERS",
     "sample_trained_images",
     "ImageSamplingPanel",
     "image_sampling_panel",
@@ -606,6 +607,9 @@ def trained_model_panel(run=None, n_chains: int = 500, seed: int = 0, device=Non
 
 # --------------------------------------------------------------------------- a trained image energy
 
+#: selector label → sampler name, for ``ImageSamplingPanel`` (the two samplers the image runs train with)
+IMAGE_SAMPLERS = {"Langevin": "langevin", "AniLA": "anila"}
+
 
 def sample_trained_images(trainer, sampler_name: str = "anila", b: float | None = None, step_size: float | None = None,
                           K: int | None = None, noise_scale: float | None = None, n: int = 36, seed: int = 0) -> dict:
@@ -623,8 +627,8 @@ def sample_trained_images(trainer, sampler_name: str = "anila", b: float | None 
     c = trainer.config
     if not c.is_image:
         raise ValueError("trainer: a 2-D run; sample it with trained_model_panel or model_sampling_panel")
-    if sampler_name not in MODEL_SAMPLERS.values():
-        raise ValueError(f"sampler_name: expected one of {list(MODEL_SAMPLERS.values())}, got {sampler_name!r}")
+    if sampler_name not in IMAGE_SAMPLERS.values():
+        raise ValueError(f"sampler_name: expected one of {list(IMAGE_SAMPLERS.values())}, got {sampler_name!r}")
     params = {"sampler_name": sampler_name, "b": c.b if b is None else b, "step_size": c.step_size if step_size is None else step_size,
               "K": c.n_steps if K is None else K, "noise_scale": c.noise_scale if noise_scale is None else noise_scale,
               "n": _check_count("n", n), "seed": seed}
@@ -652,14 +656,14 @@ class ImageSamplingPanel(_Panel):
     def __init__(self, trainer, n_images: int = 36, seed: int = 0, sampler: str = "anila"):
         if not getattr(getattr(trainer, "config", None), "is_image", False):
             raise ValueError("trainer: expected the Trainer of an image run (load_trainer(run folder) or one trained here)")
-        if sampler not in MODEL_SAMPLERS.values():
-            raise ValueError(f"sampler: expected one of {list(MODEL_SAMPLERS.values())}, got {sampler!r}")
+        if sampler not in IMAGE_SAMPLERS.values():
+            raise ValueError(f"sampler: expected one of {list(IMAGE_SAMPLERS.values())}, got {sampler!r}")
         self.trainer = trainer
         self.n_images = _check_count("n_images", n_images)
         self.seed = seed
         c = trainer.config
         style, layout = self.STYLE, widgets.Layout(width="420px")
-        self.sampler_selector = widgets.ToggleButtons(options=list(MODEL_SAMPLERS.items()), value=sampler, description="sampler",
+        self.sampler_selector = widgets.ToggleButtons(options=list(IMAGE_SAMPLERS.items()), value=sampler, description="sampler",
                                                       style=style)
         # image energies' gradients per pixel are far below the 2-D toys': b and τ get their own, lower ranges
         self.b_slider = widgets.FloatLogSlider(value=c.b, base=10, min=-5, max=1, step=0.1, description="threshold b",
@@ -709,7 +713,7 @@ class ImageSamplingPanel(_Panel):
         self.readout.value = ""
         self.grid_image.set_data(plots.sample_image_grid(result["images"], nrow=self._nrow()))
         self.map_image.set_data(result["step_map"].numpy())
-        label = next(k for k, v in MODEL_SAMPLERS.items() if v == params["sampler_name"])
+        label = next(k for k, v in IMAGE_SAMPLERS.items() if v == params["sampler_name"])
         self.axes["samples"].set_title(f"{label}: K={params['K']}, ε={params['step_size']:.2g}, τ={params['noise_scale']:.2g}, "
                                        f"seed {params['seed']}", fontsize=9)
         self.axes["step_map"].set_title(f"AniLA γ/ε at b = {params['b']:.2g}: mean {float(result['step_map'].mean()):.2f}", fontsize=9)
