@@ -874,14 +874,35 @@ def plot_histories(summary: dict, settings: Sequence[dict], metric: str = "energ
             raise ValueError(f"settings: no cell of the sweep matches {wanted}")
         for i, r in enumerate(matches):
             rows = [h for h in r["history"] if metric in h]
-            label = ", ".join(f"{k}={v}" for k, v in wanted.items()) if i == 0 else None
+            label = _setting_label(wanted, settings) if i == 0 else None
             ax.plot([h["iter"] for h in rows], [h[metric] for h in rows], "o-", ms=3, color=colour, alpha=0.8, label=label)
             if r["diverged"]:
                 ax.axvline(r["diverged_at"], color=colour, ls=":", lw=1)
     ax.set_xlabel("iteration")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
     ax.legend(fontsize=7)
     return ax
+
+
+#: how plot_histories names a sampler kind and a metric in its legend and axis
+_KIND_LABELS = {"langevin": "Langevin", "mala": "MALA", "anila": "AniLA", "anila_sample": "AniLA (sample norm)",
+                "anila_pixel": "AniLA (pixel norm)", "anila_noise": "AniLA (noise only)", "anila_mh": "AniLA + Metropolis",
+                "psgld": "pSGLD", "hmc": "HMC"}
+_METRIC_LABELS = {"energy_gap": "E(data) − E(samples)", "grid_tv": "grid TV to target", "clipped_share": "share of |∇E| > b",
+                  "fid": "FID"}
+
+
+def _setting_label(wanted: dict, settings: Sequence[dict]) -> str:
+    """A legend entry for one setting: ``Langevin, ε = 0.1``, ``AniLA, ε = 0.1, b = 30``; K, chains and seed only where the settings differ."""
+    parts = [_KIND_LABELS.get(wanted["kind"], wanted["kind"])] if "kind" in wanted else []
+    if "step_size" in wanted:
+        parts.append(f"ε = {_number(wanted['step_size'])}")
+    if wanted.get("b") is not None:
+        parts.append(f"b = {_number(wanted['b'])}")
+    for key, text in (("n_steps", "K = {}"), ("chains", "{} chains"), ("seed", "seed {}")):
+        if key in wanted and len({str(s.get(key)) for s in settings}) > 1:
+            parts.append(text.format(wanted[key]))
+    return ", ".join(parts)
 
 
 def write_report(summary: dict, out: str | Path) -> list[Path]:

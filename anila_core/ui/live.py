@@ -157,6 +157,8 @@ class LivePlot:
         next(iter(self.curve_axes.values())).legend(fontsize=7)
         for label, trainer in self.trainers.items():
             self._update_trainer(label, trainer)
+        # loaded runs arrive with their whole history: fit the axes to it now, not at a first update that never comes
+        self._rescale()
         self.widget, self.output = figure_host(self.fig)
 
     def _log_p(self, trainer) -> torch.Tensor:

@@ -23,6 +23,7 @@ __all__ = [
     "plot_image_training_curves",
     "plot_fid_curve",
     "plot_step_size_image",
+    "STEP_MAP_LABEL",
     "plot_image_side_by_side",
     "image_markdown_table",
 ]
@@ -37,7 +38,7 @@ def save_figure(fig, path: str | Path) -> None:
 def plot_training_curves(history: Sequence[dict], axes=None, label: str | None = None):
     """Grid TV, the energy gap and the sampler's clipped share against iteration (one column each)."""
     if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+        _, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")
     iters = [r["iter"] for r in history]
     axes[0].plot(iters, [r["grid_tv"] for r in history], "o-", ms=3, label=label)
     axes[0].set_ylabel("grid TV to target")
@@ -73,7 +74,8 @@ def save_run_figures(trainer, out: str | Path) -> None:
     plot_samples(trainer.samples.cpu() if trainer.samples is not None else trainer.sample_for_eval(), ax=ax, color="tab:blue")
     ax.set_title(f"negative samples ({trainer.config.sampler})", fontsize=9)
     save_figure(fig, out / "samples.png")
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    # constrained layout: each panel's y label gets its own room instead of reaching into the panel on its left
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")
     plot_training_curves(trainer.history, axes=axes)
     save_figure(fig, out / "training.png")
 
@@ -124,7 +126,7 @@ def plot_side_by_side(runs: Mapping[str, dict], target, fig=None):
         if run.get("sampler_log_p") is not None:
             plot_density(run["sampler_log_p"], ax=axes[1, j])
             tv = final.get("sampler_grid_tv")
-            axes[1, j].set_title(f"{label}: its sampler's density" + ("" if tv is None else f", TV {tv:.3f}"), fontsize=10)
+            axes[1, j].set_title(f"{label}: its sampler's density" + ("" if tv is None else f", TV {tv:.3f}"), fontsize=9)  # the longest title: kept within its column
         else:
             axes[1, j].axis("off")
             axes[1, j].set_title(f"{label}: no small-step density", fontsize=10)
@@ -174,7 +176,7 @@ def markdown_table(finals: Mapping[str, dict]) -> str:
 def plot_image_training_curves(history: Sequence[dict], axes=None, label: str | None = None):
     """The energy gap, the chains' per-coordinate gradient scale and AniLA's clipped share against iteration."""
     if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+        _, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")
     iters = [r["iter"] for r in history]
     axes[0].plot(iters, [r["energy_gap"] for r in history], "o-", ms=3, label=label)
     axes[0].axhline(0, color="grey", lw=0.8)
@@ -214,6 +216,10 @@ def plot_fid_curve(histories: Mapping[str, Sequence[dict]], ax=None, metric: str
     return ax
 
 
+#: the colour bar of every step-size map: what its colours mean
+STEP_MAP_LABEL = "γ/ε (1: full step, 0: shrunk away)"
+
+
 def plot_step_size_image(ratio: torch.Tensor, ax=None, title: str | None = None, colorbar: bool = True):
     """Show a per-pixel map of ``γ/ε`` (``Trainer.step_size_image``): 1 = full step, dark = AniLA shrank it."""
     if not isinstance(ratio, torch.Tensor) or ratio.ndim != 2:
@@ -225,7 +231,7 @@ def plot_step_size_image(ratio: torch.Tensor, ax=None, title: str | None = None,
     ax.set_yticks([])
     ax.set_title(title if title is not None else f"γ/ε per pixel (mean {float(ratio.mean()):.2f})", fontsize=9)
     if colorbar:
-        ax.figure.colorbar(image, ax=ax, fraction=0.046)
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, label=STEP_MAP_LABEL)
     return image
 
 

@@ -1,4 +1,4 @@
-"""ipywidgets panels that only wire controls to plain, tested functions: ``run_comparison`` (known targets) and ``sample_trained`` (a trained energy)."""
+"""ipywidgets panels that only wire controls to plain, tested functions: ``run_comparison`` (known targets), ``sample_trained`` (a trained 2-D energy) and ``sample_trained_images`` (a trained image energy)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ __all__ = [
     "format_model_readout",
     "ModelSamplingPanel",
     "model_sampling_panel",
+    "trained_model_panel",
+    "IMAGE_SAMPLERS",
+    "sample_trained_images",
+    "ImageSamplingPanel",
+    "image_sampling_panel",
     "figure_not_shown",
     "figure_host",
     "redisplay",
@@ -571,3 +576,155 @@ class ModelSamplingPanel(_Panel):
 def model_sampling_panel(energy_fn, **kwargs) -> ModelSamplingPanel:
     """Build a ``ModelSamplingPanel`` for ``energy_fn`` (same keyword arguments); display it by leaving it last in a cell."""
     return ModelSamplingPanel(energy_fn, **kwargs)
+
+
+def trained_model_panel(run=None, n_chains: int = 500, seed: int = 0, device=None, **kwargs) -> ModelSamplingPanel:
+    """A ``ModelSamplingPanel`` on a finished 2-D run, started at the run's own ε, b and K.
+
+    ``run``: a run folder, or a ``Trainer`` already in memory; by default the trained AniLA
+    run the repository ships (``anila_core.shipped.default_panel_run``). A folder is read by
+    :func:`anila_core.training.runs.load_trainer` (``weights_only``: no code in a checkpoint
+    runs). ``kwargs`` override the panel's other arguments.
+    """
+    from anila_core.shipped import default_panel_run, run_label
+    from anila_core.training.runs import load_trainer
+
+    if run is None:
+        run = default_panel_run()
+        if run is None:
+            raise ValueError("run: no run named and no shipped run found in data/trained/rings-demo; "
+                             "pass a run folder (e.g. runs/demo/anila after `python -m anila_core demo`)")
+    trainer = run if hasattr(run, "eval_model") else load_trainer(run, progress=False, device=device)
+    c = trainer.config
+    if c.is_image:
+        raise ValueError(f"run: {c.dataset} is an image run; sample it with image_sampling_panel(trainer)")
+    options = dict(sampler="anila", step_size=c.step_size, b=c.b, K=c.n_steps, n_chains=n_chains, seed=seed,
+                   data=trainer.target.sample(2000, torch.Generator().manual_seed(seed)),
+                   title=f"energy learned with {run_label(c)}")
+    options.update(kwargs)
+    return ModelSamplingPanel(trainer.eval_model(), **options)
+
+
+# --------------------------------------------------------------------------- a trained image energy
+
+#: selector label → sampler name, for ``ImageSamplingPanel`` (the two samplers the image runs train with)
+IMAGE_SAMPLERS = {"Langevin": "langevin", "AniLA": "anila"}
+
+
+def sample_trained_images(trainer, sampler_name: str = "anila", b: float | None = None, step_size: float | None = None,
+                          K: int | None = None, noise_scale: float | None = None, n: int = 36, seed: int = 0) -> dict:
+    """Short-run chains from uniform noise on a trained image energy, with the run's settings where an argument is ``None``.
+
+    The sampler is the run's own configuration with these settings replaced (its norm and
+    variant kept, no Metropolis test), so ``sampler_name="anila"`` with the run's ``b`` is the
+    very sampler it was trained with. Returns ``images`` (CPU, clamped as in training),
+    ``step_map`` (AniLA's ``γ/ε`` per pixel at those images for this ``b`` and ε, whichever
+    sampler ran) and ``params`` (the settings used).
+    """
+    from anila_core.images.evaluation import sample_from_noise, step_size_image
+    from anila_core.sampling.registry import sampler_from_config
+
+    c = trainer.config
+    if not c.is_image:
+        raise ValueError("trainer: a 2-D run; sample it with trained_model_panel or model_sampling_panel")
+    if sampler_name not in IMAGE_SAMPLERS.values():
+        raise ValueError(f"sampler_name: expected one of {list(IMAGE_SAMPLERS.values())}, got {sampler_name!r}")
+    params = {"sampler_name": sampler_name, "b": c.b if b is None else b, "step_size": c.step_size if step_size is None else step_size,
+              "K": c.n_steps if K is None else K, "noise_scale": c.noise_scale if noise_scale is None else noise_scale,
+              "n": _check_count("n", n), "seed": seed}
+    _check_count("K", params["K"])
+    chain = sampler_from_config(c.replace(sampler=sampler_name, step_size=params["step_size"], b=params["b"],
+                                          noise_scale=params["noise_scale"], metropolis=False).validate())
+    images = sample_from_noise(trainer.eval_energy, chain, trainer.data_shape, n, params["K"], seed=seed,
+                               clamp=c.clamp, device=trainer.device)
+    ratio = step_size_image(AniLA(params["step_size"], params["b"], norm=c.norm), trainer.eval_energy, images.to(trainer.device))
+    return {"images": images, "step_map": ratio, "params": params}
+
+
+class ImageSamplingPanel(_Panel):
+    """Sample a trained image energy live: Langevin/AniLA, sliders for ``b``, ``ε``, ``K``, ``τ``, and a New chains button.
+
+    Every slider reruns :func:`sample_trained_images` when released, with the same seed, so a
+    change in the picture comes from the setting; **New chains** draws fresh noise (the
+    next seed). Left the samples, right AniLA's step-size map at them for the current ``b``.
+    The sliders start at the run's own settings. Widgets and artists are attributes
+    (``sampler_selector``, ``b_slider``, ``step_slider``, ``k_slider``, ``noise_slider``,
+    ``run_button``, ``fig``, ``grid_image``, ``map_image``, ``result``) so tests drive it
+    without a browser.
+    """
+
+    def __init__(self, trainer, n_images: int = 36, seed: int = 0, sampler: str = "anila"):
+        if not getattr(getattr(trainer, "config", None), "is_image", False):
+            raise ValueError("trainer: expected the Trainer of an image run (load_trainer(run folder) or one trained here)")
+        if sampler not in IMAGE_SAMPLERS.values():
+            raise ValueError(f"sampler: expected one of {list(IMAGE_SAMPLERS.values())}, got {sampler!r}")
+        self.trainer = trainer
+        self.n_images = _check_count("n_images", n_images)
+        self.seed = seed
+        c = trainer.config
+        style, layout = self.STYLE, widgets.Layout(width="420px")
+        self.sampler_selector = widgets.ToggleButtons(options=list(IMAGE_SAMPLERS.items()), value=sampler, description="sampler",
+                                                      style=style)
+        # image energies' gradients per pixel are far below the 2-D toys': b and τ get their own, lower ranges
+        self.b_slider = widgets.FloatLogSlider(value=c.b, base=10, min=-5, max=1, step=0.1, description="threshold b",
+                                               continuous_update=False, readout_format=".2g", style=style, layout=layout)
+        self.step_slider = widgets.FloatLogSlider(value=c.step_size, base=10, min=-3, max=1, step=0.1, description="step size ε",
+                                                  continuous_update=False, readout_format=".2g", style=style, layout=layout)
+        self.k_slider = widgets.IntSlider(value=c.n_steps, min=1, max=10 * c.n_steps, description="steps K",
+                                          continuous_update=False, style=style, layout=layout)
+        self.noise_slider = widgets.FloatLogSlider(value=max(c.noise_scale, 1e-4), base=10, min=-4, max=0, step=0.1,
+                                                   description="noise scale τ", continuous_update=False, readout_format=".2g",
+                                                   style=style, layout=layout)
+        self.readout = widgets.HTML()
+        self.run_button = widgets.Button(description="New chains", icon="play", tooltip="draw fresh noise: the next seed")
+        self.controls = [self.sampler_selector, self.b_slider, self.step_slider, self.k_slider, self.noise_slider]
+        self._start()
+        self.run_button.on_click(self.run_new_chains)
+        self.widget = widgets.VBox([widgets.HBox([widgets.VBox([*self.controls, self.run_button]), self.readout]), self._figure_widget])
+
+    def params(self) -> dict:
+        """The current control values as :func:`sample_trained_images` keyword arguments (without the trainer)."""
+        return {"sampler_name": self.sampler_selector.value, "b": self.b_slider.value, "step_size": self.step_slider.value,
+                "K": self.k_slider.value, "noise_scale": self.noise_slider.value, "n": self.n_images, "seed": self.seed}
+
+    def _build_figure(self) -> None:
+        from anila_core.ui.report import plot_step_size_image
+
+        with figure_not_shown():  # drawn once, updated in place (see figure_not_shown)
+            self.fig, (ax_samples, ax_map) = plt.subplots(1, 2, figsize=(8, 3.9))
+        self.axes = {"samples": ax_samples, "step_map": ax_map}
+        blank = torch.zeros(self.n_images, *self.trainer.data_shape)
+        self.grid_image = plots.show_image_grid(blank, nrow=self._nrow(), ax=ax_samples)
+        self.map_image = plot_step_size_image(torch.ones(self.trainer.data_shape[-2:]), ax=ax_map)
+        self._place_figure()
+
+    def _nrow(self) -> int:
+        return max(1, int(self.n_images ** 0.5))
+
+    def update(self, change=None) -> None:
+        """Rerun the chains for the current controls and change the figure in place."""
+        params = self.params()
+        try:
+            result = sample_trained_images(self.trainer, **params)
+        except ValueError as err:
+            self._show_error(err)
+            return
+        self.result = result
+        self.readout.value = ""
+        self.grid_image.set_data(plots.sample_image_grid(result["images"], nrow=self._nrow()))
+        self.map_image.set_data(result["step_map"].numpy())
+        label = next(k for k, v in IMAGE_SAMPLERS.items() if v == params["sampler_name"])
+        self.axes["samples"].set_title(f"{label}: K={params['K']}, ε={params['step_size']:.2g}, τ={params['noise_scale']:.2g}, "
+                                       f"seed {params['seed']}", fontsize=9)
+        self.axes["step_map"].set_title(f"AniLA γ/ε at b = {params['b']:.2g}: mean {float(result['step_map'].mean()):.2f}", fontsize=9)
+        self._redraw()
+
+    def run_new_chains(self, button=None) -> None:
+        """The New chains button: the next seed, same settings."""
+        self.seed += 1
+        self.update()
+
+
+def image_sampling_panel(trainer, **kwargs) -> ImageSamplingPanel:
+    """Build an ``ImageSamplingPanel`` on ``trainer`` (same keyword arguments); display it by leaving it last in a cell."""
+    return ImageSamplingPanel(trainer, **kwargs)
