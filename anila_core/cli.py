@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="train several samplers with the same seed and budget, side by side",
                              description="Train one run per sampler (same preset, seed and budget), then write the side-by-side "
                                          "figure comparison.png and the table comparison.md.")
-    compare.add_argument("--samplers", nargs="+", choices=sorted(SAMPLERS), default=["langevin", "anila"], metavar="SAMPLER",
-                         help=f"samplers to compare, from: {_listed(sorted(SAMPLERS))} (default langevin anila)")
+    compare.add_argument("--samplers", nargs="+", default=["langevin", "anila"], metavar="SAMPLER",
+                         help=f"samplers to compare, from: {_listed(sorted(SAMPLERS))} (default langevin anila); an entry "
+                              "may carry its own settings, anila:b=3 or anila:b=3,step_size=0.02 (its folder: anila-b3, ...)")
     compare.add_argument("--preset", default=None, help=f"named settings ({presets}; default {DEFAULT_PRESET}); each sampler gets its own tuned entries")
     compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder for the runs and the figure (default runs/compare)")
     compare.add_argument("--jobs", type=_integer, default=None, help="runs in parallel (default: one per CPU core, at most one per sampler)")
@@ -117,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sweep_parser(sub, presets)
 
-    demo = sub.add_parser("demo", help="the headless demo: Langevin vs AniLA on the rings at the cpu preset (a few minutes)")
+    demo = sub.add_parser("demo", help="the headless demo on the rings at the cpu preset: Langevin, AniLA as tuned (b = 30) and a "
+                                       "clipping AniLA (b = 3); a few minutes")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the comparison (default runs/demo)")
     demo.add_argument("--preset", default=DEFAULT_PRESET, help=f"named settings (default {DEFAULT_PRESET})")
     return parser
@@ -135,7 +137,7 @@ def _add_sweep_parser(sub, presets: str) -> None:
         "sweep", help="the sampler study: a grid of settings and seeds at one budget per cell, in parallel, resumable",
         description="Train one run per cell of the grid (samplers × step sizes × b × K × chain kinds × seeds; b applies to "
                     "the AniLA samplers only) at the same budget, in parallel processes, and write sweep.json, sweep.md, "
-                    "heatmaps.png, stability.png and quality_vs_time.png to --out. Each finished cell is saved at once "
+                    "heatmaps.png, stability.png, quality_vs_budget.png (and two_densities.png) to --out. Each finished cell is saved at once "
                     "(cells/<cell>.json): running the same command again finishes an interrupted sweep without "
                     "recomputing a finished cell. Samplers: " + "; ".join(f"{k}: {v}" for k, v in KIND_HELP.items()) + ".")
     sweep.add_argument("--study", choices=sorted(STUDIES), default=None,
@@ -351,9 +353,14 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
         raise ValueError("compare: runs its samplers as separate processes and cannot run under torchrun; "
                          "use `torchrun ... -m anila_core train --sampler NAME` once per sampler")
     overrides = _overrides(args)
-    samplers = list(dict.fromkeys(args.samplers))
+    specs = [run_spec(text) for text in dict.fromkeys(args.samplers)]
+    labels = [label for label, _, _ in specs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(f"--samplers: {', '.join(twice)} named twice (the same run folder); give each entry other settings")
     name = args.preset if args.preset is not None else (preset_name or DEFAULT_PRESET)
-    configs = {s: preset(name, s, **overrides) for s in samplers}
+    configs = {label: preset(name, sampler, **{**overrides, **settings}) for label, sampler, settings in specs}
+    samplers = labels
     out = args.out
     if args.jobs is not None and args.jobs < 1:  # before anything is written
         raise ValueError(f"--jobs: expected an integer >= 1, got {args.jobs}")
@@ -368,13 +375,44 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
         return _compare(args, out, samplers, configs)
 
 
+def run_spec(text: str) -> tuple[str, str, dict]:
+    """One entry of ``compare --samplers``: ``anila``, or a sampler with its own settings, ``anila:b=3`` or ``anila:b=3,step_size=0.02``.
+
+    Returns the run's label (its folder: ``anila-b3``), the sampler's name and its settings, which
+    override the preset's entries for that sampler (and the flags shared by every run).
+    """
+    sampler, _, rest = text.partition(":")
+    settings = {}
+    kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in fields(TrainConfig)}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in kinds or key == "sampler":
+            raise ValueError(f"--samplers: {text!r}: expected NAME or NAME:setting=value,... with settings of train's flags "
+                             f"(such as b=3 or step_size=0.02), got {item!r}")
+        try:
+            settings[key] = {"int": _integer, "float": float, "str": str, "bool": _boolean}[kinds[key]](value.strip())
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise ValueError(f"--samplers: {text!r}: {key}: {err}") from None
+    # a folder name that says what differs: anila:b=3 -> anila-b3
+    label = "-".join([sampler] + [k.replace("_", "-") + (f"{v:g}" if isinstance(v, float) else str(v)) for k, v in settings.items()])
+    return label, sampler, settings
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: dict[str, TrainConfig]) -> int:
     """The comparison itself, in the locked folder ``out``: one run per sampler, then the figure and the table."""
     import torch
 
-    from anila_core.ui.report import plot_side_by_side, markdown_table, save_figure
+    from anila_core.ui.report import model_densities, plot_side_by_side, markdown_table, save_figure
     from anila_core.training.runs import load_trainer
-    from anila_core.sampling.distances import grid_log_probs
 
     cores = os.cpu_count() or 1
     on_cuda = any(c.device.startswith("cuda") for c in configs.values()) or (
@@ -404,9 +442,7 @@ def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: 
     runs = {}
     for s in samplers:
         trainer = load_trainer(out / s, progress=False)
-        with torch.no_grad():
-            log_p = grid_log_probs(trainer.eval_model(), device=trainer.device)
-        runs[s] = {"log_p": log_p, "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
+        runs[s] = {**model_densities(trainer), "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
     target = load_trainer(out / samplers[0], progress=False).target
     save_figure(plot_side_by_side(runs, target), out / "comparison.png")
     return _write_comparison_table(out, markdown_table(finals), start)
@@ -474,13 +510,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         b = "" if w["b"] is None else f", b={w['b']:g}"
         print(f"  {entry['kind']:>13}: best {key} {w[key]:.3f} at ε={w['step_size']:g}{b}; stable at ε in {{{steps}}}")
     print(f"wall time {time.perf_counter() - start:.0f} s")
-    print(f"table: {out / 'sweep.md'}\nresults: {out / 'sweep.json'}\nfigures: {out / 'heatmaps.png'}, {out / 'stability.png'}, "
-          f"{out / 'quality_vs_time.png'}")
+    figures = [out / name for name in ("heatmaps.png", "stability.png", "quality_vs_budget.png", "two_densities.png") if (out / name).exists()]
+    print(f"table: {out / 'sweep.md'}\nresults: {out / 'sweep.json'}\nfigures: {', '.join(map(str, figures))}")
     return 0
 
 
+#: the demo's runs: Langevin and AniLA as tuned (b = 30 clips almost nothing, so it is nearly Langevin), and an
+#: AniLA that clips most coordinates (b = 3), so that the comparison shows what clipping does to a trained energy
+DEMO_RUNS = ("langevin", "anila", "anila:b=3")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    args.samplers, args.jobs, args.resume, args.no_progress = ["langevin", "anila"], None, args.out.exists(), False
+    args.samplers, args.jobs, args.resume, args.no_progress = list(DEMO_RUNS), None, args.out.exists(), False
     return cmd_compare(args)
 
 

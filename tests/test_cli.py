@@ -11,6 +11,7 @@ import torch
 
 from anila_core.cli import main
 from anila_core.fileio import read_jsonl
+from anila_core.training.config import preset
 from anila_core.training.runs import RUN_FILES
 
 
@@ -121,6 +122,42 @@ def test_compare_writes_the_side_by_side_figure_and_table(tmp_path):
         assert final["sampler"] == sampler and final["seed"] == 0 and final["iters"] == 10
 
 
+def test_compare_entries_carry_their_own_settings(tmp_path):
+    from anila_core.cli import run_spec
+
+    assert run_spec("anila") == ("anila", "anila", {})
+    assert run_spec("anila:b=3") == ("anila-b3", "anila", {"b": 3.0})
+    assert run_spec("anila:b=3,n_steps=5") == ("anila-b3-n-steps5", "anila", {"b": 3.0, "n_steps": 5})
+    out = tmp_path / "cmp"
+    assert main(["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress",
+                 "--samplers", "anila", "anila:b=3"]) == 0
+    tuned, clipping = (json.loads((out / name / "config.json").read_text()) for name in ("anila", "anila-b3"))
+    assert tuned["b"] == preset("smoke", "anila").b and clipping["b"] == 3.0
+    assert {k for k in tuned if tuned[k] != clipping[k]} == {"b"}
+    table = (out / "comparison.md").read_text()
+    assert "| anila-b3 |" in table and "b=3, norm=coordinate" in table
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("anila:c=3", "expected NAME or NAME:setting=value"),
+    ("anila:b", "expected NAME or NAME:setting=value"),
+    ("anila:b=x", "anila:b=x': b: could not convert"),
+    ("anila:sampler=hmc", "expected NAME or NAME:setting=value"),
+    ("nope", "sampler: unknown name 'nope'"),
+])
+def test_compare_refuses_a_bad_entry_in_one_line(tmp_path, capsys, entry, message):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--preset", "smoke", "--out", str(out), "--samplers", "langevin", entry]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_compare_refuses_two_entries_for_one_folder(tmp_path, capsys):
+    assert main(["compare", "--preset", "smoke", "--out", str(tmp_path / "c"), "--samplers", "anila:b=3", "anila:b=3.0"]) == 2
+    assert "anila-b3 named twice" in capsys.readouterr().err
+
+
 def test_compare_resume_keeps_finished_runs_and_refuses_a_folder_from_other_settings(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]
@@ -205,7 +242,7 @@ def test_help_lists_the_valid_values_of_each_choice_flag(command):
 
 
 #: one progress line of a run: ``anila: 20/30 iterations (67%), grid TV 0.512, energy gap -0.21, 2 s, about 1 s left``
-PROGRESS_LINE = r"^(?P<run>\w+): (?P<done>\d+)/(?P<total>\d+) iterations \(\d+%\), grid TV \d\.\d{3}, energy gap -?\d+\.\d\d, \d+ s"
+PROGRESS_LINE = r"^(?P<run>[\w.-]+): (?P<done>\d+)/(?P<total>\d+) iterations \(\d+%\), grid TV \d\.\d{3}, energy gap -?\d+\.\d\d, \d+ s"
 
 
 def _progress(out: str, total: int) -> dict[str, list[int]]:
@@ -217,6 +254,11 @@ def _progress(out: str, total: int) -> dict[str, list[int]]:
     return seen
 
 
+def _table_start(out: str) -> int:
+    """Where the comparison's Markdown table begins in a command's output."""
+    return re.search(r"^\|", out, flags=re.M).start()
+
+
 def test_compare_prints_a_line_per_evaluation_of_each_run_unless_told_not_to(tmp_path, capsys):
     args = ["compare", "--preset", "smoke", "--iters", "20", "--jobs", "1"]
     assert main(args + ["--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
@@ -226,7 +268,7 @@ def test_compare_prints_a_line_per_evaluation_of_each_run_unless_told_not_to(tmp
     assert _progress(out, 20) == {"langevin": [10, 20], "anila": [10, 20]}  # the smoke preset evaluates every 10
     for run in ("langevin", "anila"):
         assert f"{run}: started, 20 iterations to go" in out and f"{run}: done in " in out
-    assert out.index("anila: done in ") < out.index("| sampler |"), "the table comes after the runs"
+    assert out.index("anila: done in ") < _table_start(out), "the table comes after the runs"
 
 
 @pytest.mark.slow  # two spawned workers that import torch: ~20 s on 2 idle cores
@@ -235,8 +277,11 @@ def test_demo_shows_each_parallel_runs_progress_before_the_table(tmp_path):
     assert result.returncode == 0, result.stderr
     progress = _progress(result.stdout, 30)  # the smoke preset: 30 iterations, an evaluation every 10
     # lines from the two worker processes may interleave, but each run's own come in order and whole
-    assert set(progress) >= {"langevin", "anila"} and all(done == [10, 20, 30] for done in progress.values()), result.stdout
-    assert result.stdout.index("iterations (100%)") < result.stdout.index("| sampler |")
+    from anila_core.cli import DEMO_RUNS, run_spec
+
+    assert set(progress) == {run_spec(run)[0] for run in DEMO_RUNS}, result.stdout  # a folder name each: anila-b3
+    assert all(done == [10, 20, 30] for done in progress.values()), result.stdout
+    assert result.stdout.rindex("iterations (100%)") < _table_start(result.stdout), "the table comes after the runs"
 
 
 def test_no_cuda_runtime_notice_on_a_machine_without_a_gpu(tmp_path):

@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 from anila_core.training.config import preset  # noqa: E402
 from anila_core.sampling.kernel import energy_and_grad  # noqa: E402
-from anila_core.sampling.samplers import AniLA, Langevin  # noqa: E402
+from anila_core.sampling.samplers import HMC, AniLA, Langevin  # noqa: E402
 from anila_core.training.trainer import Trainer  # noqa: E402
 from anila_core.ui.widgets import MODEL_SAMPLERS, format_model_readout, model_sampling_panel, sample_trained  # noqa: E402
 
@@ -56,6 +56,17 @@ def test_readout_numbers_are_what_they_say(energy):
     assert "Langevin" in text and "-1.250" in text and "%" in text and "0 / 80" in text
 
 
+def test_hmc_of_one_leapfrog_step_is_mala_at_the_squared_step(energy):
+    kw = dict(K=8, n=64, seed=3)
+    hmc = sample_trained(energy, "hmc", step_size=0.2, n_leapfrog=1, **kw)
+    mala = sample_trained(energy, "langevin", step_size=0.2 ** 2, metropolis=True, **kw)
+    assert isinstance(hmc["sampler"], HMC) and hmc["sampler"].n_leapfrog == 1
+    torch.testing.assert_close(hmc["samples"], mala["samples"], rtol=1e-5, atol=1e-5)
+    assert hmc["readout"]["acceptance_rate"] == pytest.approx(mala["readout"]["acceptance_rate"])
+    longer = sample_trained(energy, "hmc", step_size=0.2, n_leapfrog=10, **kw)
+    assert longer["sampler"].n_leapfrog == 10 and not torch.allclose(longer["samples"], hmc["samples"])
+
+
 def test_zero_noise_is_gradient_descent_on_the_energy(energy):
     res = sample_trained(energy, "langevin", step_size=0.1, K=1, n=16, seed=2, noise_scale=0.0)
     _, g = energy_and_grad(energy, res["x0"])
@@ -64,7 +75,8 @@ def test_zero_noise_is_gradient_descent_on_the_energy(energy):
 
 def test_bad_input_names_the_parameter(energy):
     for kwargs, name in [
-        (dict(sampler_name="hmc"), "sampler_name"),
+        (dict(sampler_name="psgld"), "sampler_name"),
+        (dict(sampler_name="hmc", n_leapfrog=0), "n_leapfrog"),
         (dict(K=0), "K"),
         (dict(n=0), "n"),
         (dict(b=0.0), "b"),
@@ -120,6 +132,14 @@ def test_selector_step_and_k_rerun(panel):
         slider.value = value
         assert not np.allclose(panel.scatter.get_offsets(), offsets)
     assert panel.result["params"]["K"] == 12 and panel.result["params"]["step_size"] == pytest.approx(0.05)
+
+
+def test_hmc_in_the_panel_takes_its_leapfrog_steps_from_the_slider(panel):
+    panel.sampler_selector.value = "hmc"
+    panel.leapfrog_slider.value = 3
+    assert isinstance(panel.result["sampler"], HMC) and panel.result["sampler"].n_leapfrog == 3
+    assert panel.result["readout"]["acceptance_rate"] is not None  # HMC always ends in the Metropolis test
+    assert "HMC" in panel.readout.value and "L=3" in panel.title.get_text()
 
 
 def test_run_button_draws_fresh_chains(panel):

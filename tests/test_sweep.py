@@ -73,12 +73,74 @@ def test_summary_pools_seeds_exactly():
     assert "| anila | 0.1 | 3 | 0.300 ± 0.071 | 0.1 |" in table
 
 
+def _two_density_cell(kind, eps, b, seed, tv, sampler_tv, clipped, chains="buffer", n_steps=20, cpu=(10.0, 20.0)):
+    return {"id": f"{kind}{eps}{b}{seed}{chains}{n_steps}", "kind": kind, "step_size": eps, "b": b, "n_steps": n_steps, "chains": chains,
+            "seed": seed, "diverged": False, "final": {"grid_tv": tv, "sampler_grid_tv": sampler_tv}, "best_grid_tv": tv,
+            "clipped_share": clipped, "wall_s": 1.0,
+            "history": [{"iter": 5, "cpu_s": cpu[0], "grid_tv": tv + 0.1}, {"iter": 10, "cpu_s": cpu[1], "grid_tv": tv}]}
+
+
+TWO = {"base": {"dataset": "", "target": "rings", "iters": 10, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant",
+                "hmc_leapfrog": 5},
+       "machine": {"cpus": 2, "torch": "x"}, "cells": [
+           _two_density_cell("langevin", 0.01, None, 0, 0.30, 0.30, None, cpu=(10.0, 20.0)),
+           _two_density_cell("anila", 0.01, 3.0, 0, 0.40, 0.20, 0.5, cpu=(12.0, 24.0)),  # clips: sampler closer
+           _two_density_cell("anila", 0.01, 30.0, 0, 0.25, 0.26, 0.0, cpu=(11.0, 22.0)),  # barely clips: nearly equal
+           _two_density_cell("anila", 1.0, 0.03, 0, 0.45, 0.40, 0.9, chains="short_run"),
+           _two_density_cell("hmc", 0.1, None, 0, 0.22, 0.22, None, n_steps=4, cpu=(30.0, 60.0)),
+       ]}
+
+
+def test_hmc_cells_join_the_slice_of_equal_gradients_per_iteration():
+    rows = summarize(TWO)
+    assert {r["kind"]: r["gradients"] for r in rows if r["chains"] == "buffer"} == {"langevin": 20, "anila": 20, "hmc": 20}
+    assert sweep.main_slice(rows) == (20, "buffer")
+    best = {e["kind"]: e["best"] for e in sweep.best_settings(TWO)}
+    assert best["hmc"]["step_size"] == 0.1 and best["anila"]["b"] == 30.0
+    assert "| hmc | 0.1 | — | 4×5 | buffer |" in sweep.markdown_report(TWO)
+
+
+def test_report_counts_which_density_training_fitted():
+    text = sweep.markdown_report(TWO)
+    # three stable AniLA settings: two with the sampler's density closer to the data (0.20 < 0.40, 0.40 < 0.45)
+    assert "closer to the data than exp(−E) in **2 of 3** stable settings (mean TV 0.287 against 0.367)" in text
+    assert "clips more than 10 % of coordinates: **2 of 2** (mean TV 0.300 against 0.425)" in text
+    assert "| anila | 0.01 | 3 | buffer | 1/1 | 50.0 % | 0.400 | 0.200 | -0.200 |" in text
+    # a setting that lost the target is listed but not counted
+    lost = {**TWO, "cells": TWO["cells"] + [_two_density_cell("anila", 0.1, 1.0, 0, 0.95, 0.60, 0.8)]}
+    text = sweep.markdown_report(lost)
+    assert "in **2 of 3** stable settings" in text and "| anila | 0.1 | 1 | buffer | 0/1 | 80.0 % | 0.950 | 0.600 | -0.350 |" in text
+    assert [r["b"] for r in sweep.two_density_rows(summarize(TWO))] == [3.0, 30.0, 0.03]
+
+
+def test_report_shows_the_papers_rule_and_a_fixed_budget():
+    text = sweep.markdown_report(TWO)
+    paper = text.split("## The paper's rule")[1].split("##")[0]
+    assert "b = 0.03, short_run chains, final grid TV 0.450 (90 % of coordinates clipped)" in paper
+    budget = text.split("## At a fixed compute budget")[1].split("##")[0]
+    # the budget is the cheapest best setting's whole run (Langevin, 20 s); HMC's first evaluation came at 30 s
+    assert "**20 s**" in budget
+    assert "| langevin | ε=0.01 | 20 | 20 | 0.300 | 0.300 |" in budget
+    assert "| anila | ε=0.01, b=30 | 20 | 22 | 0.350 | 0.250 |" in budget
+    assert "| hmc | ε=0.1 | 20 | 60 | — (not evaluated yet) | 0.220 |" in budget
+
+
+def test_report_figures_for_two_densities_and_budget(tmp_path):
+    written = sweep.write_report(TWO, tmp_path)
+    assert [p.name for p in written] == ["sweep.md", "heatmaps.png", "stability.png", "quality_vs_budget.png", "two_densities.png"]
+    for p in written[1:]:
+        assert p.read_bytes()[:4] == b"\x89PNG"
+    axes = sweep.plot_quality_vs_budget(TWO)
+    # gradient evaluations per chain: iterations × 20 for every sampler, HMC's 4 × 5 included
+    assert [list(line.get_xdata()) for line in axes[1].get_lines()] == [[100, 200]] * 3
+
+
 def test_tiny_sweep_end_to_end_parallel_and_resumable(tmp_path, monkeypatch):
     grid = Grid(kinds=("langevin", "anila"), step_sizes=(0.01, 0.05), bs=(3.0,), n_steps=(5,), seeds=(0,))
     out = tmp_path / "sweep"
     summary = run_sweep(out, grid.cells(), tiny_base(), jobs=2, progress=False)
     assert len(summary["cells"]) == 4
-    for name in ("sweep.json", "sweep.md", "plan.json", "heatmaps.png", "stability.png", "quality_vs_time.png"):
+    for name in ("sweep.json", "sweep.md", "plan.json", "heatmaps.png", "stability.png", "quality_vs_budget.png"):
         assert (out / name).stat().st_size > 0, name
     cells = sorted((out / "cells").glob("*.json"))
     assert len(cells) == 4

@@ -35,7 +35,10 @@ __all__ = [
     "setting_table",
     "plot_heatmaps",
     "plot_stability",
-    "plot_quality_vs_time",
+    "plot_quality_vs_budget",
+    "plot_two_densities",
+    "two_density_rows",
+    "gradients_per_iteration",
     "plot_clipping",
     "plot_histories",
     "UNSTABLE_TV",
@@ -153,6 +156,8 @@ class Study:
 
 
 _STEPS = (0.01, 0.02, 0.05, 0.1)
+#: the paper's thresholds at ε = 1 (its rule γ = b / max(b, |∇E|))
+PAPER_BS = (0.01, 0.03, 0.1)
 _SEEDS = (0, 1)
 STUDIES: dict[str, Study] = {
     # The committed study (docs/study/rings): every sampler over the same four step sizes
@@ -160,9 +165,15 @@ STUDIES: dict[str, Study] = {
     # almost none (30), its other forms at b = 3; then short-run chains and K = 10 for
     # Langevin and AniLA (b = 3) at ε = 0.02. pSGLD diverged at every one of those step
     # sizes (its preconditioner multiplies ε by 1/(λ + √V), large where gradients are
-    # small), so it also got four smaller ones. 88 runs, about an hour on 2 cores.
+    # small), so it also got four smaller ones.
+    # The paper's own rule has no ε: γ = b / max(b, |∇E|), i.e. ε = 1 here, with small
+    # thresholds (the authors' toy configs used b ≈ 0.01–0.05), on buffer and short-run chains.
+    # HMC gets four step sizes like every other sampler, at the same gradient budget per
+    # iteration: K = 4 transitions of 5 leapfrog steps (the base's hmc_leapfrog) = 20
+    # gradients, as K = 20 Langevin steps. Its ε is the leapfrog step, on the scale of √ε of
+    # Langevin (one leapfrog step is MALA at ε²), hence 0.05–0.3. 108 runs, about 75 minutes on 2 cores.
     "rings": Study(
-        description="rings toy, 'sweep' preset (2000 iterations, K = 20 per cell)",
+        description="rings toy, 'sweep' preset (2000 iterations, 20 gradients per iteration and chain)",
         preset="sweep",
         grids=(
             Grid(kinds=("langevin", "mala", "psgld"), step_sizes=_STEPS, n_steps=(20,), seeds=_SEEDS),
@@ -171,6 +182,8 @@ STUDIES: dict[str, Study] = {
             Grid(kinds=("anila_sample", "anila_noise", "anila_mh"), step_sizes=_STEPS, bs=(3.0,), n_steps=(20,), seeds=_SEEDS),
             Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(20,), chains=("short_run",), seeds=_SEEDS),
             Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(10,), seeds=_SEEDS),
+            Grid(kinds=("anila",), step_sizes=(1.0,), bs=PAPER_BS, n_steps=(20,), chains=("buffer", "short_run"), seeds=_SEEDS),
+            Grid(kinds=("hmc",), step_sizes=(0.05, 0.1, 0.2, 0.3), n_steps=(4,), seeds=_SEEDS),
         ),
     ),
     # Digits: cold sampling (τ = 0.01) from noise, so the step sizes are in the image presets' units.
@@ -202,10 +215,16 @@ def cell_config(base: TrainConfig, cell: dict) -> TrainConfig:
     return base.replace(**changes).validate()
 
 
-#: an evaluation row's measures of quality (2-D targets: the first three; images: the last three)
-QUALITY_FIELDS = ("grid_tv", "grid_kl", "mmd", "fid", "kid", "coverage")
+#: an evaluation row's measures of quality (2-D targets: the first five, the last two of them for the
+#: density the sampler draws from the energy at small step; images: the last three)
+QUALITY_FIELDS = ("grid_tv", "grid_kl", "mmd", "sampler_grid_tv", "sampler_grid_kl", "fid", "kid", "coverage")
 #: what a cell keeps of each evaluation row
 HISTORY_FIELDS = ("iter", "wall_s", "cpu_s", *QUALITY_FIELDS, "energy_gap", "clipped_share", "acceptance")
+
+
+def gradients_per_iteration(config: TrainConfig) -> int:
+    """Gradient evaluations per chain and iteration: K transitions, each ``hmc_leapfrog`` of them for HMC (the budget cells are compared at)."""
+    return config.n_steps * (config.hmc_leapfrog if config.sampler == "hmc" else 1)
 
 
 def _fields(row: dict, names: Sequence[str]) -> dict:
@@ -245,7 +264,8 @@ def run_cell(base: TrainConfig, cell: dict) -> dict:
     history = [_fields(r, HISTORY_FIELDS) for r in trainer.history]
     result = {"id": cell_id(cell), **{k: cell.get(k) for k in CELL_FIELDS}, "diverged": diverged is not None,
               "diverged_at": diverged and diverged["iter"], "cause": diverged and diverged["cause"],
-              "iters": trainer.iteration, "wall_s": round(time.perf_counter() - start, 2), "history": history}
+              "iters": trainer.iteration, "wall_s": round(time.perf_counter() - start, 2),
+              "gradients_per_iter": gradients_per_iteration(config), "history": history}
     final = {} if diverged or not trainer.history else _fields(trainer.history[-1], QUALITY_FIELDS)
     result["final"] = final
     clipped = [r["clipped_share"] for r in trainer.history if "clipped_share" in r]
@@ -417,6 +437,7 @@ def summarize(summary: dict) -> list[dict]:
     rows = []
     for setting, results in groups.items():
         row = dict(zip(("kind", "step_size", "b", "n_steps", "chains"), setting))
+        row["gradients"] = _gradients(results[0], summary["base"])
         finished = [r for r in results if not r["diverged"]]
         row["seeds"] = sorted(r["seed"] for r in results)
         row["diverged"] = sum(r["diverged"] for r in results)
@@ -436,11 +457,21 @@ def summarize(summary: dict) -> list[dict]:
     return rows
 
 
+def _gradients(cell: dict, base: dict) -> int:
+    """Gradient evaluations per chain and iteration of a cell (cells written before it was recorded: from K and the sampler)."""
+    if cell.get("gradients_per_iter") is not None:
+        return cell["gradients_per_iter"]
+    return cell["n_steps"] * (base.get("hmc_leapfrog", 1) if cell["kind"] == "hmc" else 1)
+
+
 def main_slice(rows: list[dict]) -> tuple[int, str]:
-    """The K and chain kind most settings share: the heatmaps and the stability plot are drawn at them."""
+    """The gradient budget per iteration and chain kind most settings share: the heatmaps, the stability plot and the best settings are taken there.
+
+    A budget, not K: HMC's K = 4 transitions of 5 leapfrog steps cost what K = 20 Langevin steps cost.
+    """
     counts: dict[tuple, int] = {}
     for r in rows:
-        counts[(r["n_steps"], r["chains"])] = counts.get((r["n_steps"], r["chains"]), 0) + 1
+        counts[(r["gradients"], r["chains"])] = counts.get((r["gradients"], r["chains"]), 0) + 1
     return max(counts, key=counts.get)
 
 
@@ -448,10 +479,10 @@ def best_settings(summary: dict) -> list[dict]:
     """Per sampler, its best setting (lowest mean final quality among settings stable for every seed) and its stable step sizes."""
     key = quality_key(summary)
     rows = summarize(summary)
-    k, chains = main_slice(rows)
+    budget, chains = main_slice(rows)
     best = []
     for kind in KINDS:
-        mine = [r for r in rows if r["kind"] == kind and r["n_steps"] == k and r["chains"] == chains]
+        mine = [r for r in rows if r["kind"] == kind and r["gradients"] == budget and r["chains"] == chains]
         if not mine:
             continue
         stable = [r for r in mine if r["stable_share"] == 1 and key in r]
@@ -475,11 +506,13 @@ def setting_table(rows: Sequence[dict], images: bool = False) -> str:
     if images:
         header = "| sampler | ε | b | K | chains | seeds | diverged | FID | KID | coverage | clipped | wall s |"
     else:
-        header = "| sampler | ε | b | K | chains | seeds | diverged | unstable | final TV | best TV | KL | MMD | clipped | wall s |"
+        header = ("| sampler | ε | b | K | chains | seeds | diverged | unstable | final TV | best TV | KL | MMD | its sampler's density: TV "
+                  "| clipped | wall s |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         n = len(r["seeds"])
-        head = (f"| {r['kind']} | {_number(r['step_size'])} | {'—' if r['b'] is None else _number(r['b'])} | {r['n_steps']} | "
+        k = str(r["n_steps"]) if r["gradients"] == r["n_steps"] else f"{r['n_steps']}×{r['gradients'] // r['n_steps']}"
+        head = (f"| {r['kind']} | {_number(r['step_size'])} | {'—' if r['b'] is None else _number(r['b'])} | {k} | "
                 f"{r['chains']} | {n} | {r['diverged']}/{n} |")
         clipped = "—" if r["clipped_share"] is None else f"{100 * r['clipped_share']:.1f} %"
         if images:
@@ -488,7 +521,7 @@ def setting_table(rows: Sequence[dict], images: bool = False) -> str:
         else:
             unstable = round((1 - r["stable_share"]) * n)
             tail = (f" {unstable}/{n} | {_fmt(r.get('grid_tv'), 3, r.get('grid_tv_sd'))} | {_fmt(r.get('best_grid_tv'))} | "
-                    f"{_fmt(r.get('grid_kl'), 2)} | {_fmt(r.get('mmd'), 4)} | {clipped} | {r['wall_s']:.0f} |")
+                    f"{_fmt(r.get('grid_kl'), 2)} | {_fmt(r.get('mmd'), 4)} | {_fmt(r.get('sampler_grid_tv'))} | {clipped} | {r['wall_s']:.0f} |")
         lines.append(head + tail)
     return "\n".join(lines)
 
@@ -526,56 +559,184 @@ def markdown_report(summary: dict) -> str:
         else:
             lines.append(f"| {entry['kind']} | {_number(w['step_size'])} | {'—' if w['b'] is None else _number(w['b'])} | "
                          f"{_fmt(w[key], 3, w.get(key + '_sd'))} | {steps} |")
+    if not images:
+        lines += _paper_rule_section(summary, rows, best) + _two_densities_section(rows) + _budget_section(summary)
     lines += ["", "## Every setting", "", setting_table(rows, images)]
     return "\n".join(lines) + "\n"
+
+
+#: the AniLA kinds whose small-step density differs from exp(−E) (unadjusted, the step map scales the drift)
+TWO_DENSITY_KINDS = ("anila", "anila_sample", "anila_pixel")
+#: a setting "clips" when more than this share of coordinates had |∇E| > b, averaged over training
+CLIPPING_SHARE = 0.1
+
+
+def two_density_rows(rows: Sequence[dict]) -> list[dict]:
+    """The settings (rows of :func:`summarize`) where exp(−E) and the sampler's small-step density differ and both were measured."""
+    return [r for r in rows if r["kind"] in TWO_DENSITY_KINDS and r.get("grid_tv") is not None and r.get("sampler_grid_tv") is not None]
+
+
+def _paper_rule_section(summary: dict, rows: list[dict], best: list[dict]) -> list[str]:
+    """The paper's own rule, AniLA at ε = 1 (γ = b / max(b, |∇E|)), against each sampler's best setting."""
+    mine = [r for r in rows if r["kind"] == "anila" and r["step_size"] == 1.0]
+    if not mine:
+        return []
+    stable = [r for r in mine if r["stable_share"] == 1 and "grid_tv" in r]
+    winners = {e["kind"]: e["best"] for e in best if e["best"] is not None}
+    lines = ["", "## The paper's rule: AniLA at ε = 1", "",
+             "γ = b / max(b, |∇E|) per coordinate, as the paper writes it: a full unit step where the energy is flat, a drift "
+             "capped at b/2 where it is steep."]
+    if stable:
+        top = min(stable, key=lambda r: r["grid_tv"])
+        lines.append(f"Its best cell: b = {_number(top['b'])}, {top['chains']} chains, final grid TV {_fmt(top['grid_tv'])} "
+                     f"({100 * (top['clipped_share'] or 0):.0f} % of coordinates clipped), against "
+                     + ", ".join(f"{k} {_fmt(w['grid_tv'])}" for k, w in winners.items())
+                     + " at each sampler's best setting.")
+    else:
+        lines.append(f"No setting at ε = 1 trained stably for every seed ({len(mine)} settings).")
+    return lines + ["", setting_table(mine)]
+
+
+def _two_densities_section(rows: list[dict]) -> list[str]:
+    """Whether AniLA-trained energies are calibrated for their sampler (exp(−E)/a) rather than for exp(−E), with the numbers either way.
+
+    Counted over the settings that trained stably for every seed: a model that lost the target
+    is far from the data in both densities and says nothing about which one training fitted.
+    """
+    finished = two_density_rows(rows)
+    if not finished:
+        return []
+    mine = [r for r in finished if r["stable_share"] == 1]
+    lines = ["", "## Two densities: fitted for the sampler, or for exp(−E)?", "",
+             "Algorithm 1 fits the energy through its sampler. At small step, unadjusted AniLA draws from exp(−E)/a, not exp(−E) "
+             "(a: its step map), so a trained energy could match the data through its sampler while exp(−E) is off. Grid TV to "
+             "the target of both densities, per AniLA setting (means over seeds), counted over the settings stable for every seed:", ""]
+
+    def mean(rs: list[dict], k: str) -> str:
+        return _fmt(statistics.fmean(r[k] for r in rs))
+
+    if mine:
+        closer = [r for r in mine if r["sampler_grid_tv"] < r["grid_tv"] - 0.0005]  # closer at the printed precision
+        lines.append(f"- its sampler's density is closer to the data than exp(−E) in **{len(closer)} of {len(mine)}** stable settings "
+                     f"(mean TV {mean(mine, 'sampler_grid_tv')} against {mean(mine, 'grid_tv')});")
+        clipping = [r for r in mine if (r["clipped_share"] or 0) > CLIPPING_SHARE]
+        if clipping:
+            closer_clipping = [r for r in clipping if r in closer]
+            lines.append(f"- where AniLA clips more than {100 * CLIPPING_SHARE:.0f} % of coordinates: **{len(closer_clipping)} of "
+                         f"{len(clipping)}** (mean TV {mean(clipping, 'sampler_grid_tv')} against {mean(clipping, 'grid_tv')});")
+        rest = [r for r in mine if r not in clipping]
+        if rest:
+            lines.append(f"- where it clips less: mean TV {mean(rest, 'sampler_grid_tv')} against {mean(rest, 'grid_tv')} "
+                         f"({len(rest)} settings).")
+    else:
+        lines.append("- no AniLA setting was stable for every seed.")
+    lines += ["", "| sampler | ε | b | chains | stable seeds | clipped | TV of exp(−E) | TV of its sampler's density | difference |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in finished:
+        n = len(r["seeds"])
+        lines.append(f"| {r['kind']} | {_number(r['step_size'])} | {_number(r['b'])} | {r['chains']} | {round(r['stable_share'] * n)}/{n} | "
+                     f"{100 * (r['clipped_share'] or 0):.1f} % | {_fmt(r['grid_tv'])} | {_fmt(r['sampler_grid_tv'])} | "
+                     f"{r['sampler_grid_tv'] - r['grid_tv']:+.3f} |")
+    return lines
+
+
+def _budget_curves(summary: dict, clock: str) -> list[tuple[dict, tuple[list[float], list[float]]]]:
+    """Each sampler's best setting with its quality curve (mean over seeds) against ``clock``: ``cpu_s`` or ``gradients`` per chain."""
+    key = quality_key(summary)
+    out = []
+    for entry in best_settings(summary):
+        if entry["best"] is None:
+            continue
+        results = [r for r in summary["cells"] if setting_key(r) == setting_key(entry["best"]) and not r["diverged"]]
+        rows = [[h for h in r["history"] if key in h and (clock == "gradients" or clock in h)] for r in results]
+        n = min((len(h) for h in rows), default=0)
+        if n == 0:
+            continue  # cells written before CPU time was recorded
+        per_iter = _gradients(results[0], summary["base"])
+        at = (lambda h: h["iter"] * per_iter) if clock == "gradients" else (lambda h: h[clock])  # noqa: E731
+        out.append((entry, ([statistics.fmean(at(h[i]) for h in rows) for i in range(n)],
+                            [statistics.fmean(h[i][key] for h in rows) for i in range(n)])))
+    return out
+
+
+def _budget_section(summary: dict) -> list[str]:
+    """Quality at a fixed compute budget: each sampler's best setting at the CPU time the cheapest of them needed for its whole run."""
+    curves = _budget_curves(summary, "cpu_s")
+    if not curves:
+        return []
+    budget = min(clock[-1] for _, (clock, _) in curves)
+    lines = ["", "## At a fixed compute budget", "",
+             "A sampler that is stable at larger steps may need fewer of them, and a Metropolis test costs one more energy per step. "
+             f"Each sampler's best setting (all at the same gradients per iteration), and its quality after **{budget:.0f} s** of "
+             "training CPU time (one thread), the whole run of the cheapest of them; `quality_vs_budget.png` draws the curves "
+             "against CPU time and against gradient evaluations.", "",
+             "| sampler | setting | gradients per iteration | CPU s, whole run | grid TV at the budget | final grid TV |",
+             "|---|---|---|---|---|---|"]
+    for entry, (clock, value) in curves:
+        w = entry["best"]
+        within = [v for t, v in zip(clock, value) if t <= budget]
+        b = "" if w["b"] is None else f", b={_number(w['b'])}"
+        lines.append(f"| {entry['kind']} | ε={_number(w['step_size'])}{b} | {w['gradients']} | {clock[-1]:.0f} | "
+                     f"{_fmt(within[-1]) if within else '— (not evaluated yet)'} | {_fmt(value[-1])} |")
+    return lines
 
 
 # --------------------------------------------------------------------------- figures
 
 
 def _main_rows(summary: dict) -> tuple:
-    """What the maps draw: the quality key, the pooled rows at the main K and chain kind, that K and kind, the samplers and step sizes present."""
+    """What the maps draw: the quality key, the pooled rows at the main gradient budget and chain kind, that budget and kind, the samplers and step sizes present."""
     key = quality_key(summary)
     rows = summarize(summary)
-    k, chains = main_slice(rows)
-    rows = [r for r in rows if r["n_steps"] == k and r["chains"] == chains]
+    budget, chains = main_slice(rows)
+    rows = [r for r in rows if r["gradients"] == budget and r["chains"] == chains]
     kinds = [kind for kind in KINDS if any(r["kind"] == kind for r in rows)]
     steps = sorted({r["step_size"] for r in rows})
-    return key, rows, k, chains, kinds, steps
+    return key, rows, budget, chains, kinds, steps
 
 
 def plot_heatmaps(summary: dict, axes=None):
-    """Mean final quality over (step size, b) for each sampler at the main K and chain kind; ✕ marks settings where a seed was unstable."""
+    """Mean final quality over (step size, b) for each sampler at the main gradient budget and chain kind; ✕ marks settings where a seed was unstable.
+
+    Each panel has its own rows (the step sizes that sampler ran: HMC's ε is a leapfrog step, on
+    another scale) and a width in proportion to its thresholds, so every number stays readable.
+    """
     import matplotlib.pyplot as plt
     import numpy as np
 
-    key, rows, k, chains, kinds, steps = _main_rows(summary)
+    key, rows, budget, chains, kinds, _ = _main_rows(summary)
+    mine = {kind: [r for r in rows if r["kind"] == kind] for kind in kinds}
+    bs = {kind: sorted({r["b"] for r in mine[kind] if r["b"] is not None}) or [None] for kind in kinds}
+    steps = {kind: sorted({r["step_size"] for r in mine[kind]}) for kind in kinds}
     if axes is None:
-        _, axes = plt.subplots(1, len(kinds), figsize=(2.3 * len(kinds) + 1.5, 0.45 * len(steps) + 1.8), squeeze=False)
+        widths = [max(1.0, 0.75 * len(bs[kind])) for kind in kinds]
+        tallest = max(len(v) for v in steps.values())
+        # constrained layout keeps each panel's ε labels, the titles and the colour bar apart
+        _, axes = plt.subplots(1, len(kinds), figsize=(1.45 * sum(widths) + 2.5, 0.42 * tallest + 2.0), squeeze=False,
+                               layout="constrained", gridspec_kw={"width_ratios": widths})
         axes = list(axes[0])
     vmax = 1.0 if key == "grid_tv" else max((r.get(key, 0) for r in rows), default=1.0) or 1.0
     image = None
     for ax, kind in zip(axes, kinds):
-        mine = [r for r in rows if r["kind"] == kind]
-        bs = sorted({r["b"] for r in mine if r["b"] is not None}) or [None]
-        grid = np.full((len(steps), len(bs)), np.nan)
-        for r in mine:
-            i, j = steps.index(r["step_size"]), bs.index(r["b"])
+        grid = np.full((len(steps[kind]), len(bs[kind])), np.nan)
+        for r in mine[kind]:
+            i, j = steps[kind].index(r["step_size"]), bs[kind].index(r["b"])
             grid[i, j] = r.get(key, np.nan)
             mark = "" if r["stable_share"] == 1 else "✕"
             text = "div" if key not in r else f"{r[key]:.2f}"
             ax.text(j, i, f"{text}{mark}", ha="center", va="center", fontsize=7,
                     color="white" if key in r and r[key] > 0.55 * vmax else "black")
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
-        ax.set_xticks(range(len(bs)), ["—" if b is None else _number(b) for b in bs])
-        ax.set_yticks(range(len(steps)), [_number(s) for s in steps])
+        ax.set_xticks(range(len(bs[kind])), ["—" if b is None else _number(b) for b in bs[kind]], fontsize=8)
+        ax.set_yticks(range(len(steps[kind])), [_number(v) for v in steps[kind]], fontsize=8)
         ax.set_title(kind, fontsize=9)
-        ax.set_xlabel("b" if bs != [None] else "")
+        ax.set_xlabel("b" if bs[kind] != [None] else "")
     axes[0].set_ylabel("step size ε")
     if image is not None:
         label = "final grid TV (lower is better)" if key == "grid_tv" else "final FID (lower is better)"
         axes[0].figure.colorbar(image, ax=list(axes), label=label, shrink=0.9)
-    axes[0].figure.suptitle(f"quality over (ε, b), K = {k}, {chains} chains; ✕: a seed diverged or collapsed", fontsize=10)
+    axes[0].figure.suptitle(f"quality over (ε, b), {budget} gradients per iteration, {chains} chains; ✕: a seed diverged or collapsed",
+                            fontsize=10)
     return axes
 
 
@@ -584,7 +745,7 @@ def plot_stability(summary: dict, ax=None):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    key, rows, k, chains, kinds, steps = _main_rows(summary)
+    key, rows, budget, chains, kinds, steps = _main_rows(summary)
     if ax is None:
         _, ax = plt.subplots(figsize=(0.75 * len(steps) + 2.5, 0.42 * len(kinds) + 1.4))
     share = np.full((len(kinds), len(steps)), np.nan)
@@ -603,43 +764,71 @@ def plot_stability(summary: dict, ax=None):
     ax.set_xticks(range(len(steps)), [_number(s) for s in steps])
     ax.set_yticks(range(len(kinds)), kinds)
     ax.set_xlabel("step size ε")
-    ax.set_title(f"seeds that trained stably (most stable b; K = {k}, {chains})", fontsize=10)
+    ax.set_title(f"seeds that trained stably (most stable b; {budget} gradients per iteration, {chains})", fontsize=10)
     return ax
 
 
-def plot_quality_vs_time(summary: dict, ax=None):
-    """Quality against training CPU time for each sampler's best setting (mean over its seeds).
+def plot_quality_vs_budget(summary: dict, axes=None):
+    """The fixed-budget view: quality against training CPU time and against gradient evaluations, for each sampler's best setting (mean over its seeds).
 
-    CPU time (one thread per cell) is what compares samplers whose cells ran while the
-    machine was shared unevenly; sweeps written before it was recorded are drawn against
-    the iteration instead, and the axis says so.
+    CPU time (one thread per cell) is what compares samplers whose cells ran while the machine
+    was shared unevenly; cells written before it was recorded are left out of that panel.
+    Gradient evaluations per chain (iterations × K, × the leapfrog steps for HMC) do not depend
+    on the machine at all.
     """
     import matplotlib.pyplot as plt
 
     key = quality_key(summary)
+    if axes is None:
+        axes = list(plt.subplots(1, 2, figsize=(11, 3.8))[1])
+    for ax, clock, label in ((axes[0], "cpu_s", "training CPU time (s, one thread)"),
+                             (axes[1], "gradients", "gradient evaluations per chain")):
+        for entry, (x, value) in _budget_curves(summary, clock):
+            w = entry["best"]
+            b = "" if w["b"] is None else f", b={_number(w['b'])}"
+            ax.plot(x, value, "o-", ms=3, label=f"{entry['kind']} (ε={_number(w['step_size'])}{b})")
+        ax.set_xlabel(label)
+        ax.set_ylabel("grid TV" if key == "grid_tv" else "FID")
+        if not ax.get_legend_handles_labels()[0]:
+            ax.text(0.5, 0.5, "no setting stable for every seed\n(or no CPU time recorded)", ha="center", va="center",
+                    transform=ax.transAxes)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=7)
+    axes[0].set_title("quality against CPU time, each sampler's best setting", fontsize=10)
+    axes[1].set_title("quality against gradient evaluations", fontsize=10)
+    axes[0].figure.tight_layout()
+    return axes
+
+
+def plot_two_densities(summary: dict, ax=None):
+    """Per AniLA setting: grid TV of exp(−E) against that of its sampler's small-step density, coloured by the clipped share.
+
+    Below the diagonal the energy fits the data *through its sampler* better than as exp(−E).
+    """
+    import matplotlib.pyplot as plt
+
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.6))
-    best = [(entry, [r for r in summary["cells"] if setting_key(r) == setting_key(entry["best"]) and not r["diverged"]])
-            for entry in best_settings(summary) if entry["best"] is not None]
-    on_cpu = all("cpu_s" in h for _, results in best for r in results for h in r["history"])
-    clock = "cpu_s" if on_cpu else "iter"
-    for entry, results in best:
-        rows = [[h for h in r["history"] if key in h] for r in results]
-        n = min(len(h) for h in rows)
-        if n == 0:
-            continue
-        time_axis = [statistics.fmean(h[i][clock] for h in rows) for i in range(n)]
-        value = [statistics.fmean(h[i][key] for h in rows) for i in range(n)]
-        w = entry["best"]
-        b = "" if w["b"] is None else f", b={_number(w['b'])}"
-        ax.plot(time_axis, value, "o-", ms=3, label=f"{entry['kind']} (ε={_number(w['step_size'])}{b})")
-    ax.set_xlabel("training CPU time (s, one thread)" if on_cpu else "iteration (this sweep recorded wall time only)")
-    ax.set_ylabel("grid TV" if key == "grid_tv" else "FID")
-    ax.set_title("quality against " + ("time" if on_cpu else "iterations") + ", each sampler's best setting", fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "no setting was stable for every seed", ha="center", va="center", transform=ax.transAxes)
+        _, ax = plt.subplots(figsize=(4.8, 4.2))
+    mine = two_density_rows(summarize(summary))
+    if not mine:
+        ax.text(0.5, 0.5, "no AniLA setting with both densities", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    markers = {"buffer": "o", "short_run": "^"}
+    for chains, marker in markers.items():
+        rs = [r for r in mine if r["chains"] == chains]
+        if rs:
+            dots = ax.scatter([r["grid_tv"] for r in rs], [r["sampler_grid_tv"] for r in rs], marker=marker, s=28, cmap="viridis",
+                              c=[100 * (r["clipped_share"] or 0) for r in rs], vmin=0, vmax=100, edgecolors="k", linewidths=0.3,
+                              label=f"{chains} chains")
+    top = max(max(r["grid_tv"], r["sampler_grid_tv"]) for r in mine) * 1.05
+    ax.plot([0, top], [0, top], "k--", lw=0.8)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.figure.colorbar(dots, ax=ax, label="clipped coordinates (%)")
+    ax.set_xlabel("grid TV of exp(−E)")
+    ax.set_ylabel("grid TV of its sampler's density")
+    ax.set_title("AniLA: which density did training fit?", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
     return ax
 
 
@@ -696,13 +885,16 @@ def plot_histories(summary: dict, settings: Sequence[dict], metric: str = "energ
 
 
 def write_report(summary: dict, out: str | Path) -> list[Path]:
-    """``sweep.md``, ``heatmaps.png``, ``stability.png`` and ``quality_vs_time.png`` in ``out``."""
+    """``sweep.md`` and the figures in ``out``: ``heatmaps.png``, ``stability.png``, ``quality_vs_budget.png`` and, on 2-D targets with AniLA, ``two_densities.png``."""
     from anila_core.ui.report import save_figure
 
     out = Path(out)
     atomic_write_text(out / "sweep.md", markdown_report(summary))
     written = [out / "sweep.md"]
-    for name, plot in (("heatmaps.png", plot_heatmaps), ("stability.png", plot_stability), ("quality_vs_time.png", plot_quality_vs_time)):
+    plots = [("heatmaps.png", plot_heatmaps), ("stability.png", plot_stability), ("quality_vs_budget.png", plot_quality_vs_budget)]
+    if two_density_rows(summarize(summary)):
+        plots.append(("two_densities.png", plot_two_densities))
+    for name, plot in plots:
         drawn = plot(summary)
         save_figure((drawn[0] if isinstance(drawn, list) else drawn).figure, out / name)
         written.append(out / name)

@@ -16,6 +16,7 @@ __all__ = [
     "save_run_figures",
     "plot_training_curves",
     "plot_side_by_side",
+    "model_densities",
     "save_figure",
     "markdown_table",
     "save_image_run_figures",
@@ -77,24 +78,59 @@ def save_run_figures(trainer, out: str | Path) -> None:
     save_figure(fig, out / "training.png")
 
 
-def plot_side_by_side(runs: Mapping[str, dict], target, fig=None):
-    """The paper's Figure 1: the true density, then each sampler's learned density and samples.
+def model_densities(trainer) -> dict:
+    """A trained 2-D model's two densities on the grid: ``log_p`` of exp(−E) and ``sampler_log_p``, what its sampler draws at small step.
 
-    ``runs`` maps a sampler label to ``{"log_p": grid log-probs, "samples": (N, 2), "final": final.json}``.
+    The second is ``None`` where the sampler has no such law (pSGLD); for Langevin and the
+    Metropolis-adjusted samplers it equals the first (see :mod:`anila_core.sampling.small_step`).
+    """
+    from anila_core.sampling.distances import grid_log_probs
+    from anila_core.sampling.small_step import small_step_log_probs
+
+    model = trainer.eval_model()
+    with torch.no_grad():
+        log_p = grid_log_probs(model, device=trainer.device)
+    try:
+        sampler_log_p = small_step_log_probs(trainer.sampler, model, device=trainer.device).log_probs
+    except ValueError:
+        sampler_log_p = None
+    return {"log_p": log_p, "sampler_log_p": sampler_log_p}
+
+
+def plot_side_by_side(runs: Mapping[str, dict], target, fig=None):
+    """The paper's Figure 1, with the second density: the true density, then per run exp(−E), its sampler's small-step density and its samples.
+
+    ``runs`` maps a run's label to ``{"log_p": grid log-probs of exp(−E), "sampler_log_p": those
+    of the density its sampler draws as ε → 0 (or ``None``), "samples": (N, 2), "final": final.json}``
+    (:func:`model_densities` gives the first two). Where AniLA clips, the two rows differ: the
+    energy was fitted so that its *sampler* matches the data.
     """
     n = len(runs)
     if fig is None:
-        fig = plt.figure(figsize=(3.2 * (n + 1), 6.4))
-    axes = fig.subplots(2, n + 1, squeeze=False)
+        fig = plt.figure(figsize=(3.2 * (n + 1), 9.2))
+    axes = fig.subplots(3, n + 1, squeeze=False)
     plot_density(target, ax=axes[0, 0])
     axes[0, 0].set_title("true density")
-    plot_samples(target.sample(2000, generator=torch.Generator().manual_seed(0)), ax=axes[1, 0], color="tab:green")
-    axes[1, 0].set_title("data samples")
+    axes[1, 0].axis("off")
+    axes[1, 0].text(0.5, 0.5, "row 2: the density each\nsampler draws from its\ntrained energy at small step\n"
+                    "(exp(−E)/a for AniLA;\nexp(−E) for Langevin)", ha="center", va="center", fontsize=9,
+                    transform=axes[1, 0].transAxes)
+    plot_samples(target.sample(2000, generator=torch.Generator().manual_seed(0)), ax=axes[2, 0], color="tab:green")
+    axes[2, 0].set_title("data samples")
     for j, (label, run) in enumerate(runs.items(), start=1):
+        final = run["final"]
         plot_density(run["log_p"], ax=axes[0, j])
-        axes[0, j].set_title(f"{label}: TV {run['final']['grid_tv']:.3f}")
-        plot_samples(run["samples"], ax=axes[1, j], color="tab:blue")
-        axes[1, j].set_title(f"{label}: samples")
+        axes[0, j].set_title(f"{label}: exp(−E), TV {final['grid_tv']:.3f}", fontsize=10)
+        if run.get("sampler_log_p") is not None:
+            plot_density(run["sampler_log_p"], ax=axes[1, j])
+            tv = final.get("sampler_grid_tv")
+            axes[1, j].set_title(f"{label}: its sampler's density" + ("" if tv is None else f", TV {tv:.3f}"), fontsize=10)
+        else:
+            axes[1, j].axis("off")
+            axes[1, j].set_title(f"{label}: no small-step density", fontsize=10)
+        plot_samples(run["samples"], ax=axes[2, j], color="tab:blue")
+        clipped = final.get("clipped_share")
+        axes[2, j].set_title(f"{label}: samples" + ("" if clipped is None else f", {100 * clipped:.0f} % clipped"), fontsize=10)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -106,11 +142,15 @@ def _maybe(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _percent(share) -> str:
+    return "—" if share is None else f"{100 * share:.1f} %"
+
+
 def markdown_table(finals: Mapping[str, dict]) -> str:
-    """One row per sampler: final and best grid TV of exp(−E), grid KL, the grid TV of the sampler's small-step density, MMD, iterations, wall time, settings."""
+    """One row per run: final and best grid TV of exp(−E), grid KL, the grid TV of the sampler's small-step density, AniLA's clipped share, MMD, iterations, wall time, settings."""
     lines = [
-        "| sampler | grid TV (final) | grid TV (best, iter) | grid KL (nats) | its sampler's density: grid TV | MMD² | iters | wall s | settings |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | grid TV (final) | grid TV (best, iter) | grid KL (nats) | its sampler's density: grid TV | clipped | MMD² | iters | wall s | settings |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, f in finals.items():
         c = f["config"]
@@ -122,7 +162,8 @@ def markdown_table(finals: Mapping[str, dict]) -> str:
         settings += f", seed={c['seed']}"
         lines.append(
             f"| {label} | {f['grid_tv']:.3f} | {f['best_grid_tv']:.3f} ({f['best_iter']}) | {f['grid_kl']:.3f} | "
-            f"{_maybe(f.get('sampler_grid_tv'), '.3f')} | {f['mmd']:.4f} | {f['iters']} | {f['wall_s']:.0f} | {settings} |"
+            f"{_maybe(f.get('sampler_grid_tv'), '.3f')} | {_percent(f.get('clipped_share'))} | {f['mmd']:.4f} | {f['iters']} | "
+            f"{f['wall_s']:.0f} | {settings} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -349,7 +349,7 @@ def sampling_panel(**kwargs) -> SamplingPanel:
 # --------------------------------------------------------------------------- a trained energy
 
 #: selector label → sampler name, for ``ModelSamplingPanel``
-MODEL_SAMPLERS = {"Langevin": "langevin", "AniLA": "anila"}
+MODEL_SAMPLERS = {"Langevin": "langevin", "AniLA": "anila", "HMC": "hmc"}
 
 
 def _device_of(energy_fn, device) -> torch.device:
@@ -382,6 +382,7 @@ def sample_trained(
     metropolis: bool = False,
     extent: float = GRID_EXTENT,
     device=None,
+    n_leapfrog: int = 5,
 ) -> dict:
     """Run ``K`` steps of one sampler on a trained energy from uniform noise on ``[-extent, extent]²``.
 
@@ -389,10 +390,12 @@ def sample_trained(
     run on ``device`` (default: where the network's parameters are). The start comes from a
     generator seeded ``seed`` and the noise from one seeded ``seed + 1``, so Langevin and AniLA
     with the same seed see the same start and the same noise (and AniLA with ``b = inf`` *is*
-    Langevin). Returns ``sampler``, ``x0`` and ``samples`` (on the CPU), ``params`` (the
-    arguments) and ``readout``: mean energy and share of coordinates with ``|g| > b`` at the
-    final states (finite ones), acceptance rate when ``metropolis`` (else ``None``) and the
-    number of diverged chains.
+    Langevin). For HMC a step is one transition of ``n_leapfrog`` leapfrog steps of size
+    ``step_size`` (it always ends in the Metropolis test, and ignores ``noise_scale``). Returns
+    ``sampler``, ``x0`` and ``samples`` (on the CPU), ``params`` (the arguments) and
+    ``readout``: mean energy and share of coordinates with ``|g| > b`` at the final states
+    (finite ones), acceptance rate for Metropolis-adjusted chains (else ``None``) and the number
+    of diverged chains.
     """
     if sampler_name not in MODEL_SAMPLERS.values():
         raise ValueError(f"sampler_name: expected one of {list(MODEL_SAMPLERS.values())}, got {sampler_name!r}")
@@ -400,7 +403,7 @@ def sample_trained(
     b = positive_or_inf("b", b)  # checked for Langevin too: the readout's |g| > b uses it
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
-    settings = dict(step_size=step_size, b=b, noise_scale=noise_scale, metropolis=metropolis)
+    settings = dict(step_size=step_size, b=b, noise_scale=noise_scale, metropolis=metropolis, n_leapfrog=n_leapfrog)
     sampler = make_sampler(sampler_name, **applicable(sampler_name, settings))
     dev = _device_of(energy_fn, device)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -415,7 +418,7 @@ def sample_trained(
         "samples": x.cpu(),
         "readout": _energy_readout(energy_fn, x, b, trace),
         "params": {"sampler_name": sampler_name, "step_size": step_size, "b": b, "K": K,
-                   "noise_scale": noise_scale, "n": n, "seed": seed, "metropolis": metropolis},
+                   "noise_scale": noise_scale, "n": n, "seed": seed, "metropolis": metropolis, "n_leapfrog": n_leapfrog},
     }
 
 
@@ -438,7 +441,7 @@ def format_model_readout(result: dict, data_energy: float | None = None) -> str:
 
 
 class ModelSamplingPanel(_Panel):
-    """Sample a trained energy live: sliders for ``b``, ``ε``, ``K``, ``τ``, a Langevin/AniLA selector, a Run button.
+    """Sample a trained energy live: sliders for ``b``, ``ε``, ``K``, ``τ`` and HMC's leapfrog steps, a Langevin/AniLA/HMC selector, a Run button.
 
     Every slider reruns ``sample_trained`` when released (``continuous_update=False``) with
     the same seed, so a change in the picture comes from the setting, not from luck; the Run
@@ -449,7 +452,7 @@ class ModelSamplingPanel(_Panel):
     given), the share of coordinates with ``|g| > b``, the acceptance rate with the
     Metropolis box ticked and how many chains diverged. Widgets and artists are attributes
     (``sampler_selector``, ``b_slider``, ``step_slider``, ``k_slider``, ``noise_slider``,
-    ``metropolis_checkbox``, ``run_button``, ``readout``, ``fig``, ``scatter``, ``density``,
+    ``leapfrog_slider``, ``metropolis_checkbox``, ``run_button``, ``readout``, ``fig``, ``scatter``, ``density``,
     ``step_map``) so tests drive the panel without a browser.
     """
 
@@ -469,6 +472,7 @@ class ModelSamplingPanel(_Panel):
         extent: float = GRID_EXTENT,
         title: str = "trained energy",
         device=None,
+        n_leapfrog: int = 5,
     ):
         if not callable(energy_fn):
             raise ValueError(f"energy_fn: expected a callable (N, 2) → (N,), e.g. trainer.eval_model(), got {type(energy_fn).__name__}")
@@ -488,7 +492,11 @@ class ModelSamplingPanel(_Panel):
         self.sampler_selector = widgets.ToggleButtons(options=list(MODEL_SAMPLERS.items()), value=sampler, description="sampler",
                                                       style=self.STYLE)
         self.run_button = widgets.Button(description="Run (new chains)", icon="play", tooltip="draw a fresh start and noise: the next seed")
-        self.controls = [self.sampler_selector, *self._sampler_controls(step_size, b, K, noise_scale, metropolis)]
+        self.leapfrog_slider = widgets.IntSlider(
+            value=n_leapfrog, min=1, max=50, step=1, description="HMC leapfrog L", continuous_update=False, style=self.STYLE,
+            layout=widgets.Layout(width="420px"), tooltip="leapfrog steps per HMC transition (each costs one gradient)",
+        )
+        self.controls = [self.sampler_selector, *self._sampler_controls(step_size, b, K, noise_scale, metropolis), self.leapfrog_slider]
         self._start()
         self.run_button.on_click(self.run_new_chains)
         self.widget = widgets.VBox(
@@ -530,6 +538,7 @@ class ModelSamplingPanel(_Panel):
             "metropolis": self.metropolis_checkbox.value,
             "extent": self.extent,
             "device": self.device,
+            "n_leapfrog": self.leapfrog_slider.value,
         }
 
     def update(self, change=None) -> None:
@@ -549,9 +558,8 @@ class ModelSamplingPanel(_Panel):
             extent=self.extent, size=self.grid_size,
         )
         label = next(k for k, v in MODEL_SAMPLERS.items() if v == params["sampler_name"])
-        self.title.set_text(
-            f"{self.name}, {label}: K={params['K']}, ε={params['step_size']:.2g}, b={params['b']:.3g}, τ={params['noise_scale']:.2g}"
-        )
+        detail = f"L={params['n_leapfrog']}" if params["sampler_name"] == "hmc" else f"b={params['b']:.3g}, τ={params['noise_scale']:.2g}"
+        self.title.set_text(f"{self.name}, {label}: K={params['K']}, ε={params['step_size']:.2g}, {detail}")
         self._redraw()
 
     def run_new_chains(self, button=None) -> None:
