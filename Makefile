@@ -59,12 +59,12 @@ test-browser: $(STAMP) site
 # The course as a website (Jupyter Book; book/_config.yml and book/_toc.yml): the README as its landing page,
 # every notebooks/NN_*.ipynb executed at the smoke budget (04 and 05 on the tiny datasets of make test), docs/.
 # Jupyter Book keeps each executed notebook until its code changes; it does not see the package, so a change
-# there (or to the book's settings) empties that cache first. The kernels draw their figures inline, as in
-# JupyterLab: MPLBACKEND (make test sets Agg) is not passed on.
+# there (or to the tiny datasets or the book's settings) empties that cache first. The kernels draw their
+# figures inline, as in JupyterLab: MPLBACKEND (make test sets Agg) is not passed on.
 SITE := build/site
 SITE_HTML := $(SITE)/_build/html
 SITE_CACHE := $(SITE)/_build/.jupyter_cache
-SITE_INPUTS := $(shell find anila_core -name '*.py') book/_config.yml pyproject.toml
+SITE_INPUTS := $(shell find anila_core -name '*.py') tests/make_tiny_datasets.py book/_config.yml pyproject.toml
 
 site: $(STAMP) $(SITE)/.inputs-seen
 	$(PY) -c "import jupyter_book" 2>/dev/null || { echo "site: installing the site extra (Jupyter Book)"; \
