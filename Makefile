@@ -5,10 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.anila-installed
-# pip on these machines prints a warning per missing local index entry; keep real errors only
-PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# pip's own output shows what it is downloading and installing; on these machines it also prints a warning
+# per missing local index entry, which this drops (real errors still show)
+PIP_FILTER := 2> >(grep --line-buffered -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help install lab test test-fast test-browser demo explore bench gpu-check study clean
+.PHONY: help install lab test test-fast test-browser demo explore bench gpu-check study site clean
 
 help:
 	@echo "make lab    set up .venv and open the tutorials in JupyterLab"
@@ -19,13 +20,16 @@ help:
 	@echo "make bench         the speed table: samplers against the autograd floor, TorchEBM, JAX and BlackJAX"
 	@echo "make gpu-check     the GPU check (tests, CUDA benchmark, training speed); without a GPU its CPU dry run"
 	@echo "make study         the sampler study behind notebook 06 (docs/study/rings; about an hour on 2 cores)"
+	@echo "make site          the course as a website: the notebooks run at the smoke budget, in $(SITE_HTML)"
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "install: $(VENV) with torch, Jupyter and the test tools (a few minutes the first time: torch is large)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[notebooks,test]" $(PIP_QUIET)
+	$(PY) -m pip install -e ".[notebooks,test]" $(PIP_FILTER)
 	touch $(STAMP)
+	@echo "install: done; the command line is $(PY) -m anila_core, or anila after source $(VENV)/bin/activate"
 
 # Jupyter refuses to start as root without being told (containers often run as root)
 LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -44,15 +48,41 @@ test: $(STAMP)
 # Chromium from the distribution: Playwright's own browser download needs the open internet
 CHROMIUM ?= /usr/bin/chromium
 
-test-browser: $(STAMP)
+# the site's pages are opened too: it is built first (only what changed since the last build runs again)
+test-browser: $(STAMP) site
 	if [ ! -x "$(CHROMIUM)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && apt-get install -y -qq chromium; fi
-	$(PY) -c "import playwright, voila" 2>/dev/null || $(PY) -m pip install -q -e ".[browser]" $(PIP_QUIET)
-	ANILA_BUDGET=smoke ANILA_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q -rs -m browser tests/browser
+	$(PY) -c "import playwright, voila" 2>/dev/null || { echo "test-browser: installing the browser extra"; \
+		$(PY) -m pip install -e ".[browser]" $(PIP_FILTER); }
+	ANILA_BUDGET=smoke ANILA_CHROMIUM=$(CHROMIUM) ANILA_SITE=$(CURDIR)/$(SITE_HTML) $(PY) -m pytest -q -rs -m browser tests/browser
+
+# The course as a website (Jupyter Book; book/_config.yml and book/_toc.yml): the README as its landing page,
+# every notebooks/NN_*.ipynb executed at the smoke budget (04 and 05 on the tiny datasets of make test), docs/.
+# Jupyter Book keeps each executed notebook until its code changes; it does not see the package, so a change
+# there (or to the tiny datasets or the book's settings) empties that cache first. The kernels draw their
+# figures inline, as in JupyterLab: MPLBACKEND (make test sets Agg) is not passed on.
+SITE := build/site
+SITE_HTML := $(SITE)/_build/html
+SITE_CACHE := $(SITE)/_build/.jupyter_cache
+SITE_INPUTS := $(shell find anila_core -name '*.py') tests/make_tiny_datasets.py book/_config.yml pyproject.toml
+
+site: $(STAMP) $(SITE)/.inputs-seen
+	$(PY) -c "import jupyter_book" 2>/dev/null || { echo "site: installing the site extra (Jupyter Book)"; \
+		$(PY) -m pip install -e ".[site]" $(PIP_FILTER); }
+	$(PY) tests/make_tiny_datasets.py $(CI_DATA)
+	@echo "site: running the notebooks at the smoke budget and writing the pages (a few minutes when they must run)"
+	env -u MPLBACKEND ANILA_BUDGET=smoke ANILA_DATA=$(CI_DATA) ANILA_DATA_VERIFY=0 OMP_NUM_THREADS=1 \
+		$(VENV)/bin/jupyter-book build . --config book/_config.yml --toc book/_toc.yml --path-output $(SITE)
+	@echo "site: open $(SITE_HTML)/index.html"
+
+$(SITE)/.inputs-seen: $(SITE_INPUTS)
+	rm -rf $(SITE_CACHE)
+	mkdir -p $(SITE) && touch $@
 
 # the speed table (benchmarks/RESULTS.md); TorchEBM, JAX and BlackJAX are compared when the bench extra is installed
 bench: $(STAMP)
-	$(PY) -c "import torchebm, jax, blackjax" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]" $(PIP_QUIET) || true
+	$(PY) -c "import torchebm, jax, blackjax" 2>/dev/null || { echo "bench: installing the bench extra (TorchEBM, JAX, BlackJAX)"; \
+		$(PY) -m pip install -e ".[bench]" $(PIP_FILTER) || true; }
 	$(PY) benchmarks/bench.py
 
 # The GPU check: on a GPU machine every step at full size and benchmarks/RESULTS-cuda.md; without a GPU the
@@ -80,4 +110,4 @@ demo: $(STAMP)
 	$(PY) -m anila_core demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(SITE)

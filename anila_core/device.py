@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 __all__ = ["resolve_device"]
+
+
+class _NoCudaRuntimeNotice(logging.Filter):
+    """Drops torch's ``No CUDA runtime is found, using CUDA_HOME=...`` notice, and no other record.
+
+    ``torch.utils.cpp_extension`` logs it when it is imported on a machine that has a CUDA
+    toolkit but no GPU, and inductor imports it while it compiles a sampler's transition for the
+    CPU: each process that compiles printed it once (twice in ``make demo``, one per run). Such a
+    compile builds C++ for the CPU and never reads CUDA_HOME, so the notice only alarms; every
+    other message of that logger, warnings included, still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("No CUDA runtime is found"))
+
+
+_CPP_EXTENSION_LOG = logging.getLogger("torch.utils.cpp_extension")  # the logger that module gets: same name
+if not any(isinstance(f, _NoCudaRuntimeNotice) for f in _CPP_EXTENSION_LOG.filters):
+    _CPP_EXTENSION_LOG.addFilter(_NoCudaRuntimeNotice())
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

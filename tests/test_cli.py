@@ -1,6 +1,8 @@
 """The command line: the files a run writes and what is in them, compare, resume, and clear errors without tracebacks."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -199,3 +201,133 @@ def test_resume_refuses_only_a_changed_value_and_names_both(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--sampler cannot change on resume (--sampler: 'langevin' in the run's config.json, 'anila' given)" in err
     assert (out / "config.json").read_bytes() == before
+
+
+# --------------------------------------------------------------------------- help, progress, the terminal
+
+
+#: the config fields whose valid values ``--help`` must list (their metavar hides argparse's own {a,b,c})
+LISTED_CHOICES = ("sampler", "target", "norm", "chains", "init")
+
+
+def _option_help(help_text: str, flag: str) -> str:
+    """The words argparse prints for ``flag``: from its line at the options' indent to the next option's."""
+    blocks = re.split(r"\n(?=  -)", help_text)
+    found = [b for b in blocks if re.match(rf"  {re.escape(flag)}\b(?!-)", b)]
+    assert len(found) == 1, f"{flag}: {len(found)} entries in --help"
+    return " ".join(found[0].split())
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "sweep"])
+def test_help_lists_the_valid_values_of_each_choice_flag(command):
+    from dataclasses import fields
+
+    from anila_core.study.sweep import KINDS
+    from anila_core.training.config import TrainConfig
+
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    choices = {"--" + f.name: f.metadata["choices"] for f in fields(TrainConfig) if f.name in LISTED_CHOICES}
+    assert len(choices) == len(LISTED_CHOICES)
+    # compare takes several samplers; a sweep's samplers are its kinds (mala, anila_mh, ...)
+    samplers = {"train": ("--sampler", choices["--sampler"]), "compare": ("--samplers", choices["--sampler"]),
+                "sweep": ("--samplers", tuple(KINDS))}[command]
+    del choices["--sampler"]
+    if command == "sweep":
+        del choices["--norm"]  # no sweep flag: the kinds fix the norm (anila_pixel, anila_sample)
+    for flag, values in [samplers, *choices.items()]:
+        described = _option_help(result.stdout, flag)
+        missing = [v for v in values if not re.search(rf"(?<![\w-]){re.escape(str(v))}(?![\w-])", described)]
+        assert not missing, f"{command} --help: {flag} does not list {missing}: {described!r}"
+
+
+#: one progress line of a run: ``anila: 20/30 iterations (67%), grid TV 0.512, energy gap -0.21, 2 s, about 1 s left``
+PROGRESS_LINE = r"^(?P<run>[\w.-]+): (?P<done>\d+)/(?P<total>\d+) iterations \(\d+%\), grid TV \d\.\d{3}, energy gap -?\d+\.\d\d, \d+ s"
+
+
+def _progress(out: str, total: int) -> dict[str, list[int]]:
+    """Each run's iterations in the order its progress lines came."""
+    seen: dict[str, list[int]] = {}
+    for m in re.finditer(PROGRESS_LINE, out, flags=re.M):
+        assert int(m["total"]) == total, m[0]
+        seen.setdefault(m["run"], []).append(int(m["done"]))
+    return seen
+
+
+def _table_start(out: str) -> int:
+    """Where the comparison's Markdown table begins in a command's output."""
+    return re.search(r"^\|", out, flags=re.M).start()
+
+
+def test_compare_prints_a_line_per_evaluation_of_each_run_unless_told_not_to(tmp_path, capsys):
+    args = ["compare", "--preset", "smoke", "--iters", "20", "--jobs", "1"]
+    assert main(args + ["--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    assert _progress(capsys.readouterr().out, 20) == {}
+    assert main(args + ["--out", str(tmp_path / "shown")]) == 0  # not a terminal here: lines, not a bar
+    out = capsys.readouterr().out
+    assert _progress(out, 20) == {"langevin": [10, 20], "anila": [10, 20]}  # the smoke preset evaluates every 10
+    for run in ("langevin", "anila"):
+        assert f"{run}: started, 20 iterations to go" in out and f"{run}: done in " in out
+    assert out.index("anila: done in ") < _table_start(out), "the table comes after the runs"
+
+
+@pytest.mark.slow  # two spawned workers that import torch: ~20 s on 2 idle cores
+def test_demo_shows_each_parallel_runs_progress_before_the_table(tmp_path):
+    result = run_cli("demo", "--preset", "smoke", "--out", str(tmp_path / "demo"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    progress = _progress(result.stdout, 30)  # the smoke preset: 30 iterations, an evaluation every 10
+    # lines from the two worker processes may interleave, but each run's own come in order and whole
+    from anila_core.cli import DEMO_RUNS, run_spec
+
+    assert set(progress) == {run_spec(run)[0] for run in DEMO_RUNS}, result.stdout  # a folder name each: anila-b3
+    assert all(done == [10, 20, 30] for done in progress.values()), result.stdout
+    assert result.stdout.rindex("iterations (100%)") < _table_start(result.stdout), "the table comes after the runs"
+
+
+def test_no_cuda_runtime_notice_on_a_machine_without_a_gpu(tmp_path):
+    """torch logs "No CUDA runtime is found" when inductor imports torch.utils.cpp_extension with a CUDA toolkit but no GPU.
+
+    The subprocess gets both (an existing CUDA_HOME, no visible GPU), so the notice is due; the
+    control run without anila_core shows it, the run with it does not, and another warning of the
+    same logger still shows.
+    """
+    env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    provoke = ("import torch.utils.cpp_extension, logging; "
+               "logging.getLogger('torch.utils.cpp_extension').warning('a real warning still shows')")
+
+    def stderr(code: str) -> str:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    assert "No CUDA runtime is found" in stderr(provoke), "the control no longer provokes the notice: update this test"
+    quiet = stderr("import anila_core; " + provoke)
+    assert "No CUDA runtime is found" not in quiet
+    assert "a real warning still shows" in quiet
+    help_run = subprocess.run([sys.executable, "-m", "anila_core", "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert help_run.returncode == 0 and "No CUDA runtime" not in help_run.stderr
+
+
+def test_training_runs_on_one_torch_thread_on_a_cpu_whoever_calls_it(monkeypatch):
+    """Notebooks, compare's workers and sweep cells all train through Trainer.run: one thread there, the caller's after."""
+    from anila_core.processes import THREADS_ENV
+    from anila_core.training.config import preset
+    from anila_core.training.trainer import Trainer
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    trainer = Trainer(preset("smoke", "langevin", iters=30, device="cpu"), progress=False)
+    during = []
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)  # what a notebook kernel has on 2 cores
+    try:
+        trainer.run(10, callback=lambda t, row: during.append(torch.get_num_threads()))
+        assert during == [1] and torch.get_num_threads() == 2
+        monkeypatch.setenv(THREADS_ENV, "3")  # a big idle machine may ask for more
+        trainer.run(20, callback=lambda t, row: during.append(torch.get_num_threads()))
+        assert during == [1, 3] and torch.get_num_threads() == 2
+        monkeypatch.setenv(THREADS_ENV, "none")
+        with pytest.raises(ValueError, match=rf"\${THREADS_ENV}: expected an integer >= 1"):
+            trainer.run(30)
+        assert trainer.iteration == 20 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)

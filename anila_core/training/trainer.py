@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anila_core.device import resolve_device
+from anila_core.processes import torch_threads, training_threads
 from anila_core.sampling.compiled import use_fast_path
 from anila_core.sampling.global_moves import independence_moves
 from anila_core.sampling.kernel import Trace
@@ -106,7 +107,15 @@ class Trainer:
         at the start of this call, taken only while the parameters are finite), halves the
         learning rate, records it in ``rollbacks``, calls ``on_rollback(trainer, record)`` and
         goes on; past ``max_rollbacks``, or with no finite state to return to, it raises.
+
+        On a CPU the loop runs on one torch thread (:func:`anila_core.processes.training_threads`
+        says why), whoever calls it: a notebook, ``compare``'s workers or a sweep's cells; the
+        caller's setting is restored after it.
         """
+        with torch_threads(training_threads(self.device)):
+            return self._run(iters, callback, on_checkpoint, on_rollback)
+
+    def _run(self, iters, callback, on_checkpoint, on_rollback) -> list[dict]:
         c = self.config
         end = c.iters if iters is None else iters
         rollback = c.on_divergence == "rollback"

@@ -392,3 +392,83 @@ def test_voila_explore_app(page, voila):
     for i, shot in enumerate(("voila-known", "voila-trained")):
         change = _move_b_and_check(page, panels.nth(i), shot)
         assert change["readout"][0] != change["readout"][1]
+
+
+# --------------------------------------------------------------------------- the course as a website (make site)
+
+# make test-browser builds the site first and names it here: a missing site is then a failure, not a skip
+SITE = Path(os.environ.get("ANILA_SITE") or ROOT / "build" / "site" / "_build" / "html")
+# every numbered notebook is a page, found as the site's table of contents finds it
+COURSE = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# a figure in a cell's output; a widget's (the live plots, the panels) needs the widget manager and a kernel
+FIGURES = """() => [...document.querySelectorAll('article.bd-article img')].map(img => ({
+    src: img.getAttribute('src'), loaded: img.complete, width: img.naturalWidth, output: img.closest('.cell_output') !== null,
+}))"""
+# the renderer's order of preference (MyST-NB, HTML): an output that also offers one of these is not drawn as a PNG
+RICHER_THAN_PNG = ("application/vnd.jupyter.widget-view+json", "application/javascript", "text/html", "image/svg+xml")
+
+
+@pytest.fixture(scope="module")
+def site() -> Path:
+    if not (SITE / "index.html").is_file():
+        message = f"no built site at {SITE} (make site builds it)"
+        if os.environ.get("ANILA_SITE"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SITE
+
+
+def _executed_png_figures(site: Path, name: str) -> int:
+    """How many PNG figures the site's executed copy of notebook ``name`` holds in its cell outputs."""
+    executed = site.parent / "jupyter_execute" / "notebooks" / f"{name}.ipynb"
+    cells = json.loads(executed.read_text())["cells"]
+    outputs = [o.get("data", {}) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    return sum("image/png" in data and not any(kind in data for kind in RICHER_THAN_PNG) for data in outputs)
+
+
+def _title(name: str) -> str:
+    """The notebook's first ``# `` heading: the page's title."""
+    cells = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+    for cell in cells:
+        for line in "".join(cell["source"]).splitlines() if cell["cell_type"] == "markdown" else ():
+            if line.startswith("# "):
+                return line[2:].strip()
+    raise AssertionError(f"{name}: no '# ' heading")
+
+
+def test_site_landing_page_is_the_readme_with_every_notebook_in_its_navigation(site, page):
+    page.goto((site / "index.html").as_uri())  # what a reader opens: it sends them on to the README's page
+    page.wait_for_url("**/README.html")
+    page.wait_for_load_state("load")
+    readme_title = (ROOT / "README.md").read_text().splitlines()[0].lstrip("# ").strip()
+    assert page.locator("article h1").first.inner_text().strip().rstrip("#").strip() == readme_title
+    nav = page.locator("nav.bd-links a.reference.internal")
+    linked = [Path(h).stem for h in nav.evaluate_all("links => links.map(a => a.getAttribute('href'))")]
+    assert [n for n in linked if n in COURSE] == COURSE, f"the navigation lists {linked}, expected every notebook in order"
+    docs = sorted(p.stem for p in (ROOT / "docs").glob("*.md"))
+    assert set(docs) <= set(linked), f"docs pages missing from the navigation: {sorted(set(docs) - set(linked))}"
+    figures = page.evaluate(FIGURES)
+    assert figures and all(f["loaded"] and f["width"] > 0 for f in figures), figures  # the README's screenshot
+    _save(page.screenshot(), "site-landing")
+
+
+@pytest.mark.parametrize("name", COURSE)
+def test_site_notebook_page_renders_with_its_figures(site, page, name):
+    """Each notebook's page: its title, no error output, and every figure of its executed copy drawn (loaded, not empty)."""
+    path = site / "notebooks" / f"{name}.html"
+    assert path.is_file(), f"{name} has no page: is it in the site's table of contents?"
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    assert page.locator("article h1").first.inner_text().strip().rstrip("#").strip() == _title(name)
+    assert page.locator("article .cell_output").count() > 0, f"{name}: the page shows no cell output: was it executed?"
+    errors = page.locator("article .cell_output .traceback, article .cell_output .output.error").all_inner_texts()
+    assert not errors, f"{name} shows an error:\n" + "\n".join(e[-2000:] for e in errors)
+    figures = page.evaluate(FIGURES)
+    broken = [f for f in figures if not (f["loaded"] and f["width"] > 0)]
+    assert not broken, f"{name}: figures that did not load: {broken}"
+    drawn = sum(f["output"] for f in figures)
+    expected = _executed_png_figures(site, name)
+    assert expected > 0, f"{name}: its executed copy holds no figure (MPLBACKEND=Agg in the build?)"
+    assert drawn == expected, f"{name}: {drawn} figures on the page, {expected} in the executed notebook"
+    page.locator("article .cell_output img").first.scroll_into_view_if_needed()
+    _save(page.screenshot(), f"site-{name[:2]}")
