@@ -13,6 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes, preset
+from anila_core.training.file_sources import absolute_data_spec
 from anila_core.processes import process_pool, torch_threads
 
 __all__ = ["main", "build_parser"]
@@ -158,6 +159,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     """The settings given on the command line (every flag named after a TrainConfig field that was set)."""
     names = {f.name for f in fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if overrides.get("dataset"):  # a folder or file of your own, as the run records it: its absolute path
+        overrides["dataset"] = absolute_data_spec(overrides["dataset"])
     if overrides.get("dataset") and "target" in overrides:
         raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset, "
                          "a folder of images or points of a file")

@@ -321,12 +321,14 @@ def test_a_run_whose_points_changed_is_not_resumed_on_other_data(tmp_path, capsy
 
 def test_a_sweep_on_points_ranks_by_sliced_wasserstein(tmp_path, capsys, moons_csv):
     out = tmp_path / "sweep"
-    code, stdout, _ = cli(capsys, "sweep", "--dataset", f"points:{moons_csv}", "--preset", "smoke", "--samplers", "langevin", "anila",
-                          "--iters", "10", "--jobs", "1", "--out", out, "--no-progress")
+    code, stdout, _ = cli(capsys, "sweep", "--dataset", f"points:{moons_csv}", "--energy", "test_own_data:small_mlp", "--preset", "smoke",
+                          "--samplers", "langevin", "anila", "--iters", "10", "--jobs", "1", "--out", out, "--no-progress")
     assert code == 0 and "best sliced_wasserstein" in stdout
     report = (out / "sweep.md").read_text()
     assert "final sliced Wasserstein" in report and "held-out points" in report
-    cells = json.loads((out / "sweep.json").read_text())["cells"]
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["base"]["energy"] == "test_own_data:small_mlp"  # every cell trained the network of your own
+    cells = summary["cells"]
     assert len(cells) == 2 and all(c["final"]["sliced_wasserstein"] > 0 and "kde_grid_tv" in c["final"] for c in cells)
 
 
@@ -434,6 +436,42 @@ def test_a_folder_run_resumes_exactly(tmp_path, class_folder):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
     # the FID of both halves too: the folder's classifier is trained the same, seeded, in the resumed process
     assert strip(read_jsonl(tmp_path / "split" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("kind", ["flat folder", "npy points"])
+def test_compare_then_resume_a_compared_run(tmp_path, capsys, kind):
+    """The layouts not compared above: a flat folder of colour images (resized), and a .npy of points in 3-D."""
+    if kind == "flat folder":
+        write_flat_folder(tmp_path / "photos")
+        data, extra, iters = f"images:{tmp_path / 'photos'}", ["--image-size", "8"], 6
+    else:
+        np.save(tmp_path / "blobs.npy", np.random.default_rng(0).normal(size=(100, 3)))
+        data, extra, iters = f"points:{tmp_path / 'blobs.npy'}", [], 10
+    out = tmp_path / "cmp"
+    code, _, _ = cli(capsys, "compare", "--preset", "smoke", "--dataset", data, *extra, "--iters", iters, "--jobs", "1", "--out", out,
+                     "--no-progress")
+    assert code == 0 and (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| langevin |" in (out / "comparison.md").read_text() and "| anila |" in (out / "comparison.md").read_text()
+    code, stdout, _ = cli(capsys, "train", "--resume", "--out", out / "anila", "--iters", 2 * iters, "--no-progress")
+    assert code == 0 and f"resuming {out / 'anila'} at iteration {iters} of {2 * iters}" in stdout
+    final = json.loads((out / "anila" / "final.json").read_text())
+    assert final["iters"] == 2 * iters and final["config"]["dataset"] == data
+    if kind == "flat folder":
+        assert final["image_shape"] == [3, 8, 8] and final["fid_features"] == "random projections of images-photos"
+    else:
+        assert final["dim"] == 3 and (out / "anila" / "projections.png").is_file()
+
+
+def test_a_relative_path_is_recorded_absolute_so_a_run_resumes_from_anywhere(tmp_path, capsys, moons_csv, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(capsys, "train", "--preset", "smoke", "--dataset", "points:moons.csv", "--iters", "10", "--out", "run", "--no-progress")[0] == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == f"points:{moons_csv}"
+    monkeypatch.chdir(tmp_path.parent)  # elsewhere: the run finds its data by the path it recorded
+    assert cli(capsys, "train", "--resume", "--out", tmp_path / "run", "--iters", "20", "--no-progress")[0] == 0
+    monkeypatch.chdir(tmp_path)  # the first command line again, plus --resume: its relative path names the same file
+    assert cli(capsys, "train", "--resume", "--preset", "smoke", "--dataset", "points:moons.csv", "--iters", "30", "--out", "run",
+               "--no-progress")[0] == 0
+    assert load_trainer(tmp_path / "run", progress=False).iteration == 30
 
 
 def test_a_flat_folder_is_scored_on_random_projections(tmp_path, capsys):

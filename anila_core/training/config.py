@@ -14,7 +14,7 @@ from anila_core.sampling.registry import SAMPLERS
 from anila_core.nets import ACTIVATIONS
 from anila_core.sampling.samplers import ANILA_VARIANTS, NORMS
 from anila_core.sampling.targets import TARGETS
-from anila_core.training.file_sources import DataSpec, parse_data_spec
+from anila_core.training.file_sources import DataSpec, absolute_data_spec, parse_data_spec
 from anila_core.training.user_energy import check_energy_spec
 
 __all__ = ["TrainConfig", "PRESETS", "IMAGE_PRESETS", "DEFAULT_PRESET", "preset", "preset_names", "CHAIN_KINDS", "LR_SCHEDULES", "AMP_MODES",
@@ -133,6 +133,7 @@ class TrainConfig:
         if not isinstance(self.dataset, str) or (self.dataset not in ("",) + DATASETS and parse_data_spec(self.dataset) is None):
             raise ValueError(f"dataset: expected one of {list(DATASETS)}, 'images:FOLDER', 'points:FILE' or '' (a 2-D target), "
                              f"got {self.dataset!r}")
+        self.dataset = absolute_data_spec(self.dataset)  # a run finds its files from any working directory
         for f in fields(self):
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")

@@ -1,5 +1,8 @@
 """Data of your own, ``--dataset images:FOLDER`` or ``points:FILE``: the spec, loading (once per version of the files), the shape of a data point, and the points' batch stream.
 
+A relative path is taken from the working directory and recorded absolute (``config.json``
+then names the same files wherever the run is resumed or loaded from).
+
 Both kinds hold out a seeded share of their data for evaluation (the same share and seed
 for every run, so runs on one file are compared on the same held-out points). A loaded
 dataset is kept in memory for this process, keyed by the path and the files' sizes and
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DataSpec", "parse_data_spec", "FILE_KINDS", "HELD_OUT_SHARE", "SPLIT_SEED", "load_file_data", "file_data_shape",
+__all__ = ["DataSpec", "parse_data_spec", "absolute_data_spec", "FILE_KINDS", "HELD_OUT_SHARE", "SPLIT_SEED", "load_file_data", "file_data_shape",
            "PointsSource", "draw_indices"]
 
 #: the prefixes of ``--dataset`` that name data of your own
@@ -39,10 +42,21 @@ class DataSpec:
     text: str
 
     @property
+    def absolute(self) -> str:
+        """The spec with an absolute path: what a run records, so that it finds its data from any working directory."""
+        return f"{self.kind}:{os.path.abspath(self.path)}"
+
+    @property
     def name(self) -> str:
         """A short name that fits in a folder name: ``points-moons`` for ``points:data/moons.csv``."""
         stem = self.path.stem if self.kind == "points" else (self.path.name or self.path.resolve().name)
         return f"{self.kind}-{stem}"
+
+
+def absolute_data_spec(dataset: str) -> str:
+    """``dataset`` with the path of a spec made absolute (relative to the working directory); any other value unchanged."""
+    spec = parse_data_spec(dataset) if isinstance(dataset, str) else None
+    return spec.absolute if spec is not None else dataset
 
 
 def parse_data_spec(dataset: str) -> DataSpec | None:
