@@ -13,6 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes, preset
+from anila_core.training.file_sources import absolute_data_spec
 from anila_core.processes import process_pool, torch_threads
 from anila_core.sampling.registry import SAMPLERS
 
@@ -87,11 +88,13 @@ def _listed(values) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m anila_core", description="Train energy-based models with Langevin or AniLA samplers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    presets = f"2-D targets: {', '.join(sorted(PRESETS))}; with --dataset: {', '.join(sorted(IMAGE_PRESETS))}"
+    presets = f"2-D targets and --dataset points:FILE: {', '.join(sorted(PRESETS))}; with images: {', '.join(sorted(IMAGE_PRESETS))}"
 
     train = sub.add_parser("train", help="train one EBM and write a run directory",
-                           description="Train an EBM (Algorithm 1) on a 2-D target (--target, the default) or on an image "
-                                       "dataset (--dataset digits|cifar10|flowers, read from --data-root or $ANILA_DATA) and "
+                           description="Train an EBM (Algorithm 1) on a 2-D target (--target, the default), on an image "
+                                       "dataset (--dataset digits|cifar10|flowers, read from --data-root or $ANILA_DATA), on a "
+                                       "folder of your images (--dataset images:FOLDER) or on points of a file (--dataset "
+                                       "points:FILE), optionally with an energy network of your own (--energy module.path:Name), and "
                                        "write a run directory: config.json, metrics.jsonl, final.json, checkpoint.pt and PNG "
                                        "figures. Under torchrun (torchrun --nproc_per_node N -m anila_core train ...) each "
                                        "process runs its own chains, gradients are averaged, and rank 0 writes the files.")
@@ -165,8 +168,11 @@ def _overrides(args: argparse.Namespace) -> dict:
     """The settings given on the command line (every flag named after a TrainConfig field that was set)."""
     names = {f.name for f in fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if overrides.get("dataset"):  # a folder or file of your own, as the run records it: its absolute path
+        overrides["dataset"] = absolute_data_spec(overrides["dataset"])
     if overrides.get("dataset") and "target" in overrides:
-        raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset")
+        raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset, "
+                         "a folder of images or points of a file")
     return overrides
 
 
@@ -211,7 +217,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         c, t = run.config, run.trainer
         if args.resume:
             say(f"resuming {run.out} at iteration {t.iteration} of {c.iters}", flush=True)
-        what = f"{c.dataset} ({'×'.join(map(str, t.data_shape))})" if c.is_image else c.target
+        if c.is_points:
+            what = f"{c.dataset} ({len(t.dataset.train)} points in {t.dataset.dim} dimensions, {len(t.dataset.held_out)} held out)"
+        else:
+            what = f"{c.dataset} ({'×'.join(map(str, t.data_shape))})" if c.is_image else c.target
         where = f" on {info.world_size} processes" if info.enabled else ""
         say(f"training {c.sampler} on {what} for {c.iters} iterations{where} ({t.device}) -> {run.out}", flush=True)
         final = run.train()
@@ -226,6 +235,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 scores += f", class coverage {final['coverage']:.0%}"
             scores += f"; best FID {final['best_fid']:.4g} at iteration {final['best_fid_iter']}"
         print(f"done: {scores}, {final['wall_s']:.0f} s")
+    elif c.is_points:
+        kde = f", KDE grid TV {final['kde_grid_tv']:.4f}" if "kde_grid_tv" in final else ""
+        print(f"done: sliced Wasserstein {final['sliced_wasserstein']:.4f}, MMD² {final['mmd']:.4f}{kde} to the held-out points; "
+              f"best sliced Wasserstein {final['best_sliced_wasserstein']:.4f} at iteration {final['best_iter']}, {final['wall_s']:.0f} s")
     else:
         print(f"done: grid_tv {final['grid_tv']:.4f}, grid_kl {final['grid_kl']:.4f}, "
               f"best grid_tv {final['best_grid_tv']:.4f} at iteration {final['best_iter']}, {final['wall_s']:.0f} s")
@@ -439,6 +452,8 @@ def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: 
     finals = dict(zip(samplers, finals))
     if configs[samplers[0]].is_image:
         return _finish_image_comparison(out, samplers, finals, start)
+    if configs[samplers[0]].is_points:
+        return _finish_points_comparison(out, samplers, finals, start)
     runs = {}
     for s in samplers:
         trainer = load_trainer(out / s, progress=False)
@@ -473,9 +488,31 @@ def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start
     return _write_comparison_table(out, image_markdown_table(finals), start)
 
 
+def _finish_points_comparison(out: Path, samplers: list[str], finals: dict, start: float) -> int:
+    """comparison.png (in 2-D the learned densities and samples, else samples on the data's principal axes) and comparison.md."""
+    import torch
+
+    from anila_core.sampling.distances import grid_log_probs
+    from anila_core.training.runs import load_trainer
+    from anila_core.ui.points_report import plot_points_side_by_side, points_markdown_table
+    from anila_core.ui.report import save_figure
+
+    runs, points = {}, None
+    for s in samplers:
+        trainer = load_trainer(out / s, progress=False)
+        points = trainer.dataset
+        log_p = None
+        if points.dim == 2:
+            with torch.no_grad():
+                log_p = grid_log_probs(trainer.eval_model(), extent=points.window, device=trainer.device)
+        runs[s] = {"log_p": log_p, "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
+    save_figure(plot_points_side_by_side(runs, points), out / "comparison.png")
+    return _write_comparison_table(out, points_markdown_table(finals), start)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from anila_core.training import distributed
-    from anila_core.study.sweep import STUDIES, Grid, best_settings, command_line, run_sweep, study_base
+    from anila_core.study.sweep import STUDIES, Grid, best_settings, command_line, quality_key, run_sweep, study_base
 
     if distributed.from_env().enabled:
         raise ValueError("sweep: runs its cells as separate processes and cannot run under torchrun")
@@ -491,7 +528,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cells = study.cells()
         out = args.out or Path("runs") / f"sweep-{args.study}"
     else:
-        name = args.preset if args.preset is not None else ("cpu" if overrides.get("dataset") else "sweep")
+        images = bool(overrides.get("dataset")) and not str(overrides["dataset"]).startswith("points:")
+        name = args.preset if args.preset is not None else ("cpu" if images else "sweep")
         base = preset(name, "langevin", **overrides)
         grid = Grid(kinds=args.samplers or ["langevin", "anila"], step_sizes=args.grid_step_size or [0.01], bs=args.grid_b or [1.0],
                     n_steps=args.grid_n_steps or [base.n_steps], chains=args.grid_chains or [base.chains], seeds=args.grid_seed or [0])
@@ -506,7 +544,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if w is None:
             print(f"  {entry['kind']:>13}: no setting stable for every seed")
             continue
-        key = "fid" if base.is_image else "grid_tv"
+        key = quality_key(summary)
         b = "" if w["b"] is None else f", b={w['b']:g}"
         print(f"  {entry['kind']:>13}: best {key} {w[key]:.3f} at ε={w['step_size']:g}{b}; stable at ε in {{{steps}}}")
     print(f"wall time {time.perf_counter() - start:.0f} s")

@@ -216,8 +216,12 @@ def cell_config(base: TrainConfig, cell: dict) -> TrainConfig:
 
 
 #: an evaluation row's measures of quality (2-D targets: the first five, the last two of them for the
-#: density the sampler draws from the energy at small step; images: the last three)
-QUALITY_FIELDS = ("grid_tv", "grid_kl", "mmd", "sampler_grid_tv", "sampler_grid_kl", "fid", "kid", "coverage")
+#: density the sampler draws from the energy at small step; images: FID, KID, coverage; points of a file:
+#: sliced Wasserstein, MMD and, in 2-D, the KDE grid TV)
+QUALITY_FIELDS = ("grid_tv", "grid_kl", "mmd", "sampler_grid_tv", "sampler_grid_kl", "fid", "kid", "coverage", "sliced_wasserstein",
+                  "kde_grid_tv")
+#: how tables and figures name the metric a sweep ranks by
+QUALITY_LABELS = {"grid_tv": "grid TV", "fid": "FID", "sliced_wasserstein": "sliced Wasserstein"}
 #: what a cell keeps of each evaluation row
 HISTORY_FIELDS = ("iter", "wall_s", "cpu_s", *QUALITY_FIELDS, "energy_gap", "clipped_share", "acceptance")
 
@@ -271,8 +275,11 @@ def run_cell(base: TrainConfig, cell: dict) -> dict:
     clipped = [r["clipped_share"] for r in trainer.history if "clipped_share" in r]
     result["clipped_share"] = sum(clipped) / len(clipped) if clipped else None
     result["energy_gap"] = trainer.history[-1]["energy_gap"] if trainer.history else None
-    if not config.is_image and trainer.history and not diverged:
+    if not config.is_image and not config.is_points and trainer.history and not diverged:
         result["best_grid_tv"] = min(r["grid_tv"] for r in trainer.history)
+    scored = [r for r in trainer.history if r.get("fid_features")]
+    if scored:  # a folder of your own: which features its FID/KID are on (Inception's only where its weights are)
+        result["fid_features"] = scored[-1]["fid_features"]
     return result
 
 
@@ -418,8 +425,11 @@ def load_sweep(path: str | Path) -> dict:
 
 
 def quality_key(summary: dict) -> str:
-    """The metric a sweep ranks by: grid TV on 2-D targets, FID on images (lower is better for both)."""
-    return "fid" if summary["base"].get("dataset") else "grid_tv"
+    """The metric a sweep ranks by: grid TV on 2-D targets, FID on images, sliced Wasserstein on points of a file (lower is better for all)."""
+    dataset = summary["base"].get("dataset") or ""
+    if dataset.startswith("points:"):
+        return "sliced_wasserstein"
+    return "fid" if dataset else "grid_tv"
 
 
 def _stable(result: dict, key: str) -> bool:
@@ -501,10 +511,12 @@ def _fmt(value, digits: int = 3, sd=None) -> str:
     return text + (f" ± {sd:.{digits}f}" if sd else "")
 
 
-def setting_table(rows: Sequence[dict], images: bool = False) -> str:
+def setting_table(rows: Sequence[dict], images: bool = False, points: bool = False) -> str:
     """Rows of :func:`summarize` (seeds pooled per setting) as a markdown table."""
     if images:
         header = "| sampler | ε | b | K | chains | seeds | diverged | FID | KID | coverage | clipped | wall s |"
+    elif points:
+        header = "| sampler | ε | b | K | chains | seeds | diverged | sliced Wasserstein | MMD | KDE grid TV | clipped | wall s |"
     else:
         header = ("| sampler | ε | b | K | chains | seeds | diverged | unstable | final TV | best TV | KL | MMD | its sampler's density: TV "
                   "| clipped | wall s |")
@@ -518,6 +530,9 @@ def setting_table(rows: Sequence[dict], images: bool = False) -> str:
         if images:
             tail = (f" {_fmt(r.get('fid'), 3, r.get('fid_sd'))} | {_fmt(r.get('kid'), 4)} | {_fmt(r.get('coverage'), 2)} | "
                     f"{clipped} | {r['wall_s']:.0f} |")
+        elif points:
+            tail = (f" {_fmt(r.get('sliced_wasserstein'), 3, r.get('sliced_wasserstein_sd'))} | {_fmt(r.get('mmd'), 4)} | "
+                    f"{_fmt(r.get('kde_grid_tv'))} | {clipped} | {r['wall_s']:.0f} |")
         else:
             unstable = round((1 - r["stable_share"]) * n)
             tail = (f" {unstable}/{n} | {_fmt(r.get('grid_tv'), 3, r.get('grid_tv_sd'))} | {_fmt(r.get('best_grid_tv'))} | "
@@ -530,8 +545,9 @@ def markdown_report(summary: dict) -> str:
     """The study as markdown: how it was run, the best setting per sampler, then every setting."""
     key = quality_key(summary)
     rows = summarize(summary)
-    images = key == "fid"
+    images, points = key == "fid", key == "sliced_wasserstein"
     base = summary["base"]
+    features = sorted({r["fid_features"] for r in summary["cells"] if r.get("fid_features")})
     lines = [
         f"# Sampler sweep{': ' + summary['study'] if summary.get('study') else ''}",
         "",
@@ -543,13 +559,16 @@ def markdown_report(summary: dict) -> str:
         f"Command: `{summary.get('command') or 'python -m anila_core sweep ...'}`",
         "",
         "*Diverged*: the guard stopped the run (non-finite values or an exploding energy gap). "
-        + ("" if images else f"*Unstable*: diverged, or final grid TV ≥ {UNSTABLE_TV} (the model lost the target). "),
+        + ("" if images or points else f"*Unstable*: diverged, or final grid TV ≥ {UNSTABLE_TV} (the model lost the target). "),
         "",
+        *([f"FID and KID on the features of {', '.join(features)}" + ("" if features == ["inception"] else ", not Inception's: "
+           "comparable between these runs, not with published FIDs") + ".", ""] if features else []),
+        *(["Distances to the held-out points of the file, in the model's units; no density of the data is known.", ""] if points else []),
         "## Best setting per sampler",
         "",
     ]
     best = best_settings(summary)
-    metric = "FID" if images else "grid TV"
+    metric = QUALITY_LABELS[key]
     lines += [f"| sampler | step size | b | final {metric} | stable step sizes (every seed) |", "|---|---|---|---|---|"]
     for entry in best:
         w = entry["best"]
@@ -559,9 +578,9 @@ def markdown_report(summary: dict) -> str:
         else:
             lines.append(f"| {entry['kind']} | {_number(w['step_size'])} | {'—' if w['b'] is None else _number(w['b'])} | "
                          f"{_fmt(w[key], 3, w.get(key + '_sd'))} | {steps} |")
-    if not images:
+    if not images and not points:  # the rings' own sections: the paper's rule, the two densities, a fixed budget
         lines += _paper_rule_section(summary, rows, best) + _two_densities_section(rows) + _budget_section(summary)
-    lines += ["", "## Every setting", "", setting_table(rows, images)]
+    lines += ["", "## Every setting", "", setting_table(rows, images, points)]
     return "\n".join(lines) + "\n"
 
 
@@ -733,7 +752,7 @@ def plot_heatmaps(summary: dict, axes=None):
         ax.set_xlabel("b" if bs[kind] != [None] else "")
     axes[0].set_ylabel("step size ε")
     if image is not None:
-        label = "final grid TV (lower is better)" if key == "grid_tv" else "final FID (lower is better)"
+        label = f"final {QUALITY_LABELS[key]} (lower is better)"
         axes[0].figure.colorbar(image, ax=list(axes), label=label, shrink=0.9)
     axes[0].figure.suptitle(f"quality over (ε, b), {budget} gradients per iteration, {chains} chains; ✕: a seed diverged or collapsed",
                             fontsize=10)
@@ -788,7 +807,7 @@ def plot_quality_vs_budget(summary: dict, axes=None):
             b = "" if w["b"] is None else f", b={_number(w['b'])}"
             ax.plot(x, value, "o-", ms=3, label=f"{entry['kind']} (ε={_number(w['step_size'])}{b})")
         ax.set_xlabel(label)
-        ax.set_ylabel("grid TV" if key == "grid_tv" else "FID")
+        ax.set_ylabel(QUALITY_LABELS[key])
         if not ax.get_legend_handles_labels()[0]:
             ax.text(0.5, 0.5, "no setting stable for every seed\n(or no CPU time recorded)", ha="center", va="center",
                     transform=ax.transAxes)
@@ -856,7 +875,7 @@ def plot_clipping(summary: dict, ax=None):
         ax.figure.colorbar(dots, ax=ax, label="step size ε")
         ax.legend(fontsize=7)
     ax.set_xlabel("coordinates with |∇E| > b (%, mean over training)")
-    ax.set_ylabel("final grid TV" if key == "grid_tv" else "final FID")
+    ax.set_ylabel(f"final {QUALITY_LABELS[key]}")
     ax.set_title("how much AniLA clips, and what it costs or buys", fontsize=10)
     return ax
 

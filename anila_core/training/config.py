@@ -1,4 +1,4 @@
-"""The training configuration: one dataclass, its validation, and named presets (rings: smoke, cpu, cpu_long, paper; images: smoke, cpu, gpu, paper)."""
+"""The training configuration: one dataclass, its validation, and named presets (rings and points: smoke, cpu, cpu_long, paper; images: smoke, cpu, gpu, paper)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from anila_core.images.convnets import IMAGE_SIZES
 from anila_core.images.datasets import DATASETS, SIZES
 from anila_core.sampling.compiled import AUTO_MIN_TRANSITIONS, FAST_MODES
 from anila_core.sampling.registry import SAMPLERS
 from anila_core.nets import ACTIVATIONS
 from anila_core.sampling.samplers import ANILA_VARIANTS, NORMS
 from anila_core.sampling.targets import TARGETS
+from anila_core.training.file_sources import DataSpec, absolute_data_spec, parse_data_spec
+from anila_core.training.user_energy import check_energy_spec
 
 __all__ = ["TrainConfig", "PRESETS", "IMAGE_PRESETS", "DEFAULT_PRESET", "preset", "preset_names", "CHAIN_KINDS", "LR_SCHEDULES", "AMP_MODES",
            "DIVERGENCE_POLICIES", "RESUMABLE_FIELDS", "changed_settings", "describe_changes", "MAX_SEED", "MAX_EVAL_SAMPLES"]
@@ -51,14 +54,21 @@ class TrainConfig:
 
     # what to learn: a 2-D target, or an image dataset when `dataset` is set
     target: str = _f("rings", "2-D target to learn (used when --dataset is not set)", choices=sorted(TARGETS))
-    dataset: str = _f("", "image dataset to learn instead of a 2-D target ('' = learn --target)", choices=("",) + DATASETS)
+    dataset: str = _f("", f"data to learn instead of a 2-D target ('' = learn --target): an image dataset ({', '.join(DATASETS)}), "
+                          "images:FOLDER (a folder of your images: one subfolder per class, or flat) or points:FILE (an (N, D) "
+                          "array in .npy, .csv or .txt)")
     data_root: str = _f("", "folder that holds the image datasets ('' = $ANILA_DATA, else ./data)")
-    image_size: int = _f(0, "side of the square training images (0 = the dataset's own: 8 for digits, 32 otherwise)")
+    image_size: int = _f(0, "side of the square training images (0 = the dataset's own: 8 for digits, 32 for CIFAR-10 and "
+                            "Flowers, the side the images of a folder share)")
+    standardize: bool = _f(True, "points:FILE: shift the points to mean 0 and divide them by one scale (the root of their mean "
+                                 "variance), so the presets' noise and window fit; the model and its samples live in those units")
     # ConvNet energy for images
     conv_width: int = _f(64, "images: channels of the ConvNet's first layer (doubling per halving, at most 8x)")
     conv_activation: str = _f("leaky_relu", "images: activation of the ConvNet energy", choices=sorted(ACTIVATIONS))
     spectral_norm: bool = _f(False, "images: spectral normalisation of every convolution (bounds how sharp E gets)")
     # energy network
+    energy: str = _f("", "your own energy network instead of the built-in one: 'module.path:Name', a torch.nn.Module class or a "
+                         "function returning one (called with data_shape= when it takes it), imported from the Python path")
     width: int = _f(128, "hidden units per layer of the MLP energy")
     depth: int = _f(3, "hidden layers of the MLP energy")
     activation: str = _f("silu", "activation of the MLP energy", choices=sorted(ACTIVATIONS))
@@ -120,6 +130,10 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first field outside its allowed range."""
+        if not isinstance(self.dataset, str) or (self.dataset not in ("",) + DATASETS and parse_data_spec(self.dataset) is None):
+            raise ValueError(f"dataset: expected one of {list(DATASETS)}, 'images:FOLDER', 'points:FILE' or '' (a 2-D target), "
+                             f"got {self.dataset!r}")
+        self.dataset = absolute_data_spec(self.dataset)  # a run finds its files from any working directory
         for f in fields(self):
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
@@ -167,24 +181,37 @@ class TrainConfig:
             raise ValueError(f"global_moves: needs init='gaussian' (its proposal is the Gaussian start), got init={self.init!r}")
         if self.chains == "buffer" and self.buffer_size < self.batch_size:
             raise ValueError(f"buffer_size: expected at least batch_size ({self.batch_size}), got {self.buffer_size}")
-        if not self.dataset and self.chains == "buffer" and self.eval_samples > self.buffer_size:
+        if not self.is_image and self.chains == "buffer" and self.eval_samples > self.buffer_size:
             raise ValueError(f"eval_samples: expected at most buffer_size ({self.buffer_size}): the evaluation measures the "
                              f"buffer's chains, got {self.eval_samples!r}")
         if self.fid_samples < 2:
             raise ValueError(f"fid_samples: expected an integer >= 2 (FID needs a covariance), got {self.fid_samples!r}")
-        if self.dataset and self.image_size != 0 and self.image_size not in SIZES[self.dataset]:
-            raise ValueError(f"image_size: expected 0 (the dataset's own) or one of {SIZES[self.dataset]} for {self.dataset}, got {self.image_size!r}")
+        sizes = IMAGE_SIZES if self.data_spec is not None else SIZES.get(self.dataset)
+        if self.is_image and self.image_size != 0 and self.image_size not in sizes:
+            raise ValueError(f"image_size: expected 0 (the dataset's own) or one of {sizes} for {self.dataset}, got {self.image_size!r}")
+        check_energy_spec(self.energy)
         return self
 
     @property
+    def data_spec(self) -> DataSpec | None:
+        """The data of your own this run learns (``images:FOLDER`` or ``points:FILE``), ``None`` for a built-in dataset or target."""
+        return parse_data_spec(self.dataset)
+
+    @property
     def is_image(self) -> bool:
-        """True when the run learns an image dataset rather than a 2-D target."""
-        return bool(self.dataset)
+        """True when the run learns images (a built-in dataset or a folder) rather than points."""
+        return bool(self.dataset) and not self.is_points
+
+    @property
+    def is_points(self) -> bool:
+        """True when the run learns points from a file (``points:FILE``): a density without a known truth."""
+        return self.dataset.startswith("points:")
 
     @property
     def data_name(self) -> str:
-        """What the run learns: the dataset's name for images, else the 2-D target's."""
-        return self.dataset or self.target
+        """What the run learns, fit for a folder name: the dataset's or the 2-D target's name, ``points-moons`` for ``points:moons.csv``."""
+        spec = self.data_spec
+        return spec.name if spec is not None else (self.dataset or self.target)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in fields(self)}
@@ -297,48 +324,67 @@ _PAPER_IMAGE = dict(
     step_size=1.0, noise_scale=0.01, eval_every=1000, fid_every=5000, fid_samples=10_000, checkpoint_every=2000, amp="bf16",
 )
 _PAPER_IMAGE_SAMPLERS = {"anila": dict(b=2e-4, norm="pixel", variant="noise_only")}
+# A folder of your own (images:FOLDER) gets the colour photos' settings, but at the side its
+# images share unless --image-size says otherwise: its content is unknown, so nothing was tuned on it.
+_FOLDER_CPU = {k: v for k, v in _PHOTO_CPU.items() if k != "image_size"}
+#: the key of IMAGE_PRESETS' entries for a folder of your own
+FOLDER = "images"
 
 IMAGE_PRESETS: dict[str, dict[str, tuple[dict, dict[str, dict]]]] = {
-    "smoke": {d: (_IMAGE_SMOKE, _IMAGE_SMOKE_SAMPLERS) for d in DATASETS},
+    "smoke": {d: (_IMAGE_SMOKE, _IMAGE_SMOKE_SAMPLERS) for d in DATASETS + (FOLDER,)},
     "cpu": {
         "digits": (_DIGITS_CPU, _DIGITS_CPU_SAMPLERS),
         "cifar10": (_PHOTO_CPU, _PHOTO_SAMPLERS),
         "flowers": (_PHOTO_CPU, _PHOTO_SAMPLERS),
+        FOLDER: (_FOLDER_CPU, _PHOTO_SAMPLERS),
     },
     "gpu": {
         "digits": (_DIGITS_GPU, _DIGITS_CPU_SAMPLERS),
         "cifar10": (_PHOTO_GPU, _PHOTO_SAMPLERS),
         "flowers": (_PHOTO_GPU, _PHOTO_SAMPLERS),
+        FOLDER: (_PHOTO_GPU, _PHOTO_SAMPLERS),
     },
     "paper": {
         "digits": (dict(_PAPER_IMAGE, conv_width=64, fid_samples=2000), _DIGITS_CPU_SAMPLERS),
         "cifar10": (_PAPER_IMAGE, _PAPER_IMAGE_SAMPLERS),
         "flowers": (_PAPER_IMAGE, _PAPER_IMAGE_SAMPLERS),
+        FOLDER: (_PAPER_IMAGE, _PAPER_IMAGE_SAMPLERS),
     },
 }
 
 
+def _image_key(dataset: str) -> str:
+    """The key of ``dataset``'s presets in IMAGE_PRESETS ('' when it learns points: the 2-D presets, PRESETS)."""
+    spec = parse_data_spec(dataset) if dataset else None
+    if spec is not None:
+        return FOLDER if spec.kind == "images" else ""
+    return dataset
+
+
 def preset_names(dataset: str = "") -> list[str]:
-    """The preset names available for ``dataset`` (``""``: the 2-D targets)."""
-    return sorted(IMAGE_PRESETS if dataset else PRESETS)
+    """The preset names available for ``dataset`` (``""`` or ``points:FILE``: the 2-D presets)."""
+    return sorted(IMAGE_PRESETS if _image_key(dataset) else PRESETS)
 
 
 def preset(name: str = DEFAULT_PRESET, sampler: str = "langevin", **overrides: Any) -> TrainConfig:
     """The configuration of preset ``name`` for ``sampler``, with ``overrides`` applied on top.
 
     With ``dataset=...`` among the overrides (``preset("cpu", "anila", dataset="digits")``) the
-    preset is that dataset's image variant; without it, the 2-D preset of the rings toy.
+    preset is that dataset's image variant (a folder ``images:FOLDER`` gets the colour photos'
+    settings at its own side); without it, and for ``points:FILE``, the 2-D preset of the rings toy.
     """
     dataset = overrides.get("dataset", "")
-    if dataset and dataset not in DATASETS:
-        raise ValueError(f"dataset: expected one of {list(DATASETS)} (or '' for a 2-D target), got {dataset!r}")
-    table = IMAGE_PRESETS if dataset else PRESETS
+    if dataset and dataset not in DATASETS and (not isinstance(dataset, str) or parse_data_spec(dataset) is None):
+        raise ValueError(f"dataset: expected one of {list(DATASETS)}, 'images:FOLDER', 'points:FILE' (or '' for a 2-D target), "
+                         f"got {dataset!r}")
+    key = _image_key(dataset)
+    table = IMAGE_PRESETS if key else PRESETS
     if name not in table:
-        other = "images (pass dataset=...)" if name in IMAGE_PRESETS else "2-D targets (without dataset)"
+        other = "images (pass dataset=...)" if name in IMAGE_PRESETS else "2-D targets and points (without an image dataset)"
         hint = f"; {name!r} exists for {other}" if name in IMAGE_PRESETS or name in PRESETS else ""
-        kind = f"dataset {dataset!r}" if dataset else "2-D targets"
+        kind = f"dataset {dataset!r}" if key else ("points" if dataset else "2-D targets")
         raise ValueError(f"preset: unknown name {name!r} for {kind}; expected one of {sorted(table)}{hint}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown name {sampler!r}; expected one of {sorted(SAMPLERS)}")
-    base, per_sampler = table[name][dataset] if dataset else table[name]
+    base, per_sampler = table[name][key] if key else table[name]
     return TrainConfig().replace(**{**base, "sampler": sampler, **per_sampler.get(sampler, {}), **overrides}).validate()

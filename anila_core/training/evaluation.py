@@ -1,4 +1,4 @@
-"""What a trainer measures at its evaluation points: energies and chain statistics, exact distances for 2-D targets, FID/KID for images."""
+"""What a trainer measures at its evaluation points: energies and chain statistics, exact distances for 2-D targets, sample distances for points of a file, FID/KID for images."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, mmd
 from anila_core.sampling.kernel import Trace
+from anila_core.sampling.sample_distances import kde_grid_log_probs, scaled_mmd, sliced_wasserstein
 from anila_core.sampling.small_step import small_step_log_probs
 from anila_core.training.chains import Chains
 from anila_core.training.config import TrainConfig
@@ -38,6 +39,7 @@ def evaluate(trainer, stats: dict, trace: Trace | None, fid: bool | None = None)
     """A row of diagnostics of ``trainer``: energies and their gap, chain statistics, and the data's own distances.
 
     2-D targets: exact density distances (grid TV and KL) and the MMD to exact samples.
+    Points of a file: distances to the held-out points (see :func:`points_distances`).
     Images: FID/KID (and the digits' class coverage) when ``fid`` (default: at
     ``fid_every`` iterations and at the end).
     """
@@ -57,6 +59,8 @@ def evaluate(trainer, stats: dict, trace: Trace | None, fid: bool | None = None)
             fid = is_fid_point(c, trainer.iteration, c.iters)
         if fid:
             row.update(trainer.image_scores())
+    elif c.is_points:
+        row.update(points_distances(trainer, model))
     else:
         log_p = grid_log_probs(model, device=trainer.device)
         target_lp = grid_log_probs(trainer.target.energy)
@@ -69,6 +73,28 @@ def evaluate(trainer, stats: dict, trace: Trace | None, fid: bool | None = None)
     if trace is not None:
         row.update(_chain_statistics(trace, trainer.data_shape if c.is_image else None))
     trainer.model.train()
+    return row
+
+
+def points_distances(trainer, model) -> dict:
+    """How far the model's samples are from the held-out points of a file: MMD², sliced Wasserstein and, in 2-D, the KDE grid TV.
+
+    No density of the data is known, so these compare samples (``eval_samples`` of the
+    chains, as for the rings) with the held-out points, in the model's units. ``kde_grid_tv``
+    is the grid TV between exp(−E) normalised on the window's grid and a kernel density
+    estimate of the held-out points on the same grid: smoothed, so not 0 even for a perfect
+    model, and not the rings' exact ``grid_tv``.
+    """
+    samples = trainer.sample_for_eval()
+    reference = trainer.source.reference(trainer.config.eval_samples)
+    seed = trainer.config.seed + 1
+    row = {"mmd": scaled_mmd(samples, reference), "sliced_wasserstein": sliced_wasserstein(samples, reference, seed=seed)}
+    if trainer.source.points.dim == 2:
+        window = trainer.source.points.window
+        if trainer.source.reference_grid is None:
+            trainer.source.reference_grid = kde_grid_log_probs(reference, extent=window)
+        row["kde_grid_tv"] = grid_tv(grid_log_probs(model, extent=window, device=trainer.device), trainer.source.reference_grid,
+                                     extent=window)
     return row
 
 
@@ -143,6 +169,8 @@ class ImageScoring:
         from anila_core.images.metrics import InceptionUnavailableError
 
         c = trainer.config
+        if self._scorer is None and self.unavailable is None and c.data_spec is not None:
+            self._scorer = self._folder_scorer(trainer)
         if self._scorer is None and self.unavailable is None:
             real = trainer.source.reference(c.fid_samples, seed=c.seed + 3)
             try:
@@ -158,12 +186,36 @@ class ImageScoring:
                     print(notice, file=sys.stderr, flush=True)
         return self._scorer
 
+    def _folder_scorer(self, trainer):
+        """The scorer of a folder of your own: Inception's features when here, else features made from the folder (named in every row)."""
+        from anila_core.images.folder_features import make_folder_scorer
+
+        c = trainer.config
+        real = trainer.source.reference(c.fid_samples, seed=c.seed + 3)
+        with torch.enable_grad():  # a classifier of the folder trains on first use, and evaluation runs under no_grad
+            scorer, why = make_folder_scorer(trainer.dataset, real, trainer.device, trainer.data_fingerprint)
+        if why is not None:
+            notice = (f"notice: Inception's features are unavailable here ({why}), so FID/KID for {c.dataset} are computed on "
+                      f"{scorer.features} (each metrics row names them in fid_features): comparable between runs on this "
+                      "folder, not with Inception FIDs")
+            if trainer.dist.is_main and notice not in _NOTICES_SHOWN:
+                _NOTICES_SHOWN.add(notice)
+                print(notice, file=sys.stderr, flush=True)
+        return scorer
+
     def scores(self, trainer) -> dict:
-        """FID/KID of ``fid_samples`` model samples against as many real images (``None`` when the features are unavailable)."""
+        """FID/KID of ``fid_samples`` model samples against as many real images (``None`` when the features are unavailable).
+
+        For a folder of your own the row also names the features (``fid_features``): they
+        depend on the folder and on whether Inception's weights are on this machine.
+        """
         scorer = self.scorer(trainer)
         if scorer is None:
             return {"fid": None, "kid": None, "kid_std": None}
-        return scorer.score(trainer.sample_for_eval(trainer.config.fid_samples))
+        scores = scorer.score(trainer.sample_for_eval(trainer.config.fid_samples))
+        if trainer.config.data_spec is not None:
+            scores["fid_features"] = scorer.features
+        return scores
 
 
 def step_size_image(trainer, x: torch.Tensor | None = None) -> torch.Tensor:

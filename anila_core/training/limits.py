@@ -16,7 +16,11 @@ _CHANNELS = {"digits": 1, "cifar10": 3, "flowers": 3}
 
 
 def data_shape(config: TrainConfig) -> tuple[int, ...]:
-    """The shape of one data point, from the configuration alone (no dataset is read)."""
+    """The shape of one data point, from the configuration alone (no dataset is read, but the files of data of your own)."""
+    if config.data_spec is not None:
+        from anila_core.training.state import expected_data_shape
+
+        return expected_data_shape(config)
     if config.is_image:
         from anila_core.images.datasets import DEFAULT_SIZES
 
@@ -39,17 +43,19 @@ def memory_needs(config: TrainConfig) -> dict[str, tuple[int, str]]:
     needs: dict[str, tuple[int, str]] = {}
     if c.chains == "buffer":
         needs["--buffer-size"] = (c.buffer_size * values * _FLOAT, f"chains: buffer_size {c.buffer_size} × {values} values × 4 bytes")
-    if c.is_image:
+    # a network of your own: its sizes are not the configuration's, so none of the network's terms is certain
+    if c.is_image and not c.energy:
         side = data_shape(c)[-1]
         needs["--batch-size"] = (c.batch_size * c.conv_width * side * side * _FLOAT,
                                  f"first convolution's output: batch_size {c.batch_size} × conv_width {c.conv_width} × {side}×{side} × 4 bytes")
         needs["--conv-width"] = (4 * 9 * c.conv_width * c.conv_width * _FLOAT, f"weights: conv_width {c.conv_width}² × 3×3 × 4 copies × 4 bytes")
-    else:
+    elif not c.is_image and not c.energy:
         needs["--batch-size"] = (c.batch_size * c.width * c.depth * _FLOAT,
                                  f"activations: batch_size {c.batch_size} × width {c.width} × depth {c.depth} × 4 bytes")
         layers = max(c.depth - 1, 1)
         needs["--width"] = (4 * c.width * c.width * layers * _FLOAT,
                             f"weights: width {c.width}² × {layers} hidden-to-hidden layer{'s' if layers > 1 else ''} × 4 copies × 4 bytes")
+    if not c.is_image:
         n = min(c.eval_samples, c.buffer_size) if c.chains == "buffer" else c.eval_samples
         needs["--eval-samples"] = (3 * n * n * _DOUBLE, f"the MMD's 3 kernel matrices: {n}² × 8 bytes")
     return needs
@@ -115,5 +121,7 @@ def out_of_memory(err: BaseException, config: TrainConfig, during: str) -> OutOf
         first = first[:159] + "…"
     needs = sorted(memory_needs(c).items(), key=lambda kv: -kv[1][0])
     sizes = ", ".join(f"{flag} (now {getattr(c, flag[2:].replace('-', '_'))})" for flag, _ in needs)
+    if c.energy:
+        sizes = (sizes + ", " if sizes else "") + f"--batch-size (now {c.batch_size}) or the size of your network ({c.energy})"
     where = "GPU memory" if "CUDA" in str(err) or type(err).__name__ == "OutOfMemoryError" else "memory"
     return OutOfMemory(f"out of {where} {during} ({type(err).__name__}: {first}); reduce {sizes}")

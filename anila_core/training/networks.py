@@ -13,8 +13,16 @@ from anila_core.training.config import TrainConfig
 __all__ = ["build_energy", "Networks"]
 
 
-def build_energy(config: TrainConfig, data_shape: tuple[int, ...]) -> torch.nn.Module:
-    """The energy network: an MLP for points ``(d,)``, the ConvNet of :mod:`anila_core.images.convnets` for images ``(C, H, W)``."""
+def build_energy(config: TrainConfig, data_shape: tuple[int, ...], energy: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The energy network: ``energy`` when given (a module of your own, in memory), the one ``config.energy`` names
+    (:mod:`anila_core.training.user_energy`), else an MLP for points ``(d,)`` or the ConvNet of
+    :mod:`anila_core.images.convnets` for images ``(C, H, W)``."""
+    if energy is not None:
+        return energy
+    if config.energy:
+        from anila_core.training.user_energy import load_energy
+
+        return load_energy(config.energy, data_shape)
     if config.is_image:
         from anila_core.images.convnets import make_convnet
 

@@ -22,16 +22,21 @@ from anila_core.fileio import (LOCK_FILE, FolderBusy, FolderLock, append_jsonl, 
 from anila_core.training.limits import check_memory, out_of_memory
 from anila_core.training.state import validate_checkpoint
 from anila_core.training.trainer import Trainer
+from anila_core.training.user_energy import given_energy_spec, module_inside, require_module
 
-__all__ = ["Run", "CHECKPOINT", "load_trainer", "load_checkpoint", "RUN_FILES", "IMAGE_RUN_FILES", "target_summary", "image_summary",
-           "expected_files", "remove_stale_temporaries"]
+__all__ = ["Run", "CHECKPOINT", "load_trainer", "load_checkpoint", "RUN_FILES", "IMAGE_RUN_FILES", "POINTS_RUN_FILES", "target_summary",
+           "image_summary", "points_summary", "expected_files", "remove_stale_temporaries"]
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "true_density.png", "learned_density.png", "samples.png", "training.png")
 #: what every image run writes; ``fid.png`` joins when FID was computed, ``step_sizes.png`` for AniLA
 IMAGE_RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "samples.png", "training.png")
+#: what a run on points of a file writes: ``data_density.png`` and ``learned_density.png`` in 2-D, ``projections.png`` above
+POINTS_RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "samples.png", "training.png")
+_POINTS_2D_FIGURES = ("data_density.png", "learned_density.png")
 #: every name a run writes in its folder
-_KNOWN_FILES = frozenset(RUN_FILES) | frozenset(IMAGE_RUN_FILES) | {"fid.png", "step_sizes.png"}
+_KNOWN_FILES = (frozenset(RUN_FILES) | frozenset(IMAGE_RUN_FILES) | frozenset(POINTS_RUN_FILES) | frozenset(_POINTS_2D_FIGURES)
+                | {"fid.png", "step_sizes.png", "projections.png"})
 
 
 class Run:
@@ -55,8 +60,9 @@ class Run:
     def __init__(self, out_dir: str | Path, config: TrainConfig | None = None, resume: bool = False,
                  iters: int | None = None, progress: bool = True, data_root: str | None = None,
                  on_divergence: str | None = None, max_rollbacks: int | None = None, device: str | None = None,
-                 restart: bool = False):
+                 restart: bool = False, energy: torch.nn.Module | None = None):
         self.out = Path(out_dir)
+        self._energy = energy  # a network of your own given in memory (see Trainer); None for the one the config builds
         self.is_main = distributed.current().is_main
         self._lock = FolderLock(self.out)
         self._made: list[Path] = []  # folders this Run created: removed again when its start fails
@@ -84,7 +90,7 @@ class Run:
         if error:
             raise ValueError(error)
         try:
-            self.trainer = load_trainer(self.out, write_config=True, **options)
+            self.trainer = load_trainer(self.out, write_config=True, energy=self._energy, **options)
             if self.is_main:
                 # rows after the checkpoint belong to iterations that will be run again
                 write_jsonl(self.out / "metrics.jsonl", self.trainer.history)
@@ -104,7 +110,7 @@ class Run:
             raise ValueError(error)
         # the trainer first: a missing dataset or too little memory then leaves no empty run folder behind
         check_memory(config.validate())
-        self.trainer = _build_trainer(config, progress)
+        self.trainer = _build_trainer(config, progress, self._energy)
         if not self.is_main:
             return
         try:
@@ -272,16 +278,23 @@ class Run:
             save_image_run_figures(t, self.out)
             atomic_write_json(self.out / "final.json", final)
             return final
+        if t.config.is_points:
+            from anila_core.ui.points_report import save_points_run_figures
+
+            final = points_summary(t)
+            save_points_run_figures(t, self.out)
+            atomic_write_json(self.out / "final.json", final)
+            return final
         final = target_summary(t)
         save_run_figures(t, self.out)
         atomic_write_json(self.out / "final.json", final)
         return final
 
 
-def _build_trainer(config: TrainConfig, progress: bool) -> Trainer:
+def _build_trainer(config: TrainConfig, progress: bool, energy: torch.nn.Module | None = None) -> Trainer:
     """``Trainer(config)``, with a failed allocation (a huge replay buffer, say) answered by the sizes to reduce."""
     try:
-        return Trainer(config, progress=progress)
+        return Trainer(config, progress=progress, energy=energy)
     except (MemoryError, RuntimeError) as err:
         if not is_out_of_memory(err):
             raise
@@ -325,9 +338,11 @@ def image_summary(trainer: Trainer) -> dict:
     if not t.history:
         raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
     last = t.history[-1]
-    scored = [r for r in t.history if r.get("fid") is not None]
-    best = min(scored, key=lambda r: r["fid"]) if scored else None
     last_scored = next((r for r in reversed(t.history) if "fid" in r), {})
+    # a folder's rows name their features, which may change when a run resumes elsewhere: the best is among the last ones'
+    features = last_scored.get("fid_features") or FEATURES.get(t.config.dataset)
+    scored = [r for r in t.history if r.get("fid") is not None and r.get("fid_features", features) == features]
+    best = min(scored, key=lambda r: r["fid"]) if scored else None
     final = {
         "sampler": t.config.sampler,
         "dataset": t.config.dataset,
@@ -339,7 +354,7 @@ def image_summary(trainer: Trainer) -> dict:
         "kid": last_scored.get("kid"),
         "kid_std": last_scored.get("kid_std"),
         "fid_iter": last_scored.get("iter"),
-        "fid_features": FEATURES[t.config.dataset] if last_scored.get("fid") is not None else None,
+        "fid_features": features if last_scored.get("fid") is not None else None,
         "fid_samples": t.config.fid_samples,
         "best_fid": None if best is None else best["fid"],
         "best_fid_iter": None if best is None else best["iter"],
@@ -355,8 +370,45 @@ def image_summary(trainer: Trainer) -> dict:
     return final
 
 
+def points_summary(trainer: Trainer) -> dict:
+    """``final.json`` of a run on points of a file: the last MMD², sliced Wasserstein and (2-D) KDE grid TV, the best sliced Wasserstein, the data's units."""
+    t = trainer
+    if not t.history:
+        raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
+    last = t.history[-1]
+    best = min(t.history, key=lambda r: r["sliced_wasserstein"])
+    points = t.dataset
+    extra = {k: last[k] for k in ("kde_grid_tv", "clipped_share", "acceptance", "global_accept") if k in last}
+    return {
+        "sampler": t.config.sampler,
+        "dataset": t.config.dataset,
+        "dim": points.dim,
+        "n_train": len(points.train),
+        "n_held_out": len(points.held_out),
+        # a model point z is mean + scale · z in the file's units
+        "units": {"mean": list(points.mean), "scale": points.scale, "standardized": t.config.standardize},
+        "data_sha256": points.fingerprint,
+        "seed": t.config.seed,
+        "iters": t.iteration,
+        "wall_s": round(t.wall_s, 2),
+        "mmd": last["mmd"],
+        "sliced_wasserstein": last["sliced_wasserstein"],
+        "best_sliced_wasserstein": best["sliced_wasserstein"],
+        "best_iter": best["iter"],
+        "energy_gap": last["energy_gap"],
+        "rollbacks": t.rollbacks,
+        **extra,
+        "config": t.config.to_dict(),
+    }
+
+
 def expected_files(config: TrainConfig) -> tuple[str, ...]:
     """The files a finished run with ``config`` leaves in its folder (FID's figure only when FID could be computed)."""
+    if config.is_points:
+        from anila_core.training.state import expected_data_shape
+
+        figures = _POINTS_2D_FIGURES if expected_data_shape(config) == (2,) else ("projections.png",)
+        return POINTS_RUN_FILES + figures
     if not config.is_image:
         return RUN_FILES
     return IMAGE_RUN_FILES + (("step_sizes.png",) if config.sampler == "anila" else ())
@@ -380,7 +432,7 @@ def _stale_temporaries(out: str | Path) -> list[Path]:
 
 def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None = None, device: str | None = None,
                  data_root: str | None = None, on_divergence: str | None = None, max_rollbacks: int | None = None,
-                 write_config: bool = False) -> Trainer:
+                 write_config: bool = False, energy: torch.nn.Module | None = None) -> Trainer:
     """Rebuild the trainer of a run directory from its ``config.json`` and checkpoint (for resuming or sampling).
 
     ``iters``, ``device``, ``data_root`` and the divergence policy may differ from the run's own
@@ -388,7 +440,10 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     With ``write_config`` (what ``--resume`` does) a change is written back to ``config.json``;
     without it, loading a run to sample from it leaves its folder as it was. A checkpoint that does not belong to the
     configuration (other settings, another architecture, another format) is refused with a
-    ``ValueError`` that names the file and the difference.
+    ``ValueError`` that names the file and the difference. ``energy``: the network of your own
+    a run started with in memory (its weights come from the checkpoint); a network named in
+    ``config.json`` (``module.path:Name``) is imported and built again, unless its module would
+    be imported from inside the run folder, which is refused.
     """
     out = Path(out_dir)
     config_path, ckpt_path = out / "config.json", out / CHECKPOINT
@@ -414,6 +469,15 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     if max_rollbacks is not None:
         changes["max_rollbacks"] = max_rollbacks
     config = config.replace(**changes)
+    inside = module_inside(config.energy, out)
+    if inside is not None:
+        raise ValueError(f"{config_path}: names the energy {config.energy}, whose module would be imported from {inside}, inside "
+                         "the run folder; loading a run never runs code from its folder; expected a module of your own Python "
+                         "path: move it out of the run folder")
+    if energy is not None:
+        config = config.replace(energy=given_energy_spec(config.energy, energy))
+    else:
+        require_module(config.energy)
     state = load_checkpoint(ckpt_path)
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{ckpt_path}: not an AniLA checkpoint (expected a dict with the model's weights, "
@@ -434,11 +498,11 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
               "cannot move there, so the chains continue from a generator seeded from that state: the run goes on, but not "
               "bit-identical to one that never changed device", file=sys.stderr)
     try:
-        validate_checkpoint(state, config)  # before the trainer is built: a checkpoint that cannot fit is refused first
+        validate_checkpoint(state, config, model=energy)  # before the trainer is built: a checkpoint that cannot fit is refused first
     except ValueError as err:
         raise ValueError(f"{ckpt_path}: {str(err).removeprefix('checkpoint: ')}") from None
     check_memory(config)
-    trainer = _build_trainer(config, progress)
+    trainer = _build_trainer(config, progress, energy)
     try:
         trainer.load_state_dict(state)
     except (ValueError, KeyError) as err:

@@ -1,4 +1,4 @@
-"""Where a training run's data points come from: a 2-D target's sampler or an image dataset, behind one small interface."""
+"""Where a training run's data points come from: a 2-D target's sampler or an image dataset, behind one small interface (points of a file: :mod:`anila_core.training.file_sources`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import torch
 
 from anila_core.images.datasets import ImageDataset
+from anila_core.training.file_sources import draw_indices
 from anila_core.sampling.targets import Target
 
 __all__ = ["TargetSource", "ImageSource", "TRAIN_SPLITS", "stream_seed", "CHAIN_STREAM", "DATA_STREAM"]
@@ -56,10 +57,12 @@ class ImageSource:
     index and one conversion there instead of a host-to-device copy per iteration. Indices
     come from a CPU generator of the source's own, saved with the checkpoint. A batch larger
     than the dataset (the tiny datasets of the tests) is drawn in rounds of distinct images.
+    ``held_out`` (a folder of your own): the images :meth:`reference` draws from, never trained on.
     """
 
-    def __init__(self, dataset: ImageDataset, seed: int, device: torch.device):
+    def __init__(self, dataset: ImageDataset, seed: int, device: torch.device, held_out: ImageDataset | None = None):
         self.dataset = dataset
+        self.held_out = held_out
         self.shape = dataset.shape
         self.raw = dataset.data.to(device)
         self.gen = torch.Generator().manual_seed(seed)
@@ -67,23 +70,16 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _index(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        parts, left = [], n
-        while left > 0:
-            k = min(left, len(self))
-            parts.append(torch.randperm(len(self), generator=generator)[:k])
-            left -= k
-        return torch.cat(parts)
-
     def sample(self, n: int, device: torch.device | None = None) -> torch.Tensor:
-        index = self._index(n, self.gen).to(self.raw.device)
+        index = draw_indices(n, len(self), self.gen).to(self.raw.device)
         x = self.dataset.to_float(self.raw[index])
         return x if device is None else x.to(device)
 
     def reference(self, n: int, seed: int) -> torch.Tensor:
-        """A fixed set of ``min(n, len)`` distinct real images (CPU) for FID/KID, independent of the training stream."""
-        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[: min(n, len(self))]
-        return self.dataset.to_float(self.dataset.data[index])
+        """A fixed set of ``min(n, len)`` distinct real images (CPU) for FID/KID, independent of the training stream (the held-out ones when there are)."""
+        images = self.held_out if self.held_out is not None else self.dataset
+        index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: min(n, len(images))]
+        return images.to_float(images.data[index])
 
     def state_dict(self) -> dict:
         return {"generator": self.gen.get_state()}

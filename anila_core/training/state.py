@@ -38,6 +38,8 @@ def state_dict(trainer) -> dict:
         "rollbacks": trainer.rollbacks,
         "fast": trainer.fast,  # decided when the run was created; a resumed or longer run keeps it
     }
+    if trainer.data_fingerprint is not None:  # data of your own: a resumed run checks they did not change
+        state["data_fingerprint"] = trainer.data_fingerprint
     if trainer.dist.enabled:
         state["ranks"] = distributed.gather_objects(chains.to_dict())
     return state
@@ -45,7 +47,8 @@ def state_dict(trainer) -> dict:
 
 def load_state_dict(trainer, state: dict) -> None:
     """Restore a :func:`state_dict` into ``trainer`` after :func:`validate_checkpoint` accepted it for the trainer's configuration."""
-    validate_checkpoint(state, trainer.config, trainer.data_shape, trainer.device)
+    validate_checkpoint(state, trainer.config, trainer.data_shape, trainer.device, model=trainer.model)
+    _check_same_data(state.get("data_fingerprint"), trainer)
     trainer.model.load_state_dict(state["model"])
     if trainer.ema_model is not None:
         trainer.ema_model.load_state_dict(state["ema_model"])
@@ -60,6 +63,15 @@ def load_state_dict(trainer, state: dict) -> None:
     trainer.rollbacks = list(state.get("rollbacks", []))
     if "fast" in state:  # checkpoints written before the decision was saved keep the one made for this trainer
         trainer.fast = bool(state["fast"])
+
+
+def _check_same_data(saved, trainer) -> None:
+    """A run on data of your own resumes on the same data: the checkpoint's hash of them must be the files' hash now."""
+    if saved is None or trainer.data_fingerprint is None or saved == trainer.data_fingerprint:
+        return
+    raise ValueError(f"checkpoint: the data of {trainer.config.dataset} changed since the run was trained on them (their hash was "
+                     f"{str(saved)[:12]}…, it is {trainer.data_fingerprint[:12]}… now); expected the same files: put them back, "
+                     "or start a new run for the new data")
 
 
 # --------------------------------------------------------------------------- rollback
@@ -93,7 +105,12 @@ def restore(trainer, good: dict) -> None:
 
 
 def expected_data_shape(config: TrainConfig) -> tuple[int, ...]:
-    """The shape of one data point under ``config``, known without reading the data: ``(d,)`` or ``(C, H, W)``."""
+    """The shape of one data point under ``config``: ``(d,)`` or ``(C, H, W)``, known without reading the data but for data of your own."""
+    spec = config.data_spec
+    if spec is not None:
+        from anila_core.training.file_sources import file_data_shape
+
+        return file_data_shape(spec, config.image_size, config.standardize)
     if config.is_image:
         from anila_core.images.datasets import CHANNELS, DEFAULT_SIZES
 
@@ -105,14 +122,15 @@ def expected_data_shape(config: TrainConfig) -> tuple[int, ...]:
 
 
 def validate_checkpoint(state: dict, config: TrainConfig, data_shape: tuple[int, ...] | None = None,
-                        device: torch.device | str | None = None) -> None:
+                        device: torch.device | str | None = None, model: torch.nn.Module | None = None) -> None:
     """Refuse a checkpoint that cannot resume a run of ``config``, with one ``ValueError`` that says what is wrong and what was expected.
 
     Checked: the format, the settings (those a resume may not change), the iteration (within
     ``[0, config.iters]``), the model's and the EMA's names, shapes and finiteness, the
     optimiser's moments, the replay buffer's size and shape, the generator states (the right
     kind for ``device``'s generator), the history and the rollback record. ``data_shape`` and ``device`` default to what ``config`` implies; nothing is
-    read from disk and no global random state changes, so a loader can call it before anything else.
+    read from disk (but the files of data of your own, for their shape) and no global random state changes, so a loader can call it
+    before anything else. ``model``: the network the weights must fit (a module given in memory); by default the one ``config`` builds.
     """
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint: expected a dict written by anila_core's Trainer.state_dict, got {type(state).__name__}")
@@ -124,7 +142,7 @@ def validate_checkpoint(state: dict, config: TrainConfig, data_shape: tuple[int,
     _check_iteration(state["iteration"], config.iters)
     shape = tuple(data_shape) if data_shape is not None else expected_data_shape(config)
     with torch.random.fork_rng(devices=[]):  # building the reference network draws its initial weights
-        reference = build_energy(config, shape)
+        reference = build_energy(config, shape, model)
     _check_weights("model", state["model"], reference)
     if config.ema > 0:
         _check_weights("EMA model", state.get("ema_model"), reference)
@@ -248,7 +266,7 @@ def _check_chains(where: str, chains, config: TrainConfig, shape: tuple[int, ...
         _check_sampler_state(where, state.sampler_state, config.buffer_size)
     _check_generator(f"{where}chain generator state", state.generator, device)
     _check_generator(f"{where}global RNG state (torch_rng)", state.torch_rng, torch.device("cpu"))
-    if config.is_image:  # the image source's batch stream, on a CPU generator of its own
+    if config.is_image or config.is_points:  # the data source's batch stream, on a CPU generator of its own
         source = state.source if isinstance(state.source, dict) else {}
         _check_generator(f"{where}data stream state (source)", source.get("generator"), torch.device("cpu"))
 

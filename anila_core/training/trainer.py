@@ -3,7 +3,8 @@
 For t = 1..T: run K sampler transitions from the chains, draw a data batch, and take an Adam
 step on ``mean E(data) − mean E(samples)`` (the Monte Carlo estimate of the negative
 log-likelihood's gradient). Any sampler from :mod:`anila_core.sampling.samplers` plugs in unchanged.
-The data are a 2-D target (an MLP energy) or an image dataset (a ConvNet energy); under
+The data are a 2-D target or points of a file (an MLP energy) or images (a ConvNet energy), and
+the energy may be a network of your own (:mod:`~anila_core.training.user_energy`); under
 ``torchrun`` each process runs its own chains and DistributedDataParallel averages the
 parameter gradients (see :mod:`anila_core.training.distributed`).
 
@@ -36,7 +37,9 @@ from anila_core.training.chains import Chains
 from anila_core.training.config import TrainConfig
 from anila_core.training.guard import Guard, TrainingDiverged, optimizer_overflow, parameters_finite, roll_back, step_problem
 from anila_core.training.networks import Networks, build_energy
+from anila_core.training.file_sources import PointsSource, load_file_data
 from anila_core.training.sources import CHAIN_STREAM, DATA_STREAM, TRAIN_SPLITS, ImageSource, TargetSource, stream_seed
+from anila_core.training.user_energy import check_energy, energy_label, given_energy_spec
 
 __all__ = ["Trainer", "build_sampler", "train"]
 
@@ -52,10 +55,18 @@ class Trainer:
     Under torchrun every rank builds the same trainer (same model initialisation; DDP also
     broadcasts rank 0's parameters) with its own chain and data streams; only rank 0
     evaluates. ``trainer.dist`` says which rank this is.
+
+    ``energy``: a ``torch.nn.Module`` of your own to train instead of the network the config
+    builds (it is trained in place). The run records ``energy = "in-memory:<its class>"``;
+    resuming it needs the module again (``Run(out, resume=True, energy=...)``). A module that
+    can be imported is better named in ``config.energy`` (``"module.path:Name"``): a run then
+    rebuilds it by itself, from the command line too.
     """
 
-    def __init__(self, config: TrainConfig, progress: bool = True):
+    def __init__(self, config: TrainConfig, progress: bool = True, energy: torch.nn.Module | None = None):
         self.config = config.validate()
+        if energy is not None:
+            self.config = self.config.replace(energy=given_energy_spec(self.config.energy, energy))
         if self.config.lr_decay_iters == 0:
             # fixed when the run starts, so that a resumed, longer run keeps the same schedule
             self.config = self.config.replace(lr_decay_iters=self.config.iters)
@@ -63,17 +74,21 @@ class Trainer:
         self.dist = distributed.current()
         self.device = distributed.device_for_rank(resolve_device(c.device), self.dist)
         self.progress = progress and self.dist.is_main
-        self.target, self.dataset, self.data_shape = _training_data(c)
+        self.target, self.dataset, self.held_out, self.data_shape, self.data_fingerprint = _training_data(c)
         torch.manual_seed(c.seed)  # the model's initialisation: the same on every rank
-        self.model = build_energy(c, self.data_shape).to(self.device)
+        self.model = build_energy(c, self.data_shape, energy).to(self.device)
+        if c.energy:  # a network of your own: one energy per sample, differentiable, before any step is taken
+            check_energy(self.model, self._probe_points().to(self.device), energy_label(c.energy))
         if c.channels_last and c.is_image:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if c.ema > 0 else None
         self.sampler = build_sampler(c)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
         self.gen = torch.Generator(device=self.device).manual_seed(stream_seed(c.seed, self.dist.rank, CHAIN_STREAM))
-        if c.is_image:
-            self.source = ImageSource(self.dataset, stream_seed(c.seed, self.dist.rank, DATA_STREAM), self.device)
+        if c.is_points:
+            self.source = PointsSource(self.dataset, stream_seed(c.seed, self.dist.rank, DATA_STREAM), self.device)
+        elif c.is_image:
+            self.source = ImageSource(self.dataset, stream_seed(c.seed, self.dist.rank, DATA_STREAM), self.device, held_out=self.held_out)
         else:
             self.source = TargetSource(self.target, self.gen)
         self.chains = Chains(c, self.data_shape, self.device, self.gen)
@@ -134,7 +149,7 @@ class Trainer:
                     if evaluating:
                         row = self.evaluate(stats, trace, fid=self.is_fid_point(self.iteration, end))
                         self.history.append(row)
-                        _show(bar, row, c.is_image)
+                        _show(bar, row, c)
                         if callback is not None:
                             callback(self, row)
                     if self.iteration % c.checkpoint_every == 0 or self.iteration == end:
@@ -242,6 +257,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ the pieces of an iteration
 
+    def _probe_points(self) -> torch.Tensor:
+        """A few data points that check a network of your own, drawn without touching any random stream of the run."""
+        if self.config.is_points:
+            return self.dataset.train[:4]
+        if self.config.is_image:
+            return self.dataset.to_float(self.dataset.data[:4])
+        return self.target.sample(4, generator=torch.Generator().manual_seed(0)).float()
+
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """E(x) as the sampler sees it (bf16 autocast with ``--amp bf16`` on CUDA; the result is float32)."""
         return self.nets.sample_energy(x)
@@ -311,26 +334,39 @@ class Trainer:
 
 
 def _training_data(config: TrainConfig):
-    """The 2-D target or the image dataset a configuration learns, and the shape of one data point: ``(target, dataset, shape)``."""
+    """What a configuration learns: ``(target, dataset, held_out, shape of one data point, fingerprint of data of your own)``.
+
+    A 2-D target; a built-in image dataset; a folder of your own (its training images, and
+    the held-out ones that FID/KID compare with); or points of a file (a
+    :class:`~anila_core.training.points_file.PointSet`, which holds both parts).
+    """
+    spec = config.data_spec
+    if spec is not None:
+        data = load_file_data(spec, config.image_size, config.standardize)
+        if spec.kind == "images":
+            return None, data.train, data.held_out, data.train.shape, data.fingerprint
+        return None, data, None, (data.dim,), data.fingerprint
     if config.is_image:
         from anila_core.images.datasets import load_dataset
 
         dataset = load_dataset(config.dataset, config.data_root or None, config.image_size or None, split=TRAIN_SPLITS[config.dataset])
-        return None, dataset, dataset.shape
+        return None, dataset, None, dataset.shape, None
     target = make_target(config.target)
-    return target, None, (target.dim,)
+    return target, None, None, (target.dim,), None
 
 
-def _show(bar, row: dict, is_image: bool) -> None:
+def _show(bar, row: dict, config: TrainConfig) -> None:
     """The progress bar's summary of an evaluation row."""
-    if is_image:
+    if config.is_image:
         bar.set_postfix(gap=f"{row['energy_gap']:.2f}", **({"fid": f"{row['fid']:.1f}"} if row.get("fid") is not None else {}))
+    elif config.is_points:
+        bar.set_postfix(sw=f"{row['sliced_wasserstein']:.3f}", gap=f"{row['energy_gap']:.2f}")
     else:
         bar.set_postfix(tv=f"{row['grid_tv']:.3f}", gap=f"{row['energy_gap']:.2f}")
 
 
-def train(config: TrainConfig, callback=None, progress: bool = True) -> Trainer:
+def train(config: TrainConfig, callback=None, progress: bool = True, energy: torch.nn.Module | None = None) -> Trainer:
     """Train in memory (no files) and return the trainer; see :mod:`anila_core.training.runs` for run directories."""
-    trainer = Trainer(config, progress=progress)
+    trainer = Trainer(config, progress=progress, energy=energy)
     trainer.run(callback=callback)
     return trainer

@@ -243,7 +243,7 @@ def save_image_run_figures(trainer, out: str | Path, n_show: int = 64) -> None:
     samples = samples[:n_show].detach().float().cpu()
     side = max(1, int(len(samples) ** 0.5))
     fig, ax = plt.subplots(figsize=(4.4, 4.6))
-    show_image_grid(samples, nrow=side, ax=ax, title=f"{c.sampler} on {c.dataset}, iteration {trainer.iteration}")
+    show_image_grid(samples, nrow=side, ax=ax, title=f"{c.sampler} on {c.data_name}, iteration {trainer.iteration}")
     save_figure(fig, out / "samples.png")
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     plot_image_training_curves(trainer.history, axes=axes)
@@ -251,7 +251,7 @@ def save_image_run_figures(trainer, out: str | Path, n_show: int = 64) -> None:
     save_figure(fig, out / "training.png")
     ax = plot_fid_curve({c.sampler: trainer.history})
     if ax is not None:
-        ax.set_title(f"FID on {c.dataset} ({c.fid_samples} samples)", fontsize=9)
+        ax.set_title(f"FID on {c.data_name} ({c.fid_samples} samples)", fontsize=9)
         save_figure(ax.figure, out / "fid.png")
     if c.sampler == "anila":
         ratio = trainer.step_size_image(samples.to(trainer.device))
@@ -302,5 +302,7 @@ def image_markdown_table(finals: Mapping[str, dict]) -> str:
     note = ""
     features = {f.get("fid_features") for f in finals.values() if f.get("fid_features")}
     if features:
-        note = f"\nFID/KID on {', '.join(sorted(features))} features.\n"
+        # a folder of your own may be scored on its own features: never to be read as Inception's FID
+        own = "" if features <= {"inception", "digits classifier"} else ", not Inception's: comparable between runs on that folder only"
+        note = f"\nFID/KID on {', '.join(sorted(features))} features{own}.\n"
     return "\n".join(lines) + "\n" + note
