@@ -68,7 +68,7 @@ def scan_image_folder(root: str | Path) -> FolderScan:
     if not root.exists():
         raise ValueError("does not exist; expected a folder of images (relative to the working directory)")
     if not root.is_dir():
-        raise ValueError("is a file; expected a folder of images (a file of points is --dataset points:FILE)")
+        raise ValueError("is a file; expected a folder of images (for a file of points: points:FILE)")
     visible = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     folders = [p for p in visible if p.is_dir()]
     images = [p for p in visible if p.is_file() and _is_image_name(p)]

@@ -16,6 +16,8 @@ from anila_core.training.config import TrainConfig
 
 __all__ = ["is_eval_point", "is_fid_point", "evaluate", "sample_for_eval", "ImageScoring", "step_size_image"]
 
+#: the seed of the sliced Wasserstein distance's directions: the same for every run and seed, so that runs compare on one measure
+DIRECTIONS_SEED = 0
 #: notices already printed in this process: a notebook training two samplers says each once
 _NOTICES_SHOWN: set[str] = set()
 
@@ -87,8 +89,8 @@ def points_distances(trainer, model) -> dict:
     """
     samples = trainer.sample_for_eval()
     reference = trainer.source.reference(trainer.config.eval_samples)
-    seed = trainer.config.seed + 1
-    row = {"mmd": scaled_mmd(samples, reference), "sliced_wasserstein": sliced_wasserstein(samples, reference, seed=seed)}
+    row = {"mmd": scaled_mmd(samples, reference),
+           "sliced_wasserstein": sliced_wasserstein(samples, reference, seed=DIRECTIONS_SEED)}
     if trainer.source.points.dim == 2:
         window = trainer.source.points.window
         if trainer.source.reference_grid is None:

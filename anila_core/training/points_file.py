@@ -41,10 +41,10 @@ def read_points(path: str | Path) -> np.ndarray:
     value (refused like NaN).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError("is a folder; expected a file of points (for a folder of images: images:FOLDER)")
     if path.suffix.lower() not in POINT_SUFFIXES:
         raise ValueError(f"has the suffix {path.suffix or '(none)'!r}; expected one of {', '.join(POINT_SUFFIXES)}")
-    if path.is_dir():
-        raise ValueError("is a folder; expected a file of points (a folder of images is --dataset images:FOLDER)")
     if not path.is_file():
         raise ValueError("does not exist; expected the path of a .npy, .csv or .txt file of points (relative to the working directory)")
     if path.suffix.lower() == ".npy":
