@@ -32,14 +32,18 @@ def test_training_curves_y_labels_stay_clear_of_the_panel_on_their_left():
     plt.close(fig)
 
 
-def test_heatmaps_label_the_step_sizes_once_and_keep_the_title_above_the_panels():
-    summary = sweep.load_sweep(ROOT / "docs" / "study" / "digits")
+@pytest.mark.parametrize("study", ["digits", "rings"])
+def test_heatmaps_label_each_panels_step_sizes_clear_of_its_neighbour_and_keep_the_title_above(study):
+    summary = sweep.load_sweep(ROOT / "docs" / "study" / study)
     axes = sweep.plot_heatmaps(summary)
     fig = axes[0].figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    assert [t.get_text() for t in axes[0].get_yticklabels()] and all(t.get_text() for t in axes[0].get_yticklabels())
-    assert all(not t.get_text() for ax in axes[1:] for t in ax.get_yticklabels())
+    # each panel has the step sizes its sampler ran (HMC's are leapfrog steps), labelled beside it
+    for ax in axes:
+        assert [t.get_text() for t in ax.get_yticklabels()] and all(t.get_text() for t in ax.get_yticklabels())
+    for left, right in zip(axes, axes[1:]):
+        assert right.yaxis.get_tightbbox(renderer).x0 > _box(left, renderer).x1, "step-size labels run into the panel on their left"
     title = _box(fig._suptitle, renderer)
     assert all(title.y0 >= _box(ax.title, renderer).y1 - 0.5 for ax in axes), "the figure title overlaps a panel's title"
     plt.close(fig)
