@@ -12,7 +12,7 @@ from anila_core.images.datasets import load_dataset
 from anila_core.images.metrics import (
     INCEPTION_WEIGHTS_FILE,
     InceptionUnavailableError,
-    _torch_fidelity_available,
+    torch_fidelity_available,
     extract_features,
     fid_kid,
 )
@@ -108,7 +108,7 @@ def test_missing_inception_says_where_the_weights_go(tmp_path, monkeypatch):
     msg = str(info.value)
     assert str(tmp_path / "hub" / "checkpoints" / INCEPTION_WEIGHTS_FILE) in msg
     assert "weights_path" in msg and "feature_extractor" in msg
-    if not _torch_fidelity_available():
+    if not torch_fidelity_available():
         assert "torch-fidelity" in msg
 
 

@@ -201,7 +201,7 @@ def test_image_scorer_gives_the_numbers_of_fid_kid(data_root):
 
 
 def test_without_inception_the_run_goes_on_with_fid_null_and_one_notice(data_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(image_metrics, "_torch_fidelity_available", lambda: False)
+    monkeypatch.setattr(image_metrics, "torch_fidelity_available", lambda: False)
     monkeypatch.setattr(evaluation_module, "_NOTICES_SHOWN", set())  # as in a fresh process
     out = tmp_path / "cifar"
     run = Run(out, tiny("cifar10", "anila", data_root, eval_every=2, fid_every=2, iters=4), progress=False)

@@ -17,7 +17,7 @@ from torch import nn
 
 from anila_core.images.datasets import ImageDataset
 from anila_core.images.evaluation import ImageScorer
-from anila_core.images.metrics import InceptionFeatures, _torch_fidelity_available, inception_weights_path
+from anila_core.images.metrics import InceptionFeatures, torch_fidelity_available, inception_weights_path
 
 __all__ = ["FolderClassifier", "train_folder_classifier", "RandomProjectionFeatures", "make_folder_scorer", "inception_missing"]
 
@@ -114,7 +114,7 @@ class RandomProjectionFeatures(nn.Module):
 def inception_missing() -> str | None:
     """Why Inception's features cannot be built here (torch-fidelity or the weights file missing), ``None`` when they can."""
     problems = []
-    if not _torch_fidelity_available():
+    if not torch_fidelity_available():
         problems.append("torch-fidelity is not installed")
     if not inception_weights_path().is_file():
         problems.append(f"no weights file at {inception_weights_path()}")

@@ -28,6 +28,7 @@ __all__ = [
     "InceptionUnavailableError",
     "inception_weights_path",
     "INCEPTION_WEIGHTS_FILE",
+    "torch_fidelity_available",
     "INCEPTION_WEIGHTS_URL",
 ]
 
@@ -46,7 +47,7 @@ def inception_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
 
 
-def _torch_fidelity_available() -> bool:
+def torch_fidelity_available() -> bool:
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
@@ -67,7 +68,7 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         path = Path(weights_path).expanduser() if weights_path is not None else inception_weights_path()
         problems = []
-        if not _torch_fidelity_available():
+        if not torch_fidelity_available():
             problems.append(
                 "the package torch-fidelity is not installed (torchmetrics builds its Inception from it): "
                 "install it with `pip install torch-fidelity` where a package index is reachable"
