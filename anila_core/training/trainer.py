@@ -127,13 +127,17 @@ class Trainer:
         says why), whoever calls it: a notebook, ``compare``'s workers or a sweep's cells; the
         caller's setting is restored after it.
         """
+        with torch_threads(training_threads(self.device)):
+            return self._run(iters, callback, on_checkpoint, on_rollback)
+
+    def _run(self, iters, callback, on_checkpoint, on_rollback) -> list[dict]:
         c = self.config
         end = c.iters if iters is None else iters
         rollback = c.on_divergence == "rollback"
         if rollback:  # the state a first rollback returns to, if finite (else one of an earlier call, or none)
             self.guard.keep_state_of(self)
         bar = tqdm(total=end, initial=self.iteration, desc=f"{c.sampler} on {c.data_name}", disable=not self.progress, leave=False)
-        with torch_threads(training_threads(self.device)), bar:
+        try:
             while self.iteration < end:
                 evaluating = self._is_eval_point(self.iteration + 1, end)
                 try:
@@ -161,6 +165,8 @@ class Trainer:
                     bar.refresh()
                     if on_rollback is not None:
                         on_rollback(self, record)
+        finally:
+            bar.close()
         return self.history
 
     def train_step(self, trace: Trace | None = None) -> dict:
