@@ -58,12 +58,12 @@ test-browser: $(STAMP) site
 
 # The course as a website (Jupyter Book; book/_config.yml and book/_toc.yml): the README as its landing page,
 # every notebooks/NN_*.ipynb executed at the smoke budget (04 and 05 on the tiny datasets of make test), docs/.
-# Jupyter Book keeps each executed notebook until its code changes; it does not see the package, so a change
-# there (or to the tiny datasets or the book's settings) empties that cache first. The kernels draw their
-# figures inline, as in JupyterLab: MPLBACKEND (make test sets Agg) is not passed on.
+# Jupyter Book keeps each executed notebook until its code changes, and Sphinx each page until its source
+# changes; neither sees the package, so a change there (or to the tiny datasets or the book's settings) starts
+# the build afresh. The kernels draw their figures inline, as in JupyterLab: MPLBACKEND (make test sets Agg)
+# is not passed on.
 SITE := build/site
 SITE_HTML := $(SITE)/_build/html
-SITE_CACHE := $(SITE)/_build/.jupyter_cache
 SITE_INPUTS := $(shell find anila_core -name '*.py') tests/make_tiny_datasets.py book/_config.yml pyproject.toml
 
 site: $(STAMP) $(SITE)/.inputs-seen
@@ -76,7 +76,7 @@ site: $(STAMP) $(SITE)/.inputs-seen
 	@echo "site: open $(SITE_HTML)/index.html"
 
 $(SITE)/.inputs-seen: $(SITE_INPUTS)
-	rm -rf $(SITE_CACHE)
+	rm -rf $(SITE)/_build
 	mkdir -p $(SITE) && touch $@
 
 # the speed table (benchmarks/RESULTS.md); TorchEBM, JAX and BlackJAX are compared when the bench extra is installed
