@@ -23,7 +23,7 @@ from anila_core.fileio import atomic_torch_save
 
 __all__ = [
     "DigitsClassifier",
-    "DigitsFeatures",
+    "ClassifierFeatures",
     "train_digits_classifier",
     "load_digits_classifier",
     "default_classifier_path",
@@ -84,10 +84,13 @@ class DigitsClassifier(nn.Module):
         return torch.cat([self(chunk.to(device)).argmax(1).cpu() for chunk in x.split(batch_size)])
 
 
-class DigitsFeatures(nn.Module):
-    """The classifier's penultimate features as a feature extractor for :func:`anila_core.images.metrics.fid_kid`."""
+class ClassifierFeatures(nn.Module):
+    """A classifier's penultimate features (its ``features`` method) as a feature extractor for :func:`anila_core.images.metrics.fid_kid`.
 
-    def __init__(self, classifier: DigitsClassifier):
+    Used for the digits classifier and for the one ``images:FOLDER`` runs train on their folder.
+    """
+
+    def __init__(self, classifier: nn.Module):
         super().__init__()
         self.classifier = classifier
         self.num_features = classifier.num_features
@@ -171,9 +174,9 @@ def load_digits_classifier(
     return model
 
 
-def digits_feature_extractor(classifier: DigitsClassifier | None = None, **load_kwargs) -> DigitsFeatures:
+def digits_feature_extractor(classifier: DigitsClassifier | None = None, **load_kwargs) -> ClassifierFeatures:
     """Penultimate features of ``classifier`` (default: the cached one, loaded with ``load_kwargs``)."""
-    return DigitsFeatures(classifier if classifier is not None else load_digits_classifier(**load_kwargs))
+    return ClassifierFeatures(classifier if classifier is not None else load_digits_classifier(**load_kwargs))
 
 
 def class_coverage(samples: torch.Tensor, classifier: DigitsClassifier | None = None, min_share: float = 0.02) -> dict:

@@ -95,11 +95,11 @@ def make_scorer(dataset: str, real: torch.Tensor, device: torch.device | str = "
     if dataset not in FEATURES:
         raise ValueError(f"dataset: expected one of {list(FEATURES)}, got {dataset!r}")
     if dataset == "digits":
-        from anila_core.images.digits_classifier import DigitsFeatures, load_digits_classifier
+        from anila_core.images.digits_classifier import ClassifierFeatures, load_digits_classifier
 
         classifier = load_digits_classifier(data_root=data_root)
         # the classifier stays on the CPU: it is tiny, and class_coverage feeds it CPU tensors
-        return ImageScorer(real, DigitsFeatures(classifier), FEATURES[dataset], classifier=classifier)
+        return ImageScorer(real, ClassifierFeatures(classifier), FEATURES[dataset], classifier=classifier)
     extractor = InceptionFeatures().to(device)
     return ImageScorer(real, extractor, FEATURES[dataset])
 

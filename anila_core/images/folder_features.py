@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anila_core.images.datasets import ImageDataset
+from anila_core.images.digits_classifier import ClassifierFeatures
 from anila_core.images.evaluation import ImageScorer
 from anila_core.images.metrics import InceptionFeatures, torch_fidelity_available, inception_weights_path
 
@@ -52,16 +53,6 @@ class FolderClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
-
-
-class _ClassifierFeatures(nn.Module):
-    def __init__(self, classifier: FolderClassifier):
-        super().__init__()
-        self.classifier = classifier
-        self.num_features = classifier.num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(x)
 
 
 @torch.enable_grad()  # callers may sit inside torch.no_grad() (evaluation code)
@@ -144,5 +135,5 @@ def make_folder_scorer(train: ImageDataset, real: torch.Tensor, device: torch.de
         return ImageScorer(real, InceptionFeatures().to(device), "inception"), None
     if len(train.classes) >= 2:
         classifier = _classifier(train, fingerprint)  # tiny: it stays on the CPU, where the real images are
-        return ImageScorer(real, _ClassifierFeatures(classifier), f"a classifier trained on {train.name} ({len(train.classes)} classes)"), why
+        return ImageScorer(real, ClassifierFeatures(classifier), f"a classifier trained on {train.name} ({len(train.classes)} classes)"), why
     return ImageScorer(real, RandomProjectionFeatures(train.images), f"random projections of {train.name}"), why

@@ -12,7 +12,7 @@ import torch
 from anila_core.sampling.distances import grid_log_probs
 from anila_core.sampling.sample_distances import kde_grid_log_probs
 from anila_core.ui.plots import plot_density, plot_samples
-from anila_core.ui.report import save_figure
+from anila_core.ui.report import save_figure, settings_text
 
 __all__ = ["principal_axes", "project", "plot_points_training_curves", "save_points_run_figures", "plot_pairs",
            "plot_points_side_by_side", "points_markdown_table"]
@@ -177,15 +177,7 @@ def points_markdown_table(finals: Mapping[str, dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, f in finals.items():
-        c = f["config"]
-        settings = f"ε={c['step_size']:g}, K={c['n_steps']}"
-        if c["sampler"] == "anila":
-            settings += f", b={c['b']:g}, norm={c['norm']}"
-        if c["sampler"] == "hmc":
-            settings += f", L={c['hmc_leapfrog']}"
-        if c.get("metropolis"):
-            settings += ", MALA"
-        settings += f", seed={c['seed']}"
+        settings = settings_text(f["config"])
         kde = "—" if f.get("kde_grid_tv") is None else f"{f['kde_grid_tv']:.3f}"
         clipped = "—" if f.get("clipped_share") is None else f"{f['clipped_share']:.1%}"  # AniLA's share of |∇E| > b
         lines.append(f"| {label} | {f['sliced_wasserstein']:.4f} | {f['best_sliced_wasserstein']:.4f} ({f['best_iter']}) | "

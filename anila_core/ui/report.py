@@ -18,6 +18,7 @@ __all__ = [
     "plot_side_by_side",
     "model_densities",
     "save_figure",
+    "settings_text",
     "markdown_table",
     "save_image_run_figures",
     "plot_image_training_curves",
@@ -144,6 +145,18 @@ def _maybe(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def settings_text(c: Mapping) -> str:
+    """A run's sampler settings for a table row, from its config dict: ``ε=0.01, K=30, b=3, norm=coordinate, seed=0``."""
+    settings = f"ε={c['step_size']:g}, K={c['n_steps']}"
+    if c["sampler"] == "anila":
+        settings += f", b={c['b']:g}, norm={c['norm']}"
+    if c["sampler"] == "hmc":
+        settings += f", L={c['hmc_leapfrog']}"
+    if c.get("metropolis"):
+        settings += ", MALA"
+    return settings + f", seed={c['seed']}"
+
+
 def _percent(share) -> str:
     return "—" if share is None else f"{100 * share:.1f} %"
 
@@ -155,13 +168,7 @@ def markdown_table(finals: Mapping[str, dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, f in finals.items():
-        c = f["config"]
-        settings = f"ε={c['step_size']:g}, K={c['n_steps']}"
-        if c["sampler"] == "anila":
-            settings += f", b={c['b']:g}, norm={c['norm']}"
-        if c.get("metropolis"):
-            settings += ", MALA"
-        settings += f", seed={c['seed']}"
+        settings = settings_text(f["config"])
         lines.append(
             f"| {label} | {f['grid_tv']:.3f} | {f['best_grid_tv']:.3f} ({f['best_iter']}) | {f['grid_kl']:.3f} | "
             f"{_maybe(f.get('sampler_grid_tv'), '.3f')} | {_percent(f.get('clipped_share'))} | {f['mmd']:.4f} | {f['iters']} | "
