@@ -12,7 +12,7 @@ import torch
 from anila_core.sampling.distances import grid_log_probs
 from anila_core.sampling.sample_distances import kde_grid_log_probs
 from anila_core.ui.plots import plot_density, plot_samples
-from anila_core.ui.report import save_figure, settings_text
+from anila_core.ui.report import plot_gap_and_clipped, save_figure, settings_text
 
 __all__ = ["principal_axes", "project", "plot_points_training_curves", "save_points_run_figures", "plot_pairs",
            "plot_points_side_by_side", "points_markdown_table"]
@@ -48,7 +48,7 @@ def _model_samples(trainer) -> torch.Tensor:
 def plot_points_training_curves(history: Sequence[dict], axes=None, label: str | None = None):
     """Sliced Wasserstein (and the KDE grid TV in 2-D), the energy gap and AniLA's clipped share against iteration."""
     if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+        _, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")  # y labels clear of the panel on their left
     iters = [r["iter"] for r in history]
     line = axes[0].plot(iters, [r["sliced_wasserstein"] for r in history], "o-", ms=3, label=label)[0]
     axes[0].set_ylabel("sliced Wasserstein to held-out")
@@ -56,13 +56,8 @@ def plot_points_training_curves(history: Sequence[dict], axes=None, label: str |
         axes[0].plot(iters, [r.get("kde_grid_tv", float("nan")) for r in history], "s--", ms=3, color=line.get_color(),
                      label=None if label is None else f"{label}: KDE grid TV")
         axes[0].set_ylabel("sliced W (—), KDE grid TV (--)")
-    axes[1].plot(iters, [r["energy_gap"] for r in history], "o-", ms=3, label=label)
-    axes[1].axhline(0, color="grey", lw=0.8)
-    axes[1].set_ylabel("E(data) − E(samples)")
-    axes[2].plot(iters, [r.get("clipped_share", float("nan")) for r in history], "o-", ms=3, label=label)
-    axes[2].set_ylabel("share of |∇E| > b")
-    for ax in axes:
-        ax.set_xlabel("iteration")
+    axes[0].set_xlabel("iteration")
+    plot_gap_and_clipped(history, axes[1:], label)
     if label is not None:
         axes[0].legend(fontsize=8)
     return axes

@@ -15,6 +15,7 @@ from anila_core.ui.plots import plot_density, plot_samples, show_image_grid
 __all__ = [
     "save_run_figures",
     "plot_training_curves",
+    "plot_gap_and_clipped",
     "plot_side_by_side",
     "model_densities",
     "save_figure",
@@ -44,16 +45,23 @@ def plot_training_curves(history: Sequence[dict], axes=None, label: str | None =
     axes[0].plot(iters, [r["grid_tv"] for r in history], "o-", ms=3, label=label)
     axes[0].set_ylabel("grid TV to target")
     axes[0].set_ylim(0, 1)
-    axes[1].plot(iters, [r["energy_gap"] for r in history], "o-", ms=3, label=label)
-    axes[1].axhline(0, color="grey", lw=0.8)
-    axes[1].set_ylabel("E(data) − E(samples)")
-    axes[2].plot(iters, [r.get("clipped_share", float("nan")) for r in history], "o-", ms=3, label=label)
-    axes[2].set_ylabel("share of |∇E| > b")
-    for ax in axes:
-        ax.set_xlabel("iteration")
+    axes[0].set_xlabel("iteration")
+    plot_gap_and_clipped(history, axes[1:], label)
     if label is not None:
         axes[0].legend(fontsize=8)
     return axes
+
+
+def plot_gap_and_clipped(history: Sequence[dict], axes, label: str | None = None) -> None:
+    """The two panels every 2-D run's training figure shares: the energy gap and AniLA's clipped share against iteration, on ``axes`` (two)."""
+    iters = [r["iter"] for r in history]
+    axes[0].plot(iters, [r["energy_gap"] for r in history], "o-", ms=3, label=label)
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylabel("E(data) − E(samples)")
+    axes[1].plot(iters, [r.get("clipped_share", float("nan")) for r in history], "o-", ms=3, label=label)
+    axes[1].set_ylabel("share of |∇E| > b")
+    for ax in axes:
+        ax.set_xlabel("iteration")
 
 
 def save_run_figures(trainer, out: str | Path) -> None:
