@@ -12,7 +12,7 @@ import torch
 from anila_core.sampling.distances import grid_log_probs
 from anila_core.sampling.sample_distances import kde_grid_log_probs
 from anila_core.ui.plots import plot_density, plot_samples
-from anila_core.ui.report import plot_gap_and_clipped, save_figure, settings_text
+from anila_core.ui.report import plot_clipped_share, plot_energy_gap, save_figure, settings_text
 
 __all__ = ["principal_axes", "project", "plot_points_training_curves", "save_points_run_figures", "plot_pairs",
            "plot_points_side_by_side", "points_markdown_table"]
@@ -57,7 +57,8 @@ def plot_points_training_curves(history: Sequence[dict], axes=None, label: str |
                      label=None if label is None else f"{label}: KDE grid TV")
         axes[0].set_ylabel("sliced W (—), KDE grid TV (--)")
     axes[0].set_xlabel("iteration")
-    plot_gap_and_clipped(history, axes[1:], label)
+    plot_energy_gap(history, axes[1], label)
+    plot_clipped_share(history, axes[2], label)
     if label is not None:
         axes[0].legend(fontsize=8)
     return axes

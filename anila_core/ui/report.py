@@ -15,7 +15,8 @@ from anila_core.ui.plots import plot_density, plot_samples, show_image_grid
 __all__ = [
     "save_run_figures",
     "plot_training_curves",
-    "plot_gap_and_clipped",
+    "plot_energy_gap",
+    "plot_clipped_share",
     "plot_side_by_side",
     "model_densities",
     "save_figure",
@@ -46,22 +47,26 @@ def plot_training_curves(history: Sequence[dict], axes=None, label: str | None =
     axes[0].set_ylabel("grid TV to target")
     axes[0].set_ylim(0, 1)
     axes[0].set_xlabel("iteration")
-    plot_gap_and_clipped(history, axes[1:], label)
+    plot_energy_gap(history, axes[1], label)
+    plot_clipped_share(history, axes[2], label)
     if label is not None:
         axes[0].legend(fontsize=8)
     return axes
 
 
-def plot_gap_and_clipped(history: Sequence[dict], axes, label: str | None = None) -> None:
-    """The two panels every 2-D run's training figure shares: the energy gap and AniLA's clipped share against iteration, on ``axes`` (two)."""
-    iters = [r["iter"] for r in history]
-    axes[0].plot(iters, [r["energy_gap"] for r in history], "o-", ms=3, label=label)
-    axes[0].axhline(0, color="grey", lw=0.8)
-    axes[0].set_ylabel("E(data) − E(samples)")
-    axes[1].plot(iters, [r.get("clipped_share", float("nan")) for r in history], "o-", ms=3, label=label)
-    axes[1].set_ylabel("share of |∇E| > b")
-    for ax in axes:
-        ax.set_xlabel("iteration")
+def plot_energy_gap(history: Sequence[dict], ax, label: str | None = None) -> None:
+    """E(data) − E(samples) against iteration, with the zero line: the panel every run's training figure has."""
+    ax.plot([r["iter"] for r in history], [r["energy_gap"] for r in history], "o-", ms=3, label=label)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("E(data) − E(samples)")
+    ax.set_xlabel("iteration")
+
+
+def plot_clipped_share(history: Sequence[dict], ax, label: str | None = None) -> None:
+    """AniLA's share of coordinates with |∇E| > b against iteration (NaN where a row has none: other samplers)."""
+    ax.plot([r["iter"] for r in history], [r.get("clipped_share", float("nan")) for r in history], "o-", ms=3, label=label)
+    ax.set_ylabel("share of |∇E| > b")
+    ax.set_xlabel("iteration")
 
 
 def save_run_figures(trainer, out: str | Path) -> None:
@@ -192,14 +197,10 @@ def plot_image_training_curves(history: Sequence[dict], axes=None, label: str | 
     """The energy gap, the chains' per-coordinate gradient scale and AniLA's clipped share against iteration."""
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")
-    iters = [r["iter"] for r in history]
-    axes[0].plot(iters, [r["energy_gap"] for r in history], "o-", ms=3, label=label)
-    axes[0].axhline(0, color="grey", lw=0.8)
-    axes[0].set_ylabel("E(data) − E(samples)")
-    axes[1].plot(iters, [r.get("grad_rms", float("nan")) for r in history], "o-", ms=3, label=label)
+    plot_energy_gap(history, axes[0], label)
+    axes[1].plot([r["iter"] for r in history], [r.get("grad_rms", float("nan")) for r in history], "o-", ms=3, label=label)
     axes[1].set_ylabel("rms of ∇E per coordinate")
-    axes[2].plot(iters, [r.get("clipped_share", float("nan")) for r in history], "o-", ms=3, label=label)
-    axes[2].set_ylabel("share of |∇E| > b")
+    plot_clipped_share(history, axes[2], label)
     axes[2].set_ylim(-0.02, 1.02)
     for ax in axes:
         ax.set_xlabel("iteration")
