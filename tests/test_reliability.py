@@ -859,12 +859,32 @@ def _record(name: str, case: str, outcome: str) -> None:
 
 
 def _gone(pid: int) -> bool:
-    """Whether process ``pid`` has ended (a zombie that nobody reaped yet has ended too)."""
+    """Whether process ``pid`` has ended, all its threads included (a zombie that nobody reaped yet has ended too).
+
+    A killed process's main thread can turn zombie while its other threads are still exiting;
+    they share its open files, so its locks are let go only when the last of them is gone.
+    """
     try:
+        threads = os.listdir(f"/proc/{pid}/task")
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            state = f.read().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return True
+    return state == "Z" and threads == [str(pid)]
+
+
+def _processes_with_open(path: Path) -> list[str]:
+    """The processes that have ``path`` open (pid, state and command line), read from ``/proc``: who holds a lock that should be free."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                found.append(f"pid {pid} (parent {_parent_of(int(pid))}, {'gone' if _gone(int(pid)) else 'running'}): {command[:120]}")
+        except OSError:  # a process that ended while we looked, or one we may not inspect
+            pass
+    return found
 
 
 def _parent_of(pid: int) -> int:
@@ -1086,7 +1106,8 @@ def test_the_workers_of_a_killed_compare_end_with_it(tmp_path):
         for w in workers:  # a failed check must not leave them training
             if not _gone(w):
                 os.kill(w, signal.SIGKILL)
-    assert all(fileio.lock_holder(out / s) is None for s in ("langevin", "anila")), "their locks were let go"
+    held = {s: _processes_with_open(out / s / fileio.LOCK_FILE) for s in ("langevin", "anila") if fileio.lock_holder(out / s)}
+    assert not held, f"their locks were let go; still held, with the lock file open in: {held}"
     _record("compare-workers-die-with-parent", "`compare --jobs 2` SIGKILLed while both worker processes train",
             "both workers ended with it (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog thread that sees the parent pid change), "
             "and their folder locks were free again")
