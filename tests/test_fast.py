@@ -76,7 +76,7 @@ def test_compiled_metropolis_and_psgld_equal_eager():
 
 
 def test_cpu_rewrites_keep_energies_and_gradients():
-    # SiLU as h·σ(h) and the one-output head as a dot product: the same numbers, cheaper to differentiate
+    # SiLU as h·σ(h), the one-output head as a dot product, the thin first layer as broadcasts: the same numbers, cheaper to differentiate
     from anila_core.sampling.kernel import energy_and_grad
 
     energy, grad = energy_and_grad(NET, X0)
@@ -88,6 +88,11 @@ def test_cpu_rewrites_keep_energies_and_gradients():
         w, b = torch.randn(1, 3), torch.randn(1)
         torch.testing.assert_close(torch.nn.functional.linear(h, weight=w, bias=b), h @ w.T + b)
         assert torch.nn.functional.linear(h, torch.randn(4, 3)).shape == (5, 4)  # not a head: left to torch
+        thin_w, thin_b = torch.randn(16, 3), torch.randn(16)  # a thin layer: 3 inputs (at most _THIN_INPUTS), 16 outputs
+        torch.testing.assert_close(torch.nn.functional.linear(h, thin_w, thin_b), h @ thin_w.T + thin_b)
+        torch.testing.assert_close(torch.nn.functional.linear(h, thin_w), h @ thin_w.T)
+        wide_w = torch.randn(16, fast._THIN_INPUTS + 1)  # one input too many: not thin, left to torch's GEMM
+        torch.testing.assert_close(torch.nn.functional.linear(torch.ones(5, wide_w.shape[1]), wide_w), wide_w.sum(1).expand(5, -1))
         inplace = h.clone()
         torch.nn.functional.silu(inplace, inplace=True)  # left to torch: the caller relies on the in-place write
         torch.testing.assert_close(inplace, torch.nn.functional.silu(h))
