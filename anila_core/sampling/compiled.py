@@ -91,8 +91,9 @@ class _CheaperCpuGradient(TorchFunctionMode):
       calls with a K or N of 2 and the copy of the bias that ``addmm`` makes (2–4 % of a
       transition of the 2-D MLP, measured side by side).
 
-    The first two together save ≈ 10 % of a transition of the 2-D MLP (measured). On CUDA, where elementwise work
-    is memory-bound and recomputing is the cheaper choice, this mode is not used.
+    The first two together save ≈ 10 % of a transition of the 2-D MLP (measured). On CUDA,
+    where elementwise work is memory-bound and recomputing is the cheaper choice, this mode is
+    not used.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
