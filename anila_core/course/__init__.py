@@ -1,41 +1,6 @@
 """The course's exercises: ``check_...`` functions that tell a learner, in a sentence, whether an answer is right and why (see :mod:`anila_core.course.checks`)."""
 
-from anila_core.course.checks import (
-    BORDER_QUESTION,
-    ENERGY_GAP_QUESTION,
-    FLIPPED_LOSS_QUESTION,
-    Choice,
-    MultipleChoice,
-    Verdict,
-    check_anila_step_sizes,
-    check_cold_langevin_step,
-    check_crossing_steps,
-    check_dark_border,
-    check_divergence_step,
-    check_drift_cap,
-    check_energy_gap,
-    check_flipped_loss,
-    check_grid_evaluations,
-    check_sample_norm_ratio,
-    check_threshold,
-)
+from anila_core.course import checks
+from anila_core.course.checks import *  # noqa: F403 - the notebooks write ``from anila_core.course import check_...``
 
-__all__ = [
-    "Verdict",
-    "Choice",
-    "MultipleChoice",
-    "FLIPPED_LOSS_QUESTION",
-    "ENERGY_GAP_QUESTION",
-    "BORDER_QUESTION",
-    "check_grid_evaluations",
-    "check_cold_langevin_step",
-    "check_flipped_loss",
-    "check_drift_cap",
-    "check_divergence_step",
-    "check_anila_step_sizes",
-    "check_threshold",
-    "check_energy_gap",
-    "check_dark_border",
-    "check_sample_norm_ratio",
-    "check_crossing_steps",
-]
+__all__ = checks.__all__

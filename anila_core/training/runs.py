@@ -301,11 +301,16 @@ def _build_trainer(config: TrainConfig, progress: bool, energy: torch.nn.Module 
         raise out_of_memory(err, config, "while building the trainer") from None
 
 
+def _evaluated(trainer: Trainer) -> Trainer:
+    """``trainer``, if it has evaluation rows to summarise; else ``ValueError`` saying how to get them."""
+    if not trainer.history:
+        raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
+    return trainer
+
+
 def target_summary(trainer: Trainer) -> dict:
     """``final.json`` of a 2-D run (also for an in-memory trainer): the last grid TV, grid KL and MMD, the best grid TV and when."""
-    t = trainer
-    if not t.history:
-        raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
+    t = _evaluated(trainer)
     last = t.history[-1]
     best = min(t.history, key=lambda r: r["grid_tv"])
     extra = {k: last[k] for k in ("sampler_grid_tv", "sampler_grid_kl", "clipped_share", "global_accept") if k in last}
@@ -334,9 +339,7 @@ def image_summary(trainer: Trainer) -> dict:
     """
     from anila_core.images.evaluation import FEATURES
 
-    t = trainer
-    if not t.history:
-        raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
+    t = _evaluated(trainer)
     last = t.history[-1]
     last_scored = next((r for r in reversed(t.history) if "fid" in r), {})
     # a folder's rows name their features, which may change when a run resumes elsewhere: the best is among the last ones'
@@ -372,9 +375,7 @@ def image_summary(trainer: Trainer) -> dict:
 
 def points_summary(trainer: Trainer) -> dict:
     """``final.json`` of a run on points of a file: the last MMD², sliced Wasserstein and (2-D) KDE grid TV, the best sliced Wasserstein, the data's units."""
-    t = trainer
-    if not t.history:
-        raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
+    t = _evaluated(trainer)
     last = t.history[-1]
     best = min(t.history, key=lambda r: r["sliced_wasserstein"])
     points = t.dataset

@@ -159,10 +159,17 @@ def _maybe(value, spec: str) -> str:
 
 
 def settings_text(c: Mapping) -> str:
-    """A run's sampler settings for a table row, from its config dict: ``ε=0.01, K=30, b=3, norm=coordinate, seed=0``."""
-    settings = f"ε={c['step_size']:g}, K={c['n_steps']}"
+    """A run's sampler settings for a table row, from its config dict: ``ε=0.01, K=30, b=3, norm=coordinate, seed=0``.
+
+    The noise scale τ shows when it is not 1 (the image presets' cold chains), AniLA's
+    noise-only variant when chosen.
+    """
+    settings = f"ε={c['step_size']:g}"
+    if c.get("noise_scale", 1.0) != 1.0:
+        settings += f", τ={c['noise_scale']:g}"
+    settings += f", K={c['n_steps']}"
     if c["sampler"] == "anila":
-        settings += f", b={c['b']:g}, norm={c['norm']}"
+        settings += f", b={c['b']:g}, norm={c['norm']}" + (", noise only" if c.get("variant") == "noise_only" else "")
     if c["sampler"] == "hmc":
         settings += f", L={c['hmc_leapfrog']}"
     if c.get("metropolis"):
@@ -305,11 +312,7 @@ def image_markdown_table(finals: Mapping[str, dict]) -> str:
         return "n/a" if v is None else format(v, spec)
 
     for label, f in finals.items():
-        c = f["config"]
-        settings = f"ε={c['step_size']:g}, τ={c['noise_scale']:g}, K={c['n_steps']}"
-        if c["sampler"] == "anila":
-            settings += f", b={c['b']:g}, norm={c['norm']}" + (", noise only" if c.get("variant") == "noise_only" else "")
-        settings += f", seed={c['seed']}"
+        settings = settings_text(f["config"])
         best = "n/a" if f.get("best_fid") is None else f"{f['best_fid']:.3g} ({f['best_fid_iter']})"
         lines.append(
             f"| {label} | {num(f.get('fid'), '.3g')} | {num(f.get('kid'), '.3g')} | {best} | {num(f.get('coverage'), '.0%')} | "
