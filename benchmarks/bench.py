@@ -23,6 +23,10 @@ What the rows mean:
   gradients agree with torch's), in a child process held to one CPU with XLA's one-thread flags
   (``benchmarks/jax_rows.py``) whose measures take their turns with the torch rows; skipped,
   saying so, when jax or blackjax is not installed (``pip install -e '.[bench]'``);
+* matrix products (CPU MLP): a transition's GEMMs alone (two per square hidden layer, chained
+  through orthogonal matrices of the layers' shapes), with torch's ``mm`` and, in the JAX
+  child, XLA's ``dot``: the least a transition can cost with each library, and so how much
+  of a gap between the two lies in the GEMMs;
 * public default (CPU MLP): ``sampler.sample(energy, x0, 100)`` with no ``fast=`` argument, a
   whole call divided by 100, after warm-up: what a user gets without asking;
 * a training iteration: one ``Trainer.train_step`` (the second of two in a row), against
@@ -230,6 +234,41 @@ def floor_measure(net, x, K: int) -> Callable[[], tuple[float, float]]:
     return marginal_measure(run, K, x.device)
 
 
+def matmul_chain_arrays(net, batch: int) -> dict:
+    """Inputs for timing a transition's matrix products alone: a ``(batch, width)`` start and an orthogonal matrix per square hidden layer of ``net``.
+
+    A transition of an MLP makes two products per ``width × width`` layer (the forward, and
+    its input gradient through the transposed weight). Chained with orthogonal matrices of
+    those shapes, the products keep the activations' norm, so no value drifts into the
+    denormals that slow a CPU's arithmetic, and each product needs the one before, as in a
+    transition. The same arrays feed the torch row and the XLA row.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    squares = [m for m in net.modules() if isinstance(m, torch.nn.Linear) and m.in_features == m.out_features]
+    arrays = {"mm_h": rng.standard_normal((batch, squares[0].in_features)).astype(np.float32)} if squares else {}
+    for i, m in enumerate(squares):
+        arrays[f"mm_q{i}"] = np.linalg.qr(rng.standard_normal((m.in_features, m.in_features)))[0].astype(np.float32)
+    return arrays
+
+
+def matmuls_measure(arrays: dict, K: int, device: torch.device) -> Callable[[], tuple[float, float]]:
+    """The products of :func:`matmul_chain_arrays` per transition, with torch's GEMM (``x @ Wᵀ`` forward, ``g @ W`` backward: the layouts of a transition's graph)."""
+    h0 = torch.from_numpy(arrays["mm_h"]).to(device)
+    qs = [torch.from_numpy(arrays[f"mm_q{i}"]).to(device) for i in range(len(arrays) - 1)]
+
+    def run(k: int) -> None:
+        h = h0
+        for _ in range(k):
+            for q in qs:
+                h = torch.mm(h, q.t())
+            for q in reversed(qs):
+                h = torch.mm(h, q)
+
+    return marginal_measure(run, K, device)
+
+
 def marginal_measure(run: Callable[[int], object], K: int, device: torch.device) -> Callable[[], tuple[float, float]]:
     """Seconds per transition as ``(t(K) − t(1)) / (K − 1)``: the start of a chain is not a transition's cost."""
 
@@ -385,7 +424,7 @@ class JaxRows:
 
         energy, grad = energy_and_grad(net, x)
         linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
-        arrays = {"x": x.cpu().numpy(), "energy": energy.cpu().numpy(), "grad": grad.cpu().numpy()}
+        arrays = {"x": x.cpu().numpy(), "energy": energy.cpu().numpy(), "grad": grad.cpu().numpy(), **matmul_chain_arrays(net, len(x))}
         for i, m in enumerate(linears):
             arrays[f"w{i}"] = m.weight.detach().cpu().numpy()
             arrays[f"b{i}"] = m.bias.detach().cpu().numpy()
@@ -433,7 +472,7 @@ class JaxRows:
         self._stderr.close()
 
 
-JAX_ROWS = ("langevin/jax", "langevin-mala/blackjax")
+JAX_ROWS = ("langevin/jax", "langevin-mala/blackjax", "matmuls/xla")
 
 
 def add_jax_rows(net, x, langevin: Langevin, K: int, measures: dict, notes: dict, results: dict, folder: Path):
@@ -515,6 +554,12 @@ def bench_transitions(kind: str, mode: dict, device: torch.device, compile_ok: b
         default = samplers_for(kind)["langevin"]
         measures["langevin/default"] = whole_call_measure(lambda: default.sample(net, x, DEFAULT_ROW_STEPS, generator=gen),
                                                           DEFAULT_ROW_STEPS, device)
+        # the least a transition can cost with each library's GEMM: its matrix products alone, torch's beside XLA's
+        chain = matmul_chain_arrays(net, len(x))
+        if chain:
+            measures["matmuls/torch"] = matmuls_measure(chain, K, device)
+        else:
+            notes["matmuls/torch"] = "not measured: the network has no width × width layer"
         scratch = tempfile.TemporaryDirectory(prefix="anila-bench-")
         jax_rows = add_jax_rows(net, x, samplers_for(kind)["langevin"], K, measures, notes, results, Path(scratch.name))
     log.mark()
@@ -533,7 +578,7 @@ def bench_transitions(kind: str, mode: dict, device: torch.device, compile_ok: b
              "row": "floor", "sampler": "-", "path": "floor", **floor, "ratio_to_floor": 1.0}]
     order = ["floor"] + [f"{n}/{p}" for n in samplers for p in ("eager", "fast", "fast+cudagraphs")] + ["langevin/torchebm"]
     if with_extras:
-        order += ["langevin/default", *JAX_ROWS]
+        order += ["langevin/default", "matmuls/torch", *JAX_ROWS]
     for key in order[1:]:
         name, path = key.split("/")
         if key not in samples and key not in notes:
@@ -553,17 +598,25 @@ def bench_transitions(kind: str, mode: dict, device: torch.device, compile_ok: b
             row["K"] = DEFAULT_ROW_STEPS
             row["note"] = (f"sample(energy, x0, {DEFAULT_ROW_STEPS}) with no fast= argument: a whole call / {DEFAULT_ROW_STEPS}, "
                            "chain start included, after warm-up")
-        if path in ("jax", "blackjax") and key in samples:
+        if name == "matmuls":
+            row["note"] = (f"the transition's matrix products alone ({MATMUL_WORDS}), chained, nothing else: the least a "
+                           f"transition costs with {'torch' if path == 'torch' else 'XLA'}'s GEMM")
+        if path in ("jax", "blackjax", "xla") and key in samples:
             jinfo = results.get("jax", {})
             row["compile"] = {"compile_s": jinfo.get("rows", {}).get(key, {}).get("compile_s"), "inductor_cache": "XLA"}
-            row["note"] = "own process, one CPU" + (f"; acceptance {jinfo['rows'][key]['acceptance']}"
-                                                         if "acceptance" in jinfo.get("rows", {}).get(key, {}) else "")
+            row["note"] = ("own process, one CPU" + (f"; acceptance {jinfo['rows'][key]['acceptance']}"
+                                                     if "acceptance" in jinfo.get("rows", {}).get(key, {}) else "")
+                           + ("; " + row["note"] if "note" in row else ""))
         if key in notes:
             row["note"] = notes[key]
         rows.append(row)
     results["transitions"].extend(rows)
     if ebm_check is not None:
         results["torchebm_check"].append({"energy": label, "device": str(device), **ebm_check})
+
+
+#: what the ``matmuls`` rows time, in the table's words
+MATMUL_WORDS = "two per width × width layer: the forward x·Wᵀ and the input gradient g·W"
 
 
 def quadratic(z: torch.Tensor) -> torch.Tensor:
@@ -912,6 +965,9 @@ def render_markdown(results: dict) -> str:
                   "the same law); `langevin-mala/blackjax`: `blackjax.mala(log p = −E, step_size = ε/2)` vmapped over the "
                   "chains in a jitted `fori_loop` — the same proposal as our `Langevin(ε, metropolis=True)`. Both per "
                   "transition as `(t(K) − t(1)) / (K − 1)`; their compile time is XLA's.", ""]
+        split = _matmul_split(results)
+        if split:
+            lines += [split, ""]
     else:
         lines.append(f"Not run: {j.get('skipped') or j.get('why') or 'no CPU MLP rows in this run'}.")
     lines += ["", "## Training iteration", "",
@@ -948,6 +1004,22 @@ def render_markdown(results: dict) -> str:
         lines += ["", f"Compiling was unavailable: {results['compile_unavailable']}."]
     lines += ["", f"Wall time of the whole run: {results['wall_s']:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def _matmul_split(results: dict) -> str | None:
+    """A sentence splitting the compiled MALA and BlackJAX's MALA into their matrix products and the rest (``None`` when a row is missing)."""
+    rows = {r["row"]: r for r in results["transitions"] if r["device"] == "cpu" and r["kind"] == "mlp"}
+    keys = ("matmuls/torch", "matmuls/xla", "langevin-mala/fast", "langevin-mala/blackjax")
+    if any(rows.get(k, {}).get("ms") is None for k in keys):
+        return None
+    torch_mm, xla_mm, ours, theirs = (rows[k]["ms"] for k in keys)
+    return (f"Where the difference lies: the matrix products alone ({MATMUL_WORDS}; the `matmuls` rows) take {torch_mm:.3f} ms "
+            f"with torch's GEMM and {xla_mm:.3f} ms with XLA's ({torch_mm / xla_mm:.2f}×); the rest of a transition (the elementwise "
+            f"work, the Metropolis test, the loop) takes {ours - torch_mm:.3f} ms in the compiled MALA and {theirs - xla_mm:.3f} ms in "
+            f"BlackJAX's. Torch's products alone are {torch_mm / theirs:.2f}× BlackJAX's whole MALA transition"
+            + (f", so a torch MALA faster than BlackJAX's would have to do the rest in under {theirs - torch_mm:.3f} ms, "
+               f"{(theirs - xla_mm) / (theirs - torch_mm):.1f}× less than BlackJAX does." if theirs > torch_mm else
+               ": with torch's GEMM no MALA transition can be as fast as BlackJAX's."))
 
 
 def print_summary(results: dict) -> None:

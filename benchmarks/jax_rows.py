@@ -1,4 +1,4 @@
-"""The speed benchmark's JAX rows in a process of their own: a ``jax.jit`` Langevin loop and BlackJAX's MALA on the torch MLP's weights, on one CPU.
+"""The speed benchmark's JAX rows in a process of their own: a ``jax.jit`` Langevin loop, BlackJAX's MALA and the matrix products alone, on the torch MLP's weights, on one CPU.
 
 Started by ``benchmarks/bench.py`` (never by hand): a separate process, so that JAX's runtime
 threads and allocator never share a process with the torch rows it is compared with. It
@@ -113,6 +113,7 @@ def setup(spec: dict) -> tuple[dict, dict]:
         measures[name] = lambda: _marginal(lambda: fn_1(*args), lambda: fn_k(*args), K)
 
     compiled("langevin/jax", run_1, run_k, x0, key)
+    _add_matmuls(arrays, K, compiled, info)
 
     if versions["blackjax"] is None:
         info["rows"]["langevin-mala/blackjax"] = {"skipped": f"blackjax cannot be imported ({versions['blackjax_error']})"}
@@ -122,6 +123,32 @@ def setup(spec: dict) -> tuple[dict, dict]:
     except Exception as err:  # noqa: BLE001 - an API this code does not know: the row says why, the JAX row stays
         info["rows"]["langevin-mala/blackjax"] = {"skipped": f"blackjax {versions['blackjax']} failed here ({type(err).__name__}: {err})"[:300]}
     return measures, info
+
+
+def _add_matmuls(arrays, K: int, compiled, info: dict) -> None:
+    """``matmuls/xla``: the chain of matrix products the parent times with torch (``matmul_chain_arrays``), here with XLA's dot."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    qs = [jnp.asarray(arrays[f"mm_q{i}"]) for i in range(sum(n.startswith("mm_q") for n in arrays.files))]
+    if not qs:
+        info["rows"]["matmuls/xla"] = {"skipped": "the network has no width × width layer"}
+        return
+
+    def chain(h, n):
+        # the barriers keep each product where it is: XLA may otherwise reassociate (h·A)·B into h·(A·B)
+        def body(_, h):
+            for q in qs:
+                h = lax.optimization_barrier(h @ q.T)
+            for q in reversed(qs):
+                h = lax.optimization_barrier(h @ q)
+            return h
+
+        return lax.fori_loop(0, n, body, h)
+
+    h0 = jnp.asarray(arrays["mm_h"])
+    compiled("matmuls/xla", jax.jit(partial(chain, n=1)), jax.jit(partial(chain, n=K)), h0)
 
 
 def _add_blackjax(energy, x0, key, K: int, eps: float, compiled, info: dict) -> None:

@@ -47,7 +47,8 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
 
     default = rows[("mlp", "langevin/default")]  # the public API with no fast= argument
     assert default["ms"] > 0 and default["K"] == 100 and "no fast= argument" in default["note"]
-    for key, present in (("langevin/jax", HAVE_JAX), ("langevin-mala/blackjax", HAVE_JAX and HAVE_BLACKJAX)):
+    assert measured(rows[("mlp", "matmuls/torch")]) and "matrix products alone" in rows[("mlp", "matmuls/torch")]["note"]
+    for key, present in (("langevin/jax", HAVE_JAX), ("langevin-mala/blackjax", HAVE_JAX and HAVE_BLACKJAX), ("matmuls/xla", HAVE_JAX)):
         row = rows[("mlp", key)]
         if present:
             assert measured(row), row
@@ -84,6 +85,25 @@ def _tiny_mlp():
 
     torch.manual_seed(0)
     return MLPEnergy(2, 8, 2), torch.randn(16, 2)
+
+
+def test_matmul_chain_is_orthogonal_and_keeps_the_norm():
+    """The products the ``matmuls`` rows time: one orthogonal matrix per square hidden layer, so a long chain neither grows nor shrinks."""
+    from anila_core.nets import MLPEnergy
+
+    bench = _bench_module()
+    net = MLPEnergy(2, 32, 3)  # layers 2→32, 32→32, 32→32, 32→1: two square ones
+    arrays = bench.matmul_chain_arrays(net, 64)
+    assert sorted(arrays) == ["mm_h", "mm_q0", "mm_q1"] and arrays["mm_h"].shape == (64, 32)
+    h = torch.from_numpy(arrays["mm_h"]).double()
+    for name in ("mm_q0", "mm_q1"):
+        q = torch.from_numpy(arrays[name]).double()
+        assert torch.allclose(q.T @ q, torch.eye(32, dtype=torch.float64), atol=1e-6)
+    start = h.norm()
+    for _ in range(100):
+        h = h @ torch.from_numpy(arrays["mm_q0"]).double().T @ torch.from_numpy(arrays["mm_q1"]).double().T
+    assert abs(h.norm() / start - 1) < 1e-4
+    assert bench.matmul_chain_arrays(MLPEnergy(2, 32, 1), 8) == {}  # 2→32→1: nothing square to time
 
 
 def test_jax_rows_say_skipped_when_jax_is_not_installed(tmp_path, monkeypatch):
