@@ -208,9 +208,8 @@ def plot_image_training_curves(history: Sequence[dict], axes=None, label: str | 
     axes[1].plot([r["iter"] for r in history], [r.get("grad_rms", float("nan")) for r in history], "o-", ms=3, label=label)
     axes[1].set_ylabel("rms of ∇E per coordinate")
     plot_clipped_share(history, axes[2], label)
+    axes[1].set_xlabel("iteration")
     axes[2].set_ylim(-0.02, 1.02)
-    for ax in axes:
-        ax.set_xlabel("iteration")
     if label is not None:
         axes[0].legend(fontsize=8)
     return axes
