@@ -19,7 +19,7 @@ help:
 	@echo "make explore       the two live panels as a web app (Voila)"
 	@echo "make bench         the speed table: samplers against the autograd floor, TorchEBM, JAX and BlackJAX"
 	@echo "make gpu-check     the GPU check (tests, CUDA benchmark, training speed); without a GPU its CPU dry run"
-	@echo "make study         the sampler study behind notebook 06 (docs/study/rings; about an hour on 2 cores)"
+	@echo "make study         the sampler studies behind notebook 06 (docs/study/; resumable, 4-5 hours on 2 cores)"
 	@echo "make site          the course as a website: the notebooks run at the smoke budget, in $(SITE_HTML)"
 
 install: $(STAMP)
@@ -96,9 +96,12 @@ gpu-check:
 	echo "gpu-check: $$py"; \
 	PYTHONPATH="$(CURDIR)" MPLBACKEND=Agg "$$py" benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
-# finished cells are kept: rerunning after an interruption only computes what is missing
+# The sampler studies behind notebook 06 and the README's verdicts (about 4-5 hours on 2 cores in all). Finished
+# cells are kept (docs/study/*/cells/, committed): rerunning after an interruption only computes what is missing.
 study: $(STAMP)
-	$(PY) -m anila_core sweep --study rings --out docs/study/rings
+	$(PY) -m anila_core sweep --study rings --out docs/study/rings --no-progress
+	$(PY) -m anila_core sweep --study digits --out docs/study/digits --no-progress
+	$(PY) -m anila_core sweep --study rings_paper --out docs/study/rings_paper --no-progress
 
 explore: $(STAMP)
 	$(VENV)/bin/voila --show_tracebacks=True apps/explore.ipynb

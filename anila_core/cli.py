@@ -526,6 +526,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         study = STUDIES[args.study]
         base = study_base(study, **overrides)
         cells = study.cells()
+        design = dict(verdict_seeds=study.verdict_seeds, version=study.version)
         out = args.out or Path("runs") / f"sweep-{args.study}"
     else:
         images = bool(overrides.get("dataset")) and not str(overrides["dataset"]).startswith("points:")
@@ -534,10 +535,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         grid = Grid(kinds=args.samplers or ["langevin", "anila"], step_sizes=args.grid_step_size or [0.01], bs=args.grid_b or [1.0],
                     n_steps=args.grid_n_steps or [base.n_steps], chains=args.grid_chains or [base.chains], seeds=args.grid_seed or [0])
         cells = grid.cells()
+        design = {}
         out = args.out or Path("runs") / "sweep"
     print(f"sweep: {len(cells)} cells on {base.data_name}, {base.iters} iterations each -> {out}", flush=True)
     start = time.perf_counter()
-    summary = run_sweep(out, cells, base, jobs=args.jobs, progress=not args.no_progress, study=args.study, command=command_line())
+    summary = run_sweep(out, cells, base, jobs=args.jobs, progress=not args.no_progress, study=args.study, command=command_line(),
+                        **design)
     for entry in best_settings(summary):
         w = entry["best"]
         steps = ", ".join(f"{s:g}" for s in entry["stable_step_sizes"]) or "none"

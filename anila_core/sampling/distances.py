@@ -83,6 +83,11 @@ def grid_kl(model, target, extent: float = GRID_EXTENT, size: int = GRID_SIZE) -
     return float(terms.sum())
 
 
+def density_grid_size(density, default: int) -> int:
+    """The side of a precomputed grid of log-probabilities, or ``default`` for a density given as a function or target."""
+    return density.shape[-1] if isinstance(density, torch.Tensor) else default
+
+
 def histogram_tv(samples: torch.Tensor, target, extent: float = GRID_EXTENT, bins: int = 40) -> float:
     """TV between a histogram of 2-D ``samples`` and the target's mass in the same bins.
 
@@ -93,15 +98,19 @@ def histogram_tv(samples: torch.Tensor, target, extent: float = GRID_EXTENT, bin
     """
     if samples.ndim != 2 or samples.shape[1] != 2:
         raise ValueError(f"samples: expected shape (n, 2), got {tuple(samples.shape)}")
+    # a precomputed grid is integrated over blocks of its own cells; anything else on a 5x finer grid than the bins
+    fine_size = density_grid_size(target, bins * 5)
+    if fine_size % bins:
+        raise ValueError(f"bins: expected a divisor of the grid's size {fine_size}, got {bins}")
     s = samples.detach().double().cpu()
     idx = ((s + extent) / (2 * extent) * bins).floor().long()
     inside = ((idx >= 0) & (idx < bins)).all(1)
     counts = torch.zeros(bins * bins, dtype=torch.float64)
     counts.index_add_(0, idx[inside, 1] * bins + idx[inside, 0], torch.ones(int(inside.sum()), dtype=torch.float64))
     p = counts / len(s)
-    # target mass per bin: integrate on a 5x finer grid
-    fine = _log_probs(target, extent, bins * 5).exp()
-    q = fine.view(bins, 5, bins, 5).sum((1, 3)).flatten()
+    fine = _log_probs(target, extent, fine_size).exp()
+    r = fine_size // bins
+    q = fine.view(bins, r, bins, r).sum((1, 3)).flatten()
     return float(0.5 * ((p - q).abs().sum() + (1 - p.sum())))
 
 

@@ -69,8 +69,9 @@ KIND_HELP = {
 }
 #: a run whose final grid TV is at least this has lost the target (collapsed) even if nothing overflowed
 UNSTABLE_TV = 0.5
-#: settings a cell varies; everything else comes from the sweep's base configuration
-CELL_FIELDS = ("kind", "step_size", "b", "n_steps", "chains", "seed")
+#: settings a cell varies; everything else comes from the sweep's base configuration. ``leapfrog`` (HMC's
+#: leapfrog steps per transition) and ``damping`` (pSGLD's λ) are ``None`` where the base's value holds.
+CELL_FIELDS = ("kind", "step_size", "b", "n_steps", "chains", "seed", "leapfrog", "damping")
 
 
 def uses_b(kind: str) -> bool:
@@ -78,19 +79,36 @@ def uses_b(kind: str) -> bool:
     return KINDS[kind]["sampler"] == "anila"
 
 
+def uses_leapfrog(kind: str) -> bool:
+    """Whether the sampler ``kind`` has a leapfrog count (HMC)."""
+    return KINDS[kind]["sampler"] == "hmc"
+
+
+def uses_damping(kind: str) -> bool:
+    """Whether the sampler ``kind`` has pSGLD's damping λ."""
+    return KINDS[kind]["sampler"] == "psgld"
+
+
 def _number(x: float) -> str:
     return f"{x:g}"
 
 
 def cell_id(cell: dict) -> str:
-    """A file-name-safe name of one cell, e.g. ``anila-eps0.01-b3-K30-buffer-seed0``."""
+    """A file-name-safe name of one cell, e.g. ``anila-eps0.01-b3-K30-buffer-seed0`` (``-L10`` for HMC's leapfrog count, ``-lam0.1`` for pSGLD's damping when the cell sets them)."""
     b = f"-b{_number(cell['b'])}" if cell.get("b") is not None else ""
-    return f"{cell['kind']}-eps{_number(cell['step_size'])}{b}-K{cell['n_steps']}-{cell['chains']}-seed{cell['seed']}"
+    leapfrog = f"-L{cell['leapfrog']}" if cell.get("leapfrog") is not None else ""
+    damping = f"-lam{_number(cell['damping'])}" if cell.get("damping") is not None else ""
+    return (f"{cell['kind']}-eps{_number(cell['step_size'])}{b}{leapfrog}{damping}-K{cell['n_steps']}-{cell['chains']}"
+            f"-seed{cell['seed']}")
+
+
+#: the fields of :func:`setting_key`, in its order
+SETTING_FIELDS = ("kind", "step_size", "b", "n_steps", "chains", "leapfrog", "damping")
 
 
 def setting_key(cell: dict) -> tuple:
     """A cell's settings without its seed: the seeds of one setting are grouped in the tables."""
-    return (cell["kind"], cell["step_size"], cell.get("b"), cell["n_steps"], cell["chains"])
+    return tuple(cell.get(name) for name in SETTING_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -103,9 +121,11 @@ class Grid:
     n_steps: tuple[int, ...] = (30,)
     chains: tuple[str, ...] = ("buffer",)
     seeds: tuple[int, ...] = (0,)
+    leapfrogs: tuple = (None,)  # HMC only; None: the base's hmc_leapfrog
+    dampings: tuple = (None,)  # pSGLD only; None: the base's psgld_damping
 
     def __post_init__(self):
-        for name in ("kinds", "step_sizes", "bs", "n_steps", "chains", "seeds"):
+        for name in ("kinds", "step_sizes", "bs", "n_steps", "chains", "seeds", "leapfrogs", "dampings"):
             values = tuple(getattr(self, name))
             object.__setattr__(self, name, values)
             if not values:
@@ -119,6 +139,8 @@ class Grid:
             ("n_steps", self.n_steps, lambda v: isinstance(v, int) and v >= 1, "integers >= 1"),
             ("chains", self.chains, lambda v: v in CHAIN_KINDS, f"some of {list(CHAIN_KINDS)}"),
             ("seed", self.seeds, lambda v: isinstance(v, int) and v >= 0, "integers >= 0"),
+            ("leapfrog", self.leapfrogs, lambda v: v is None or (isinstance(v, int) and v >= 1), "integers >= 1"),
+            ("damping", self.dampings, lambda v: v is None or (v > 0 and math.isfinite(v)), "finite numbers > 0"),
         ):
             bad = [v for v in values if not ok(v)]
             if bad:
@@ -127,9 +149,12 @@ class Grid:
     def cells(self) -> list[dict]:
         out = []
         for kind, eps, k, chains, seed in itertools.product(self.kinds, self.step_sizes, self.n_steps, self.chains, self.seeds):
-            for b in (self.bs if uses_b(kind) else (None,)):
+            for b, leapfrog, damping in itertools.product(self.bs if uses_b(kind) else (None,),
+                                                          self.leapfrogs if uses_leapfrog(kind) else (None,),
+                                                          self.dampings if uses_damping(kind) else (None,)):
                 out.append(dict(kind=kind, step_size=float(eps), b=None if b is None else float(b), n_steps=int(k),
-                                chains=chains, seed=int(seed)))
+                                chains=chains, seed=int(seed), leapfrog=None if leapfrog is None else int(leapfrog),
+                                damping=None if damping is None else float(damping)))
         return out
 
     def to_dict(self) -> dict:
@@ -138,12 +163,21 @@ class Grid:
 
 @dataclass(frozen=True)
 class Study:
-    """A named sweep: a base preset (and overrides) and the grids whose cells it runs."""
+    """A named sweep: a base preset (and overrides), the grids whose cells it runs, and the seeds its verdict cells get.
+
+    ``verdict_seeds``: once the grids' cells are done, each sampler's best setting (see
+    :func:`verdict_settings`) is run again at these seeds, so that the comparisons the course
+    states rest on more seeds than the search that chose them. ``version`` names the design:
+    a folder holding an older version's summary keeps it until the new one is complete, and
+    reuses none of its cells.
+    """
 
     description: str
     preset: str
     grids: tuple[Grid, ...]
     overrides: dict = dataclasses.field(default_factory=dict)
+    verdict_seeds: tuple[int, ...] = ()
+    version: int = 1
 
     def cells(self) -> list[dict]:
         seen, out = set(), []
@@ -155,44 +189,70 @@ class Study:
         return out
 
 
-_STEPS = (0.01, 0.02, 0.05, 0.1)
+#: three seeds for every setting of a search; ten for the settings a verdict rests on
+SEARCH_SEEDS = (0, 1, 2)
+VERDICT_SEEDS = tuple(range(10))
 #: the paper's thresholds at ε = 1 (its rule γ = b / max(b, |∇E|))
 PAPER_BS = (0.01, 0.03, 0.1)
-_SEEDS = (0, 1)
 STUDIES: dict[str, Study] = {
-    # The committed study (docs/study/rings): every sampler over the same four step sizes
-    # and two seeds; AniLA (Algorithm 1) at three thresholds b, from heavy clipping (1) to
-    # almost none (30), its other forms at b = 3; then short-run chains and K = 10 for
-    # Langevin and AniLA (b = 3) at ε = 0.02. pSGLD diverged at every one of those step
-    # sizes (its preconditioner multiplies ε by 1/(λ + √V), large where gradients are
-    # small), so it also got four smaller ones.
-    # The paper's own rule has no ε: γ = b / max(b, |∇E|), i.e. ε = 1 here, with small
-    # thresholds (the authors' toy configs used b ≈ 0.01–0.05), on buffer and short-run chains.
-    # HMC gets four step sizes like every other sampler, at the same gradient budget per
-    # iteration: K = 4 transitions of 5 leapfrog steps (the base's hmc_leapfrog) = 20
-    # gradients, as K = 20 Langevin steps. Its ε is the leapfrog step, on the scale of √ε of
-    # Langevin (one leapfrog step is MALA at ε²), hence 0.05–0.3. 108 runs, about 75 minutes on 2 cores.
+    # The rings study (docs/study/rings). Equal tuning effort: every sampler gets 8 settings at
+    # the same gradient budget (20 gradients per chain and iteration), 3 seeds each:
+    #   Langevin and MALA: 8 step sizes, 0.002-0.1 (the last study's best, 0.01, was its grid's edge);
+    #   each AniLA form: 4 step sizes x b in {1, 3}, thresholds at which AniLA clips (at b = 30 it
+    #   clipped nothing: Langevin's own chain, not a competitor);
+    #   pSGLD: 4 step sizes x damping in {1e-5 (its usual value), 0.1} (with 1e-5 it diverged at
+    #   small steps, where 1/(λ + sqrt V) is huge, and at large ones);
+    #   HMC: 4 leapfrog steps x 5 or 10 leapfrogs per transition (K = 4 or 2, the same 20 gradients).
+    # Then the paper's own rule (ε = 1, small b, buffer and short-run chains), short-run chains and
+    # K = 10 for Langevin and AniLA. Then each sampler's best setting and the paper rule's best get
+    # 7 more seeds (verdict_seeds). About 290 runs, 4-5 hours of CPU time (2-2.5 h on 2 cores).
     "rings": Study(
         description="rings toy, 'sweep' preset (2000 iterations, 20 gradients per iteration and chain)",
         preset="sweep",
         grids=(
-            Grid(kinds=("langevin", "mala", "psgld"), step_sizes=_STEPS, n_steps=(20,), seeds=_SEEDS),
-            Grid(kinds=("psgld",), step_sizes=(1e-4, 3e-4, 1e-3, 3e-3), n_steps=(20,), seeds=_SEEDS),
-            Grid(kinds=("anila",), step_sizes=_STEPS, bs=(1.0, 3.0, 30.0), n_steps=(20,), seeds=_SEEDS),
-            Grid(kinds=("anila_sample", "anila_noise", "anila_mh"), step_sizes=_STEPS, bs=(3.0,), n_steps=(20,), seeds=_SEEDS),
-            Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(20,), chains=("short_run",), seeds=_SEEDS),
-            Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(10,), seeds=_SEEDS),
-            Grid(kinds=("anila",), step_sizes=(1.0,), bs=PAPER_BS, n_steps=(20,), chains=("buffer", "short_run"), seeds=_SEEDS),
-            Grid(kinds=("hmc",), step_sizes=(0.05, 0.1, 0.2, 0.3), n_steps=(4,), seeds=_SEEDS),
+            Grid(kinds=("langevin", "mala"), step_sizes=(0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1), n_steps=(20,),
+                 seeds=SEARCH_SEEDS),
+            Grid(kinds=("anila", "anila_sample", "anila_noise", "anila_mh"), step_sizes=(0.005, 0.01, 0.02, 0.05), bs=(1.0, 3.0),
+                 n_steps=(20,), seeds=SEARCH_SEEDS),
+            Grid(kinds=("psgld",), step_sizes=(0.01, 0.03, 0.1, 0.3), dampings=(1e-5, 0.1), n_steps=(20,), seeds=SEARCH_SEEDS),
+            Grid(kinds=("hmc",), step_sizes=(0.02, 0.05, 0.1, 0.2), leapfrogs=(5,), n_steps=(4,), seeds=SEARCH_SEEDS),
+            Grid(kinds=("hmc",), step_sizes=(0.02, 0.05, 0.1, 0.2), leapfrogs=(10,), n_steps=(2,), seeds=SEARCH_SEEDS),
+            Grid(kinds=("anila",), step_sizes=(1.0,), bs=PAPER_BS, n_steps=(20,), chains=("buffer", "short_run"), seeds=SEARCH_SEEDS),
+            Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(20,), chains=("short_run",), seeds=SEARCH_SEEDS),
+            Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(10,), seeds=SEARCH_SEEDS),
         ),
+        verdict_seeds=VERDICT_SEEDS,
+        version=2,
     ),
-    # Digits: cold sampling (τ = 0.01) from noise, so the step sizes are in the image presets' units.
+    # The digits (docs/study/digits), the closest test of the paper's image recipe that can be run
+    # here: short-run chains from uniform noise, cold noise (τ = 0.01), K = 40, AniLA in its full
+    # form and in its noise-only form (the authors' image code) with thresholds at the scale of
+    # this energy's gradients (rms ≈ 0.08-0.11 per pixel: b = 0.1 shrinks about a third of the
+    # steps, b = 0.03 most), against Langevin at the same τ, K and schedule, 5 seeds. Then the
+    # persistent-buffer recipe the course uses, and 5 more seeds for each sampler's best setting.
     "digits": Study(
         description="digits 8×8, 'cpu' image preset shortened to 300 iterations",
         preset="cpu",
         overrides=dict(dataset="digits", iters=300, eval_every=100, fid_every=300, fid_samples=500),
-        grids=(Grid(kinds=("langevin", "anila"), step_sizes=(1.0, 3.0), bs=(0.03, 0.1, 0.3), n_steps=(40,),
-                    chains=("short_run",), seeds=_SEEDS),),
+        grids=(
+            Grid(kinds=("langevin", "anila", "anila_noise"), step_sizes=(1.0, 3.0), bs=(0.03, 0.1), n_steps=(40,),
+                 chains=("short_run",), seeds=(0, 1, 2, 3, 4)),
+            Grid(kinds=("langevin", "anila"), step_sizes=(1.0,), bs=(0.1,), n_steps=(40,), chains=("buffer",), seeds=SEARCH_SEEDS),
+        ),
+        verdict_seeds=VERDICT_SEEDS,
+        version=2,
+    ),
+    # The rings at the 'paper' preset as shipped (short-run chains from uniform noise, K = 100,
+    # Adam 1e-4, 20 000 iterations): each sampler at its preset setting, 3 seeds (about 40 minutes
+    # of CPU time per run).
+    "rings_paper": Study(
+        description="rings toy, 'paper' preset as shipped (20 000 iterations, K = 100, short-run chains)",
+        preset="paper",
+        grids=(
+            Grid(kinds=("langevin",), step_sizes=(0.01,), n_steps=(100,), chains=("short_run",), seeds=SEARCH_SEEDS),
+            Grid(kinds=("anila",), step_sizes=(1.0,), bs=(0.03,), n_steps=(100,), chains=("short_run",), seeds=SEARCH_SEEDS),
+        ),
+        version=2,
     ),
     # seconds: the tests and the notebook's live slice
     "smoke": Study(
@@ -210,8 +270,9 @@ def cell_config(base: TrainConfig, cell: dict) -> TrainConfig:
     """The training configuration of one cell: the base with the cell's sampler, step size, b, K, chains and seed."""
     kind = KINDS[cell["kind"]]
     changes = dict(kind, step_size=cell["step_size"], n_steps=cell["n_steps"], chains=cell["chains"], seed=cell["seed"])
-    if cell.get("b") is not None:
-        changes["b"] = cell["b"]
+    for field, setting in (("b", "b"), ("leapfrog", "hmc_leapfrog"), ("damping", "psgld_damping")):
+        if cell.get(field) is not None:
+            changes[setting] = cell[field]
     return base.replace(**changes).validate()
 
 
@@ -219,7 +280,7 @@ def cell_config(base: TrainConfig, cell: dict) -> TrainConfig:
 #: density the sampler draws from the energy at small step; images: FID, KID, coverage; points of a file:
 #: sliced Wasserstein, MMD and, in 2-D, the KDE grid TV)
 QUALITY_FIELDS = ("grid_tv", "grid_kl", "mmd", "sampler_grid_tv", "sampler_grid_kl", "fid", "kid", "coverage", "sliced_wasserstein",
-                  "kde_grid_tv")
+                  "kde_grid_tv", "chains_tv", "chains_sampler_tv")
 #: how tables and figures name the metric a sweep ranks by
 QUALITY_LABELS = {"grid_tv": "grid TV", "fid": "FID", "sliced_wasserstein": "sliced Wasserstein"}
 #: what a cell keeps of each evaluation row
@@ -284,15 +345,15 @@ def run_cell(base: TrainConfig, cell: dict) -> dict:
 
 
 def _cell_worker(job: tuple) -> dict:
-    base_dict, cell, path, threads = job
+    base_dict, cell, path, threads, version = job
     with torch_threads(threads):
-        result = run_cell(TrainConfig.from_dict(base_dict), cell)
+        result = {**run_cell(TrainConfig.from_dict(base_dict), cell), "version": version}
     atomic_write_json(path, result)  # written by the worker: a finished cell survives an interrupted sweep
     return result
 
 
-def _plan(base: TrainConfig, cells: list[dict], study: str | None) -> dict:
-    return {"study": study, "base": base.to_dict(), "cells": [cell_id(c) for c in cells]}
+def _plan(base: TrainConfig, cells: list[dict], study: str | None, version: int) -> dict:
+    return {"study": study, "version": version, "base": base.to_dict(), "cells": [cell_id(c) for c in cells]}
 
 
 def _machine() -> dict:
@@ -302,24 +363,27 @@ def _machine() -> dict:
             "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def _known_results(out: Path) -> dict[str, dict]:
-    """Finished cells in ``out``: one file per cell, and the cells of a summary already written there."""
+def _known_results(out: Path, version: int = 1) -> dict[str, dict]:
+    """Finished cells in ``out`` of the design ``version``: one file per cell, and the cells of a summary already written there."""
     known = {}
     summary = out / "sweep.json"
     if summary.exists():
-        for r in json.loads(summary.read_text()).get("cells", []):
-            known[r["id"]] = r
+        written = json.loads(summary.read_text())
+        if written.get("version", 1) == version:  # an older design's cells are not this one's, even where their names agree
+            for r in written.get("cells", []):
+                known[r["id"]] = r
     for path in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
         try:
             r = json.loads(path.read_text())
         except ValueError:
             continue  # not possible with atomic writes; recompute rather than trust it
-        known[r["id"]] = r
+        if r.get("version", 1) == version:
+            known[r["id"]] = r
     return known
 
 
 def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: int | None = None, progress: bool = True,
-              study: str | None = None, command: str | None = None) -> dict:
+              study: str | None = None, command: str | None = None, verdict_seeds: Sequence[int] = (), version: int = 1) -> dict:
     """Run every cell not yet finished in ``out`` and write ``sweep.json``, ``sweep.md`` and the figures; return the summary.
 
     Cells run in ``jobs`` processes (default: one per CPU core, one thread each). Each
@@ -327,6 +391,10 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     again (after a crash, or to add cells) never recomputes a finished one. A folder that
     holds a sweep with another base configuration is refused, and so is a folder another
     sweep is writing (``out/.lock``); the worker processes end when this process ends.
+
+    ``verdict_seeds``: when every listed cell is done, the settings of :func:`verdict_settings`
+    run again at these seeds (the paired comparisons rest on them). ``version``: the design's
+    number; cells written by another version are not reused.
     """
     out = Path(out)
     base = base.validate()
@@ -342,7 +410,11 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
         check_memory(cell_config(base, c))
     # one sweep writes a folder at a time (its workers end with it); a refused folder is left as it was
     with locked_folder(out, check=lambda: _check_folder(out, base)):
-        return _run_sweep(out, cells, base, jobs, progress, study, command)
+        summary = _run_sweep(out, cells, base, jobs, progress, study, command, version)
+        extra = verdict_cells(summary, verdict_seeds)
+        if extra:
+            summary = _run_sweep(out, cells + extra, base, jobs, progress, study, command, version)
+        return summary
 
 
 def _check_folder(out: Path, base: TrainConfig) -> None:
@@ -363,25 +435,27 @@ def _check_folder(out: Path, base: TrainConfig) -> None:
 
 
 def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None, progress: bool, study: str | None,
-               command: str | None) -> dict:
+               command: str | None, version: int = 1) -> dict:
     """:func:`run_sweep` in its locked, checked folder."""
     from tqdm.auto import tqdm
 
-    plan = _plan(base, cells, study)
+    plan = _plan(base, cells, study, version)
     plan_path = out / "plan.json"
-    if plan_path.exists():  # the same base (checked): the cells of both plans
-        plan["cells"] = list(dict.fromkeys(json.loads(plan_path.read_text())["cells"] + plan["cells"]))
+    if plan_path.exists():  # the same base (checked): the cells of both plans, when both are of this design
+        old = json.loads(plan_path.read_text())
+        if old.get("version", 1) == version:
+            plan["cells"] = list(dict.fromkeys(old["cells"] + plan["cells"]))
     (out / "cells").mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan_path, plan)
 
-    known = _known_results(out)
+    known = _known_results(out, version)
     todo = [c for c in cells if cell_id(c) not in known]
     # the costliest cells first, so that the last ones to finish are short
     todo.sort(key=lambda c: -(c["n_steps"] + 2))
     cores = os.cpu_count() or 1
     jobs = jobs or cores
     threads = max(1, cores // jobs)
-    work = [(base.to_dict(), c, out / "cells" / f"{cell_id(c)}.json", threads) for c in todo]
+    work = [(base.to_dict(), c, out / "cells" / f"{cell_id(c)}.json", threads, version) for c in todo]
     if todo:
         bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep cells", disable=not progress)
         try:
@@ -399,6 +473,7 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
     results = [known[i] for i in plan["cells"] if i in known]
     summary = {
         "study": study,
+        "version": version,
         "command": command,
         "date": datetime.date.today().isoformat(),
         "machine": _machine(),
@@ -446,7 +521,7 @@ def summarize(summary: dict) -> list[dict]:
         groups.setdefault(setting_key(r), []).append(r)
     rows = []
     for setting, results in groups.items():
-        row = dict(zip(("kind", "step_size", "b", "n_steps", "chains"), setting))
+        row = dict(zip(SETTING_FIELDS, setting))
         row["gradients"] = _gradients(results[0], summary["base"])
         finished = [r for r in results if not r["diverged"]]
         row["seeds"] = sorted(r["seed"] for r in results)
@@ -502,6 +577,45 @@ def best_settings(summary: dict) -> list[dict]:
         best.append({"kind": kind, "best": winner, "stable_step_sizes": steps,
                      "all_step_sizes": sorted({r["step_size"] for r in mine})})
     return best
+
+
+def verdict_settings(summary: dict) -> list[dict]:
+    """The settings (rows of :func:`summarize`) the study's verdicts rest on: each sampler's best on the main slice, and on 2-D targets the paper rule's best.
+
+    Best: the most seeds stable, then the lowest mean final quality. An AniLA form is taken
+    among its settings that clip (a setting that clips almost nothing runs Langevin's chain:
+    no comparison); the paper's rule (AniLA at ε = 1 on a 2-D target) is a verdict of its own.
+    """
+    key = quality_key(summary)
+    rows = summarize(summary)
+    budget, chains = main_slice(rows)
+
+    def best(candidates: list[dict]) -> dict | None:
+        return min(candidates, key=lambda r: (-r["stable_share"], r.get(key, math.inf)), default=None)
+
+    paper_rule = [r for r in rows if r["kind"] == "anila" and r["step_size"] == 1.0] if key == "grid_tv" else []
+    chosen = []
+    for kind in KINDS:
+        mine = [r for r in rows if r["kind"] == kind and r["gradients"] == budget and r["chains"] == chains and r not in paper_rule]
+        if uses_b(kind):
+            mine = [r for r in mine if (r["clipped_share"] or 0) > CLIPPING_SHARE] or mine
+        if best(mine) is not None:
+            chosen.append(best(mine))
+    if best(paper_rule) is not None:
+        chosen.append(best(paper_rule))
+    return chosen
+
+
+def verdict_cells(summary: dict, seeds: Sequence[int]) -> list[dict]:
+    """The cells that give every verdict setting the ``seeds`` it does not have yet."""
+    have = {cell_id(r) for r in summary["cells"]}
+    out = []
+    for row in verdict_settings(summary) if seeds else []:
+        for seed in seeds:
+            cell = {name: row.get(name) for name in SETTING_FIELDS} | {"seed": int(seed)}
+            if cell_id(cell) not in have:
+                out.append(cell)
+    return out
 
 
 def _fmt(value, digits: int = 3, sd=None) -> str:
