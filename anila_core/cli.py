@@ -526,7 +526,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         study = STUDIES[args.study]
         base = study_base(study, **overrides)
         cells = study.cells()
-        design = dict(verdict_seeds=study.verdict_seeds, version=study.version)
+        design = dict(verdict_seeds=study.verdict_seeds, version=study.version, product_formula_check=study.product_formula_check)
         out = args.out or Path("runs") / f"sweep-{args.study}"
     else:
         images = bool(overrides.get("dataset")) and not str(overrides["dataset"]).startswith("points:")

@@ -105,11 +105,11 @@ def test_report_counts_which_density_training_fitted():
     # three stable AniLA settings: two with the sampler's density closer to the data (0.20 < 0.40, 0.40 < 0.45)
     assert "closer to the data than exp(−E) in **2 of 3** stable settings (mean TV 0.287 against 0.367)" in text
     assert "clips more than 10 % of coordinates: **2 of 2** (mean TV 0.300 against 0.425)" in text
-    assert "| anila | 0.01 | 3 | buffer | 1/1 | 50.0 % | 0.400 | 0.200 | -0.200 |" in text
+    assert "| anila | 0.01 | 3 | 20 | buffer | 1/1 | 50.0 % | 0.400 | 0.200 | -0.200 | — | — |" in text  # K tells rows apart
     # a setting that lost the target is listed but not counted
     lost = {**TWO, "cells": TWO["cells"] + [_two_density_cell("anila", 0.1, 1.0, 0, 0.95, 0.60, 0.8)]}
     text = sweep.markdown_report(lost)
-    assert "in **2 of 3** stable settings" in text and "| anila | 0.1 | 1 | buffer | 0/1 | 80.0 % | 0.950 | 0.600 | -0.350 |" in text
+    assert "in **2 of 3** stable settings" in text and "| anila | 0.1 | 1 | 20 | buffer | 0/1 | 80.0 % | 0.950 | 0.600 | -0.350 |" in text
     assert [r["b"] for r in sweep.two_density_rows(summarize(TWO))] == [3.0, 30.0, 0.03]
 
 
@@ -221,5 +221,76 @@ def test_digits_cells_report_fid_kid_and_coverage(tmp_path_factory, monkeypatch)
     for r in summary["cells"]:
         assert set(r["final"]) == {"fid", "kid", "coverage"} and r["final"]["fid"] >= 0 and 0 <= r["final"]["coverage"] <= 1
     table = (out / "sweep.md").read_text()
-    assert "| sampler | ε | b | K | chains | seeds | diverged | FID | KID | coverage | clipped | wall s |" in table
+    assert "| sampler | ε | b / L / λ | K | chains | seeds | diverged | FID | KID | coverage | clipped | wall s |" in table
     assert "final FID" in table
+
+
+def test_hmc_leapfrogs_and_psgld_damping_are_cell_settings():
+    grid = Grid(kinds=("langevin", "hmc", "psgld"), step_sizes=(0.05,), leapfrogs=(5, 10), dampings=(1e-5, 0.1), n_steps=(4,))
+    ids = sorted(cell_id(c) for c in grid.cells())
+    assert ids == ["hmc-eps0.05-L10-K4-buffer-seed0", "hmc-eps0.05-L5-K4-buffer-seed0", "langevin-eps0.05-K4-buffer-seed0",
+                   "psgld-eps0.05-lam0.1-K4-buffer-seed0", "psgld-eps0.05-lam1e-05-K4-buffer-seed0"]
+    cells = {cell_id(c): c for c in grid.cells()}
+    config = sweep.cell_config(tiny_base(), cells["hmc-eps0.05-L10-K4-buffer-seed0"])
+    assert config.sampler == "hmc" and config.hmc_leapfrog == 10 and sweep.gradients_per_iteration(config) == 40
+    assert sweep.cell_config(tiny_base(), cells["psgld-eps0.05-lam0.1-K4-buffer-seed0"]).psgld_damping == 0.1
+    with pytest.raises(ValueError, match="leapfrog: expected integers >= 1"):
+        Grid(kinds=("hmc",), leapfrogs=(0,))
+
+
+PAIRED = {**FIXED, "cells": [
+    *[_result("langevin", 0.01, None, seed, tv) for seed, tv in enumerate((0.20, 0.30, 0.25, 0.22))],
+    *[_result("anila", 0.01, 3.0, seed, tv) for seed, tv in enumerate((0.25, 0.36, 0.27, 0.30))],
+    _result("anila", 0.1, 3.0, 0, None, diverged=True), *[_result("anila", 0.1, 3.0, s, 0.2 + 0.01 * s) for s in (1, 2, 3)],
+]}
+
+
+def test_paired_difference_is_the_t_interval_of_the_seedwise_differences():
+    rows = {(r["kind"], r["step_size"]): r for r in summarize(PAIRED)}
+    paired = sweep.paired_difference(PAIRED, rows[("anila", 0.01)], rows[("langevin", 0.01)])
+    # differences 0.05, 0.06, 0.02, 0.08: mean 0.0525, sd 0.025, t(0.975, 3) = 3.182446
+    half = 3.182446305 * 0.025 / 2
+    assert paired["pairs"] == 4 and paired["mean"] == pytest.approx(0.0525)
+    assert (paired["low"], paired["high"]) == pytest.approx((0.0525 - half, 0.0525 + half), abs=1e-6)
+    assert paired["verdict"] == "worse" and sweep.verdict_text(paired).startswith("worse (95 % interval [+0.013, +0.092])")
+    # a diverged seed is counted on its side and leaves the pairs
+    other = sweep.paired_difference(PAIRED, rows[("anila", 0.1)], rows[("langevin", 0.01)])
+    assert (other["seeds"], other["pairs"], other["diverged"], other["reference_diverged"]) == (4, 3, 1, 0)
+    # the same runs against themselves: no comparison at all
+    itself = sweep.paired_difference(PAIRED, rows[("langevin", 0.01)], rows[("langevin", 0.01)])
+    assert itself["verdict"] == "same chain" and "no comparison" in sweep.verdict_text(itself)
+
+
+def test_an_interval_across_zero_says_no_difference_detected():
+    cells = [*[_result("langevin", 0.01, None, s, tv) for s, tv in enumerate((0.2, 0.3, 0.25))],
+             *[_result("mala", 0.01, None, s, tv) for s, tv in enumerate((0.25, 0.28, 0.24))]]
+    summary = {**FIXED, "cells": cells}
+    rows = {r["kind"]: r for r in summarize(summary)}
+    paired = sweep.paired_difference(summary, rows["mala"], rows["langevin"])
+    assert paired["verdict"] == "no difference detected" and paired["low"] < 0 < paired["high"]
+    assert "no difference detected (95 % interval [" in sweep.verdict_text(paired)
+
+
+def test_verdict_settings_take_a_clipping_anila_and_give_them_more_seeds():
+    cells = [*[_result("langevin", 0.01, None, s, 0.2) for s in (0, 1)],
+             *[{**_result("anila", 0.01, 30.0, s, 0.2), "clipped_share": 0.0} for s in (0, 1)],  # Langevin's own chain
+             *[_result("anila", 0.01, 3.0, s, 0.3) for s in (0, 1)]]  # clips 25 %: worse, but a comparison
+    summary = {**FIXED, "cells": cells}
+    chosen = {(r["kind"], r["b"]) for r in sweep.verdict_settings(summary)}
+    assert chosen == {("langevin", None), ("anila", 3.0)}
+    extra = sorted(cell_id(c) for c in sweep.verdict_cells(summary, (0, 1, 2)))
+    assert extra == ["anila-eps0.01-b3-K30-buffer-seed2", "langevin-eps0.01-K30-buffer-seed2"]
+    report = sweep.markdown_report(summary)
+    assert "## Verdicts: paired differences to Langevin" in report and "clips nothing: Langevin's chain" in report
+
+
+def test_a_new_design_reuses_no_cell_of_an_older_one(tmp_path):
+    cells = Grid(kinds=("langevin",), step_sizes=(0.01,), n_steps=(2,), seeds=(0,)).cells()
+    first = run_sweep(tmp_path, cells, tiny_base(), jobs=1, progress=False, version=1)
+    assert first["version"] == 1
+    (tmp_path / "cells" / f"{cell_id(cells[0])}.json").unlink()  # only the summary holds it now
+    again = run_sweep(tmp_path, cells, tiny_base(), jobs=1, progress=False, version=1)
+    assert again["cells"][0]["wall_s"] == first["cells"][0]["wall_s"]  # reused from the summary
+    second = run_sweep(tmp_path, cells, tiny_base(), jobs=1, progress=False, version=2, verdict_seeds=(0, 1))
+    assert second["version"] == 2 and all(c["version"] == 2 for c in second["cells"])
+    assert sorted(c["seed"] for c in second["cells"]) == [0, 1]  # the verdict seeds ran too

@@ -178,6 +178,7 @@ class Study:
     overrides: dict = dataclasses.field(default_factory=dict)
     verdict_seeds: tuple[int, ...] = ()
     version: int = 1
+    product_formula_check: bool = False  # measure the coordinate norm's product formula on the target (2-D targets)
 
     def cells(self) -> list[dict]:
         seen, out = set(), []
@@ -223,6 +224,7 @@ STUDIES: dict[str, Study] = {
         ),
         verdict_seeds=VERDICT_SEEDS,
         version=2,
+        product_formula_check=True,
     ),
     # The digits (docs/study/digits), the closest test of the paper's image recipe that can be run
     # here: short-run chains from uniform noise, cold noise (τ = 0.01), K = 40, AniLA in its full
@@ -383,7 +385,8 @@ def _known_results(out: Path, version: int = 1) -> dict[str, dict]:
 
 
 def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: int | None = None, progress: bool = True,
-              study: str | None = None, command: str | None = None, verdict_seeds: Sequence[int] = (), version: int = 1) -> dict:
+              study: str | None = None, command: str | None = None, verdict_seeds: Sequence[int] = (), version: int = 1,
+              product_formula_check: bool = False) -> dict:
     """Run every cell not yet finished in ``out`` and write ``sweep.json``, ``sweep.md`` and the figures; return the summary.
 
     Cells run in ``jobs`` processes (default: one per CPU core, one thread each). Each
@@ -394,7 +397,9 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
 
     ``verdict_seeds``: when every listed cell is done, the settings of :func:`verdict_settings`
     run again at these seeds (the paired comparisons rest on them). ``version``: the design's
-    number; cells written by another version are not reused.
+    number; cells written by another version are not reused. ``product_formula_check``: on a
+    2-D target, also measure the error of AniLA's product formula on the target itself
+    (:func:`product_formula_errors`), which the two-densities section prints.
     """
     out = Path(out)
     base = base.validate()
@@ -414,6 +419,10 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
         extra = verdict_cells(summary, verdict_seeds)
         if extra:
             summary = _run_sweep(out, cells + extra, base, jobs, progress, study, command, version)
+        if product_formula_check and not base.is_image and not base.is_points and "product_formula" not in summary:
+            summary["product_formula"] = product_formula_errors(base, sorted({c["b"] for c in cells if c["kind"] == "anila" and c["b"]}))
+            atomic_write_json(out / "sweep.json", summary)
+            write_report(summary, out)
         return summary
 
 
@@ -481,9 +490,44 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
         "unstable_tv": UNSTABLE_TV,
         "cells": results,
     }
+    if known_summary := _summary_of_version(out, version):  # measured once per design (a minute), kept across reruns
+        summary.update({k: known_summary[k] for k in ("product_formula",) if k in known_summary})
     atomic_write_json(out / "sweep.json", summary)
     write_report(summary, out)
     return summary
+
+
+def _summary_of_version(out: Path, version: int) -> dict | None:
+    path = out / "sweep.json"
+    if not path.exists():
+        return None
+    written = json.loads(path.read_text())
+    return written if written.get("version", 1) == version else None
+
+
+def product_formula_errors(base: TrainConfig, bs: Sequence[float], chains: int = 20_000, steps: int = 3000,
+                           step_size: float = 0.01) -> list[dict]:
+    """The error of the coordinate norm's small-step density exp(−E)/∏ aᵢ on the base's 2-D target, one row per threshold ``b``.
+
+    The formula is exact for separable energies only, and the targets (the rings) are not:
+    independent unadjusted AniLA chains start at exact target draws and run ``steps`` steps
+    of ``step_size`` (a minute on one core for the defaults), and their histogram is compared
+    with the formula and with exp(−E) (:func:`~anila_core.sampling.small_step.check_small_step_density`).
+    """
+    import torch
+
+    from anila_core.sampling.samplers import AniLA
+    from anila_core.sampling.small_step import check_small_step_density
+    from anila_core.sampling.targets import make_target
+
+    target = make_target(base.target)
+    rows = []
+    for b in bs:
+        generator = torch.Generator().manual_seed(0)
+        check = check_small_step_density(AniLA(step_size, b=b, norm="coordinate"), target.energy, target.sample(chains, generator),
+                                         steps, generator=generator)
+        rows.append({"b": b, **dataclasses.asdict(check)})
+    return rows
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -572,11 +616,72 @@ def best_settings(summary: dict) -> list[dict]:
             continue
         stable = [r for r in mine if r["stable_share"] == 1 and key in r]
         winner = min(stable, key=lambda r: r[key]) if stable else None
-        # a step size is in the stable range when some b (or the sampler itself) is stable at it for every seed
-        steps = sorted({r["step_size"] for r in mine if r["stable_share"] == 1})
+        # the step sizes at which the best setting's b (leapfrogs, damping) is stable for every seed: pooling every b
+        # would call a step size stable where only one threshold was
+        steps = sorted({r["step_size"] for r in mine if r["stable_share"] == 1 and (winner is None or same_setting_but_step(r, winner))})
         best.append({"kind": kind, "best": winner, "stable_step_sizes": steps,
                      "all_step_sizes": sorted({r["step_size"] for r in mine})})
     return best
+
+
+def same_setting_but_step(row: dict, other: dict) -> bool:
+    """Whether two rows of :func:`summarize` differ at most in their step size (the same sampler, b, K, chains, leapfrogs and damping)."""
+    return all(row.get(k) == other.get(k) for k in SETTING_FIELDS if k != "step_size")
+
+
+#: the confidence of the paired intervals
+CONFIDENCE = 0.95
+
+
+def paired_difference(summary: dict, setting: dict, reference: dict) -> dict:
+    """The paired comparison of ``setting`` with ``reference`` (rows of :func:`summarize`) on the seeds both ran.
+
+    A seed is one pair: the same initial chains, network initialisation and data order for
+    both samplers. Over the pairs where both finished, the mean difference of the final
+    quality (``setting`` − ``reference``; lower quality values are better) with its 95 %
+    t-interval (``scipy.stats.t``, n − 1 degrees of freedom). Diverged seeds are counted on
+    each side, not dropped silently. ``verdict``: ``"better"`` or ``"worse"`` when the interval
+    excludes 0, ``"no difference detected"`` when it does not, ``"same chain"`` when every pair
+    is equal (the setting ran the reference's chain: no comparison), ``None`` below 2 pairs.
+    """
+    from scipy import stats
+
+    key = quality_key(summary)
+    by_seed = {}
+    for r in summary["cells"]:
+        for name, row in (("mine", setting), ("ref", reference)):
+            if setting_key(r) == setting_key(row):
+                by_seed.setdefault(r["seed"], {})[name] = r
+    shared = sorted(seed for seed, both in by_seed.items() if len(both) == 2)
+    finished = [seed for seed in shared if all(not c["diverged"] and key in c["final"] for c in by_seed[seed].values())]
+    diffs = [by_seed[seed]["mine"]["final"][key] - by_seed[seed]["ref"]["final"][key] for seed in finished]
+    out = {"seeds": len(shared), "pairs": len(diffs), "metric": key,
+           "diverged": sum(by_seed[seed]["mine"]["diverged"] for seed in shared),
+           "reference_diverged": sum(by_seed[seed]["ref"]["diverged"] for seed in shared),
+           "mean": None, "low": None, "high": None, "verdict": None}
+    if len(diffs) < 2:
+        return out
+    mean = statistics.fmean(diffs)
+    sem = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    out["mean"] = mean
+    if sem == 0:
+        out["low"] = out["high"] = mean
+        out["verdict"] = "same chain" if mean == 0 else ("better" if mean < 0 else "worse")
+        return out
+    low, high = stats.t.interval(CONFIDENCE, len(diffs) - 1, loc=mean, scale=sem)
+    out["low"], out["high"] = float(low), float(high)
+    out["verdict"] = "better" if high < 0 else "worse" if low > 0 else "no difference detected"
+    return out
+
+
+def verdict_text(paired: dict, digits: int = 3) -> str:
+    """A paired comparison in the study's words: "better", "worse", or "no difference detected (95 % interval [a, b])"."""
+    if paired["verdict"] is None:
+        return f"too few paired seeds ({paired['pairs']})"
+    if paired["verdict"] == "same chain":
+        return "the reference's own chain (no comparison)"
+    interval = f"{CONFIDENCE:.0%} interval [{paired['low']:+.{digits}f}, {paired['high']:+.{digits}f}]".replace("%", " %")
+    return f"{paired['verdict']} ({interval})"
 
 
 def verdict_settings(summary: dict) -> list[dict]:
@@ -625,20 +730,31 @@ def _fmt(value, digits: int = 3, sd=None) -> str:
     return text + (f" ± {sd:.{digits}f}" if sd else "")
 
 
+def _other_settings(row: dict) -> str:
+    """A setting's value besides ε: AniLA's b, HMC's leapfrogs ``L=…``, pSGLD's damping ``λ=…``, or —."""
+    if row.get("b") is not None:
+        return _number(row["b"])
+    if row.get("leapfrog") is not None:
+        return f"L={row['leapfrog']}"
+    if row.get("damping") is not None:
+        return f"λ={_number(row['damping'])}"
+    return "—"
+
+
 def setting_table(rows: Sequence[dict], images: bool = False, points: bool = False) -> str:
     """Rows of :func:`summarize` (seeds pooled per setting) as a markdown table."""
     if images:
-        header = "| sampler | ε | b | K | chains | seeds | diverged | FID | KID | coverage | clipped | wall s |"
+        header = "| sampler | ε | b / L / λ | K | chains | seeds | diverged | FID | KID | coverage | clipped | wall s |"
     elif points:
-        header = "| sampler | ε | b | K | chains | seeds | diverged | sliced Wasserstein | MMD | KDE grid TV | clipped | wall s |"
+        header = "| sampler | ε | b / L / λ | K | chains | seeds | diverged | sliced Wasserstein | MMD | KDE grid TV | clipped | wall s |"
     else:
-        header = ("| sampler | ε | b | K | chains | seeds | diverged | unstable | final TV | best TV | KL | MMD | its sampler's density: TV "
+        header = ("| sampler | ε | b / L / λ | K | chains | seeds | diverged | unstable | final TV | best TV | KL | MMD | its sampler's density: TV "
                   "| clipped | wall s |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         n = len(r["seeds"])
         k = str(r["n_steps"]) if r["gradients"] == r["n_steps"] else f"{r['n_steps']}×{r['gradients'] // r['n_steps']}"
-        head = (f"| {r['kind']} | {_number(r['step_size'])} | {'—' if r['b'] is None else _number(r['b'])} | {k} | "
+        head = (f"| {r['kind']} | {_number(r['step_size'])} | {_other_settings(r)} | {k} | "
                 f"{r['chains']} | {n} | {r['diverged']}/{n} |")
         clipped = "—" if r["clipped_share"] is None else f"{100 * r['clipped_share']:.1f} %"
         if images:
@@ -692,10 +808,72 @@ def markdown_report(summary: dict) -> str:
         else:
             lines.append(f"| {entry['kind']} | {_number(w['step_size'])} | {'—' if w['b'] is None else _number(w['b'])} | "
                          f"{_fmt(w[key], 3, w.get(key + '_sd'))} | {steps} |")
+    lines += _verdict_section(summary, rows) + _tuning_section(summary, rows)
     if not images and not points:  # the rings' own sections: the paper's rule, the two densities, a fixed budget
-        lines += _paper_rule_section(summary, rows, best) + _two_densities_section(rows) + _budget_section(summary)
+        lines += _paper_rule_section(summary, rows, best) + _two_densities_section(rows, summary) + _budget_section(summary)
     lines += ["", "## Every setting", "", setting_table(rows, images, points)]
     return "\n".join(lines) + "\n"
+
+
+def setting_text(row: dict) -> str:
+    """A setting in one short phrase, e.g. ``ε=0.02, b=3, K=20, buffer`` (``L=10`` for HMC's leapfrogs, ``λ=0.1`` for pSGLD's damping)."""
+    parts = [f"ε={_number(row['step_size'])}"]
+    parts += [f"{label}={_number(row[k])}" for k, label in (("b", "b"), ("leapfrog", "L"), ("damping", "λ")) if row.get(k) is not None]
+    return ", ".join(parts + [f"K={row['n_steps']}", row["chains"]])
+
+
+def _verdict_section(summary: dict, rows: list[dict]) -> list[str]:
+    """Every setting's paired difference to Langevin at its best, verdict settings first, in the words of :func:`verdict_text`."""
+    key = quality_key(summary)
+    chosen = verdict_settings(summary)
+    reference = next((r for r in chosen if r["kind"] == "langevin"), None)
+    if reference is None:
+        return []
+    label = QUALITY_LABELS[key]
+    lines = ["", "## Verdicts: paired differences to Langevin", "",
+             f"Each setting against Langevin at its best ({setting_text(reference)}), seed by seed: a seed gives both samplers the same "
+             f"initial chains, network initialisation and data order. Δ = the setting's final {label} − Langevin's (lower is "
+             f"better), mean over the pairs where both finished, with its {CONFIDENCE:.0%} t-interval over those pairs "
+             "(scipy.stats.t). Diverged seeds are counted on each side. **Verdict settings** (each sampler's best, chosen on "
+             "the first three seeds, then rerun at more) come first.".replace("%", " %"), "",
+             "| sampler | setting | verdict setting | seeds | diverged (it / Langevin) | clipped | Δ " + label + " | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    ordered = [r for r in chosen if r is not reference] + [r for r in rows if r not in chosen]
+    for r in ordered:
+        paired = paired_difference(summary, r, reference)
+        clipped = "—" if r["clipped_share"] is None else f"{100 * r['clipped_share']:.1f} %"
+        delta = "—" if paired["mean"] is None else f"{paired['mean']:+.3f}"
+        note = " (clips nothing: Langevin's chain at this ε)" if uses_b(r["kind"]) and r["clipped_share"] == 0 else ""
+        lines.append(f"| {r['kind']} | {setting_text(r)} | {'yes' if r in chosen else ''} | {paired['seeds']} | "
+                     f"{paired['diverged']} / {paired['reference_diverged']} | {clipped} | {delta} | {verdict_text(paired)}{note} |")
+    return lines
+
+
+def _tuning_section(summary: dict, rows: list[dict]) -> list[str]:
+    """How much tuning each sampler got on the main slice, and whether its best setting sits at an edge of its grid."""
+    budget, chains = main_slice(rows)
+    key = quality_key(summary)
+    lines = ["", "## Tuning effort", "",
+             f"Settings each sampler got at {budget} gradients per chain and iteration on {chains} chains (seeds per setting in "
+             "the tables), and where its best setting sits: a best value at the edge of a searched axis means the search "
+             "may have stopped short.", "",
+             "| sampler | settings | step sizes | other axes | best setting | at an edge of |", "|---|---|---|---|---|---|"]
+    best = {e["kind"]: e["best"] for e in best_settings(summary)}
+    for kind in KINDS:
+        mine = [r for r in rows if r["kind"] == kind and r["gradients"] == budget and r["chains"] == chains
+                and not (key == "grid_tv" and kind == "anila" and r["step_size"] == 1.0)]
+        if not mine:
+            continue
+        axes = {"ε": "step_size", "b": "b", "L": "leapfrog", "λ": "damping"}
+        values = {label: sorted({r[k] for r in mine if r.get(k) is not None}) for label, k in axes.items()}
+        other = "; ".join(f"{label} ∈ {{{', '.join(_number(v) for v in vs)}}}" for label, vs in values.items() if vs and label != "ε")
+        winner = best.get(kind)
+        edges = []
+        if winner is not None:
+            edges = [label for label, k in axes.items() if len(values[label]) > 1 and winner.get(k) in (values[label][0], values[label][-1])]
+        lines.append(f"| {kind} | {len(mine)} | {', '.join(_number(v) for v in values['ε'])} | {other or '—'} | "
+                     f"{setting_text(winner) if winner else 'none stable for every seed'} | {', '.join(edges) or '—'} |")
+    return lines
 
 
 #: the AniLA kinds whose small-step density differs from exp(−E) (unadjusted, the step map scales the drift)
@@ -730,7 +908,23 @@ def _paper_rule_section(summary: dict, rows: list[dict], best: list[dict]) -> li
     return lines + ["", setting_table(mine)]
 
 
-def _two_densities_section(rows: list[dict]) -> list[str]:
+def _product_formula_lines(summary: dict) -> list[str]:
+    """The measured error of the product formula on the study's target (:func:`product_formula_errors`), as markdown lines."""
+    rows = summary.get("product_formula") or []
+    if not rows:
+        return []
+    lines = ["", "For the `coordinate` norm (Algorithm 1's AniLA) its sampler's density is the product formula exp(−E)/∏ aᵢ, "
+             "exact only for separable energies; the rings are not. Measured on the target itself: "
+             f"{rows[0]['chains']} independent unadjusted AniLA chains from exact draws, {rows[0]['steps']} steps of "
+             f"ε = {_number(rows[0]['step_size'])}, histogram TV (40 × 40 bins) of where they end:", "",
+             "| b | chains vs the formula | chains vs exp(−E) | noise floor | formula vs exp(−E) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {_number(r['b'])} | {r['formula_tv']:.3f} | {r['energy_tv']:.3f} | {r['floor']:.3f} | {r['densities_tv']:.3f} |")
+    return lines + ["", "The formula's error is the first column less the floor: read the 'its sampler's density' columns below "
+                    "with that error in mind."]
+
+
+def _two_densities_section(rows: list[dict], summary: dict | None = None) -> list[str]:
     """Whether AniLA-trained energies are calibrated for their sampler (exp(−E)/a) rather than for exp(−E), with the numbers either way.
 
     Counted over the settings that trained stably for every seed: a model that lost the target
@@ -763,13 +957,18 @@ def _two_densities_section(rows: list[dict]) -> list[str]:
                          f"({len(rest)} settings).")
     else:
         lines.append("- no AniLA setting was stable for every seed.")
-    lines += ["", "| sampler | ε | b | chains | stable seeds | clipped | TV of exp(−E) | TV of its sampler's density | difference |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += _product_formula_lines(summary or {})
+    lines += ["", "The last two columns ask the chains themselves: the histogram TV (20 × 20 bins) of the samples the training chains "
+              "hold at the end of the run against each density, so that which density was fitted rests on the chains too.", "",
+              "| sampler | ε | b | K | chains | stable seeds | clipped | TV of exp(−E) | TV of its sampler's density | difference "
+              "| chains vs exp(−E) | chains vs its sampler's density |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in finished:
         n = len(r["seeds"])
-        lines.append(f"| {r['kind']} | {_number(r['step_size'])} | {_number(r['b'])} | {r['chains']} | {round(r['stable_share'] * n)}/{n} | "
-                     f"{100 * (r['clipped_share'] or 0):.1f} % | {_fmt(r['grid_tv'])} | {_fmt(r['sampler_grid_tv'])} | "
-                     f"{r['sampler_grid_tv'] - r['grid_tv']:+.3f} |")
+        lines.append(f"| {r['kind']} | {_number(r['step_size'])} | {_number(r['b'])} | {r['n_steps']} | {r['chains']} | "
+                     f"{round(r['stable_share'] * n)}/{n} | {100 * (r['clipped_share'] or 0):.1f} % | {_fmt(r['grid_tv'])} | "
+                     f"{_fmt(r['sampler_grid_tv'])} | {r['sampler_grid_tv'] - r['grid_tv']:+.3f} | {_fmt(r.get('chains_tv'))} | "
+                     f"{_fmt(r.get('chains_sampler_tv'))} |")
     return lines
 
 
