@@ -121,7 +121,9 @@ def test_report_shows_the_papers_rule_and_a_fixed_budget():
     # the budget is the cheapest best setting's whole run (Langevin, 20 s); HMC's first evaluation came at 30 s
     assert "**20 s**" in budget
     assert "| langevin | ε=0.01 | 20 | 20 | 0.300 | 0.300 |" in budget
-    assert "| anila | ε=0.01, b=30 | 20 | 22 | 0.350 | 0.250 |" in budget
+    # AniLA's curve is its clipping setting (b = 3): b = 30 clips nothing, it is Langevin's chain, not a competitor
+    assert "| anila | ε=0.01, b=3 | 20 | 24 | 0.500 | 0.400 |" in budget and "b=30" not in budget
+    assert "| anila | ε=1, b=0.03 | 20 | 20 | 0.450 | 0.450 |" in budget  # the paper's rule, a verdict of its own
     assert "| hmc | ε=0.1 | 20 | 60 | — (not evaluated yet) | 0.220 |" in budget
 
 
@@ -132,7 +134,7 @@ def test_report_figures_for_two_densities_and_budget(tmp_path):
         assert p.read_bytes()[:4] == b"\x89PNG"
     axes = sweep.plot_quality_vs_budget(TWO)
     # gradient evaluations per chain: iterations × 20 for every sampler, HMC's 4 × 5 included
-    assert [list(line.get_xdata()) for line in axes[1].get_lines()] == [[100, 200]] * 3
+    assert [list(line.get_xdata()) for line in axes[1].get_lines()] == [[100, 200]] * 4
 
 
 def test_tiny_sweep_end_to_end_parallel_and_resumable(tmp_path, monkeypatch):

@@ -973,12 +973,11 @@ def _two_densities_section(rows: list[dict], summary: dict | None = None) -> lis
 
 
 def _budget_curves(summary: dict, clock: str) -> list[tuple[dict, tuple[list[float], list[float]]]]:
-    """Each sampler's best setting with its quality curve (mean over seeds) against ``clock``: ``cpu_s`` or ``gradients`` per chain."""
+    """Each verdict setting (:func:`verdict_settings`: an AniLA that clips, never Langevin's own chain) with its quality curve (mean over seeds) against ``clock``: ``cpu_s`` or ``gradients`` per chain."""
     key = quality_key(summary)
     out = []
-    for entry in best_settings(summary):
-        if entry["best"] is None:
-            continue
+    for row in verdict_settings(summary):
+        entry = {"kind": row["kind"], "best": row}
         results = [r for r in summary["cells"] if setting_key(r) == setting_key(entry["best"]) and not r["diverged"]]
         rows = [[h for h in r["history"] if key in h and (clock == "gradients" or clock in h)] for r in results]
         n = min((len(h) for h in rows), default=0)
@@ -1000,7 +999,7 @@ def _budget_section(summary: dict) -> list[str]:
     lines = ["", "## At a fixed compute budget", "",
              "A sampler that is stable at larger steps may need fewer of them, and a Metropolis test costs one more energy per step. "
              f"Each sampler's best setting (all at the same gradients per iteration), and its quality after **{budget:.0f} s** of "
-             "training CPU time (one thread), the whole run of the cheapest of them; `quality_vs_budget.png` draws the curves "
+             "training CPU time (the run's process, all its threads), the whole run of the cheapest of them; `quality_vs_budget.png` draws the curves "
              "against CPU time and against gradient evaluations.", "",
              "| sampler | setting | gradients per iteration | CPU s, whole run | grid TV at the budget | final grid TV |",
              "|---|---|---|---|---|---|"]
@@ -1113,7 +1112,7 @@ def plot_quality_vs_budget(summary: dict, axes=None):
     key = quality_key(summary)
     if axes is None:
         axes = list(plt.subplots(1, 2, figsize=(11, 3.8))[1])
-    for ax, clock, label in ((axes[0], "cpu_s", "training CPU time (s, one thread)"),
+    for ax, clock, label in ((axes[0], "cpu_s", "training CPU time (s, all threads of the run)"),
                              (axes[1], "gradients", "gradient evaluations per chain")):
         for entry, (x, value) in _budget_curves(summary, clock):
             w = entry["best"]
