@@ -258,9 +258,9 @@ class AniLA(LangevinSampler):
     ``norm`` fixes what ``|g|`` means: ``"coordinate"`` (elementwise, the paper's formula),
     ``"pixel"`` (L2 over the channel dimension 1 of image batches ``(N, C, H, W)``; a flat
     batch ``(N, d)`` has one channel per coordinate, so it equals ``"coordinate"``) or
-    ``"sample"`` (L2 over all of a sample's dimensions). ``variant="noise_only"`` is the form
-    in the authors' image code: the anisotropic step scales the noise and the drift keeps the
-    full ``ε`` — shown for comparison, never the default.
+    ``"sample"`` (L2 over all of a sample's dimensions). ``variant="noise_only"`` is a variant
+    the paper's draft does not have: the anisotropic step scales the noise and the drift keeps
+    the full ``ε`` — tested for comparison, never the default.
     """
 
     name = "anila"

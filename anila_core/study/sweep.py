@@ -62,7 +62,7 @@ KIND_HELP = {
     "anila": "AniLA, per-coordinate |∇E| (Algorithm 1)",
     "anila_sample": "AniLA, one |∇E| per sample (L2 norm)",
     "anila_pixel": "AniLA, |∇E| per pixel over channels (images)",
-    "anila_noise": "AniLA noise-only variant (the authors' image code)",
+    "anila_noise": "AniLA noise-only variant (only the noise is scaled)",
     "anila_mh": "AniLA, Metropolis-adjusted",
     "psgld": "preconditioned SGLD",
     "hmc": "Hamiltonian Monte Carlo (hmc_leapfrog gradients per transition)",
@@ -228,7 +228,7 @@ STUDIES: dict[str, Study] = {
     ),
     # The digits (docs/study/digits), the closest test of the paper's image recipe that can be run
     # here: short-run chains from uniform noise, cold noise (τ = 0.01), K = 40, AniLA in its full
-    # form and in its noise-only form (the authors' image code) with thresholds at the scale of
+    # form and in its noise-only form (only the noise scaled) with thresholds at the scale of
     # this energy's gradients (rms ≈ 0.08-0.11 per pixel: b = 0.1 shrinks about a third of the
     # steps, b = 0.03 most), against Langevin at the same τ, K and schedule, 5 seeds. Then the
     # persistent-buffer recipe the course uses, and 5 more seeds for each sampler's best setting.
@@ -834,8 +834,9 @@ def _verdict_section(summary: dict, rows: list[dict]) -> list[str]:
              f"Each setting against Langevin at its best ({setting_text(reference)}), seed by seed: a seed gives both samplers the same "
              f"initial chains, network initialisation and data order. Δ = the setting's final {label} − Langevin's (lower is "
              f"better), mean over the pairs where both finished, with its {CONFIDENCE:.0%} t-interval over those pairs "
-             "(scipy.stats.t). Diverged seeds are counted on each side. **Verdict settings** (each sampler's best, chosen on "
-             "the first three seeds, then rerun at more) come first.".replace("%", " %"), "",
+             "(scipy.stats.t). Diverged seeds are counted on each side. **Verdict settings** (each sampler's best: the most seeds "
+             "stable, then the lowest mean; an AniLA among its settings that clip) come first; a study with verdict seeds reruns "
+             "them at more seeds than the search that chose them."".replace("%", " %"), "",
              "| sampler | setting | verdict setting | seeds | diverged (it / Langevin) | clipped | Δ " + label + " | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     ordered = [r for r in chosen if r is not reference] + [r for r in rows if r not in chosen]
