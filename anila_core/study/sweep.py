@@ -836,7 +836,7 @@ def _verdict_section(summary: dict, rows: list[dict]) -> list[str]:
              f"better), mean over the pairs where both finished, with its {CONFIDENCE:.0%} t-interval over those pairs "
              "(scipy.stats.t). Diverged seeds are counted on each side. **Verdict settings** (each sampler's best: the most seeds "
              "stable, then the lowest mean; an AniLA among its settings that clip) come first; a study with verdict seeds reruns "
-             "them at more seeds than the search that chose them."".replace("%", " %"), "",
+             "them at more seeds than the search that chose them.".replace("%", " %"), "",
              "| sampler | setting | verdict setting | seeds | diverged (it / Langevin) | clipped | Δ " + label + " | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     ordered = [r for r in chosen if r is not reference] + [r for r in rows if r not in chosen]
