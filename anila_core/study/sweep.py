@@ -331,7 +331,7 @@ def run_cell(base: TrainConfig, cell: dict) -> dict:
     history = [_fields(r, HISTORY_FIELDS) for r in trainer.history]
     result = {"id": cell_id(cell), **{k: cell.get(k) for k in CELL_FIELDS}, "diverged": diverged is not None,
               "diverged_at": diverged and diverged["iter"], "cause": diverged and diverged["cause"],
-              "iters": trainer.iteration, "wall_s": round(time.perf_counter() - start, 2),
+              "iters": trainer.iteration, "wall_s": round(time.perf_counter() - start, 2), "load_avg": _load_average(),
               "gradients_per_iter": gradients_per_iteration(config), "history": history}
     final = {} if diverged or not trainer.history else _fields(trainer.history[-1], QUALITY_FIELDS)
     result["final"] = final
@@ -361,8 +361,28 @@ def _plan(base: TrainConfig, cells: list[dict], study: str | None, version: int)
 def _machine() -> dict:
     import torch
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {"platform": platform.platform(), "processor": _processor(), "python": platform.python_version(),
+            "torch": torch.__version__, "cpus": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _processor() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _load_average() -> float | None:
+    """The machine's one-minute load average as a cell ends: wall times mean little without it (None where unknown)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _known_results(out: Path, version: int = 1) -> dict[str, dict]:
@@ -771,6 +791,15 @@ def setting_table(rows: Sequence[dict], images: bool = False, points: bool = Fal
     return "\n".join(lines)
 
 
+def _load_text(summary: dict) -> str:
+    """The machine's load while the cells ran, for the wall times beside them."""
+    loads = [c["load_avg"] for c in summary["cells"] if c.get("load_avg") is not None]
+    if not loads:
+        return " Wall times: the machine's load was not recorded."
+    return (f" Wall times were measured while the machine's one-minute load average stood at {min(loads):.1f}–{max(loads):.1f} "
+            f"(at the cells' ends, {len(loads)} of {len(summary['cells'])} cells recorded it).")
+
+
 def markdown_report(summary: dict) -> str:
     """The study as markdown: how it was run, the best setting per sampler, then every setting."""
     key = quality_key(summary)
@@ -783,8 +812,9 @@ def markdown_report(summary: dict) -> str:
         "",
         f"{len(summary['cells'])} training runs on **{base.get('dataset') or base['target']}**, {base['iters']} iterations each "
         f"(batch {base['batch_size']}, Adam {base['lr']:g}, {base['lr_schedule']} schedule); seeds pooled per setting "
-        f"(mean ± sd over the seeds that finished). Date {summary.get('date')}, {summary['machine'].get('cpus')} CPUs, "
-        f"torch {summary['machine'].get('torch')}.",
+        f"(mean ± sd over the seeds that finished). Date {summary.get('date')}, {summary['machine'].get('cpus')} CPUs"
+        f"{' (' + summary['machine']['processor'] + ')' if summary['machine'].get('processor') else ''}, "
+        f"torch {summary['machine'].get('torch')}.{_load_text(summary)}",
         "",
         f"Command: `{summary.get('command') or 'python -m anila_core sweep ...'}`",
         "",
