@@ -62,14 +62,17 @@ EnergyFn = Callable[[torch.Tensor], torch.Tensor]
 FAST_MODES = ("auto", "on", "off")
 #: ``fast="auto"`` compiles when a run makes at least this many transitions (iters × K).
 #: Measured on the 2-core CPUs (MLP 2-128-128-128-1, batch 256): a cold compile took 11–25 s
-#: and the compiled transition saved ≈ 0.35 ms of 1.2 ms, so it pays for itself after
-#: 35k–70k transitions. At this threshold every preset but the smoke ones compiles (the cpu
-#: preset makes 90k: the demo, notebook 02 at the cpu budget, cpu_long, paper) and the CI
+#: and the compiled transition saved ≈ 0.35 ms of 1.2 ms, so it paid for itself after
+#: 35k–70k transitions (measured with CPU rewrites of three layers since removed; without
+#: them the compiled transition of the 2-D MLP costs ≈ 15 % more, so it pays a little later).
+#: At this threshold every preset but the smoke ones compiles (the cpu preset makes 90k: the
+#: demo, notebook 02 at the cpu budget, cpu_long, paper) and the CI
 #: sizes (hundreds of transitions) and the sweep's cells (40k) stay eager.
 AUTO_MIN_TRANSITIONS = 80_000
 #: ``run``/``sample(fast="auto")`` compile a call that moves at least this many chain-steps
 #: (chains × steps) of a network energy. At batch 1024 the compiled transition of the 2-D MLP
-#: saves ≈ 0.9 ms of 3.4 ms, so one call of 100 steps saves ≈ 0.1 s: less than a compile
+#: saves ≈ 0.7 ms of 4.1 ms (one thread, CPU time, on a loaded 2-core AVX2 machine), so one
+#: call of 100 steps saves ≈ 0.07 s: less than a compile
 #: (0.2–3 s warm from inductor's disk cache, 11–25 s cold). The graph is cached for the
 #: process, so it pays in a loop that samples the same setting again and again, or in one
 #: call of tens of thousands of steps; this threshold makes the compiled path the default
