@@ -40,7 +40,7 @@ def cpu_capabilities() -> list[str]:
 
 def start_worker(capability: str, report: Path, cases: str, inductor_cache: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if inductor_cache is not None:
         env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache)
     return subprocess.Popen([sys.executable, str(WORKER), str(report), cases], env=env,
