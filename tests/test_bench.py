@@ -45,8 +45,10 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
     for check in results["torchebm_check"]:
         assert check["equal"], check  # timed only after it reproduced our chain
 
-    default = rows[("mlp", "langevin/default")]  # the public API with no fast= argument
-    assert default["ms"] > 0 and default["K"] == 100 and "no fast= argument" in default["note"]
+    # the public API with no fast= argument, the energy written as a module, a bound method and a lambda
+    for path, words in (("default", "the module"), ("default-method", "bound method"), ("default-lambda", "lambda")):
+        default = rows[("mlp", f"langevin/{path}")]
+        assert default["ms"] > 0 and default["K"] == 100 and "no fast= argument" in default["note"] and words in default["note"]
     assert measured(rows[("mlp", "matmuls/torch")]) and "matrix products alone" in rows[("mlp", "matmuls/torch")]["note"]
     for key, present in (("langevin/jax", HAVE_JAX), ("langevin-mala/blackjax", HAVE_JAX and HAVE_BLACKJAX), ("matmuls/xla", HAVE_JAX)):
         row = rows[("mlp", key)]
@@ -58,7 +60,7 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
         assert results["jax"]["check"]["equal"]  # the same energy as the torch MLP, weights copied
         assert "intra_op_parallelism_threads=1" in results["jax"]["xla_flags"]
     targets = [t["target"] for t in results["targets"]]
-    assert any("BlackJAX" in t for t in targets) and any("public default" in t for t in targets)
+    assert any("BlackJAX" in t for t in targets) and sum("public default" in t for t in targets) == 3
     assert any("≤ 0.8× eager floor" in t for t in targets)
 
     assert {(r["kind"], r["sampler"]) for r in results["training"]} == {(k, s) for k in ("mlp", "conv") for s in ("langevin", "anila")}

@@ -75,27 +75,15 @@ def test_compiled_metropolis_and_psgld_equal_eager():
     torch.testing.assert_close(quick, eager, rtol=1e-4, atol=1e-4)  # γ = ε / sqrt(V) magnifies rounding where g is small
 
 
-def test_cpu_rewrites_keep_energies_and_gradients():
-    # SiLU as h·σ(h), the one-output head as a dot product, the thin first layer as broadcasts: the same numbers, cheaper to differentiate
+def test_func_gradient_equals_autograds():
+    # the compiled path's torch.func gradient against the eager path's autograd one: two code
+    # paths, so equal to float32 rounding (one forward and backward of a small MLP: ~1e-7 relative)
     from anila_core.sampling.kernel import energy_and_grad
 
     energy, grad = energy_and_grad(NET, X0)
-    grad_r, energy_r = fast._grad_and_energy(NET, X0, cpu_rewrites=True)
-    torch.testing.assert_close(energy_r, energy, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad_r, grad, rtol=1e-5, atol=1e-6)
-    with fast._CheaperCpuGradient():
-        h = torch.randn(5, 3)
-        w, b = torch.randn(1, 3), torch.randn(1)
-        torch.testing.assert_close(torch.nn.functional.linear(h, weight=w, bias=b), h @ w.T + b)
-        assert torch.nn.functional.linear(h, torch.randn(4, 3)).shape == (5, 4)  # not a head: left to torch
-        thin_w, thin_b = torch.randn(16, 3), torch.randn(16)  # a thin layer: 3 inputs (at most _THIN_INPUTS), 16 outputs
-        torch.testing.assert_close(torch.nn.functional.linear(h, thin_w, thin_b), h @ thin_w.T + thin_b)
-        torch.testing.assert_close(torch.nn.functional.linear(h, thin_w), h @ thin_w.T)
-        wide_w = torch.randn(16, fast._THIN_INPUTS + 1)  # one input too many: not thin, left to torch's GEMM
-        torch.testing.assert_close(torch.nn.functional.linear(torch.ones(5, wide_w.shape[1]), wide_w), wide_w.sum(1).expand(5, -1))
-        inplace = h.clone()
-        torch.nn.functional.silu(inplace, inplace=True)  # left to torch: the caller relies on the in-place write
-        torch.testing.assert_close(inplace, torch.nn.functional.silu(h))
+    grad_f, energy_f = fast._grad_and_energy(NET, X0)
+    torch.testing.assert_close(energy_f, energy, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_f, grad, rtol=1e-5, atol=1e-6)
 
 
 def test_cache_reuses_the_compiled_transition_for_the_same_shape():
@@ -132,9 +120,10 @@ def test_fallback_when_compile_fails(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     net, sampler = mlp(seed=5), Langevin(step_size=0.05)
-    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no compiler"):
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no compiler.*the same chain as fast=False"):
         eager, quick, _ = both(sampler, energy=net)
-    torch.testing.assert_close(quick, eager, rtol=0, atol=1e-6)
+    # the fallback is the very transition fast=False runs, on this machine: the same chain bit for bit, as the warning says
+    assert torch.equal(quick, eager)
     [row] = [r for r in fast.cache_info() if r["failed"]]
     assert "no compiler" in row["failed"]
     with warnings.catch_warnings():
@@ -144,10 +133,22 @@ def test_fallback_when_compile_fails(monkeypatch):
     fast.clear_cache()
 
 
+def test_fallback_runs_the_eager_transition_of_every_sampler(monkeypatch):
+    """A Metropolis chain and pSGLD's history too: the fallback's chain is fast=False's, bit for bit (same path, same machine)."""
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no compiler")))
+    for sampler in (AniLA(step_size=0.05, b=0.04, metropolis=True), PSGLD(step_size=0.005), AniLA(step_size=0.05, b=0.04, norm="sample")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            eager, quick, (te, tf) = both(sampler, trace=True)
+        assert torch.equal(quick, eager), sampler
+        assert te.mean_energy == tf.mean_energy and te.acceptance_rate == tf.acceptance_rate
+    fast.clear_cache()
+
+
 def test_fallback_when_compile_is_unsupported(monkeypatch):
     monkeypatch.setattr(fast, "compile_supported", lambda: (False, "torch.compile does not support this Python version"))
     sampler = Langevin(step_size=0.05)
-    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+    with pytest.warns(RuntimeWarning, match="runs eagerly, the same chain as fast=False"):
         eager, quick, _ = both(sampler, energy=mlp(seed=6))
     assert torch.equal(quick, eager)
     fast.clear_cache()
@@ -184,7 +185,8 @@ def test_auto_compiles_big_calls_only(monkeypatch):
     torch.testing.assert_close(big, eager, **TOL)
     image_batch = torch.zeros(2, 1, 4, 4)  # a ConvNet's transition is all convolution on a CPU: never compiled by auto
     assert not fast.auto_compiles(NET, image_batch, 10**9)
-    assert not fast.auto_compiles(lambda z: NET(z), X0, 10**9)  # not a network's method: an analytic energy stays eager
+    assert fast.auto_compiles(lambda z: NET(z), X0, 10**9)  # a lambda over a network is a network energy
+    assert not fast.auto_compiles(lambda z: z.square().sum(1), X0, 10**9)  # an analytic energy stays eager
     with pytest.raises(ValueError, match="fast: expected one of"):
         sampler.sample(NET, X0, 2, fast="yes")
 
@@ -239,11 +241,11 @@ def test_training_with_the_fast_path_matches_eager():
     torch.testing.assert_close(s_on[-1]["loss"], s_off[-1]["loss"], **TOL)
 
 
-def test_thin_weights_are_column_major_only_while_a_fast_chain_runs():
-    """The first layer's (out, 2) weight is re-laid for the compiled chain (a faster input gradient) and put back, same storage."""
+def test_a_compiled_chain_leaves_the_weights_layout_alone():
+    """Parameters keep their storage, strides and values through a compiled chain, seen from inside the energy too."""
     net = mlp()
-    weight = net.net[0].weight
-    storage, strides = weight.data_ptr(), weight.stride()
+    layout = [(p.data_ptr(), p.stride()) for p in net.parameters()]
+    values = [p.detach().clone() for p in net.parameters()]
     seen = []
 
     class Holder:  # the owner of a bound-method energy, as a trainer is
@@ -251,23 +253,37 @@ def test_thin_weights_are_column_major_only_while_a_fast_chain_runs():
             self.net = net
 
         def energy(self, z):
-            seen.append(weight.stride())
+            seen.append([(p.data_ptr(), p.stride()) for p in self.net.parameters()])
             return self.net(z)
 
     holder = Holder()
-    assert fast._thin_linear_weights(holder.energy) == [weight]
-    assert fast._thin_linear_weights(lambda z: net(z)) == []  # a plain function: nothing to find, nothing changes
-    eager, quick, _ = both(SAMPLERS["langevin"], energy=holder.energy)
-    torch.testing.assert_close(quick, eager, **TOL)
-    assert (1, weight.shape[0]) in seen and strides in seen  # the compiled trace saw column-major, the eager loop row-major
-    assert (weight.data_ptr(), weight.stride()) == (storage, strides)
-    with pytest.raises(RuntimeError, match="inside"):
-        with fast._thin_weights_column_major([weight]):
-            assert weight.stride() == (1, weight.shape[0])
-            raise RuntimeError("inside")
-    assert (weight.data_ptr(), weight.stride()) == (storage, strides)
+    for energy in (net, holder.energy, lambda z: holder.net(z)):
+        eager, quick, _ = both(SAMPLERS["langevin"], energy=energy)
+        torch.testing.assert_close(quick, eager, **TOL)
+        assert [(p.data_ptr(), p.stride()) for p in net.parameters()] == layout
+        assert all(torch.equal(p, v) for p, v in zip(net.parameters(), values))
+    assert seen and all(s == layout for s in seen)  # the eager loop and the compiled trace saw the user's layout
 
 
-def test_a_trainer_energy_finds_its_models_thin_weights():
+def test_the_networks_of_an_energy_are_found():
+    """Module, bound method, closures and globals over a module: found; an analytic energy: none (so fast="auto" stays eager)."""
+    from anila_core.sampling.targets import Rings
+
     trainer = Trainer(preset("smoke", "langevin", device="cpu"), progress=False)
-    assert fast._thin_linear_weights(trainer.energy) == [trainer.model.net[0].weight]
+    assert fast._modules_of(trainer.energy) == [trainer.model]
+    net = mlp()
+    assert fast._modules_of(net) == [net]
+    assert fast._modules_of(lambda z: net(z).squeeze(-1)) == [net]  # a closure cell
+    assert fast._modules_of(lambda z: NET(z)) == [NET]  # a global, as in a notebook
+    scaled = lambda z: 2.0 * net(z)  # noqa: E731
+
+    def through_a_helper(z):
+        return scaled(z) + 1.0
+
+    assert fast._modules_of(through_a_helper) == [net]
+    assert fast._modules_of(lambda z: trainer.energy(z)) == [trainer.model]
+    target = Rings()
+    assert fast._modules_of(target.energy) == []
+    assert fast._modules_of(lambda z: target.energy(z) / 2) == []
+    assert fast._modules_of(lambda z: torch.sin(z).sum(1)) == []  # torch itself is a global, not a network
+    assert not fast.auto_compiles(target.energy, X0, 10**9)

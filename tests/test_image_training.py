@@ -143,7 +143,8 @@ def test_step_size_image_is_one_for_langevin_and_shrinks_where_the_gradient_exce
     energy, x = trainer.eval_energy, trainer.samples
     torch.testing.assert_close(step_size_image(AniLA(1.0, float("inf")), energy, x), torch.ones(32, 32))
     torch.testing.assert_close(step_size_image(Langevin(1.0), energy, x), torch.ones(32, 32))
-    # one channel: the "pixel" norm (over channels) is the "coordinate" norm exactly
+    # one channel: the "pixel" norm (over channels) is the "coordinate" norm exactly: sqrt(g²) is |g| in IEEE arithmetic
+    # (sqrt is correctly rounded on every ISA), and where g² underflows both are clamped to b
     digits = Trainer(tiny("digits", "anila", data_root), progress=False)
     digits.train_step()
     e, xd = digits.eval_energy, digits.samples

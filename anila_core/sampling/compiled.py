@@ -13,28 +13,32 @@ Nothing here re-implements a sampler: :func:`compiled_transition` compiles the s
 in the same order as eagerly, so a compiled chain equals the eager chain of the same
 generator seed up to floating-point rounding.
 
+The compiled graph is the sampler's arithmetic as written: no layer is rewritten and no
+weight re-laid in memory. On a CPU it is generated for the vector ISA this process runs
+(``ATEN_CPU_CAPABILITY`` picks ``default``, ``avx2`` or ``avx512``), and inductor's disk cache
+keeps the code of each ISA apart (:func:`_cpu_codegen_options`).
+
 Compiled transitions are cached per (sampler type and hyperparameters, energy, input shape,
 dtype, device), so the compile (seconds to tens of seconds, see :func:`cache_info`) is paid
 once per process. When ``torch.compile`` is unavailable or fails, a warning says so once and
-sampling goes on eagerly with the same result.
+sampling goes on with the transition ``fast=False`` runs: the same chain, bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dis
+import functools
 import time
 import types
 import warnings
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from anila_core.sampling.kernel import check_energies, energy_and_grad, watched
 
@@ -58,14 +62,17 @@ EnergyFn = Callable[[torch.Tensor], torch.Tensor]
 FAST_MODES = ("auto", "on", "off")
 #: ``fast="auto"`` compiles when a run makes at least this many transitions (iters × K).
 #: Measured on the 2-core CPUs (MLP 2-128-128-128-1, batch 256): a cold compile took 11–25 s
-#: and the compiled transition saved ≈ 0.35 ms of 1.2 ms, so it pays for itself after
-#: 35k–70k transitions. At this threshold every preset but the smoke ones compiles (the cpu
-#: preset makes 90k: the demo, notebook 02 at the cpu budget, cpu_long, paper) and the CI
+#: and the compiled transition saved ≈ 0.35 ms of 1.2 ms, so it paid for itself after
+#: 35k–70k transitions (measured with CPU rewrites of three layers since removed; without
+#: them the compiled transition of the 2-D MLP costs ≈ 15 % more, so it pays a little later).
+#: At this threshold every preset but the smoke ones compiles (the cpu preset makes 90k: the
+#: demo, notebook 02 at the cpu budget, cpu_long, paper) and the CI
 #: sizes (hundreds of transitions) and the sweep's cells (40k) stay eager.
 AUTO_MIN_TRANSITIONS = 80_000
 #: ``run``/``sample(fast="auto")`` compile a call that moves at least this many chain-steps
 #: (chains × steps) of a network energy. At batch 1024 the compiled transition of the 2-D MLP
-#: saves ≈ 0.9 ms of 3.4 ms, so one call of 100 steps saves ≈ 0.1 s: less than a compile
+#: saves ≈ 0.7 ms of 4.1 ms (one thread, CPU time, on a loaded 2-core AVX2 machine), so one
+#: call of 100 steps saves ≈ 0.07 s: less than a compile
 #: (0.2–3 s warm from inductor's disk cache, 11–25 s cold). The graph is cached for the
 #: process, so it pays in a loop that samples the same setting again and again, or in one
 #: call of tens of thousands of steps; this threshold makes the compiled path the default
@@ -76,99 +83,67 @@ AUTO_MIN_CHAIN_STEPS = 100_000
 # --------------------------------------------------------------------------- the transitions
 
 
-class _CheaperCpuGradient(TorchFunctionMode):
-    """Inside a CPU transition, three kinds of layer are written so that their input gradient costs less; the values agree to rounding.
-
-    * ``F.silu(h)`` as ``h · σ(h)``. Autograd's formula for SiLU recomputes ``σ(h)`` in the
-      backward pass, a second exponential per hidden unit, which on a CPU costs about half as
-      much as the layer's matmul; as a product, autograd keeps ``σ(h)`` from the forward pass.
-    * A linear layer to one output (an energy head) as a dot product. As a matmul its backward
-      is an outer product the compiler hands to a GEMM call and writes out; as a dot product it
-      is a broadcast fused into the next kernel.
-    * A thin linear layer (at most ``_THIN_INPUTS`` inputs, more outputs: the first layer of a
-      2-D MLP) as a sum of ``in`` broadcast products. Its forward then fuses into the kernel
-      that makes the move and its input gradient into the last kernel, instead of two GEMM
-      calls with a K or N of 2 and the copy of the bias that ``addmm`` makes (2–4 % of a
-      transition of the 2-D MLP, measured side by side).
-
-    The first two together save ≈ 10 % of a transition of the 2-D MLP (measured). On CUDA,
-    where elementwise work is memory-bound and recomputing is the cheaper choice, this mode is
-    not used.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.silu and not kwargs.get("inplace", False) and not (len(args) > 1 and args[1]):
-            h = args[0]
-            return h * torch.sigmoid(h)
-        if func is F.linear:
-            h = args[0] if args else kwargs["input"]
-            weight = args[1] if len(args) > 1 else kwargs["weight"]
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if weight.ndim == 2 and weight.shape[0] == 1:
-                out = (h * weight[0]).sum(-1, keepdim=True)
-                return out if bias is None else out + bias
-            if h.ndim == 2 and weight.ndim == 2 and weight.shape[1] <= _THIN_INPUTS < weight.shape[0]:
-                out = h[:, :1] * weight[:, 0]  # each weight column is contiguous here (_thin_weights_column_major)
-                for k in range(1, weight.shape[1]):
-                    out = out + h[:, k:k + 1] * weight[:, k]
-                return out if bias is None else out + bias
-        return func(*args, **kwargs)
-
-
-#: a linear layer with at most this many inputs counts as thin (the 2-D MLP's first layer)
-_THIN_INPUTS = 8
+#: how many calls deep :func:`_modules_of` follows an energy's functions (a lambda calling a helper calling a network is 3)
+_SEARCH_DEPTH = 4
 
 
 def _modules_of(energy_fn) -> list[torch.nn.Module]:
-    """The network(s) ``energy_fn`` computes with: itself when it is a module, else the module a bound method belongs to, or the modules among that object's attributes (a trainer's ``energy``)."""
-    owner = getattr(energy_fn, "__self__", energy_fn)
-    if isinstance(owner, torch.nn.Module):
-        return [owner]
-    return [v for v in vars(owner).values() if isinstance(v, torch.nn.Module)] if hasattr(owner, "__dict__") else []
+    """The networks ``energy_fn`` computes with, as far as they show without calling it (none for an analytic energy).
 
-
-def _thin_linear_weights(energy_fn) -> list[torch.nn.Parameter]:
-    """The weights of the thin ``nn.Linear`` layers (few inputs, more outputs) in the modules ``energy_fn`` belongs to (none for a plain function)."""
-    weights: dict[int, torch.nn.Parameter] = {}
-    for root in _modules_of(energy_fn):
-        for module in root.modules():
-            if isinstance(module, torch.nn.Linear) and module.in_features <= _THIN_INPUTS < module.out_features:
-                weights[id(module.weight)] = module.weight
-    return list(weights.values())
-
-
-@contextmanager
-def _thin_weights_column_major(weights: list[torch.nn.Parameter]):
-    """Hold the given ``(out, in)`` weights in column-major memory while a CPU chain runs; the values are untouched.
-
-    A thin layer runs as broadcast products with its weight's columns (:class:`_CheaperCpuGradient`),
-    which the compiled kernels read with vector loads only when each column is contiguous: with
-    the row-major weight the transition of the 2-D MLP took 1.3× as long (measured side by side).
-    The compiler keeps a graph input's layout, so the weights are re-laid before the compiled
-    transitions run and put back after. The compiled graphs are specialised on this layout.
+    Found: the energy itself when it is a module; the module a bound method belongs to, or the
+    modules among that object's attributes (a trainer's ``energy``); and, for a plain function
+    or lambda, the modules it closes over or reads as globals, directly or through the objects,
+    functions and ``functools.partial`` it refers to (``lambda x: net(x).squeeze(-1)`` in a
+    notebook finds ``net``). A 2-D target's ``energy`` or ``lambda x: x.square().sum(1)`` finds none.
     """
-    originals = []
-    try:
-        for weight in weights:
-            if weight.ndim == 2 and weight.is_contiguous():
-                originals.append((weight, weight.data))
-                weight.data = weight.data.t().contiguous().t()
-        yield
-    finally:
-        for weight, data in originals:
-            weight.data = data
+    found: dict[int, torch.nn.Module] = {}
+    _collect_modules(energy_fn, found, _SEARCH_DEPTH, set())
+    return list(found.values())
 
 
-def _grad_and_energy(energy_fn: EnergyFn, x: torch.Tensor, cpu_rewrites: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _collect_modules(value, found: dict, depth: int, seen: set) -> None:
+    if id(value) in seen or depth < 0:
+        return
+    seen.add(id(value))
+    if isinstance(value, torch.nn.Module):
+        found[id(value)] = value
+    elif isinstance(value, types.MethodType):
+        _collect_modules(value.__self__, found, depth, seen)
+        _collect_modules(value.__func__, found, depth - 1, seen)
+    elif isinstance(value, partial):
+        for part in (value.func, *value.args, *value.keywords.values()):
+            _collect_modules(part, found, depth - 1, seen)
+    elif isinstance(value, types.FunctionType):
+        for cell in value.__closure__ or ():
+            try:
+                _collect_modules(cell.cell_contents, found, depth - 1, seen)
+            except ValueError:  # a cell not yet filled (a closure over a name assigned later)
+                pass
+        for name in _global_names(value.__code__):
+            if name in value.__globals__:
+                _collect_modules(value.__globals__[name], found, depth - 1, seen)
+    elif not isinstance(value, (type, types.ModuleType, types.BuiltinFunctionType, torch.Tensor)) and hasattr(value, "__dict__"):
+        # an object holding networks (a trainer, a wrapper): its attributes that are modules, one level down
+        for attribute in list(vars(value).values()):
+            if isinstance(attribute, torch.nn.Module):
+                found[id(attribute)] = attribute
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """The global names ``code`` reads, its nested functions' and comprehensions' included (attribute names are not globals: ``x.net`` reads none)."""
+    names = {ins.argval for ins in dis.get_instructions(code) if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_global_names(const))
+    return tuple(sorted(n for n in names if isinstance(n, str)))
+
+
+def _grad_and_energy(energy_fn: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(∇_x Σ E, E)`` with ``torch.func``: unlike ``autograd.grad`` it compiles without a graph break."""
 
     def total(z):
-        if cpu_rewrites:
-            with _CheaperCpuGradient():
-                energy = energy_fn(z)
-        else:
-            energy = energy_fn(z)
+        energy = energy_fn(z)
         check_energies(energy, z)  # static shapes: checked once, while tracing
         return energy.sum(), energy
 
@@ -176,22 +151,17 @@ def _grad_and_energy(energy_fn: EnergyFn, x: torch.Tensor, cpu_rewrites: bool = 
     return grad, energy
 
 
-def _evaluator(cpu_rewrites: bool):
-    """``evaluate(energy_fn, x) -> (energy, grad)`` for a compiled transition: the kernel's order, ``torch.func``'s gradient."""
-
-    def evaluate(energy_fn, x):
-        grad, energy = _grad_and_energy(energy_fn, x, cpu_rewrites)
-        return energy, grad
-
-    return evaluate
+def _evaluate(energy_fn, x):
+    """``(energy, grad)`` for a compiled transition: the kernel's order, ``torch.func``'s gradient."""
+    grad, energy = _grad_and_energy(energy_fn, x)
+    return energy, grad
 
 
-def _make_transition(sampler, cpu_rewrites: bool):
+def _make_transition(sampler):
     """The sampler's transition, with the run's watch of non-finite chains, as a plain function of tensors for ``torch.compile``."""
-    evaluate = _evaluator(cpu_rewrites)
 
     def anila_transition(energy_fn, x, energy, grad, extra, noise, u, ok, steps_ok):
-        return watched(sampler.transition, evaluate, energy_fn, x, energy, grad, extra, noise, u, ok, steps_ok)
+        return watched(sampler.transition, _evaluate, energy_fn, x, energy, grad, extra, noise, u, ok, steps_ok)
 
     return anila_transition
 
@@ -235,17 +205,37 @@ def compile_supported() -> tuple[bool, str]:
     return True, ""
 
 
+def _cpu_codegen_options() -> dict:
+    """Inductor's options for a CPU graph: its vector width pinned to the one this process would pick.
+
+    Inductor writes C++ for the vector ISA it picks (``ATEN_CPU_CAPABILITY`` chooses among
+    ``default``, ``avx2`` and ``avx512``) but leaves that ISA out of the key of its on-disk graph
+    cache, which its options are part of. A graph generated under one ISA was then served under
+    another: under ``default`` the AVX2 source failed to build, and under ``avx2`` the AVX-512
+    source (loops of 16 floats over 8-float vectors) turned every chain NaN from its first step.
+    With the width as an option, each ISA has its own cache entries, and the width alone
+    decides which ISA the code is written for.
+    """
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return {"cpp.simdlen": pick_vec_isa().bit_width()}  # 0 where it vectorises nothing (``default``)
+
+
 @dataclass
 class FastTransition:
-    """One compiled transition for one (sampler hyperparameters, energy, shape, dtype, device), with its eager twin.
+    """One compiled transition for one (sampler hyperparameters, energy, shape, dtype, device), and the eager transition to fall back on.
 
-    ``compile_s`` is the wall time of the first call (tracing and code generation; one
-    transition's own run is a negligible part of it), ``None`` before it. ``failed`` holds
-    why compiling failed, after which every call runs the eager twin.
+    ``traced`` is the function ``torch.compile`` compiles (the transition with ``torch.func``'s
+    gradient); ``fallback`` is the very transition ``fast=False`` runs (autograd's gradient),
+    so a chain whose compile fails is the eager chain, bit for bit. ``compile_s`` is the wall
+    time of the first call (tracing and code generation; one transition's own run is a
+    negligible part of it), ``None`` before it. ``failed`` holds why compiling failed, after
+    which every call runs ``fallback``.
     """
 
     name: str
-    eager: Callable
+    traced: Callable
+    fallback: Callable
     mode: str
     compiled: Callable | None = None
     compile_s: float | None = None
@@ -255,13 +245,14 @@ class FastTransition:
     def __call__(self, *args):
         self.calls += 1
         if self.failed is not None:
-            return self.eager(*args)
+            return self.fallback(*args)
         first = self.compile_s is None
         start = time.perf_counter()
         try:
             if self.compiled is None:
                 # fullgraph: a graph break would leave a slow half-compiled transition; better to know and run eagerly
-                self.compiled = torch.compile(self.eager, fullgraph=True, dynamic=False, mode=self.mode)
+                how = {"options": _cpu_codegen_options()} if self.mode == "cpu" else {"mode": self.mode}
+                self.compiled = torch.compile(self.traced, fullgraph=True, dynamic=False, **how)
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
                 out = _cloned(self.compiled(*args))  # a CUDA graph's outputs are overwritten by its next replay
@@ -275,10 +266,15 @@ class FastTransition:
             return out
         # Outside the except block, so that an error the eager code raises too (a wrong
         # energy shape, a device mismatch) reaches the caller as itself, not as a compile failure.
-        out = self.eager(*args)
+        out = self.fallback(*args)
         reason = f"{type(compile_error).__name__}: {str(compile_error).strip().splitlines()[0] if str(compile_error).strip() else ''}"
         self.failed = reason
-        _warn_once(f"anila_core.sampling.compiled: torch.compile failed ({reason}); sampling continues eagerly with the same chain")
+        if first:
+            _warn_once(f"anila_core.sampling.compiled: torch.compile failed ({reason}); sampling continues eagerly "
+                       "with the same chain as fast=False")
+        else:  # compiled steps ran before: from here on the chain is the eager one's, to float rounding
+            _warn_once(f"anila_core.sampling.compiled: a compiled transition failed ({reason}); the rest of the chain "
+                       "runs eagerly, the same chain as fast=False to float rounding")
         return out
 
 
@@ -320,17 +316,20 @@ def transition_for(sampler, energy_fn: EnergyFn, x: torch.Tensor, cuda_graphs: b
     as one CUDA graph); ignored elsewhere.
     """
     global _counter
-    mode = "reduce-overhead" if cuda_graphs and x.device.type == "cuda" else "default"
+    # "cpu": compiled with the options of _cpu_codegen_options; elsewhere, torch.compile's mode
+    mode = "cpu" if x.device.type == "cpu" else "reduce-overhead" if cuda_graphs and x.device.type == "cuda" else "default"
     func = getattr(energy_fn, "__func__", None)
     key = (_sampler_key(sampler), func, tuple(x.shape), x.dtype, x.device, mode)
     entries = _entries_for(energy_fn)
     entry = entries.get(key)
     if entry is None:
         # a frozen copy: the entry's graph belongs to the hyperparameters in its key
-        transition = _make_transition(copy.copy(sampler), cpu_rewrites=x.device.type == "cpu")
+        frozen = copy.copy(sampler)
+        transition = _make_transition(frozen)
         _counter += 1
         name = f"{transition.__name__}_{sampler.name}_{_counter}"
-        entry = FastTransition(name=name, eager=_own_code(transition, name), mode=mode)
+        entry = FastTransition(name=name, traced=_own_code(transition, name), fallback=partial(watched, frozen.transition, energy_and_grad),
+                               mode=mode)
         entries[key] = entry
     return entry
 
@@ -339,32 +338,26 @@ def compiled_transition(sampler, energy_fn: EnergyFn, x: torch.Tensor, cuda_grap
     """``(step, context)`` for ``Sampler.run``: the compiled transition, and the block to run its loop in.
 
     The context turns off parameter gradients (``torch.func`` computes the input gradient
-    regardless) and, on a CPU, holds thin first-layer weights column-major
-    (:func:`_thin_weights_column_major`). Where ``torch.compile`` cannot run here, ``step``
-    is the same transition run eagerly, after a warning.
+    regardless). The energy's parameters are read as they are: their values, storage and
+    memory layout are never changed. Where ``torch.compile`` cannot run here, ``step`` is the
+    transition ``fast=False`` runs, after a warning: the same chain, bit for bit.
     """
     ok, why = compile_supported()
     if not ok:
-        _warn_once(f"anila_core.sampling.compiled: {why}; sampling runs eagerly")
+        _warn_once(f"anila_core.sampling.compiled: {why}; sampling runs eagerly, the same chain as fast=False")
         return partial(watched, sampler.transition, energy_and_grad), contextlib.nullcontext()
     step = transition_for(sampler, energy_fn, x, cuda_graphs=cuda_graphs)
-    return step, _compiled_block(energy_fn, x)
-
-
-@contextmanager
-def _compiled_block(energy_fn, x: torch.Tensor):
-    weights = _thin_linear_weights(energy_fn) if x.device.type == "cpu" else []
-    with torch.no_grad(), _thin_weights_column_major(weights):
-        yield
+    return step, torch.no_grad()
 
 
 def auto_compiles(energy_fn: EnergyFn, x: torch.Tensor, n_steps: int) -> bool:
     """``fast="auto"`` for one ``run``/``sample`` call: compile a network's chains when chains × steps ≥ :data:`AUTO_MIN_CHAIN_STEPS`.
 
-    Only energies computed by a ``torch.nn.Module`` (the module itself, or a method of an
-    object holding one) compile: an analytic energy such as a 2-D target costs microseconds
-    per step eagerly, and its compile (seconds, once per sampler setting, energy and shape)
-    would not pay within a notebook. Image batches (``x.ndim > 2``) on a CPU never compile: a
+    Only energies computed by a ``torch.nn.Module`` compile: the module itself, a method of an
+    object holding one, or a function or lambda over one (``lambda x: net(x).squeeze(-1)``;
+    :func:`_modules_of`). An analytic energy such as a 2-D target finds no module: it costs
+    microseconds per step eagerly, and its compile (seconds, once per sampler setting, energy
+    and shape) would not pay within a notebook. Image batches (``x.ndim > 2``) on a CPU never compile: a
     ConvNet's transition is all convolution there, and compiling does not make it faster
     (measured).
     """
@@ -376,7 +369,7 @@ def auto_compiles(energy_fn: EnergyFn, x: torch.Tensor, n_steps: int) -> bool:
 
 
 def cache_info() -> list[dict]:
-    """One row per cached transition: its name, compile mode, compile time in seconds, calls, and why it fell back (``None`` if it did not)."""
+    """One row per cached transition: its name, compile mode (``"cpu"`` on a CPU, else ``torch.compile``'s mode), compile time in seconds, calls, and why it fell back (``None`` if it did not)."""
     rows = []
     for entries in list(_CACHE.values()) + [e for _, e in _UNWEAKABLE.values()]:
         for entry in entries.values():
