@@ -47,7 +47,7 @@ def _integer(text: str) -> int:
 
 #: the library's arguments that a command-line user sets with a flag: the library's errors name the
 #: arguments (a notebook has no flags), and this layer words them in the flags' terms
-_FLAGS = {"out_dir": "--out", "out": "--out", "resume=True": "--resume", "iters": "--iters", "jobs": "--jobs"}
+_FLAGS = {"out_dir": "--out", "out": "--out", "resume=True": "--resume", "iters": "--iters", "jobs": "--jobs", "energy": "--energy"}
 #: those of them that mean nothing else inside a message (``out`` or ``jobs`` may be plain words there)
 _FLAG_WORDS = ("out_dir", "resume=True", "iters")
 
@@ -210,7 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             run = Run(args.out, resume=True, iters=overrides.get("iters"), progress=progress, data_root=overrides.get("data_root"),
                       on_divergence=overrides.get("on_divergence"), max_rollbacks=overrides.get("max_rollbacks"),
-                      device=overrides.get("device"))
+                      device=overrides.get("device"), energy=overrides.get("energy") or None)
         else:
             out = args.out or Path("runs") / f"{config.data_name}-{config.sampler}-seed{config.seed}"
             run = Run(out, config, progress=progress)
@@ -339,7 +339,8 @@ def _train_one(job: tuple) -> dict:
     with torch_threads(threads):
         if resume and (out / "config.json").exists():
             # restart=True: a sampler killed before its first checkpoint starts again (its settings were checked)
-            run = Run(out, config, resume=True, restart=True, progress=bar)
+            # the network this command names (--energy), never one the folder names alone
+            run = Run(out, config, resume=True, restart=True, progress=bar, energy=config.energy or None)
             if (out / "checkpoint.pt").exists():
                 print(f"resuming {out} at iteration {run.trainer.iteration} of {run.config.iters}", flush=True)
             else:
@@ -451,14 +452,14 @@ def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: 
             finals = pool.map(_train_one, work)
     finals = dict(zip(samplers, finals))
     if configs[samplers[0]].is_image:
-        return _finish_image_comparison(out, samplers, finals, start)
+        return _finish_image_comparison(out, samplers, finals, start, configs)
     if configs[samplers[0]].is_points:
-        return _finish_points_comparison(out, samplers, finals, start)
+        return _finish_points_comparison(out, samplers, finals, start, configs)
     runs = {}
     for s in samplers:
-        trainer = load_trainer(out / s, progress=False)
+        trainer = load_trainer(out / s, progress=False, energy=configs[s].energy or None)
         runs[s] = {**model_densities(trainer), "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
-    target = load_trainer(out / samplers[0], progress=False).target
+    target = load_trainer(out / samplers[0], progress=False, energy=configs[samplers[0]].energy or None).target
     save_figure(plot_side_by_side(runs, target), out / "comparison.png")
     return _write_comparison_table(out, markdown_table(finals), start)
 
@@ -474,12 +475,12 @@ def _write_comparison_table(out: Path, table: str, start: float) -> int:
     return 0
 
 
-def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start: float) -> int:
+def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start: float, configs: dict) -> int:
     """comparison.png (sample grids side by side: the paper's Figures 2 and 3), fid.png and comparison.md."""
     from anila_core.ui.report import image_markdown_table, plot_fid_curve, plot_image_side_by_side, save_figure
     from anila_core.training.runs import load_trainer
 
-    trainers = {s: load_trainer(out / s, progress=False) for s in samplers}
+    trainers = {s: load_trainer(out / s, progress=False, energy=configs[s].energy or None) for s in samplers}
     samples = {s: t.sample_for_eval(64) for s, t in trainers.items()}
     save_figure(plot_image_side_by_side(samples, finals), out / "comparison.png")
     ax = plot_fid_curve({s: t.history for s, t in trainers.items()})
@@ -488,7 +489,7 @@ def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start
     return _write_comparison_table(out, image_markdown_table(finals), start)
 
 
-def _finish_points_comparison(out: Path, samplers: list[str], finals: dict, start: float) -> int:
+def _finish_points_comparison(out: Path, samplers: list[str], finals: dict, start: float, configs: dict) -> int:
     """comparison.png (in 2-D the learned densities and samples, else samples on the data's principal axes) and comparison.md."""
     import torch
 
@@ -499,7 +500,7 @@ def _finish_points_comparison(out: Path, samplers: list[str], finals: dict, star
 
     runs, points = {}, None
     for s in samplers:
-        trainer = load_trainer(out / s, progress=False)
+        trainer = load_trainer(out / s, progress=False, energy=configs[s].energy or None)
         points = trainer.dataset
         log_p = None
         if points.dim == 2:
@@ -592,6 +593,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: out of memory ({type(err).__name__}: {' '.join(str(err).split())[:200]}); reduce --buffer-size, "
               "--batch-size or --width (--conv-width for images)", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        note = getattr(err, "anila_note", None)
+        if note is None and args.command == "train":  # before training started: nothing was written, or the checkpoint is as it was
+            note = ("interrupted before the run started: its checkpoint is as it was; continue with --resume" if args.resume
+                    else "interrupted before the run started: nothing was written; run the command again")
+        elif note is None:  # several runs or cells: each kept what it reached
+            note = ("interrupted: finished runs and their checkpoints are kept; run the same command again to go on (compare: "
+                    "plus --resume; runs stopped before their first checkpoint start again)")
+        print(note, file=sys.stderr)
         return 130

@@ -1,0 +1,218 @@
+"""Hostile use (issue 26): a run folder that would import code, a deleted lock, a dead pool worker, inputs without bounds, tampered state, API types."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+import anila_core.training.runs as runs
+import anila_core.ui.report as report
+from anila_core import fileio
+from anila_core.cli import main
+from anila_core.training.config import preset
+from anila_core.training.runs import CHECKPOINT, Run, load_trainer
+
+SMOKE = ["train", "--preset", "smoke", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def no_figures(monkeypatch):
+    """Figures are not what these tests are about, and drawing them costs most of a smoke run's time."""
+    monkeypatch.setattr(report, "save_run_figures", lambda trainer, out: None)
+
+
+def cli(argv: list[str]) -> tuple[int, str]:
+    """``main(argv)`` with its exit code and everything it printed."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, buffer.getvalue()
+
+
+def error_line(printed: str) -> str:
+    """The one ``error:`` line a failing command printed (and no traceback)."""
+    assert "Traceback" not in printed, printed
+    lines = [line for line in printed.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, printed
+    return lines[0].removeprefix("error: ")
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def modules(tmp_path, monkeypatch):
+    """A folder on the Python path with a network of one's own (``mynet:Net``) and one that plants a marker when imported."""
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "mynet.py").write_text(textwrap.dedent("""
+        from torch import nn
+        class Net(nn.Module):
+            def __init__(self, data_shape=(2,)):
+                super().__init__()
+                self.l = nn.Sequential(nn.Linear(data_shape[0], 8), nn.SiLU(), nn.Linear(8, 1))
+            def forward(self, x):
+                return self.l(x).squeeze(-1)
+        """))
+    monkeypatch.syspath_prepend(str(folder))
+    yield folder
+    for name in [n for n in sys.modules if n.startswith(("mynet", "planted", "exiting"))]:
+        del sys.modules[name]
+
+
+# --------------------------------------------------------------------------- 1. code runs only when named
+
+def test_a_run_naming_a_module_resumes_only_when_the_command_names_it(modules, tmp_path):
+    out = tmp_path / "run"
+    code, printed = cli(SMOKE + ["--energy", "mynet:Net", "--out", out, "--iters", "10"])
+    assert code == 0, printed
+    # the folder now names a planted module: a resume that does not name it imports nothing
+    (modules / "planted.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('ran')\nfrom mynet import Net\n")
+    config = json.loads((out / "config.json").read_text())
+    config["energy"] = "planted:Net"
+    (out / "config.json").write_text(json.dumps(config))
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    state["config"]["energy"] = "planted:Net"
+    torch.save(state, out / CHECKPOINT)
+    before = tree(out)
+    code, printed = cli(["train", "--resume", "--out", out, "--iters", "20", "--no-progress"])
+    message = error_line(printed)
+    assert code == 2 and "planted:Net" in message and "--energy planted:Net" in message and "config.json" in message
+    for call in (lambda: load_trainer(out, progress=False), lambda: Run(out, resume=True, progress=False)):
+        with pytest.raises(ValueError, match="imports no module that the caller did not name"):
+            call()
+    from anila_core.shipped import load_runs
+
+    with pytest.raises(ValueError, match="planted:Net"):
+        load_runs(tmp_path, names=["run"]) if (out / "final.json").exists() else load_trainer(out)
+    assert not (tmp_path / "ran").exists(), "a module the folder named was imported"
+    assert tree(out) == before
+    # another spec than the saved one is refused too, before anything is imported
+    code, printed = cli(["train", "--resume", "--out", out, "--iters", "20", "--no-progress", "--energy", "mynet:Net"])
+    assert code == 2 and "--energy" in error_line(printed)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_run_named_again_resumes_by_spec_or_by_class(modules, tmp_path):
+    out = tmp_path / "run"
+    assert cli(SMOKE + ["--energy", "mynet:Net", "--out", out, "--iters", "10"])[0] == 0
+    code, printed = cli(["train", "--resume", "--out", out, "--iters", "20", "--no-progress", "--energy", "mynet:Net"])
+    assert code == 0, printed
+    import mynet
+
+    trainer = load_trainer(out, progress=False, energy=mynet.Net)
+    assert trainer.iteration == 20 and trainer.config.energy == "mynet:Net"
+
+    class Other(torch.nn.Module):
+        pass
+
+    with pytest.raises(ValueError, match="not the network"):
+        load_trainer(out, progress=False, energy=Other)
+    with pytest.raises(TypeError, match="energy: expected"):
+        load_trainer(out, progress=False, energy=3)
+
+
+@pytest.mark.parametrize("where", ["import", "forward"])
+def test_a_module_that_exits_ends_the_run_with_an_error_naming_it(where, modules, tmp_path):
+    body = "import sys\nsys.exit(0)\n" if where == "import" else ""
+    (modules / "exiting.py").write_text(body + textwrap.dedent("""
+        import sys
+        from mynet import Net as Base
+        class Net(Base):
+            calls = 0
+            def forward(self, x):
+                Net.calls += 1
+                if Net.calls > 3:
+                    sys.exit(0)
+                return super().forward(x)
+        """))
+    out = tmp_path / "run"
+    code, printed = cli(SMOKE + ["--energy", "exiting:Net", "--out", out, "--iters", "10"])
+    message = error_line(printed)
+    assert code == 2 and "exiting" in message and "sys.exit(0)" in message, printed
+    assert not out.exists(), "a run that never checkpointed leaves nothing behind: the same command can run again"
+
+
+# --------------------------------------------------------------------------- 2. a lock that holds
+
+def test_a_writer_whose_lock_was_deleted_stops_and_the_second_writer_alone_writes(tmp_path):
+    """``rm RUN/.lock`` while a resumed run writes, then the same command again: one writer, rows in order."""
+    out = tmp_path / "run"
+    settings = ["--eval-every", "2", "--checkpoint-every", "4"]
+    assert cli(SMOKE + settings + ["--out", out, "--iters", "8"])[0] == 0
+    to_child, from_parent = os.pipe()
+    to_parent, from_child = os.pipe()
+    torch.set_num_threads(1)
+    pid = os.fork()
+    if pid == 0:  # the first writer: pauses after its row of iteration 12 while the lock is deleted and another writer runs
+        code = 70
+        try:
+            append = runs.append_jsonl
+
+            def append_then_wait(path, row):
+                append(path, row)
+                if row["iter"] == 12:
+                    os.write(from_child, b"1")
+                    os.read(to_child, 1)
+
+            runs.append_jsonl = append_then_wait
+            code, printed = cli(["train", "--resume", "--out", out, "--iters", "24", "--no-progress"])
+            os.write(2, printed.encode())
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    try:
+        assert os.read(to_parent, 1) == b"1", "the first writer did not reach its row"
+        (out / fileio.LOCK_FILE).unlink()
+        second, printed = cli(["train", "--resume", "--out", out, "--iters", "24", "--no-progress"])
+    finally:
+        os.write(from_parent, b"1")
+    _, status = os.waitpid(pid, 0)
+    first = os.WEXITSTATUS(status)
+    assert second == 0, printed
+    assert first == 3, f"the first writer went on writing after its lock was deleted (exit {first})"
+    iters = [json.loads(line)["iter"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert iters == sorted(set(iters)) and iters[-1] == 24, iters
+    assert torch.load(out / CHECKPOINT, weights_only=True)["iteration"] == 24
+    assert json.loads((out / "final.json").read_text())["iters"] == 24
+
+
+def test_verify_names_a_deleted_a_replaced_and_a_moved_lock(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for spoil in ("delete", "replace", "move"):
+        lock = fileio.FolderLock(folder).acquire()
+        lock.verify()
+        if spoil == "delete":
+            lock.path.unlink()
+        elif spoil == "replace":
+            lock.path.unlink()
+            lock.path.write_text("{}")
+        else:
+            folder.rename(tmp_path / "moved")
+            folder.mkdir()
+        with pytest.raises(fileio.LockLost, match=r"\.lock (was deleted|was replaced)"):
+            lock.verify()
+        lock.forget()
+        for p in folder.iterdir():
+            p.unlink()
+        if (tmp_path / "moved").exists():
+            for p in (tmp_path / "moved").iterdir():
+                p.unlink()
+            (tmp_path / "moved").rmdir()
