@@ -47,7 +47,7 @@ def _integer(text: str) -> int:
 
 #: the library's arguments that a command-line user sets with a flag: the library's errors name the
 #: arguments (a notebook has no flags), and this layer words them in the flags' terms
-_FLAGS = {"out_dir": "--out", "out": "--out", "resume=True": "--resume", "iters": "--iters", "jobs": "--jobs", "energy": "--energy"}
+_FLAGS = {"out_dir": "--out", "out": "--out", "resume=True": "--resume", "iters": "--iters", "jobs": "--jobs"}
 #: those of them that mean nothing else inside a message (``out`` or ``jobs`` may be plain words there)
 _FLAG_WORDS = ("out_dir", "resume=True", "iters")
 

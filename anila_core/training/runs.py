@@ -522,13 +522,13 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     if max_rollbacks is not None:
         changes["max_rollbacks"] = max_rollbacks
     config = config.replace(**changes)
-    given = energy_for_run(config.energy, energy, str(config_path))  # before anything is imported
-    energy = given if isinstance(given, torch.nn.Module) else None
-    inside = module_inside(config.energy, out) if given is not None else None
+    inside = module_inside(config.energy, out)  # found on the path, not imported
     if inside is not None:
         raise ValueError(f"{config_path}: names the energy {config.energy}, whose module would be imported from {inside}, inside "
                          "the run folder; loading a run never runs code from its folder; expected a module of your own Python "
                          "path: move it out of the run folder")
+    given = energy_for_run(config.energy, energy, str(config_path))  # before anything is imported
+    energy = given if isinstance(given, torch.nn.Module) else None
     if energy is not None:
         config = config.replace(energy=given_energy_spec(config.energy, energy))
     else:
