@@ -14,7 +14,7 @@ from pathlib import Path
 
 from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes, preset
 from anila_core.training.file_sources import absolute_data_spec
-from anila_core.processes import process_pool, torch_threads
+from anila_core.processes import run_jobs, torch_threads
 from anila_core.sampling.registry import SAMPLERS
 
 __all__ = ["main", "build_parser"]
@@ -447,9 +447,11 @@ def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: 
     start = time.perf_counter()
     if jobs == 1:
         finals = [_train_one(w) for w in work]
-    else:
-        with process_pool(jobs) as pool:
-            finals = pool.map(_train_one, work)
+    else:  # a worker that dies (SIGKILL, SIGTERM, the OOM killer) is reported once the others finish: WorkersLost, exit 3
+        finals = [None] * len(work)
+        for index, final in run_jobs(_train_one, work, jobs, [str(out / s) for s in samplers],
+                                     rerun="finish them with the same command plus --resume"):
+            finals[index] = final
     finals = dict(zip(samplers, finals))
     if configs[samplers[0]].is_image:
         return _finish_image_comparison(out, samplers, finals, start, configs)

@@ -216,3 +216,68 @@ def test_verify_names_a_deleted_a_replaced_and_a_moved_lock(tmp_path):
             for p in (tmp_path / "moved").iterdir():
                 p.unlink()
             (tmp_path / "moved").rmdir()
+
+
+# --------------------------------------------------------------------------- 3. a pool that survives its workers
+
+def test_a_dead_worker_is_named_with_its_signal_and_the_other_jobs_finish(capfd):
+    from anila_core.processes import WorkersLost, run_jobs
+
+    from pool_jobs import job
+
+    jobs = [("ok", "a"), ("kill", signal.SIGKILL), ("ok", "c"), ("kill", signal.SIGTERM), ("exit", 0), ("ok", "f")]
+    names = [f"cell {c}" for c in "abcdef"]
+    done = {}
+    start = time.monotonic()
+    with pytest.raises(WorkersLost) as err:
+        for index, result in run_jobs(job, jobs, 2, names, rerun="run it again"):
+            done[index] = result
+    assert time.monotonic() - start < 90, "the parent noticed the dead workers late"
+    assert done == {0: "a", 2: "c", 5: "f"}, "the other jobs finished"
+    message = str(err.value)
+    for name, sig in (("cell b", signal.SIGKILL), ("cell d", signal.SIGTERM)):
+        assert f"{name} (was killed by {sig.name} (signal {int(sig)}" in message, message
+    assert "cell e (called sys.exit(0))" in message and "run it again" in message, message
+    assert sorted(j.name for j in err.value.lost) == ["cell b", "cell d", "cell e"]
+    assert "error: cell b: its worker process was killed by SIGKILL" in capfd.readouterr().err, "reported as it died"
+
+
+def test_a_job_that_raises_does_not_stop_the_others():
+    from anila_core.processes import run_jobs
+
+    from pool_jobs import job
+
+    done = {}
+    with pytest.raises(ValueError, match="bad cell"):
+        for index, result in run_jobs(job, [("raise", "bad cell"), ("ok", "b"), ("ok", "c")], 1, ["a", "b", "c"]):
+            done[index] = result
+    assert done == {1: "b", 2: "c"}
+
+
+@pytest.mark.slow
+def test_compare_reports_a_killed_worker_and_resume_reruns_its_run(tmp_path):
+    """``kill -9`` of one worker of ``compare --jobs 2``: exit 3 naming its run and the signal, the other run kept, --resume finishes."""
+    import subprocess
+
+    out = tmp_path / "cmp"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    argv = [sys.executable, "-m", "anila_core", "compare", "--preset", "smoke", "--iters", "400", "--eval-every", "100",
+            "--checkpoint-every", "100", "--jobs", "2", "--out", str(out), "--no-progress"]
+    parent = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "langevin" / fileio.LOCK_FILE).is_file() or not (out / "langevin" / fileio.LOCK_FILE).read_text().strip():
+            assert parent.poll() is None and time.monotonic() < deadline, "the langevin worker never started"
+            time.sleep(0.1)
+        worker = json.loads((out / "langevin" / fileio.LOCK_FILE).read_text())["pid"]
+        os.kill(worker, signal.SIGKILL)
+        _, err = parent.communicate(timeout=180)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 3, err
+    assert "Traceback" not in err and f"{out / 'langevin'} (was killed by SIGKILL (signal 9" in err, err
+    assert (out / "anila" / "final.json").exists() and not (out / "langevin" / "final.json").exists()
+    done = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "langevin" / "final.json").read_text())["iters"] == 400

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from anila_core.training.config import CHAIN_KINDS, TrainConfig, changed_settings, preset
 from anila_core.fileio import LOCK_FILE, atomic_write_json, atomic_write_text, locked_folder
-from anila_core.processes import process_pool, torch_threads
+from anila_core.processes import run_jobs, torch_threads
 from anila_core.training.limits import check_memory
 
 __all__ = [
@@ -390,10 +390,11 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
                     known[cell_id(w[1])] = _cell_worker(w)
                     bar.update(1)
             else:
-                with process_pool(min(jobs, len(work))) as pool:
-                    for r in pool.imap_unordered(_cell_worker, work):
-                        known[r["id"]] = r
-                        bar.update(1)
+                # a worker that dies is reported by its cell once the others finish (WorkersLost); a rerun computes it
+                for _, r in run_jobs(_cell_worker, work, min(jobs, len(work)), [f"cell {cell_id(w[1])}" for w in work],
+                                     rerun="run the same sweep command again: finished cells are kept, the lost ones run again"):
+                    known[r["id"]] = r
+                    bar.update(1)
         finally:
             bar.close()
     results = [known[i] for i in plan["cells"] if i in known]
