@@ -13,8 +13,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes, preset
+from anila_core.fileio import read_json_file
 from anila_core.training.file_sources import absolute_data_spec
-from anila_core.processes import run_jobs, torch_threads
+from anila_core.processes import check_jobs, run_jobs, torch_threads
 from anila_core.sampling.registry import SAMPLERS
 
 __all__ = ["main", "build_parser"]
@@ -185,7 +186,7 @@ def _wants_cuda(device: str) -> bool:
 def _saved_device(out: Path) -> str:
     """The device a run directory's config.json names ('auto' when it cannot be read: the Run then says why)."""
     try:
-        return str(json.loads((out / "config.json").read_text()).get("device", "auto"))
+        return str(read_json_file(out / "config.json", "a run's config.json").get("device", "auto"))
     except (OSError, ValueError, AttributeError):
         return "auto"
 
@@ -260,7 +261,7 @@ def _check_resume_settings(out: Path, preset_name: str | None, overrides: dict) 
     :class:`Run`, which says what is wrong with it.
     """
     try:
-        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict()
+        saved = TrainConfig.from_dict(read_json_file(out / "config.json", "a run's config.json")).to_dict()
     except (OSError, ValueError, TypeError, AttributeError):
         return
     if preset_name is not None:
@@ -282,7 +283,12 @@ def _check_resume_settings(out: Path, preset_name: str | None, overrides: dict) 
 
 def _check_same_settings(out: Path, config: TrainConfig) -> None:
     """Refuse to keep or resume the run in ``out`` when it was made with other settings than ``config`` (say, an older preset)."""
-    saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict()
+    path = out / "config.json"
+    saved = read_json_file(path, "the config.json a run wrote")
+    try:
+        saved = TrainConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: not a valid run configuration ({err}); expected the config.json a run wrote") from None
     wanted = config.replace(lr_decay_iters=config.lr_decay_iters or config.iters).to_dict()  # the run fixes it when it starts
     differ = changed_settings(saved, wanted)
     if differ:
@@ -333,8 +339,9 @@ def _train_one(job: tuple) -> dict:
     config, out, resume, threads, progress = job
     out = Path(out)
     if resume and (out / "final.json").exists():
+        final = _finished(out / "final.json")
         print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True)
-        return json.loads((out / "final.json").read_text())
+        return final
     bar = progress == PROGRESS_BAR
     with torch_threads(threads):
         if resume and (out / "config.json").exists():
@@ -358,6 +365,21 @@ def _train_one(job: tuple) -> dict:
         return final
 
 
+def _finished(path: Path) -> dict:
+    """A finished run's final.json, checked: a damaged one is named, with how --resume writes it again."""
+    again = f"; expected the final.json a run wrote: delete it and --resume writes it again from the run's checkpoint"
+    try:
+        final = read_json_file(path, "the final.json a run wrote")
+    except ValueError as err:
+        raise ValueError(f"{str(err).split('; expected')[0]}{again}") from None
+    if not isinstance(final, dict):
+        raise ValueError(f"{path}: holds a JSON {type(final).__name__}, not an object{again}")
+    missing = [k for k in ("sampler", "iters", "config") if k not in final]
+    if missing:
+        raise ValueError(f"{path}: lacks {', '.join(missing)}{again}")
+    return final
+
+
 def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int:
     from anila_core.fileio import LOCK_FILE, locked_folder
     from anila_core.training import distributed
@@ -376,8 +398,7 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     configs = {label: preset(name, sampler, **{**overrides, **settings}) for label, sampler, settings in specs}
     samplers = labels
     out = args.out
-    if args.jobs is not None and args.jobs < 1:  # before anything is written
-        raise ValueError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    check_jobs(args.jobs, "--jobs")  # before anything is written
     for c in configs.values():
         check_memory(c)
 

@@ -27,7 +27,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "read_jsonl",
-           "FolderLock", "FolderBusy", "LockLost", "LOCK_FILE", "lock_holder", "busy_error", "locked_folder", "make_folder", "remove_made_folders"]
+           "FolderLock", "FolderBusy", "LockLost", "LOCK_FILE", "check_regular", "read_json_file", "lock_holder", "busy_error", "locked_folder", "make_folder", "remove_made_folders"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -70,6 +70,41 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular(path: str | Path, expected: str = "a regular file") -> None:
+    """``ValueError`` naming ``path`` when it exists but is not a regular file (a FIFO would block a reader forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the caller's own error says so
+    import stat
+
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: is {_kind(mode)}, not a regular file; expected {expected}")
+
+
+def read_json_file(path: str | Path, expected: str) -> Any:
+    """The JSON in ``path``; one ``ValueError`` naming the file and ``expected`` when it is not a regular file or not JSON."""
+    check_regular(path, expected)
+    try:
+        return json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: is not text; expected {expected}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); expected {expected}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nests its JSON too deeply to read; expected {expected}") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

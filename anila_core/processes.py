@@ -12,7 +12,7 @@ from typing import Iterator
 
 from anila_core.failures import RunFailure
 
-__all__ = ["process_pool", "run_jobs", "JobLost", "WorkersLost", "torch_threads", "training_threads", "die_with_parent", "THREADS_ENV",
+__all__ = ["process_pool", "run_jobs", "check_jobs", "JobLost", "WorkersLost", "torch_threads", "training_threads", "die_with_parent", "THREADS_ENV",
            "MAX_JOBS"]
 
 #: Linux's prctl option that sends the child a signal when its parent dies
@@ -21,9 +21,23 @@ _PR_SET_PDEATHSIG = 1
 _WATCHDOG_PERIOD = 0.5
 #: the environment variable that overrides the one thread a training process gets on a CPU
 THREADS_ENV = "ANILA_TORCH_THREADS"
-#: the most worker processes a pool may start: each imports torch (a few hundred MB) and trains on its own cores,
-#: so more than a few times the cores only adds memory and switching; 256 is far above any machine's useful count
-MAX_JOBS = 256
+#: the most worker processes a pool may start per CPU core, and at all: each imports torch (a few hundred MB) and trains
+#: on a core of its own, so more workers than a few per core only add memory and switching
+JOBS_PER_CORE, MAX_JOBS = 4, 256
+
+
+def check_jobs(jobs, name: str = "jobs") -> None:
+    """``ValueError`` naming ``name`` unless ``jobs`` is ``None`` or an integer in [1, the most this machine can use]."""
+    if jobs is None:
+        return
+    cores = os.cpu_count() or 1
+    most = min(MAX_JOBS, JOBS_PER_CORE * cores)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {jobs!r}")
+    if jobs > most:
+        shown = f"{jobs:.3g}" if jobs > 10**15 else str(jobs)
+        raise ValueError(f"{name}: expected at most {most} (worker processes: {JOBS_PER_CORE} per CPU core of the {cores} here, "
+                         f"{MAX_JOBS} at most; each holds torch in memory and needs a core to make progress), got {shown}")
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -281,3 +281,67 @@ def test_compare_reports_a_killed_worker_and_resume_reruns_its_run(tmp_path):
     done = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "langevin" / "final.json").read_text())["iters"] == 400
+
+
+# --------------------------------------------------------------------------- 5. state validated against the config and itself
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A finished smoke run with a replay buffer and an EMA: the checkpoint the tampering cases start from."""
+    out = tmp_path_factory.mktemp("saved") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "save_run_figures", lambda trainer, folder: None)
+        Run(out, preset("smoke", "anila", device="cpu", iters=20, eval_every=5, checkpoint_every=10, ema=0.9), progress=False).train()
+    return out
+
+
+def _first_param(state):
+    return next(iter(state["optimizer"]["state"].values()))
+
+
+TAMPERED = {
+    "adam-maximize": (lambda s: s["optimizer"]["param_groups"][0].update(maximize=True), "optimizer's maximize is True"),
+    "adam-weight-decay": (lambda s: s["optimizer"]["param_groups"][0].update(weight_decay=0.5), "optimizer's weight_decay is 0.5"),
+    "adam-betas": (lambda s: s["optimizer"]["param_groups"][0].update(betas=(0.5, 0.9)), "optimizer's betas is (0.5, 0.9)"),
+    "adam-lr": (lambda s: s["optimizer"]["param_groups"][0].update(lr=5.0), "learning rate is 5.0"),
+    "adam-negative-step": (lambda s: _first_param(s).update(step=torch.tensor(-3.0)), "step count"),
+    "adam-nan-moment": (lambda s: _first_param(s)["exp_avg"].fill_(float("nan")), "exp_avg"),
+    "int64-weights": (lambda s: s["model"].update({k: v.long() for k, v in s["model"].items()}), "dtype torch.int64"),
+    "buffer-float64": (lambda s: s.update(buffer=s["buffer"].double()), "replay buffer has dtype torch.float64"),
+    "buffer-float16": (lambda s: s.update(buffer=s["buffer"].half()), "replay buffer has dtype torch.float16"),
+    "buffer-nan-chain": (lambda s: s["buffer"][3].fill_(float("nan")), "replay buffer holds NaN or infinite values in 1 of"),
+    "generator-short": (lambda s: s.update(generator=s["generator"][:100]), "chain generator state is a torch.uint8 tensor of 100"),
+    "generator-float": (lambda s: s.update(generator=s["generator"].float()), "chain generator state is a torch.float32 tensor"),
+    "iteration-behind-history": (lambda s: s.update(iteration=10), "history's row 2 has iter 15"),
+    "iteration-ahead-of-history": (lambda s: s["history"].__delitem__(slice(1, None)), "history ends at iteration 5"),
+    "history-empty-row": (lambda s: s["history"].__setitem__(1, {}), "history's row 1 has iter None"),
+    "history-strings": (lambda s: s["history"][1].update(energy_gap="big"), "energy_gap = 'big'"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_a_tampered_checkpoint_is_refused_naming_the_file_and_what_is_wrong(case, saved_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(saved_run, out)
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    tamper, expected = TAMPERED[case]
+    tamper(state)
+    torch.save(state, out / CHECKPOINT)
+    before = tree(out)
+    with pytest.raises(ValueError) as err:
+        load_trainer(out, progress=False, iters=40)
+    message = str(err.value)
+    assert message.startswith(f"{out / CHECKPOINT}: ") and expected in message, message
+    assert "expected" in message
+    code, printed = cli(["train", "--resume", "--out", out, "--iters", "40", "--no-progress"])
+    assert code == 2 and error_line(printed).startswith(f"{out / CHECKPOINT}: "), printed
+    assert tree(out) == before, "a refused resume changed the folder"
+
+
+def test_an_untouched_checkpoint_still_resumes(saved_run, tmp_path):
+    import shutil
+
+    shutil.copytree(saved_run, tmp_path / "run")
+    assert load_trainer(tmp_path / "run", progress=False, iters=40).iteration == 20

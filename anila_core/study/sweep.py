@@ -18,7 +18,7 @@ from typing import Sequence
 
 from anila_core.training.config import CHAIN_KINDS, TrainConfig, changed_settings, preset
 from anila_core.fileio import LOCK_FILE, atomic_write_json, atomic_write_text, locked_folder
-from anila_core.processes import run_jobs, torch_threads
+from anila_core.processes import check_jobs, run_jobs, torch_threads
 from anila_core.training.limits import check_memory
 
 __all__ = [
@@ -331,8 +331,7 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     out = Path(out)
     base = base.validate()
     cells = list(cells)
-    if jobs is not None and jobs < 1:  # before anything is written
-        raise ValueError(f"jobs: expected an integer >= 1, got {jobs}")
+    check_jobs(jobs)  # before anything is written: at least one, at most what the cores can use
     if not cells:
         raise ValueError("cells: the sweep has no cells")
     ids = [cell_id(c) for c in cells]

@@ -19,7 +19,7 @@ from anila_core.device import resolve_device
 from anila_core.training import distributed
 from anila_core.training.config import TrainConfig, changed_settings, describe_changes
 from anila_core.fileio import (LOCK_FILE, FolderBusy, FolderLock, append_jsonl, atomic_torch_save, atomic_write_json, busy_error,
-                               lock_holder, make_folder, read_jsonl, remove_made_folders, write_jsonl)
+                               check_regular, lock_holder, make_folder, read_json_file, read_jsonl, remove_made_folders, write_jsonl)
 from anila_core.training.limits import check_memory, out_of_memory
 from anila_core.training.state import validate_checkpoint
 from anila_core.training.trainer import Trainer
@@ -184,8 +184,11 @@ class Run:
                     "stopped before its first checkpoint, which then starts again; move those files or choose another folder")
         config_path = self.out / "config.json"
         try:
-            saved = TrainConfig.from_dict(json.loads(config_path.read_text())).to_dict()
-        except (OSError, json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
+            saved = TrainConfig.from_dict(read_json_file(config_path, "the config.json a run wrote")).to_dict()
+        except ValueError as err:
+            return str(err) if str(err).startswith(str(config_path)) else \
+                f"{config_path}: not a valid run configuration ({err}); expected the config.json a run wrote"
+        except (OSError, TypeError, AttributeError) as err:
             return f"{config_path}: not a valid run configuration ({err}); expected the config.json a run wrote"
         wanted = restart.replace(lr_decay_iters=restart.lr_decay_iters or restart.iters).to_dict()
         differ = changed_settings(saved, wanted)
@@ -505,11 +508,16 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     if not ckpt_path.exists():
         raise ValueError(f"out_dir: {out} has no {CHECKPOINT} yet: the run stopped before its first checkpoint, so there "
                          f"is nothing to resume; start it afresh (delete {out} or choose another out_dir)")
+    saved_config = read_json_file(config_path, "the config.json a run wrote")
+    if not isinstance(saved_config, dict):
+        raise ValueError(f"{config_path}: holds a JSON {type(saved_config).__name__}, not an object of settings; expected the "
+                         "config.json a run wrote")
     try:
-        saved_config = json.loads(config_path.read_text())
         config = TrainConfig.from_dict(saved_config)
-    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
+        TrainConfig.from_dict(saved_config).validate()  # a copy: validate() makes the data path absolute
+    except (TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{config_path}: not a valid run configuration ({err}); expected the config.json a run wrote") from None
+    check_regular(ckpt_path, f"the {CHECKPOINT} a run wrote")
     changes = {}
     if iters is not None:
         changes["iters"] = iters
@@ -581,6 +589,7 @@ def load_checkpoint(path: str | Path) -> object:
     for more is refused with a ``ValueError`` naming it, and nothing is loaded.
     """
     path = Path(path)
+    check_regular(path, "a checkpoint.pt written by anila_core")  # a FIFO would block torch.load forever
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about a pickle protocol it does not expect: the error says it all
@@ -612,11 +621,16 @@ def _fit_generator_states(state: dict, device: torch.device) -> bool:
     reseeds its chain stream from a hash of the saved state: deterministic, and still its own
     stream per rank.
     """
-    holders = [state] + [r for r in (state.get("ranks") or []) if isinstance(r, dict)]
+    ranks = state.get("ranks")
+    holders = [state] + [r for r in (ranks if isinstance(ranks, list) else []) if isinstance(r, dict)]
     changed = False
+    # only a state of exactly another kind of device's generator is reseeded; any other is left for validate_checkpoint to refuse
+    sizes = {torch.Generator(device="cpu").get_state().numel()}
+    if device.type == "cpu":
+        sizes.add(16)  # a CUDA generator's seed and offset
     for holder in holders:
         saved = holder.get("generator")
-        if not isinstance(saved, torch.Tensor):
+        if not isinstance(saved, torch.Tensor) or saved.dtype != torch.uint8 or saved.numel() not in sizes:
             continue
         try:
             torch.Generator(device=device).set_state(saved)
