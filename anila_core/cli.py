@@ -58,8 +58,8 @@ def _in_flag_terms(message: str) -> str:
     head, sep, rest = message.partition(": ")
     if sep and head in _FLAGS:
         message = _FLAGS[head] + sep + rest
-    for name in _FLAG_WORDS:  # not inside a longer name (lr_decay_iters), a path or a flag
-        message = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/])", _FLAGS[name], message)
+    for name in _FLAG_WORDS:  # not inside a longer name (lr_decay_iters), a path, a flag or quotes (a file's key)
+        message = re.sub(rf"(?<![\w./'\"-]){re.escape(name)}(?![\w/'\"])", _FLAGS[name], message)
     return message
 
 
@@ -376,7 +376,7 @@ def _finished(path: Path) -> dict:
         raise ValueError(f"{path}: holds a JSON {type(final).__name__}, not an object{again}")
     missing = [k for k in ("sampler", "iters", "config") if k not in final]
     if missing:
-        raise ValueError(f"{path}: lacks {', '.join(missing)}{again}")
+        raise ValueError(f"{path}: lacks {', '.join(repr(k) for k in missing)}{again}")
     return final
 
 

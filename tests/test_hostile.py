@@ -345,3 +345,111 @@ def test_an_untouched_checkpoint_still_resumes(saved_run, tmp_path):
 
     shutil.copytree(saved_run, tmp_path / "run")
     assert load_trainer(tmp_path / "run", progress=False, iters=40).iteration == 20
+
+
+# --------------------------------------------------------------------------- sweep and compare files
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A one-cell sweep, run once: the folder the damaged-file cases copy."""
+    from anila_core.study.sweep import run_sweep
+
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    cell = dict(kind="langevin", step_size=0.01, b=None, n_steps=5, chains="buffer", seed=0)
+    base = preset("smoke", "langevin", iters=10, eval_every=5, eval_samples=100, device="cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        import anila_core.study.sweep as sweep
+
+        mp.setattr(sweep, "write_report", lambda summary, folder: [])
+        run_sweep(out, [cell], base, jobs=1, progress=False)
+    return out, cell, base
+
+
+def _cell_file(folder: Path) -> Path:
+    return next((folder / "cells").glob("*.json"))
+
+
+DAMAGED_SWEEP = {
+    "cell-grid-tv-negative": (lambda f: _edit(_cell_file(f), lambda d: d["final"].update(grid_tv=-5)), "grid_tv: -5 is outside [0, 1]"),
+    "cell-lacks-key": (lambda f: _edit(_cell_file(f), lambda d: d.pop("final")), "lacks final"),
+    "cell-is-a-list": (lambda f: _cell_file(f).write_text("[1, 2]"), "holds a JSON list"),
+    "cell-not-json": (lambda f: _cell_file(f).write_text("{"), "is not valid JSON"),
+    "plan-lacks-base": (lambda f: _edit(f / "plan.json", lambda d: d.pop("base")), "plan.json: is not an object with 'base'"),
+    "plan-is-a-list": (lambda f: (f / "plan.json").write_text("[]"), "plan.json: is not an object with 'base'"),
+    "plan-not-json": (lambda f: (f / "plan.json").write_text("{]"), "plan.json: is not valid JSON"),
+    "sweep-cells-hold-lists": (lambda f: _edit(f / "sweep.json", lambda d: d.update(cells=[[1]])), "sweep.json: cell 0: holds a JSON list"),
+    "sweep-not-json": (lambda f: (f / "sweep.json").write_text("nul"), "sweep.json: is not valid JSON"),
+}
+
+
+def _edit(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_SWEEP))
+def test_a_damaged_sweep_file_is_named_with_what_is_wrong(case, finished_sweep, tmp_path):
+    import shutil
+
+    from anila_core.study.sweep import load_sweep, run_sweep
+
+    source, cell, base = finished_sweep
+    folder = tmp_path / "s"
+    shutil.copytree(source, folder)
+    damage, expected = DAMAGED_SWEEP[case]
+    damage(folder)
+    before = tree(folder)
+    with pytest.raises(ValueError) as err:
+        run_sweep(folder, [cell], base, jobs=1, progress=False)
+    assert expected in str(err.value) and str(folder) in str(err.value), str(err.value)
+    if case.startswith("sweep"):
+        with pytest.raises(ValueError, match=expected.split(": ", 1)[1][:20]):
+            load_sweep(folder)
+    assert tree(folder) == before, "a refused sweep changed its folder"
+
+
+@pytest.mark.parametrize("damage, expected", [("{", "is not valid JSON"), ("[]", "holds a JSON list"), ('{"sampler": "x"}', "lacks 'iters', 'config'")])
+def test_compare_resume_names_a_damaged_final_json(damage, expected, tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--preset", "smoke", "--iters", "10", "--samplers", "langevin", "--jobs", "1", "--out", out, "--no-progress"]
+    assert cli(argv)[0] == 0
+    (out / "langevin" / "final.json").write_text(damage)
+    code, printed = cli(argv + ["--resume", "--iters", "10"])
+    message = error_line(printed)
+    assert code == 2 and message.startswith(str(out / "langevin" / "final.json")) and expected in message, message
+    assert "delete it and --resume writes it again" in message
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("[]", "holds a JSON list, not an object of settings"),
+    ("[" * 200_000 + "]" * 200_000, "nests its JSON too deeply"),
+    ('{"iters": "many"}', "not a valid run configuration"),
+])
+def test_a_damaged_config_json_is_named_by_every_loader(content, expected, saved_run, tmp_path):
+    import shutil
+
+    from anila_core.shipped import load_runs
+
+    out = tmp_path / "group" / "run"
+    shutil.copytree(saved_run, out)
+    (out / "config.json").write_text(content)
+    for call in (lambda: load_trainer(out, progress=False), lambda: load_runs(tmp_path / "group")):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value).startswith(str(out / "config.json")) and expected in str(err.value), str(err.value)
+    code, printed = cli(["train", "--resume", "--out", out, "--no-progress"])
+    assert code == 2 and expected in error_line(printed)
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "config.json"])
+def test_a_fifo_where_a_run_file_is_expected_is_refused_by_name(name, saved_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(saved_run, out)
+    (out / name).unlink()
+    os.mkfifo(out / name)
+    code, printed = cli(["train", "--resume", "--out", out, "--iters", "40", "--no-progress"])
+    message = error_line(printed)
+    assert code == 2 and message.startswith(f"{out / name}: is a FIFO (named pipe), not a regular file"), message

@@ -302,18 +302,65 @@ def _machine() -> dict:
             "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+#: a cell's measures that are shares (total variation, coverage), and those that are >= 0 (a KL, a distance)
+_SHARES = ("grid_tv", "sampler_grid_tv", "kde_grid_tv", "chains_tv", "chains_sampler_tv", "coverage", "best_grid_tv", "clipped_share")
+_NON_NEGATIVE = ("grid_kl", "sampler_grid_kl", "fid", "sliced_wasserstein", "wall_s", "iters")
+
+
+def check_cell_result(r, where: str, again: str) -> None:
+    """``ValueError`` naming ``where`` (a cell file, or sweep.json's cell) unless ``r`` is a cell result as :func:`run_cell` writes it."""
+    def refuse(what: str):
+        raise ValueError(f"{where}: {what}; expected a cell result as a sweep writes it ({again})")
+
+    if not isinstance(r, dict):
+        refuse(f"holds a JSON {type(r).__name__}, not an object")
+    missing = [k for k in ("id", "kind", "step_size", "n_steps", "chains", "seed", "diverged", "final", "history") if k not in r]
+    if missing:
+        refuse(f"lacks {', '.join(missing)}")
+    if not isinstance(r["id"], str) or not isinstance(r["final"], dict) or not isinstance(r["history"], list) \
+            or not all(isinstance(row, dict) for row in r["history"]):
+        refuse("its id is not a string, its final not an object or its history not a list of objects")
+    if not isinstance(r["diverged"], bool):
+        refuse(f"diverged: {r['diverged']!r} is not true or false")
+    for key, value in [*r["final"].items(), *((k, r.get(k)) for k in ("best_grid_tv", "clipped_share", "wall_s", "iters"))]:
+        if value is None or key not in _SHARES + _NON_NEGATIVE + ("mmd", "kid", "energy_gap"):
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            refuse(f"{key}: {value!r} is not a finite number")
+        if key in _SHARES and not 0 <= value <= 1:
+            refuse(f"{key}: {value!r} is outside [0, 1]")
+        if key in _NON_NEGATIVE and value < 0:
+            refuse(f"{key}: {value!r} is negative")
+
+
+def _read_sweep_file(path: Path, expected: str, again: str):
+    """A sweep file's JSON, or one ``ValueError`` naming it and what is wrong."""
+    from anila_core.fileio import read_json_file
+
+    try:
+        return read_json_file(path, expected)
+    except ValueError as err:
+        raise ValueError(f"{err} ({again})") from None
+
+
 def _known_results(out: Path) -> dict[str, dict]:
-    """Finished cells in ``out``: one file per cell, and the cells of a summary already written there."""
+    """Finished cells in ``out``: one file per cell, and the cells of a summary already written there; a damaged one is named."""
     known = {}
     summary = out / "sweep.json"
     if summary.exists():
-        for r in json.loads(summary.read_text()).get("cells", []):
+        again = f"delete {summary}: a rerun of the sweep writes it again from the cell files"
+        data = _read_sweep_file(summary, "the sweep.json a sweep wrote", again)
+        if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
+            raise ValueError(f"{summary}: is not an object with a list of cells; expected the sweep.json a sweep wrote ({again})")
+        for i, r in enumerate(data.get("cells", [])):
+            check_cell_result(r, f"{summary}: cell {i}", again)
             known[r["id"]] = r
     for path in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
-        try:
-            r = json.loads(path.read_text())
-        except ValueError:
-            continue  # not possible with atomic writes; recompute rather than trust it
+        again = f"delete {path}: a rerun of the sweep computes that cell again"
+        r = _read_sweep_file(path, "a cell result a sweep wrote", again)
+        check_cell_result(r, str(path), again)
+        if r["id"] != path.stem:
+            raise ValueError(f"{path}: holds the result of cell {r['id']!r}; expected that of {path.stem!r} ({again})")
         known[r["id"]] = r
     return known
 
@@ -348,10 +395,10 @@ def _check_folder(out: Path, base: TrainConfig) -> None:
     """Refuse ``out`` when it holds files that are not a sweep, or a sweep with another base configuration."""
     plan_path = out / "plan.json"
     if plan_path.exists():
-        old = json.loads(plan_path.read_text())
+        old = _plan_file(plan_path)
         try:  # a setting added to TrainConfig since then takes its default: the same runs
             old_base = TrainConfig.from_dict(old["base"]).to_dict()
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             raise ValueError(f"{plan_path}: written by another version of anila_core ({err})") from None
         changed = sorted(changed_settings(old_base, base.to_dict(), ignore=()))
         if changed:
@@ -359,6 +406,16 @@ def _check_folder(out: Path, base: TrainConfig) -> None:
                              "choose another folder or run that sweep's own command")
     elif any(p.name != LOCK_FILE for p in out.iterdir()):
         raise ValueError(f"out: {out} already holds files that are not a sweep; choose another folder")
+
+
+def _plan_file(path: Path) -> dict:
+    """A sweep's plan.json, checked: an object with its base settings (an object) and its cells (a list of ids)."""
+    plan = _read_sweep_file(path, "the plan.json a sweep wrote", "the sweep's own files are not edited by hand")
+    if not isinstance(plan, dict) or not isinstance(plan.get("base"), dict) or not isinstance(plan.get("cells"), list) \
+            or not all(isinstance(c, str) for c in plan["cells"]):
+        raise ValueError(f"{path}: is not an object with 'base' (an object of settings) and 'cells' (a list of cell ids); "
+                         "expected the plan.json a sweep wrote")
+    return plan
 
 
 def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None, progress: bool, study: str | None,
@@ -369,7 +426,7 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
     plan = _plan(base, cells, study)
     plan_path = out / "plan.json"
     if plan_path.exists():  # the same base (checked): the cells of both plans
-        plan["cells"] = list(dict.fromkeys(json.loads(plan_path.read_text())["cells"] + plan["cells"]))
+        plan["cells"] = list(dict.fromkeys(_plan_file(plan_path)["cells"] + plan["cells"]))
     (out / "cells").mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan_path, plan)
 
@@ -418,7 +475,13 @@ def load_sweep(path: str | Path) -> dict:
         path = path / "sweep.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no sweep results here; run `python -m anila_core sweep ... --out {path.parent}` first")
-    return json.loads(path.read_text())
+    again = f"run the sweep's command again with --out {path.parent} to write it from its cell files"
+    summary = _read_sweep_file(path, "the sweep.json a sweep wrote", again)
+    if not isinstance(summary, dict) or not isinstance(summary.get("cells"), list) or not isinstance(summary.get("base"), dict):
+        raise ValueError(f"{path}: is not an object with 'base' and 'cells'; expected the sweep.json a sweep wrote ({again})")
+    for i, r in enumerate(summary["cells"]):
+        check_cell_result(r, f"{path}: cell {i}", again)
+    return summary
 
 
 # --------------------------------------------------------------------------- summaries
