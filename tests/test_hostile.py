@@ -453,3 +453,58 @@ def test_a_fifo_where_a_run_file_is_expected_is_refused_by_name(name, saved_run,
     code, printed = cli(["train", "--resume", "--out", out, "--iters", "40", "--no-progress"])
     message = error_line(printed)
     assert code == 2 and message.startswith(f"{out / name}: is a FIFO (named pipe), not a regular file"), message
+
+
+# --------------------------------------------------------------------------- 7. API types
+
+def _energy(x):
+    return x.square().sum(1)
+
+
+API_CASES = {
+    "metropolis-string": (lambda: __import__("anila_core").Langevin(0.1, metropolis="false"), TypeError, "metropolis: expected True or False"),
+    "step-size-bool": (lambda: __import__("anila_core").Langevin(step_size=True), TypeError, "step_size: expected a finite number > 0, got True"),
+    "b-bool": (lambda: __import__("anila_core").AniLA(0.1, b=True), TypeError, "b: expected a number > 0"),
+    "positions-at-negative": (lambda: __import__("anila_core").Trace(positions_at=[-1]), ValueError, "positions_at: expected step indices >= 0"),
+    "positions-at-float": (lambda: __import__("anila_core").Trace(positions_at=[1.5]), TypeError, "positions_at: expected integer step indices"),
+    "generator-string": (lambda: __import__("anila_core").Langevin(0.1).sample(_energy, torch.zeros(3, 2), 5, generator="seed"),
+                         TypeError, "generator: expected a torch.Generator"),
+    "energy-fn-int": (lambda: __import__("anila_core").Langevin(0.1).sample(3, torch.zeros(3, 2), 5), TypeError, "energy_fn: expected a callable"),
+    "state-of-another-sampler": (lambda: __import__("anila_core").PSGLD(0.1).run(_energy, __import__("anila_core").Langevin(0.1).init(
+        _energy, torch.zeros(3, 2)), 3), ValueError, "state: carries no per-chain state, but psgld's chains carry ['v']"),
+    "x0-meta": (lambda: __import__("anila_core").Langevin(0.1).sample(_energy, torch.zeros(3, 2, device="meta"), 5), ValueError,
+                "x0: is on the meta device"),
+    "n-steps-1e39": (lambda: __import__("anila_core").Langevin(0.1).sample(_energy, torch.zeros(3, 2), 10**39), ValueError,
+                     "n_steps: expected at most 10,000,000"),
+    "step-size-1e39": (lambda: __import__("anila_core").Langevin(1e39), ValueError, "step_size: expected at most 1e+30"),
+    "leapfrog-1e39": (lambda: __import__("anila_core").HMC(0.1, n_leapfrog=10**39), ValueError, "n_leapfrog: expected an integer in [1, 10000]"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_an_api_argument_of_the_wrong_type_or_range_is_named(case):
+    call, kind, expected = API_CASES[case]
+    with pytest.raises(kind) as err:
+        call()
+    assert isinstance(err.value, ValueError), "every refusal is also a ValueError, as the package's others"
+    assert str(err.value).startswith(expected), str(err.value)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--jobs", "1e39"], "--jobs: expected at most"),
+    (["--iters", "1e39"], "--iters: expected at most 100,000,000"),
+    (["--n-steps", "1e39"], "n_steps: expected at most 100,000"),
+    (["--hmc-leapfrog", "1e39"], "hmc_leapfrog: expected at most 10,000"),
+    (["--global-moves", "1e39"], "global_moves: expected at most 100,000"),
+    (["--fid-samples", "1e39"], "fid_samples: expected at most 100,000"),
+    (["--depth", "1e39"], "depth: expected at most 1,000"),
+    (["--step-size", "1e39"], "step_size: expected a value of magnitude at most 1e+30"),
+    (["--b", "1e39"], "b: expected a value of magnitude at most 1e+30"),
+    (["--clamp", "1e39"], "clamp: expected a value of magnitude at most 1e+30"),
+])
+def test_a_number_beyond_its_bound_is_refused_before_anything_runs(flags, expected, tmp_path):
+    out = tmp_path / "cmp"
+    code, printed = cli(["compare", "--preset", "smoke", "--out", out, "--no-progress", *flags])
+    message = error_line(printed)
+    assert code == 2 and message.startswith(expected), message
+    assert "expected" in message and not out.exists()

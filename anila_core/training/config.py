@@ -52,9 +52,11 @@ COUNT_LIMITS = {
     "max_rollbacks": (1_000, "time: each rollback retrains from the last checkpoint"),
     "image_size": (4_096, "memory: 4 bytes per pixel and channel of every chain"),
 }
-#: the largest magnitude of a float setting: tensors are float32 (at most 3.4e38), and the code multiplies settings by
-#: each other and by gradients, so larger values overflow into infinities or fail to convert at all
+#: the largest magnitude of a float setting that enters the float32 tensors (at most 3.4e38) as it is: the code multiplies
+#: it by other settings and by gradients, so larger values overflow into infinities or fail to convert at all. The
+#: learning rate and the divergence threshold are left out: an overflowing step is caught as a divergence, with rollback
 MAX_FLOAT = 1e30
+FLOAT32_SETTINGS = ("step_size", "b", "noise_scale", "psgld_damping", "init_scale", "clamp", "data_noise", "energy_reg", "grad_clip")
 
 
 def changed_settings(old: dict, new: dict, ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:
@@ -197,12 +199,12 @@ class TrainConfig:
             if v > most:
                 raise ValueError(f"{name}: expected at most {most:,}, got {v:.3g}; {why}" if v > 10**15 else
                                  f"{name}: expected at most {most:,}, got {v:,}; {why}")
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, float) and abs(v) > MAX_FLOAT and not (f.name == "b" and math.isinf(v)):
-                raise ValueError(f"{f.name}: expected a value of magnitude at most {MAX_FLOAT:g}, got {v!r}; the tensors are float32 "
+        for name in FLOAT32_SETTINGS:
+            v = getattr(self, name)
+            if isinstance(v, float) and abs(v) > MAX_FLOAT and not (name == "b" and math.isinf(v)):
+                raise ValueError(f"{name}: expected a value of magnitude at most {MAX_FLOAT:g}, got {v!r}; the tensors are float32 "
                                  "(at most 3.4e38) and a setting is multiplied by others and by gradients, so larger values "
-                                 "overflow" + ("" if f.name != "b" else " (b = inf turns clipping off)"))
+                                 "overflow" + ("" if name != "b" else " (b = inf turns clipping off)"))
         if self.seed > MAX_SEED:
             raise ValueError(f"seed: expected an integer in [0, 2**63 - 1 = {MAX_SEED}], got {self.seed!r}")
         if self.eval_samples > MAX_EVAL_SAMPLES:
