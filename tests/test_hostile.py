@@ -508,3 +508,55 @@ def test_a_number_beyond_its_bound_is_refused_before_anything_runs(flags, expect
     message = error_line(printed)
     assert code == 2 and message.startswith(expected), message
     assert "expected" in message and not out.exists()
+
+
+# --------------------------------------------------------------------------- 6. data of your own
+
+def _points(tmp_path, rows, name="points.csv") -> Path:
+    import numpy as np
+
+    path = tmp_path / name
+    np.savetxt(path, np.asarray(rows, dtype=np.float64), delimiter=",")
+    return path
+
+
+@pytest.mark.parametrize("rows, standardize, expected", [
+    ([[1e200, 1.0], [2e200, 2.0], [3e200, 1.0], [4e200, 5.0], [5e200, 3.0]], True, "has 1e+200 in column 1, line 1"),
+    ([[1e39, 1.0], [2.0, 2.0], [3.0, 1.0], [4.0, 5.0], [5.0, 3.0]], False, "has 1e+39 in column 1, line 1"),
+    ([[1e-300 * i, 1e-300 * (i % 2)] for i in range(6)], True, "vary by at most"),
+    ([[1.0, 2.0]] * 6, True, "holds the same point in every training row"),
+])
+def test_points_whose_standardisation_would_overflow_or_underflow_are_refused(rows, standardize, expected, tmp_path):
+    path = _points(tmp_path, rows)
+    flags = [] if standardize else ["--no-standardize"]
+    code, printed = cli(SMOKE + ["--dataset", f"points:{path}", "--out", tmp_path / "run", "--iters", "2", *flags])
+    message = error_line(printed)
+    assert code == 2 and expected in message and str(path) in message, message
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_fifo_named_like_a_points_file_is_named_not_called_missing(tmp_path):
+    path = tmp_path / "points.csv"
+    os.mkfifo(path)
+    code, printed = cli(SMOKE + ["--dataset", f"points:{path}", "--out", tmp_path / "run", "--iters", "2"])
+    message = error_line(printed)
+    assert code == 2 and "is a FIFO (named pipe), not a regular file" in message and "does not exist" not in message, message
+
+
+def test_an_image_folder_follows_each_link_once(tmp_path):
+    from PIL import Image
+
+    from anila_core.images.folder import scan_image_folder
+
+    root = tmp_path / "shapes"
+    for name in ("circle", "square"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (8, 8), color=30 * i).save(root / name / f"{i}.png")
+    (root / "circle" / "again").symlink_to(root / "circle")  # a loop
+    (root / "square" / "twice.png").symlink_to(root / "square" / "0.png")  # the same image by a second name
+    scan = scan_image_folder(root)
+    assert len(scan.files) == 8 and scan.labels.count(0) == 4 and scan.labels.count(1) == 4
+    os.mkfifo(root / "square" / "pipe.png")
+    with pytest.raises(ValueError, match=r"has square/pipe.png, which is a FIFO \(named pipe\), not a regular file"):
+        scan_image_folder(root)
