@@ -289,7 +289,8 @@ def _check_same_settings(out: Path, config: TrainConfig) -> None:
         saved = TrainConfig.from_dict(saved).to_dict()
     except (TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{path}: not a valid run configuration ({err}); expected the config.json a run wrote") from None
-    wanted = config.replace(lr_decay_iters=config.lr_decay_iters or config.iters).to_dict()  # the run fixes it when it starts
+    # lr_decay_iters 0 means the run's iters, fixed when it started: a longer --iters does not change it
+    wanted = config.replace(lr_decay_iters=config.lr_decay_iters or saved.get("lr_decay_iters") or config.iters).to_dict()
     differ = changed_settings(saved, wanted)
     if differ:
         raise ValueError(f"--out: {out} holds a run made with other settings ({describe_changes(differ, saved, wanted, 'there', 'now')}); "
@@ -340,14 +341,16 @@ def _train_one(job: tuple) -> dict:
     out = Path(out)
     if resume and (out / "final.json").exists():
         final = _finished(out / "final.json")
-        print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True)
-        return final
+        if final["iters"] == config.iters:
+            print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True)
+            return final
+        # another --iters: the run goes on from its checkpoint to it (fewer than it trained is refused by the Run)
     bar = progress == PROGRESS_BAR
     with torch_threads(threads):
         if resume and (out / "config.json").exists():
             # restart=True: a sampler killed before its first checkpoint starts again (its settings were checked)
             # the network this command names (--energy), never one the folder names alone
-            run = Run(out, config, resume=True, restart=True, progress=bar, energy=config.energy or None)
+            run = Run(out, config, resume=True, restart=True, progress=bar, energy=config.energy or None, iters=config.iters)
             if (out / "checkpoint.pt").exists():
                 print(f"resuming {out} at iteration {run.trainer.iteration} of {run.config.iters}", flush=True)
             else:

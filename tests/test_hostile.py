@@ -560,3 +560,41 @@ def test_an_image_folder_follows_each_link_once(tmp_path):
     os.mkfifo(root / "square" / "pipe.png")
     with pytest.raises(ValueError, match=r"has square/pipe.png, which is a FIFO \(named pipe\), not a regular file"):
         scan_image_folder(root)
+
+
+# --------------------------------------------------------------------------- messages
+
+@pytest.mark.parametrize("after_checkpoint", [False, True])
+def test_ctrl_c_advises_resume_only_when_there_is_a_checkpoint(after_checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    append = runs.append_jsonl
+
+    def interrupted(path, row):
+        append(path, row)
+        if row["iter"] == 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "append_jsonl", interrupted)
+    every = "5" if after_checkpoint else "100"
+    code, printed = cli(SMOKE + ["--out", out, "--eval-every", "10", "--checkpoint-every", every])
+    assert code == 130 and "Traceback" not in printed
+    if after_checkpoint:
+        assert "continue with the same command plus --resume" in printed and str(out / CHECKPOINT) in printed, printed
+        monkeypatch.setattr(runs, "append_jsonl", append)
+        assert cli(["train", "--resume", "--out", out, "--no-progress"])[0] == 0
+    else:
+        assert "--resume" not in printed.replace("without --resume", "") and "run the same command again" in printed, printed
+        assert not out.exists(), "nothing to resume: the run's files are gone, so the same command runs again"
+        monkeypatch.setattr(runs, "append_jsonl", append)
+        assert cli(SMOKE + ["--out", out, "--eval-every", "10", "--checkpoint-every", every])[0] == 0
+
+
+def test_compare_resume_with_a_longer_iters_extends_the_runs_without_naming_lr_decay_iters(tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--preset", "smoke", "--samplers", "langevin", "--jobs", "1", "--out", out, "--no-progress"]
+    assert cli(argv + ["--iters", "10"])[0] == 0
+    code, printed = cli(argv + ["--iters", "20", "--resume"])
+    assert code == 0 and "lr_decay_iters" not in printed, printed
+    assert json.loads((out / "langevin" / "final.json").read_text())["iters"] == 20
+    code, printed = cli(argv + ["--iters", "15", "--resume"])
+    assert code == 2 and error_line(printed).startswith("--iters: 15 is below the 20 iterations")
