@@ -22,6 +22,7 @@ from anila_core import fileio
 from anila_core.cli import main
 from anila_core.training.config import preset
 from anila_core.training.runs import CHECKPOINT, Run, load_trainer
+from reliability_record import note
 
 SMOKE = ["train", "--preset", "smoke", "--no-progress"]
 
@@ -106,6 +107,10 @@ def test_a_run_naming_a_module_resumes_only_when_the_command_names_it(modules, t
     code, printed = cli(["train", "--resume", "--out", out, "--iters", "20", "--no-progress", "--energy", "mynet:Net"])
     assert code == 2 and "--energy" in error_line(printed)
     assert not (tmp_path / "ran").exists()
+    note("resume-imports-only-named", "a run's config.json and checkpoint renamed to `planted:Net`, a module beside it on the path "
+         "that writes a marker when imported; `train --resume` without `--energy`, `load_trainer`, `Run(resume=True)`, `load_runs`; "
+         "then `--resume --energy mynet:Net` (not the saved spec)", f"each refused (exit 2) before anything was imported, the "
+         f"marker never written, the folder unchanged: \"{message.replace(str(tmp_path), '<tmp>')}\"")
 
 
 def test_a_run_named_again_resumes_by_spec_or_by_class(modules, tmp_path):
@@ -125,6 +130,9 @@ def test_a_run_named_again_resumes_by_spec_or_by_class(modules, tmp_path):
         load_trainer(out, progress=False, energy=Other)
     with pytest.raises(TypeError, match="energy: expected"):
         load_trainer(out, progress=False, energy=3)
+    note("resume-named-again", "a run trained with `--energy mynet:Net`, resumed with `--energy mynet:Net` and loaded with "
+         "`load_trainer(out, energy=Net)`; another class, and `energy=3`", "resumed and loaded; another class refused (ValueError), "
+         "`energy=3` refused (TypeError)")
 
 
 @pytest.mark.parametrize("where", ["import", "forward"])
@@ -146,6 +154,8 @@ def test_a_module_that_exits_ends_the_run_with_an_error_naming_it(where, modules
     message = error_line(printed)
     assert code == 2 and "exiting" in message and "sys.exit(0)" in message, printed
     assert not out.exists(), "a run that never checkpointed leaves nothing behind: the same command can run again"
+    note(f"user-module-exits-at-{where}", f"`--energy exiting:Net`, whose module calls `sys.exit(0)` at {where}",
+         f"exit 2, one line naming the module and `sys.exit(0)`; no files left: \"{message.replace(str(tmp_path), '<tmp>')}\"")
 
 
 # --------------------------------------------------------------------------- 2. a lock that holds
@@ -191,6 +201,9 @@ def test_a_writer_whose_lock_was_deleted_stops_and_the_second_writer_alone_write
     assert iters == sorted(set(iters)) and iters[-1] == 24, iters
     assert torch.load(out / CHECKPOINT, weights_only=True)["iteration"] == 24
     assert json.loads((out / "final.json").read_text())["iters"] == 24
+    note("rm-lock-second-writer", "`train --resume --iters 24` paused after a row; `rm RUN/.lock`; the same command again, "
+         "run to its end; then the first goes on", "the second writer exit 0; the first stopped before its next write with "
+         "exit 3 (its lock file was deleted); metrics.jsonl ordered, without duplicates, ending at 24; checkpoint and final.json at 24")
 
 
 def test_verify_names_a_deleted_a_replaced_and_a_moved_lock(tmp_path):
@@ -216,6 +229,8 @@ def test_verify_names_a_deleted_a_replaced_and_a_moved_lock(tmp_path):
             for p in (tmp_path / "moved").iterdir():
                 p.unlink()
             (tmp_path / "moved").rmdir()
+    note("lock-deleted-replaced-moved", "a held folder lock whose `.lock` is deleted, replaced by another file, or whose folder is "
+         "moved", "`verify()` (before every checkpoint, metrics row and final.json) raises LockLost naming the lock file")
 
 
 # --------------------------------------------------------------------------- 3. a pool that survives its workers
@@ -240,6 +255,9 @@ def test_a_dead_worker_is_named_with_its_signal_and_the_other_jobs_finish(capfd)
     assert "cell e (called sys.exit(0))" in message and "run it again" in message, message
     assert sorted(j.name for j in err.value.lost) == ["cell b", "cell d", "cell e"]
     assert "error: cell b: its worker process was killed by SIGKILL" in capfd.readouterr().err, "reported as it died"
+    note("pool-worker-killed", "`run_jobs` (compare's and sweep's pool), 2 workers, 6 jobs: one worker SIGKILLed, one SIGTERMed, "
+         "one job calls `sys.exit(0)`", "each reported on stderr as it died, the other 3 jobs finished, then WorkersLost naming "
+         "each job and its signal (exit 3 on the command line)")
 
 
 def test_a_job_that_raises_does_not_stop_the_others():
@@ -281,6 +299,8 @@ def test_compare_reports_a_killed_worker_and_resume_reruns_its_run(tmp_path):
     done = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "langevin" / "final.json").read_text())["iters"] == 400
+    note("compare-worker-killed", "`kill -9` of the langevin worker of `compare --jobs 2`", "the parent noticed at once, "
+         "finished the anila run, exit 3 naming the run and SIGKILL; `compare --resume` trained the lost run to its end")
 
 
 # --------------------------------------------------------------------------- 5. state validated against the config and itself
@@ -338,6 +358,8 @@ def test_a_tampered_checkpoint_is_refused_naming_the_file_and_what_is_wrong(case
     code, printed = cli(["train", "--resume", "--out", out, "--iters", "40", "--no-progress"])
     assert code == 2 and error_line(printed).startswith(f"{out / CHECKPOINT}: "), printed
     assert tree(out) == before, "a refused resume changed the folder"
+    note(f"checkpoint-{case}", f"checkpoint.pt altered: {case.replace('-', ' ')}", "refused by `load_trainer` and "
+         f"`train --resume` (exit 2), the folder unchanged: \"{message.replace(str(tmp_path), '<tmp>')[:200]}\"")
 
 
 def test_an_untouched_checkpoint_still_resumes(saved_run, tmp_path):
@@ -407,6 +429,8 @@ def test_a_damaged_sweep_file_is_named_with_what_is_wrong(case, finished_sweep, 
         with pytest.raises(ValueError, match=expected.split(": ", 1)[1][:20]):
             load_sweep(folder)
     assert tree(folder) == before, "a refused sweep changed its folder"
+    note(f"sweep-{case}", f"sweep folder: {case.replace('-', ' ')}", "refused before any cell ran, the folder unchanged: "
+         f"\"{str(err.value).replace(str(tmp_path), '<tmp>')[:200]}\"")
 
 
 @pytest.mark.parametrize("damage, expected", [("{", "is not valid JSON"), ("[]", "holds a JSON list"), ('{"sampler": "x"}', "lacks 'iters', 'config'")])
@@ -419,6 +443,8 @@ def test_compare_resume_names_a_damaged_final_json(damage, expected, tmp_path):
     message = error_line(printed)
     assert code == 2 and message.startswith(str(out / "langevin" / "final.json")) and expected in message, message
     assert "delete it and --resume writes it again" in message
+    note(f"compare-final-json-{expected.split()[0]}-{len(damage)}", f"`compare --resume` with final.json `{damage}`",
+         f"exit 2: \"{message.replace(str(tmp_path), '<tmp>')[:200]}\"")
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -440,6 +466,8 @@ def test_a_damaged_config_json_is_named_by_every_loader(content, expected, saved
         assert str(err.value).startswith(str(out / "config.json")) and expected in str(err.value), str(err.value)
     code, printed = cli(["train", "--resume", "--out", out, "--no-progress"])
     assert code == 2 and expected in error_line(printed)
+    note(f"config-json-{expected.split()[0]}-{len(content) % 1000}", f"config.json `{content[:20]}{'…' if len(content) > 20 else ''}`"
+         + (" (200 000 deep)" if len(content) > 1000 else ""), f"`load_trainer`, `load_runs` and `train --resume` name the file: \"{expected}\"")
 
 
 @pytest.mark.parametrize("name", ["checkpoint.pt", "config.json"])
@@ -453,6 +481,7 @@ def test_a_fifo_where_a_run_file_is_expected_is_refused_by_name(name, saved_run,
     code, printed = cli(["train", "--resume", "--out", out, "--iters", "40", "--no-progress"])
     message = error_line(printed)
     assert code == 2 and message.startswith(f"{out / name}: is a FIFO (named pipe), not a regular file"), message
+    note(f"fifo-{name}", f"a FIFO named {name} in a run folder, `train --resume`", f"exit 2 at once: \"{message.replace(str(tmp_path), '<tmp>')}\"")
 
 
 # --------------------------------------------------------------------------- 7. API types
@@ -488,6 +517,7 @@ def test_an_api_argument_of_the_wrong_type_or_range_is_named(case):
         call()
     assert isinstance(err.value, ValueError), "every refusal is also a ValueError, as the package's others"
     assert str(err.value).startswith(expected), str(err.value)
+    note(f"api-{case}", f"Python API: {case.replace('-', ' ')}", f"{type(err.value).__name__}: \"{str(err.value)[:160]}\"")
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -508,6 +538,7 @@ def test_a_number_beyond_its_bound_is_refused_before_anything_runs(flags, expect
     message = error_line(printed)
     assert code == 2 and message.startswith(expected), message
     assert "expected" in message and not out.exists()
+    note(f"bound{flags[0]}", f"`compare {' '.join(flags)}`", f"exit 2 before anything ran: \"{message}\"")
 
 
 # --------------------------------------------------------------------------- 6. data of your own
@@ -533,6 +564,8 @@ def test_points_whose_standardisation_would_overflow_or_underflow_are_refused(ro
     message = error_line(printed)
     assert code == 2 and expected in message and str(path) in message, message
     assert not (tmp_path / "run").exists()
+    note(f"points-{expected.split()[0]}-{rows[0][0]:g}", f"points file starting {rows[0]}" + ("" if standardize else ", --no-standardize"),
+         f"exit 2: \"{message.replace(str(tmp_path), '<tmp>')[:200]}\"")
 
 
 def test_a_fifo_named_like_a_points_file_is_named_not_called_missing(tmp_path):
@@ -541,6 +574,7 @@ def test_a_fifo_named_like_a_points_file_is_named_not_called_missing(tmp_path):
     code, printed = cli(SMOKE + ["--dataset", f"points:{path}", "--out", tmp_path / "run", "--iters", "2"])
     message = error_line(printed)
     assert code == 2 and "is a FIFO (named pipe), not a regular file" in message and "does not exist" not in message, message
+    note("fifo-points-csv", "a FIFO named points.csv as `--dataset points:FILE`", f"exit 2: \"{message.replace(str(tmp_path), '<tmp>')}\"")
 
 
 def test_an_image_folder_follows_each_link_once(tmp_path):
@@ -560,6 +594,8 @@ def test_an_image_folder_follows_each_link_once(tmp_path):
     os.mkfifo(root / "square" / "pipe.png")
     with pytest.raises(ValueError, match=r"has square/pipe.png, which is a FIFO \(named pipe\), not a regular file"):
         scan_image_folder(root)
+    note("image-folder-links", "a class folder holding a link to itself and a second link to one image; then a FIFO named pipe.png",
+         "8 images read as 8 (each folder entered once, each file counted once); the FIFO refused by name")
 
 
 # --------------------------------------------------------------------------- messages
@@ -587,6 +623,9 @@ def test_ctrl_c_advises_resume_only_when_there_is_a_checkpoint(after_checkpoint,
         assert not out.exists(), "nothing to resume: the run's files are gone, so the same command runs again"
         monkeypatch.setattr(runs, "append_jsonl", append)
         assert cli(SMOKE + ["--out", out, "--eval-every", "10", "--checkpoint-every", every])[0] == 0
+    note(f"ctrl-c-{'after' if after_checkpoint else 'before'}-checkpoint", f"Ctrl-C {'after' if after_checkpoint else 'before'} the first checkpoint",
+         "exit 130; " + ("advises --resume naming the checkpoint, which continues" if after_checkpoint else
+                         "the run's files removed and the same command advised (not --resume), which then runs"))
 
 
 def test_compare_resume_with_a_longer_iters_extends_the_runs_without_naming_lr_decay_iters(tmp_path):
@@ -598,3 +637,5 @@ def test_compare_resume_with_a_longer_iters_extends_the_runs_without_naming_lr_d
     assert json.loads((out / "langevin" / "final.json").read_text())["iters"] == 20
     code, printed = cli(argv + ["--iters", "15", "--resume"])
     assert code == 2 and error_line(printed).startswith("--iters: 15 is below the 20 iterations")
+    note("compare-resume-longer-iters", "`compare --resume` with a larger `--iters`, then a smaller one", "the finished runs "
+         "trained on to the new --iters (lr_decay_iters, fixed at the start, not named); fewer iterations refused naming --iters")
