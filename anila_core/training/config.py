@@ -33,18 +33,16 @@ MAX_SEED = 2**63 - 1
 #: the most samples an evaluation's MMD may use: its kernel matrices grow as the square (10 000: about 2.4 GB)
 MAX_EVAL_SAMPLES = 10_000
 #: the largest value of a count, and why: beyond it a run cannot finish (time) or cannot fit (memory), so a value
-#: typed by mistake (1e39) is refused before anything runs instead of running forever
+#: typed by mistake (1e39) is refused before anything runs instead of running forever. The sizes whose memory the
+#: run can reckon (width, batch_size, buffer_size) are bounded by the memory free, in limits.check_memory
 COUNT_LIMITS = {
     "iters": (10**8, "time: 10^8 iterations take more than a day even at 1 ms each"),
     "lr_decay_iters": (10**8, "time: the schedule's length is at most the longest run, 10^8 iterations"),
     "n_steps": (100_000, "time: each transition is one gradient of the network for every chain, every iteration"),
     "hmc_leapfrog": (10_000, "time: each leapfrog step is one gradient, K times per iteration"),
     "global_moves": (100_000, "time: each move evaluates the energy of every chain"),
-    "width": (65_536, "memory: the weights grow as width²"),
     "depth": (1_000, "time and memory: each layer is a matrix product per gradient"),
     "conv_width": (4_096, "memory: the ConvNet's weights grow as conv_width²"),
-    "batch_size": (10**7, "memory: the activations grow with the batch"),
-    "buffer_size": (10**9, "memory: 4 bytes per value of every chain"),
     "eval_every": (10**8, "time: at most the longest run, 10^8 iterations"),
     "checkpoint_every": (10**8, "time: at most the longest run, 10^8 iterations"),
     "fid_every": (10**8, "time: at most the longest run, 10^8 iterations"),

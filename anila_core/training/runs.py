@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import pickle
 import re
 import sys
@@ -503,12 +504,21 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     """
     out = Path(out_dir)
     config_path, ckpt_path = out / "config.json", out / CHECKPOINT
+    for path in (config_path, ckpt_path):
+        if os.path.lexists(path) and not path.exists():
+            raise ValueError(f"{path}: is a link that leads nowhere (to a missing file, or round in a loop); expected the "
+                             f"{path.name} a run wrote")
     if not config_path.exists():
         raise ValueError(f"out_dir: {out} has no config.json; expected the folder of a run, which holds its config.json and checkpoint")
     if not ckpt_path.exists():
         raise ValueError(f"out_dir: {out} has no {CHECKPOINT} yet: the run stopped before its first checkpoint, so there "
                          f"is nothing to resume; start it afresh (delete {out} or choose another out_dir)")
-    saved_config = read_json_file(config_path, "the config.json a run wrote")
+    check_regular(config_path, "the config.json a run wrote")
+    try:
+        saved_config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        reason = "it nests its JSON too deeply to read" if isinstance(err, RecursionError) else str(err)
+        raise ValueError(f"{config_path}: not a valid run configuration ({reason}); expected the config.json a run wrote") from None
     if not isinstance(saved_config, dict):
         raise ValueError(f"{config_path}: holds a JSON {type(saved_config).__name__}, not an object of settings; expected the "
                          "config.json a run wrote")
