@@ -590,6 +590,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_compare(args)
 
 
+def _user_code_failed(err: BaseException, args: argparse.Namespace) -> int:
+    """Exit 2 with one line naming the module of your own that raised ``err`` or called sys.exit during a run; else ``err`` again."""
+    from anila_core.training.user_energy import user_code_failure
+
+    theirs = user_code_failure(err, getattr(args, "energy", None) or "")
+    if theirs is None and isinstance(err, SystemExit):
+        theirs = f"the run called sys.exit({err.code!r}) and stopped"
+    if theirs is None:
+        raise err
+    print(f"error: {theirs}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends with one ``error:`` line: exit 2 for bad input, 3 for a run that diverged or that the
     machine stopped (disk full, out of memory), 130 for Ctrl-C."""
@@ -615,10 +628,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED if full else EXIT_BAD_INPUT
     except (MemoryError, RuntimeError) as err:
         if not is_out_of_memory(err):
-            raise
+            return _user_code_failed(err, args)
         print(f"error: out of memory ({type(err).__name__}: {' '.join(str(err).split())[:200]}); reduce --buffer-size, "
               "--batch-size or --width (--conv-width for images)", file=sys.stderr)
         return EXIT_FAILED
+    except (SystemExit, Exception) as err:  # argparse exits before this try: here, code of a run (a network of your own)
+        return _user_code_failed(err, args)
     except KeyboardInterrupt as err:
         note = getattr(err, "anila_note", None)
         if note is None and args.command == "train":  # before training started: nothing was written, or the checkpoint is as it was

@@ -639,3 +639,24 @@ def test_compare_resume_with_a_longer_iters_extends_the_runs_without_naming_lr_d
     assert code == 2 and error_line(printed).startswith("--iters: 15 is below the 20 iterations")
     note("compare-resume-longer-iters", "`compare --resume` with a larger `--iters`, then a smaller one", "the finished runs "
          "trained on to the new --iters (lr_decay_iters, fixed at the start, not named); fewer iterations refused naming --iters")
+
+
+def test_a_module_that_raises_in_a_later_forward_of_a_sweep_cell_is_named(modules, tmp_path):
+    (modules / "raising.py").write_text(textwrap.dedent("""
+        from mynet import Net as Base
+        class Net(Base):
+            calls = 0
+            def forward(self, x):
+                Net.calls += 1
+                if Net.calls > 5:
+                    raise RuntimeError("my network broke")
+                return super().forward(x)
+        """))
+    out = tmp_path / "s"
+    code, printed = cli(["sweep", "--preset", "smoke", "--samplers", "langevin", "--energy", "raising:Net", "--jobs", "1",
+                         "--iters", "5", "--out", out, "--no-progress"])
+    message = error_line(printed)
+    assert code == 2 and "raising:Net raised RuntimeError: my network broke" in message and "raising.py" in message, message
+    sys.modules.pop("raising", None)
+    note("user-module-raises-in-sweep", "`sweep --jobs 1 --energy raising:Net`, whose forward raises after its check",
+         f"exit 2, one line naming the module, file and line: \"{message.replace(str(tmp_path), '<tmp>')[:200]}\"")
