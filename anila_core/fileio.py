@@ -332,7 +332,7 @@ class FolderLock:
             raise LockLost(f"{self.path} {problem} while this process wrote {self.folder} (or the folder was moved): "
                            "another process may be writing it now, so this one stopped before writing again; the files "
                            "it wrote before are intact; check that nothing else writes the folder, then continue the run "
-                           "with --resume (resume=True)")
+                           "with resume=True")
 
     def release(self) -> None:
         """Remove the lock file and let go of the lock (a no-op when not held)."""
