@@ -248,8 +248,8 @@ def _check_optimizer(saved, reference: torch.nn.Module) -> None:
                 raise ValueError(f"checkpoint: its optimizer's {key} for {name} has dtype {value.dtype}; expected {p.dtype}, "
                                  "the dtype of that parameter")
             if not bool(torch.isfinite(value).all()) or (key == "exp_avg_sq" and bool((value < 0).any())):
-                raise ValueError(f"checkpoint: its optimizer's {key} for {name} holds NaN, infinite"
-                                 f"{' or negative' if key == 'exp_avg_sq' else ''} values; expected the finite moments Adam "
+                raise ValueError(f"checkpoint: its optimizer's {key} for {name} holds NaN"
+                                 f"{', infinite or negative' if key == 'exp_avg_sq' else ' or infinite'} values; expected the finite moments Adam "
                                  "keeps (the file is damaged or was altered)")
         step = moments.get("step") if isinstance(moments, dict) else None
         if step is not None:
