@@ -9,7 +9,7 @@ STAMP := $(VENV)/.anila-installed
 # per missing local index entry, which this drops (real errors still show)
 PIP_FILTER := 2> >(grep --line-buffered -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help install lab test test-fast test-browser demo explore bench gpu-check study site clean
+.PHONY: help install lab test test-fast test-browser demo explore bench gpu-check study site reliability clean
 
 help:
 	@echo "make lab    set up .venv and open the tutorials in JupyterLab"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench         the speed table: samplers against the autograd floor, TorchEBM, JAX and BlackJAX"
 	@echo "make gpu-check     the GPU check (tests, CUDA benchmark, training speed); without a GPU its CPU dry run"
 	@echo "make study         the sampler studies behind notebook 06 (docs/study/; resumable, 4-5 hours on 2 cores)"
+	@echo "make reliability   rewrite docs/RELIABILITY.md from a fresh run of the reliability and hostile-use tests"
 	@echo "make site          the course as a website: the notebooks run at the smoke budget, in $(SITE_HTML)"
 
 install: $(STAMP)
@@ -102,6 +103,17 @@ study: $(STAMP)
 	$(PY) -m anila_core sweep --study rings --out docs/study/rings --no-progress
 	$(PY) -m anila_core sweep --study digits --out docs/study/digits --no-progress
 	$(PY) -m anila_core sweep --study rings_paper --out docs/study/rings_paper --no-progress
+
+# docs/RELIABILITY.md: the tests only check it; this renders it from a fresh run of both files (minutes: 25 killed
+# runs, the bad-input table, the hostile-use cases) into build/, then moves it into place once every test passed
+RELIABILITY_NOTE := build/RELIABILITY.md
+
+reliability: $(STAMP)
+	mkdir -p build && rm -f $(RELIABILITY_NOTE)
+	ANILA_BUDGET=smoke MPLBACKEND=Agg OMP_NUM_THREADS=1 ANILA_RELIABILITY_NOTE=$(CURDIR)/$(RELIABILITY_NOTE) \
+		$(PY) -m pytest -q tests/test_hostile.py tests/test_reliability.py
+	mv $(RELIABILITY_NOTE) docs/RELIABILITY.md
+	@echo "reliability: docs/RELIABILITY.md rewritten"
 
 explore: $(STAMP)
 	$(VENV)/bin/voila --show_tracebacks=True apps/explore.ipynb

@@ -13,8 +13,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes, preset
+from anila_core.fileio import read_json_file
 from anila_core.training.file_sources import absolute_data_spec
-from anila_core.processes import process_pool, torch_threads
+from anila_core.processes import check_jobs, run_jobs, torch_threads
 from anila_core.sampling.registry import SAMPLERS
 
 __all__ = ["main", "build_parser"]
@@ -57,8 +58,8 @@ def _in_flag_terms(message: str) -> str:
     head, sep, rest = message.partition(": ")
     if sep and head in _FLAGS:
         message = _FLAGS[head] + sep + rest
-    for name in _FLAG_WORDS:  # not inside a longer name (lr_decay_iters), a path or a flag
-        message = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/])", _FLAGS[name], message)
+    for name in _FLAG_WORDS:  # not inside a longer name (lr_decay_iters), a path, a flag or quotes (a file's key)
+        message = re.sub(rf"(?<![\w./'\"-]){re.escape(name)}(?![\w/'\"])", _FLAGS[name], message)
     return message
 
 
@@ -185,7 +186,7 @@ def _wants_cuda(device: str) -> bool:
 def _saved_device(out: Path) -> str:
     """The device a run directory's config.json names ('auto' when it cannot be read: the Run then says why)."""
     try:
-        return str(json.loads((out / "config.json").read_text()).get("device", "auto"))
+        return str(read_json_file(out / "config.json", "a run's config.json").get("device", "auto"))
     except (OSError, ValueError, AttributeError):
         return "auto"
 
@@ -210,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             run = Run(args.out, resume=True, iters=overrides.get("iters"), progress=progress, data_root=overrides.get("data_root"),
                       on_divergence=overrides.get("on_divergence"), max_rollbacks=overrides.get("max_rollbacks"),
-                      device=overrides.get("device"))
+                      device=overrides.get("device"), energy=overrides.get("energy") or None)
         else:
             out = args.out or Path("runs") / f"{config.data_name}-{config.sampler}-seed{config.seed}"
             run = Run(out, config, progress=progress)
@@ -260,7 +261,7 @@ def _check_resume_settings(out: Path, preset_name: str | None, overrides: dict) 
     :class:`Run`, which says what is wrong with it.
     """
     try:
-        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict()
+        saved = TrainConfig.from_dict(read_json_file(out / "config.json", "a run's config.json")).to_dict()
     except (OSError, ValueError, TypeError, AttributeError):
         return
     if preset_name is not None:
@@ -282,8 +283,14 @@ def _check_resume_settings(out: Path, preset_name: str | None, overrides: dict) 
 
 def _check_same_settings(out: Path, config: TrainConfig) -> None:
     """Refuse to keep or resume the run in ``out`` when it was made with other settings than ``config`` (say, an older preset)."""
-    saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict()
-    wanted = config.replace(lr_decay_iters=config.lr_decay_iters or config.iters).to_dict()  # the run fixes it when it starts
+    path = out / "config.json"
+    saved = read_json_file(path, "the config.json a run wrote")
+    try:
+        saved = TrainConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: not a valid run configuration ({err}); expected the config.json a run wrote") from None
+    # lr_decay_iters 0 means the run's iters, fixed when it started: a longer --iters does not change it
+    wanted = config.replace(lr_decay_iters=config.lr_decay_iters or saved.get("lr_decay_iters") or config.iters).to_dict()
     differ = changed_settings(saved, wanted)
     if differ:
         raise ValueError(f"--out: {out} holds a run made with other settings ({describe_changes(differ, saved, wanted, 'there', 'now')}); "
@@ -333,13 +340,17 @@ def _train_one(job: tuple) -> dict:
     config, out, resume, threads, progress = job
     out = Path(out)
     if resume and (out / "final.json").exists():
-        print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True)
-        return json.loads((out / "final.json").read_text())
+        final = _finished(out / "final.json")
+        if final["iters"] == config.iters:
+            print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True)
+            return final
+        # another --iters: the run goes on from its checkpoint to it (fewer than it trained is refused by the Run)
     bar = progress == PROGRESS_BAR
     with torch_threads(threads):
         if resume and (out / "config.json").exists():
             # restart=True: a sampler killed before its first checkpoint starts again (its settings were checked)
-            run = Run(out, config, resume=True, restart=True, progress=bar)
+            # the network this command names (--energy), never one the folder names alone
+            run = Run(out, config, resume=True, restart=True, progress=bar, energy=config.energy or None, iters=config.iters)
             if (out / "checkpoint.pt").exists():
                 print(f"resuming {out} at iteration {run.trainer.iteration} of {run.config.iters}", flush=True)
             else:
@@ -355,6 +366,21 @@ def _train_one(job: tuple) -> dict:
         if lines is not None:
             print(f"{out.name}: done in {time.perf_counter() - lines.start:.0f} s, figures written", flush=True)
         return final
+
+
+def _finished(path: Path) -> dict:
+    """A finished run's final.json, checked: a damaged one is named, with how --resume writes it again."""
+    again = f"; expected the final.json a run wrote: delete it and --resume writes it again from the run's checkpoint"
+    try:
+        final = read_json_file(path, "the final.json a run wrote")
+    except ValueError as err:
+        raise ValueError(f"{str(err).split('; expected')[0]}{again}") from None
+    if not isinstance(final, dict):
+        raise ValueError(f"{path}: holds a JSON {type(final).__name__}, not an object{again}")
+    missing = [k for k in ("sampler", "iters", "config") if k not in final]
+    if missing:
+        raise ValueError(f"{path}: lacks {', '.join(repr(k) for k in missing)}{again}")
+    return final
 
 
 def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int:
@@ -375,8 +401,7 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     configs = {label: preset(name, sampler, **{**overrides, **settings}) for label, sampler, settings in specs}
     samplers = labels
     out = args.out
-    if args.jobs is not None and args.jobs < 1:  # before anything is written
-        raise ValueError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    check_jobs(args.jobs, "--jobs")  # before anything is written
     for c in configs.values():
         check_memory(c)
 
@@ -446,19 +471,21 @@ def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: 
     start = time.perf_counter()
     if jobs == 1:
         finals = [_train_one(w) for w in work]
-    else:
-        with process_pool(jobs) as pool:
-            finals = pool.map(_train_one, work)
+    else:  # a worker that dies (SIGKILL, SIGTERM, the OOM killer) is reported once the others finish: WorkersLost, exit 3
+        finals = [None] * len(work)
+        for index, final in run_jobs(_train_one, work, jobs, [str(out / s) for s in samplers],
+                                     rerun="finish them with the same command plus --resume"):
+            finals[index] = final
     finals = dict(zip(samplers, finals))
     if configs[samplers[0]].is_image:
-        return _finish_image_comparison(out, samplers, finals, start)
+        return _finish_image_comparison(out, samplers, finals, start, configs)
     if configs[samplers[0]].is_points:
-        return _finish_points_comparison(out, samplers, finals, start)
+        return _finish_points_comparison(out, samplers, finals, start, configs)
     runs = {}
     for s in samplers:
-        trainer = load_trainer(out / s, progress=False)
+        trainer = load_trainer(out / s, progress=False, energy=configs[s].energy or None)
         runs[s] = {**model_densities(trainer), "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
-    target = load_trainer(out / samplers[0], progress=False).target
+    target = load_trainer(out / samplers[0], progress=False, energy=configs[samplers[0]].energy or None).target
     save_figure(plot_side_by_side(runs, target), out / "comparison.png")
     return _write_comparison_table(out, markdown_table(finals), start)
 
@@ -474,12 +501,12 @@ def _write_comparison_table(out: Path, table: str, start: float) -> int:
     return 0
 
 
-def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start: float) -> int:
+def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start: float, configs: dict) -> int:
     """comparison.png (sample grids side by side: the paper's Figures 2 and 3), fid.png and comparison.md."""
     from anila_core.ui.report import image_markdown_table, plot_fid_curve, plot_image_side_by_side, save_figure
     from anila_core.training.runs import load_trainer
 
-    trainers = {s: load_trainer(out / s, progress=False) for s in samplers}
+    trainers = {s: load_trainer(out / s, progress=False, energy=configs[s].energy or None) for s in samplers}
     samples = {s: t.sample_for_eval(64) for s, t in trainers.items()}
     save_figure(plot_image_side_by_side(samples, finals), out / "comparison.png")
     ax = plot_fid_curve({s: t.history for s, t in trainers.items()})
@@ -488,7 +515,7 @@ def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start
     return _write_comparison_table(out, image_markdown_table(finals), start)
 
 
-def _finish_points_comparison(out: Path, samplers: list[str], finals: dict, start: float) -> int:
+def _finish_points_comparison(out: Path, samplers: list[str], finals: dict, start: float, configs: dict) -> int:
     """comparison.png (in 2-D the learned densities and samples, else samples on the data's principal axes) and comparison.md."""
     import torch
 
@@ -499,7 +526,7 @@ def _finish_points_comparison(out: Path, samplers: list[str], finals: dict, star
 
     runs, points = {}, None
     for s in samplers:
-        trainer = load_trainer(out / s, progress=False)
+        trainer = load_trainer(out / s, progress=False, energy=configs[s].energy or None)
         points = trainer.dataset
         log_p = None
         if points.dim == 2:
@@ -566,6 +593,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_compare(args)
 
 
+def _user_code_failed(err: BaseException, args: argparse.Namespace) -> int:
+    """Exit 2 with one line naming the module of your own that raised ``err`` or called sys.exit during a run; else ``err`` again."""
+    from anila_core.training.user_energy import user_code_failure
+
+    theirs = user_code_failure(err, getattr(args, "energy", None) or "")
+    if theirs is None and isinstance(err, SystemExit):
+        theirs = f"the run called sys.exit({err.code!r}) and stopped"
+    if theirs is None:
+        raise err
+    print(f"error: {theirs}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends with one ``error:`` line: exit 2 for bad input, 3 for a run that diverged or that the
     machine stopped (disk full, out of memory), 130 for Ctrl-C."""
@@ -591,10 +631,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED if full else EXIT_BAD_INPUT
     except (MemoryError, RuntimeError) as err:
         if not is_out_of_memory(err):
-            raise
+            return _user_code_failed(err, args)
         print(f"error: out of memory ({type(err).__name__}: {' '.join(str(err).split())[:200]}); reduce --buffer-size, "
               "--batch-size or --width (--conv-width for images)", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)
+    except (SystemExit, Exception) as err:  # argparse exits before this try: here, code of a run (a network of your own)
+        return _user_code_failed(err, args)
+    except KeyboardInterrupt as err:
+        note = getattr(err, "anila_note", None)
+        if note is None and args.command == "train":  # before training started: nothing was written, or the checkpoint is as it was
+            note = ("interrupted before the run started: its checkpoint is as it was; continue with --resume" if args.resume
+                    else "interrupted before the run started: nothing was written; run the command again")
+        elif note is None:  # several runs or cells: each kept what it reached
+            note = ("interrupted: finished runs and their checkpoints are kept; run the same command again to go on (compare: "
+                    "plus --resume; runs stopped before their first checkpoint start again)")
+        print(note, file=sys.stderr)
         return 130

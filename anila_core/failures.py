@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-__all__ = ["RunFailure", "DiskFull", "OutOfMemory", "disk_full", "is_out_of_memory"]
+__all__ = ["RunFailure", "DiskFull", "OutOfMemory", "LockLost", "disk_full", "is_out_of_memory"]
 
 
 class RunFailure(RuntimeError):
@@ -18,6 +18,10 @@ class DiskFull(RunFailure):
 
 class OutOfMemory(RunFailure):
     """An allocation failed (CPU or GPU); the message names the sizes to reduce."""
+
+
+class LockLost(RunFailure):
+    """The folder's lock file is no longer the one this writer took (deleted, replaced, or the folder moved): it stops writing."""
 
 
 #: errno values of a write that failed for lack of space (ENOSPC) or quota (EDQUOT)

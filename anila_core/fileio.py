@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import secrets
 import socket
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from anila_core.failures import disk_full
+from anila_core.failures import LockLost, disk_full
 
 try:
     import fcntl
@@ -26,7 +27,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "read_jsonl",
-           "FolderLock", "FolderBusy", "LOCK_FILE", "lock_holder", "busy_error", "locked_folder", "make_folder", "remove_made_folders"]
+           "FolderLock", "FolderBusy", "LockLost", "LOCK_FILE", "check_regular", "read_json_file", "lock_holder", "busy_error", "locked_folder", "make_folder", "remove_made_folders"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -69,6 +70,41 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular(path: str | Path, expected: str = "a regular file") -> None:
+    """``ValueError`` naming ``path`` when it exists but is not a regular file (a FIFO would block a reader forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the caller's own error says so
+    import stat
+
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: is {_kind(mode)}, not a regular file; expected {expected}")
+
+
+def read_json_file(path: str | Path, expected: str) -> Any:
+    """The JSON in ``path``; one ``ValueError`` naming the file and ``expected`` when it is not a regular file or not JSON."""
+    check_regular(path, expected)
+    try:
+        return json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: is not text; expected {expected}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); expected {expected}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nests its JSON too deeply to read; expected {expected}") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -215,12 +251,20 @@ class FolderLock:
     is refused at once with :class:`FolderBusy` naming the holder. :meth:`release` removes the
     file (checking the inode, so that a writer that opened the old file retries on the new one).
     Processes forked from the writer do not hold it.
+
+    A flock lives on the file, not on its name: a stray ``rm .lock`` (a cleanup script, a sync
+    tool) or a moved folder would let a second writer lock a new file while the first goes on.
+    So the lock also records the file's device and inode and a random token, and
+    :meth:`verify` (which a writer calls before each write) raises :class:`LockLost` as soon as
+    the file at the folder's path is no longer that one: at most one writer keeps writing.
     """
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+        self._token = ""
 
     @property
     def held(self) -> bool:
@@ -250,11 +294,45 @@ class FolderLock:
             os.close(fd)  # the holder released and removed the file between our open and our lock: try the new one
         self._fd = fd
         _HELD.add(self)
+        held = os.fstat(fd)
+        self._identity = (held.st_dev, held.st_ino)
+        self._token = secrets.token_hex(16)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "command": _command()}
+                "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "command": _command(),
+                "token": self._token}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         return self
+
+    def verify(self) -> None:
+        """Raise :class:`LockLost` unless ``folder/.lock`` is still the file this lock holds, with its token (a no-op when not held).
+
+        Called before every write of a run (checkpoint, metrics row, final.json): a writer whose
+        lock file was deleted or replaced, or whose folder was moved, stops before it writes
+        again, whether or not another writer has started meanwhile.
+        """
+        if self._fd is None or fcntl is None:
+            return
+        problem = None
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            now, problem = None, "was deleted"
+        if now is not None and (now.st_dev, now.st_ino) != self._identity:
+            problem = "was replaced by another file"
+        if problem is None:
+            try:
+                with open(self.path, "rb") as f:
+                    token = json.loads(f.read(4096) or b"{}").get("token")
+            except (OSError, ValueError, AttributeError):
+                token = None
+            if token != self._token:
+                problem = "was rewritten by another process"
+        if problem is not None:
+            raise LockLost(f"{self.path} {problem} while this process wrote {self.folder} (or the folder was moved): "
+                           "another process may be writing it now, so this one stopped before writing again; the files "
+                           "it wrote before are intact; check that nothing else writes the folder, then continue the run "
+                           "with resume=True")
 
     def release(self) -> None:
         """Remove the lock file and let go of the lock (a no-op when not held)."""
@@ -262,11 +340,18 @@ class FolderLock:
         if fd is None:
             return
         try:
-            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+            now, held = os.stat(self.path), os.fstat(fd)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):  # another writer's new file is left alone
                 os.unlink(self.path)  # before unlocking: a waiter that opened this file sees it gone and retries
         except OSError:
             pass
         finally:
+            os.close(fd)
+
+    def forget(self) -> None:
+        """Let go of the lock without touching the folder (after :class:`LockLost`: the file there may be another writer's)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
             os.close(fd)
 
     def __enter__(self) -> "FolderLock":

@@ -1,4 +1,4 @@
-"""Worker processes: a spawned pool that always ends cleanly (joined after the work, terminated on an error or Ctrl-C, gone when the parent dies), and the torch thread count of one job or training process."""
+"""Worker processes: a spawned pool that always ends cleanly (joined after the work, terminated on an error or Ctrl-C, gone when the parent dies) and notices a worker that dies, and the torch thread count of one job or training process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["process_pool", "torch_threads", "training_threads", "die_with_parent", "THREADS_ENV"]
+from anila_core.failures import RunFailure
+
+__all__ = ["process_pool", "run_jobs", "check_jobs", "JobLost", "WorkersLost", "torch_threads", "training_threads", "die_with_parent", "THREADS_ENV",
+           "MAX_JOBS"]
 
 #: Linux's prctl option that sends the child a signal when its parent dies
 _PR_SET_PDEATHSIG = 1
@@ -18,6 +21,23 @@ _PR_SET_PDEATHSIG = 1
 _WATCHDOG_PERIOD = 0.5
 #: the environment variable that overrides the one thread a training process gets on a CPU
 THREADS_ENV = "ANILA_TORCH_THREADS"
+#: the most worker processes a pool may start per CPU core, and at all: each imports torch (a few hundred MB) and trains
+#: on a core of its own, so more workers than a few per core only add memory and switching
+JOBS_PER_CORE, MAX_JOBS = 4, 256
+
+
+def check_jobs(jobs, name: str = "jobs") -> None:
+    """``ValueError`` naming ``name`` unless ``jobs`` is ``None`` or an integer in [1, the most this machine can use]."""
+    if jobs is None:
+        return
+    cores = os.cpu_count() or 1
+    most = min(MAX_JOBS, JOBS_PER_CORE * cores)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {jobs!r}")
+    if jobs > most:
+        shown = f"{jobs:.3g}" if jobs > 10**15 else str(jobs)
+        raise ValueError(f"{name}: expected at most {most} (worker processes: {JOBS_PER_CORE} per CPU core of the {cores} here, "
+                         f"{MAX_JOBS} at most; each holds torch in memory and needs a core to make progress), got {shown}")
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -105,3 +125,165 @@ def training_threads(device, jobs: int = 1) -> int:
     if threads < 1:
         raise ValueError(f"${THREADS_ENV}: expected an integer >= 1 (torch threads per training process on a CPU), got {wanted!r}")
     return threads
+
+
+# --------------------------------------------------------------------------- a pool that notices a dead worker
+
+
+class JobLost(RunFailure):
+    """A job whose worker process died (killed by a signal, the OOM killer, or exited) before it returned."""
+
+    def __init__(self, name: str, how: str):
+        super().__init__(f"{name}: {'it' if how.startswith('called') else 'its worker process'} {how} before it finished")
+        self.name, self.how = name, how
+
+
+class WorkersLost(RunFailure):
+    """Raised after the other jobs finished, when some jobs' workers died: it names each job and how its worker ended."""
+
+    def __init__(self, lost: list[JobLost], rerun: str):
+        self.lost = lost
+        listed = "; ".join(f"{job.name} ({job.how})" for job in lost)
+        super().__init__(f"{len(lost)} job(s) lost with their worker process: {listed}; every other job finished and was "
+                         f"kept; {rerun}")
+
+
+def _ended(exitcode: int | None) -> str:
+    """How a process ended, in words: ``was killed by SIGKILL (signal 9)``, ``exited with code 1``."""
+    if exitcode is None:
+        return "vanished"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = ": the out-of-memory killer sends it, as does kill -9" if -exitcode == signal.SIGKILL else ""
+        return f"was killed by {name} (signal {-exitcode}{hint})"
+    return f"exited with code {exitcode}"
+
+
+def _worker_loop(conn, parent_pid: int) -> None:
+    """A pool worker: runs ``(index, function, job)`` messages until ``None``, answering ``(index, ok, result or error)``."""
+    die_with_parent(parent_pid)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        index, function, job = message
+        try:
+            answer = (index, True, function(job))
+        except SystemExit as err:  # user code that ended the program: the job is lost, the worker goes on
+            answer = (index, None, f"called sys.exit({err.code!r})")
+        except BaseException as err:  # the job failed, the worker goes on
+            answer = (index, False, _portable(err))
+        try:
+            conn.send(answer)
+        except Exception as err:  # a result that cannot be pickled
+            conn.send((index, False, RuntimeError(f"its result could not be sent back: {type(err).__name__}: {err}")))
+
+
+def _portable(err: BaseException) -> BaseException:
+    """``err`` if it survives pickling (the parent re-raises it), else a ``RuntimeError`` with its type and message."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def run_jobs(function, jobs: list, processes: int, names: list[str], rerun: str = "run the same command again to redo them"):
+    """Run ``function(job)`` for each of ``jobs`` in ``processes`` spawned workers; yield ``(index, result)`` as each finishes.
+
+    Unlike ``multiprocessing.Pool`` (which waits forever for the result of a worker that was
+    killed), this watches every worker: when one dies (SIGKILL, SIGTERM, the OOM killer), the
+    job it was running is known by its name (``names[i]``), a new worker takes the remaining
+    jobs, and once every other job has finished :class:`WorkersLost` is raised naming each
+    lost job and how its worker ended (``rerun`` says how to redo them); each is also reported
+    on stderr as it dies. A job that raises does not stop the others either; the error of the
+    first such job is raised once all have finished.
+    On Ctrl-C or any error of the caller the workers are terminated; they end with this
+    process whatever way it ends (:func:`die_with_parent`).
+    """
+    from multiprocessing.connection import wait
+
+    context = mp.get_context("spawn")
+    pending = list(range(len(jobs)))[::-1]  # popped from the end: in the given order
+    workers: dict = {}  # process -> [connection, index of its job or None]
+    lost: list[JobLost] = []
+    failed: dict[int, BaseException] = {}
+
+    def report(job: JobLost) -> None:  # at once, not only at the end: the others may run for hours
+        lost.append(job)
+        print(f"error: {job}; the other jobs go on", file=sys.stderr, flush=True)
+
+    def start() -> None:
+        here, there = context.Pipe()
+        process = context.Process(target=_worker_loop, args=(there, os.getpid()), daemon=True)
+        process.start()
+        there.close()
+        workers[process] = [here, None]
+
+    def assign(process) -> None:
+        conn, _ = workers[process]
+        if pending:
+            index = pending.pop()
+            workers[process][1] = index
+            conn.send((index, function, jobs[index]))
+        else:
+            workers[process][1] = None
+            conn.send(None)
+
+    try:
+        for _ in range(max(1, min(processes, len(jobs)))):
+            start()
+        for process in list(workers):
+            assign(process)
+        while any(job is not None for _, job in workers.values()):
+            busy = {conn: p for p, (conn, job) in workers.items() if job is not None}
+            ready = wait(list(busy) + [p.sentinel for p, (_, job) in workers.items() if job is not None], timeout=1.0)
+            for process, (conn, job) in list(workers.items()):
+                if job is None:
+                    continue
+                answered = False
+                try:
+                    if conn in ready or conn.poll():
+                        index, ok, value = conn.recv()
+                        answered = True
+                except (EOFError, OSError):
+                    pass
+                if answered:
+                    if ok:
+                        yield index, value
+                    elif ok is None:
+                        report(JobLost(names[index], value))
+                    else:
+                        failed[index] = value
+                    assign(process)
+                elif process.sentinel in ready or not process.is_alive():
+                    process.join(timeout=5)
+                    report(JobLost(names[job], _ended(process.exitcode)))
+                    conn.close()
+                    del workers[process]
+                    if pending:  # the others go on in a fresh worker
+                        start()
+                        assign(list(workers)[-1])
+    except BaseException:
+        for process in workers:
+            process.terminate()
+        raise
+    finally:
+        for process, (conn, _) in workers.items():
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+            conn.close()
+    if failed:  # the first job's error, in the jobs' order (the lost ones were reported as they died)
+        raise failed[min(failed)]
+    if lost:
+        raise WorkersLost(lost, rerun)

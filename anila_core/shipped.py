@@ -45,12 +45,14 @@ def run_label(config) -> str:
     return label
 
 
-def load_runs(group: str | Path, device: str | None = None, names=None) -> dict[str, object]:
+def load_runs(group: str | Path, device: str | None = None, names=None, energy=None) -> dict[str, object]:
     """The trainers of a comparison folder's runs, each rebuilt by :func:`anila_core.training.runs.load_trainer`: label → Trainer.
 
     ``load_trainer`` reads the checkpoint with ``weights_only=True`` (tensors and plain data,
     no code) and checks it against the run's config.json. ``device``: where to put the
-    models (default: the device the run names). ``names``: only those folders. Raises
+    models (default: the device the run names). ``names``: only those folders. ``energy``: the
+    network of your own the runs were trained with (its spec or class; nothing a folder names
+    alone is imported). Raises
     ``ValueError`` when the folder holds no finished run.
     """
     from anila_core.training.runs import load_trainer
@@ -66,8 +68,8 @@ def load_runs(group: str | Path, device: str | None = None, names=None) -> dict[
                          "train anew, or point to the output of `python -m anila_core compare --out ...`")
     trainers = {}
     for folder in folders.values():
-        label = run_label(json.loads((folder / "config.json").read_text()))
-        trainers[label] = load_trainer(folder, progress=False, device=device)
+        trainer = load_trainer(folder, progress=False, device=device, energy=energy)  # checks config.json first
+        trainers[run_label(json.loads((folder / "config.json").read_text()))] = trainer
     return trainers
 
 

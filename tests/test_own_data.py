@@ -551,7 +551,7 @@ def test_an_energy_named_on_the_command_line_trains_and_resumes(tmp_path, capsys
     assert set(state["model"]) == {"linear.weight", "linear.bias"}  # the network of your own, not the MLP
     code, stdout, _ = cli(capsys, *base, "--iters", "20", "--resume")  # rebuilt from config.json, its weights from the checkpoint
     assert code == 0 and "resuming" in stdout
-    trainer = load_trainer(out, progress=False)
+    trainer = load_trainer(out, progress=False, energy="test_own_data:QuadraticEnergy")  # loading imports only what is named
     assert isinstance(trainer.model, QuadraticEnergy) and trainer.iteration == 20
     assert not torch.equal(trainer.model.linear.weight, state["model"]["linear.weight"])
 

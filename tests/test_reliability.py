@@ -1,7 +1,8 @@
 """Reliability: nothing lost on a crash, divergence caught and recovered, every bad input answered clearly.
 
 Four parts, each also a section of docs/RELIABILITY.md, which the last test checks against
-this file (``ANILA_WRITE_DOCS=1`` rewrites it from the outcomes of a full run of this file):
+this file (the tests only check it; ``make reliability`` rewrites it from the outcomes of a full
+run of this file and tests/test_hostile.py, whose cases form a fifth section):
 
 * crashes: training processes forked from this one are killed with SIGKILL, at moments drawn
   from a seeded RNG or midway through writing a checkpoint or a metrics row, and resumed; the
@@ -55,6 +56,7 @@ from anila_core.sampling.registry import make_sampler
 from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
 from anila_core.sampling.targets import make_target
 from anila_core.training.trainer import Trainer, TrainingDiverged
+from reliability_record import HOSTILE
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 #: what the tests of this file observed, for docs/RELIABILITY.md
@@ -1305,9 +1307,8 @@ def render_note() -> str:
     lines = [
         "# Reliability: what was tried and what happened",
         "",
-        "Written by `tests/test_reliability.py`, which runs in every `make test`; its last test checks this file",
-        "against the tests' plans and cases. To rewrite it from a fresh run:",
-        "`ANILA_WRITE_DOCS=1 OMP_NUM_THREADS=1 .venv/bin/pytest -q tests/test_reliability.py`.",
+        "Rendered from the outcomes of `tests/test_reliability.py` and `tests/test_hostile.py` by `make reliability`;",
+        "the tests, which run in every `make test`, only check this file against their plans and cases.",
         "",
         "## In numbers",
         "",
@@ -1393,6 +1394,20 @@ def render_note() -> str:
         "wrong shape, and any unknown sampler name is refused with a `ValueError` that names it.",
         "",
     ]
+    if HOSTILE:
+        lines += [
+            "## Hostile use",
+            "",
+            "Cases of `tests/test_hostile.py`: a run folder that would import code, a deleted lock, a dead pool worker, numbers",
+            "without bounds, tampered checkpoints and sweep files, data of your own, the Python API's types and the messages",
+            "of Ctrl-C and `compare --resume`. Every case below passed: no code imported that the command did not name, no",
+            "second writer, no hang, no traceback, every refusal naming the file or flag at fault. `<tmp>` is the test's folder.",
+            "",
+            "| case | tried | outcome |",
+            "|---|---|---|",
+        ]
+        lines += [f"| `{case}` | {_cell(tried)} | {_cell(outcome, 300)} |" for case, (tried, outcome) in HOSTILE.items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -1438,28 +1453,34 @@ RUN_FOLDER_TESTS = ("planted-code-train", "planted-code-compare", "planted-code-
 
 
 def test_the_reliability_note_matches_these_tests():
-    """docs/RELIABILITY.md lists exactly this file's trials, divergence tests, run-folder tests and cases (ANILA_WRITE_DOCS=1 rewrites it)."""
+    """docs/RELIABILITY.md lists exactly this file's trials, divergence tests, run-folder tests and cases (make reliability rewrites it)."""
     complete = (len(RESULTS["crash"]) == len(PLAN) and len(RESULTS["bad_input"]) == len(CASES)
                 and set(RESULTS["divergence"]) == set(DIVERGENCE_TESTS) and set(RESULTS["run_folders"]) == set(RUN_FOLDER_TESTS))
-    if os.environ.get("ANILA_WRITE_DOCS") == "1":
-        if not complete:
-            pytest.fail("ANILA_WRITE_DOCS=1 needs every test of tests/test_reliability.py in the same session (no -k)")
-        DOC.write_text(render_note())
+    target = os.environ.get("ANILA_RELIABILITY_NOTE")
+    if target:  # make reliability: the rendering goes to the file it names, which make then moves to docs/
+        if not complete or not HOSTILE:
+            pytest.fail("make reliability needs every test of tests/test_hostile.py and tests/test_reliability.py in the same "
+                        "session (no -k)")
+        Path(target).write_text(render_note())
+        return
     text = DOC.read_text()
     if complete:  # the summary of a fresh rendering, less the line that varies with timing
         def summary(note):
             return [line for line in note.split("## Crashes")[0].splitlines() if "Where the kills landed" not in line]
 
-        assert summary(render_note()) == summary(text), "docs/RELIABILITY.md is out of date: rewrite it with ANILA_WRITE_DOCS=1"
+        assert summary(render_note()) == summary(text), "docs/RELIABILITY.md is out of date: rewrite it with make reliability"
     assert f"{len(PLAN)} trials" in text and f"RNG seed {CRASH_SEED}" in text and f"{len(CASES)} cases" in text
     for i, how in enumerate(PLAN):
         assert f"| {i + 1} | {_cell(describe_kill(how))} |" in text, f"trial {i + 1} is missing or differs"
-    rows = [line for line in text.split("## Bad input")[1].splitlines() if line.startswith("| `")]
+    rows = [line for line in text.split("## Bad input")[1].split("## Hostile use")[0].splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == [c.id for c in CASES], "the bad-input table lists other cases than the tests"
     for row, case in zip(rows, CASES):
         assert row.startswith(f"| `{case.id}` | {case.interface} | {_cell(case.given)} |"), row
     for name in DIVERGENCE_TESTS:
         assert f"| `{name}` |" in text, f"divergence test {name} is missing"
+    hostile = text.split("## Hostile use")[1] if "## Hostile use" in text else ""
+    for case in HOSTILE:  # those tests/test_hostile.py ran in this session
+        assert f"| `{case}` |" in hostile, f"hostile case {case} is missing: rewrite the note with make reliability"
     folder_rows = [line for line in text.split("## Run folders")[1].split("## Bad input")[0].splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in folder_rows] == list(RUN_FOLDER_TESTS), "the run-folder table lists other tests than these"
 

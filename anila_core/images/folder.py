@@ -62,8 +62,6 @@ def scan_image_folder(root: str | Path) -> FolderScan:
     Hidden entries (``.ipynb_checkpoints``, ``.DS_Store``) and files that are not images by
     their extension are not data; anything else that does not fit one layout is refused.
     """
-    from torchvision.datasets.folder import make_dataset
-
     root = Path(root)
     if not root.exists():
         raise ValueError("does not exist; expected a folder of images (relative to the working directory)")
@@ -71,14 +69,13 @@ def scan_image_folder(root: str | Path) -> FolderScan:
         raise ValueError("is a file; expected a folder of images (for a file of points: points:FILE)")
     visible = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     folders = [p for p in visible if p.is_dir()]
-    images = [p for p in visible if p.is_file() and _is_image_name(p)]
+    images = _once([p for p in visible if _is_image_name(p) and not p.is_dir() and _regular(p, root)])
     if folders and images:
         raise ValueError(f"holds both image files ({images[0].name}, ...) and subfolders ({folders[0].name}, ...); expected one "
                          "layout: a subfolder per class (torchvision's ImageFolder) or images directly in the folder")
     if folders:
         class_to_idx = {p.name: i for i, p in enumerate(folders)}
-        samples = make_dataset(str(root), class_to_idx, extensions=_extensions(), allow_empty=True)
-        samples = [(Path(f), c) for f, c in samples if not any(part.startswith(".") for part in Path(f).relative_to(root).parts)]
+        samples = [(f, class_to_idx[p.name]) for p in folders for f in _images_under(p, root)]
         found = {c for _, c in samples}
         empty = [p.name for p in folders if class_to_idx[p.name] not in found]
         if len(empty) == len(folders):
@@ -95,6 +92,55 @@ def scan_image_folder(root: str | Path) -> FolderScan:
         raise ValueError(f"holds no image files{found}; expected image files ({', '.join(_extensions())}) in the folder or in one "
                          "subfolder per class")
     return FolderScan(tuple(images), (0,) * len(images), ())
+
+
+def _regular(path: Path, root: Path) -> bool:
+    """True for a regular file (through links); ``ValueError`` naming a FIFO, socket or device or a broken link with an image's name."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise ValueError(f"has {path.relative_to(root)}, a link to nothing (or a file that cannot be opened); expected image "
+                         "files: remove it") from None
+    if not stat.S_ISREG(mode):
+        from anila_core.fileio import _kind
+
+        raise ValueError(f"has {path.relative_to(root)}, which is {_kind(mode)}, not a regular file; expected image files")
+    return True
+
+
+def _once(files: list[Path]) -> list[Path]:
+    """``files`` without a second path to the same file (two links to one image count once)."""
+    seen, kept = set(), []
+    for f in files:
+        st = f.stat()
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            kept.append(f)
+    return kept
+
+
+def _images_under(folder: Path, root: Path) -> list[Path]:
+    """The image files under a class folder, in sorted order, following links to folders once each.
+
+    torchvision's walk follows a link to a folder every time it meets one, so a class folder
+    holding a link to itself was read again at every level (8 images read as 168); here each
+    real folder is entered once and each real file counted once. Hidden entries are skipped.
+    """
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        st = current.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        entries = sorted(p for p in current.iterdir() if not p.name.startswith("."))
+        stack.extend(reversed([p for p in entries if p.is_dir()]))
+        found.extend(p for p in entries if not p.is_dir() and _is_image_name(p) and _regular(p, root))
+    return _once(sorted(found, key=str))
 
 
 #: PIL modes read as one grey channel; every other mode but "F" is read as RGB

@@ -20,6 +20,10 @@ from typing import Callable, Iterable
 import torch
 
 __all__ = [
+    "ArgumentTypeError",
+    "check_bool",
+    "check_energy_fn",
+    "MAX_N_STEPS",
     "SamplerState",
     "Trace",
     "NonFiniteChainError",
@@ -42,25 +46,62 @@ EnergyFn = Callable[[torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------- input checks
 
 
+#: the largest magnitude of a sampler setting: the chains are float32 (at most 3.4e38) and settings multiply gradients
+MAX_SETTING = 1e30
+#: the most transitions one call may run: each is a gradient of every chain, so more never finishes
+MAX_N_STEPS = 10_000_000
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (a string for a boolean, a boolean for a number): a ``TypeError`` that is also a ``ValueError``, as the package's other refusals."""
+
+
+def _not_a_bool(name: str, value, expected: str) -> None:
+    """``ArgumentTypeError`` naming ``name`` when ``value`` is a bool where a number is expected (``True`` is not 1.0)."""
+    if isinstance(value, bool):
+        raise ArgumentTypeError(f"{name}: expected {expected}, got {value!r} (a boolean, not a number)")
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is a bool (``"false"`` is not: it would count as true), else ``ArgumentTypeError`` naming ``name``."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's booleans too
+        return bool(value)
+    raise ArgumentTypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
+
+
+def check_energy_fn(energy_fn) -> None:
+    """``ArgumentTypeError`` unless ``energy_fn`` can be called (a function or a torch.nn.Module)."""
+    if not callable(energy_fn):
+        raise ArgumentTypeError(f"energy_fn: expected a callable mapping x (N, ...) to energies (N,), such as a torch.nn.Module, "
+                                f"got {type(energy_fn).__name__}")
+
+
 def finite_positive(name: str, value: float) -> float:
-    """``value`` as a float, or ``ValueError`` naming ``name`` unless it is finite and > 0."""
+    """``value`` as a float, or ``ValueError`` naming ``name`` unless it is finite, > 0 and at most ``MAX_SETTING``."""
+    _not_a_bool(name, value, "a finite number > 0")
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    if value > MAX_SETTING:
+        raise ValueError(f"{name}: expected at most {MAX_SETTING:g}, got {value!r}; the chains are float32 (at most 3.4e38) and "
+                         "this setting multiplies gradients, so larger values overflow")
     return value
 
 
 def positive_or_inf(name: str, value: float) -> float:
     """``value`` as a float, or ``ValueError`` naming ``name`` unless it is > 0 (``inf`` allowed: AniLA's ``b = inf`` is Langevin)."""
+    _not_a_bool(name, value, "a number > 0 (inf allowed)")
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name}: expected a number > 0 (inf allowed), got {value!r}") from None
     if math.isnan(value) or value <= 0:
         raise ValueError(f"{name}: expected a number > 0 (inf allowed), got {value!r}")
+    if MAX_SETTING < value < math.inf:
+        raise ValueError(f"{name}: expected at most {MAX_SETTING:g} or inf, got {value!r}; the chains are float32 (at most 3.4e38)")
     return value
 
 
@@ -68,6 +109,9 @@ def check_n_steps(n_steps: int) -> int:
     """``n_steps`` if it is an integer ≥ 1, else ``ValueError``."""
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
+    if n_steps > MAX_N_STEPS:
+        raise ValueError(f"n_steps: expected at most {MAX_N_STEPS:,}, got {n_steps:.3g}; each transition is a gradient of every "
+                         "chain, so more steps never finish: run them in several calls of run() if you need them")
     return n_steps
 
 
@@ -75,6 +119,8 @@ def check_positions(x: torch.Tensor, name: str = "x0") -> torch.Tensor:
     """``x`` detached, if it is a finite floating-point batch ``(N, ...)``; else ``ValueError`` naming ``name``."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor of shape (N, ...), got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name}: is on the meta device, which holds shapes but no values; expected a tensor on cpu or cuda")
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
     if x.ndim < 2 or x.shape[0] < 1:
@@ -86,7 +132,10 @@ def check_positions(x: torch.Tensor, name: str = "x0") -> torch.Tensor:
 
 
 def check_generator(generator: torch.Generator | None, x: torch.Tensor) -> None:
-    """``ValueError`` unless ``generator`` is ``None`` or lives on ``x``'s device type."""
+    """``ValueError`` unless ``generator`` is ``None`` or a ``torch.Generator`` on ``x``'s device type."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ArgumentTypeError(f"generator: expected a torch.Generator (torch.Generator(device=x0.device).manual_seed(seed)) "
+                                f"or None, got {generator!r} ({type(generator).__name__})")
     if generator is not None and torch.device(generator.device).type != x.device.type:
         raise ValueError(f"generator: lives on {generator.device} but x0 is on {x.device}; create it with torch.Generator(device=x0.device)")
 
@@ -207,7 +256,17 @@ class Trace:
     """
 
     def __init__(self, positions_at: Iterable[int] = ()):
-        self.positions_at = sorted({int(t) for t in positions_at})
+        try:
+            steps = list(positions_at)
+        except TypeError:
+            raise ArgumentTypeError(f"positions_at: expected an iterable of step indices, got {type(positions_at).__name__}") from None
+        for t in steps:
+            if isinstance(t, bool) or not isinstance(t, int) and not (isinstance(t, torch.Tensor) and t.numel() == 1
+                                                                      and not t.is_floating_point()):
+                raise ArgumentTypeError(f"positions_at: expected integer step indices, got {t!r} ({type(t).__name__})")
+            if int(t) < 0:
+                raise ValueError(f"positions_at: expected step indices >= 0 (0 is the start, n_steps the end), got {int(t)}")
+        self.positions_at = sorted({int(t) for t in steps})
         self.positions: dict[int, torch.Tensor] = {}
         self._energy: list[torch.Tensor] = []
         self._grad_norm: list[torch.Tensor] = []

@@ -24,6 +24,8 @@ from anila_core.sampling.kernel import (
     NonFiniteChainError,
     SamplerState,
     Trace,
+    check_bool,
+    check_energy_fn,
     check_generator,
     check_n_steps,
     check_positions,
@@ -53,6 +55,8 @@ class Sampler:
     metropolis: bool = False
     #: with the compiled path on CUDA, replay each transition as a CUDA graph (``torch.compile(mode="reduce-overhead")``)
     fast_cuda_graphs: bool = False
+    #: the names of the per-chain tensors this sampler carries in ``state.extra`` (a state must come from this sampler)
+    state_keys: tuple[str, ...] = ()
 
     def init_extra(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
         """The sampler's own per-chain state at a fresh start whose gradient is ``grad`` (none for memoryless samplers)."""
@@ -84,6 +88,7 @@ class Sampler:
         A start whose energy or gradient is not finite raises :class:`NonFiniteChainError` with
         ``step = 0`` (``allow_nonfinite=True`` accepts it, for panels that count diverged chains).
         """
+        check_energy_fn(energy_fn)
         x = check_positions(x0)
         energy, grad = energy_and_grad(energy_fn, x)
         if not allow_nonfinite:
@@ -106,8 +111,12 @@ class Sampler:
         ``allow_nonfinite=True`` such chains are returned as they are.
         """
         n_steps = check_n_steps(n_steps)
+        check_energy_fn(energy_fn)
         if not isinstance(state, SamplerState):
             raise ValueError(f"state: expected a SamplerState from sampler.init(energy_fn, x0), got {type(state).__name__}")
+        if set(state.extra) != set(self.state_keys):  # a state of another sampler (pSGLD's carries "v", Langevin's nothing)
+            raise ValueError(f"state: carries {sorted(state.extra) or 'no per-chain state'}, but {self.name}'s chains carry "
+                             f"{list(self.state_keys) or 'none'}; expected a state from this sampler's own init() or run()")
         if fast not in FAST_CHOICES:
             raise ValueError(f"fast: expected one of {list(FAST_CHOICES)}, got {fast!r}")
         x = check_positions(state.x, "state.x")
@@ -178,6 +187,8 @@ class LangevinSampler(Sampler):
 
     def __init__(self, step_size: float, noise_scale: float = 1.0, metropolis: bool = False):
         self.step_size = finite_positive("step_size", step_size)
+        if isinstance(noise_scale, bool):
+            raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale!r} (a boolean, not a number)")
         try:
             noise_scale = float(noise_scale)
         except (TypeError, ValueError):
@@ -187,7 +198,7 @@ class LangevinSampler(Sampler):
         self.noise_scale = noise_scale
         if metropolis and noise_scale == 0:
             raise ValueError("metropolis: needs noise_scale > 0 (a deterministic proposal has no density to correct)")
-        self.metropolis = bool(metropolis)
+        self.metropolis = check_bool("metropolis", metropolis)
 
     def step_sizes(self, grad: torch.Tensor) -> torch.Tensor:
         """Per-coordinate step sizes γ for the gradient ``grad`` (same shape)."""
@@ -320,10 +331,13 @@ class PSGLD(LangevinSampler):
     """
 
     name = "psgld"
+    state_keys = ("v",)
 
     def __init__(self, step_size: float, alpha: float = 0.99, damping: float = 1e-5, noise_scale: float = 1.0):
         super().__init__(step_size, noise_scale, metropolis=False)
         try:
+            if isinstance(alpha, bool):
+                raise TypeError
             alpha = float(alpha)
         except (TypeError, ValueError):
             raise ValueError(f"alpha: expected a number in [0, 1), got {alpha!r}") from None
@@ -369,8 +383,8 @@ class HMC(Sampler):
 
     def __init__(self, step_size: float, n_leapfrog: int = 10, mass=1.0):
         self.step_size = finite_positive("step_size", step_size)
-        if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
-            raise ValueError(f"n_leapfrog: expected an integer >= 1, got {n_leapfrog!r}")
+        if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or not 1 <= n_leapfrog <= 10_000:
+            raise ValueError(f"n_leapfrog: expected an integer in [1, 10000] (each leapfrog step is a gradient), got {n_leapfrog!r}")
         self.n_leapfrog = n_leapfrog
         try:
             masses = torch.as_tensor(mass, dtype=torch.float64).flatten()

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from anila_core.training.config import CHAIN_KINDS, TrainConfig, changed_settings, preset
 from anila_core.fileio import LOCK_FILE, atomic_write_json, atomic_write_text, locked_folder
-from anila_core.processes import process_pool, torch_threads
+from anila_core.processes import check_jobs, run_jobs, torch_threads
 from anila_core.training.limits import check_memory
 
 __all__ = [
@@ -385,20 +385,66 @@ def _load_average() -> float | None:
         return None
 
 
+#: a cell's measures that are shares (total variation, coverage), and those that are >= 0 (a KL, a distance)
+_SHARES = ("grid_tv", "sampler_grid_tv", "kde_grid_tv", "chains_tv", "chains_sampler_tv", "coverage", "best_grid_tv", "clipped_share")
+_NON_NEGATIVE = ("grid_kl", "sampler_grid_kl", "fid", "sliced_wasserstein", "wall_s", "iters")
+
+
+def check_cell_result(r, where: str, again: str) -> None:
+    """``ValueError`` naming ``where`` (a cell file, or sweep.json's cell) unless ``r`` is a cell result as :func:`run_cell` writes it."""
+    def refuse(what: str):
+        raise ValueError(f"{where}: {what}; expected a cell result as a sweep writes it ({again})")
+
+    if not isinstance(r, dict):
+        refuse(f"holds a JSON {type(r).__name__}, not an object")
+    missing = [k for k in ("id", "kind", "step_size", "n_steps", "chains", "seed", "diverged", "final", "history") if k not in r]
+    if missing:
+        refuse(f"lacks {', '.join(missing)}")
+    if not isinstance(r["id"], str) or not isinstance(r["final"], dict) or not isinstance(r["history"], list) \
+            or not all(isinstance(row, dict) for row in r["history"]):
+        refuse("its id is not a string, its final not an object or its history not a list of objects")
+    if not isinstance(r["diverged"], bool):
+        refuse(f"diverged: {r['diverged']!r} is not true or false")
+    for key, value in [*r["final"].items(), *((k, r.get(k)) for k in ("best_grid_tv", "clipped_share", "wall_s", "iters"))]:
+        if value is None or key not in _SHARES + _NON_NEGATIVE + ("mmd", "kid", "energy_gap"):
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            refuse(f"{key}: {value!r} is not a finite number")
+        if key in _SHARES and not 0 <= value <= 1:
+            refuse(f"{key}: {value!r} is outside [0, 1]")
+        if key in _NON_NEGATIVE and value < 0:
+            refuse(f"{key}: {value!r} is negative")
+
+
+def _read_sweep_file(path: Path, expected: str, again: str):
+    """A sweep file's JSON, or one ``ValueError`` naming it and what is wrong."""
+    from anila_core.fileio import read_json_file
+
+    try:
+        return read_json_file(path, expected)
+    except ValueError as err:
+        raise ValueError(f"{err} ({again})") from None
+
+
 def _known_results(out: Path, version: int = 1) -> dict[str, dict]:
-    """Finished cells in ``out`` of the design ``version``: one file per cell, and the cells of a summary already written there."""
+    """Finished cells in ``out`` of the design ``version``: one file per cell, and the cells of a summary already written there; a damaged one is named."""
     known = {}
     summary = out / "sweep.json"
     if summary.exists():
-        written = json.loads(summary.read_text())
-        if written.get("version", 1) == version:  # an older design's cells are not this one's, even where their names agree
-            for r in written.get("cells", []):
+        again = f"delete {summary}: a rerun of the sweep writes it again from the cell files"
+        data = _read_sweep_file(summary, "the sweep.json a sweep wrote", again)
+        if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
+            raise ValueError(f"{summary}: is not an object with a list of cells; expected the sweep.json a sweep wrote ({again})")
+        if data.get("version", 1) == version:  # an older design's cells are not this one's, even where their names agree
+            for i, r in enumerate(data.get("cells", [])):
+                check_cell_result(r, f"{summary}: cell {i}", again)
                 known[r["id"]] = r
     for path in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
-        try:
-            r = json.loads(path.read_text())
-        except ValueError:
-            continue  # not possible with atomic writes; recompute rather than trust it
+        again = f"delete {path}: a rerun of the sweep computes that cell again"
+        r = _read_sweep_file(path, "a cell result a sweep wrote", again)
+        check_cell_result(r, str(path), again)
+        if r["id"] != path.stem:
+            raise ValueError(f"{path}: holds the result of cell {r['id']!r}; expected that of {path.stem!r} ({again})")
         if r.get("version", 1) == version:
             known[r["id"]] = r
     return known
@@ -424,8 +470,7 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     out = Path(out)
     base = base.validate()
     cells = list(cells)
-    if jobs is not None and jobs < 1:  # before anything is written
-        raise ValueError(f"jobs: expected an integer >= 1, got {jobs}")
+    check_jobs(jobs)  # before anything is written: at least one, at most what the cores can use
     if not cells:
         raise ValueError("cells: the sweep has no cells")
     ids = [cell_id(c) for c in cells]
@@ -450,10 +495,10 @@ def _check_folder(out: Path, base: TrainConfig) -> None:
     """Refuse ``out`` when it holds files that are not a sweep, or a sweep with another base configuration."""
     plan_path = out / "plan.json"
     if plan_path.exists():
-        old = json.loads(plan_path.read_text())
+        old = _plan_file(plan_path)
         try:  # a setting added to TrainConfig since then takes its default: the same runs
             old_base = TrainConfig.from_dict(old["base"]).to_dict()
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             raise ValueError(f"{plan_path}: written by another version of anila_core ({err})") from None
         changed = sorted(changed_settings(old_base, base.to_dict(), ignore=()))
         if changed:
@@ -461,6 +506,16 @@ def _check_folder(out: Path, base: TrainConfig) -> None:
                              "choose another folder or run that sweep's own command")
     elif any(p.name != LOCK_FILE for p in out.iterdir()):
         raise ValueError(f"out: {out} already holds files that are not a sweep; choose another folder")
+
+
+def _plan_file(path: Path) -> dict:
+    """A sweep's plan.json, checked: an object with its base settings (an object) and its cells (a list of ids)."""
+    plan = _read_sweep_file(path, "the plan.json a sweep wrote", "the sweep's own files are not edited by hand")
+    if not isinstance(plan, dict) or not isinstance(plan.get("base"), dict) or not isinstance(plan.get("cells"), list) \
+            or not all(isinstance(c, str) for c in plan["cells"]):
+        raise ValueError(f"{path}: is not an object with 'base' (an object of settings) and 'cells' (a list of cell ids); "
+                         "expected the plan.json a sweep wrote")
+    return plan
 
 
 def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None, progress: bool, study: str | None,
@@ -471,7 +526,7 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
     plan = _plan(base, cells, study, version)
     plan_path = out / "plan.json"
     if plan_path.exists():  # the same base (checked): the cells of both plans, when both are of this design
-        old = json.loads(plan_path.read_text())
+        old = _plan_file(plan_path)
         if old.get("version", 1) == version:
             plan["cells"] = list(dict.fromkeys(old["cells"] + plan["cells"]))
     (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -493,10 +548,11 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
                     known[cell_id(w[1])] = _cell_worker(w)
                     bar.update(1)
             else:
-                with process_pool(min(jobs, len(work))) as pool:
-                    for r in pool.imap_unordered(_cell_worker, work):
-                        known[r["id"]] = r
-                        bar.update(1)
+                # a worker that dies is reported by its cell once the others finish (WorkersLost); a rerun computes it
+                for _, r in run_jobs(_cell_worker, work, min(jobs, len(work)), [f"cell {cell_id(w[1])}" for w in work],
+                                     rerun="run the same sweep command again: finished cells are kept, the lost ones run again"):
+                    known[r["id"]] = r
+                    bar.update(1)
         finally:
             bar.close()
     results = [known[i] for i in plan["cells"] if i in known]
@@ -557,7 +613,13 @@ def load_sweep(path: str | Path) -> dict:
         path = path / "sweep.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no sweep results here; run `python -m anila_core sweep ... --out {path.parent}` first")
-    return json.loads(path.read_text())
+    again = f"run the sweep's command again with --out {path.parent} to write it from its cell files"
+    summary = _read_sweep_file(path, "the sweep.json a sweep wrote", again)
+    if not isinstance(summary, dict) or not isinstance(summary.get("cells"), list) or not isinstance(summary.get("base"), dict):
+        raise ValueError(f"{path}: is not an object with 'base' and 'cells'; expected the sweep.json a sweep wrote ({again})")
+    for i, r in enumerate(summary["cells"]):
+        check_cell_result(r, f"{path}: cell {i}", again)
+    return summary
 
 
 # --------------------------------------------------------------------------- summaries

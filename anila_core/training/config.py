@@ -18,7 +18,8 @@ from anila_core.training.file_sources import DataSpec, absolute_data_spec, parse
 from anila_core.training.user_energy import check_energy_spec
 
 __all__ = ["TrainConfig", "PRESETS", "IMAGE_PRESETS", "DEFAULT_PRESET", "preset", "preset_names", "CHAIN_KINDS", "LR_SCHEDULES", "AMP_MODES",
-           "DIVERGENCE_POLICIES", "RESUMABLE_FIELDS", "changed_settings", "describe_changes", "MAX_SEED", "MAX_EVAL_SAMPLES"]
+           "DIVERGENCE_POLICIES", "RESUMABLE_FIELDS", "changed_settings", "describe_changes", "MAX_SEED", "MAX_EVAL_SAMPLES",
+           "COUNT_LIMITS", "MAX_FLOAT"]
 
 CHAIN_KINDS = ("buffer", "short_run")
 LR_SCHEDULES = ("constant", "cosine")
@@ -31,6 +32,29 @@ DIVERGENCE_POLICIES = ("stop", "rollback")
 MAX_SEED = 2**63 - 1
 #: the most samples an evaluation's MMD may use: its kernel matrices grow as the square (10 000: about 2.4 GB)
 MAX_EVAL_SAMPLES = 10_000
+#: the largest value of a count, and why: beyond it a run cannot finish (time) or cannot fit (memory), so a value
+#: typed by mistake (1e39) is refused before anything runs instead of running forever. The sizes whose memory the
+#: run can reckon (width, batch_size, buffer_size) are bounded by the memory free, in limits.check_memory
+COUNT_LIMITS = {
+    "iters": (10**8, "time: 10^8 iterations take more than a day even at 1 ms each"),
+    "lr_decay_iters": (10**8, "time: the schedule's length is at most the longest run, 10^8 iterations"),
+    "n_steps": (100_000, "time: each transition is one gradient of the network for every chain, every iteration"),
+    "hmc_leapfrog": (10_000, "time: each leapfrog step is one gradient, K times per iteration"),
+    "global_moves": (100_000, "time: each move evaluates the energy of every chain"),
+    "depth": (1_000, "time and memory: each layer is a matrix product per gradient"),
+    "conv_width": (4_096, "memory: the ConvNet's weights grow as conv_width²"),
+    "eval_every": (10**8, "time: at most the longest run, 10^8 iterations"),
+    "checkpoint_every": (10**8, "time: at most the longest run, 10^8 iterations"),
+    "fid_every": (10**8, "time: at most the longest run, 10^8 iterations"),
+    "fid_samples": (100_000, "memory and time: every sample is drawn, featurised and held for the covariance"),
+    "max_rollbacks": (1_000, "time: each rollback retrains from the last checkpoint"),
+    "image_size": (4_096, "memory: 4 bytes per pixel and channel of every chain"),
+}
+#: the largest magnitude of a float setting that enters the float32 tensors (at most 3.4e38) as it is: the code multiplies
+#: it by other settings and by gradients, so larger values overflow into infinities or fail to convert at all. The
+#: learning rate and the divergence threshold are left out: an overflowing step is caught as a divergence, with rollback
+MAX_FLOAT = 1e30
+FLOAT32_SETTINGS = ("step_size", "b", "noise_scale", "psgld_damping", "init_scale", "clamp", "data_noise", "energy_reg", "grad_clip")
 
 
 def changed_settings(old: dict, new: dict, ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:
@@ -168,6 +192,17 @@ class TrainConfig:
             v = getattr(self, name)
             if not (low <= v <= high):
                 raise ValueError(f"{name}: expected a number in [{low}, {high}], got {v!r}")
+        for name, (most, why) in COUNT_LIMITS.items():
+            v = getattr(self, name)
+            if v > most:
+                raise ValueError(f"{name}: expected at most {most:,}, got {v:.3g}; {why}" if v > 10**15 else
+                                 f"{name}: expected at most {most:,}, got {v:,}; {why}")
+        for name in FLOAT32_SETTINGS:
+            v = getattr(self, name)
+            if isinstance(v, float) and abs(v) > MAX_FLOAT and not (name == "b" and math.isinf(v)):
+                raise ValueError(f"{name}: expected a value of magnitude at most {MAX_FLOAT:g}, got {v!r}; the tensors are float32 "
+                                 "(at most 3.4e38) and a setting is multiplied by others and by gradients, so larger values "
+                                 "overflow" + ("" if name != "b" else " (b = inf turns clipping off)"))
         if self.seed > MAX_SEED:
             raise ValueError(f"seed: expected an integer in [0, 2**63 - 1 = {MAX_SEED}], got {self.seed!r}")
         if self.eval_samples > MAX_EVAL_SAMPLES:

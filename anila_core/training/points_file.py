@@ -18,13 +18,16 @@ import torch
 
 from anila_core.sampling.distances import GRID_EXTENT
 
-__all__ = ["POINT_SUFFIXES", "MIN_POINTS", "read_points", "PointSet", "make_point_set"]
+__all__ = ["POINT_SUFFIXES", "MIN_POINTS", "MAX_VALUE", "read_points", "PointSet", "make_point_set"]
 
 POINT_SUFFIXES = (".npy", ".csv", ".txt")
 #: two points held out for evaluation and two to train on, at the very least
 MIN_POINTS = 4
 #: how many offending rows a message lists before it says "and k more"
 _LISTED = 5
+#: the largest magnitude of a value in a file of points: the samples are float32 in the file's units, and the
+#: standardisation squares the values (float64 holds up to 1.8e308), so 1e30 leaves room for both
+MAX_VALUE = 1e30
 
 
 def _listed(numbers: list[int]) -> str:
@@ -45,6 +48,10 @@ def read_points(path: str | Path) -> np.ndarray:
         raise ValueError("is a folder; expected a file of points (for a folder of images: images:FOLDER)")
     if path.suffix.lower() not in POINT_SUFFIXES:
         raise ValueError(f"has the suffix {path.suffix or '(none)'!r}; expected one of {', '.join(POINT_SUFFIXES)}")
+    if path.exists() and not path.is_file():  # a FIFO would block the reader forever
+        from anila_core.fileio import _kind
+
+        raise ValueError(f"is {_kind(path.stat().st_mode)}, not a regular file; expected a .npy, .csv or .txt file of points")
     if not path.is_file():
         raise ValueError("does not exist; expected the path of a .npy, .csv or .txt file of points (relative to the working directory)")
     if path.suffix.lower() == ".npy":
@@ -62,6 +69,13 @@ def read_points(path: str | Path) -> np.ndarray:
         what = f"{where} {_listed(numbers)}" + (" (counting from 0)" if row_names is None else "")
         raise ValueError(f"has {len(index)} row(s) of {len(array)} with NaN, infinite or missing values ({what}); expected a "
                          "finite number in every column of every row: remove or fill those rows")
+    huge = np.abs(array) > MAX_VALUE
+    if huge.any():
+        row, column = (int(i) for i in np.argwhere(huge)[0])
+        name = f"line {row_names[row]}" if row_names is not None else f"row {row} (counting from 0)"
+        raise ValueError(f"has {array[row, column]:.6g} in column {column + 1}, {name} ({int(huge.sum())} value(s) beyond "
+                         f"±{MAX_VALUE:g}); expected values within ±{MAX_VALUE:g}: the model's samples are float32 tensors "
+                         "(at most 3.4e38) in the file's units, and standardising squares the values: rescale the file")
     return array
 
 
@@ -182,10 +196,19 @@ def make_point_set(name: str, array: np.ndarray, standardize: bool, held_out_sha
     order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).numpy()
     train, held = array[order[n_held:]], array[order[:n_held]]
     if standardize:
-        mean = train.mean(axis=0)
-        scale = float(np.sqrt(train.var(axis=0).mean()))
-        if not scale > 0:
+        spread = train.max(axis=0) - train.min(axis=0)
+        if not (spread > 0).any():
             raise ValueError("holds the same point in every training row; expected points that vary")
+        mean = train.mean(axis=0)
+        with np.errstate(all="ignore"):
+            scale = float(np.sqrt(train.var(axis=0).mean()))
+            z = (train - mean) / scale
+        if not (scale > 0 and math.isfinite(scale) and np.isfinite(z).all() and np.abs(z).max() < 1e6):
+            column = int(np.argmax(spread))
+            raise ValueError(f"has points that vary by at most {spread[column]:.3g} (column {column + 1}, around "
+                             f"{mean[column]:.6g}): too little for the standardisation to divide by in floating point; expected "
+                             "points that vary by more than about 1e-150: rescale the file, or train without standardising "
+                             "(--no-standardize)")
     else:
         mean, scale = np.zeros(array.shape[1]), 1.0
     train_z = torch.from_numpy((train - mean) / scale).float()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import pickle
 import re
 import sys
@@ -13,16 +15,17 @@ from typing import Callable
 
 import torch
 
-from anila_core.failures import DiskFull, RunFailure, disk_full, is_out_of_memory
+from anila_core.failures import DiskFull, LockLost, RunFailure, disk_full, is_out_of_memory
 from anila_core.device import resolve_device
 from anila_core.training import distributed
 from anila_core.training.config import TrainConfig, changed_settings, describe_changes
 from anila_core.fileio import (LOCK_FILE, FolderBusy, FolderLock, append_jsonl, atomic_torch_save, atomic_write_json, busy_error,
-                               lock_holder, make_folder, read_jsonl, remove_made_folders, write_jsonl)
+                               check_regular, lock_holder, make_folder, read_json_file, read_jsonl, remove_made_folders, write_jsonl)
 from anila_core.training.limits import check_memory, out_of_memory
 from anila_core.training.state import validate_checkpoint
 from anila_core.training.trainer import Trainer
-from anila_core.training.user_energy import given_energy_spec, module_inside, require_module
+from anila_core.training.user_energy import (energy_for_run, given_energy_spec, module_inside, require_module, supplied_energy,
+                                             user_code_failure)
 
 __all__ = ["Run", "CHECKPOINT", "load_trainer", "load_checkpoint", "RUN_FILES", "IMAGE_RUN_FILES", "POINTS_RUN_FILES", "target_summary",
            "image_summary", "points_summary", "expected_files", "remove_stale_temporaries"]
@@ -62,7 +65,9 @@ class Run:
                  on_divergence: str | None = None, max_rollbacks: int | None = None, device: str | None = None,
                  restart: bool = False, energy: torch.nn.Module | None = None):
         self.out = Path(out_dir)
-        self._energy = energy  # a network of your own given in memory (see Trainer); None for the one the config builds
+        # a network of your own given in memory (see Trainer), or the spec or class of the one config.json names (a resumed
+        # run imports nothing its folder names alone); None for the built-in network
+        self._energy = energy
         self.is_main = distributed.current().is_main
         self._lock = FolderLock(self.out)
         self._made: list[Path] = []  # folders this Run created: removed again when its start fails
@@ -110,7 +115,14 @@ class Run:
             raise ValueError(error)
         # the trainer first: a missing dataset or too little memory then leaves no empty run folder behind
         check_memory(config.validate())
-        self.trainer = _build_trainer(config, progress, self._energy)
+        given = self._energy if isinstance(self._energy, torch.nn.Module) else None  # a spec or class: the config names it
+        supplied = contextlib.nullcontext()
+        if self._energy is not None and given is None:
+            named = energy_for_run(config.energy, self._energy, "the configuration")
+            if not isinstance(named, str):
+                supplied = supplied_energy(config.energy, named)
+        with supplied:
+            self.trainer = _build_trainer(config, progress, given)
         if not self.is_main:
             return
         try:
@@ -173,8 +185,11 @@ class Run:
                     "stopped before its first checkpoint, which then starts again; move those files or choose another folder")
         config_path = self.out / "config.json"
         try:
-            saved = TrainConfig.from_dict(json.loads(config_path.read_text())).to_dict()
-        except (OSError, json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
+            saved = TrainConfig.from_dict(read_json_file(config_path, "the config.json a run wrote")).to_dict()
+        except ValueError as err:
+            return str(err) if str(err).startswith(str(config_path)) else \
+                f"{config_path}: not a valid run configuration ({err}); expected the config.json a run wrote"
+        except (OSError, TypeError, AttributeError) as err:
             return f"{config_path}: not a valid run configuration ({err}); expected the config.json a run wrote"
         wanted = restart.replace(lr_decay_iters=restart.lr_decay_iters or restart.iters).to_dict()
         differ = changed_settings(saved, wanted)
@@ -188,8 +203,13 @@ class Run:
         return self.trainer.config
 
     def _hold(self) -> None:
-        """Take the folder's lock again when this Run let go of it (after :meth:`train` or :meth:`close`)."""
-        if self.is_main and not self._lock.held:
+        """Take the folder's lock again when this Run let go of it (after :meth:`train` or :meth:`close`); when it holds it,
+        check that the lock is still the folder's (:class:`anila_core.failures.LockLost` otherwise) before a write."""
+        if not self.is_main:
+            return
+        if self._lock.held:
+            self._lock.verify()
+        else:
             self._lock.acquire()
 
     def close(self) -> None:
@@ -223,12 +243,15 @@ class Run:
         """
 
         def log(trainer, row):
+            if self.is_main:
+                self._lock.verify()  # a writer whose lock was deleted or replaced stops before this row
             append_jsonl(self.out / "metrics.jsonl", row)
             if callback is not None:
                 callback(trainer, row)
 
         def rolled_back(trainer, record):
             if self.is_main:  # the rows after the state rolled back to are run again
+                self._lock.verify()
                 write_jsonl(self.out / "metrics.jsonl", trainer.history)
 
         self._hold()
@@ -237,20 +260,48 @@ class Run:
             if not self.is_main:
                 return {}  # rank 0 writes final.json and the figures
             return self.finish()
-        except (RunFailure, MemoryError, RuntimeError, OSError) as err:
-            if isinstance(err, RunFailure):
-                failure = err
-            elif isinstance(err, OSError):
-                failure = disk_full(err, err.filename or self.out)  # a write outside anila_core.fileio (a library's own)
-            elif is_out_of_memory(err):
-                failure = out_of_memory(err, self.config, f"while training {self.out}")
-            else:
-                failure = None
-            if failure is None:
+        except LockLost:
+            self._lock.forget()  # the file at the folder's path is not ours to remove, nor are the run's files
+            raise
+        except KeyboardInterrupt as err:
+            if self.trainer.guard.last_good_checkpoint is None and self._started and self.is_main:
+                self._undo_start()  # nothing to resume: the same command can run again
+                err.anila_note = (f"interrupted before the first checkpoint: nothing to resume, so the files of this run were "
+                                  f"removed from {self.out}; run the same command again (without --resume)")
+            elif self.trainer.guard.last_good_checkpoint is not None:
+                iteration, path = self.trainer.guard.last_good_checkpoint
+                err.anila_note = (f"interrupted: the last checkpoint {path} (iteration {iteration}) is intact; continue with "
+                                  "the same command plus --resume")
+            raise
+        except (Exception, SystemExit) as err:  # a network of your own that raised or exited: named, not a bare traceback
+            theirs = None if is_out_of_memory(err) else user_code_failure(err, self.config.energy)
+            if theirs is None and isinstance(err, (RunFailure, MemoryError, RuntimeError, OSError)):
+                raise self._failure(err) from None
+            if theirs is None:
                 raise
-            raise self._after_failure(failure) from None
+            if self.trainer.guard.last_good_checkpoint is not None:
+                iteration, path = self.trainer.guard.last_good_checkpoint
+                note = f"the last checkpoint {path} (iteration {iteration}) is intact"
+            elif self._started and self.is_main:
+                self._undo_start()
+                note = f"no checkpoint was written yet, so the files of this run were removed from {self.out}"
+            else:
+                note = "no checkpoint was written yet"
+            raise ValueError(f"{theirs}; {note}") from None
         finally:
             self.close()
+
+    def _failure(self, err: BaseException) -> BaseException:
+        """What a run that raised ``err`` raises: a failure of the machine with what became of the folder, else ``err`` itself."""
+        if isinstance(err, RunFailure):
+            failure = err
+        elif isinstance(err, OSError):
+            failure = disk_full(err, err.filename or self.out)  # a write outside anila_core.fileio (a library's own)
+        elif is_out_of_memory(err):
+            failure = out_of_memory(err, self.config, f"while training {self.out}")
+        else:
+            failure = None
+        return err if failure is None else self._after_failure(failure)
 
     def _after_failure(self, failure: RunFailure) -> RunFailure:
         """``failure`` with what became of the folder: the last checkpoint intact, or (none yet) the run's files removed."""
@@ -276,19 +327,23 @@ class Run:
         if t.config.is_image:
             final = image_summary(t)
             save_image_run_figures(t, self.out)
-            atomic_write_json(self.out / "final.json", final)
+            self._write_final(final)
             return final
         if t.config.is_points:
             from anila_core.ui.points_report import save_points_run_figures
 
             final = points_summary(t)
             save_points_run_figures(t, self.out)
-            atomic_write_json(self.out / "final.json", final)
+            self._write_final(final)
             return final
         final = target_summary(t)
         save_run_figures(t, self.out)
-        atomic_write_json(self.out / "final.json", final)
+        self._write_final(final)
         return final
+
+    def _write_final(self, final: dict) -> None:
+        self._hold()  # again: drawing the figures took a while
+        atomic_write_json(self.out / "final.json", final)
 
 
 def _build_trainer(config: TrainConfig, progress: bool, energy: torch.nn.Module | None = None) -> Trainer:
@@ -442,22 +497,37 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     without it, loading a run to sample from it leaves its folder as it was. A checkpoint that does not belong to the
     configuration (other settings, another architecture, another format) is refused with a
     ``ValueError`` that names the file and the difference. ``energy``: the network of your own
-    a run started with in memory (its weights come from the checkpoint); a network named in
-    ``config.json`` (``module.path:Name``) is imported and built again, unless its module would
-    be imported from inside the run folder, which is refused.
+    a run started with in memory (its weights come from the checkpoint), or, for a run whose
+    ``config.json`` names one (``module.path:Name``), that spec again or the class itself:
+    loading a run imports no module the caller did not name, and a named one whose module would
+    be imported from inside the run folder is refused.
     """
     out = Path(out_dir)
     config_path, ckpt_path = out / "config.json", out / CHECKPOINT
+    for path in (config_path, ckpt_path):
+        if os.path.lexists(path) and not path.exists():
+            raise ValueError(f"{path}: is a link that leads nowhere (to a missing file, or round in a loop); expected the "
+                             f"{path.name} a run wrote")
     if not config_path.exists():
         raise ValueError(f"out_dir: {out} has no config.json; expected the folder of a run, which holds its config.json and checkpoint")
     if not ckpt_path.exists():
         raise ValueError(f"out_dir: {out} has no {CHECKPOINT} yet: the run stopped before its first checkpoint, so there "
                          f"is nothing to resume; start it afresh (delete {out} or choose another out_dir)")
+    check_regular(config_path, "the config.json a run wrote")
     try:
         saved_config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        reason = "it nests its JSON too deeply to read" if isinstance(err, RecursionError) else str(err)
+        raise ValueError(f"{config_path}: not a valid run configuration ({reason}); expected the config.json a run wrote") from None
+    if not isinstance(saved_config, dict):
+        raise ValueError(f"{config_path}: holds a JSON {type(saved_config).__name__}, not an object of settings; expected the "
+                         "config.json a run wrote")
+    try:
         config = TrainConfig.from_dict(saved_config)
-    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
+        TrainConfig.from_dict(saved_config).validate()  # a copy: validate() makes the data path absolute
+    except (TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{config_path}: not a valid run configuration ({err}); expected the config.json a run wrote") from None
+    check_regular(ckpt_path, f"the {CHECKPOINT} a run wrote")
     changes = {}
     if iters is not None:
         changes["iters"] = iters
@@ -470,11 +540,13 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     if max_rollbacks is not None:
         changes["max_rollbacks"] = max_rollbacks
     config = config.replace(**changes)
-    inside = module_inside(config.energy, out)
+    inside = module_inside(config.energy, out)  # found on the path, not imported
     if inside is not None:
         raise ValueError(f"{config_path}: names the energy {config.energy}, whose module would be imported from {inside}, inside "
                          "the run folder; loading a run never runs code from its folder; expected a module of your own Python "
                          "path: move it out of the run folder")
+    given = energy_for_run(config.energy, energy, str(config_path))  # before anything is imported
+    energy = given if isinstance(given, torch.nn.Module) else None
     if energy is not None:
         config = config.replace(energy=given_energy_spec(config.energy, energy))
     else:
@@ -498,12 +570,14 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
         print(f"notice: {ckpt_path} was saved on another kind of device than {device}; its chain generator's state "
               "cannot move there, so the chains continue from a generator seeded from that state: the run goes on, but not "
               "bit-identical to one that never changed device", file=sys.stderr)
-    try:
-        validate_checkpoint(state, config, model=energy)  # before the trainer is built: a checkpoint that cannot fit is refused first
-    except ValueError as err:
-        raise ValueError(f"{ckpt_path}: {str(err).removeprefix('checkpoint: ')}") from None
-    check_memory(config)
-    trainer = _build_trainer(config, progress, energy)
+    supplied = supplied_energy(config.energy, given) if given is not None and energy is None else contextlib.nullcontext()
+    with supplied:  # the class the caller gave builds the network; a spec the caller gave is imported
+        try:
+            validate_checkpoint(state, config, model=energy)  # before the trainer is built: a checkpoint that cannot fit is refused first
+        except ValueError as err:
+            raise ValueError(f"{ckpt_path}: {str(err).removeprefix('checkpoint: ')}") from None
+        check_memory(config)
+        trainer = _build_trainer(config, progress, energy)
     try:
         trainer.load_state_dict(state)
     except (ValueError, KeyError) as err:
@@ -525,6 +599,7 @@ def load_checkpoint(path: str | Path) -> object:
     for more is refused with a ``ValueError`` naming it, and nothing is loaded.
     """
     path = Path(path)
+    check_regular(path, "a checkpoint.pt written by anila_core")  # a FIFO would block torch.load forever
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about a pickle protocol it does not expect: the error says it all
@@ -556,11 +631,16 @@ def _fit_generator_states(state: dict, device: torch.device) -> bool:
     reseeds its chain stream from a hash of the saved state: deterministic, and still its own
     stream per rank.
     """
-    holders = [state] + [r for r in (state.get("ranks") or []) if isinstance(r, dict)]
+    ranks = state.get("ranks")
+    holders = [state] + [r for r in (ranks if isinstance(ranks, list) else []) if isinstance(r, dict)]
     changed = False
+    # only a state of exactly another kind of device's generator is reseeded; any other is left for validate_checkpoint to refuse
+    sizes = {torch.Generator(device="cpu").get_state().numel()}
+    if device.type == "cpu":
+        sizes.add(16)  # a CUDA generator's seed and offset
     for holder in holders:
         saved = holder.get("generator")
-        if not isinstance(saved, torch.Tensor):
+        if not isinstance(saved, torch.Tensor) or saved.dtype != torch.uint8 or saved.numel() not in sizes:
             continue
         try:
             torch.Generator(device=device).set_state(saved)

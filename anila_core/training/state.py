@@ -147,6 +147,7 @@ def validate_checkpoint(state: dict, config: TrainConfig, data_shape: tuple[int,
     if config.ema > 0:
         _check_weights("EMA model", state.get("ema_model"), reference)
     _check_optimizer(state["optimizer"], reference)
+    _check_optimizer_settings(state["optimizer"], reference, config, state["iteration"])
     device = torch.device(device) if device is not None else resolve_device(config.device)
     ranks = state.get("ranks")
     if ranks is not None and not isinstance(ranks, list):
@@ -154,6 +155,7 @@ def validate_checkpoint(state: dict, config: TrainConfig, data_shape: tuple[int,
     for where, chains in [("", state)] + [(f"rank {i}'s ", r) for i, r in enumerate(ranks or [])]:
         _check_chains(where, chains, config, shape, device)
     _check_records(state)
+    _check_history(state["history"], state["iteration"], config)
 
 
 def _check_format(state: dict) -> None:
@@ -215,6 +217,8 @@ def _state_mismatch(model: torch.nn.Module, saved) -> str:
             problems.append(f"{key} is a {type(saved[key]).__name__} in the checkpoint, a tensor in this configuration")
         elif tuple(saved[key].shape) != tuple(mine[key].shape):
             problems.append(f"{key} has shape {tuple(saved[key].shape)} in the checkpoint, {tuple(mine[key].shape)} in this configuration")
+        elif saved[key].dtype != mine[key].dtype:
+            problems.append(f"{key} has dtype {saved[key].dtype} in the checkpoint, {mine[key].dtype} in this configuration")
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
     return "; ".join(problems[:3]) + more
 
@@ -240,6 +244,66 @@ def _check_optimizer(saved, reference: torch.nn.Module) -> None:
                 got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else f"{type(value).__name__}"
                 raise ValueError(f"checkpoint: its optimizer's {key} for {name} has {got}; expected shape {tuple(p.shape)}, "
                                  "the shape of that parameter")
+            if value.dtype != p.dtype:
+                raise ValueError(f"checkpoint: its optimizer's {key} for {name} has dtype {value.dtype}; expected {p.dtype}, "
+                                 "the dtype of that parameter")
+            if not bool(torch.isfinite(value).all()) or (key == "exp_avg_sq" and bool((value < 0).any())):
+                raise ValueError(f"checkpoint: its optimizer's {key} for {name} holds NaN"
+                                 f"{', infinite or negative' if key == 'exp_avg_sq' else ' or infinite'} values; expected the finite moments Adam "
+                                 "keeps (the file is damaged or was altered)")
+        step = moments.get("step") if isinstance(moments, dict) else None
+        if step is not None:
+            number = float(step) if isinstance(step, (torch.Tensor, numbers.Real)) and not isinstance(step, bool) and (
+                not isinstance(step, torch.Tensor) or step.numel() == 1) else None
+            if number is None or not math.isfinite(number) or number < 0 or number != int(number):
+                raise ValueError(f"checkpoint: its optimizer's step count for {name} is {step!r}; expected a whole number >= 0 "
+                                 "(the Adam steps taken)")
+
+
+#: Adam's settings that change what a step computes: a resumed optimiser must have the configuration's
+_ADAM_SETTINGS = ("betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
+
+
+def _check_optimizer_settings(saved: dict, reference: torch.nn.Module, config: TrainConfig, iteration: int) -> None:
+    """The saved Adam group's hyperparameters must be those the trainer builds from ``config`` (the learning rate: in its range)."""
+    group = saved["param_groups"][0]
+    mine = torch.optim.Adam(reference.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)).param_groups[0]
+    for key in _ADAM_SETTINGS:
+        if key not in group or key not in mine:
+            continue  # a setting one torch version has and the other lacks
+        theirs, ours = group[key], mine[key]
+        if key == "betas" and isinstance(theirs, (list, tuple)):
+            theirs = tuple(theirs)
+        if theirs != ours:
+            raise ValueError(f"checkpoint: its optimizer's {key} is {group[key]!r}, this configuration's is {ours!r}; expected the "
+                             "Adam settings of the run (beta1, beta2, lr in config.json; no weight decay, no maximize): the file "
+                             "is from another optimiser or was altered")
+    lr = group.get("lr")
+    if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not 0 <= lr <= config.lr * (1 + 1e-6):
+        raise ValueError(f"checkpoint: its optimizer's learning rate is {lr!r}; expected a number in [0, lr = {config.lr}] "
+                         f"(the {config.lr_schedule} schedule never exceeds lr)")
+
+
+def _check_history(history: list, iteration: int, config: TrainConfig) -> None:
+    """Every row a dict with an integer ``iter`` and numbers for its measures, in increasing order, agreeing with the iteration."""
+    previous = 0
+    for i, row in enumerate(history):
+        it = row.get("iter")
+        if not isinstance(it, int) or isinstance(it, bool) or not previous < it <= iteration:
+            raise ValueError(f"checkpoint: its history's row {i} has iter {it!r}; expected an integer above the previous row's "
+                             f"({previous}) and at most the checkpoint's iteration ({iteration}): rows in training order")
+        for key in ("energy_gap", "loss", "grid_tv", "grid_kl", "mmd", "sliced_wasserstein", "fid", "kid"):
+            value = row.get(key)
+            if key in row and value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
+                raise ValueError(f"checkpoint: its history's row {i} has {key} = {value!r}; expected a number")
+        if "energy_gap" not in row:
+            raise ValueError(f"checkpoint: its history's row {i} lacks energy_gap; expected the evaluation rows a run writes")
+        previous = it
+    # evaluations happen at least every eval_every iterations: a counter far past the last row disagrees with the history
+    if iteration - previous > config.eval_every:
+        raise ValueError(f"checkpoint: its iteration is {iteration} but its history ends at iteration {previous}, with an "
+                         f"evaluation every {config.eval_every}; expected the rows of every evaluation up to the iteration "
+                         "(the file is damaged or was altered)")
 
 
 def _check_generator(what: str, saved, device: torch.device) -> None:
@@ -263,6 +327,13 @@ def _check_chains(where: str, chains, config: TrainConfig, shape: tuple[int, ...
             held = f"holds {got[0]} chain(s) of shape {got[1:]}" if got else f"is {type(state.buffer).__name__}"
             raise ValueError(f"checkpoint: {where}replay buffer {held}; this configuration expects buffer_size = "
                              f"{config.buffer_size} chains of shape {tuple(shape)} (a float tensor {want})")
+        if state.buffer.dtype != torch.float32:
+            raise ValueError(f"checkpoint: {where}replay buffer has dtype {state.buffer.dtype}; expected torch.float32, the "
+                             "dtype the chains are sampled in")
+        bad = int((~torch.isfinite(state.buffer.flatten(1))).any(1).sum())
+        if bad:
+            raise ValueError(f"checkpoint: {where}replay buffer holds NaN or infinite values in {bad} of its "
+                             f"{config.buffer_size} chains; expected finite chains (the file is damaged or was altered)")
         _check_sampler_state(where, state.sampler_state, config.buffer_size)
     _check_generator(f"{where}chain generator state", state.generator, device)
     _check_generator(f"{where}global RNG state (torch_rng)", state.torch_rng, torch.device("cpu"))

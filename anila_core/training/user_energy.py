@@ -9,20 +9,28 @@ of ``compare`` and ``sweep``) builds the same network again before its weights a
 A module given in memory (``Trainer(config, energy=my_module)``) has no spec a configuration
 could rebuild it from; the run records ``in-memory:<its class>`` instead and says, on
 resume, to pass the module again.
+
+Loading or resuming a run imports no module that the caller did not name in that call: a run
+folder (its ``config.json``, its checkpoint) from elsewhere must not run code. A run trained
+with ``--energy M:N`` resumes with ``--energy M:N`` given again, and a loader takes the energy
+(its spec or its class) as an argument (:func:`energy_for_run`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import importlib.util
 import inspect
 import re
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["IN_MEMORY", "check_energy_spec", "given_energy_spec", "energy_label", "require_module", "load_energy", "check_energy", "module_inside"]
+__all__ = ["IN_MEMORY", "check_energy_spec", "energy_for_run", "supplied_energy", "user_code_failure", "given_energy_spec", "energy_label", "require_module", "load_energy", "check_energy", "module_inside"]
 
 #: the prefix of the spec a run records for a module given in memory
 IN_MEMORY = "in-memory:"
@@ -68,8 +76,59 @@ def _import(module_name: str):
             raise ValueError(f"energy: cannot import {module_name!r}: Python finds no module of that name; expected a module on the "
                              "Python path (run from the folder that holds it, or add that folder to PYTHONPATH)") from None
         raise ValueError(f"energy: importing {module_name!r} failed: it imports {err.name!r}, which is not installed") from None
+    except SystemExit as err:  # sys.exit() at import would end the run silently (exit 0, no result)
+        raise ValueError(f"energy: importing {module_name!r} called sys.exit({err.code!r}); expected a module that defines "
+                         "the network without ending the program") from None
     except Exception as err:  # the module's own code failed: say where, not a traceback
         raise ValueError(f"energy: importing {module_name!r} raised {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
+
+
+#: the energies a loader was given in this call, spec → class or factory: built without importing anything
+_SUPPLIED: contextvars.ContextVar[dict] = contextvars.ContextVar("anila_supplied_energies", default={})
+
+
+@contextlib.contextmanager
+def supplied_energy(spec: str, factory) -> Iterator[None]:
+    """Inside the block, :func:`load_energy` builds ``spec`` with ``factory`` (the class the caller gave) instead of importing it."""
+    token = _SUPPLIED.set({**_SUPPLIED.get(), spec: factory})
+    try:
+        yield
+    finally:
+        _SUPPLIED.reset(token)
+
+
+def energy_for_run(saved: str, given, where: str) -> object | None:
+    """What a loader of the run whose configuration names ``saved`` may build it with, from the ``given`` energy argument.
+
+    ``given`` is the caller's: ``None``, the spec itself (``"module.path:Name"``, what
+    ``--energy`` gives), the class or factory, or a module instance (a run trained in memory).
+    Returns ``given`` when it names the saved spec (or is a module for an in-memory run);
+    ``ValueError`` naming ``where`` (the config.json) when the run's network is not named, or
+    named otherwise: a run folder never decides which code is imported.
+    """
+    if given is None or given == "":
+        if saved and not saved.startswith(IN_MEMORY):
+            raise ValueError(f"energy: {where} names the network {saved!r}, and loading a run imports no module that the caller "
+                             f"did not name; expected it named again: --energy {saved} on the command line (the same "
+                             f"command plus --resume), or energy={saved!r} (or the class itself) for load_trainer, load_runs and Run")
+        return None
+    if isinstance(given, nn.Module):
+        return given  # a run trained in memory: given_energy_spec checks its class
+    if isinstance(given, str):
+        check_energy_spec(given)
+        if given != saved:
+            raise ValueError(f"energy: {given!r} is not the network {where} names ({saved or 'the built-in one'!r}); expected "
+                             "the run's own energy (a resumed run cannot change its network)")
+        return given
+    if callable(given):
+        attribute = saved.partition(":")[2]
+        name = getattr(given, "__qualname__", getattr(given, "__name__", ""))
+        if not saved or saved.startswith(IN_MEMORY) or name != attribute:
+            raise ValueError(f"energy: {name or type(given).__name__} is not the network {where} names "
+                             f"({saved or 'the built-in one'!r}); expected the class or factory {attribute or '(none)'} of that spec")
+        return given
+    raise TypeError(f"energy: expected the run's energy spec 'module.path:Name', its class or factory, or a torch.nn.Module, "
+                    f"got {type(given).__name__}")
 
 
 def _resolve(spec: str):
@@ -99,7 +158,9 @@ def load_energy(spec: str, data_shape: tuple[int, ...]) -> nn.Module:
     """Import and build the energy ``spec`` names, for data points of shape ``data_shape``; one ``ValueError`` when it cannot."""
     require_module(spec)
     check_energy_spec(spec)
-    factory = _resolve(spec)
+    factory = _SUPPLIED.get().get(spec)
+    if factory is None or isinstance(factory, str):
+        factory = _resolve(spec)
     if isinstance(factory, nn.Module):
         raise ValueError(f"energy: {spec} is a module instance; expected its class or a function that builds it (a run builds "
                          "its own network, and a resumed run builds it again)")
@@ -117,6 +178,8 @@ def load_energy(spec: str, data_shape: tuple[int, ...]) -> nn.Module:
                          "takes no argument, or only data_shape (the shape of one data point: (D,) or (C, H, W))")
     try:
         model = factory(data_shape=tuple(data_shape)) if takes_shape else factory()
+    except SystemExit as err:
+        raise ValueError(f"energy: building {spec} called sys.exit({err.code!r}); expected a network, not the end of the program") from None
     except Exception as err:
         raise ValueError(f"energy: building {spec} raised {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
     if not isinstance(model, nn.Module):
@@ -141,6 +204,9 @@ def check_energy(model: nn.Module, x: torch.Tensor, label: str) -> None:
             n, shape = len(x), tuple(x.shape)
             try:
                 energy = model(x)
+            except SystemExit as err:
+                raise ValueError(f"energy: {label} called sys.exit({err.code!r}) in its forward pass; expected energies, not "
+                                 "the end of the program") from None
             except Exception as err:
                 raise ValueError(f"energy: {label} fails on data points of shape {shape} ({type(err).__name__}: "
                                  f"{' '.join(str(err).split())[:200]}); expected a forward that takes a batch (N, *data_shape)") from None
@@ -194,3 +260,36 @@ def module_inside(spec: str, folder: str | Path) -> Path | None:
         if path == root or root in path.parents:
             return path
     return None
+
+
+def _outside_the_package(filename: str) -> bool:
+    """Whether ``filename`` is a user's own code: neither anila_core nor Python's or an installed package's."""
+    import sys
+
+    path = Path(filename).resolve()
+    package = Path(__file__).resolve().parents[1]
+    if filename.startswith("<") or package in path.parents:
+        return False
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    return not any(p in path.parents for p in prefixes) and "site-packages" not in path.parts
+
+
+def user_code_failure(err: BaseException, spec: str) -> ValueError | None:
+    """A ``ValueError`` naming the module of your own (``spec``'s) that raised ``err`` or called ``sys.exit`` during a run; else ``None``.
+
+    A network of your own runs inside the training loop: its ``sys.exit(0)`` would end the run
+    with exit 0 and no result, and its exception with a traceback through anila_core. Only an
+    error raised in code outside anila_core, Python and the installed packages counts.
+    """
+    if not spec or isinstance(err, KeyboardInterrupt) or not isinstance(err, (Exception, SystemExit)):
+        return None
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if _outside_the_package(f.filename)]
+    if not frames:
+        return None
+    last = frames[-1]
+    what = f"called sys.exit({err.code!r})" if isinstance(err, SystemExit) else \
+        f"raised {type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    return ValueError(f"energy: your network {energy_label(spec)} {what} at {last.filename}:{last.lineno} (in {last.name}) "
+                      "during the run, which stopped there; expected a network that returns energies")

@@ -578,13 +578,14 @@ def model_sampling_panel(energy_fn, **kwargs) -> ModelSamplingPanel:
     return ModelSamplingPanel(energy_fn, **kwargs)
 
 
-def trained_model_panel(run=None, n_chains: int = 500, seed: int = 0, device=None, **kwargs) -> ModelSamplingPanel:
+def trained_model_panel(run=None, n_chains: int = 500, seed: int = 0, device=None, energy=None, **kwargs) -> ModelSamplingPanel:
     """A ``ModelSamplingPanel`` on a finished 2-D run, started at the run's own ε, b and K.
 
     ``run``: a run folder, or a ``Trainer`` already in memory; by default the trained AniLA
     run the repository ships (``anila_core.shipped.default_panel_run``). A folder is read by
     :func:`anila_core.training.runs.load_trainer` (``weights_only``: no code in a checkpoint
-    runs). ``kwargs`` override the panel's other arguments.
+    runs; ``energy``: the spec or class of a network of your own the run names, which is
+    imported only when given here). ``kwargs`` override the panel's other arguments.
     """
     from anila_core.shipped import default_panel_run, run_label
     from anila_core.training.runs import load_trainer
@@ -594,7 +595,7 @@ def trained_model_panel(run=None, n_chains: int = 500, seed: int = 0, device=Non
         if run is None:
             raise ValueError("run: no run named and no shipped run found in data/trained/rings-demo; "
                              "pass a run folder (e.g. runs/demo/anila after `python -m anila_core demo`)")
-    trainer = run if hasattr(run, "eval_model") else load_trainer(run, progress=False, device=device)
+    trainer = run if hasattr(run, "eval_model") else load_trainer(run, progress=False, device=device, energy=energy)
     c = trainer.config
     if c.is_image:
         raise ValueError(f"run: {c.dataset} is an image run; sample it with image_sampling_panel(trainer)")
