@@ -45,6 +45,7 @@ __all__ = [
     "check_dark_border",
     "check_sample_norm_ratio",
     "check_crossing_steps",
+    "check_pixel_norm_ratio",
 ]
 
 RIGHT, WRONG, UNANSWERED, INVALID = "right", "wrong", "not answered", "cannot check"
@@ -660,3 +661,38 @@ def check_crossing_steps(answer, step_size: float, b: float, distance: float = 2
         if abs(value - mistake) <= max(1.0, 0.01 * mistake):
             return _wrong(exercise, why)
     return _wrong(exercise, f"{_fmt(value)} steps is not it. The clipped drift per step is ε·b/2; how many of those make {distance:g}?")
+
+
+# --------------------------------------------------------------------------- notebook 04: colour images
+
+#: the pixel of notebook 04's exercise: its three channel gradients and AniLA's threshold
+PIXEL_GRADIENT = (0.03, 0.04, 0.0)
+PIXEL_THRESHOLD = 0.04
+
+
+def check_pixel_norm_ratio(answer) -> Verdict:
+    """Whether ``answer`` is γ/ε for a pixel with channel gradients :data:`PIXEL_GRADIENT` under ``norm="pixel"`` at b = :data:`PIXEL_THRESHOLD`."""
+    exercise = "the pixel norm"
+    if _is_placeholder(answer):
+        return _unanswered(exercise)
+    value = _number(answer)
+    if value is None:
+        return _invalid(exercise, f"expected one number, γ/ε in (0, 1]; got {answer!r}.")
+    g = torch.tensor(PIXEL_GRADIENT, dtype=torch.float64).view(1, 3, 1, 1)
+    expected = float(AniLA(1.0, PIXEL_THRESHOLD, norm="pixel").step_sizes(g)[0, 0, 0, 0])  # the package's own map, ε = 1
+    length = float(g.norm())
+    if _close(value, expected, 1e-3):
+        return _right(exercise, f"the pixel's gradient has length √(0.03² + 0.04²) = {length:.2f} > b = {PIXEL_THRESHOLD:g}, so all three "
+                                f"channels take γ/ε = b/|g| = {expected:.2f}, though no single channel is steeper than b: the pixel norm "
+                                "shrinks at least as often as the coordinate norm.")
+    slips = {
+        1.0: "that is the coordinate norm's answer (each channel alone is at most 0.04 = b) or the largest channel's. The pixel norm "
+             "takes the length of the three-channel gradient, √(g_R² + g_G² + g_B²).",
+        PIXEL_THRESHOLD / 0.07: "you added the channels' sizes (0.07); the pixel norm takes the length √(g_R² + g_G² + g_B²).",
+        length / PIXEL_THRESHOLD: "upside down: γ/ε = b / max(b, |g|) is at most 1.",
+        PIXEL_THRESHOLD * 1.0: "that is b itself (the capped step ε·b/|g| needs |g|, the pixel gradient's length).",
+    }
+    for slip, why in slips.items():
+        if _close(value, slip, 1e-3):
+            return _wrong(exercise, why)
+    return _wrong(exercise, f"{_fmt(value)} is not it. The pixel's gradient length is √(0.03² + 0.04² + 0²); compare it with b.")
