@@ -46,6 +46,7 @@ __all__ = [
     "check_sample_norm_ratio",
     "check_crossing_steps",
     "check_pixel_norm_ratio",
+    "check_drift_length",
 ]
 
 RIGHT, WRONG, UNANSWERED, INVALID = "right", "wrong", "not answered", "cannot check"
@@ -696,3 +697,31 @@ def check_pixel_norm_ratio(answer) -> Verdict:
         if _close(value, slip, 1e-3):
             return _wrong(exercise, why)
     return _wrong(exercise, f"{_fmt(value)} is not it. The pixel's gradient length is √(0.03² + 0.04² + 0²); compare it with b.")
+
+
+# --------------------------------------------------------------------------- notebook 05: when training fails
+
+
+def check_drift_length(answer, step_size: float, grad: float) -> Verdict:
+    """Whether ``answer`` is the length of one drift step, ``step_size · grad / 2``, for a pixel whose gradient is ``grad``."""
+    exercise = "how far one step goes"
+    if _is_placeholder(answer):
+        return _unanswered(exercise)
+    value = _number(answer)
+    if value is None:
+        return _invalid(exercise, f"expected one number, a distance in pixel units; got {answer!r}.")
+    g = torch.full((1, 1), float(grad), dtype=torch.float64)
+    # the package's own move: Langevin's step size times the gradient, halved (noise left out)
+    expected = float(0.5 * Langevin(step_size).step_sizes(g) * g)
+    if _close(value, expected, 1e-3):
+        crosses = expected > 2
+        return _right(exercise, f"ε·g/2 = {_fmt(expected)}"
+                      + (f", more than the whole range [−1, 1] (width 2): one step throws a typical pixel from one wall of the box to "
+                         "the other, and the clamp leaves it at ±1. Hence the saturated samples." if crosses else
+                         f", {expected / 2:.0%} of the range's width: a typical pixel does not cross the range in one step, but the "
+                         "steep ones (the rms hides them) do, and those end at ±1."))
+    if _close(value, 2 * expected, 1e-3):
+        return _wrong(exercise, "that is ε·g: the drift is ε/2 times the gradient.")
+    if _close(value, expected / step_size, 1e-3) or _close(value, float(grad), 1e-3):
+        return _wrong(exercise, "multiply by the step size ε: the drift is (ε/2)·g.")
+    return _wrong(exercise, f"{_fmt(value)} is not it: the drift term of the update x − (ε/2)·∇E moves the pixel by ε·g/2.")
