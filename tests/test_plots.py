@@ -138,6 +138,17 @@ def test_convergence_plot_is_log_scale_with_floor():
         plots.plot_convergence(res, metric="mmd")
 
 
+def test_convergence_plot_keeps_a_line_whose_unbiased_mmd_dips_below_zero():
+    # an unbiased MMD² at the target scatters around 0: the negative value is drawn at a tenth of the floor, not dropped
+    res = ConvergenceResult("mala", "g", steps=[0, 1, 10, 100, 400], n_chains=10, tv=[1.0, 0.8, 0.3, 0.1, 0.1], tv_floor=0.09,
+                            mmd=[1.0, 0.5, 0.01, 0.002, -0.001], mmd_floor=0.002)
+    lines = plots.plot_convergence(res, metric="mmd")
+    np.testing.assert_allclose(lines["mala"].get_xdata(), [1, 10, 100, 400])
+    np.testing.assert_allclose(lines["mala"].get_ydata(), [0.5, 0.01, 0.002, 0.0002])
+    labels = lines["mala"].axes.get_legend_handles_labels()[1]
+    assert any(label.startswith("≤ 0") for label in labels)
+
+
 def test_image_grid_maps_minus_one_one_to_zero_one_and_tiles():
     x = torch.stack([torch.full((3, 4, 5), -1.0), torch.full((3, 4, 5), 1.0), torch.full((3, 4, 5), 3.0)])
     grid = plots.sample_image_grid(x, nrow=2, padding=1, pad_value=0.5)
