@@ -70,7 +70,7 @@ def test_summary_pools_seeds_exactly():
     assert best["anila"]["best"]["step_size"] == 0.1 and best["anila"]["best"]["grid_tv"] == pytest.approx(0.3)
     table = sweep.markdown_report(FIXED)
     assert "| langevin | 0.1 | — | 30 | buffer | 2 | 1/2 | 1/2 | 0.300 |" in table
-    assert "| anila | 0.1 | 3 | 0.300 ± 0.071 | 0.1 |" in table
+    assert "| anila | 0.1 | 3 | 30 | buffer | 0.300 ± 0.071 | 0.1 |" in table  # K and chains tell apart settings sharing ε and b
 
 
 def _two_density_cell(kind, eps, b, seed, tv, sampler_tv, clipped, chains="buffer", n_steps=20, cpu=(10.0, 20.0)):
@@ -105,11 +105,11 @@ def test_report_counts_which_density_training_fitted():
     # three stable AniLA settings: two with the sampler's density closer to the data (0.20 < 0.40, 0.40 < 0.45)
     assert "closer to the data than exp(−E) in **2 of 3** stable settings (mean TV 0.287 against 0.367)" in text
     assert "clips more than 10 % of coordinates: **2 of 2** (mean TV 0.300 against 0.425)" in text
-    assert "| anila | 0.01 | 3 | buffer | 1/1 | 50.0 % | 0.400 | 0.200 | -0.200 |" in text
+    assert "| anila | 0.01 | 3 | 20 | buffer | 1/1 | 50.0 % | 0.400 | 0.200 | -0.200 |" in text
     # a setting that lost the target is listed but not counted
     lost = {**TWO, "cells": TWO["cells"] + [_two_density_cell("anila", 0.1, 1.0, 0, 0.95, 0.60, 0.8)]}
     text = sweep.markdown_report(lost)
-    assert "in **2 of 3** stable settings" in text and "| anila | 0.1 | 1 | buffer | 0/1 | 80.0 % | 0.950 | 0.600 | -0.350 |" in text
+    assert "in **2 of 3** stable settings" in text and "| anila | 0.1 | 1 | 20 | buffer | 0/1 | 80.0 % | 0.950 | 0.600 | -0.350 |" in text
     assert [r["b"] for r in sweep.two_density_rows(summarize(TWO))] == [3.0, 30.0, 0.03]
 
 
