@@ -129,6 +129,15 @@ def _number(answer):
     return None
 
 
+def _read_number(answer, exercise: str, expected: str) -> tuple[float | None, Verdict | None]:
+    """A numeric answer as ``(value, None)``, or ``(None, verdict)`` for the placeholder or an answer that is no number (``expected`` says what is)."""
+    if _is_placeholder(answer):
+        return None, _unanswered(exercise)
+    value = _number(answer)
+    if value is None:
+        return None, _invalid(exercise, f"expected {expected}; got {answer!r}.")
+    return value, None
+
 def _close(a: float, b: float, rel: float) -> bool:
     return abs(a - b) <= rel * abs(b)
 
@@ -681,11 +690,9 @@ PIXEL_THRESHOLD = 0.04
 def check_pixel_norm_ratio(answer) -> Verdict:
     """Whether ``answer`` is γ/ε for a pixel with channel gradients :data:`PIXEL_GRADIENT` under ``norm="pixel"`` at b = :data:`PIXEL_THRESHOLD`."""
     exercise = "the pixel norm"
-    if _is_placeholder(answer):
-        return _unanswered(exercise)
-    value = _number(answer)
-    if value is None:
-        return _invalid(exercise, f"expected one number, γ/ε in (0, 1]; got {answer!r}.")
+    value, problem = _read_number(answer, exercise, "one number, γ/ε in (0, 1]")
+    if problem is not None:
+        return problem
     g = torch.tensor(PIXEL_GRADIENT, dtype=torch.float64).view(1, 3, 1, 1)
     expected = float(AniLA(1.0, PIXEL_THRESHOLD, norm="pixel").step_sizes(g)[0, 0, 0, 0])  # the package's own map, ε = 1
     length = float(g.norm())
@@ -712,11 +719,9 @@ def check_pixel_norm_ratio(answer) -> Verdict:
 def check_drift_length(answer, step_size: float, grad: float) -> Verdict:
     """Whether ``answer`` is the length of one drift step, ``step_size · grad / 2``, for a pixel whose gradient is ``grad``."""
     exercise = "how far one step goes"
-    if _is_placeholder(answer):
-        return _unanswered(exercise)
-    value = _number(answer)
-    if value is None:
-        return _invalid(exercise, f"expected one number, a distance in pixel units; got {answer!r}.")
+    value, problem = _read_number(answer, exercise, "one number, a distance in pixel units")
+    if problem is not None:
+        return problem
     g = torch.full((1, 1), float(grad), dtype=torch.float64)
     # the package's own move: Langevin's step size times the gradient, halved (noise left out)
     expected = float(0.5 * Langevin(step_size).step_sizes(g) * g)
@@ -780,11 +785,9 @@ def check_auroc(answer) -> Verdict:
     from anila_core.images.ood import auroc
 
     exercise = "the AUROC by hand"
-    if _is_placeholder(answer):
-        return _unanswered(exercise)
-    value = _number(answer)
-    if value is None:
-        return _invalid(exercise, f"expected one number in [0, 1]; got {answer!r}.")
+    value, problem = _read_number(answer, exercise, "one number in [0, 1]")
+    if problem is not None:
+        return problem
     expected = auroc(torch.tensor(AUROC_IN), torch.tensor(AUROC_OUT))
     pairs = len(AUROC_IN) * len(AUROC_OUT)
     won = round(expected * pairs)
