@@ -1,4 +1,4 @@
-"""The run-comparison rule of the notebooks' verdicts: an erratic loser still loses, equal runs tie, crossing runs have no winner."""
+"""The run-comparison rule of the notebooks' verdicts (an erratic loser still loses, equal runs tie, crossing runs have no winner), and the check of notebook outputs for noise."""
 
 import math
 
@@ -61,3 +61,24 @@ def test_too_few_shared_evaluations_and_bad_arguments():
         compare_runs({"a": rows([0.1])}, "grid_tv")
     with pytest.raises(ValueError, match="last_share"):
         compare_runs({"a": rows([0.1]), "b": rows([0.2])}, "grid_tv", last_share=0)
+
+
+def test_notebook_noise_finds_stderr_and_warnings_and_passes_clean_outputs():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from notebook_noise import noise_in_outputs
+
+    def nb(*outputs):
+        return {"cells": [{"cell_type": "markdown", "source": "UserWarning: in prose is fine"},
+                          {"cell_type": "code", "id": "c1", "outputs": list(outputs)}]}
+
+    clean = nb({"output_type": "stream", "name": "stdout", "text": "iteration 10: gap -0.1\n"},
+               {"output_type": "display_data", "data": {"text/plain": "<Figure>", "image/png": "..."}})
+    assert noise_in_outputs(clean) == []
+    stderr = noise_in_outputs(nb({"output_type": "stream", "name": "stderr", "text": "notice: FID uses other features\n"}))
+    assert len(stderr) == 1 and "stderr" in stderr[0] and "(c1)" in stderr[0]
+    printed = nb({"output_type": "stream", "name": "stdout", "text": "x.py:3: UserWarning: Converting a tensor\n"})
+    assert "warning on stdout" in noise_in_outputs(printed)[0]
+    assert noise_in_outputs(nb({"output_type": "stream", "name": "stderr", "text": "\n"})) == []  # an empty line is no message
