@@ -7,6 +7,7 @@ named here, so the notebook's text follows what its runs did at any budget.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
@@ -97,7 +98,9 @@ def plot_watched(runs: dict[str, Watched], snapshots: int = 4, title: str = ""):
         for j in range(snapshots):
             a = fig.add_subplot(grid[i, 1 + j])
             if j < len(shown):
-                show_image_grid(w.snapshots[shown[j]], nrow=4, ax=a, title=f"{label}\niteration {shown[j]}" if j == 0 else f"iteration {shown[j]}")
+                # the run's name wrapped to the panel's width, so that a long one does not run over its neighbour
+                name = textwrap.fill(label, 22)
+                show_image_grid(w.snapshots[shown[j]], nrow=4, ax=a, title=f"{name}\niteration {shown[j]}" if j == 0 else f"iteration {shown[j]}")
             else:
                 a.set_axis_off()
     return fig
@@ -116,9 +119,14 @@ def diagnose(label: str, w: Watched) -> str:
                      + ", ".join(str(r["iter"]) for r in w.trainer.rollbacks) + f"; learning rate now ×{w.trainer.lr_factor:g})")
     if w.stopped:
         parts.append(f"**stopped by the guard** after iteration {w.trainer.iteration}: {w.error.split(';')[0]}")
-    if max(abs(g) for g in gaps) > RUNAWAY_GAP:
-        parts.append(f"**the energy gap ran away** (largest |gap| {max(abs(g) for g in gaps):.3g}, against ±1 for a healthy run): "
-                     "the loss pushes the data down and the samples up without limit")
+    largest = max(abs(g) for g in gaps)
+    if largest > RUNAWAY_GAP and abs(gaps[-1]) > 2 * abs(late[0]):
+        # still growing: at the end more than twice what it was halfway through
+        parts.append(f"**the energy gap ran away** (|gap| {abs(late[0]):.3g} halfway, {abs(gaps[-1]):.3g} at the end, against ±1 for "
+                     "a healthy run): the loss pushes the data down and the samples up without limit")
+    elif largest > RUNAWAY_GAP:
+        parts.append(f"**the energy gap swung far** (up to {largest:.3g} in size, against ±1 for a healthy run) but did not keep "
+                     f"growing (last {gaps[-1]:+.3g}): the chains did not keep up with the model, and something held the gap back")
     elif sum(late) / len(late) < LAGGING_GAP:
         parts.append(f"**the chains lag**: the gap averaged {sum(late) / len(late):+.2f} over the second half, the samples sit "
                      "above the data in energy")
