@@ -1,4 +1,4 @@
-"""Under nbmake each notebook also fails on stray output: text on stderr or a warning in any cell (tests/notebook_noise.py says what counts)."""
+"""Under nbmake every notebook of the session (these and apps/) also fails on stray output: text on stderr or a warning in any cell (tests/notebook_noise.py says what counts)."""
 
 import sys
 from pathlib import Path
