@@ -38,7 +38,7 @@ LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab $(LAB_FLAGS) notebooks/
 
-# notebooks 04 and 05 run in CI on tiny CIFAR-10 / Flowers102 files written in the real formats
+# notebook 04 runs in CI on tiny CIFAR-10 / Flowers102 files written in the real formats (without them, on its offline stand-in)
 CI_DATA := $(CURDIR)/.ci-data
 
 test: $(STAMP)
@@ -58,7 +58,7 @@ test-browser: $(STAMP) site
 	ANILA_BUDGET=smoke ANILA_CHROMIUM=$(CHROMIUM) ANILA_SITE=$(CURDIR)/$(SITE_HTML) $(PY) -m pytest -q -rs -m browser tests/browser
 
 # The course as a website (Jupyter Book; book/_config.yml and book/_toc.yml): the README as its landing page,
-# every notebooks/NN_*.ipynb executed at the smoke budget (04 and 05 on the tiny datasets of make test), docs/.
+# every notebooks/NN_*.ipynb executed at the smoke budget (04 on the tiny datasets of make test), docs/.
 # Jupyter Book keeps each executed notebook until its code changes, and Sphinx each page until its source
 # changes; neither sees the package, so a change there (or to the tiny datasets or the book's settings) starts
 # the build afresh. The kernels draw their figures inline, as in JupyterLab: MPLBACKEND (make test sets Agg)

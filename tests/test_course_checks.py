@@ -17,6 +17,11 @@ NOTEBOOKS = {
     "01": ROOT / "notebooks" / "01_sampling_known_energies.ipynb",
     "02": ROOT / "notebooks" / "02_rings_toy_ebm.ipynb",
     "03": ROOT / "notebooks" / "03_digits_first_image_ebm.ipynb",
+    "04": ROOT / "notebooks" / "04_colour_images.ipynb",
+    "05": ROOT / "notebooks" / "05_when_training_fails.ipynb",
+    "06": ROOT / "notebooks" / "06_when_does_anila_help.ipynb",
+    "07": ROOT / "notebooks" / "07_what_ebms_are_for.ipynb",
+    "08": ROOT / "notebooks" / "08_your_own_data.ipynb",
 }
 GRAD = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
 
@@ -33,6 +38,11 @@ CHECKS = [
     (checks.check_dark_border, ()),
     (checks.check_sample_norm_ratio, ()),
     (checks.check_crossing_steps, (1.0, 0.1)),
+    (checks.check_pixel_norm_ratio, ()),
+    (checks.check_drift_length, (100.0, 0.05)),
+    (checks.check_clipped_none, ()),
+    (checks.check_auroc, ()),
+    (checks.check_sliced_vs_grid, ()),
 ]
 IDS = [fn.__name__ for fn, _ in CHECKS]
 
@@ -263,11 +273,47 @@ def _notebook(key):
     return json.loads(NOTEBOOKS[key].read_text())
 
 
+# --------------------------------------------------------------------------- notebooks 04–08
+
+
+def test_pixel_norm_ratio_is_b_over_the_pixels_gradient_length():
+    assert checks.check_pixel_norm_ratio(0.8).status == RIGHT
+    assert checks.check_pixel_norm_ratio("0.80").status == RIGHT
+    coordinate = checks.check_pixel_norm_ratio(1.0)  # each channel alone is at most b
+    assert coordinate.status == WRONG and "coordinate norm" in coordinate.message
+    assert checks.check_pixel_norm_ratio(0.04 / 0.07).status == WRONG  # the channels' sizes added
+
+
+def test_drift_length_is_half_the_step_times_the_gradient_and_says_whether_it_crosses_the_range():
+    crosses = checks.check_drift_length(2.5, 100.0, 0.05)
+    assert crosses.status == RIGHT and "more than the whole range" in crosses.message
+    inside = checks.check_drift_length(0.05, 1.0, 0.1)
+    assert inside.status == RIGHT and "does not cross" in inside.message
+    assert "ε·g:" in checks.check_drift_length(5.0, 100.0, 0.05).message
+
+
+def test_auroc_is_the_share_of_pairs_with_the_outlier_higher():
+    from anila_core.images.ood import auroc
+
+    truth = sum(o > i for o in checks.AUROC_OUT for i in checks.AUROC_IN) / (len(checks.AUROC_IN) * len(checks.AUROC_OUT))
+    assert auroc(torch.tensor(checks.AUROC_IN), torch.tensor(checks.AUROC_OUT)) == pytest.approx(truth)
+    assert checks.check_auroc(truth).status == RIGHT
+    assert "upside down" in checks.check_auroc(1 - truth).message
+
+
+@pytest.mark.parametrize("fn, question", [
+    (checks.check_clipped_none, checks.CLIPPED_NONE_QUESTION), (checks.check_sliced_vs_grid, checks.SLICED_VS_GRID_QUESTION),
+])
+def test_multiple_choice_of_06_and_08_accepts_only_its_right_letter(fn, question):
+    for letter, choice in question.options.items():
+        assert fn(letter).status == (RIGHT if choice.right else WRONG)
+    assert "equal" in checks.check_clipped_none("b").message  # the package's own steps, checked
+
 @pytest.mark.parametrize("key", sorted(NOTEBOOKS))
 def test_each_notebook_has_exercises_with_hidden_solutions(key):
     cells = _notebook(key)["cells"]
     solutions = [c for c in cells if "solution" in c["metadata"].get("tags", [])]
-    assert len(solutions) >= 2
+    assert len(solutions) >= (2 if key <= "03" else 1)  # 00–03 hold two or three exercises, 04–08 at least one
     for cell in solutions:
         assert cell["cell_type"] == "code" and cell["metadata"]["jupyter"]["source_hidden"] is True
         assert "hide-input" in cell["metadata"]["tags"]

@@ -1,4 +1,4 @@
-"""The trained-image panel of notebooks 04, 05 and 07: sample_trained_images' logic, and sliders that rerun it and update the figure in place."""
+"""The trained-image panel of notebooks 04 and 07: sample_trained_images' logic, and sliders that rerun it and update the figure in place."""
 
 import matplotlib
 

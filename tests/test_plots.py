@@ -138,6 +138,17 @@ def test_convergence_plot_is_log_scale_with_floor():
         plots.plot_convergence(res, metric="mmd")
 
 
+def test_convergence_plot_keeps_a_line_whose_unbiased_mmd_dips_below_zero():
+    # an unbiased MMD² at the target scatters around 0: the negative value is drawn at a tenth of the floor, not dropped
+    res = ConvergenceResult("mala", "g", steps=[0, 1, 10, 100, 400], n_chains=10, tv=[1.0, 0.8, 0.3, 0.1, 0.1], tv_floor=0.09,
+                            mmd=[1.0, 0.5, 0.01, 0.002, -0.001], mmd_floor=0.002)
+    lines = plots.plot_convergence(res, metric="mmd")
+    np.testing.assert_allclose(lines["mala"].get_xdata(), [1, 10, 100, 400])
+    np.testing.assert_allclose(lines["mala"].get_ydata(), [0.5, 0.01, 0.002, 0.0002])
+    labels = lines["mala"].axes.get_legend_handles_labels()[1]
+    assert any(label.startswith("≤ 0") for label in labels)
+
+
 def test_image_grid_maps_minus_one_one_to_zero_one_and_tiles():
     x = torch.stack([torch.full((3, 4, 5), -1.0), torch.full((3, 4, 5), 1.0), torch.full((3, 4, 5), 3.0)])
     grid = plots.sample_image_grid(x, nrow=2, padding=1, pad_value=0.5)
@@ -152,3 +163,26 @@ def test_image_grid_maps_minus_one_one_to_zero_one_and_tiles():
         plots.sample_image_grid(torch.zeros(2, 4, 4))
     with pytest.raises(ValueError, match="nrow"):
         plots.sample_image_grid(x, nrow=0)
+
+
+def test_runs_that_coincide_stay_visible_and_the_wall_time_note_reads_the_rates():
+    from types import SimpleNamespace
+
+    from anila_core.ui.report import distinguish_runs, wall_time_note
+
+    fig, axes = plt.subplots(1, 2)
+    for ax in axes:
+        for label in ("Langevin", "AniLA b = 30"):  # the same numbers: the second line lies exactly on the first
+            ax.plot([1, 2, 3], [0.3, 0.2, 0.1], label=label)
+        ax.legend()
+    styles = distinguish_runs(axes)
+    first, second = axes[0].get_lines()
+    assert first.get_linestyle() != second.get_linestyle() and first.get_marker() != second.get_marker()
+    assert first.get_linewidth() > second.get_linewidth() and first.get_zorder() < second.get_zorder()  # the wide one below
+    assert set(styles) == {"Langevin", "AniLA b = 30"}
+    plt.close(fig)
+    slow = SimpleNamespace(history=[{"iter": 100 * i, "wall_s": 40.0 * i} for i in range(1, 5)])  # 2.5 iterations/s
+    fast = SimpleNamespace(history=[{"iter": 100 * i, "wall_s": 5.0 * i} for i in range(1, 5)])  # 20 iterations/s
+    note = wall_time_note({"a": slow, "b": fast})
+    assert "a 2.5–2.5 (2.5)" in note and "b 20–20 (20)" in note and "×8.0" in note
+    assert "×" not in wall_time_note({"a": slow, "b": slow})

@@ -70,7 +70,7 @@ def test_summary_pools_seeds_exactly():
     assert best["anila"]["best"]["step_size"] == 0.1 and best["anila"]["best"]["grid_tv"] == pytest.approx(0.3)
     table = sweep.markdown_report(FIXED)
     assert "| langevin | 0.1 | — | 30 | buffer | 2 | 1/2 | 1/2 | 0.300 |" in table
-    assert "| anila | 0.1 | 3 | 0.300 ± 0.071 | 0.1 |" in table
+    assert "| anila | 0.1 | 3 | 30 | buffer | 0.300 ± 0.071 | 0.1 |" in table  # K and chains tell apart settings sharing ε and b
 
 
 def _two_density_cell(kind, eps, b, seed, tv, sampler_tv, clipped, chains="buffer", n_steps=20, cpu=(10.0, 20.0)):

@@ -45,6 +45,15 @@ __all__ = [
     "check_dark_border",
     "check_sample_norm_ratio",
     "check_crossing_steps",
+    "check_pixel_norm_ratio",
+    "check_drift_length",
+    "CLIPPED_NONE_QUESTION",
+    "check_clipped_none",
+    "AUROC_IN",
+    "AUROC_OUT",
+    "check_auroc",
+    "SLICED_VS_GRID_QUESTION",
+    "check_sliced_vs_grid",
 ]
 
 RIGHT, WRONG, UNANSWERED, INVALID = "right", "wrong", "not answered", "cannot check"
@@ -119,6 +128,15 @@ def _number(answer):
             return None
     return None
 
+
+def _read_number(answer, exercise: str, expected: str) -> tuple[float | None, Verdict | None]:
+    """A numeric answer as ``(value, None)``, or ``(None, verdict)`` for the placeholder or an answer that is no number (``expected`` says what is)."""
+    if _is_placeholder(answer):
+        return None, _unanswered(exercise)
+    value = _number(answer)
+    if value is None:
+        return None, _invalid(exercise, f"expected {expected}; got {answer!r}.")
+    return value, None
 
 def _close(a: float, b: float, rel: float) -> bool:
     return abs(a - b) <= rel * abs(b)
@@ -660,3 +678,154 @@ def check_crossing_steps(answer, step_size: float, b: float, distance: float = 2
         if abs(value - mistake) <= max(1.0, 0.01 * mistake):
             return _wrong(exercise, why)
     return _wrong(exercise, f"{_fmt(value)} steps is not it. The clipped drift per step is ε·b/2; how many of those make {distance:g}?")
+
+
+# --------------------------------------------------------------------------- notebook 04: colour images
+
+#: the pixel of notebook 04's exercise: its three channel gradients and AniLA's threshold
+PIXEL_GRADIENT = (0.03, 0.04, 0.0)
+PIXEL_THRESHOLD = 0.04
+
+
+def check_pixel_norm_ratio(answer) -> Verdict:
+    """Whether ``answer`` is γ/ε for a pixel with channel gradients :data:`PIXEL_GRADIENT` under ``norm="pixel"`` at b = :data:`PIXEL_THRESHOLD`."""
+    exercise = "the pixel norm"
+    value, problem = _read_number(answer, exercise, "one number, γ/ε in (0, 1]")
+    if problem is not None:
+        return problem
+    g = torch.tensor(PIXEL_GRADIENT, dtype=torch.float64).view(1, 3, 1, 1)
+    expected = float(AniLA(1.0, PIXEL_THRESHOLD, norm="pixel").step_sizes(g)[0, 0, 0, 0])  # the package's own map, ε = 1
+    length = float(g.norm())
+    if _close(value, expected, 1e-3):
+        return _right(exercise, f"the pixel's gradient has length √(0.03² + 0.04²) = {length:.2f} > b = {PIXEL_THRESHOLD:g}, so all three "
+                                f"channels take γ/ε = b/|g| = {expected:.2f}, though no single channel is steeper than b: the pixel norm "
+                                "shrinks at least as often as the coordinate norm.")
+    slips = {
+        1.0: "that is the coordinate norm's answer (each channel alone is at most 0.04 = b) or the largest channel's. The pixel norm "
+             "takes the length of the three-channel gradient, √(g_R² + g_G² + g_B²).",
+        PIXEL_THRESHOLD / 0.07: "you added the channels' sizes (0.07); the pixel norm takes the length √(g_R² + g_G² + g_B²).",
+        length / PIXEL_THRESHOLD: "upside down: γ/ε = b / max(b, |g|) is at most 1.",
+        PIXEL_THRESHOLD * 1.0: "that is b itself (the capped step ε·b/|g| needs |g|, the pixel gradient's length).",
+    }
+    for slip, why in slips.items():
+        if _close(value, slip, 1e-3):
+            return _wrong(exercise, why)
+    return _wrong(exercise, f"{_fmt(value)} is not it. The pixel's gradient length is √(0.03² + 0.04² + 0²); compare it with b.")
+
+
+# --------------------------------------------------------------------------- notebook 05: when training fails
+
+
+def check_drift_length(answer, step_size: float, grad: float) -> Verdict:
+    """Whether ``answer`` is the length of one drift step, ``step_size · grad / 2``, for a pixel whose gradient is ``grad``."""
+    exercise = "how far one step goes"
+    value, problem = _read_number(answer, exercise, "one number, a distance in pixel units")
+    if problem is not None:
+        return problem
+    g = torch.full((1, 1), float(grad), dtype=torch.float64)
+    # the package's own move: Langevin's step size times the gradient, halved (noise left out)
+    expected = float(0.5 * Langevin(step_size).step_sizes(g) * g)
+    if _close(value, expected, 1e-3):
+        crosses = expected > 2
+        return _right(exercise, f"ε·g/2 = {_fmt(expected)}"
+                      + (f", more than the whole range [−1, 1] (width 2): one step throws a typical pixel from one wall of the box to "
+                         "the other, and the clamp leaves it at ±1. Hence the saturated samples." if crosses else
+                         f", {expected / 2:.0%} of the range's width: a typical pixel does not cross the range in one step, but the "
+                         "steep ones (the rms hides them) do, and those end at ±1."))
+    if _close(value, 2 * expected, 1e-3):
+        return _wrong(exercise, "that is ε·g: the drift is ε/2 times the gradient.")
+    if _close(value, expected / step_size, 1e-3) or _close(value, float(grad), 1e-3):
+        return _wrong(exercise, "multiply by the step size ε: the drift is (ε/2)·g.")
+    return _wrong(exercise, f"{_fmt(value)} is not it: the drift term of the update x − (ε/2)·∇E moves the pixel by ε·g/2.")
+
+
+# --------------------------------------------------------------------------- notebook 06: when does AniLA help
+
+CLIPPED_NONE_QUESTION = MultipleChoice(
+    "AniLA that never clips",
+    "An AniLA setting of the study clipped 0.0 % of the coordinates over its whole training run and ended at the same grid TV "
+    "as Langevin at the same step size. What does that say about AniLA's anisotropic step?",
+    {
+        "a": Choice("That it samples as well as Langevin, with no tuning needed.",
+                    "the run never used the anisotropic step: it says nothing about how well that step samples."),
+        "b": Choice("Nothing: with |∇E| < b at every coordinate, γ = ε everywhere, so this run *is* Langevin, step for step.",
+                    "since γ = ε·b/max(b, |g|) equals ε wherever |g| ≤ b, a run that never clips draws the same chain as Langevin "
+                    "from the same noise. A comparison speaks about the anisotropic step only where the clipped share is well above 0.",
+                    right=True),
+        "c": Choice("That clipping is harmless, so a smaller b would do as well.",
+                    "a smaller b clips, which makes it a different sampler; this run cannot say what that one does (the heatmaps of "
+                    "section (b) show it)."),
+        "d": Choice("That the target is too easy for any sampler to fail on.",
+                    "the run never tried the anisotropic step, easy target or not; and the stability region of section (c) shows "
+                    "samplers failing on this target."),
+    },
+)
+
+
+def check_clipped_none(answer) -> Verdict:
+    """The letter of :data:`CLIPPED_NONE_QUESTION`; a right answer also gets the package's own check that b above every |g| gives Langevin's steps."""
+    verdict = CLIPPED_NONE_QUESTION.check(answer)
+    if not verdict.correct:
+        return verdict
+    g = torch.linspace(-29.0, 29.0, 59, dtype=torch.float64).view(1, -1)
+    same = torch.equal(AniLA(0.01, 30.0).step_sizes(g), Langevin(0.01).step_sizes(g))
+    return CLIPPED_NONE_QUESTION.check(answer, f"Checked on the package's samplers: for |g| ≤ 29 < b = 30 AniLA's step sizes "
+                                               f"{'equal' if same else 'differ from'} Langevin's.")
+
+
+# --------------------------------------------------------------------------- notebook 07: what EBMs are for
+
+#: the energies of notebook 07's exercise: three held-out digits, then two outliers
+AUROC_IN = (1.0, 2.0, 3.0)
+AUROC_OUT = (2.5, 4.0)
+
+
+def check_auroc(answer) -> Verdict:
+    """Whether ``answer`` is the AUROC of flagging :data:`AUROC_OUT` against :data:`AUROC_IN` by a high energy (the package's ``ood.auroc``)."""
+    from anila_core.images.ood import auroc
+
+    exercise = "the AUROC by hand"
+    value, problem = _read_number(answer, exercise, "one number in [0, 1]")
+    if problem is not None:
+        return problem
+    expected = auroc(torch.tensor(AUROC_IN), torch.tensor(AUROC_OUT))
+    pairs = len(AUROC_IN) * len(AUROC_OUT)
+    won = round(expected * pairs)
+    if _close(value, expected, 1e-3):
+        return _right(exercise, f"{won} of the {pairs} (digit, outlier) pairs have the outlier higher in energy: AUROC = {won}/{pairs} "
+                                f"= {expected:.3f}, as `ood.auroc` computes it from ranks. 1 would be a perfect detector, 0.5 a coin.")
+    if _close(value, 1 - expected, 1e-3):
+        return _wrong(exercise, "upside down: count the pairs where the *outlier* has the higher energy (a high energy flags it).")
+    if _close(value, won, 1e-3):
+        return _wrong(exercise, f"that is the number of pairs won; divide by the {pairs} pairs.")
+    return _wrong(exercise, f"{_fmt(value)} is not it: take every (digit, outlier) pair, {pairs} of them, and count the share where "
+                            "the outlier's energy is higher.")
+
+
+# --------------------------------------------------------------------------- notebook 08: your own data
+
+SLICED_VS_GRID_QUESTION = MultipleChoice(
+    "two distances that disagree",
+    "On the swiss roll, every sampler's sliced Wasserstein distance to the held-out points falls during training while its "
+    "KDE grid TV rises. Which reading is right?",
+    {
+        "a": Choice("One of the two is computed wrongly: two distances between the same sets cannot move in opposite directions.",
+                    "they measure different things. Sliced Wasserstein compares one-dimensional projections of the *samples*; "
+                    "the grid TV compares the model's *density* exp(−E) with a smoothed density of the data, cell by cell."),
+        "b": Choice("The samples spread out to the roll's extent, which the projections reward, while exp(−E) fills the gaps "
+                    "between the roll's arms, which the grid TV, cell by cell, counts against it.",
+                    "a filled disc of the roll's size has nearly the projections of the roll, so the sliced distance falls as the "
+                    "samples reach that size; the density in the gaps between the arms, where the data have none, is what the grid "
+                    "TV sees growing. The model learned the roll's extent, not its spiral.",
+                    right=True),
+        "c": Choice("The KDE grid TV rises because the held-out points change during training.",
+                    "the held-out fifth is fixed by a seed when the file is read; it is the same at every evaluation."),
+        "d": Choice("The model is overfitting the training points, which only the grid TV can detect.",
+                    "an overfit model would put its mass on the training points, *sharper* than the roll, not blur it into a disc."),
+    },
+)
+
+
+def check_sliced_vs_grid(answer) -> Verdict:
+    """The letter of :data:`SLICED_VS_GRID_QUESTION`."""
+    return SLICED_VS_GRID_QUESTION.check(answer)

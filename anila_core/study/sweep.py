@@ -823,6 +823,11 @@ def _other_settings(row: dict) -> str:
     return "—"
 
 
+def _steps_text(r: dict) -> str:
+    """K of a setting as the tables print it: the transitions, times the leapfrog steps of each where there are several (HMC)."""
+    return str(r["n_steps"]) if r["gradients"] == r["n_steps"] else f"{r['n_steps']}×{r['gradients'] // r['n_steps']}"
+
+
 def setting_table(rows: Sequence[dict], images: bool = False, points: bool = False) -> str:
     """Rows of :func:`summarize` (seeds pooled per setting) as a markdown table."""
     if images:
@@ -835,8 +840,7 @@ def setting_table(rows: Sequence[dict], images: bool = False, points: bool = Fal
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         n = len(r["seeds"])
-        k = str(r["n_steps"]) if r["gradients"] == r["n_steps"] else f"{r['n_steps']}×{r['gradients'] // r['n_steps']}"
-        head = (f"| {r['kind']} | {_number(r['step_size'])} | {_other_settings(r)} | {k} | "
+        head = (f"| {r['kind']} | {_number(r['step_size'])} | {_other_settings(r)} | {_steps_text(r)} | "
                 f"{r['chains']} | {n} | {r['diverged']}/{n} |")
         clipped = "—" if r["clipped_share"] is None else f"{100 * r['clipped_share']:.1f} %"
         if images:
@@ -891,15 +895,17 @@ def markdown_report(summary: dict) -> str:
     ]
     best = best_settings(summary)
     metric = QUALITY_LABELS[key]
-    lines += [f"| sampler | step size | b | final {metric} | stable step sizes (every seed) |", "|---|---|---|---|---|"]
+    # K and the chain kind distinguish settings that share ε and b (the study also varies them)
+    lines += [f"| sampler | step size | b / L / λ | K | chains | final {metric} | stable step sizes (every seed) |",
+              "|---|---|---|---|---|---|---|"]
     for entry in best:
         w = entry["best"]
         steps = ", ".join(_number(s) for s in entry["stable_step_sizes"]) or "none"
         if w is None:
-            lines.append(f"| {entry['kind']} | — | — | no setting stable for every seed | {steps} |")
+            lines.append(f"| {entry['kind']} | — | — | — | — | no setting stable for every seed | {steps} |")
         else:
-            lines.append(f"| {entry['kind']} | {_number(w['step_size'])} | {'—' if w['b'] is None else _number(w['b'])} | "
-                         f"{_fmt(w[key], 3, w.get(key + '_sd'))} | {steps} |")
+            lines.append(f"| {entry['kind']} | {_number(w['step_size'])} | {_other_settings(w)} | "
+                         f"{_steps_text(w)} | {w['chains']} | {_fmt(w[key], 3, w.get(key + '_sd'))} | {steps} |")
     lines += _verdict_section(summary, rows) + _tuning_section(summary, rows)
     if not images and not points:  # the rings' own sections: the paper's rule, the two densities, a fixed budget
         lines += _paper_rule_section(summary, rows, best) + _two_densities_section(rows, summary) + _budget_section(summary)
@@ -1058,7 +1064,7 @@ def _two_densities_section(rows: list[dict], summary: dict | None = None) -> lis
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in finished:
         n = len(r["seeds"])
-        lines.append(f"| {r['kind']} | {_number(r['step_size'])} | {_number(r['b'])} | {r['n_steps']} | {r['chains']} | "
+        lines.append(f"| {r['kind']} | {_number(r['step_size'])} | {_number(r['b'])} | {_steps_text(r)} | {r['chains']} | "
                      f"{round(r['stable_share'] * n)}/{n} | {100 * (r['clipped_share'] or 0):.1f} % | {_fmt(r['grid_tv'])} | "
                      f"{_fmt(r['sampler_grid_tv'])} | {r['sampler_grid_tv'] - r['grid_tv']:+.3f} | {_fmt(r.get('chains_tv'))} | "
                      f"{_fmt(r.get('chains_sampler_tv'))} |")
@@ -1132,13 +1138,9 @@ def plot_heatmaps(summary: dict, axes=None):
     mine = {kind: [r for r in rows if r["kind"] == kind] for kind in kinds}
     bs = {kind: sorted({r["b"] for r in mine[kind] if r["b"] is not None}) or [None] for kind in kinds}
     steps = {kind: sorted({r["step_size"] for r in mine[kind]}) for kind in kinds}
+    colorbar_axes = None
     if axes is None:
-        widths = [max(1.0, 0.75 * len(bs[kind])) for kind in kinds]
-        tallest = max(len(v) for v in steps.values())
-        # constrained layout keeps each panel's ε labels, the titles and the colour bar apart
-        _, axes = plt.subplots(1, len(kinds), figsize=(1.45 * sum(widths) + 2.5, 0.42 * tallest + 2.0), squeeze=False,
-                               layout="constrained", gridspec_kw={"width_ratios": widths})
-        axes = list(axes[0])
+        axes, colorbar_axes = _heatmap_axes(kinds, bs, steps)
     vmax = 1.0 if key == "grid_tv" else max((r.get(key, 0) for r in rows), default=1.0) or 1.0
     image = None
     for ax, kind in zip(axes, kinds):
@@ -1148,20 +1150,55 @@ def plot_heatmaps(summary: dict, axes=None):
             grid[i, j] = r.get(key, np.nan)
             mark = "" if r["stable_share"] == 1 else "✕"
             text = "div" if key not in r else f"{r[key]:.2f}"
-            ax.text(j, i, f"{text}{mark}", ha="center", va="center", fontsize=7,
+            ax.text(j, i, f"{text}{mark}", ha="center", va="center", fontsize=9,
                     color="white" if key in r and r[key] > 0.55 * vmax else "black")
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
-        ax.set_xticks(range(len(bs[kind])), ["—" if b is None else _number(b) for b in bs[kind]], fontsize=8)
-        ax.set_yticks(range(len(steps[kind])), [_number(v) for v in steps[kind]], fontsize=8)
-        ax.set_title(kind, fontsize=9)
+        ax.set_xticks(range(len(bs[kind])), ["—" if b is None else _number(b) for b in bs[kind]], fontsize=9)
+        ax.set_yticks(range(len(steps[kind])), [_number(v) for v in steps[kind]], fontsize=9)
+        ax.set_title(kind, fontsize=11)
         ax.set_xlabel("b" if bs[kind] != [None] else "")
-    axes[0].set_ylabel("step size ε")
+        ax.set_ylabel("step size ε" if ax.get_subplotspec().is_first_col() else "")
     if image is not None:
         label = f"final {QUALITY_LABELS[key]} (lower is better)"
-        axes[0].figure.colorbar(image, ax=list(axes), label=label, shrink=0.9)
+        if colorbar_axes is not None:
+            axes[0].figure.colorbar(image, cax=colorbar_axes, label=label)
+        else:
+            axes[0].figure.colorbar(image, ax=list(axes), label=label, shrink=0.9)
     axes[0].figure.suptitle(f"quality over (ε, b), {budget} gradients per iteration, {chains} chains; ✕: a seed diverged or collapsed",
-                            fontsize=10)
+                            fontsize=11)
     return axes
+
+
+#: the widest row of heatmap panels, in units of one threshold column: what stays readable on a projector at 9-point numbers
+HEATMAP_ROW_UNITS = 7.0
+
+
+def _heatmap_axes(kinds: list[str], bs: dict, steps: dict) -> tuple[list, object]:
+    """Panels for :func:`plot_heatmaps` in rows no wider than :data:`HEATMAP_ROW_UNITS`, each as wide as its thresholds need.
+
+    One row of every sampler was about 19 inches (1900 pixels on screen) with 6-point numbers:
+    unreadable at lecture size. Rows keep the figure about 11 inches wide at 9 points.
+    """
+    import matplotlib.pyplot as plt
+
+    widths = {kind: max(1.0, 0.75 * len(bs[kind])) for kind in kinds}
+    rows: list[list[str]] = [[]]
+    for kind in kinds:
+        if rows[-1] and sum(widths[k] for k in rows[-1]) + widths[kind] > HEATMAP_ROW_UNITS:
+            rows.append([])
+        rows[-1].append(kind)
+    widest = max(sum(widths[k] for k in row) for row in rows)
+    tallest = max(len(v) for v in steps.values())
+    # constrained layout keeps each panel's ε labels, the titles and the colour bar apart
+    fig = plt.figure(figsize=(1.45 * widest + 2.5, (0.5 * tallest + 1.5) * len(rows) + 0.6), layout="constrained")
+    outer = fig.add_gridspec(len(rows), 2, width_ratios=[widest, 0.2])  # the colour bar's own column, for every row
+    axes = []
+    for i, row in enumerate(rows):
+        # a last column takes up what the row leaves free, so every panel keeps the width of its thresholds
+        free = widest - sum(widths[k] for k in row)
+        inner = outer[i, 0].subgridspec(1, len(row) + (free > 0), width_ratios=[widths[k] for k in row] + ([free] if free > 0 else []))
+        axes += [fig.add_subplot(inner[0, j]) for j in range(len(row))]
+    return axes, fig.add_subplot(outer[:, 1])
 
 
 def plot_stability(summary: dict, ax=None):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
+
+from anila_core.notices import notice as show_notice
 
 from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, histogram_tv, mmd
 from anila_core.sampling.kernel import Trace
@@ -192,7 +193,7 @@ class ImageScoring:
                           f"and final.json say \"fid\": null). Why: {err}")
                 if trainer.dist.is_main and notice not in _NOTICES_SHOWN:
                     _NOTICES_SHOWN.add(notice)
-                    print(notice, file=sys.stderr, flush=True)
+                    show_notice(notice)
         return self._scorer
 
     def _folder_scorer(self, trainer):
@@ -209,7 +210,7 @@ class ImageScoring:
                       "folder, not with Inception FIDs")
             if trainer.dist.is_main and notice not in _NOTICES_SHOWN:
                 _NOTICES_SHOWN.add(notice)
-                print(notice, file=sys.stderr, flush=True)
+                show_notice(notice)
         return scorer
 
     def scores(self, trainer) -> dict:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
+from anila_core.notices import notice
 from anila_core.training.state import restore, snapshot
 
 __all__ = ["TrainingDiverged", "Guard", "step_problem", "parameters_finite", "optimizer_overflow", "roll_back"]
@@ -108,7 +108,7 @@ def roll_back(trainer, err: TrainingDiverged) -> dict:
               "lr_factor": trainer.lr_factor, "lr": trainer.learning_rate(trainer.iteration)}
     trainer.rollbacks.append(record)
     if trainer.dist.is_main:
-        print(f"warning: rollback at iteration {record['iter']}: {record['cause']}; back to the state of iteration "
+        notice(f"warning: rollback at iteration {record['iter']}: {record['cause']}; back to the state of iteration "
               f"{trainer.iteration}, learning rate now {record['lr']:.3g} (rollback {len(trainer.rollbacks)} of at most "
-              f"{c.max_rollbacks})", file=sys.stderr, flush=True)
+              f"{c.max_rollbacks})")
     return record

@@ -314,9 +314,11 @@ def plot_comparison(
 def plot_convergence(results, ax=None, metric: str = "tv", logx: bool = True, floor: bool = True) -> dict:
     """Distance to the target against steps on a log y-axis, one line per result, with the noise floor dashed.
 
-    ``results`` is one ``ConvergenceResult`` or a mapping label → result. Step 0 and
-    non-positive distances (an unbiased MMD² can dip below zero) cannot sit on a log axis
-    and are left out. Geometric ergodicity, ``distance ≤ C ρ^k``, is a straight line when
+    ``results`` is one ``ConvergenceResult`` or a mapping label → result. Step 0 cannot sit on
+    a log axis and is left out. A non-positive distance (an unbiased MMD² scatters around zero
+    once the chains are at the target, so it can dip below) is drawn as a downward triangle at
+    a tenth of the noise floor, on its line, so a line never vanishes without a word; the
+    legend says so. Geometric ergodicity, ``distance ≤ C ρ^k``, is a straight line when
     ``logx=False``; ``logx=True`` spreads out the first steps. Returns label → ``Line2D``
     (the floor under the key ``"noise floor"``).
     """
@@ -326,14 +328,25 @@ def plot_convergence(results, ax=None, metric: str = "tv", logx: bool = True, fl
         raise ValueError("results: expected at least one convergence result")
     ax = _axes(ax)
     lines = {}
+    level = float(np.mean([res.floor(metric) for res in results.values()]))
+    positive = [d for res in results.values() for d in res.distances(metric) if d > 0]
+    # where a value <= 0 is drawn: a tenth of the floor (or of the smallest positive value when the floor is not positive)
+    low = (level if level > 0 else min(positive, default=1.0)) / 10
+    clipped_any = False
     for label, res in results.items():
         steps = np.asarray(res.steps, dtype=float)
         dist = np.asarray(res.distances(metric), dtype=float)
-        keep = (steps > 0) & (dist > 0)
-        (lines[label],) = ax.plot(steps[keep], dist[keep], "o-", ms=3, label=label)
+        keep = steps > 0
+        shown = np.where(dist > 0, dist, low)
+        (lines[label],) = ax.plot(steps[keep], shown[keep], "o-", ms=3, label=label)
+        below = keep & (dist <= 0)
+        if below.any():
+            clipped_any = True
+            ax.plot(steps[below], shown[below], "v", ms=7, mfc="none", color=lines[label].get_color())
     if floor:
-        level = float(np.mean([res.floor(metric) for res in results.values()]))
         lines["noise floor"] = ax.axhline(level, color="grey", ls="--", lw=1, label="noise floor (exact samples)")
+    if clipped_any:
+        ax.plot([], [], "v", ms=7, mfc="none", color="grey", label="≤ 0 (an unbiased estimate at the floor), drawn at floor/10")
     ax.set_yscale("log")
     if logx:
         ax.set_xscale("log")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from anila_core.fileio import atomic_write
@@ -13,6 +14,8 @@ from anila_core.sampling.distances import grid_log_probs
 from anila_core.ui.plots import plot_density, plot_samples, show_image_grid
 
 __all__ = [
+    "distinguish_runs",
+    "wall_time_note",
     "save_run_figures",
     "plot_training_curves",
     "plot_energy_gap",
@@ -324,3 +327,57 @@ def image_markdown_table(finals: Mapping[str, dict]) -> str:
         own = "" if features <= {"inception", "digits classifier"} else ", not Inception's: comparable between runs on that folder only"
         note = f"\nFID/KID on {', '.join(sorted(features))} features{own}.\n"
     return "\n".join(lines) + "\n" + note
+
+
+#: per run, in order of appearance: line style, marker, line width, z-order. The first run is drawn widest and lowest, so a
+#: later run with the same numbers (AniLA at a b above every gradient is Langevin) lies on it, dashed, and both stay visible
+RUN_STYLES = (("-", "o", 3.0, 1), ("--", "s", 1.6, 2), (":", "^", 1.6, 3), ("-.", "D", 1.4, 4), ((0, (1, 1)), "v", 1.4, 5))
+
+
+def distinguish_runs(axes) -> dict[str, dict]:
+    """Give each labelled run on ``axes`` its own line style, marker and width (colours kept), and redraw the legends.
+
+    Returns label → the style given. Runs beyond :data:`RUN_STYLES` reuse its styles in turn.
+    """
+    axes = list(np.ravel(axes)) if not hasattr(axes, "get_lines") else [axes]
+    styles: dict[str, dict] = {}
+    for ax in axes:
+        for line in ax.get_lines():
+            label = line.get_label()
+            if label.startswith("_"):
+                continue
+            if label not in styles:
+                ls, marker, lw, z = RUN_STYLES[len(styles) % len(RUN_STYLES)]
+                styles[label] = dict(linestyle=ls, marker=marker, linewidth=lw, zorder=z, markersize=4 if z == 1 else 3)
+            line.set(**styles[label])
+        if ax.get_legend() is not None:
+            ax.legend(fontsize=8)
+    return styles
+
+
+def wall_time_note(trainers: Mapping) -> str:
+    """A Markdown paragraph on the runs' wall times: each run's iterations per second from its own rows, and what they do not measure.
+
+    The seconds are those of the machine that trained each run, shared with whatever else ran
+    there (other runs of the same ``compare`` included), so runs with the same work per
+    iteration can differ several-fold; the note says so with the rates that show it.
+    """
+    rates = {}
+    for label, t in trainers.items():
+        rows = [(r["iter"], r["wall_s"]) for r in t.history if r.get("wall_s") is not None]
+        steps = [(i1 - i0) / (w1 - w0) for (i0, w0), (i1, w1) in zip(rows, rows[1:]) if w1 > w0]
+        if steps:
+            rates[label] = (min(steps), float(np.median(steps)), max(steps))
+    if not rates:
+        return ""
+    text = ("**Wall times** are seconds of training on the machine that ran each run, shared with whatever else ran there. "
+            "Iterations per second, from each run's own rows (lowest–highest between evaluations, median): "
+            + ", ".join(f"{label} {lo:.3g}–{hi:.3g} ({mid:.3g})" for label, (lo, mid, hi) in rates.items()) + ".")
+    medians = [mid for _, mid, _ in rates.values()]
+    if max(medians) > 1.5 * min(medians):
+        text += (f" A ×{max(medians) / min(medians):.1f} difference that the samplers cannot explain (their work per iteration is "
+                 "the same network and K; AniLA's step map adds a few elementwise operations): the machine's load differed while "
+                 "each ran — `compare` and `demo` train runs in parallel processes, so runs that overlap share the cores. Do not "
+                 "rank speed by this column; `make bench` (benchmarks/RESULTS.md) measures it.")
+    return text
+
