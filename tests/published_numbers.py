@@ -38,6 +38,8 @@ NOT_RESULTS = {
         "3.10": "a Python version",
         "2310.12667": "the published paper's arXiv identifier",
     },
+    "notebooks/00_what_is_an_energy_model.ipynb": {"12.5": "the true share of each of eight equal modes, 1/8"},
+    "notebooks/01_sampling_known_energies.ipynb": {"0.100": "the ill-conditioned Gaussian's own stiff sd, a setting"},
     "docs/EXPLORE.md": {
         "1.26": "the panels' slider step for b, a factor of 10^0.1",
         "3.16": "five slider steps, 10^0.5 (or b set to it)",

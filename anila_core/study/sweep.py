@@ -992,7 +992,8 @@ def _paper_rule_section(summary: dict, rows: list[dict], best: list[dict]) -> li
     if not mine:
         return []
     stable = [r for r in mine if r["stable_share"] == 1 and "grid_tv" in r]
-    winners = {e["kind"]: e["best"] for e in best if e["best"] is not None}
+    # each sampler at its verdict setting: a clipping AniLA, not the b that runs Langevin's chain
+    winners = {r["kind"]: r for r in verdict_settings(summary) if r not in mine}
     lines = ["", "## The paper's rule: AniLA at ε = 1", "",
              "γ = b / max(b, |∇E|) per coordinate, as the paper writes it: a full unit step where the energy is flat, a drift "
              "capped at b/2 where it is steep."]
@@ -1001,7 +1002,7 @@ def _paper_rule_section(summary: dict, rows: list[dict], best: list[dict]) -> li
         lines.append(f"Its best cell: b = {_number(top['b'])}, {top['chains']} chains, final grid TV {_fmt(top['grid_tv'])} "
                      f"({100 * (top['clipped_share'] or 0):.0f} % of coordinates clipped), against "
                      + ", ".join(f"{k} {_fmt(w['grid_tv'])}" for k, w in winners.items())
-                     + " at each sampler's best setting.")
+                     + " at each sampler's verdict setting.")
     else:
         lines.append(f"No setting at ε = 1 trained stably for every seed ({len(mine)} settings).")
     return lines + ["", setting_table(mine)]
@@ -1097,7 +1098,7 @@ def _budget_section(summary: dict) -> list[str]:
     budget = min(clock[-1] for _, (clock, _) in curves)
     lines = ["", "## At a fixed compute budget", "",
              "A sampler that is stable at larger steps may need fewer of them, and a Metropolis test costs one more energy per step. "
-             f"Each sampler's best setting (all at the same gradients per iteration), and its quality after **{budget:.0f} s** of "
+             f"Each sampler's verdict setting (all at the same gradients per iteration), and its quality after **{budget:.0f} s** of "
              "training CPU time (the run's process, all its threads), the whole run of the cheapest of them; `quality_vs_budget.png` draws the curves "
              "against CPU time and against gradient evaluations.", "",
              "| sampler | setting | gradients per iteration | CPU s, whole run | grid TV at the budget | final grid TV |",
