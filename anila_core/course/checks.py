@@ -806,8 +806,8 @@ def check_auroc(answer) -> Verdict:
 
 SLICED_VS_GRID_QUESTION = MultipleChoice(
     "two distances that disagree",
-    "On the swiss roll, every sampler's sliced Wasserstein distance to the held-out points falls during training while its "
-    "KDE grid TV rises. Which reading is right?",
+    "On the swiss roll, a run's sliced Wasserstein distance to the held-out points falls during training while its KDE grid "
+    "TV rises. Which reading is right?",
     {
         "a": Choice("One of the two is computed wrongly: two distances between the same sets cannot move in opposite directions.",
                     "they measure different things. Sliced Wasserstein compares one-dimensional projections of the *samples*; "
