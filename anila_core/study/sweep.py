@@ -387,8 +387,8 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     for c in cells:  # arithmetic on each cell's settings: an absurd size is refused before anything is written
         check_memory(cell_config(base, c))
     # one sweep writes a folder at a time (its workers end with it); a refused folder is left as it was
-    with locked_folder(out, check=lambda: _check_folder(out, base)):
-        return _run_sweep(out, cells, base, jobs, progress, study, command)
+    with locked_folder(out, check=lambda: _check_folder(out, base)) as lock:
+        return _run_sweep(out, cells, base, jobs, progress, study, command, verify=lock.verify)
 
 
 def _check_folder(out: Path, base: TrainConfig) -> None:
@@ -419,7 +419,7 @@ def _plan_file(path: Path) -> dict:
 
 
 def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None, progress: bool, study: str | None,
-               command: str | None) -> dict:
+               command: str | None, verify=lambda: None) -> dict:
     """:func:`run_sweep` in its locked, checked folder."""
     from tqdm.auto import tqdm
 
@@ -463,6 +463,7 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
         "unstable_tv": UNSTABLE_TV,
         "cells": results,
     }
+    verify()  # the folder's lock is still this sweep's (not deleted or replaced meanwhile): LockLost otherwise
     atomic_write_json(out / "sweep.json", summary)
     write_report(summary, out)
     return summary
