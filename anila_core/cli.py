@@ -409,8 +409,8 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
         if not args.resume and any(p.name != LOCK_FILE for p in out.iterdir()):
             raise ValueError(f"--out: {out} already holds files; pass --resume to finish that comparison or choose another folder")
 
-    with locked_folder(out, check=unused):  # one comparison writes the folder at a time
-        return _compare(args, out, samplers, configs)
+    with locked_folder(out, check=unused) as lock:  # one comparison writes the folder at a time
+        return _compare(args, out, samplers, configs, lock.verify)
 
 
 def run_spec(text: str) -> tuple[str, str, dict]:
@@ -445,8 +445,12 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
-def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: dict[str, TrainConfig]) -> int:
-    """The comparison itself, in the locked folder ``out``: one run per sampler, then the figure and the table."""
+def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: dict[str, TrainConfig],
+             verify=lambda: None) -> int:
+    """The comparison itself, in the locked folder ``out``: one run per sampler, then the figure and the table.
+
+    ``verify()`` raises :class:`anila_core.failures.LockLost` when the folder's lock is no longer this process's;
+    it runs before the figure and the table are written."""
     import torch
 
     from anila_core.ui.report import model_densities, plot_side_by_side, markdown_table, save_figure
@@ -477,6 +481,7 @@ def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: 
                                      rerun="finish them with the same command plus --resume"):
             finals[index] = final
     finals = dict(zip(samplers, finals))
+    verify()
     if configs[samplers[0]].is_image:
         return _finish_image_comparison(out, samplers, finals, start, configs)
     if configs[samplers[0]].is_points:

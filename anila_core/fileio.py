@@ -27,7 +27,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "read_jsonl",
-           "FolderLock", "FolderBusy", "LockLost", "LOCK_FILE", "check_regular", "read_json_file", "lock_holder", "busy_error", "locked_folder", "make_folder", "remove_made_folders"]
+           "FolderLock", "FolderBusy", "LockLost", "LOCK_FILE", "check_regular", "file_kind", "read_json_file", "lock_holder", "busy_error", "locked_folder", "make_folder", "remove_made_folders"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -72,7 +72,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file of mode ``mode`` is, in words: ``a FIFO (named pipe)``, ``a folder``, ..."""
     import stat
 
     for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
@@ -91,7 +92,7 @@ def check_regular(path: str | Path, expected: str = "a regular file") -> None:
     import stat
 
     if not stat.S_ISREG(mode):
-        raise ValueError(f"{path}: is {_kind(mode)}, not a regular file; expected {expected}")
+        raise ValueError(f"{path}: is {file_kind(mode)}, not a regular file; expected {expected}")
 
 
 def read_json_file(path: str | Path, expected: str) -> Any:

@@ -660,3 +660,23 @@ def test_a_module_that_raises_in_a_later_forward_of_a_sweep_cell_is_named(module
     sys.modules.pop("raising", None)
     note("user-module-raises-in-sweep", "`sweep --jobs 1 --energy raising:Net`, whose forward raises after its check",
          f"exit 2, one line naming the module, file and line: \"{message.replace(str(tmp_path), '<tmp>')[:200]}\"")
+
+
+def test_a_sweep_whose_lock_was_deleted_writes_no_summary(tmp_path, monkeypatch):
+    import anila_core.study.sweep as sweep
+
+    out = tmp_path / "s"
+    cell = dict(kind="langevin", step_size=0.01, b=None, n_steps=5, chains="buffer", seed=0)
+    base = preset("smoke", "langevin", iters=10, eval_every=5, eval_samples=100, device="cpu")
+    worker = sweep._cell_worker
+
+    def lock_deleted_meanwhile(job):
+        (out / fileio.LOCK_FILE).unlink()
+        return worker(job)
+
+    monkeypatch.setattr(sweep, "_cell_worker", lock_deleted_meanwhile)
+    with pytest.raises(fileio.LockLost, match=r"\.lock was deleted"):
+        sweep.run_sweep(out, [cell], base, jobs=1, progress=False)
+    assert not (out / "sweep.json").exists() and len(list((out / "cells").glob("*.json"))) == 1, "the finished cell is kept"
+    note("sweep-lock-deleted", "a sweep's `.lock` deleted while a cell runs", "the cell's file kept; LockLost before sweep.json "
+         "is written (exit 3 on the command line); the same sweep again finishes it")

@@ -104,9 +104,9 @@ def _regular(path: Path, root: Path) -> bool:
         raise ValueError(f"has {path.relative_to(root)}, a link to nothing (or a file that cannot be opened); expected image "
                          "files: remove it") from None
     if not stat.S_ISREG(mode):
-        from anila_core.fileio import _kind
+        from anila_core.fileio import file_kind
 
-        raise ValueError(f"has {path.relative_to(root)}, which is {_kind(mode)}, not a regular file; expected image files")
+        raise ValueError(f"has {path.relative_to(root)}, which is {file_kind(mode)}, not a regular file; expected image files")
     return True
 
 

@@ -479,13 +479,14 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     for c in cells:  # arithmetic on each cell's settings: an absurd size is refused before anything is written
         check_memory(cell_config(base, c))
     # one sweep writes a folder at a time (its workers end with it); a refused folder is left as it was
-    with locked_folder(out, check=lambda: _check_folder(out, base)):
-        summary = _run_sweep(out, cells, base, jobs, progress, study, command, version)
+    with locked_folder(out, check=lambda: _check_folder(out, base)) as lock:
+        summary = _run_sweep(out, cells, base, jobs, progress, study, command, version, verify=lock.verify)
         extra = verdict_cells(summary, verdict_seeds)
         if extra:
-            summary = _run_sweep(out, cells + extra, base, jobs, progress, study, command, version)
+            summary = _run_sweep(out, cells + extra, base, jobs, progress, study, command, version, verify=lock.verify)
         if product_formula_check and not base.is_image and not base.is_points and "product_formula" not in summary:
             summary["product_formula"] = product_formula_errors(base, sorted({c["b"] for c in cells if c["kind"] == "anila" and c["b"]}))
+            lock.verify()
             atomic_write_json(out / "sweep.json", summary)
             write_report(summary, out)
         return summary
@@ -519,7 +520,7 @@ def _plan_file(path: Path) -> dict:
 
 
 def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None, progress: bool, study: str | None,
-               command: str | None, version: int = 1) -> dict:
+               command: str | None, version: int = 1, verify=lambda: None) -> dict:
     """:func:`run_sweep` in its locked, checked folder."""
     from tqdm.auto import tqdm
 
@@ -568,6 +569,7 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
     }
     if known_summary := _summary_of_version(out, version):  # measured once per design (a minute), kept across reruns
         summary.update({k: known_summary[k] for k in ("product_formula",) if k in known_summary})
+    verify()  # the folder's lock is still this sweep's (not deleted or replaced meanwhile): LockLost otherwise
     atomic_write_json(out / "sweep.json", summary)
     write_report(summary, out)
     return summary

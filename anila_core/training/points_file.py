@@ -49,9 +49,9 @@ def read_points(path: str | Path) -> np.ndarray:
     if path.suffix.lower() not in POINT_SUFFIXES:
         raise ValueError(f"has the suffix {path.suffix or '(none)'!r}; expected one of {', '.join(POINT_SUFFIXES)}")
     if path.exists() and not path.is_file():  # a FIFO would block the reader forever
-        from anila_core.fileio import _kind
+        from anila_core.fileio import file_kind
 
-        raise ValueError(f"is {_kind(path.stat().st_mode)}, not a regular file; expected a .npy, .csv or .txt file of points")
+        raise ValueError(f"is {file_kind(path.stat().st_mode)}, not a regular file; expected a .npy, .csv or .txt file of points")
     if not path.is_file():
         raise ValueError("does not exist; expected the path of a .npy, .csv or .txt file of points (relative to the working directory)")
     if path.suffix.lower() == ".npy":
