@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sweep_parser(sub, presets)
 
-    demo = sub.add_parser("demo", help="the headless demo on the rings at the cpu preset: Langevin, AniLA as tuned (b = 30) and a "
-                                       "clipping AniLA (b = 3); a few minutes")
+    demo = sub.add_parser("demo", help="the headless demo on the rings at the cpu preset: Langevin, AniLA at b = 30 (clips almost "
+                                       "nothing: Langevin's chain) and a clipping AniLA (b = 3); a few minutes")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the comparison (default runs/demo)")
     demo.add_argument("--preset", default=DEFAULT_PRESET, help=f"named settings (default {DEFAULT_PRESET})")
     return parser
@@ -588,7 +588,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-#: the demo's runs: Langevin and AniLA as tuned (b = 30 clips almost nothing, so it is nearly Langevin), and an
+#: the demo's runs: Langevin and AniLA at the cpu preset's b = 30 (clips almost nothing, so it is nearly Langevin), and an
 #: AniLA that clips most coordinates (b = 3), so that the comparison shows what clipping does to a trained energy
 DEMO_RUNS = ("langevin", "anila", "anila:b=3")
 

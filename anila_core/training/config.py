@@ -265,8 +265,9 @@ class TrainConfig:
 # --------------------------------------------------------------------------- presets
 #
 # A preset is a base configuration plus per-sampler settings. The per-sampler entries hold
-# what each sampler was tuned to with the same search (see README, "How we tuned"): never
-# one sampler's defaults on the other's.
+# what each sampler was tuned to with the same small search on one seed (README, "How the
+# presets were tuned"): never one sampler's defaults on the other's. The sampler study
+# (docs/study/) replaces that search; the presets follow its verdict settings once it completes.
 
 _SMOKE = dict(
     width=32, depth=2, n_steps=10, batch_size=64, buffer_size=500, iters=30, eval_every=10,
