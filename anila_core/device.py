@@ -1,12 +1,25 @@
-"""Where code runs: ``resolve_device`` turns ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` into a checked ``torch.device``."""
+"""Where code runs: ``resolve_device`` turns ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` into a checked ``torch.device``; ``processor_name`` says which CPU."""
 
 from __future__ import annotations
 
 import logging
+import platform
+from pathlib import Path
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "processor_name"]
+
+
+def processor_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform says: results and timings record it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class _NoCudaRuntimeNotice(logging.Filter):

@@ -133,14 +133,10 @@ MEMORY_SLACK = (1.25, 4.0)  # "flat": the peak at the largest K at most 1.25 × 
 
 
 def machine_info(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
+    from anila_core.device import processor_name
+
     info = {
-        "cpu": cpu,
+        "cpu": processor_name(),
         "cores": os.cpu_count(),
         "torch_threads": threads,
         "torch": torch.__version__,

@@ -209,13 +209,9 @@ def step_versions(ctx: dict) -> dict:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from anila_core.device import processor_name
+
+    return processor_name()
 
 
 def _load() -> list[float] | None:

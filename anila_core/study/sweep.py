@@ -18,6 +18,7 @@ from typing import Sequence
 
 from anila_core.training.config import CHAIN_KINDS, TrainConfig, changed_settings, preset
 from anila_core.fileio import LOCK_FILE, atomic_write_json, atomic_write_text, locked_folder
+from anila_core.device import processor_name
 from anila_core.processes import check_jobs, run_jobs, torch_threads
 from anila_core.training.limits import check_memory
 
@@ -361,20 +362,9 @@ def _plan(base: TrainConfig, cells: list[dict], study: str | None, version: int)
 def _machine() -> dict:
     import torch
 
-    return {"platform": platform.platform(), "processor": _processor(), "python": platform.python_version(),
+    return {"platform": platform.platform(), "processor": processor_name(), "python": platform.python_version(),
             "torch": torch.__version__, "cpus": os.cpu_count(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def _processor() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _load_average() -> float | None:
