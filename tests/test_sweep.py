@@ -296,3 +296,19 @@ def test_a_new_design_reuses_no_cell_of_an_older_one(tmp_path):
     second = run_sweep(tmp_path, cells, tiny_base(), jobs=1, progress=False, version=2, verdict_seeds=(0, 1))
     assert second["version"] == 2 and all(c["version"] == 2 for c in second["cells"])
     assert sorted(c["seed"] for c in second["cells"]) == [0, 1]  # the verdict seeds ran too
+
+
+def test_the_product_formula_is_measured_once_per_design_and_kept(tmp_path, monkeypatch):
+    calls = []
+
+    def measured(base, bs, **kw):
+        calls.append(list(bs))
+        return [{"b": b, "formula_tv": 0.2, "energy_tv": 0.3, "floor": 0.1, "densities_tv": 0.4, "exact": False, "chains": 10,
+                 "steps": 5, "step_size": 0.01} for b in bs]
+
+    monkeypatch.setattr(sweep, "product_formula_errors", measured)
+    cells = Grid(kinds=("langevin", "anila"), step_sizes=(0.01,), bs=(3.0,), n_steps=(2,), seeds=(0,)).cells()
+    first = run_sweep(tmp_path, cells, tiny_base(), jobs=1, progress=False, version=2, product_formula_check=True)
+    again = run_sweep(tmp_path, cells, tiny_base(), jobs=1, progress=False, version=2, product_formula_check=True)
+    assert calls == [[3.0]] and first["product_formula"] == again["product_formula"]
+    assert "| 3 | 0.200 | 0.300 | 0.100 | 0.400 |" in (tmp_path / "sweep.md").read_text()

@@ -83,11 +83,6 @@ def grid_kl(model, target, extent: float = GRID_EXTENT, size: int = GRID_SIZE) -
     return float(terms.sum())
 
 
-def density_grid_size(density, default: int) -> int:
-    """The side of a precomputed grid of log-probabilities, or ``default`` for a density given as a function or target."""
-    return density.shape[-1] if isinstance(density, torch.Tensor) else default
-
-
 def histogram_tv(samples: torch.Tensor, target, extent: float = GRID_EXTENT, bins: int = 40) -> float:
     """TV between a histogram of 2-D ``samples`` and the target's mass in the same bins.
 
@@ -99,7 +94,7 @@ def histogram_tv(samples: torch.Tensor, target, extent: float = GRID_EXTENT, bin
     if samples.ndim != 2 or samples.shape[1] != 2:
         raise ValueError(f"samples: expected shape (n, 2), got {tuple(samples.shape)}")
     # a precomputed grid is integrated over blocks of its own cells; anything else on a 5x finer grid than the bins
-    fine_size = density_grid_size(target, bins * 5)
+    fine_size = target.shape[-1] if isinstance(target, torch.Tensor) else bins * 5
     if fine_size % bins:
         raise ValueError(f"bins: expected a divisor of the grid's size {fine_size}, got {bins}")
     s = samples.detach().double().cpu()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
-import json
 import math
 import os
 import platform
@@ -469,16 +468,13 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     for c in cells:  # arithmetic on each cell's settings: an absurd size is refused before anything is written
         check_memory(cell_config(base, c))
     # one sweep writes a folder at a time (its workers end with it); a refused folder is left as it was
+    checked_bs = sorted({c["b"] for c in cells if c["kind"] == "anila" and c["b"]}) \
+        if product_formula_check and not base.is_image and not base.is_points else []
     with locked_folder(out, check=lambda: _check_folder(out, base)) as lock:
-        summary = _run_sweep(out, cells, base, jobs, progress, study, command, version, verify=lock.verify)
+        summary = _run_sweep(out, cells, base, jobs, progress, study, command, version, checked_bs, verify=lock.verify)
         extra = verdict_cells(summary, verdict_seeds)
         if extra:
-            summary = _run_sweep(out, cells + extra, base, jobs, progress, study, command, version, verify=lock.verify)
-        if product_formula_check and not base.is_image and not base.is_points and "product_formula" not in summary:
-            summary["product_formula"] = product_formula_errors(base, sorted({c["b"] for c in cells if c["kind"] == "anila" and c["b"]}))
-            lock.verify()
-            atomic_write_json(out / "sweep.json", summary)
-            write_report(summary, out)
+            summary = _run_sweep(out, cells + extra, base, jobs, progress, study, command, version, checked_bs, verify=lock.verify)
         return summary
 
 
@@ -510,7 +506,7 @@ def _plan_file(path: Path) -> dict:
 
 
 def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None, progress: bool, study: str | None,
-               command: str | None, version: int = 1, verify=lambda: None) -> dict:
+               command: str | None, version: int = 1, product_formula_bs: Sequence[float] = (), verify=lambda: None) -> dict:
     """:func:`run_sweep` in its locked, checked folder."""
     from tqdm.auto import tqdm
 
@@ -557,20 +553,21 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
         "unstable_tv": UNSTABLE_TV,
         "cells": results,
     }
-    if known_summary := _summary_of_version(out, version):  # measured once per design (a minute), kept across reruns
-        summary.update({k: known_summary[k] for k in ("product_formula",) if k in known_summary})
+    if product_formula_bs:  # measured once per design (a minute), then kept in sweep.json across reruns
+        summary["product_formula"] = _product_formula_of_version(out, version) or product_formula_errors(base, product_formula_bs)
     verify()  # the folder's lock is still this sweep's (not deleted or replaced meanwhile): LockLost otherwise
     atomic_write_json(out / "sweep.json", summary)
     write_report(summary, out)
     return summary
 
 
-def _summary_of_version(out: Path, version: int) -> dict | None:
+def _product_formula_of_version(out: Path, version: int) -> list[dict] | None:
+    """The product formula's measured errors in ``out``'s sweep.json when it was written by this design ``version``, else None."""
     path = out / "sweep.json"
     if not path.exists():
         return None
-    written = json.loads(path.read_text())
-    return written if written.get("version", 1) == version else None
+    written = _read_sweep_file(path, "the sweep.json a sweep wrote", f"delete {path}: a rerun writes it again")
+    return written.get("product_formula") if isinstance(written, dict) and written.get("version", 1) == version else None
 
 
 def product_formula_errors(base: TrainConfig, bs: Sequence[float], chains: int = 20_000, steps: int = 3000,

@@ -7,7 +7,6 @@ import math
 import torch
 
 from anila_core.notices import notice as show_notice
-
 from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, histogram_tv, mmd
 from anila_core.sampling.kernel import Trace
 from anila_core.sampling.sample_distances import kde_grid_log_probs, scaled_mmd, sliced_wasserstein
