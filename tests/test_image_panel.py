@@ -11,7 +11,8 @@ import torch  # noqa: E402
 from anila_core.training.config import preset  # noqa: E402
 from anila_core.training.trainer import Trainer  # noqa: E402
 from anila_core.ui.plots import sample_image_grid  # noqa: E402
-from anila_core.ui.widgets import image_sampling_panel, sample_trained_images  # noqa: E402
+from anila_core.ui.sampling_runs import sample_trained_images  # noqa: E402
+from anila_core.ui.widgets import image_sampling_panel  # noqa: E402
 
 
 @pytest.fixture(scope="module")

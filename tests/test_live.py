@@ -113,7 +113,7 @@ def test_bad_input_names_the_parameter(trainers):
 
 
 def test_figure_not_shown_keeps_the_interactive_mode_a_backend_turns_on_inside():
-    from anila_core.ui.widgets import figure_not_shown
+    from anila_core.ui.notebook_figures import figure_not_shown
 
     was = plt.isinteractive()
     try:

@@ -10,7 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from anila_core.sampling.samplers import AniLA, Langevin  # noqa: E402
-from anila_core.ui.widgets import PANEL_TARGETS, format_readout, run_comparison, sampling_panel  # noqa: E402
+from anila_core.ui.sampling_runs import PANEL_TARGETS, format_readout, run_comparison  # noqa: E402
+from anila_core.ui.widgets import sampling_panel  # noqa: E402
 
 
 def test_run_comparison_runs_both_samplers_from_one_start():

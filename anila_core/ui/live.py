@@ -20,7 +20,7 @@ import torch
 
 from anila_core.ui import plots
 from anila_core.sampling.distances import GRID_EXTENT, grid_log_probs
-from anila_core.ui.widgets import figure_host, figure_not_shown, redisplay
+from anila_core.ui.notebook_figures import figure_host, figure_not_shown, redisplay
 
 __all__ = ["CURVES", "LivePlot", "run_together", "summarize"]
 
@@ -125,7 +125,7 @@ class LivePlot:
     def _build_figure(self, panel_size: float) -> None:
         n_top, n_bottom = len(self.trainers), len(self.curves)
         width = panel_size * max(n_top, n_bottom)
-        # not shown on creation: the figure is placed by show() (see widgets.figure_not_shown)
+        # not shown on creation: the figure is placed by show() (see notebook_figures.figure_not_shown)
         with figure_not_shown():
             self.fig = plt.figure(figsize=(width, 2 * panel_size + 0.6), layout="constrained")
         top, bottom = self.fig.subfigures(2, 1, height_ratios=[1.15, 1])
