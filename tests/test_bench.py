@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from anila_core.sampling.samplers import Langevin
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS = ["langevin", "langevin-mala", "anila-coordinate", "anila-pixel", "anila-sample", "anila-mala", "psgld"]
 HAVE_JAX = importlib.util.find_spec("jax") is not None
@@ -75,11 +77,10 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
         assert heading in report
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("anila_bench", ROOT / "benchmarks" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _benchmark_module(name: str, monkeypatch):
+    """A module of benchmarks/, a folder of scripts rather than a package, imported as the scripts import each other."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    return importlib.import_module(name)
 
 
 def _tiny_mlp():
@@ -89,13 +90,13 @@ def _tiny_mlp():
     return MLPEnergy(2, 8, 2), torch.randn(16, 2)
 
 
-def test_matmul_chain_is_orthogonal_and_keeps_the_norm():
+def test_matmul_chain_is_orthogonal_and_keeps_the_norm(monkeypatch):
     """The products the ``matmuls`` rows time: one orthogonal matrix per square hidden layer, so a long chain neither grows nor shrinks."""
     from anila_core.nets import MLPEnergy
 
-    bench = _bench_module()
+    timing = _benchmark_module("timing", monkeypatch)
     net = MLPEnergy(2, 32, 3)  # layers 2→32, 32→32, 32→32, 32→1: two square ones
-    arrays = bench.matmul_chain_arrays(net, 64)
+    arrays = timing.matmul_chain_arrays(net, 64)
     assert sorted(arrays) == ["mm_h", "mm_q0", "mm_q1"] and arrays["mm_h"].shape == (64, 32)
     h = torch.from_numpy(arrays["mm_h"]).double()
     for name in ("mm_q0", "mm_q1"):
@@ -105,18 +106,18 @@ def test_matmul_chain_is_orthogonal_and_keeps_the_norm():
     for _ in range(100):
         h = h @ torch.from_numpy(arrays["mm_q0"]).double().T @ torch.from_numpy(arrays["mm_q1"]).double().T
     assert abs(h.norm() / start - 1) < 1e-4
-    assert bench.matmul_chain_arrays(MLPEnergy(2, 32, 1), 8) == {}  # 2→32→1: nothing square to time
+    assert timing.matmul_chain_arrays(MLPEnergy(2, 32, 1), 8) == {}  # 2→32→1: nothing square to time
 
 
 def test_jax_rows_say_skipped_when_jax_is_not_installed(tmp_path, monkeypatch):
-    bench = _bench_module()
+    peers = _benchmark_module("peers", monkeypatch)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a))
     net, x = _tiny_mlp()
     measures, notes, results = {}, {}, {}
-    assert bench.add_jax_rows(net, x, bench.Langevin(0.01), 3, measures, notes, results, tmp_path) is None
+    assert peers.add_jax_rows(net, x, Langevin(0.01), 3, measures, notes, results, tmp_path) is None
     assert not measures
-    assert set(notes) == set(bench.JAX_ROWS) and all(n.startswith("skipped: not installed") for n in notes.values())
+    assert set(notes) == set(peers.JAX_ROWS) and all(n.startswith("skipped: not installed") for n in notes.values())
     assert results["jax"]["skipped"].startswith("skipped: not installed")
 
 
@@ -127,26 +128,26 @@ def test_jax_rows_say_why_when_jax_cannot_be_imported(tmp_path, monkeypatch):
     (fake / "jax" / "__init__.py").write_text("raise ImportError('simulated broken jax')\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(fake), str(ROOT)]))
     monkeypatch.syspath_prepend(str(fake))  # found here too, installed or not: the child's import is what fails
-    bench = _bench_module()
+    peers = _benchmark_module("peers", monkeypatch)
     net, x = _tiny_mlp()
     measures, notes, results = {}, {}, {}
-    assert bench.add_jax_rows(net, x, bench.Langevin(0.01), 3, measures, notes, results, tmp_path) is None
+    assert peers.add_jax_rows(net, x, Langevin(0.01), 3, measures, notes, results, tmp_path) is None
     assert not measures
-    for key in bench.JAX_ROWS:
+    for key in peers.JAX_ROWS:
         assert notes[key] == "skipped: jax cannot be imported (ImportError: simulated broken jax)"
 
 
 @pytest.mark.skipif(not HAVE_JAX, reason="jax is not installed (the bench extra: pip install -e '.[bench]')")
-def test_jax_child_runs_the_torch_mlp_and_answers_each_measure(tmp_path):
-    bench = _bench_module()
+def test_jax_child_runs_the_torch_mlp_and_answers_each_measure(tmp_path, monkeypatch):
+    peers = _benchmark_module("peers", monkeypatch)
     net, x = _tiny_mlp()
     measures, notes, results = {}, {}, {}
-    child = bench.add_jax_rows(net, x, bench.Langevin(0.01), 3, measures, notes, results, tmp_path)
+    child = peers.add_jax_rows(net, x, Langevin(0.01), 3, measures, notes, results, tmp_path)
     try:
         assert child is not None and results["jax"]["check"]["equal"], results
         assert len(results["jax"]["cpu_affinity"]) == 1  # one CPU for XLA: its flags alone left two threads computing
         assert results["jax"]["cpu_per_wall"] <= 1.2
-        expected = set(bench.JAX_ROWS) - (set() if HAVE_BLACKJAX else {"langevin-mala/blackjax"})
+        expected = set(peers.JAX_ROWS) - (set() if HAVE_BLACKJAX else {"langevin-mala/blackjax"})
         assert set(measures) == expected
         for measure in measures.values():
             wall, cpu = measure()
