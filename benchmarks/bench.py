@@ -1,4 +1,4 @@
-"""Speed benchmark of anila_core's samplers: eager and compiled transitions against one gradient's cost, TorchEBM, a training iteration, memory against K, and time to quality.
+"""Speed benchmark of the samplers: transitions against a gradient's cost, the peers, training, memory, time to quality.
 
 Run ``python benchmarks/bench.py`` (``make bench``); ``--quick`` for a sanity run of a couple of
 minutes, ``--minimal`` for the seconds-long run the tests use; ``--device cpu|cuda`` for one
@@ -112,7 +112,7 @@ MEMORY_SLACK = (1.25, 4.0)  # "flat": the peak at the largest K at most 1.25 × 
 
 @contextmanager
 def synthetic_images(n: int = 512):
-    """CIFAR-10-shaped images for the image trainer where the real files are absent: a training iteration's time does not depend on their content."""
+    """CIFAR-10-shaped images for the image trainer where the files are absent (an iteration's time ignores pixels)."""
     real = anila_core.images.datasets.load_dataset
 
     def load(name, data_root=None, size=None, split="train", **kw):
@@ -121,7 +121,9 @@ def synthetic_images(n: int = 512):
         except Exception:  # not on disk (this benchmark never downloads)
             g = torch.Generator().manual_seed(0)
             data = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-            return ImageDataset(name=name, data=data, labels=torch.zeros(n, dtype=torch.long), data_max=255.0, split=split)
+            return ImageDataset(
+                name=name, data=data, labels=torch.zeros(n, dtype=torch.long), data_max=255.0, split=split
+            )
 
     with mock.patch.object(anila_core.images.datasets, "load_dataset", load):
         yield
@@ -138,38 +140,70 @@ def bench_training(mode: dict, device: torch.device, compile_ok: bool, log: Load
                 if fast_mode == "on" and (not compile_ok or (kind == "conv" and device.type == "cpu")):
                     continue
                 if kind == "mlp":
-                    config = preset("cpu", sampler, batch_size=cfg["batch"], n_steps=t["mlp_K"], width=cfg["width"], depth=cfg["depth"],
-                                    device=str(device), fast=fast_mode)
+                    config = preset(
+                        "cpu",
+                        sampler,
+                        batch_size=cfg["batch"],
+                        n_steps=t["mlp_K"],
+                        width=cfg["width"],
+                        depth=cfg["depth"],
+                        device=str(device),
+                        fast=fast_mode,
+                    )
                 else:
                     batch = cfg["cuda_batch"] if device.type == "cuda" else cfg["batch"]
-                    config = preset("cpu", sampler, dataset="cifar10", image_size=32, conv_width=cfg["width"], batch_size=batch,
-                                    n_steps=t["conv_K"], device=str(device), fast=fast_mode)
+                    config = preset(
+                        "cpu",
+                        sampler,
+                        dataset="cifar10",
+                        image_size=32,
+                        conv_width=cfg["width"],
+                        batch_size=batch,
+                        n_steps=t["conv_K"],
+                        device=str(device),
+                        fast=fast_mode,
+                    )
                 with synthetic_images():
                     trainers[f"{sampler}/{'fast' if fast_mode == 'on' else 'eager'}"] = Trainer(config, progress=False)
         first = next(iter(trainers.values()))
         x = first.chains.start(first.config.batch_size)
         K = first.config.n_steps
         # the floor at a few calls: a ConvNet's K = 20 would make it the slowest row
-        measures = {"floor": floor_measure(first.model, x, min(K, 4)), "loss": primed(lambda: loss_step(first, x), device)}
+        measures = {
+            "floor": floor_measure(first.model, x, min(K, 4)),
+            "loss": primed(lambda: loss_step(first, x), device),
+        }
         for name, trainer in trainers.items():
             measures[name] = primed(trainer.train_step, device)
         log.mark()
-        samples = interleaved(measures, t[f"{kind}_reps"], warmup=t[f"{kind}_warmup"])  # primed: each measure warms itself
+        samples = interleaved(
+            measures, t[f"{kind}_reps"], warmup=t[f"{kind}_warmup"]
+        )  # primed: each measure warms itself
         log.mark()
         floor = Stats.of(samples["floor"], device)
         loss = Stats.of(samples["loss"], device)
         for name, trainer in trainers.items():
             st = Stats.of(samples[name], device)
             sampler, path = name.split("/")
-            results["training"].append({
-                "kind": kind, "energy": type(trainer.model).__name__, "device": str(device), "batch": trainer.config.batch_size, "K": K,
-                "sampler": sampler, "path": path, **st, "floor_ms": floor["ms"], "loss_step_floors": loss["ms"] / floor["ms"],
-                "ratio_to_K_plus_2_floors": st["ms"] / ((K + 2) * floor["ms"]),
-            })
+            results["training"].append(
+                {
+                    "kind": kind,
+                    "energy": type(trainer.model).__name__,
+                    "device": str(device),
+                    "batch": trainer.config.batch_size,
+                    "K": K,
+                    "sampler": sampler,
+                    "path": path,
+                    **st,
+                    "floor_ms": floor["ms"],
+                    "loss_step_floors": loss["ms"] / floor["ms"],
+                    "ratio_to_K_plus_2_floors": st["ms"] / ((K + 2) * floor["ms"]),
+                }
+            )
 
 
 def loss_step(trainer: Trainer, x: torch.Tensor) -> None:
-    """The parameter-update half of an iteration as the trainer computes it: forwards of data and samples, backward for the parameters."""
+    """An iteration's parameter-update half as the trainer computes it: forwards of data and samples, the backward."""
     trainer.model.zero_grad(set_to_none=True)
     if trainer.nets.joint_forward:
         energy = trainer.model(torch.cat([x, x]))
@@ -196,8 +230,18 @@ def bench_memory(mode: dict, device: torch.device, compile_ok: bool, log: LoadLo
             if all(v is not None for v in peaks.values()):
                 lo, hi = peaks[ks[0]], peaks[ks[-1]]
                 flat = hi <= MEMORY_SLACK[0] * max(lo, 0.0) + MEMORY_SLACK[1]
-            results["memory"].append({"energy": label, "kind": kind, "device": str(device), "batch": len(x), "sampler": "anila-coordinate",
-                                      "path": path, "peak_mib": {str(k): (None if v is None else round(v, 2)) for k, v in peaks.items()}, "flat": flat})
+            results["memory"].append(
+                {
+                    "energy": label,
+                    "kind": kind,
+                    "device": str(device),
+                    "batch": len(x),
+                    "sampler": "anila-coordinate",
+                    "path": path,
+                    "peak_mib": {str(k): (None if v is None else round(v, 2)) for k, v in peaks.items()},
+                    "flat": flat,
+                }
+            )
         log.mark()
 
 
@@ -211,18 +255,34 @@ def bench_quality(mode: dict, run_dirs: list[Path], log: LoadLog, results: dict)
                 row = json.loads(line)
                 if "grid_tv" in row:
                     points.append([row["iter"], row["wall_s"], row["grid_tv"]])
-            results["quality"].append({"source": str(d), "sampler": config.get("sampler"), "config": _brief(config), "points": points})
+            results["quality"].append(
+                {"source": str(d), "sampler": config.get("sampler"), "config": _brief(config), "points": points}
+            )
         return
     q = mode["quality"]
     for sampler in ("langevin", "anila"):
-        config = preset(q["preset"], sampler, iters=q["iters"], eval_every=q["eval_every"], eval_samples=q["eval_samples"],
-                        checkpoint_every=q["iters"], device="cpu")
+        config = preset(
+            q["preset"],
+            sampler,
+            iters=q["iters"],
+            eval_every=q["eval_every"],
+            eval_samples=q["eval_samples"],
+            checkpoint_every=q["iters"],
+            device="cpu",
+        )
         trainer = Trainer(config, progress=False)
         history = trainer.run()
         points = [[row["iter"], row["wall_s"], row["grid_tv"]] for row in history]
-        results["quality"].append({"source": f"Trainer, preset {q['preset']!r}, {q['iters']} iterations", "sampler": sampler,
-                                   "fast": trainer.fast, "config": _brief(config.to_dict()), "points": points,
-                                   "clipped_share": history[-1].get("clipped_share") if history else None})
+        results["quality"].append(
+            {
+                "source": f"Trainer, preset {q['preset']!r}, {q['iters']} iterations",
+                "sampler": sampler,
+                "fast": trainer.fast,
+                "config": _brief(config.to_dict()),
+                "points": points,
+                "clipped_share": history[-1].get("clipped_share") if history else None,
+            }
+        )
         log.mark()
 
 
@@ -235,26 +295,65 @@ def _brief(config: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a sanity run of a couple of minutes (fewer repetitions, smaller K)")
+    size.add_argument(
+        "--quick", action="store_true", help="a sanity run of a couple of minutes (fewer repetitions, smaller K)"
+    )
     size.add_argument("--minimal", action="store_true", help="tiny networks and no compiling: seconds (for the tests)")
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for results.json and RESULTS.md (default: benchmarks/)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a shared machine a busy neighbour stalls every multi-threaded op; 0 = torch's default)")
-    parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
-                        help="CPU rows: 'cpu' = this process's CPU time, which time slices lost to other jobs do not inflate; 'wall' = "
-                             "elapsed time; 'auto' (default) = cpu with one thread, else wall. CUDA rows always use wall time")
-    parser.add_argument("--runs", type=Path, nargs="*", default=[],
-                        help="run directories (config.json + metrics.jsonl) to take the time-to-quality curves from instead of training")
-    parser.add_argument("--all-fast", action="store_true", help="also compile every sampler for the ConvNet on a CPU (minutes of compiling)")
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="folder for results.json and RESULTS.md (default: benchmarks/)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared machine a busy neighbour stalls every multi-threaded op; 0 = "
+             "torch's default)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("auto", "cpu", "wall"),
+        default="auto",
+        help="CPU rows: 'cpu' = this process's CPU time, which time slices lost to other jobs do not inflate; 'wall' = "
+        "elapsed time; 'auto' (default) = cpu with one thread, else wall. CUDA rows always use wall time",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="run directories (config.json + metrics.jsonl) to take the time-to-quality curves from instead of "
+             "training",
+    )
+    parser.add_argument(
+        "--all-fast",
+        action="store_true",
+        help="also compile every sampler for the ConvNet on a CPU (minutes of compiling)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="measure the eager paths only")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to measure: 'auto' (default) = the CPU, then CUDA when present; 'cpu' or 'cuda' alone "
-                             "(the time-to-quality section trains on the CPU and runs with 'auto' or 'cpu' only)")
-    parser.add_argument("--note", action="append", default=[], help="a line for the report's Notes (repeatable): what the reader should know about this run")
-    parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
-                        help="only rewrite RESULTS.md (in --out) from an existing results.json, adding any --note")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to measure: 'auto' (default) = the CPU, then CUDA when present; 'cpu' or 'cuda' alone "
+        "(the time-to-quality section trains on the CPU and runs with 'auto' or 'cpu' only)",
+    )
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a line for the report's Notes (repeatable): what the reader should know about this run",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="only rewrite RESULTS.md (in --out) from an existing results.json, adding any --note",
+    )
     args = parser.parse_args(argv)
 
     if args.render is not None:
@@ -277,12 +376,22 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     log = LoadLog()
     log.mark()
-    results = {"mode": name, "clock": Stats.clock, "machine": machine_info(torch.get_num_threads()), "transitions": [], "torchebm_check": [],
-               "training": [], "memory": [], "quality": [], "compile_unavailable": None if fast.compile_supported()[0] else why}
+    results = {
+        "mode": name,
+        "clock": Stats.clock,
+        "machine": machine_info(torch.get_num_threads()),
+        "transitions": [],
+        "torchebm_check": [],
+        "training": [],
+        "memory": [],
+        "quality": [],
+        "compile_unavailable": None if fast.compile_supported()[0] else why,
+    }
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available here (torch.cuda.is_available() is False)")
     devices = ([torch.device("cpu")] if args.device in ("auto", "cpu") else []) + (
-        [torch.device("cuda")] if args.device in ("auto", "cuda") and torch.cuda.is_available() else [])
+        [torch.device("cuda")] if args.device in ("auto", "cuda") and torch.cuda.is_available() else []
+    )
     for device in devices:
         for kind in ("mlp", "conv"):
             print(f"transitions: {kind} on {device} ...", file=sys.stderr, flush=True)

@@ -42,7 +42,9 @@ def torchebm_sampler(net, x: torch.Tensor, langevin: Langevin):
         def forward(self, z):
             return self.inner(z)
 
-    return LangevinDynamics(Wrapped(net), step_size=langevin.step_size / 2, noise_scale=langevin.noise_scale, device=x.device)
+    return LangevinDynamics(
+        Wrapped(net), step_size=langevin.step_size / 2, noise_scale=langevin.noise_scale, device=x.device
+    )
 
 
 def check_torchebm(ebm, net, x: torch.Tensor, langevin: Langevin, K: int) -> dict:
@@ -85,7 +87,12 @@ class JaxRows:
 
         energy, grad = energy_and_grad(net, x)
         linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
-        arrays = {"x": x.cpu().numpy(), "energy": energy.cpu().numpy(), "grad": grad.cpu().numpy(), **matmul_chain_arrays(net, len(x))}
+        arrays = {
+            "x": x.cpu().numpy(),
+            "energy": energy.cpu().numpy(),
+            "grad": grad.cpu().numpy(),
+            **matmul_chain_arrays(net, len(x)),
+        }
         for i, m in enumerate(linears):
             arrays[f"w{i}"] = m.weight.detach().cpu().numpy()
             arrays[f"b{i}"] = m.bias.detach().cpu().numpy()
@@ -93,9 +100,21 @@ class JaxRows:
         np.savez(npz, **arrays)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         self._stderr = open(folder / "jax_rows.stderr", "w+")
-        self.proc = subprocess.Popen([sys.executable, str(self.WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, text=True, env=env)
-        spec = {"npz": str(npz), "n_layers": len(linears), "K": K, "step_size": langevin.step_size, "noise_scale": langevin.noise_scale}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(self.WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=env,
+        )
+        spec = {
+            "npz": str(npz),
+            "n_layers": len(linears),
+            "K": K,
+            "step_size": langevin.step_size,
+            "noise_scale": langevin.noise_scale,
+        }
         self.info = self._ask(json.dumps(spec)) or {"ok": False, "why": self._last_error()}
 
     def _last_error(self) -> str:
@@ -137,7 +156,7 @@ JAX_ROWS = ("langevin/jax", "langevin-mala/blackjax", "matmuls/xla")
 
 
 def add_jax_rows(net, x, langevin: Langevin, K: int, measures: dict, notes: dict, results: dict, folder: Path):
-    """Start the JAX child and add its measures (or a note per row saying why not); returns it, to be closed, or ``None``."""
+    """Start the JAX child and add its measures (or a note per row saying why not); returns it to close, or ``None``."""
     why = _jax_missing()
     if why is None:
         rows = JaxRows(net, x, langevin, K, folder)
@@ -147,7 +166,8 @@ def add_jax_rows(net, x, langevin: Langevin, K: int, measures: dict, notes: dict
             why = f"skipped: {info.get('why')}"
             rows.close()
         elif not info["check"]["equal"]:
-            why = f"not timed: its energy differs from the torch MLP's (max |ΔE| = {info['check']['energy_max_abs_diff']:.3g})"
+            gap = info["check"]["energy_max_abs_diff"]
+            why = f"not timed: its energy differs from the torch MLP's (max |ΔE| = {gap:.3g})"
             rows.close()
         else:
             for key in JAX_ROWS:

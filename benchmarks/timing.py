@@ -52,7 +52,7 @@ def load_average() -> list[float] | None:
 
 
 class LoadLog:
-    """The 1-minute load average, sampled at every section: other jobs share the CPU and the reader must know how much."""
+    """The 1-minute load average, sampled at every section: other jobs share the CPU, and the reader must know."""
 
     def __init__(self):
         self.samples: list[float] = []
@@ -65,7 +65,6 @@ class LoadLog:
     def summary(self) -> dict:
         s = self.samples or [float("nan")]
         return {"min": min(s), "median": round(statistics.median(s), 2), "max": max(s), "samples": len(self.samples)}
-
 
 
 # --------------------------------------------------------------------------- timing
@@ -86,8 +85,10 @@ def _diff(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]
     return b[0] - a[0], b[1] - a[1]
 
 
-def interleaved(measures: dict[str, Callable[[], tuple[float, float]]], reps: int, warmup: int) -> dict[str, list[tuple[float, float]]]:
-    """Run every measure ``warmup`` times, then ``reps`` rounds in which each takes its turn (order rotated per round)."""
+def interleaved(
+    measures: dict[str, Callable[[], tuple[float, float]]], reps: int, warmup: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Run every measure ``warmup`` times, then ``reps`` rounds in which each takes its turn (the order rotated)."""
     for m in measures.values():
         for _ in range(warmup):
             m()
@@ -115,8 +116,15 @@ class Stats:
         use_cpu = cls.clock == "cpu" and device.type == "cpu"
         ms = sorted(v[1 if use_cpu else 0] * 1e3 for v in values)
         q = statistics.quantiles(ms, n=4) if len(ms) >= 2 else [ms[0], ms[0], ms[0]]
-        return {"ms": statistics.median(ms), "ms_p25": q[0], "ms_p75": q[2], "n": len(ms), "clock": "cpu" if use_cpu else "wall",
-                "wall_ms": statistics.median(v[0] * 1e3 for v in values), "cpu_ms": statistics.median(v[1] * 1e3 for v in values)}
+        return {
+            "ms": statistics.median(ms),
+            "ms_p25": q[0],
+            "ms_p75": q[2],
+            "n": len(ms),
+            "clock": "cpu" if use_cpu else "wall",
+            "wall_ms": statistics.median(v[0] * 1e3 for v in values),
+            "cpu_ms": statistics.median(v[1] * 1e3 for v in values),
+        }
 
 
 def floor_measure(net, x, K: int) -> Callable[[], tuple[float, float]]:
@@ -130,7 +138,8 @@ def floor_measure(net, x, K: int) -> Callable[[], tuple[float, float]]:
 
 
 def matmul_chain_arrays(net, batch: int) -> dict:
-    """Inputs for timing a transition's matrix products alone: a ``(batch, width)`` start and an orthogonal matrix per square hidden layer of ``net``.
+    """Inputs for timing a transition's matrix products alone: a ``(batch, width)`` start, an orthogonal matrix per
+    square hidden layer of ``net``.
 
     A transition of an MLP makes two products per ``width × width`` layer (the forward, and
     its input gradient through the transposed weight). Chained with orthogonal matrices of
@@ -149,7 +158,10 @@ def matmul_chain_arrays(net, batch: int) -> dict:
 
 
 def matmuls_measure(arrays: dict, K: int, device: torch.device) -> Callable[[], tuple[float, float]]:
-    """The products of :func:`matmul_chain_arrays` per transition, with torch's GEMM (``x @ Wᵀ`` forward, ``g @ W`` backward: the layouts of a transition's graph)."""
+    """The products of :func:`matmul_chain_arrays` per transition, with torch's GEMM.
+
+    ``x @ Wᵀ`` forward, ``g @ W`` backward: the layouts of a transition's graph.
+    """
     h0 = torch.from_numpy(arrays["mm_h"]).to(device)
     qs = [torch.from_numpy(arrays[f"mm_q{i}"]).to(device) for i in range(len(arrays) - 1)]
 
@@ -180,7 +192,7 @@ def marginal_measure(run: Callable[[int], object], K: int, device: torch.device)
 
 
 def whole_call_measure(fn: Callable[[], object], steps: int, device: torch.device) -> Callable[[], tuple[float, float]]:
-    """Seconds per transition of one whole call of ``steps`` transitions, as a user sees it (the chain's start included)."""
+    """Seconds per transition of one whole call of ``steps`` transitions, as a user sees it (chain start included)."""
 
     def measure():
         t0 = _clocks(device)
@@ -206,7 +218,6 @@ def primed(fn: Callable[[], object], device: torch.device) -> Callable[[], tuple
         return _diff(start, _clocks(device))
 
     return measure
-
 
 
 # --------------------------------------------------------------------------- memory
