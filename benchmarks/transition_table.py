@@ -178,21 +178,9 @@ def bench_transitions(
     overhead = sampler_overheads(ebm_quadratic, samplers, x, gen, mode["overhead"])
     log.mark()
     floor = Stats.of(samples["floor"], device)
-    rows = [
-        {
-            "energy": label,
-            "kind": kind,
-            "device": str(device),
-            "batch": len(x),
-            "K": K,
-            "reps": reps,
-            "row": "floor",
-            "sampler": "-",
-            "path": "floor",
-            **floor,
-            "ratio_to_floor": 1.0,
-        }
-    ]
+    # what every row of this table repeats: the energy and how it was measured
+    measured = {"energy": label, "kind": kind, "device": str(device), "batch": len(x), "K": K, "reps": reps}
+    rows = [{**measured, "row": "floor", "sampler": "-", "path": "floor", **floor, "ratio_to_floor": 1.0}]
     order = (
         ["floor"] + [f"{n}/{p}" for n in samplers for p in ("eager", "fast", "fast+cudagraphs")] + ["langevin/torchebm"]
     )
@@ -202,17 +190,7 @@ def bench_transitions(
         name, path = key.split("/")
         if key not in samples and key not in notes:
             continue
-        row = {
-            "energy": label,
-            "kind": kind,
-            "device": str(device),
-            "batch": len(x),
-            "K": K,
-            "reps": reps,
-            "row": key,
-            "sampler": name,
-            "path": path,
-        }
+        row = {**measured, "row": key, "sampler": name, "path": path}
         if key in samples:
             st = Stats.of(samples[key], device)
             row.update(st, ratio_to_floor=st["ms"] / floor["ms"])
