@@ -61,6 +61,7 @@ from anila_core.images.datasets import ImageDataset
 from anila_core.sampling import compiled as fast
 from anila_core.training.config import preset
 from anila_core.training.trainer import Trainer
+# the benchmark's other modules, found beside this script (its folder is the first entry of sys.path)
 from report import evaluate_targets, print_summary, write_results
 from timing import LoadLog, Stats, floor_measure, interleaved, load_average, machine_info, peak_memory, primed
 from transition_table import bench_transitions, make_energy, samplers_for

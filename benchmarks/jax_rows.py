@@ -1,6 +1,6 @@
 """The speed benchmark's JAX rows in a process of their own: a ``jax.jit`` Langevin loop, BlackJAX's MALA and the matrix products alone, on the torch MLP's weights, on one CPU.
 
-Started by ``benchmarks/bench.py`` (never by hand): a separate process, so that JAX's runtime
+Started by the benchmark (``benchmarks/peers.py``; never by hand): a separate process, so that JAX's runtime
 threads and allocator never share a process with the torch rows it is compared with. It
 speaks JSON lines on stdin/stdout: the first line names the ``.npz`` file with the MLP's
 weights and the start ``x`` (and the torch energies and gradients at ``x``, to check that

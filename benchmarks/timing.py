@@ -21,6 +21,7 @@ from anila_core.sampling.kernel import energy_and_grad
 
 
 def machine_info(threads: int) -> dict:
+    """The machine and the versions a results file names, TorchEBM's included, and the load average at the start."""
     from anila_core.device import processor_name
 
     info = {
@@ -45,6 +46,7 @@ def machine_info(threads: int) -> dict:
 
 
 def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages, rounded (``None`` where the system keeps none)."""
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
@@ -71,6 +73,7 @@ class LoadLog:
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device``: CUDA runs asynchronously, so a clock read before would stop too early."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
