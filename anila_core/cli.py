@@ -135,7 +135,7 @@ SWEEP_AXES = ("sampler", "step_size", "b", "n_steps", "chains", "seed", "norm", 
 
 def _add_sweep_parser(sub, presets: str) -> None:
     from anila_core.training.config import CHAIN_KINDS
-    from anila_core.study.sweep import KIND_HELP, KINDS, STUDIES
+    from anila_core.study.grid import KIND_HELP, KINDS, STUDIES
 
     sweep = sub.add_parser(
         "sweep", help="the sampler study: a grid of settings and seeds at one budget per cell, in parallel, resumable",
@@ -544,7 +544,9 @@ def _finish_points_comparison(out: Path, samplers: list[str], finals: dict, star
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from anila_core.training import distributed
-    from anila_core.study.sweep import STUDIES, Grid, best_settings, command_line, quality_key, run_sweep, study_base
+    from anila_core.study.grid import STUDIES, Grid, study_base
+    from anila_core.study.results import best_settings, quality_key
+    from anila_core.study.sweep import command_line, run_sweep
 
     if distributed.from_env().enabled:
         raise ValueError("sweep: runs its cells as separate processes and cannot run under torchrun")

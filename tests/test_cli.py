@@ -222,7 +222,7 @@ def _option_help(help_text: str, flag: str) -> str:
 def test_help_lists_the_valid_values_of_each_choice_flag(command):
     from dataclasses import fields
 
-    from anila_core.study.sweep import KINDS
+    from anila_core.study.grid import KINDS
     from anila_core.training.config import TrainConfig
 
     result = run_cli(command, "--help")
