@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import decimal
-import json
-import os
 import re
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 
-from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, describe_changes, preset
+from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, preset
 from anila_core.fileio import read_json_file
 from anila_core.training.file_sources import absolute_data_spec
-from anila_core.processes import check_jobs, run_jobs, torch_threads
+from anila_core.study.runner import EXECUTORS, config_flags
 from anila_core.sampling.registry import SAMPLERS
 
 __all__ = ["main", "build_parser"]
@@ -48,7 +46,8 @@ def _integer(text: str) -> int:
 
 #: the library's arguments that a command-line user sets with a flag: the library's errors name the
 #: arguments (a notebook has no flags), and this layer words them in the flags' terms
-_FLAGS = {"out_dir": "--out", "out": "--out", "resume=True": "--resume", "iters": "--iters", "jobs": "--jobs"}
+_FLAGS = {"out_dir": "--out", "out": "--out", "resume=True": "--resume", "iters": "--iters", "jobs": "--jobs", "cell": "--cell",
+          "time_min": "--slurm-time", "executor": "--executor"}
 #: those of them that mean nothing else inside a message (``out`` or ``jobs`` may be plain words there)
 _FLAG_WORDS = ("out_dir", "resume=True", "iters")
 
@@ -118,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--jobs", type=_integer, default=None, help="runs in parallel (default: one per CPU core, at most one per sampler)")
     compare.add_argument("--resume", action="store_true", help="resume unfinished runs in --out; finished ones are kept")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_runner_flags(compare, "run (a `train` command)", "the same command plus --resume collects them")
     _add_config_flags(compare, skip=("sampler",))
 
     _add_sweep_parser(sub, presets)
@@ -162,7 +162,26 @@ def _add_sweep_parser(sub, presets: str) -> None:
     sweep.add_argument("--out", type=Path, default=None, help="folder of the sweep (default runs/sweep-<study>, or runs/sweep)")
     sweep.add_argument("--jobs", type=_integer, default=None, help="cells in parallel (default: one per CPU core)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--cell", default=None, metavar="ID",
+                       help="train only this cell of the sweep here and write cells/ID.json (what --print-commands lists; "
+                            "the folder must hold the sweep's plan.json)")
+    _add_runner_flags(sweep, "cell (a `sweep ... --cell ID` command)", "the same command collects them")
     _add_config_flags(sweep, skip=SWEEP_AXES)
+
+
+def _add_runner_flags(parser: argparse.ArgumentParser, unit: str, collect: str) -> None:
+    """Where the runs go: this machine's processes (the default), a SLURM array through submitit, or a list of commands."""
+    group = parser.add_argument_group("where the runs go (this machine by default)")
+    group.add_argument("--executor", choices=EXECUTORS, default="local",
+                       help="local: processes on this machine (default); submitit: a SLURM array through submitit (pip install "
+                            "'anila_core[cluster]'), its job files in --out/submitit; where there is no SLURM, submitit's local "
+                            "processes")
+    group.add_argument("--print-commands", action="store_true",
+                       help=f"print one command per unfinished {unit} instead of running it, for any other scheduler; once they "
+                            f"ran, {collect}")
+    group.add_argument("--slurm-partition", default=None, metavar="NAME", help="the SLURM partition (--executor submitit)")
+    group.add_argument("--slurm-time", type=_integer, default=None, metavar="MINUTES",
+                       help="the time limit of each run on SLURM, in minutes (--executor submitit)")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -281,136 +300,39 @@ def _check_resume_settings(out: Path, preset_name: str | None, overrides: dict) 
                      "change")
 
 
-def _check_same_settings(out: Path, config: TrainConfig) -> None:
-    """Refuse to keep or resume the run in ``out`` when it was made with other settings than ``config`` (say, an older preset)."""
-    path = out / "config.json"
-    saved = read_json_file(path, "the config.json a run wrote")
-    try:
-        saved = TrainConfig.from_dict(saved).to_dict()
-    except (TypeError, ValueError, AttributeError) as err:
-        raise ValueError(f"{path}: not a valid run configuration ({err}); expected the config.json a run wrote") from None
-    # lr_decay_iters 0 means the run's iters, fixed when it started: a longer --iters does not change it
-    wanted = config.replace(lr_decay_iters=config.lr_decay_iters or saved.get("lr_decay_iters") or config.iters).to_dict()
-    differ = changed_settings(saved, wanted)
-    if differ:
-        raise ValueError(f"--out: {out} holds a run made with other settings ({describe_changes(differ, saved, wanted, 'there', 'now')}); "
-                         "delete that folder to train again, or choose another --out")
-
-
-#: how ``compare`` shows its runs' progress: a tqdm bar (one run at a time, on a terminal), a line per
-#: evaluation of each run (runs in parallel, or output to a log), or nothing (--no-progress)
-PROGRESS_BAR, PROGRESS_LINES, NO_PROGRESS = "bar", "lines", None
-
-
-class _ProgressLines:
-    """A :meth:`Run.train` callback that prints one line per evaluation of one run, readable in a terminal and in a log.
-
-    Runs in parallel processes print into the same terminal: each line names its run, and
-    a whole line is one write, so lines of two runs never mix. ``langevin: 750/3000 iterations
-    (25%), grid TV 0.312, 41 s, about 2 min left``.
-    """
-
-    def __init__(self, name: str, start_iteration: int, total: int):
-        self.name, self.start_iteration, self.total = name, start_iteration, total
-        self.start = time.perf_counter()
-
-    def __call__(self, trainer, row: dict) -> None:
-        done = row["iter"]
-        elapsed = time.perf_counter() - self.start
-        parts = [f"{done}/{self.total} iterations ({done / self.total:.0%})"]
-        if row.get("grid_tv") is not None:
-            parts.append(f"grid TV {row['grid_tv']:.3f}")
-        if row.get("fid") is not None:
-            parts.append(f"FID {row['fid']:.1f}")
-        parts.append(f"energy gap {row['energy_gap']:.2f}")
-        parts.append(f"{elapsed:.0f} s")
-        if self.start_iteration < done < self.total:
-            parts.append(f"about {_duration(elapsed / (done - self.start_iteration) * (self.total - done))} left")
-        print(f"{self.name}: {', '.join(parts)}", flush=True)
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
-
-
-def _train_one(job: tuple) -> dict:
-    """Worker of ``compare``: one sampler's run, with its share of the CPU threads, showing its progress as ``progress`` says."""
-    from anila_core.training.runs import Run
-
-    config, out, resume, threads, progress = job
-    out = Path(out)
-    if resume and (out / "final.json").exists():
-        final = _finished(out / "final.json")
-        if final["iters"] == config.iters:
-            print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True)
-            return final
-        # another --iters: the run goes on from its checkpoint to it (fewer than it trained is refused by the Run)
-    bar = progress == PROGRESS_BAR
-    with torch_threads(threads):
-        if resume and (out / "config.json").exists():
-            # restart=True: a sampler killed before its first checkpoint starts again (its settings were checked)
-            # the network this command names (--energy), never one the folder names alone
-            run = Run(out, config, resume=True, restart=True, progress=bar, energy=config.energy or None, iters=config.iters)
-            if (out / "checkpoint.pt").exists():
-                print(f"resuming {out} at iteration {run.trainer.iteration} of {run.config.iters}", flush=True)
-            else:
-                print(f"{out}: stopped before its first checkpoint, started again", flush=True)
-        else:
-            run = Run(out, config, progress=bar)
-        lines = None
-        if progress == PROGRESS_LINES:
-            lines = _ProgressLines(out.name, run.trainer.iteration, run.config.iters)
-            print(f"{out.name}: started, {run.config.iters - run.trainer.iteration} iterations to go "
-                  f"(a line at each evaluation, every {run.config.eval_every})", flush=True)
-        final = run.train(callback=lines)
-        if lines is not None:
-            print(f"{out.name}: done in {time.perf_counter() - lines.start:.0f} s, figures written", flush=True)
-        return final
-
-
-def _finished(path: Path) -> dict:
-    """A finished run's final.json, checked: a damaged one is named, with how --resume writes it again."""
-    again = f"; expected the final.json a run wrote: delete it and --resume writes it again from the run's checkpoint"
-    try:
-        final = read_json_file(path, "the final.json a run wrote")
-    except ValueError as err:
-        raise ValueError(f"{str(err).split('; expected')[0]}{again}") from None
-    if not isinstance(final, dict):
-        raise ValueError(f"{path}: holds a JSON {type(final).__name__}, not an object{again}")
-    missing = [k for k in ("sampler", "iters", "config") if k not in final]
-    if missing:
-        raise ValueError(f"{path}: lacks {', '.join(repr(k) for k in missing)}{again}")
-    return final
-
-
 def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int:
-    from anila_core.fileio import LOCK_FILE, locked_folder
+    from anila_core.study.compare import run_compare
     from anila_core.training import distributed
-    from anila_core.training.limits import check_memory
 
     if distributed.from_env().enabled:
         raise ValueError("compare: runs its samplers as separate processes and cannot run under torchrun; "
                          "use `torchrun ... -m anila_core train --sampler NAME` once per sampler")
     overrides = _overrides(args)
-    specs = [run_spec(text) for text in dict.fromkeys(args.samplers)]
-    labels = [label for label, _, _ in specs]
+    parsed = [run_spec(text) for text in dict.fromkeys(args.samplers)]
+    labels = [label for label, _, _ in parsed]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
         raise ValueError(f"--samplers: {', '.join(twice)} named twice (the same run folder); give each entry other settings")
+    specs = {label: (sampler, settings) for label, sampler, settings in parsed}
     name = args.preset if args.preset is not None else (preset_name or DEFAULT_PRESET)
-    configs = {label: preset(name, sampler, **{**overrides, **settings}) for label, sampler, settings in specs}
-    samplers = labels
-    out = args.out
-    check_jobs(args.jobs, "--jobs")  # before anything is written
-    for c in configs.values():
-        check_memory(c)
+    configs = {label: preset(name, sampler, **{**overrides, **settings}) for label, (sampler, settings) in specs.items()}
 
-    def unused() -> None:  # under the lock: a comparison may be finished with --resume, not overwritten
-        if not args.resume and any(p.name != LOCK_FILE for p in out.iterdir()):
-            raise ValueError(f"--out: {out} already holds files; pass --resume to finish that comparison or choose another folder")
+    def train_command(label: str) -> list[str]:  # the one `train` command that makes the same run (folders given absolute)
+        sampler, settings = specs[label]
+        return ["train", "--preset", name, "--sampler", sampler, *config_flags({**overrides, **settings}),
+                "--out", str((args.out / label).absolute()), "--no-progress"]
 
-    with locked_folder(out, check=unused) as lock:  # one comparison writes the folder at a time
-        return _compare(args, out, samplers, configs, lock.verify)
+    result = run_compare(args.out, configs, jobs=args.jobs, resume=args.resume, progress=not args.no_progress,
+                         executor=args.executor, partition=args.slurm_partition, time_min=args.slurm_time,
+                         train_command=train_command, print_only=args.print_commands)
+    if result is None:
+        print("compare: one `train` command per unfinished run above; once they ran, the same compare command plus --resume "
+              "collects them and writes the figure and the table", file=sys.stderr)
+        return 0
+    print(result.table)
+    print(f"wall time {result.wall_s:.0f} s")
+    print(f"figure: {result.figure_path}\ntable:  {result.table_path}")
+    return 0
 
 
 def run_spec(text: str) -> tuple[str, str, dict]:
@@ -445,108 +367,11 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
-def _compare(args: argparse.Namespace, out: Path, samplers: list[str], configs: dict[str, TrainConfig],
-             verify=lambda: None) -> int:
-    """The comparison itself, in the locked folder ``out``: one run per sampler, then the figure and the table.
-
-    ``verify()`` raises :class:`anila_core.failures.LockLost` when the folder's lock is no longer this process's;
-    it runs before the figure and the table are written."""
-    import torch
-
-    from anila_core.ui.report import model_densities, plot_side_by_side, markdown_table, save_figure
-    from anila_core.training.runs import load_trainer
-
-    cores = os.cpu_count() or 1
-    on_cuda = any(c.device.startswith("cuda") for c in configs.values()) or (
-        torch.cuda.is_available() and all(c.device == "auto" for c in configs.values()))
-    jobs = args.jobs or (1 if on_cuda else min(len(samplers), cores))
-    threads = max(1, cores // jobs)
-    if args.no_progress:
-        progress = NO_PROGRESS
-    else:  # bars of parallel processes overwrite each other, and a bar in a log is one long line of redraws
-        progress = PROGRESS_BAR if jobs == 1 and sys.stderr.isatty() else PROGRESS_LINES
-    if args.resume:  # before any run starts: a folder from other settings is refused as a whole
-        for s in samplers:
-            if (out / s / "config.json").exists():
-                _check_same_settings(out / s, configs[s])
-    work = [(configs[s], out / s, args.resume, threads, progress) for s in samplers]
-    print(f"comparing {', '.join(samplers)} on {configs[samplers[0]].data_name}: {configs[samplers[0]].iters} iterations each, "
-          f"{jobs} in parallel -> {out}", flush=True)
-    start = time.perf_counter()
-    if jobs == 1:
-        finals = [_train_one(w) for w in work]
-    else:  # a worker that dies (SIGKILL, SIGTERM, the OOM killer) is reported once the others finish: WorkersLost, exit 3
-        finals = [None] * len(work)
-        for index, final in run_jobs(_train_one, work, jobs, [str(out / s) for s in samplers],
-                                     rerun="finish them with the same command plus --resume"):
-            finals[index] = final
-    finals = dict(zip(samplers, finals))
-    verify()
-    if configs[samplers[0]].is_image:
-        return _finish_image_comparison(out, samplers, finals, start, configs)
-    if configs[samplers[0]].is_points:
-        return _finish_points_comparison(out, samplers, finals, start, configs)
-    runs = {}
-    for s in samplers:
-        trainer = load_trainer(out / s, progress=False, energy=configs[s].energy or None)
-        runs[s] = {**model_densities(trainer), "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
-    target = load_trainer(out / samplers[0], progress=False, energy=configs[samplers[0]].energy or None).target
-    save_figure(plot_side_by_side(runs, target), out / "comparison.png")
-    return _write_comparison_table(out, markdown_table(finals), start)
-
-
-def _write_comparison_table(out: Path, table: str, start: float) -> int:
-    """comparison.md, then the table, the wall time and where the figure and table are, on the terminal."""
-    from anila_core.fileio import atomic_write_text
-
-    atomic_write_text(out / "comparison.md", table)
-    print(table)
-    print(f"wall time {time.perf_counter() - start:.0f} s")
-    print(f"figure: {out / 'comparison.png'}\ntable:  {out / 'comparison.md'}")
-    return 0
-
-
-def _finish_image_comparison(out: Path, samplers: list[str], finals: dict, start: float, configs: dict) -> int:
-    """comparison.png (sample grids side by side: the paper's Figures 2 and 3), fid.png and comparison.md."""
-    from anila_core.ui.report import image_markdown_table, plot_fid_curve, plot_image_side_by_side, save_figure
-    from anila_core.training.runs import load_trainer
-
-    trainers = {s: load_trainer(out / s, progress=False, energy=configs[s].energy or None) for s in samplers}
-    samples = {s: t.sample_for_eval(64) for s, t in trainers.items()}
-    save_figure(plot_image_side_by_side(samples, finals), out / "comparison.png")
-    ax = plot_fid_curve({s: t.history for s, t in trainers.items()})
-    if ax is not None:
-        save_figure(ax.figure, out / "fid.png")
-    return _write_comparison_table(out, image_markdown_table(finals), start)
-
-
-def _finish_points_comparison(out: Path, samplers: list[str], finals: dict, start: float, configs: dict) -> int:
-    """comparison.png (in 2-D the learned densities and samples, else samples on the data's principal axes) and comparison.md."""
-    import torch
-
-    from anila_core.sampling.distances import grid_log_probs
-    from anila_core.training.runs import load_trainer
-    from anila_core.ui.points_report import plot_points_side_by_side, points_markdown_table
-    from anila_core.ui.report import save_figure
-
-    runs, points = {}, None
-    for s in samplers:
-        trainer = load_trainer(out / s, progress=False, energy=configs[s].energy or None)
-        points = trainer.dataset
-        log_p = None
-        if points.dim == 2:
-            with torch.no_grad():
-                log_p = grid_log_probs(trainer.eval_model(), extent=points.window, device=trainer.device)
-        runs[s] = {"log_p": log_p, "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
-    save_figure(plot_points_side_by_side(runs, points), out / "comparison.png")
-    return _write_comparison_table(out, points_markdown_table(finals), start)
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from anila_core.training import distributed
     from anila_core.study.grid import STUDIES, Grid, study_base
     from anila_core.study.results import best_settings, quality_key
-    from anila_core.study.sweep import command_line, run_sweep
+    from anila_core.study.sweep import command_line, run_sweep, run_sweep_cell
+    from anila_core.training import distributed
 
     if distributed.from_env().enabled:
         raise ValueError("sweep: runs its cells as separate processes and cannot run under torchrun")
@@ -571,10 +396,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cells = grid.cells()
         design = {}
         out = args.out or Path("runs") / "sweep"
-    print(f"sweep: {len(cells)} cells on {base.data_name}, {base.iters} iterations each -> {out}", flush=True)
+    if args.cell is not None:
+        if args.print_commands or args.executor != "local":
+            raise ValueError("--cell: trains that one cell here; drop --print-commands and --executor")
+        done = run_sweep_cell(out, cells, base, args.cell, verdict_seeds=design.get("verdict_seeds", ()),
+                              version=design.get("version", 1))
+        print(f"cell {done['id']}: {out / 'cells' / (done['id'] + '.json')}")
+        return 0
+    # with --print-commands the commands alone go to stdout (to pipe into a scheduler), what the sweep says to stderr
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.print_commands else (lambda text: print(text, flush=True))
+    say(f"sweep: {len(cells)} cells on {base.data_name}, {base.iters} iterations each -> {out}")
     start = time.perf_counter()
     summary = run_sweep(out, cells, base, jobs=args.jobs, progress=not args.no_progress, study=args.study, command=command_line(),
-                        **design)
+                        executor=args.executor, partition=args.slurm_partition, time_min=args.slurm_time,
+                        cell_command=_sweep_cell_command(args, overrides, out), print_only=args.print_commands, **design)
+    if summary is None:
+        say("sweep: one command per unfinished cell above, in any order on any scheduler; once they ran, this same command "
+            "collects the cells and writes the report (a study with verdict seeds then lists their cells)")
+        return 0
     for entry in best_settings(summary):
         w = entry["best"]
         steps = ", ".join(f"{s:g}" for s in entry["stable_step_sizes"]) or "none"
@@ -590,6 +429,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_cell_command(args: argparse.Namespace, overrides: dict, out: Path):
+    """The command of one cell of this sweep: the same grid (or study) and settings, the folder absolute, plus ``--cell ID``."""
+    from anila_core.study.grid import cell_id
+
+    argv = ["sweep"]
+    if args.study:
+        argv += ["--study", args.study]
+    else:
+        argv += ["--preset", args.preset] if args.preset is not None else []
+        for flag, values in (("--samplers", args.samplers), ("--step-size", args.grid_step_size), ("--b", args.grid_b),
+                             ("--n-steps", args.grid_n_steps), ("--chains", args.grid_chains), ("--seed", args.grid_seed)):
+            if values is not None:  # repr: every digit of a float
+                argv += [flag, *(repr(v) if isinstance(v, float) else str(v) for v in values)]
+    argv += [*config_flags(overrides), "--out", str(out.absolute()), "--no-progress"]
+    return lambda cell: [*argv, "--cell", cell_id(cell)]
+
+
 #: the demo's runs: Langevin and AniLA at the cpu preset's b = 30 (clips almost nothing, so it is nearly Langevin), and an
 #: AniLA that clips most coordinates (b = 3), so that the comparison shows what clipping does to a trained energy
 DEMO_RUNS = ("langevin", "anila", "anila:b=3")
@@ -597,6 +453,7 @@ DEMO_RUNS = ("langevin", "anila", "anila:b=3")
 
 def cmd_demo(args: argparse.Namespace) -> int:
     args.samplers, args.jobs, args.resume, args.no_progress = list(DEMO_RUNS), None, args.out.exists(), False
+    args.executor, args.print_commands, args.slurm_partition, args.slurm_time = "local", False, None, None
     return cmd_compare(args)
 
 
