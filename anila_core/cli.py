@@ -46,8 +46,8 @@ def _integer(text: str) -> int:
 
 #: the library's arguments that a command-line user sets with a flag: the library's errors name the
 #: arguments (a notebook has no flags), and this layer words them in the flags' terms
-_FLAGS = {"out_dir": "--out", "out": "--out", "resume=True": "--resume", "iters": "--iters", "jobs": "--jobs", "cell": "--cell",
-          "time_min": "--slurm-time", "executor": "--executor"}
+_FLAGS = {"out_dir": "--out", "out": "--out", "resume=True": "--resume", "iters": "--iters", "jobs": "--jobs",
+          "cell": "--cell", "time_min": "--slurm-time", "executor": "--executor"}
 #: those of them that mean nothing else inside a message (``out`` or ``jobs`` may be plain words there)
 _FLAG_WORDS = ("out_dir", "resume=True", "iters")
 
@@ -139,14 +139,15 @@ def _add_sweep_parser(sub, presets: str) -> None:
 
     sweep = sub.add_parser(
         "sweep", help="the sampler study: a grid of settings and seeds at one budget per cell, in parallel, resumable",
-        description="Train one run per cell of the grid (samplers × step sizes × b × K × chain kinds × seeds; b applies to "
-                    "the AniLA samplers only) at the same budget, in parallel processes, and write sweep.json, sweep.md, "
-                    "heatmaps.png, stability.png, quality_vs_budget.png (and two_densities.png) to --out. Each finished cell is saved at once "
-                    "(cells/<cell>.json): running the same command again finishes an interrupted sweep without "
-                    "recomputing a finished cell. Samplers: " + "; ".join(f"{k}: {v}" for k, v in KIND_HELP.items()) + ".")
+        description="Train one run per cell of the grid (samplers × step sizes × b × K × chain kinds × seeds; b "
+                    "applies to the AniLA samplers only) at the same budget, in parallel processes, and write "
+                    "sweep.json, sweep.md, heatmaps.png, stability.png, quality_vs_budget.png (and "
+                    "two_densities.png) to --out. Each finished cell is saved at once (cells/<cell>.json): running "
+                    "the same command again finishes an interrupted sweep without recomputing a finished cell. "
+                    "Samplers: " + "; ".join(f"{k}: {v}" for k, v in KIND_HELP.items()) + ".")
     sweep.add_argument("--study", choices=sorted(STUDIES), default=None,
-                       help="a named grid (rings: the committed study, docs/study/rings; digits; smoke); "
-                            "then the grid flags below are not allowed")
+                       help="a named grid (rings: the committed study, docs/study/rings; digits; smoke); then the grid "
+                            "flags below are not allowed")
     sweep.add_argument("--samplers", nargs="+", choices=list(KINDS), default=None, metavar="SAMPLER",
                        help=f"samplers, from: {_listed(KINDS)} (default langevin anila)")
     sweep.add_argument("--step-size", dest="grid_step_size", nargs="+", type=float, default=None, metavar="EPS",
@@ -155,31 +156,37 @@ def _add_sweep_parser(sub, presets: str) -> None:
                        help="AniLA thresholds b (default 1)")
     sweep.add_argument("--n-steps", dest="grid_n_steps", nargs="+", type=_integer, default=None, metavar="K",
                        help="sampler transitions per iteration (default: the preset's)")
-    sweep.add_argument("--chains", dest="grid_chains", nargs="+", choices=list(CHAIN_KINDS), default=None, metavar="CHAINS",
+    sweep.add_argument("--chains", dest="grid_chains", nargs="+", choices=list(CHAIN_KINDS), default=None,
+                       metavar="CHAINS",
                        help=f"chain kinds, from: {_listed(CHAIN_KINDS)} (default: the preset's)")
-    sweep.add_argument("--seed", dest="grid_seed", nargs="+", type=_integer, default=None, metavar="SEED", help="seeds (default 0)")
-    sweep.add_argument("--preset", default=None, help=f"base settings of every cell ({presets}; default sweep, or cpu with --dataset)")
-    sweep.add_argument("--out", type=Path, default=None, help="folder of the sweep (default runs/sweep-<study>, or runs/sweep)")
+    sweep.add_argument("--seed", dest="grid_seed", nargs="+", type=_integer, default=None, metavar="SEED",
+                       help="seeds (default 0)")
+    sweep.add_argument("--preset", default=None,
+                       help=f"base settings of every cell ({presets}; default sweep, or cpu with --dataset)")
+    sweep.add_argument("--out", type=Path, default=None,
+                       help="folder of the sweep (default runs/sweep-<study>, or runs/sweep)")
     sweep.add_argument("--jobs", type=_integer, default=None, help="cells in parallel (default: one per CPU core)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.add_argument("--cell", default=None, metavar="ID",
-                       help="train only this cell of the sweep here and write cells/ID.json (what --print-commands lists; "
-                            "the folder must hold the sweep's plan.json)")
+                       help="train only this cell of the sweep here and write cells/ID.json (what --print-commands "
+                            "lists; the folder must hold the sweep's plan.json)")
     _add_runner_flags(sweep, "cell (a `sweep ... --cell ID` command)", "the same command collects them")
     _add_config_flags(sweep, skip=SWEEP_AXES)
 
 
 def _add_runner_flags(parser: argparse.ArgumentParser, unit: str, collect: str) -> None:
-    """Where the runs go: this machine's processes (the default), a SLURM array through submitit, or a list of commands."""
+    """Where the runs go: this machine's processes (the default), a SLURM array through submitit, or a list of
+    commands."""
     group = parser.add_argument_group("where the runs go (this machine by default)")
     group.add_argument("--executor", choices=EXECUTORS, default="local",
-                       help="local: processes on this machine (default); submitit: a SLURM array through submitit (pip install "
-                            "'anila_core[cluster]'), its job files in --out/submitit; where there is no SLURM, submitit's local "
-                            "processes")
+                       help="local: processes on this machine (default); submitit: a SLURM array through submitit (pip "
+                            "install 'anila_core[cluster]'), its job files in --out/submitit; where there is no SLURM, "
+                            "submitit's local processes")
     group.add_argument("--print-commands", action="store_true",
-                       help=f"print one command per unfinished {unit} instead of running it, for any other scheduler; once they "
-                            f"ran, {collect}")
-    group.add_argument("--slurm-partition", default=None, metavar="NAME", help="the SLURM partition (--executor submitit)")
+                       help=f"print one command per unfinished {unit} instead of running it, for any other scheduler; "
+                            f"once they ran, {collect}")
+    group.add_argument("--slurm-partition", default=None, metavar="NAME",
+                       help="the SLURM partition (--executor submitit)")
     group.add_argument("--slurm-time", type=_integer, default=None, metavar="MINUTES",
                        help="the time limit of each run on SLURM, in minutes (--executor submitit)")
 
@@ -305,19 +312,22 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     from anila_core.training import distributed
 
     if distributed.from_env().enabled:
-        raise ValueError("compare: runs its samplers as separate processes and cannot run under torchrun; "
-                         "use `torchrun ... -m anila_core train --sampler NAME` once per sampler")
+        raise ValueError("compare: runs its samplers as separate processes and cannot run under torchrun; use "
+                         "`torchrun ... -m anila_core train --sampler NAME` once per sampler")
     overrides = _overrides(args)
     parsed = [run_spec(text) for text in dict.fromkeys(args.samplers)]
     labels = [label for label, _, _ in parsed]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
-        raise ValueError(f"--samplers: {', '.join(twice)} named twice (the same run folder); give each entry other settings")
+        raise ValueError(f"--samplers: {', '.join(twice)} named twice (the same run folder); give each entry other "
+                         f"settings")
     specs = {label: (sampler, settings) for label, sampler, settings in parsed}
     name = args.preset if args.preset is not None else (preset_name or DEFAULT_PRESET)
-    configs = {label: preset(name, sampler, **{**overrides, **settings}) for label, (sampler, settings) in specs.items()}
+    configs = {label: preset(name, sampler, **{**overrides, **settings})
+               for label, (sampler, settings) in specs.items()}
 
-    def train_command(label: str) -> list[str]:  # the one `train` command that makes the same run (folders given absolute)
+    # the one `train` command that makes the same run (folders given absolute)
+    def train_command(label: str) -> list[str]:
         sampler, settings = specs[label]
         return ["train", "--preset", name, "--sampler", sampler, *config_flags({**overrides, **settings}),
                 "--out", str((args.out / label).absolute()), "--no-progress"]
@@ -326,8 +336,8 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
                          executor=args.executor, partition=args.slurm_partition, time_min=args.slurm_time,
                          train_command=train_command, print_only=args.print_commands)
     if result is None:
-        print("compare: one `train` command per unfinished run above; once they ran, the same compare command plus --resume "
-              "collects them and writes the figure and the table", file=sys.stderr)
+        print("compare: one `train` command per unfinished run above; once they ran, the same compare command plus "
+              "--resume collects them and writes the figure and the table", file=sys.stderr)
         return 0
     print(result.table)
     print(f"wall time {result.wall_s:.0f} s")
@@ -336,7 +346,8 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
 
 
 def run_spec(text: str) -> tuple[str, str, dict]:
-    """One entry of ``compare --samplers``: ``anila``, or a sampler with its own settings, ``anila:b=3`` or ``anila:b=3,step_size=0.02``.
+    """One entry of ``compare --samplers``: ``anila``, or a sampler with its own settings, ``anila:b=3`` or
+    ``anila:b=3,step_size=0.02``.
 
     Returns the run's label (its folder: ``anila-b3``), the sampler's name and its settings, which
     override the preset's entries for that sampler (and the flags shared by every run).
@@ -348,14 +359,15 @@ def run_spec(text: str) -> tuple[str, str, dict]:
         key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not eq or key not in kinds or key == "sampler":
-            raise ValueError(f"--samplers: {text!r}: expected NAME or NAME:setting=value,... with settings of train's flags "
-                             f"(such as b=3 or step_size=0.02), got {item!r}")
+            raise ValueError(f"--samplers: {text!r}: expected NAME or NAME:setting=value,... with settings of train's "
+                             f"flags (such as b=3 or step_size=0.02), got {item!r}")
         try:
             settings[key] = {"int": _integer, "float": float, "str": str, "bool": _boolean}[kinds[key]](value.strip())
         except (ValueError, argparse.ArgumentTypeError) as err:
             raise ValueError(f"--samplers: {text!r}: {key}: {err}") from None
     # a folder name that says what differs: anila:b=3 -> anila-b3
-    label = "-".join([sampler] + [k.replace("_", "-") + (f"{v:g}" if isinstance(v, float) else str(v)) for k, v in settings.items()])
+    label = "-".join([sampler] + [k.replace("_", "-") + (f"{v:g}" if isinstance(v, float) else str(v))
+                                  for k, v in settings.items()])
     return label, sampler, settings
 
 
@@ -379,20 +391,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid_flags = {"--samplers": args.samplers, "--step-size": args.grid_step_size, "--b": args.grid_b,
                   "--n-steps": args.grid_n_steps, "--chains": args.grid_chains, "--seed": args.grid_seed}
     if args.study:
-        given = [flag for flag, value in grid_flags.items() if value is not None] + (["--preset"] if args.preset is not None else [])
+        given = [flag for flag, value in grid_flags.items() if value is not None]
+        given += ["--preset"] if args.preset is not None else []
         if given:
-            raise ValueError(f"--study: fixes the grid and the preset; drop {', '.join(given)} (or leave out --study to give your own grid)")
+            raise ValueError(f"--study: fixes the grid and the preset; drop {', '.join(given)} (or leave out --study "
+                             f"to give your own grid)")
         study = STUDIES[args.study]
         base = study_base(study, **overrides)
         cells = study.cells()
-        design = dict(verdict_seeds=study.verdict_seeds, version=study.version, product_formula_check=study.product_formula_check)
+        design = dict(verdict_seeds=study.verdict_seeds, version=study.version,
+                      product_formula_check=study.product_formula_check)
         out = args.out or Path("runs") / f"sweep-{args.study}"
     else:
         images = bool(overrides.get("dataset")) and not str(overrides["dataset"]).startswith("points:")
         name = args.preset if args.preset is not None else ("cpu" if images else "sweep")
         base = preset(name, "langevin", **overrides)
-        grid = Grid(kinds=args.samplers or ["langevin", "anila"], step_sizes=args.grid_step_size or [0.01], bs=args.grid_b or [1.0],
-                    n_steps=args.grid_n_steps or [base.n_steps], chains=args.grid_chains or [base.chains], seeds=args.grid_seed or [0])
+        grid = Grid(kinds=args.samplers or ["langevin", "anila"], step_sizes=args.grid_step_size or [0.01],
+                    bs=args.grid_b or [1.0],
+                    n_steps=args.grid_n_steps or [base.n_steps], chains=args.grid_chains or [base.chains],
+                    seeds=args.grid_seed or [0])
         cells = grid.cells()
         design = {}
         out = args.out or Path("runs") / "sweep"
@@ -404,15 +421,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"cell {done['id']}: {out / 'cells' / (done['id'] + '.json')}")
         return 0
     # with --print-commands the commands alone go to stdout (to pipe into a scheduler), what the sweep says to stderr
-    say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.print_commands else (lambda text: print(text, flush=True))
+    where = sys.stderr if args.print_commands else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=where, flush=True)
+
     say(f"sweep: {len(cells)} cells on {base.data_name}, {base.iters} iterations each -> {out}")
     start = time.perf_counter()
-    summary = run_sweep(out, cells, base, jobs=args.jobs, progress=not args.no_progress, study=args.study, command=command_line(),
+    summary = run_sweep(out, cells, base, jobs=args.jobs, progress=not args.no_progress, study=args.study,
+                        command=command_line(),
                         executor=args.executor, partition=args.slurm_partition, time_min=args.slurm_time,
-                        cell_command=_sweep_cell_command(args, overrides, out), print_only=args.print_commands, **design)
+                        cell_command=_sweep_cell_command(args, overrides, out), print_only=args.print_commands,
+                        **design)
     if summary is None:
-        say("sweep: one command per unfinished cell above, in any order on any scheduler; once they ran, this same command "
-            "collects the cells and writes the report (a study with verdict seeds then lists their cells)")
+        say("sweep: one command per unfinished cell above, in any order on any scheduler; once they ran, this same "
+            "command collects the cells and writes the report (a study with verdict seeds then lists their cells)")
         return 0
     for entry in best_settings(summary):
         w = entry["best"]
@@ -424,13 +447,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         b = "" if w["b"] is None else f", b={w['b']:g}"
         print(f"  {entry['kind']:>13}: best {key} {w[key]:.3f} at ε={w['step_size']:g}{b}; stable at ε in {{{steps}}}")
     print(f"wall time {time.perf_counter() - start:.0f} s")
-    figures = [out / name for name in ("heatmaps.png", "stability.png", "quality_vs_budget.png", "two_densities.png") if (out / name).exists()]
+    figures = [out / name for name in ("heatmaps.png", "stability.png", "quality_vs_budget.png",
+                                       "two_densities.png") if (out / name).exists()]
     print(f"table: {out / 'sweep.md'}\nresults: {out / 'sweep.json'}\nfigures: {', '.join(map(str, figures))}")
     return 0
 
 
 def _sweep_cell_command(args: argparse.Namespace, overrides: dict, out: Path):
-    """The command of one cell of this sweep: the same grid (or study) and settings, the folder absolute, plus ``--cell ID``."""
+    """The command of one cell of this sweep: the same grid (or study) and settings, the folder absolute, plus ``--cell
+    ID``."""
     from anila_core.study.grid import cell_id
 
     argv = ["sweep"]
@@ -439,7 +464,8 @@ def _sweep_cell_command(args: argparse.Namespace, overrides: dict, out: Path):
     else:
         argv += ["--preset", args.preset] if args.preset is not None else []
         for flag, values in (("--samplers", args.samplers), ("--step-size", args.grid_step_size), ("--b", args.grid_b),
-                             ("--n-steps", args.grid_n_steps), ("--chains", args.grid_chains), ("--seed", args.grid_seed)):
+                             ("--n-steps", args.grid_n_steps), ("--chains", args.grid_chains),
+                             ("--seed", args.grid_seed)):
             if values is not None:  # repr: every digit of a float
                 argv += [flag, *(repr(v) if isinstance(v, float) else str(v) for v in values)]
     argv += [*config_flags(overrides), "--out", str(out.absolute()), "--no-progress"]

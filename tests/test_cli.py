@@ -178,13 +178,13 @@ def test_compare_print_commands_lists_one_train_command_per_run_and_resume_colle
     import shlex
 
     out = tmp_path / "cmp"
-    args = ["compare", "--preset", "smoke", "--iters", "10", "--samplers", "langevin", "anila:b=3", "--jobs", "1", "--out", str(out),
-            "--no-progress"]
+    args = ["compare", "--preset", "smoke", "--iters", "10", "--samplers", "langevin", "anila:b=3", "--jobs", "1",
+            "--out", str(out), "--no-progress"]
     assert main(args + ["--print-commands"]) == 0
     commands = capsys.readouterr().out.splitlines()
-    assert commands == [f"python -m anila_core train --preset smoke --sampler langevin --iters 10 --out {out / 'langevin'} --no-progress",
-                        f"python -m anila_core train --preset smoke --sampler anila --iters 10 --b 3.0 --out {out / 'anila-b3'} "
-                        "--no-progress"]
+    train = "python -m anila_core train --preset smoke"
+    assert commands == [f"{train} --sampler langevin --iters 10 --out {out / 'langevin'} --no-progress",
+                        f"{train} --sampler anila --iters 10 --b 3.0 --out {out / 'anila-b3'} --no-progress"]
     for line in commands:  # what a scheduler runs: each run in its own folder
         assert main(shlex.split(line)[3:]) == 0
     capsys.readouterr()

@@ -9,8 +9,8 @@ from anila_core.study import sweep
 from anila_core.study.figures import plot_quality_vs_budget
 from anila_core.study.grid import Grid, cell_config, cell_id, gradients_per_iteration
 from anila_core.study.reports import markdown_report
-from anila_core.study.results import (best_settings, main_slice, paired_difference, summarize, two_density_rows, verdict_cells,
-                                      verdict_settings, verdict_text)
+from anila_core.study.results import (best_settings, main_slice, paired_difference, summarize, two_density_rows,
+                                      verdict_cells, verdict_settings, verdict_text)
 from anila_core.study.sweep import run_sweep
 from anila_core.training.config import preset
 

@@ -1,4 +1,4 @@
-"""A comparison of samplers: one run folder per sampler in one locked folder, run and resumed by the runner of cells, then the side-by-side figure and table."""
+"""A comparison of samplers: one run folder per sampler, run by the runner of cells, then one figure and table."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ PROGRESS_BAR, PROGRESS_LINES, NO_PROGRESS = "bar", "lines", None
 
 @dataclass(frozen=True)
 class Comparison:
-    """What a finished comparison wrote: each run's ``final.json`` by label, the markdown ``table`` and where it and the figure are."""
+    """What a finished comparison wrote: each run's ``final.json`` by label, the markdown ``table`` and where it and
+    the figure are."""
 
     finals: dict
     table: str
@@ -33,9 +34,12 @@ class Comparison:
 
 
 def run_compare(out: str | Path, configs: dict[str, TrainConfig], jobs: int | None = None, resume: bool = False,
-                progress: bool = True, executor: str = "local", partition: str | None = None, time_min: int | None = None,
-                train_command: Callable[[str], Sequence[str]] | None = None, print_only: bool = False) -> Comparison | None:
-    """Train one run per entry of ``configs`` (label → configuration) in ``out/<label>``, then write the figure and the table.
+                progress: bool = True, executor: str = "local", partition: str | None = None,
+                time_min: int | None = None,
+                train_command: Callable[[str], Sequence[str]] | None = None,
+                print_only: bool = False) -> Comparison | None:
+    """Train one run per entry of ``configs`` (label → configuration) in ``out/<label>``, then write the figure and the
+    table.
 
     ``out`` is locked while the comparison writes it; a folder that holds files is refused
     unless ``resume``, which keeps finished runs, continues the others from their checkpoints
@@ -57,14 +61,16 @@ def run_compare(out: str | Path, configs: dict[str, TrainConfig], jobs: int | No
 
     def unused() -> None:  # under the lock: a comparison may be finished with resume, not overwritten
         if not resume and any(p.name != LOCK_FILE for p in out.iterdir()):
-            raise ValueError(f"out: {out} already holds files; pass resume=True to finish that comparison or choose another folder")
+            raise ValueError(f"out: {out} already holds files; pass resume=True to finish that comparison or choose "
+                             f"another folder")
 
     with locked_folder(out, check=unused) as lock:  # one comparison writes the folder at a time
         if resume:  # before any run starts: a folder from other settings is refused as a whole
             for label, config in configs.items():
                 if (out / label / "config.json").exists():
                     _check_same_settings(out / label, config)
-        commands = {label: tuple(_command(out / label, train_command(label))) if train_command else () for label in configs}
+        commands = {label: tuple(_command(out / label, train_command(label))) if train_command else ()
+                    for label in configs}
         if print_only:
             print_commands([Cell(str(out / label), None, commands[label]) for label in configs
                             if not _finished_with(out / label, configs[label])])
@@ -85,7 +91,8 @@ def _finished_with(folder: Path, config: TrainConfig) -> bool:
 
 def _compare(out: Path, configs: dict[str, TrainConfig], jobs: int | None, resume: bool, progress: bool, how: dict,
              commands: dict[str, tuple], verify: Callable[[], None]) -> Comparison:
-    """The comparison itself, in the locked folder ``out``; ``verify()`` (LockLost otherwise) runs before the figure and table."""
+    """The comparison itself, in the locked folder ``out``; ``verify()`` (LockLost otherwise) runs before the figure
+    and table."""
     import torch
 
     labels = list(configs)
@@ -100,7 +107,8 @@ def _compare(out: Path, configs: dict[str, TrainConfig], jobs: int | None, resum
         shown = PROGRESS_BAR if jobs == 1 and sys.stderr.isatty() else PROGRESS_LINES
     cells = [Cell(str(out / s), (configs[s], out / s, resume, threads, shown), commands[s]) for s in labels]
     first = configs[labels[0]]
-    print(f"comparing {', '.join(labels)} on {first.data_name}: {first.iters} iterations each, {jobs} in parallel -> {out}",
+    print(f"comparing {', '.join(labels)} on {first.data_name}: {first.iters} iterations each, {jobs} in parallel -> "
+          f"{out}",
           flush=True)
     start = time.perf_counter()
     finals = {}
@@ -121,18 +129,22 @@ def _compare(out: Path, configs: dict[str, TrainConfig], jobs: int | None, resum
 
 
 def _check_same_settings(out: Path, config: TrainConfig) -> None:
-    """Refuse to keep or resume the run in ``out`` when it was made with other settings than ``config`` (say, an older preset)."""
+    """Refuse to keep or resume the run in ``out`` when it was made with other settings than ``config`` (say, an older
+    preset)."""
     path = out / "config.json"
     saved = read_json_file(path, "the config.json a run wrote")
     try:
         saved = TrainConfig.from_dict(saved).to_dict()
     except (TypeError, ValueError, AttributeError) as err:
-        raise ValueError(f"{path}: not a valid run configuration ({err}); expected the config.json a run wrote") from None
+        raise ValueError(f"{path}: not a valid run configuration ({err}); expected the config.json a run "
+                         f"wrote") from None
     # lr_decay_iters 0 means the run's iters, fixed when it started: a longer --iters does not change it
-    wanted = config.replace(lr_decay_iters=config.lr_decay_iters or saved.get("lr_decay_iters") or config.iters).to_dict()
+    decay = config.lr_decay_iters or saved.get("lr_decay_iters") or config.iters
+    wanted = config.replace(lr_decay_iters=decay).to_dict()
     differ = changed_settings(saved, wanted)
     if differ:
-        raise ValueError(f"--out: {out} holds a run made with other settings ({describe_changes(differ, saved, wanted, 'there', 'now')}); "
+        raise ValueError(f"--out: {out} holds a run made with other settings "
+                         f"({describe_changes(differ, saved, wanted, 'there', 'now')}); "
                          "delete that folder to train again, or choose another --out")
 
 
@@ -168,7 +180,8 @@ def _duration(seconds: float) -> str:
 
 
 def _train_one(job: tuple) -> dict:
-    """Worker of a comparison: one sampler's run, with its share of the CPU threads, showing its progress as ``progress`` says."""
+    """Worker of a comparison: one sampler's run, with its share of the CPU threads, showing its progress as
+    ``progress`` says."""
     from anila_core.training.runs import Run
 
     config, out, resume, threads, progress = job
@@ -176,7 +189,8 @@ def _train_one(job: tuple) -> dict:
     if resume and (out / "final.json").exists():
         final = _finished(out / "final.json")
         if final["iters"] == config.iters:
-            print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True)
+            print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)",
+                  flush=True)
             return final
         # another --iters: the run goes on from its checkpoint to it (fewer than it trained is refused by the Run)
     bar = progress == PROGRESS_BAR
@@ -184,7 +198,8 @@ def _train_one(job: tuple) -> dict:
         if resume and (out / "config.json").exists():
             # restart=True: a sampler killed before its first checkpoint starts again (its settings were checked)
             # the network this command names (--energy), never one the folder names alone
-            run = Run(out, config, resume=True, restart=True, progress=bar, energy=config.energy or None, iters=config.iters)
+            run = Run(out, config, resume=True, restart=True, progress=bar, energy=config.energy or None,
+                      iters=config.iters)
             if (out / "checkpoint.pt").exists():
                 print(f"resuming {out} at iteration {run.trainer.iteration} of {run.config.iters}", flush=True)
             else:
@@ -194,8 +209,8 @@ def _train_one(job: tuple) -> dict:
         lines = None
         if progress == PROGRESS_LINES:
             lines = _ProgressLines(out.name, run.trainer.iteration, run.config.iters)
-            print(f"{out.name}: started, {run.config.iters - run.trainer.iteration} iterations to go "
-                  f"(a line at each evaluation, every {run.config.eval_every})", flush=True)
+            print(f"{out.name}: started, {run.config.iters - run.trainer.iteration} iterations to go (a line at each "
+                  f"evaluation, every {run.config.eval_every})", flush=True)
         final = run.train(callback=lines)
         if lines is not None:
             print(f"{out.name}: done in {time.perf_counter() - lines.start:.0f} s, figures written", flush=True)
@@ -218,7 +233,8 @@ def _finished(path: Path) -> dict:
 
 
 def _finish_target_comparison(out: Path, labels: list[str], finals: dict, configs: dict) -> str:
-    """comparison.png (the learned densities and samples side by side with the target's) and the table, on a 2-D target."""
+    """comparison.png (the learned densities and samples side by side with the target's) and the table, on a 2-D
+    target."""
     from anila_core.training.runs import load_trainer
     from anila_core.ui.report import markdown_table, model_densities, plot_side_by_side, save_figure
 
@@ -246,7 +262,8 @@ def _finish_image_comparison(out: Path, labels: list[str], finals: dict, configs
 
 
 def _finish_points_comparison(out: Path, labels: list[str], finals: dict, configs: dict) -> str:
-    """comparison.png (in 2-D the learned densities and samples, else samples on the data's principal axes) and the table."""
+    """comparison.png (in 2-D the learned densities and samples, else samples on the data's principal axes) and the
+    table."""
     import torch
 
     from anila_core.sampling.distances import grid_log_probs

@@ -1,4 +1,4 @@
-"""The sampler study's figures: quality maps over (ε, b), the stability region, quality against a compute budget, the two densities, clipping and histories."""
+"""The sampler study's figures: quality maps, stability, quality against a budget, two densities, clipping."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Sequence
 from anila_core.study.grid import KINDS, number_text, uses_b
 from anila_core.study.results import QUALITY_LABELS, budget_curves, main_slice, quality_key, summarize, two_density_rows
 
-__all__ = ["plot_heatmaps", "plot_stability", "plot_quality_vs_budget", "plot_two_densities", "plot_clipping", "plot_histories"]
+__all__ = ["plot_heatmaps", "plot_stability", "plot_quality_vs_budget", "plot_two_densities", "plot_clipping",
+           "plot_histories"]
 
 
 def _main_rows(summary: dict) -> tuple:
-    """What the maps draw: the quality key, the pooled rows at the main gradient budget and chain kind, that budget and kind, the samplers and step sizes present."""
+    """What the maps draw: the quality key, the pooled rows at the main gradient budget and chain kind, that budget and
+    kind, the samplers and step sizes present."""
     key = quality_key(summary)
     rows = summarize(summary)
     budget, chains = main_slice(rows)
@@ -23,7 +25,8 @@ def _main_rows(summary: dict) -> tuple:
 
 
 def plot_heatmaps(summary: dict, axes=None):
-    """Mean final quality over (step size, b) for each sampler at the main gradient budget and chain kind; ✕ marks settings where a seed was unstable.
+    """Mean final quality over (step size, b) for each sampler at the main gradient budget and chain kind; ✕ marks
+    settings where a seed was unstable.
 
     Each panel has its own rows (the step sizes that sampler ran: HMC's ε is a leapfrog step, on
     another scale) and a width in proportion to its thresholds, so every number stays readable.
@@ -60,17 +63,20 @@ def plot_heatmaps(summary: dict, axes=None):
             axes[0].figure.colorbar(image, cax=colorbar_axes, label=label)
         else:
             axes[0].figure.colorbar(image, ax=list(axes), label=label, shrink=0.9)
-    axes[0].figure.suptitle(f"quality over (ε, b), {budget} gradients per iteration, {chains} chains; ✕: a seed diverged or collapsed",
+    axes[0].figure.suptitle(f"quality over (ε, b), {budget} gradients per iteration, {chains} chains; ✕: a seed "
+                            f"diverged or collapsed",
                             fontsize=11)
     return axes
 
 
-#: the widest row of heatmap panels, in units of one threshold column: what stays readable on a projector at 9-point numbers
+#: the widest row of heatmap panels, in units of one threshold column: what stays readable on a projector at 9-point
+#: numbers
 HEATMAP_ROW_UNITS = 7.0
 
 
 def _heatmap_axes(kinds: list[str], bs: dict, steps: dict) -> tuple[list, object]:
-    """Panels for :func:`plot_heatmaps` in rows no wider than :data:`HEATMAP_ROW_UNITS`, each as wide as its thresholds need.
+    """Panels for :func:`plot_heatmaps` in rows no wider than :data:`HEATMAP_ROW_UNITS`, each as wide as its thresholds
+    need.
 
     One row of every sampler was about 19 inches (1900 pixels on screen) with 6-point numbers:
     unreadable at lecture size. Rows keep the figure about 11 inches wide at 9 points.
@@ -92,13 +98,15 @@ def _heatmap_axes(kinds: list[str], bs: dict, steps: dict) -> tuple[list, object
     for i, row in enumerate(rows):
         # a last column takes up what the row leaves free, so every panel keeps the width of its thresholds
         free = widest - sum(widths[k] for k in row)
-        inner = outer[i, 0].subgridspec(1, len(row) + (free > 0), width_ratios=[widths[k] for k in row] + ([free] if free > 0 else []))
+        inner = outer[i, 0].subgridspec(1, len(row) + (free > 0),
+                                        width_ratios=[widths[k] for k in row] + ([free] if free > 0 else []))
         axes += [fig.add_subplot(inner[0, j]) for j in range(len(row))]
     return axes, fig.add_subplot(outer[:, 1])
 
 
 def plot_stability(summary: dict, ax=None):
-    """The stability region: for each sampler (rows) and step size (columns), the share of seeds that trained stably, at its most stable b (the best of those)."""
+    """The stability region: for each sampler (rows) and step size (columns), the share of seeds that trained stably,
+    at its most stable b (the best of those)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -126,7 +134,8 @@ def plot_stability(summary: dict, ax=None):
 
 
 def plot_quality_vs_budget(summary: dict, axes=None):
-    """The fixed-budget view: quality against training CPU time and against gradient evaluations, for each sampler's best setting (mean over its seeds).
+    """The fixed-budget view: quality against training CPU time and against gradient evaluations, for each sampler's
+    best setting (mean over its seeds).
 
     CPU time (one thread per cell) is what compares samplers whose cells ran while the machine
     was shared unevenly; cells written before it was recorded are left out of that panel.
@@ -158,7 +167,8 @@ def plot_quality_vs_budget(summary: dict, axes=None):
 
 
 def plot_two_densities(summary: dict, ax=None):
-    """Per AniLA setting: grid TV of exp(−E) against that of its sampler's small-step density, coloured by the clipped share.
+    """Per AniLA setting: grid TV of exp(−E) against that of its sampler's small-step density, coloured by the clipped
+    share.
 
     Below the diagonal the energy fits the data *through its sampler* better than as exp(−E).
     """
@@ -174,8 +184,10 @@ def plot_two_densities(summary: dict, ax=None):
     for chains, marker in markers.items():
         rs = [r for r in mine if r["chains"] == chains]
         if rs:
-            dots = ax.scatter([r["grid_tv"] for r in rs], [r["sampler_grid_tv"] for r in rs], marker=marker, s=28, cmap="viridis",
-                              c=[100 * (r["clipped_share"] or 0) for r in rs], vmin=0, vmax=100, edgecolors="k", linewidths=0.3,
+            dots = ax.scatter([r["grid_tv"] for r in rs], [r["sampler_grid_tv"] for r in rs], marker=marker, s=28,
+                              cmap="viridis",
+                              c=[100 * (r["clipped_share"] or 0) for r in rs], vmin=0, vmax=100, edgecolors="k",
+                              linewidths=0.3,
                               label=f"{chains} chains")
     top = max(max(r["grid_tv"], r["sampler_grid_tv"]) for r in mine) * 1.05
     ax.plot([0, top], [0, top], "k--", lw=0.8)
@@ -190,14 +202,16 @@ def plot_two_densities(summary: dict, ax=None):
 
 
 def plot_clipping(summary: dict, ax=None):
-    """For every finished AniLA cell: the share of clipped coordinates against its final quality, coloured by step size."""
+    """For every finished AniLA cell: the share of clipped coordinates against its final quality, coloured by step
+    size."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
     key = quality_key(summary)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.6))
-    cells = [r for r in summary["cells"] if uses_b(r["kind"]) and not r["diverged"] and r.get("clipped_share") is not None
+    cells = [r for r in summary["cells"]
+             if uses_b(r["kind"]) and not r["diverged"] and r.get("clipped_share") is not None
              and key in r["final"]]
     markers = {"anila": "o", "anila_sample": "s", "anila_noise": "^", "anila_mh": "D", "anila_pixel": "v"}
     steps = [r["step_size"] for r in cells] or [1.0]
@@ -219,7 +233,8 @@ def plot_clipping(summary: dict, ax=None):
 
 
 def plot_histories(summary: dict, settings: Sequence[dict], metric: str = "energy_gap", ax=None):
-    """``metric`` (e.g. ``energy_gap``, ``grid_tv``, ``clipped_share``) over training for the cells matching each of ``settings``, one line per seed."""
+    """``metric`` (e.g. ``energy_gap``, ``grid_tv``, ``clipped_share``) over training for the cells matching each of
+    ``settings``, one line per seed."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -232,7 +247,8 @@ def plot_histories(summary: dict, settings: Sequence[dict], metric: str = "energ
         for i, r in enumerate(matches):
             rows = [h for h in r["history"] if metric in h]
             label = _setting_label(wanted, settings) if i == 0 else None
-            ax.plot([h["iter"] for h in rows], [h[metric] for h in rows], "o-", ms=3, color=colour, alpha=0.8, label=label)
+            ax.plot([h["iter"] for h in rows], [h[metric] for h in rows], "o-", ms=3, color=colour, alpha=0.8,
+                    label=label)
             if r["diverged"]:
                 ax.axvline(r["diverged_at"], color=colour, ls=":", lw=1)
     ax.set_xlabel("iteration")
@@ -243,16 +259,19 @@ def plot_histories(summary: dict, settings: Sequence[dict], metric: str = "energ
 
 #: how plot_histories names a sampler kind and a metric in its legend and axis
 _KIND_LABELS = {"langevin": "Langevin", "mala": "MALA", "anila": "AniLA", "anila_sample": "AniLA (sample norm)",
-                "anila_pixel": "AniLA (pixel norm)", "anila_noise": "AniLA (noise only)", "anila_mh": "AniLA + Metropolis",
+                "anila_pixel": "AniLA (pixel norm)", "anila_noise": "AniLA (noise only)",
+                "anila_mh": "AniLA + Metropolis",
                 "psgld": "pSGLD", "hmc": "HMC"}
 
 
-_METRIC_LABELS = {"energy_gap": "E(data) − E(samples)", "grid_tv": "grid TV to target", "clipped_share": "share of |∇E| > b",
+_METRIC_LABELS = {"energy_gap": "E(data) − E(samples)", "grid_tv": "grid TV to target",
+                  "clipped_share": "share of |∇E| > b",
                   "fid": "FID"}
 
 
 def _setting_label(wanted: dict, settings: Sequence[dict]) -> str:
-    """A legend entry for one setting: ``Langevin, ε = 0.1``, ``AniLA, ε = 0.1, b = 30``; K, chains and seed only where the settings differ."""
+    """A legend entry for one setting: ``Langevin, ε = 0.1``, ``AniLA, ε = 0.1, b = 30``; K, chains and seed only where
+    the settings differ."""
     parts = [_KIND_LABELS.get(wanted["kind"], wanted["kind"])] if "kind" in wanted else []
     if "step_size" in wanted:
         parts.append(f"ε = {number_text(wanted['step_size'])}")

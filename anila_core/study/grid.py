@@ -1,4 +1,4 @@
-"""The sampler study's designs: the samplers it compares, a grid of settings, the named studies and each cell's name and configuration."""
+"""The sampler study's designs: the samplers, a grid of settings, the named studies, each cell's id and config."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from anila_core.training.config import CHAIN_KINDS, TrainConfig, preset
 
-__all__ = ["KINDS", "KIND_HELP", "CELL_FIELDS", "SETTING_FIELDS", "Grid", "Study", "STUDIES", "cell_id", "cell_config", "setting_key",
+__all__ = ["KINDS", "KIND_HELP", "CELL_FIELDS", "SETTING_FIELDS", "Grid", "Study", "STUDIES", "cell_id", "cell_config",
+           "setting_key",
            "study_base", "gradients_per_iteration", "uses_b", "uses_leapfrog", "uses_damping", "number_text"]
 
 
@@ -23,7 +24,8 @@ KINDS: dict[str, dict] = {
     "anila_noise": dict(sampler="anila", norm="coordinate", variant="noise_only", metropolis=False),
     "anila_mh": dict(sampler="anila", norm="coordinate", variant="full", metropolis=True),
     "psgld": dict(sampler="psgld", metropolis=False),
-    "hmc": dict(sampler="hmc", metropolis=False),  # always Metropolis-adjusted; its leapfrog count comes from the base config
+    # always Metropolis-adjusted; its leapfrog count comes from the base config
+    "hmc": dict(sampler="hmc", metropolis=False),
 }
 
 
@@ -65,12 +67,13 @@ def number_text(x: float) -> str:
 
 
 def cell_id(cell: dict) -> str:
-    """A file-name-safe name of one cell, e.g. ``anila-eps0.01-b3-K30-buffer-seed0`` (``-L10`` for HMC's leapfrog count, ``-lam0.1`` for pSGLD's damping when the cell sets them)."""
+    """A file-name-safe name of one cell, e.g. ``anila-eps0.01-b3-K30-buffer-seed0`` (``-L10`` for HMC's leapfrog
+    count, ``-lam0.1`` for pSGLD's damping when the cell sets them)."""
     b = f"-b{number_text(cell['b'])}" if cell.get("b") is not None else ""
     leapfrog = f"-L{cell['leapfrog']}" if cell.get("leapfrog") is not None else ""
     damping = f"-lam{number_text(cell['damping'])}" if cell.get("damping") is not None else ""
-    return (f"{cell['kind']}-eps{number_text(cell['step_size'])}{b}{leapfrog}{damping}-K{cell['n_steps']}-{cell['chains']}"
-            f"-seed{cell['seed']}")
+    return (f"{cell['kind']}-eps{number_text(cell['step_size'])}{b}{leapfrog}{damping}"
+            f"-K{cell['n_steps']}-{cell['chains']}-seed{cell['seed']}")
 
 
 #: the fields of :func:`setting_key`, in its order
@@ -84,7 +87,8 @@ def setting_key(cell: dict) -> tuple:
 
 @dataclass(frozen=True)
 class Grid:
-    """The product of the listed settings (any sequences; kept as tuples); ``b`` applies to the AniLA kinds only (the others get one cell per step size)."""
+    """The product of the listed settings (any sequences; kept as tuples); ``b`` applies to the AniLA kinds only (the
+    others get one cell per step size)."""
 
     kinds: tuple[str, ...] = ("langevin", "anila")
     step_sizes: tuple[float, ...] = (0.01,)
@@ -119,7 +123,8 @@ class Grid:
 
     def cells(self) -> list[dict]:
         out = []
-        for kind, eps, k, chains, seed in itertools.product(self.kinds, self.step_sizes, self.n_steps, self.chains, self.seeds):
+        settings = itertools.product(self.kinds, self.step_sizes, self.n_steps, self.chains, self.seeds)
+        for kind, eps, k, chains, seed in settings:
             for b, leapfrog, damping in itertools.product(self.bs if uses_b(kind) else (None,),
                                                           self.leapfrogs if uses_leapfrog(kind) else (None,),
                                                           self.dampings if uses_damping(kind) else (None,)):
@@ -191,17 +196,21 @@ STUDIES: dict[str, Study] = {
         description="rings toy, 'sweep' preset (2000 iterations, 20 gradients per iteration and chain)",
         preset="sweep",
         grids=(
-            Grid(kinds=("langevin", "mala"), step_sizes=(0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1), n_steps=(20,),
+            Grid(kinds=("langevin", "mala"), step_sizes=(0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1),
+                 n_steps=(20,),
                  seeds=SEARCH_SEEDS),
             Grid(kinds=("anila", "anila_noise"), step_sizes=(0.005, 0.01, 0.02, 0.05), bs=(1.0, 3.0), n_steps=(20,),
                  seeds=SEARCH_SEEDS),
             Grid(kinds=("anila_sample", "anila_mh"), step_sizes=(0.005, 0.01, 0.02, 0.05), bs=(3.0,), n_steps=(20,),
                  seeds=SEARCH_SEEDS),
-            Grid(kinds=("psgld",), step_sizes=(0.01, 0.03, 0.1, 0.3), dampings=(1e-5, 0.1), n_steps=(20,), seeds=SEARCH_SEEDS),
+            Grid(kinds=("psgld",), step_sizes=(0.01, 0.03, 0.1, 0.3), dampings=(1e-5, 0.1), n_steps=(20,),
+                 seeds=SEARCH_SEEDS),
             Grid(kinds=("hmc",), step_sizes=(0.02, 0.05, 0.1, 0.2), leapfrogs=(5,), n_steps=(4,), seeds=SEARCH_SEEDS),
             Grid(kinds=("hmc",), step_sizes=(0.02, 0.05, 0.1, 0.2), leapfrogs=(10,), n_steps=(2,), seeds=SEARCH_SEEDS),
-            Grid(kinds=("anila",), step_sizes=(1.0,), bs=PAPER_BS, n_steps=(20,), chains=("buffer", "short_run"), seeds=SEARCH_SEEDS),
-            Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(20,), chains=("short_run",), seeds=SEARCH_SEEDS),
+            Grid(kinds=("anila",), step_sizes=(1.0,), bs=PAPER_BS, n_steps=(20,), chains=("buffer", "short_run"),
+                 seeds=SEARCH_SEEDS),
+            Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(20,), chains=("short_run",),
+                 seeds=SEARCH_SEEDS),
             Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(10,), seeds=SEARCH_SEEDS),
         ),
         verdict_seeds=VERDICT_SEEDS,
@@ -221,7 +230,8 @@ STUDIES: dict[str, Study] = {
         grids=(
             Grid(kinds=("langevin", "anila", "anila_noise"), step_sizes=(1.0, 3.0), bs=(0.03, 0.1), n_steps=(40,),
                  chains=("short_run",), seeds=(0, 1, 2, 3, 4)),
-            Grid(kinds=("langevin", "anila"), step_sizes=(1.0,), bs=(0.1,), n_steps=(40,), chains=("buffer",), seeds=SEARCH_SEEDS),
+            Grid(kinds=("langevin", "anila"), step_sizes=(1.0,), bs=(0.1,), n_steps=(40,), chains=("buffer",),
+                 seeds=SEARCH_SEEDS),
         ),
         verdict_seeds=VERDICT_SEEDS,
         version=2,
@@ -234,7 +244,8 @@ STUDIES: dict[str, Study] = {
         preset="paper",
         grids=(
             Grid(kinds=("langevin",), step_sizes=(0.01,), n_steps=(100,), chains=("short_run",), seeds=SEARCH_SEEDS),
-            Grid(kinds=("anila",), step_sizes=(1.0,), bs=(0.03,), n_steps=(100,), chains=("short_run",), seeds=SEARCH_SEEDS),
+            Grid(kinds=("anila",), step_sizes=(1.0,), bs=(0.03,), n_steps=(100,), chains=("short_run",),
+                 seeds=SEARCH_SEEDS),
         ),
         version=2,
     ),
@@ -263,5 +274,6 @@ def cell_config(base: TrainConfig, cell: dict) -> TrainConfig:
 
 
 def gradients_per_iteration(config: TrainConfig) -> int:
-    """Gradient evaluations per chain and iteration: K transitions, each ``hmc_leapfrog`` of them for HMC (the budget cells are compared at)."""
+    """Gradient evaluations per chain and iteration: K transitions, each ``hmc_leapfrog`` of them for HMC (the budget
+    cells are compared at)."""
     return config.n_steps * (config.hmc_leapfrog if config.sampler == "hmc" else 1)

@@ -1,4 +1,4 @@
-"""The sampler study's results: reading and checking cell files and summaries, settings pooled over seeds, the best settings and paired verdicts."""
+"""The sampler study's results: cell files read and checked, settings pooled over seeds, best settings, verdicts."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import Sequence
 
 from anila_core.study.grid import KINDS, SETTING_FIELDS, cell_id, setting_key, uses_b
 
-__all__ = ["UNSTABLE_TV", "QUALITY_FIELDS", "QUALITY_LABELS", "CONFIDENCE", "CLIPPING_SHARE", "TWO_DENSITY_KINDS", "check_cell_result",
-           "read_sweep_file", "known_results", "read_plan", "load_sweep", "quality_key", "summarize", "cell_gradients", "main_slice",
-           "best_settings", "same_setting_but_step", "paired_difference", "verdict_text", "verdict_settings", "verdict_cells",
+__all__ = ["UNSTABLE_TV", "QUALITY_FIELDS", "QUALITY_LABELS", "CONFIDENCE", "CLIPPING_SHARE", "TWO_DENSITY_KINDS",
+           "check_cell_result",
+           "read_sweep_file", "known_results", "read_plan", "load_sweep", "quality_key", "summarize", "cell_gradients",
+           "main_slice",
+           "best_settings", "same_setting_but_step", "paired_difference", "verdict_text", "verdict_settings",
+           "verdict_cells",
            "two_density_rows", "budget_curves"]
 
 
@@ -22,7 +25,8 @@ UNSTABLE_TV = 0.5
 #: an evaluation row's measures of quality (2-D targets: the first five, the last two of them for the
 #: density the sampler draws from the energy at small step; images: FID, KID, coverage; points of a file:
 #: sliced Wasserstein, MMD and, in 2-D, the KDE grid TV)
-QUALITY_FIELDS = ("grid_tv", "grid_kl", "mmd", "sampler_grid_tv", "sampler_grid_kl", "fid", "kid", "coverage", "sliced_wasserstein",
+QUALITY_FIELDS = ("grid_tv", "grid_kl", "mmd", "sampler_grid_tv", "sampler_grid_kl", "fid", "kid", "coverage",
+                  "sliced_wasserstein",
                   "kde_grid_tv", "chains_tv", "chains_sampler_tv")
 
 
@@ -31,20 +35,23 @@ QUALITY_LABELS = {"grid_tv": "grid TV", "fid": "FID", "sliced_wasserstein": "sli
 
 
 #: a cell's measures that are shares (total variation, coverage), and those that are >= 0 (a KL, a distance)
-_SHARES = ("grid_tv", "sampler_grid_tv", "kde_grid_tv", "chains_tv", "chains_sampler_tv", "coverage", "best_grid_tv", "clipped_share")
+_SHARES = ("grid_tv", "sampler_grid_tv", "kde_grid_tv", "chains_tv", "chains_sampler_tv", "coverage", "best_grid_tv",
+           "clipped_share")
 
 
 _NON_NEGATIVE = ("grid_kl", "sampler_grid_kl", "fid", "sliced_wasserstein", "wall_s", "iters")
 
 
 def check_cell_result(r, where: str, again: str) -> None:
-    """``ValueError`` naming ``where`` (a cell file, or sweep.json's cell) unless ``r`` is a cell result as :func:`run_cell` writes it."""
+    """``ValueError`` naming ``where`` (a cell file, or sweep.json's cell) unless ``r`` is a cell result as
+    :func:`run_cell` writes it."""
     def refuse(what: str):
         raise ValueError(f"{where}: {what}; expected a cell result as a sweep writes it ({again})")
 
     if not isinstance(r, dict):
         refuse(f"holds a JSON {type(r).__name__}, not an object")
-    missing = [k for k in ("id", "kind", "step_size", "n_steps", "chains", "seed", "diverged", "final", "history") if k not in r]
+    missing = [k for k in ("id", "kind", "step_size", "n_steps", "chains", "seed", "diverged", "final",
+                           "history") if k not in r]
     if missing:
         refuse(f"lacks {', '.join(missing)}")
     if not isinstance(r["id"], str) or not isinstance(r["final"], dict) or not isinstance(r["history"], list) \
@@ -52,7 +59,8 @@ def check_cell_result(r, where: str, again: str) -> None:
         refuse("its id is not a string, its final not an object or its history not a list of objects")
     if not isinstance(r["diverged"], bool):
         refuse(f"diverged: {r['diverged']!r} is not true or false")
-    for key, value in [*r["final"].items(), *((k, r.get(k)) for k in ("best_grid_tv", "clipped_share", "wall_s", "iters"))]:
+    summary_values = ((k, r.get(k)) for k in ("best_grid_tv", "clipped_share", "wall_s", "iters"))
+    for key, value in [*r["final"].items(), *summary_values]:
         if value is None or key not in _SHARES + _NON_NEGATIVE + ("mmd", "kid", "energy_gap"):
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -74,15 +82,18 @@ def read_sweep_file(path: Path, expected: str, again: str):
 
 
 def known_results(out: Path, version: int = 1) -> dict[str, dict]:
-    """Finished cells in ``out`` of the design ``version``: one file per cell, and the cells of a summary already written there; a damaged one is named."""
+    """Finished cells in ``out`` of the design ``version``: one file per cell, and the cells of a summary already
+    written there; a damaged one is named."""
     known = {}
     summary = out / "sweep.json"
     if summary.exists():
         again = f"delete {summary}: a rerun of the sweep writes it again from the cell files"
         data = read_sweep_file(summary, "the sweep.json a sweep wrote", again)
         if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
-            raise ValueError(f"{summary}: is not an object with a list of cells; expected the sweep.json a sweep wrote ({again})")
-        if data.get("version", 1) == version:  # an older design's cells are not this one's, even where their names agree
+            raise ValueError(f"{summary}: is not an object with a list of cells; expected the sweep.json a sweep wrote "
+                             f"({again})")
+        # an older design's cells are not this one's, even where their names agree
+        if data.get("version", 1) == version:
             for i, r in enumerate(data.get("cells", [])):
                 check_cell_result(r, f"{summary}: cell {i}", again)
                 known[r["id"]] = r
@@ -102,7 +113,8 @@ def read_plan(path: Path) -> dict:
     plan = read_sweep_file(path, "the plan.json a sweep wrote", "the sweep's own files are not edited by hand")
     if not isinstance(plan, dict) or not isinstance(plan.get("base"), dict) or not isinstance(plan.get("cells"), list) \
             or not all(isinstance(c, str) for c in plan["cells"]):
-        raise ValueError(f"{path}: is not an object with 'base' (an object of settings) and 'cells' (a list of cell ids); "
+        raise ValueError(f"{path}: is not an object with 'base' (an object of settings) and 'cells' (a list of cell "
+                         f"ids); "
                          "expected the plan.json a sweep wrote")
     return plan
 
@@ -113,18 +125,22 @@ def load_sweep(path: str | Path) -> dict:
     if path.is_dir():
         path = path / "sweep.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no sweep results here; run `python -m anila_core sweep ... --out {path.parent}` first")
+        raise FileNotFoundError(f"{path}: no sweep results here; run `python -m anila_core sweep ... --out "
+                                f"{path.parent}` first")
     again = f"run the sweep's command again with --out {path.parent} to write it from its cell files"
     summary = read_sweep_file(path, "the sweep.json a sweep wrote", again)
-    if not isinstance(summary, dict) or not isinstance(summary.get("cells"), list) or not isinstance(summary.get("base"), dict):
-        raise ValueError(f"{path}: is not an object with 'base' and 'cells'; expected the sweep.json a sweep wrote ({again})")
+    if not isinstance(summary, dict) or not isinstance(summary.get("cells"),
+                                                       list) or not isinstance(summary.get("base"), dict):
+        raise ValueError(f"{path}: is not an object with 'base' and 'cells'; expected the sweep.json a sweep wrote "
+                         f"({again})")
     for i, r in enumerate(summary["cells"]):
         check_cell_result(r, f"{path}: cell {i}", again)
     return summary
 
 
 def quality_key(summary: dict) -> str:
-    """The metric a sweep ranks by: grid TV on 2-D targets, FID on images, sliced Wasserstein on points of a file (lower is better for all)."""
+    """The metric a sweep ranks by: grid TV on 2-D targets, FID on images, sliced Wasserstein on points of a file
+    (lower is better for all)."""
     dataset = summary["base"].get("dataset") or ""
     if dataset.startswith("points:"):
         return "sliced_wasserstein"
@@ -138,7 +154,8 @@ def _stable(result: dict, key: str) -> bool:
 
 
 def summarize(summary: dict) -> list[dict]:
-    """One row per setting (seeds pooled): means and spreads of the final metrics, diverged and unstable shares, wall time."""
+    """One row per setting (seeds pooled): means and spreads of the final metrics, diverged and unstable shares, wall
+    time."""
     key = quality_key(summary)
     groups: dict[tuple, list[dict]] = {}
     for r in summary["cells"]:
@@ -167,14 +184,16 @@ def summarize(summary: dict) -> list[dict]:
 
 
 def cell_gradients(cell: dict, base: dict) -> int:
-    """Gradient evaluations per chain and iteration of a cell (cells written before it was recorded: from K and the sampler)."""
+    """Gradient evaluations per chain and iteration of a cell (cells written before it was recorded: from K and the
+    sampler)."""
     if cell.get("gradients_per_iter") is not None:
         return cell["gradients_per_iter"]
     return cell["n_steps"] * (base.get("hmc_leapfrog", 1) if cell["kind"] == "hmc" else 1)
 
 
 def main_slice(rows: list[dict]) -> tuple[int, str]:
-    """The gradient budget per iteration and chain kind most settings share: the heatmaps, the stability plot and the best settings are taken there.
+    """The gradient budget per iteration and chain kind most settings share: the heatmaps, the stability plot and the
+    best settings are taken there.
 
     A budget, not K: HMC's K = 4 transitions of 5 leapfrog steps cost what K = 20 Langevin steps cost.
     """
@@ -185,7 +204,8 @@ def main_slice(rows: list[dict]) -> tuple[int, str]:
 
 
 def best_settings(summary: dict) -> list[dict]:
-    """Per sampler, its best setting (lowest mean final quality among settings stable for every seed) and its stable step sizes."""
+    """Per sampler, its best setting (lowest mean final quality among settings stable for every seed) and its stable
+    step sizes."""
     key = quality_key(summary)
     rows = summarize(summary)
     budget, chains = main_slice(rows)
@@ -198,14 +218,16 @@ def best_settings(summary: dict) -> list[dict]:
         winner = min(stable, key=lambda r: r[key]) if stable else None
         # the step sizes at which the best setting's b (leapfrogs, damping) is stable for every seed: pooling every b
         # would call a step size stable where only one threshold was
-        steps = sorted({r["step_size"] for r in mine if r["stable_share"] == 1 and (winner is None or same_setting_but_step(r, winner))})
+        steps = sorted({r["step_size"] for r in mine
+                        if r["stable_share"] == 1 and (winner is None or same_setting_but_step(r, winner))})
         best.append({"kind": kind, "best": winner, "stable_step_sizes": steps,
                      "all_step_sizes": sorted({r["step_size"] for r in mine})})
     return best
 
 
 def same_setting_but_step(row: dict, other: dict) -> bool:
-    """Whether two rows of :func:`summarize` differ at most in their step size (the same sampler, b, K, chains, leapfrogs and damping)."""
+    """Whether two rows of :func:`summarize` differ at most in their step size (the same sampler, b, K, chains,
+    leapfrogs and damping)."""
     return all(row.get(k) == other.get(k) for k in SETTING_FIELDS if k != "step_size")
 
 
@@ -255,17 +277,20 @@ def paired_difference(summary: dict, setting: dict, reference: dict) -> dict:
 
 
 def verdict_text(paired: dict, digits: int = 3) -> str:
-    """A paired comparison in the study's words: "better", "worse", or "no difference detected (95 % interval [a, b])"."""
+    """A paired comparison in the study's words: "better", "worse", or "no difference detected (95 % interval [a,
+    b])"."""
     if paired["verdict"] is None:
         return f"too few paired seeds ({paired['pairs']})"
     if paired["verdict"] == "same chain":
         return "the reference's own chain (no comparison)"
-    interval = f"{CONFIDENCE:.0%} interval [{paired['low']:+.{digits}f}, {paired['high']:+.{digits}f}]".replace("%", " %")
+    interval = f"{CONFIDENCE:.0%} interval [{paired['low']:+.{digits}f}, {paired['high']:+.{digits}f}]"
+    interval = interval.replace("%", " %")
     return f"{paired['verdict']} ({interval})"
 
 
 def verdict_settings(summary: dict) -> list[dict]:
-    """The settings (rows of :func:`summarize`) the study's verdicts rest on: each sampler's best on the main slice, and on 2-D targets the paper rule's best.
+    """The settings (rows of :func:`summarize`) the study's verdicts rest on: each sampler's best on the main slice,
+    and on 2-D targets the paper rule's best.
 
     Best: the most seeds stable, then the lowest mean final quality. An AniLA form is taken
     among its settings that clip (a setting that clips almost nothing runs Langevin's chain:
@@ -281,7 +306,8 @@ def verdict_settings(summary: dict) -> list[dict]:
     paper_rule = [r for r in rows if r["kind"] == "anila" and r["step_size"] == 1.0] if key == "grid_tv" else []
     chosen = []
     for kind in KINDS:
-        mine = [r for r in rows if r["kind"] == kind and r["gradients"] == budget and r["chains"] == chains and r not in paper_rule]
+        mine = [r for r in rows
+                if r["kind"] == kind and r["gradients"] == budget and r["chains"] == chains and r not in paper_rule]
         if uses_b(kind):
             mine = [r for r in mine if (r["clipped_share"] or 0) > CLIPPING_SHARE] or mine
         if best(mine) is not None:
@@ -312,12 +338,15 @@ CLIPPING_SHARE = 0.1
 
 
 def two_density_rows(rows: Sequence[dict]) -> list[dict]:
-    """The settings (rows of :func:`summarize`) where exp(−E) and the sampler's small-step density differ and both were measured."""
-    return [r for r in rows if r["kind"] in TWO_DENSITY_KINDS and r.get("grid_tv") is not None and r.get("sampler_grid_tv") is not None]
+    """The settings (rows of :func:`summarize`) where exp(−E) and the sampler's small-step density differ and both were
+    measured."""
+    return [r for r in rows
+            if r["kind"] in TWO_DENSITY_KINDS and r.get("grid_tv") is not None and r.get("sampler_grid_tv") is not None]
 
 
 def budget_curves(summary: dict, clock: str) -> list[tuple[dict, tuple[list[float], list[float]]]]:
-    """Each verdict setting (:func:`verdict_settings`: an AniLA that clips, never Langevin's own chain) with its quality curve (mean over seeds) against ``clock``: ``cpu_s`` or ``gradients`` per chain."""
+    """Each verdict setting (:func:`verdict_settings`: an AniLA that clips, never Langevin's own chain) with its
+    quality curve (mean over seeds) against ``clock``: ``cpu_s`` or ``gradients`` per chain."""
     key = quality_key(summary)
     out = []
     for row in verdict_settings(summary):

@@ -1,4 +1,4 @@
-"""The one runner of cells (a cell: one training run and the one command that runs it alone): here, in a local pool, through submitit, or as a list of commands."""
+"""The one runner of cells (one training run each): here, in a local pool, through submitit, or as commands."""
 
 from __future__ import annotations
 
@@ -16,13 +16,15 @@ __all__ = ["EXECUTORS", "Cell", "Executor", "run_cells", "print_commands", "conf
 #: where cells run: ``local`` (this machine: this process for one job, else a pool of worker processes) or ``submitit``
 #: (a SLURM array where SLURM is, else submitit's own local processes)
 EXECUTORS = ("local", "submitit")
-#: how often the submitit runner asks whether a job ended (seconds): its local processes at once, a cluster's queue gently
+#: how often the submitit runner asks whether a job ended (seconds): its local processes at once, a cluster's queue
+#: gently
 _POLL_LOCAL_S, _POLL_CLUSTER_S = 1.0, 30.0
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run: ``name`` in messages, ``job`` the argument its worker function gets, ``command`` the arguments of the
+    """One training run: ``name`` in messages, ``job`` the argument its worker function gets, ``command`` the arguments
+    of the
     ``python -m anila_core`` command that runs it alone (what ``--print-commands`` lists for another scheduler)."""
 
     name: str
@@ -62,7 +64,8 @@ def default_jobs(jobs: int | None, cells: int) -> int:
     return max(1, min(jobs or os.cpu_count() or 1, cells))
 
 
-def run_cells(function: Callable, cells: Sequence[Cell], executor: Executor, rerun: str) -> Iterator[tuple[int, object]]:
+def run_cells(function: Callable, cells: Sequence[Cell], executor: Executor,
+              rerun: str) -> Iterator[tuple[int, object]]:
     """Run ``function(cell.job)`` for every cell where ``executor`` says; yield ``(index, result)`` as each finishes.
 
     One job (or one cell) runs in this process. A local pool notices a worker that dies
@@ -77,11 +80,13 @@ def run_cells(function: Callable, cells: Sequence[Cell], executor: Executor, rer
         for index, cell in enumerate(cells):
             yield index, function(cell.job)
     else:
-        yield from run_jobs(function, [c.job for c in cells], min(executor.jobs, len(cells)), [c.name for c in cells], rerun=rerun)
+        yield from run_jobs(function, [c.job for c in cells], min(executor.jobs, len(cells)), [c.name for c in cells],
+                            rerun=rerun)
 
 
 def _answer(function: Callable, job: object) -> tuple[bool, object]:
-    """A submitit job: ``(True, result)``, or ``(False, the exception)`` so that the caller gets its type and fields, not a traceback's text."""
+    """A submitit job: ``(True, result)``, or ``(False, the exception)`` so that the caller gets its type and fields,
+    not a traceback's text."""
     try:
         return True, function(job)
     except Exception as err:
@@ -95,7 +100,8 @@ def _run_with_submitit(function: Callable, cells: Sequence[Cell], executor: Exec
     except ImportError:
         raise ValueError("executor: submitit is not installed; pip install 'anila_core[cluster]'") from None
     runner = submitit.AutoExecutor(folder=executor.folder)
-    options = {"timeout_min": executor.time_min, "slurm_partition": executor.partition, "slurm_array_parallelism": executor.jobs,
+    options = {"timeout_min": executor.time_min, "slurm_partition": executor.partition,
+               "slurm_array_parallelism": executor.jobs,
                "cpus_per_task": 1}
     runner.update_parameters(**{k: v for k, v in options.items() if v is not None})
     submitted = runner.map_array(_answer, [function] * len(cells), [c.job for c in cells])
@@ -134,7 +140,8 @@ def print_commands(cells: Sequence[Cell], file=None) -> None:
 
 
 def config_flags(settings: dict) -> list[str]:
-    """``train``'s flags that set ``settings`` (TrainConfig fields): ``{"step_size": 0.01, "ema": False}`` → ``--step-size 0.01 --no-ema``."""
+    """``train``'s flags that set ``settings`` (TrainConfig fields): ``{"step_size": 0.01, "ema": False}`` →
+    ``--step-size 0.01 --no-ema``."""
     flags = []
     for name, value in settings.items():
         flag = "--" + name.replace("_", "-")

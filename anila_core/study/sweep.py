@@ -1,4 +1,4 @@
-"""Running the sampler study: each cell trained in memory and saved as it finishes, the locked and resumable sweep folder, its summary and report files."""
+"""Running the sampler study: each cell trained and saved as it ends, in a locked, resumable folder, then reported."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from anila_core.study.runner import Cell, Executor, default_jobs, print_commands
 from anila_core.training.config import TrainConfig, changed_settings
 from anila_core.training.limits import check_memory
 
-__all__ = ["run_sweep", "run_sweep_cell", "run_cell", "write_report", "product_formula_errors", "command_line", "HISTORY_FIELDS"]
+__all__ = ["run_sweep", "run_sweep_cell", "run_cell", "write_report", "product_formula_errors", "command_line",
+           "HISTORY_FIELDS"]
 
 
 #: what a cell keeps of each evaluation row
@@ -128,7 +129,8 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
               product_formula_check: bool = False, executor: str = "local", partition: str | None = None,
               time_min: int | None = None, cell_command: Callable[[dict], Sequence[str]] | None = None,
               print_only: bool = False) -> dict | None:
-    """Run every cell not yet finished in ``out`` and write ``sweep.json``, ``sweep.md`` and the figures; return the summary.
+    """Run every cell not yet finished in ``out`` and write ``sweep.json``, ``sweep.md`` and the figures; return the
+    summary.
 
     Cells run in ``jobs`` processes (default: one per CPU core, one thread each), or with
     ``executor="submitit"`` as a SLURM array (``partition``, ``time_min`` per cell; submitit's
@@ -151,15 +153,18 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     out = Path(out)
     base = base.validate()
     check_jobs(jobs)  # before anything is written: at least one, at most what the cores can use
-    Executor(executor, jobs or 1, out / "submitit", partition, time_min)  # its settings checked before anything is written
+    # its settings checked before anything is written
+    Executor(executor, jobs or 1, out / "submitit", partition, time_min)
     cells = _checked_cells(cells, base)
     if print_only and cell_command is None:
         raise ValueError("print_only: needs cell_command, the command of one cell")
     # one sweep writes a folder at a time (its workers end with it); a refused folder is left as it was
     checked_bs = sorted({c["b"] for c in cells if c["kind"] == "anila" and c["b"]}) \
         if product_formula_check and not base.is_image and not base.is_points else []
-    how = dict(jobs=jobs, progress=progress, study=study, command=command, version=version, product_formula_bs=checked_bs,
-               executor=executor, partition=partition, time_min=time_min, cell_command=cell_command, print_only=print_only)
+    how = dict(jobs=jobs, progress=progress, study=study, command=command, version=version,
+               product_formula_bs=checked_bs,
+               executor=executor, partition=partition, time_min=time_min, cell_command=cell_command,
+               print_only=print_only)
     with locked_folder(out, check=lambda: _check_folder(out, base)) as lock:
         summary = _run_sweep(out, cells, base, verify=lock.verify, **how)
         extra = verdict_cells(summary, verdict_seeds) if summary is not None else []
@@ -168,7 +173,8 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
         return summary
 
 
-def run_sweep_cell(out: str | Path, cells: Sequence[dict], base: TrainConfig, wanted: str, verdict_seeds: Sequence[int] = (),
+def run_sweep_cell(out: str | Path, cells: Sequence[dict], base: TrainConfig, wanted: str,
+                   verdict_seeds: Sequence[int] = (),
                    version: int = 1) -> dict:
     """Train the one cell ``wanted`` (its id) of the sweep in ``out`` and write its cell file; return its result.
 
@@ -182,7 +188,8 @@ def run_sweep_cell(out: str | Path, cells: Sequence[dict], base: TrainConfig, wa
     base = base.validate()
     cells = _checked_cells(cells, base)
     if not (out / "plan.json").is_file():
-        raise ValueError(f"out: {out} holds no sweep; run the sweep's command with --print-commands first, which writes its plan")
+        raise ValueError(f"out: {out} holds no sweep; run the sweep's command with --print-commands first, which "
+                         f"writes its plan")
     _check_folder(out, base)
     known = known_results(out, version)
     if wanted in known:
@@ -193,7 +200,8 @@ def run_sweep_cell(out: str | Path, cells: Sequence[dict], base: TrainConfig, wa
         done = {"base": base.to_dict(), "cells": [known[i] for i in candidates]}
         candidates.update({cell_id(c): c for c in verdict_cells(done, verdict_seeds)})
     if wanted not in candidates:
-        raise ValueError(f"cell: {wanted!r} is not a cell of this sweep (nor, once its cells are finished, one of its verdict cells)")
+        raise ValueError(f"cell: {wanted!r} is not a cell of this sweep (nor, once its cells are finished, one of its "
+                         f"verdict cells)")
     (out / "cells").mkdir(exist_ok=True)
     return _cell_worker((base.to_dict(), candidates[wanted], out / "cells" / f"{wanted}.json", 1, version))
 
@@ -216,10 +224,12 @@ def _check_folder(out: Path, base: TrainConfig) -> None:
 
 
 def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None, progress: bool, study: str | None,
-               command: str | None, version: int, product_formula_bs: Sequence[float], executor: str, partition: str | None,
+               command: str | None, version: int, product_formula_bs: Sequence[float], executor: str,
+               partition: str | None,
                time_min: int | None, cell_command: Callable[[dict], Sequence[str]] | None, print_only: bool,
                verify: Callable[[], None]) -> dict | None:
-    """:func:`run_sweep` in its locked, checked folder (``None`` when it only printed the unfinished cells' commands)."""
+    """:func:`run_sweep` in its locked, checked folder (``None`` when it only printed the unfinished cells'
+    commands)."""
     from tqdm.auto import tqdm
 
     plan = _plan(base, cells, study, version)
@@ -247,7 +257,8 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
         bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep cells", disable=not progress)
         try:  # a cell lost with its worker is named once the others finish (WorkersLost); a rerun computes it
             for _, r in run_cells(_cell_worker, work, where,
-                                  rerun="run the same sweep command again: finished cells are kept, the lost ones run again"):
+                                  rerun="run the same sweep command again: finished cells are kept, the lost ones run "
+                                        "again"):
                 known[r["id"]] = r
                 bar.update(1)
         finally:
@@ -264,7 +275,8 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
         "cells": results,
     }
     if product_formula_bs:  # measured once per design (a minute), then kept in sweep.json across reruns
-        summary["product_formula"] = _product_formula_of_version(out, version) or product_formula_errors(base, product_formula_bs)
+        kept = _product_formula_of_version(out, version)
+        summary["product_formula"] = kept or product_formula_errors(base, product_formula_bs)
     verify()  # the folder's lock is still this sweep's (not deleted or replaced meanwhile): LockLost otherwise
     atomic_write_json(out / "sweep.json", summary)
     write_report(summary, out)
@@ -272,17 +284,20 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
 
 
 def _product_formula_of_version(out: Path, version: int) -> list[dict] | None:
-    """The product formula's measured errors in ``out``'s sweep.json when it was written by this design ``version``, else None."""
+    """The product formula's measured errors in ``out``'s sweep.json when it was written by this design ``version``,
+    else None."""
     path = out / "sweep.json"
     if not path.exists():
         return None
     written = read_sweep_file(path, "the sweep.json a sweep wrote", f"delete {path}: a rerun writes it again")
-    return written.get("product_formula") if isinstance(written, dict) and written.get("version", 1) == version else None
+    mine = isinstance(written, dict) and written.get("version", 1) == version
+    return written.get("product_formula") if mine else None
 
 
 def product_formula_errors(base: TrainConfig, bs: Sequence[float], chains: int = 20_000, steps: int = 3000,
                            step_size: float = 0.01) -> list[dict]:
-    """The error of the coordinate norm's small-step density exp(−E)/∏ aᵢ on the base's 2-D target, one row per threshold ``b``.
+    """The error of the coordinate norm's small-step density exp(−E)/∏ aᵢ on the base's 2-D target, one row per
+    threshold ``b``.
 
     The formula is exact for separable energies only, and the targets (the rings) are not:
     independent unadjusted AniLA chains start at exact target draws and run ``steps`` steps
@@ -299,20 +314,23 @@ def product_formula_errors(base: TrainConfig, bs: Sequence[float], chains: int =
     rows = []
     for b in bs:
         generator = torch.Generator().manual_seed(0)
-        check = check_small_step_density(AniLA(step_size, b=b, norm="coordinate"), target.energy, target.sample(chains, generator),
+        check = check_small_step_density(AniLA(step_size, b=b, norm="coordinate"), target.energy,
+                                         target.sample(chains, generator),
                                          steps, generator=generator)
         rows.append({"b": b, **dataclasses.asdict(check)})
     return rows
 
 
 def write_report(summary: dict, out: str | Path) -> list[Path]:
-    """``sweep.md`` and the figures in ``out``: ``heatmaps.png``, ``stability.png``, ``quality_vs_budget.png`` and, on 2-D targets with AniLA, ``two_densities.png``."""
+    """``sweep.md`` and the figures in ``out``: ``heatmaps.png``, ``stability.png``, ``quality_vs_budget.png`` and, on
+    2-D targets with AniLA, ``two_densities.png``."""
     from anila_core.ui.report import save_figure
 
     out = Path(out)
     atomic_write_text(out / "sweep.md", markdown_report(summary))
     written = [out / "sweep.md"]
-    plots = [("heatmaps.png", plot_heatmaps), ("stability.png", plot_stability), ("quality_vs_budget.png", plot_quality_vs_budget)]
+    plots = [("heatmaps.png", plot_heatmaps), ("stability.png", plot_stability),
+             ("quality_vs_budget.png", plot_quality_vs_budget)]
     if two_density_rows(summarize(summary)):
         plots.append(("two_densities.png", plot_two_densities))
     for name, plot in plots:
