@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from anila_core.fileio import LOCK_FILE, atomic_write_text, locked_folder, read_json_file
 from anila_core.processes import check_jobs, torch_threads
-from anila_core.study.runner import Cell, Executor, print_commands, run_cells
+from anila_core.study.runner import Cell, Executor, print_commands, run_cells, threads_per_cell
 from anila_core.training.config import TrainConfig, changed_settings, describe_changes
 
 __all__ = ["Comparison", "run_compare", "PROGRESS_BAR", "PROGRESS_LINES", "NO_PROGRESS"]
@@ -100,7 +100,7 @@ def _compare(out: Path, configs: dict[str, TrainConfig], jobs: int | None, resum
     on_cuda = any(c.device.startswith("cuda") for c in configs.values()) or (
         torch.cuda.is_available() and all(c.device == "auto" for c in configs.values()))
     jobs = jobs or (1 if on_cuda else min(len(labels), cores))
-    threads = max(1, cores // jobs)
+    threads = threads_per_cell(how["kind"], jobs)
     if not progress:
         shown = NO_PROGRESS
     else:  # bars of parallel processes overwrite each other, and a bar in a log is one long line of redraws

@@ -11,7 +11,8 @@ from typing import Callable, Iterator, Sequence
 
 from anila_core.processes import JobLost, WorkersLost, check_jobs, portable_error, run_jobs
 
-__all__ = ["EXECUTORS", "Cell", "Executor", "run_cells", "print_commands", "config_flags", "default_jobs"]
+__all__ = ["EXECUTORS", "Cell", "Executor", "run_cells", "print_commands", "config_flags", "default_jobs",
+           "threads_per_cell"]
 
 #: where cells run: ``local`` (this machine: this process for one job, else a pool of worker processes) or ``submitit``
 #: (a SLURM array where SLURM is, else submitit's own local processes)
@@ -19,6 +20,8 @@ EXECUTORS = ("local", "submitit")
 #: how often the submitit runner asks whether a job ended (seconds): its local processes at once, a cluster's queue
 #: gently
 _POLL_LOCAL_S, _POLL_CLUSTER_S = 1.0, 30.0
+#: a submitit job's time limit when none is given (minutes): submitit's own default, 5, would stop most cells
+DEFAULT_TIME_MIN = 60
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,13 @@ class Executor:
             raise ValueError("executor: submitit needs a folder for its job files")
         if self.time_min is not None and (not isinstance(self.time_min, int) or self.time_min < 1):
             raise ValueError(f"time_min: expected an integer >= 1 (minutes per cell), got {self.time_min!r}")
+
+
+def threads_per_cell(executor: str, jobs: int | None) -> int:
+    """torch threads of one cell: the cores here shared among ``jobs`` cells at once (one per core by default); one
+    under submitit, whose job asks its scheduler for one CPU."""
+    cores = os.cpu_count() or 1
+    return 1 if executor == "submitit" else max(1, cores // (jobs or cores))
 
 
 def default_jobs(jobs: int | None, cells: int) -> int:
@@ -100,7 +110,8 @@ def _run_with_submitit(function: Callable, cells: Sequence[Cell], executor: Exec
     except ImportError:
         raise ValueError("executor: submitit is not installed; pip install 'anila_core[cluster]'") from None
     runner = submitit.AutoExecutor(folder=executor.folder)
-    options = {"timeout_min": executor.time_min, "slurm_partition": executor.partition,
+    # one CPU per cell: a cell trains on one torch thread (see threads_per_cell)
+    options = {"timeout_min": executor.time_min or DEFAULT_TIME_MIN, "slurm_partition": executor.partition,
                "slurm_array_parallelism": executor.jobs,
                "cpus_per_task": 1}
     runner.update_parameters(**{k: v for k, v in options.items() if v is not None})

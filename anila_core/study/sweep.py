@@ -19,7 +19,7 @@ from anila_core.study.grid import CELL_FIELDS, cell_config, cell_id, gradients_p
 from anila_core.study.reports import markdown_report
 from anila_core.study.results import (QUALITY_FIELDS, UNSTABLE_TV, known_results, read_plan, read_sweep_file, summarize,
                                       two_density_rows, verdict_cells)
-from anila_core.study.runner import Cell, Executor, default_jobs, print_commands, run_cells
+from anila_core.study.runner import Cell, Executor, default_jobs, print_commands, run_cells, threads_per_cell
 from anila_core.training.config import TrainConfig, changed_settings
 from anila_core.training.limits import check_memory
 
@@ -245,8 +245,7 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
     todo = [c for c in cells if cell_id(c) not in known]
     # the costliest cells first, so that the last ones to finish are short
     todo.sort(key=lambda c: -(c["n_steps"] + 2))
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // (jobs or cores))
+    threads = threads_per_cell(executor, jobs)
     work = [Cell(f"cell {cell_id(c)}", (base.to_dict(), c, out / "cells" / f"{cell_id(c)}.json", threads, version),
                  tuple(cell_command(c)) if cell_command else ()) for c in todo]
     if todo and print_only:
