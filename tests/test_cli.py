@@ -123,7 +123,7 @@ def test_compare_writes_the_side_by_side_figure_and_table(tmp_path):
 
 
 def test_compare_entries_carry_their_own_settings(tmp_path):
-    from anila_core.cli import run_spec
+    from anila_core.study.commands import run_spec
 
     assert run_spec("anila") == ("anila", "anila", {})
     assert run_spec("anila:b=3") == ("anila-b3", "anila", {"b": 3.0})
@@ -299,7 +299,7 @@ def test_demo_shows_each_parallel_runs_progress_before_the_table(tmp_path):
     assert result.returncode == 0, result.stderr
     progress = _progress(result.stdout, 30)  # the smoke preset: 30 iterations, an evaluation every 10
     # lines from the two worker processes may interleave, but each run's own come in order and whole
-    from anila_core.cli import DEMO_RUNS, run_spec
+    from anila_core.study.commands import DEMO_RUNS, run_spec
 
     assert set(progress) == {run_spec(run)[0] for run in DEMO_RUNS}, result.stdout  # a folder name each: anila-b3
     assert all(done == [10, 20, 30] for done in progress.values()), result.stdout
