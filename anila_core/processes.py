@@ -12,7 +12,7 @@ from typing import Iterator
 
 from anila_core.failures import RunFailure
 
-__all__ = ["process_pool", "run_jobs", "check_jobs", "JobLost", "WorkersLost", "torch_threads", "training_threads", "die_with_parent", "THREADS_ENV",
+__all__ = ["process_pool", "run_jobs", "check_jobs", "JobLost", "WorkersLost", "portable_error", "torch_threads", "training_threads", "die_with_parent", "THREADS_ENV",
            "MAX_JOBS"]
 
 #: Linux's prctl option that sends the child a signal when its parent dies
@@ -178,15 +178,19 @@ def _worker_loop(conn, parent_pid: int) -> None:
         except SystemExit as err:  # user code that ended the program: the job is lost, the worker goes on
             answer = (index, None, f"called sys.exit({err.code!r})")
         except BaseException as err:  # the job failed, the worker goes on
-            answer = (index, False, _portable(err))
+            answer = (index, False, portable_error(err))
         try:
             conn.send(answer)
         except Exception as err:  # a result that cannot be pickled
             conn.send((index, False, RuntimeError(f"its result could not be sent back: {type(err).__name__}: {err}")))
 
 
-def _portable(err: BaseException) -> BaseException:
-    """``err`` if it survives pickling (the parent re-raises it), else a ``RuntimeError`` with its type and message."""
+def portable_error(err: BaseException) -> BaseException:
+    """``err`` if it survives pickling, else a ``RuntimeError`` with its type and message.
+
+    Pickling keeps an exception's type and its attributes (a ``TrainingDiverged``'s iteration and
+    cause), so the parent re-raises what the worker raised and recognises it by its type.
+    """
     import pickle
 
     try:

@@ -123,7 +123,7 @@ def test_compare_writes_the_side_by_side_figure_and_table(tmp_path):
 
 
 def test_compare_entries_carry_their_own_settings(tmp_path):
-    from anila_core.cli import run_spec
+    from anila_core.study.commands import run_spec
 
     assert run_spec("anila") == ("anila", "anila", {})
     assert run_spec("anila:b=3") == ("anila-b3", "anila", {"b": 3.0})
@@ -174,6 +174,28 @@ def test_compare_resume_keeps_finished_runs_and_refuses_a_folder_from_other_sett
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_compare_print_commands_lists_one_train_command_per_run_and_resume_collects_them(tmp_path, capsys):
+    import shlex
+
+    out = tmp_path / "cmp"
+    args = ["compare", "--preset", "smoke", "--iters", "10", "--samplers", "langevin", "anila:b=3", "--jobs", "1",
+            "--out", str(out), "--no-progress"]
+    assert main(args + ["--print-commands"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    train = "python -m anila_core train --preset smoke"
+    assert commands == [f"{train} --sampler langevin --iters 10 --out {out / 'langevin'} --no-progress",
+                        f"{train} --sampler anila --iters 10 --b 3.0 --out {out / 'anila-b3'} --no-progress"]
+    for line in commands:  # what a scheduler runs: each run in its own folder
+        assert main(shlex.split(line)[3:]) == 0
+    capsys.readouterr()
+    assert main(args + ["--print-commands", "--resume"]) == 0
+    assert capsys.readouterr().out == "", "every run finished: nothing left to list"
+    assert main(args + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier with these settings, kept") == 2 and (out / "comparison.md").is_file()
+    assert "| langevin |" in printed and "| anila-b3 |" in printed
+
+
 def test_loading_a_run_to_sample_leaves_its_config_while_resume_records_the_change(tmp_path):
     from anila_core.training.runs import load_trainer
 
@@ -222,7 +244,7 @@ def _option_help(help_text: str, flag: str) -> str:
 def test_help_lists_the_valid_values_of_each_choice_flag(command):
     from dataclasses import fields
 
-    from anila_core.study.sweep import KINDS
+    from anila_core.study.grid import KINDS
     from anila_core.training.config import TrainConfig
 
     result = run_cli(command, "--help")
@@ -277,7 +299,7 @@ def test_demo_shows_each_parallel_runs_progress_before_the_table(tmp_path):
     assert result.returncode == 0, result.stderr
     progress = _progress(result.stdout, 30)  # the smoke preset: 30 iterations, an evaluation every 10
     # lines from the two worker processes may interleave, but each run's own come in order and whole
-    from anila_core.cli import DEMO_RUNS, run_spec
+    from anila_core.study.commands import DEMO_RUNS, run_spec
 
     assert set(progress) == {run_spec(run)[0] for run in DEMO_RUNS}, result.stdout  # a folder name each: anila-b3
     assert all(done == [10, 20, 30] for done in progress.values()), result.stdout

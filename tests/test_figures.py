@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from anila_core.study import sweep  # noqa: E402
+from anila_core.study.figures import plot_heatmaps, plot_histories  # noqa: E402
+from anila_core.study.results import load_sweep  # noqa: E402
 from anila_core.ui import report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +35,8 @@ def test_training_curves_y_labels_stay_clear_of_the_panel_on_their_left():
 
 @pytest.mark.parametrize("study", ["digits", "rings"])
 def test_heatmaps_label_each_panels_step_sizes_clear_of_its_neighbour_and_keep_the_title_above(study):
-    summary = sweep.load_sweep(ROOT / "docs" / "study" / study)
-    axes = sweep.plot_heatmaps(summary)
+    summary = load_sweep(ROOT / "docs" / "study" / study)
+    axes = plot_heatmaps(summary)
     fig = axes[0].figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -58,7 +59,7 @@ def test_history_legend_names_settings_in_words():
     cells = [{"kind": kind, "step_size": 0.1, "b": b, "n_steps": 20, "chains": "buffer", "seed": seed, "diverged": False,
               "history": [{"iter": 100, "energy_gap": 0.0}, {"iter": 200, "energy_gap": 1.0}]}
              for kind, b in (("langevin", None), ("anila", 30.0)) for seed in (0, 1)]
-    ax = sweep.plot_histories({"cells": cells}, [dict(kind="langevin", step_size=0.1, n_steps=20, chains="buffer"),
+    ax = plot_histories({"cells": cells}, [dict(kind="langevin", step_size=0.1, n_steps=20, chains="buffer"),
                                                  dict(kind="anila", step_size=0.1, b=30.0, n_steps=20, chains="buffer")])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Langevin, ε = 0.1", "AniLA, ε = 0.1, b = 30"]
     assert ax.get_ylabel() == "E(data) − E(samples)"

@@ -414,7 +414,8 @@ def _edit(path: Path, change) -> None:
 def test_a_damaged_sweep_file_is_named_with_what_is_wrong(case, finished_sweep, tmp_path):
     import shutil
 
-    from anila_core.study.sweep import load_sweep, run_sweep
+    from anila_core.study.results import load_sweep
+    from anila_core.study.sweep import run_sweep
 
     source, cell, base = finished_sweep
     folder = tmp_path / "s"

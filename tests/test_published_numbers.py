@@ -42,7 +42,8 @@ def test_a_printed_number_matches_at_its_own_precision():
 
 @pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "docs" / "study").glob("*/sweep.json")))
 def test_study_reports_are_regenerated_from_their_results(folder):
-    from anila_core.study.sweep import load_sweep, markdown_report
+    from anila_core.study.reports import markdown_report
+    from anila_core.study.results import load_sweep
 
     out = ROOT / "docs" / "study" / folder
     assert (out / "sweep.md").read_text() == markdown_report(load_sweep(out)), f"run: python -m anila_core sweep ... --out {out} (or write_report)"

@@ -43,7 +43,7 @@ from typing import Callable
 import pytest
 import torch
 
-import anila_core.cli as cli
+import anila_core.study.compare as compare
 import anila_core.ui.report as report
 import anila_core.training.runs as runs
 from anila_core import fileio
@@ -1051,7 +1051,7 @@ def test_a_compare_killed_before_its_first_checkpoint_finishes_with_resume(tmp_p
         code = 70
         try:  # SIGKILL halfway through the first checkpoint: config.json and a row exist, no checkpoint
             runs.atomic_torch_save = _dies_inside_checkpoint_write(runs.atomic_torch_save, 1, 0.5)
-            cli.torch_threads = lambda n: contextlib.nullcontext()  # one thread in a forked child (see _fork)
+            compare.torch_threads = lambda n: contextlib.nullcontext()  # one thread in a forked child (see _fork)
             code = main(args)
         except BaseException:
             traceback.print_exc()

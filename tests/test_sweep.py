@@ -4,10 +4,15 @@ import json
 
 import pytest
 
-from anila_core.study import sweep
 from anila_core.cli import main
+from anila_core.study import sweep
+from anila_core.study.figures import plot_quality_vs_budget
+from anila_core.study.grid import Grid, cell_config, cell_id, gradients_per_iteration
+from anila_core.study.reports import markdown_report
+from anila_core.study.results import (best_settings, main_slice, paired_difference, summarize, two_density_rows,
+                                      verdict_cells, verdict_settings, verdict_text)
+from anila_core.study.sweep import run_sweep
 from anila_core.training.config import preset
-from anila_core.study.sweep import Grid, cell_id, run_sweep, summarize
 
 
 def tiny_base(**changes):
@@ -65,10 +70,10 @@ def test_summary_pools_seeds_exactly():
     # a seed that ended at TV >= 0.5 (lost the target) is unstable without having diverged
     assert rows[("anila", 0.01)]["diverged"] == 0 and rows[("anila", 0.01)]["stable_share"] == 0.5
     assert rows[("anila", 0.01)]["clipped_share"] == 0.25
-    best = {e["kind"]: e for e in sweep.best_settings(FIXED)}
+    best = {e["kind"]: e for e in best_settings(FIXED)}
     assert best["langevin"]["best"]["step_size"] == 0.01 and best["langevin"]["stable_step_sizes"] == [0.01]
     assert best["anila"]["best"]["step_size"] == 0.1 and best["anila"]["best"]["grid_tv"] == pytest.approx(0.3)
-    table = sweep.markdown_report(FIXED)
+    table = markdown_report(FIXED)
     assert "| langevin | 0.1 | — | 30 | buffer | 2 | 1/2 | 1/2 | 0.300 |" in table
     assert "| anila | 0.1 | 3 | 30 | buffer | 0.300 ± 0.071 | 0.1 |" in table  # K and chains tell apart settings sharing ε and b
 
@@ -94,27 +99,27 @@ TWO = {"base": {"dataset": "", "target": "rings", "iters": 10, "batch_size": 64,
 def test_hmc_cells_join_the_slice_of_equal_gradients_per_iteration():
     rows = summarize(TWO)
     assert {r["kind"]: r["gradients"] for r in rows if r["chains"] == "buffer"} == {"langevin": 20, "anila": 20, "hmc": 20}
-    assert sweep.main_slice(rows) == (20, "buffer")
-    best = {e["kind"]: e["best"] for e in sweep.best_settings(TWO)}
+    assert main_slice(rows) == (20, "buffer")
+    best = {e["kind"]: e["best"] for e in best_settings(TWO)}
     assert best["hmc"]["step_size"] == 0.1 and best["anila"]["b"] == 30.0
-    assert "| hmc | 0.1 | — | 4×5 | buffer |" in sweep.markdown_report(TWO)
+    assert "| hmc | 0.1 | — | 4×5 | buffer |" in markdown_report(TWO)
 
 
 def test_report_counts_which_density_training_fitted():
-    text = sweep.markdown_report(TWO)
+    text = markdown_report(TWO)
     # three stable AniLA settings: two with the sampler's density closer to the data (0.20 < 0.40, 0.40 < 0.45)
     assert "closer to the data than exp(−E) in **2 of 3** stable settings (mean TV 0.287 against 0.367)" in text
     assert "clips more than 10 % of coordinates: **2 of 2** (mean TV 0.300 against 0.425)" in text
     assert "| anila | 0.01 | 3 | 20 | buffer | 1/1 | 50.0 % | 0.400 | 0.200 | -0.200 | — | — |" in text  # K tells rows apart
     # a setting that lost the target is listed but not counted
     lost = {**TWO, "cells": TWO["cells"] + [_two_density_cell("anila", 0.1, 1.0, 0, 0.95, 0.60, 0.8)]}
-    text = sweep.markdown_report(lost)
+    text = markdown_report(lost)
     assert "in **2 of 3** stable settings" in text and "| anila | 0.1 | 1 | 20 | buffer | 0/1 | 80.0 % | 0.950 | 0.600 | -0.350 |" in text
-    assert [r["b"] for r in sweep.two_density_rows(summarize(TWO))] == [3.0, 30.0, 0.03]
+    assert [r["b"] for r in two_density_rows(summarize(TWO))] == [3.0, 30.0, 0.03]
 
 
 def test_report_shows_the_papers_rule_and_a_fixed_budget():
-    text = sweep.markdown_report(TWO)
+    text = markdown_report(TWO)
     paper = text.split("## The paper's rule")[1].split("##")[0]
     assert "b = 0.03, short_run chains, final grid TV 0.450 (90 % of coordinates clipped)" in paper
     budget = text.split("## At a fixed compute budget")[1].split("##")[0]
@@ -132,7 +137,7 @@ def test_report_figures_for_two_densities_and_budget(tmp_path):
     assert [p.name for p in written] == ["sweep.md", "heatmaps.png", "stability.png", "quality_vs_budget.png", "two_densities.png"]
     for p in written[1:]:
         assert p.read_bytes()[:4] == b"\x89PNG"
-    axes = sweep.plot_quality_vs_budget(TWO)
+    axes = plot_quality_vs_budget(TWO)
     # gradient evaluations per chain: iterations × 20 for every sampler, HMC's 4 × 5 included
     assert [list(line.get_xdata()) for line in axes[1].get_lines()] == [[100, 200]] * 4
 
@@ -233,9 +238,9 @@ def test_hmc_leapfrogs_and_psgld_damping_are_cell_settings():
     assert ids == ["hmc-eps0.05-L10-K4-buffer-seed0", "hmc-eps0.05-L5-K4-buffer-seed0", "langevin-eps0.05-K4-buffer-seed0",
                    "psgld-eps0.05-lam0.1-K4-buffer-seed0", "psgld-eps0.05-lam1e-05-K4-buffer-seed0"]
     cells = {cell_id(c): c for c in grid.cells()}
-    config = sweep.cell_config(tiny_base(), cells["hmc-eps0.05-L10-K4-buffer-seed0"])
-    assert config.sampler == "hmc" and config.hmc_leapfrog == 10 and sweep.gradients_per_iteration(config) == 40
-    assert sweep.cell_config(tiny_base(), cells["psgld-eps0.05-lam0.1-K4-buffer-seed0"]).psgld_damping == 0.1
+    config = cell_config(tiny_base(), cells["hmc-eps0.05-L10-K4-buffer-seed0"])
+    assert config.sampler == "hmc" and config.hmc_leapfrog == 10 and gradients_per_iteration(config) == 40
+    assert cell_config(tiny_base(), cells["psgld-eps0.05-lam0.1-K4-buffer-seed0"]).psgld_damping == 0.1
     with pytest.raises(ValueError, match="leapfrog: expected integers >= 1"):
         Grid(kinds=("hmc",), leapfrogs=(0,))
 
@@ -249,18 +254,18 @@ PAIRED = {**FIXED, "cells": [
 
 def test_paired_difference_is_the_t_interval_of_the_seedwise_differences():
     rows = {(r["kind"], r["step_size"]): r for r in summarize(PAIRED)}
-    paired = sweep.paired_difference(PAIRED, rows[("anila", 0.01)], rows[("langevin", 0.01)])
+    paired = paired_difference(PAIRED, rows[("anila", 0.01)], rows[("langevin", 0.01)])
     # differences 0.05, 0.06, 0.02, 0.08: mean 0.0525, sd 0.025, t(0.975, 3) = 3.182446
     half = 3.182446305 * 0.025 / 2
     assert paired["pairs"] == 4 and paired["mean"] == pytest.approx(0.0525)
     assert (paired["low"], paired["high"]) == pytest.approx((0.0525 - half, 0.0525 + half), abs=1e-6)
-    assert paired["verdict"] == "worse" and sweep.verdict_text(paired).startswith("worse (95 % interval [+0.013, +0.092])")
+    assert paired["verdict"] == "worse" and verdict_text(paired).startswith("worse (95 % interval [+0.013, +0.092])")
     # a diverged seed is counted on its side and leaves the pairs
-    other = sweep.paired_difference(PAIRED, rows[("anila", 0.1)], rows[("langevin", 0.01)])
+    other = paired_difference(PAIRED, rows[("anila", 0.1)], rows[("langevin", 0.01)])
     assert (other["seeds"], other["pairs"], other["diverged"], other["reference_diverged"]) == (4, 3, 1, 0)
     # the same runs against themselves: no comparison at all
-    itself = sweep.paired_difference(PAIRED, rows[("langevin", 0.01)], rows[("langevin", 0.01)])
-    assert itself["verdict"] == "same chain" and "no comparison" in sweep.verdict_text(itself)
+    itself = paired_difference(PAIRED, rows[("langevin", 0.01)], rows[("langevin", 0.01)])
+    assert itself["verdict"] == "same chain" and "no comparison" in verdict_text(itself)
 
 
 def test_an_interval_across_zero_says_no_difference_detected():
@@ -268,9 +273,9 @@ def test_an_interval_across_zero_says_no_difference_detected():
              *[_result("mala", 0.01, None, s, tv) for s, tv in enumerate((0.25, 0.28, 0.24))]]
     summary = {**FIXED, "cells": cells}
     rows = {r["kind"]: r for r in summarize(summary)}
-    paired = sweep.paired_difference(summary, rows["mala"], rows["langevin"])
+    paired = paired_difference(summary, rows["mala"], rows["langevin"])
     assert paired["verdict"] == "no difference detected" and paired["low"] < 0 < paired["high"]
-    assert "no difference detected (95 % interval [" in sweep.verdict_text(paired)
+    assert "no difference detected (95 % interval [" in verdict_text(paired)
 
 
 def test_verdict_settings_take_a_clipping_anila_and_give_them_more_seeds():
@@ -278,11 +283,11 @@ def test_verdict_settings_take_a_clipping_anila_and_give_them_more_seeds():
              *[{**_result("anila", 0.01, 30.0, s, 0.2), "clipped_share": 0.0} for s in (0, 1)],  # Langevin's own chain
              *[_result("anila", 0.01, 3.0, s, 0.3) for s in (0, 1)]]  # clips 25 %: worse, but a comparison
     summary = {**FIXED, "cells": cells}
-    chosen = {(r["kind"], r["b"]) for r in sweep.verdict_settings(summary)}
+    chosen = {(r["kind"], r["b"]) for r in verdict_settings(summary)}
     assert chosen == {("langevin", None), ("anila", 3.0)}
-    extra = sorted(cell_id(c) for c in sweep.verdict_cells(summary, (0, 1, 2)))
+    extra = sorted(cell_id(c) for c in verdict_cells(summary, (0, 1, 2)))
     assert extra == ["anila-eps0.01-b3-K30-buffer-seed2", "langevin-eps0.01-K30-buffer-seed2"]
-    report = sweep.markdown_report(summary)
+    report = markdown_report(summary)
     assert "## Verdicts: paired differences to Langevin" in report and "clips nothing: Langevin's chain" in report
 
 

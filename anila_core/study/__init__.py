@@ -1,1 +1,1 @@
-"""The sampler study: grids of training runs in parallel, resumable, summarised as tables and heatmaps."""
+"""Runs in folders: the sampler study and comparisons of samplers, on one runner of cells."""
