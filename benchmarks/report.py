@@ -181,7 +181,8 @@ def render_markdown(results: dict) -> str:
         "resolved where the network's run-to-run noise hides it (the ConvNet). "
         "Compile: the first call's compile time of the fast path (paid once per sampler, energy, shape; "
         "warm = inductor's on-disk cache held the kernels). "
-        f"Rest ms (the compiled rows, the public default and the JAX rows of the CPU MLP): {REST_WORDS}.",
+        "Rest ms (the CPU MLP's compiled rows, HMC's aside as its transition is several gradients, the public "
+        f"default and the JAX and BlackJAX rows): {REST_WORDS}.",
         "",
     ]
     lines += [
