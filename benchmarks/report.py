@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from rest import REST_WORDS, rest_figures, rest_of
 from timing import LoadLog
 from transition_table import DEFAULT_ROW_STEPS, DEFAULT_ROWS, MATMUL_WORDS
 
@@ -18,8 +19,14 @@ TARGET_CONV_TO_FLOOR = 1.03  # ConvNet: every eager sampler within 3 % of the fl
 TARGET_TRAIN = 1.10  # ConvNet: a training iteration within 10 % of (K + 2) × floor
 
 
-def evaluate_targets(results: dict) -> list[dict]:
-    """The issue's CPU targets, each with the measured value and whether it is met (``None``: not measured)."""
+def judge(results: dict) -> dict:
+    """What a run's measurements imply: ``rest`` (:func:`rest.rest_figures`) and ``targets``, to add to its results."""
+    rest = rest_figures(results["transitions"])
+    return {"rest": rest, "targets": evaluate_targets(results, rest)}
+
+
+def evaluate_targets(results: dict, rest: dict) -> list[dict]:
+    """The issue's CPU targets, each with the measured value and whether it is met (``None``: not measured, ``why``)."""
     rows = [r for r in results["transitions"] if r["device"] == "cpu"]
     get = lambda kind, key: next((r for r in rows if r["kind"] == kind and r["row"] == key), None)  # noqa: E731
     out = []
@@ -62,6 +69,16 @@ def evaluate_targets(results: dict) -> list[dict]:
             "met": None if s is None else s > 1.0,
         }
     )
+    for ratio in rest["ratios"]:
+        out.append(
+            {
+                "target": f"CPU MLP: rest of {ratio['ours']} ≤ {ratio['target']}× rest of {ratio['peer']} "
+                "(rest = the row − its library's matmuls row)",
+                "value": ratio["ratio"],
+                "met": ratio["met"],
+                **({"why": ratio["why"]} if ratio["why"] else {}),
+            }
+        )
     for path, words in DEFAULT_ROWS.items():
         r = get("mlp", f"langevin/{path}")
         v = None if r is None or r["ms"] is None else r["ratio_to_floor"]
@@ -163,24 +180,29 @@ def render_markdown(results: dict) -> str:
         "implies, "
         "resolved where the network's run-to-run noise hides it (the ConvNet). "
         "Compile: the first call's compile time of the fast path (paid once per sampler, energy, shape; "
-        "warm = inductor's on-disk cache held the kernels).",
+        "warm = inductor's on-disk cache held the kernels). "
+        "Rest ms (the CPU MLP's compiled rows, HMC's aside as its transition is several gradients, the public "
+        f"default and the JAX and BlackJAX rows): {REST_WORDS}.",
         "",
     ]
     lines += [
-        "| energy | device | batch | K | sampler | path | ms / transition | wall ms | × floor | own ms | 1 + own/floor "
-        "| compile s | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| energy | device | batch | K | sampler | path | ms / transition | wall ms | × floor | rest ms | own ms "
+        "| 1 + own/floor | compile s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rest = results["rest"]
     for r in results["transitions"]:
         c = r.get("compile")
         comp = "" if not c or c.get("compile_s") is None else f"{c['compile_s']:.1f} ({c['inductor_cache']})"
         ms = "—" if r["ms"] is None else f"{r['ms']:.3f} [{r['ms_p25']:.3f}–{r['ms_p75']:.3f}]"
         lines.append(
             f"| {r['energy']} | {r['device']} | {r['batch']} | {r['K']} | {r['sampler']} | {r['path']} | {ms} | "
-            f"{_f(r.get('wall_ms'))} | {_f(r['ratio_to_floor'])} | {_f(r.get('overhead_ms'))} | "
-            f"{_f(r.get('composed_ratio'))} | "
+            f"{_f(r.get('wall_ms'))} | {_f(r['ratio_to_floor'])} | {_f(rest_of(rest, r))} | "
+            f"{_f(r.get('overhead_ms'))} | {_f(r.get('composed_ratio'))} | "
             f"{comp} | {r.get('note', '')} |"
         )
+    lines += ["", "Ours against the peers, each transition's rest in the same run: "
+              + "; ".join(_ratio_words(ratio) for ratio in rest["ratios"]) + "."]
     lines += ["", "## TorchEBM equivalence check", ""]
     if results["torchebm_check"]:
         lines += [
@@ -274,7 +296,7 @@ def render_markdown(results: dict) -> str:
     lines += ["", "## Targets (CPU)", "", "| target | measured | met |", "|---|---|---|"]
     for t in results["targets"]:
         v = t["value"]
-        shown = (f"{v:.3f}" if isinstance(v, float) else json.dumps(v)) if v is not None else "—"
+        shown = (f"{v:.3f}" if isinstance(v, float) else json.dumps(v)) if v is not None else t.get("why", "—")
         lines.append(f"| {t['target']} | {shown} | {_f(t['met'], '{}')} |")
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
@@ -284,25 +306,31 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _ratio_words(ratio: dict) -> str:
+    """One of the issue's rest ratios in words: its value against its target, or what is missing."""
+    head = f"rest({ratio['ours']}) / rest({ratio['peer']})"
+    if ratio["ratio"] is None:
+        return f"{head}: {ratio['why']}"
+    return f"{head} = {ratio['ratio']:.3f} (target ≤ {ratio['target']}: {'met' if ratio['met'] else 'NOT met'})"
+
+
 def _matmul_split(results: dict) -> str | None:
     """A sentence splitting the compiled MALA and BlackJAX's into matrix products and the rest (``None``: no row)."""
-    rows = {r["row"]: r for r in results["transitions"] if r["device"] == "cpu" and r["kind"] == "mlp"}
-    keys = ("matmuls/torch", "matmuls/xla", "langevin-mala/fast", "langevin-mala/blackjax")
-    if any(rows.get(k, {}).get("ms") is None for k in keys):
+    rest = {r["row"]: r for r in results["rest"]["rows"] if r["device"] == "cpu"}
+    if "langevin-mala/fast" not in rest or "langevin-mala/blackjax" not in rest:
         return None
-    torch_mm, xla_mm, ours, theirs = (rows[k]["ms"] for k in keys)
+    ours, theirs = rest["langevin-mala/fast"], rest["langevin-mala/blackjax"]
+    torch_mm, xla_mm, whole = ours["matmuls_ms"], theirs["matmuls_ms"], theirs["ms"]
     return (
         f"Where the difference lies: the matrix products alone ({MATMUL_WORDS}; the `matmuls` rows) take "
-        f"{torch_mm:.3f} ms "
-        f"with torch's GEMM and {xla_mm:.3f} ms with XLA's ({torch_mm / xla_mm:.2f}×); the rest of a transition (the "
-        "elementwise "
-        f"work, the Metropolis test, the loop) takes {ours - torch_mm:.3f} ms in the compiled MALA and "
-        f"{theirs - xla_mm:.3f} ms in "
-        f"BlackJAX's. Torch's products alone are {torch_mm / theirs:.2f}× BlackJAX's whole MALA transition"
+        f"{torch_mm:.3f} ms with torch's GEMM and {xla_mm:.3f} ms with XLA's ({torch_mm / xla_mm:.2f}×); the rest "
+        f"of a transition (the elementwise work, the Metropolis test, the loop) takes {ours['rest_ms']:.3f} ms in "
+        f"the compiled MALA and {theirs['rest_ms']:.3f} ms in BlackJAX's. Torch's products alone are "
+        f"{torch_mm / whole:.2f}× BlackJAX's whole MALA transition"
         + (
-            f", so a torch MALA faster than BlackJAX's would have to do the rest in under {theirs - torch_mm:.3f} ms, "
-            f"{(theirs - xla_mm) / (theirs - torch_mm):.1f}× less than BlackJAX does."
-            if theirs > torch_mm
+            f", so a torch MALA faster than BlackJAX's would have to do the rest in under {whole - torch_mm:.3f} ms, "
+            f"{theirs['rest_ms'] / (whole - torch_mm):.1f}× less than BlackJAX does."
+            if whole > torch_mm
             else ": with torch's GEMM no MALA transition can be as fast as BlackJAX's."
         )
     )
@@ -316,15 +344,22 @@ def print_summary(results: dict) -> None:
         f"{', JAX: its own process on one CPU' if jax_flags else ''}; {m['cores']} cores, 1-min load average "
         f"{load['min']:.2f}–{load['max']:.2f} (median {load['median']:.2f}); clock: {results['clock']}"
     )
-    print(f"{'energy':36s} {'dev':5s} {'sampler':17s} {'path':16s} {'ms':>10s} {'×floor':>7s} {'compile s':>9s}  note")
+    print(
+        f"{'energy':36s} {'dev':5s} {'sampler':17s} {'path':16s} {'ms':>10s} {'×floor':>7s} {'rest ms':>8s} "
+        f"{'compile s':>9s}  note"
+    )
+    rest = results["rest"]
     for r in results["transitions"]:
         c = r.get("compile")
         comp = "" if not c or c.get("compile_s") is None else format(c["compile_s"], "9.1f")
         print(
             f"{r['energy'][:36]:36s} {r['device']:5s} {r['sampler']:17s} {r['path']:16s} "
-            f"{_f(r['ms'], '{:10.3f}'):>10s} "
-            f"{_f(r['ratio_to_floor'], '{:7.3f}'):>7s} {comp:>9s}  {r.get('note', '')[:90]}"
+            f"{_f(r['ms'], '{:10.3f}'):>10s} {_f(r['ratio_to_floor'], '{:7.3f}'):>7s} "
+            f"{_f(rest_of(rest, r), '{:8.3f}'):>8s} {comp:>9s}  {r.get('note', '')[:90]}"
         )
+    print(f"\n{REST_WORDS}.")
+    for ratio in rest["ratios"]:
+        print(f"  {_ratio_words(ratio)}")
     print("\ntraining:")
     for r in results["training"]:
         print(
@@ -333,7 +368,8 @@ def print_summary(results: dict) -> None:
         )
     print("\ntargets:")
     for t in results["targets"]:
-        print(f"  [{'met' if t['met'] else 'NOT met' if t['met'] is False else 'n/a'}] {t['target']}: {t['value']}")
+        shown = t["value"] if t["value"] is not None else t.get("why")
+        print(f"  [{'met' if t['met'] else 'NOT met' if t['met'] is False else 'n/a'}] {t['target']}: {shown}")
     print(f"\nload average {results['load']}  wall {results['wall_s']:.0f} s")
 
 

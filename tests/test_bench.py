@@ -65,6 +65,23 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
     assert any("BlackJAX" in t for t in targets) and sum("public default" in t for t in targets) == 3
     assert any("≤ 0.8× eager floor" in t for t in targets)
 
+    # each row's rest beside it (the row − its library's matmuls row), and the two ratios, printed and written
+    rest = {r["row"]: r for r in results["rest"]["rows"]}
+    ours = {f"langevin/{path}" for path in ("default", "default-method", "default-lambda")}  # no compiling here
+    assert ours <= set(rest) and all(rest[k]["library"] == "torch" for k in ours)
+    assert ({"langevin/jax", "langevin-mala/blackjax"} <= set(rest)) == (HAVE_JAX and HAVE_BLACKJAX)
+    mm = rows[("mlp", "matmuls/torch")]["ms"]
+    assert all(rest[k]["rest_ms"] == rows[("mlp", k)]["ms"] - mm for k in ours)
+    assert [(r["ours"], r["peer"]) for r in results["rest"]["ratios"]] == [
+        ("langevin/fast", "langevin/jax"), ("langevin-mala/fast", "langevin-mala/blackjax")]
+    for ratio in results["rest"]["ratios"]:  # this mode compiles nothing: no compiled row to set against the peer's
+        blackjax_missing = "blackjax" in ratio["peer"] and not HAVE_BLACKJAX
+        no_peer = "no JAX" if not HAVE_JAX else "no BlackJAX" if blackjax_missing else None
+        assert ratio["ratio"] is None and ratio["why"] == (no_peer or f"{ratio['ours']} not measured")
+    assert sum("rest of " in t for t in targets) == 2
+    assert "rest = a row's time per transition minus its own library's `matmuls` row" in done.stdout
+    assert "rest(langevin/fast) / rest(langevin/jax)" in done.stdout and "| rest ms |" in report
+
     assert {(r["kind"], r["sampler"]) for r in results["training"]} == {(k, s) for k in ("mlp", "conv") for s in ("langevin", "anila")}
     assert all(r["ratio_to_K_plus_2_floors"] > 0 for r in results["training"])
     assert {r["kind"] for r in results["memory"]} == {"mlp", "conv"}
@@ -75,6 +92,43 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
     for heading in ("## Transitions", "## TorchEBM equivalence check", "## JAX and BlackJAX", "## Training iteration", "## Peak memory against K",
                     "## Time to quality", "## Targets", "**Load**"):
         assert heading in report
+
+
+def _transition(row: str, ms: float | None, device: str = "cpu") -> dict:
+    sampler, path = row.split("/")
+    return {"device": device, "energy": "MLP", "row": row, "sampler": sampler, "path": path, "ms": ms}
+
+
+def test_rest_is_the_row_minus_its_own_librarys_matmuls_and_the_ratios_set_ours_against_the_peers(monkeypatch):
+    """Fixed numbers, binary fractions: the arithmetic is exact, so every figure is asserted with ==."""
+    rest_figures = _benchmark_module("rest", monkeypatch).rest_figures
+    rows = [_transition(*r) for r in (
+        ("floor/floor", 4.0), ("langevin/eager", 4.25), ("langevin/fast", 3.5), ("langevin-mala/fast", 2.5),
+        ("anila-coordinate/fast", 3.25), ("hmc-5-leapfrog/fast", 12.0), ("langevin/default", 3.75),
+        ("psgld/fast", None), ("matmuls/torch", 1.5),
+        ("langevin/jax", 2.5), ("langevin-mala/blackjax", 3.0), ("matmuls/xla", 2.0),
+    )] + [_transition("langevin/fast", 9.0, device="cuda")]  # no matmuls row on that device: no rest
+    figures = rest_figures(rows)
+    rest = {r["row"]: (r["library"], r["matmuls_ms"], r["rest_ms"]) for r in figures["rows"]}
+    # eager rows, the unmeasured one, HMC's several gradients and the matmuls rows themselves have none
+    assert rest == {
+        "langevin/fast": ("torch", 1.5, 2.0), "langevin-mala/fast": ("torch", 1.5, 1.0),
+        "anila-coordinate/fast": ("torch", 1.5, 1.75), "langevin/default": ("torch", 1.5, 2.25),
+        "langevin/jax": ("xla", 2.0, 0.5), "langevin-mala/blackjax": ("xla", 2.0, 1.0),
+    }
+    langevin, mala = figures["ratios"]
+    assert (langevin["ours"], langevin["peer"], langevin["ratio"], langevin["met"]) == (
+        "langevin/fast", "langevin/jax", 4.0, False)
+    assert (mala["ours"], mala["peer"], mala["ratio"], mala["met"]) == (
+        "langevin-mala/fast", "langevin-mala/blackjax", 1.0, True)
+    assert langevin["target"] == mala["target"] == 1.1 and langevin["why"] is mala["why"] is None
+
+    # without JAX our rows keep their rest and the ratios say why they are missing
+    no_jax = rest_figures([r for r in rows if r["path"] not in ("jax", "blackjax", "xla")])
+    assert {r["row"] for r in no_jax["rows"]} == set(rest) - {"langevin/jax", "langevin-mala/blackjax"}
+    assert [(r["ratio"], r["met"], r["why"]) for r in no_jax["ratios"]] == [(None, None, "no JAX")] * 2
+    no_blackjax = rest_figures([r for r in rows if r["path"] != "blackjax"])
+    assert [r["why"] for r in no_blackjax["ratios"]] == [None, "no BlackJAX"]
 
 
 def _benchmark_module(name: str, monkeypatch):
