@@ -16,6 +16,7 @@ from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, R
 from anila_core.fileio import read_json_file
 from anila_core.training.file_sources import absolute_data_spec
 from anila_core.processes import check_jobs, run_jobs, torch_threads
+from anila_core.sampling.compiled import parse_fast
 from anila_core.sampling.registry import SAMPLERS
 
 __all__ = ["main", "build_parser"]
@@ -76,14 +77,22 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         if f.type in ("bool", bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            kind = {"int": _integer, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            kind = {"int": _integer, "float": float, "str": str, "str | bool": _fast_flag}[f.type if isinstance(f.type, str) else f.type.__name__]
             group.add_argument(flag, dest=f.name, type=kind, default=None, choices=f.metadata.get("choices"),
                                metavar=f.name.upper(), help=help_text)
 
 
 def _listed(values) -> str:
-    """``a, b, c`` for a help text, with the empty string shown as ``''``."""
-    return ", ".join(repr(v) if v == "" else str(v) for v in values)
+    """``a, b, c`` for a help text, with the empty string shown as ``''`` and booleans as the flags take them (``true``)."""
+    return ", ".join(repr(v) if v == "" else str(v).lower() if isinstance(v, bool) else str(v) for v in values)
+
+
+def _fast_flag(text: str):
+    """``--fast auto|true|false`` as the config holds it: ``"auto"``, ``True`` or ``False``."""
+    try:
+        return parse_fast(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -429,7 +438,7 @@ def run_spec(text: str) -> tuple[str, str, dict]:
             raise ValueError(f"--samplers: {text!r}: expected NAME or NAME:setting=value,... with settings of train's flags "
                              f"(such as b=3 or step_size=0.02), got {item!r}")
         try:
-            settings[key] = {"int": _integer, "float": float, "str": str, "bool": _boolean}[kinds[key]](value.strip())
+            settings[key] = {"int": _integer, "float": float, "str": str, "bool": _boolean, "str | bool": parse_fast}[kinds[key]](value.strip())
         except (ValueError, argparse.ArgumentTypeError) as err:
             raise ValueError(f"--samplers: {text!r}: {key}: {err}") from None
     # a folder name that says what differs: anila:b=3 -> anila-b3

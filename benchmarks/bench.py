@@ -711,8 +711,8 @@ def bench_training(mode: dict, device: torch.device, compile_ok: bool, log: Load
         cfg = mode[kind]
         trainers: dict[str, Trainer] = {}
         for sampler in ("langevin", "anila"):
-            for fast_mode in ("off", "on"):
-                if fast_mode == "on" and (not compile_ok or (kind == "conv" and device.type == "cpu")):
+            for fast_mode in (False, True):
+                if fast_mode and (not compile_ok or (kind == "conv" and device.type == "cpu")):
                     continue
                 if kind == "mlp":
                     config = preset("cpu", sampler, batch_size=cfg["batch"], n_steps=t["mlp_K"], width=cfg["width"], depth=cfg["depth"],
@@ -722,7 +722,7 @@ def bench_training(mode: dict, device: torch.device, compile_ok: bool, log: Load
                     config = preset("cpu", sampler, dataset="cifar10", image_size=32, conv_width=cfg["width"], batch_size=batch,
                                     n_steps=t["conv_K"], device=str(device), fast=fast_mode)
                 with synthetic_images():
-                    trainers[f"{sampler}/{'fast' if fast_mode == 'on' else 'eager'}"] = Trainer(config, progress=False)
+                    trainers[f"{sampler}/{'fast' if fast_mode else 'eager'}"] = Trainer(config, progress=False)
         first = next(iter(trainers.values()))
         x = first.chains.start(first.config.batch_size)
         K = first.config.n_steps

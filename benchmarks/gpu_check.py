@@ -376,7 +376,8 @@ def step_train(ctx: dict) -> dict:
                 continue
             print(f"  train {label} ...", flush=True)
             # the paper's iteration count stays in the config: it decides --fast auto as in a real paper run
-            config = preset("paper", sampler, dataset="cifar10", data_root=str(data), device=device.type, fast=ctx["train_fast"],
+            config = preset("paper", sampler, dataset="cifar10", data_root=str(data), device=device.type,
+                            fast=fast.parse_fast(ctx["train_fast"]),
                             **variant, **size["train_overrides"])
             before = {r["name"] for r in fast.cache_info()}
             try:
@@ -549,9 +550,9 @@ def main(argv: list[str] | None = None) -> int:
                              "each step gets its share and skips, saying so, what does not fit")
     parser.add_argument("--train-iters", type=int, default=0, help="timed iterations per training run (default: 200 on a GPU, 2 in the CPU dry run)")
     parser.add_argument("--train-seconds", type=float, default=10.0, help="at most this many seconds of timed iterations per training run (default 10)")
-    parser.add_argument("--train-fast", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--train-fast", choices=("auto", "true", "false"), default="auto",
                         help="--fast of the training runs (default auto, what the CLI does: at the paper's 100k iterations on CUDA the "
-                             "sampler's transition is compiled, in the warm-up; off saves that compile)")
+                             "sampler's transition is compiled, in the warm-up; false saves that compile)")
     parser.add_argument("--bench-samplers", default="langevin,anila-coordinate",
                         help="samplers of the CUDA transition table (comma-separated names of bench.py's rows; default langevin,anila-coordinate: "
                              "each adds two compiles per size, and step 2 already checks every sampler compiled and graphed)")
