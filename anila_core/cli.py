@@ -77,13 +77,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         if f.type in ("bool", bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            kind = {"int": _integer, "float": float, "str": str, "str | bool": _fast_flag}[f.type if isinstance(f.type, str) else f.type.__name__]
+            kinds = {"int": _integer, "float": float, "str": str, "str | bool": _fast_flag}
+            kind = kinds[f.type if isinstance(f.type, str) else f.type.__name__]
             group.add_argument(flag, dest=f.name, type=kind, default=None, choices=f.metadata.get("choices"),
                                metavar=f.name.upper(), help=help_text)
 
 
 def _listed(values) -> str:
-    """``a, b, c`` for a help text, with the empty string shown as ``''`` and booleans as the flags take them (``true``)."""
+    """``a, b, c`` for a help text, the empty string shown as ``''`` and booleans as the flags take them (``true``)."""
     return ", ".join(repr(v) if v == "" else str(v).lower() if isinstance(v, bool) else str(v) for v in values)
 
 
@@ -438,7 +439,9 @@ def run_spec(text: str) -> tuple[str, str, dict]:
             raise ValueError(f"--samplers: {text!r}: expected NAME or NAME:setting=value,... with settings of train's flags "
                              f"(such as b=3 or step_size=0.02), got {item!r}")
         try:
-            settings[key] = {"int": _integer, "float": float, "str": str, "bool": _boolean, "str | bool": parse_fast}[kinds[key]](value.strip())
+            parsers = {"int": _integer, "float": float, "str": str, "bool": _boolean, "str | bool": parse_fast}
+            parse = parsers[kinds[key]]
+            settings[key] = parse(value.strip())
         except (ValueError, argparse.ArgumentTypeError) as err:
             raise ValueError(f"--samplers: {text!r}: {key}: {err}") from None
     # a folder name that says what differs: anila:b=3 -> anila-b3

@@ -112,7 +112,8 @@ def _cold(x, grad, step_size, noise_scale, noise):
 
 def test_cold_step_accepts_the_packages_move():
     assert checks.check_cold_langevin_step(_cold).status == RIGHT
-    assert checks.check_cold_langevin_step(lambda x, g, e, t, n: Langevin(e, noise_scale=t).move(x, g, n)).status == RIGHT
+    package_move = lambda x, g, e, t, n: Langevin(e, noise_scale=t).move(x, g, n)  # noqa: E731
+    assert checks.check_cold_langevin_step(package_move).status == RIGHT
 
 
 @pytest.mark.parametrize("step, reason", [

@@ -1,4 +1,4 @@
-"""Tests of the compiled fast path: the same chain as the eager loop, the eager fallback, the cache, and the one rule of when to compile."""
+"""Tests of the compiled path: the same chain as the eager loop, the eager fallback, the cache, the compile rule."""
 
 import warnings
 
@@ -189,7 +189,7 @@ def test_auto_compiles_big_calls_only(monkeypatch):
     torch.testing.assert_close(big, eager, **TOL)
     convnet = ConvEnergy(image_size=8, in_channels=1, width=4)  # a ConvNet's transition is all convolution on a CPU
     assert not fast.compiles("auto", convnet, "cpu", 10**9)
-    assert not fast.compiles("auto", lambda z: convnet(z), "cpu", 10**9)  # told from the energy, not from the batch's shape
+    assert not fast.compiles("auto", lambda z: convnet(z), "cpu", 10**9)  # told from the energy, not the batch's shape
     assert fast.compiles("auto", lambda z: NET(z), "cpu", 10**9)  # a lambda over a network is a network energy
     assert not fast.compiles("auto", lambda z: z.square().sum(1), "cpu", 10**9)  # an analytic energy stays eager
     for wrong in ("yes", "on", 1, None):
@@ -234,7 +234,8 @@ def test_config_field_and_smoke_runs_stay_eager():
     with pytest.raises(ValueError, match="fast: expected one of auto, true, false"):
         fast.parse_fast("on")
     old = preset("smoke", "anila").to_dict()
-    assert TrainConfig.from_dict({**old, "fast": "on"}).fast is True and TrainConfig.from_dict({**old, "fast": "off"}).fast is False
+    assert TrainConfig.from_dict({**old, "fast": "on"}).fast is True
+    assert TrainConfig.from_dict({**old, "fast": "off"}).fast is False
     assert not Trainer(preset("smoke", "anila"), progress=False).fast
     assert Trainer(preset("cpu_long", "anila"), progress=False).fast  # 10 000 iterations × K = 30
     assert Trainer(preset("cpu", "langevin"), progress=False).fast  # the demo and notebook 02: 3000 × 30
@@ -281,7 +282,7 @@ def test_a_compiled_chain_leaves_the_weights_layout_alone():
 
 
 def test_the_networks_of_an_energy_are_found():
-    """Module, bound method of a module, closures and globals over a module: found; an analytic energy: none (so fast="auto" stays eager)."""
+    """Module, bound method of a module, closures and globals over one: found; an analytic energy: none (so eager)."""
     from anila_core.sampling.targets import Rings
 
     net = mlp()

@@ -1,4 +1,4 @@
-"""Tests of the sampler kernel: the state API (init, step and its info, run), chains that continue exactly, the registry, non-finite energies, and the package's import graph."""
+"""Tests of the sampler kernel: init, step and its info, run; continuation, registry, non-finite energies, imports."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_n_then_m_steps_equal_n_plus_m_steps_bit_for_bit(name):
 
 @pytest.mark.parametrize("name", [*EVERY_SAMPLER, "hmc"])
 def test_run_is_the_loop_over_step_and_every_step_says_what_it_did(name):
-    """``step(energy_fn, state, noise, u)`` with run's draws (ξ, then u for a Metropolis sampler) is run's chain, bit for bit."""
+    """``step(energy_fn, state, noise, u)`` with run's draws (ξ, then u for Metropolis) is run's chain, bit for bit."""
     sampler = EVERY_SAMPLER.get(name) or HMC(0.05, n_leapfrog=2)
     state = sampler.init(ill_conditioned, X0)
     ran = sampler.run(ill_conditioned, state, 5, generator=torch.Generator().manual_seed(3), fast=False)

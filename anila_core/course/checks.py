@@ -317,7 +317,8 @@ def check_cold_langevin_step(step_fn: Callable) -> Verdict:
             return _invalid(exercise, f"expected one new position per chain, shape {tuple(expected.shape)}; got {tuple(got.shape)}.")
         results.append((x, grad, noise, eps, tau, got, expected))
     if all(_same(got, expected) for *_, got, expected in results):
-        return _right(exercise, "x′ = x − (ε/2)∇E + τ√ε·ξ, the same as the package's `Langevin(step_size, noise_scale=τ).move(x, grad, noise)`. "
+        return _right(exercise, "x′ = x − (ε/2)∇E + τ√ε·ξ, the same as the package's "
+                                "`Langevin(step_size, noise_scale=τ).move(x, grad, noise)`. "
                                 "With τ < 1 the chain samples (for small steps) exp(−E/τ²), a sharper density than the model's: the 'cold' sampling "
                                 "image EBMs use for cleaner pictures (notebook 03), which no longer samples the model itself.")
     for slip, why in slips:

@@ -1,4 +1,4 @@
-"""The compiled path: a sampler's own ``step`` compiled with ``torch.compile``, cached per energy and shape, with an eager fallback; and the one rule of when to compile.
+"""The compiled path: a sampler's own ``step`` compiled, cached, with an eager fallback; and the rule of when to.
 
 Eager PyTorch pays, per transition, for autograd's bookkeeping and for a dozen small
 elementwise kernels around the network's forward and backward. Compiling the *whole* step —
@@ -93,8 +93,9 @@ def parse_fast(text: str) -> str | bool:
     return value
 
 
-def compiles(fast, energy_fn: EnergyFn, device: torch.device | str, transitions: int, network_compiled: bool = False) -> bool:
-    """The one rule: whether a call of ``transitions`` steps (or a training run of iters × K) samples ``energy_fn`` compiled.
+def compiles(fast, energy_fn: EnergyFn, device: torch.device | str, transitions: int,
+             network_compiled: bool = False) -> bool:
+    """The one rule: whether a call of ``transitions`` steps (a training run: iters × K) samples ``energy_fn`` compiled.
 
     ``fast=True`` or ``False`` decides alone. ``"auto"`` compiles when all of these hold: the
     network is not compiled already (``--compile``, the other route); ``transitions`` ≥
@@ -112,12 +113,13 @@ def compiles(fast, energy_fn: EnergyFn, device: torch.device | str, transitions:
     networks = networks_of(energy_fn)
     if not networks:
         return False
-    if torch.device(device).type == "cpu" and any(isinstance(m, _CONVOLUTIONS) for net in networks for m in net.modules()):
+    convolutions = any(isinstance(m, _CONVOLUTIONS) for net in networks for m in net.modules())
+    if torch.device(device).type == "cpu" and convolutions:
         return False
     return compile_supported()[0]
 
 
-#: how many calls deep :func:`networks_of` follows an energy's functions (a lambda calling a helper calling a network is 3)
+#: how many calls deep :func:`networks_of` follows an energy's functions (a lambda calling a helper calling a net: 3)
 _SEARCH_DEPTH = 4
 
 
@@ -251,7 +253,7 @@ def _cpu_codegen_options() -> dict:
 
 @dataclass
 class FastStep:
-    """One compiled step for one (sampler hyperparameters, energy, shape, dtype, device), and the eager step to fall back on.
+    """One compiled step for one (sampler settings, energy, shape, dtype, device), and the eager step to fall back on.
 
     ``traced`` is the function ``torch.compile`` compiles (``sampler.step``, see :func:`_make_step`);
     ``fallback`` is that very ``step``, run eagerly as ``fast=False`` runs it, so a chain whose
@@ -365,11 +367,11 @@ def step_for(sampler, energy_fn: EnergyFn, x: torch.Tensor) -> FastStep:
 
 
 def compiled_step(sampler, energy_fn: EnergyFn, x: torch.Tensor):
-    """``(step, context)`` for ``Sampler.run``: the compiled ``sampler.step``, and the block to run its loop in (:func:`tracing_autograd`).
+    """``(step, context)`` for ``Sampler.run``: the compiled ``sampler.step`` and the block to loop in.
 
-    The energy's parameters are read as they are: their values, storage and memory layout are
-    never changed. Where ``torch.compile`` cannot run here, ``step`` is ``sampler.step`` itself,
-    after a warning: the same chain as ``fast=False``, bit for bit.
+    The block is :func:`tracing_autograd`. The energy's parameters are read as they are: their
+    values, storage and memory layout are never changed. Where ``torch.compile`` cannot run here,
+    ``step`` is ``sampler.step`` itself, after a warning: the same chain as ``fast=False``, bit for bit.
     """
     ok, why = compile_supported()
     if not ok:
@@ -379,7 +381,8 @@ def compiled_step(sampler, energy_fn: EnergyFn, x: torch.Tensor):
 
 
 def cache_info() -> list[dict]:
-    """One row per cached step: its name, compile mode (``"cpu"`` on a CPU, else ``torch.compile``'s mode), compile time in seconds, calls, and why it fell back (``None`` if it did not)."""
+    """One row per cached step: name, compile mode (``"cpu"`` on a CPU, else ``torch.compile``'s mode), compile time in
+    seconds, calls, and why it fell back (``None`` if it did not)."""
     rows = []
     for entries in list(_CACHE.values()) + [e for _, e in _UNWEAKABLE.values()]:
         for entry in entries.values():

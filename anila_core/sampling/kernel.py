@@ -1,4 +1,4 @@
-"""The parts every sampler shares: the chains' state, a step's info record, the energy and its gradient, one Euler–Maruyama move, one Metropolis test, the watch of non-finite chains, the trace, and input checks.
+"""What every sampler shares: state, step info, energy gradient, move, test, watch, trace and input checks.
 
 Convention: ``energy_fn`` returns one energy per sample, ``p(x) ∝ exp(-E(x))``, and
 ``g = ∇_x E``. A Langevin-type transition is
@@ -198,7 +198,7 @@ class SamplerState:
 
 
 class StepInfo(NamedTuple):
-    """What one step did, returned by every sampler's ``step`` beside the new state (tensors: reading them never waits on the device).
+    """What one step did, returned by every sampler's ``step`` beside the new state (tensors: no wait on the device).
 
     ``accepted``: per chain, whether the Metropolis test took the proposal (``None`` for a
     sampler without the test). ``clipped``: the share of coordinates whose step was shrunk
@@ -212,7 +212,7 @@ class StepInfo(NamedTuple):
 
 
 class ChainWatch(NamedTuple):
-    """A run's watch of non-finite chains: ``ok`` marks the chains finite so far, ``steps_ok`` counts the steps at which all were.
+    """A run's watch of non-finite chains: ``ok`` marks chains finite so far, ``steps_ok`` counts steps where all were.
 
     Kept as tensors, so the loop never waits on the device; ``steps_ok`` stops growing at the
     first bad step, which :meth:`check` names once, at the end of the run.
@@ -224,7 +224,8 @@ class ChainWatch(NamedTuple):
     @classmethod
     def start(cls, x: torch.Tensor) -> "ChainWatch":
         """The watch of the chains at ``x``, all finite (a start is checked when it is evaluated)."""
-        return cls(torch.ones(x.shape[0], dtype=torch.bool, device=x.device), torch.zeros((), dtype=torch.long, device=x.device))
+        ok = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return cls(ok, torch.zeros((), dtype=torch.long, device=x.device))
 
     def after(self, info: StepInfo) -> "ChainWatch":
         """The watch after a step whose info is ``info``."""
@@ -232,7 +233,7 @@ class ChainWatch(NamedTuple):
         return ChainWatch(ok, self.steps_ok + ok.all())
 
     def check(self, sampler: str, n_steps: int) -> None:
-        """:class:`NonFiniteChainError` naming the first bad step, if a chain turned non-finite within the run's ``n_steps``."""
+        """:class:`NonFiniteChainError` naming the first bad step, if a chain turned non-finite in ``n_steps``."""
         if not bool(self.ok.all()):
             raise NonFiniteChainError(sampler, int(self.steps_ok) + 1, int((~self.ok).sum()), len(self.ok), n_steps)
 

@@ -47,7 +47,7 @@ ANILA_VARIANTS = ("full", "noise_only")
 
 
 class Sampler:
-    """The shared recipe (``init``, ``run``, ``sample``); a subclass supplies :meth:`step` and, if it has one, its per-chain state."""
+    """The shared recipe (``init``, ``step``, ``run``, ``sample``); a subclass supplies ``step`` and its chain state."""
 
     name = "sampler"
     #: whether every transition ends in the Metropolis test (then ``run`` draws its uniform, and rejected proposals keep chains finite)
@@ -67,19 +67,20 @@ class Sampler:
 
     def step(self, energy_fn: EnergyFn, state: SamplerState, noise: torch.Tensor, u: torch.Tensor | None = None, *,
              evaluate: bool = True) -> tuple[SamplerState, StepInfo]:
-        """One transition from ``state`` (evaluated: its energy and gradient known), given its standard normal ``noise`` (``x``'s shape) and, for a Metropolis sampler, one uniform ``u`` per chain.
+        """One transition from ``state`` (evaluated), given standard normal ``noise`` of ``x``'s shape and ``u``.
 
-        Returns the new state and the step's :class:`StepInfo`. No randomness inside: the same
-        arguments give the same step, eagerly or compiled. ``evaluate=False`` (unadjusted
-        samplers only) makes the move alone and returns a state without energy and gradient
-        (the last step of a run that needs neither). ``run`` checks its arguments once; ``step``
-        trusts them.
+        ``u`` is one uniform per chain for a Metropolis sampler (``None`` otherwise). Returns the
+        new state and the step's :class:`StepInfo`. No randomness inside: the same arguments give
+        the same step, eagerly or compiled. ``evaluate=False`` (unadjusted samplers only) makes
+        the move alone and returns a state without energy and gradient (the last step of a run
+        that needs neither). ``run`` checks its arguments once; ``step`` trusts them.
         """
         raise NotImplementedError
 
     def _needs_uniform(self, u, evaluate: bool) -> None:
         if self.metropolis and u is None:
-            raise ValueError(f"u: {self.name}'s step ends in the Metropolis test and needs one uniform per chain, got None")
+            raise ValueError(f"u: {self.name}'s step ends in the Metropolis test and needs one uniform per chain, "
+                             "got None")
         if self.metropolis and not evaluate:
             raise ValueError(f"evaluate: {self.name}'s Metropolis test needs the energy at its proposal; expected True")
 
@@ -144,10 +145,12 @@ class Sampler:
     def _checked_state(self, energy_fn: EnergyFn, state, generator, allow_nonfinite: bool) -> SamplerState:
         """``state`` checked to be this sampler's, with its positions detached and its energy and gradient evaluated."""
         if not isinstance(state, SamplerState):
-            raise ValueError(f"state: expected a SamplerState from sampler.init(energy_fn, x0), got {type(state).__name__}")
-        if set(state.extra) != set(self.state_keys):  # a state of another sampler (pSGLD's carries "v", Langevin's nothing)
-            raise ValueError(f"state: carries {sorted(state.extra) or 'no per-chain state'}, but {self.name}'s chains carry "
-                             f"{list(self.state_keys) or 'none'}; expected a state from this sampler's own init() or run()")
+            raise ValueError(f"state: expected a SamplerState from sampler.init(energy_fn, x0), "
+                             f"got {type(state).__name__}")
+        if set(state.extra) != set(self.state_keys):  # another sampler's state (pSGLD's has "v", Langevin's nothing)
+            raise ValueError(f"state: carries {sorted(state.extra) or 'no per-chain state'}, but {self.name}'s "
+                             f"chains carry {list(self.state_keys) or 'none'}; expected a state from this sampler's "
+                             "own init() or run()")
         x = check_positions(state.x, "state.x")
         check_generator(generator, x)
         if state.evaluated:
@@ -222,23 +225,25 @@ class LangevinSampler(Sampler):
         return None
 
     def step(self, energy_fn, state, noise, u=None, *, evaluate=True):
-        """Step sizes, the shared move, the energy and gradient at the proposal, and the shared Metropolis test when on."""
+        """Step sizes, the shared move, the energy and gradient at the proposal, and the Metropolis test when on."""
         self._needs_uniform(u, evaluate)
         x, grad = state.x, state.grad
         drift_gamma, noise_gamma, extra = self.step_map(grad, state.extra)
         clipped = self.shrunk_share(noise_gamma)
         proposal = euler_maruyama_move(x, grad, drift_gamma, noise_gamma, noise, self.noise_scale)
         if not evaluate:
-            return SamplerState(proposal, None, None, extra), StepInfo(None, clipped, torch.isfinite(proposal).flatten(1).all(1))
+            finite = torch.isfinite(proposal).flatten(1).all(1)
+            return SamplerState(proposal, None, None, extra), StepInfo(None, clipped, finite)
         prop_energy, prop_grad = energy_and_grad(energy_fn, proposal)
         if not self.metropolis:
-            return SamplerState(proposal, prop_energy, prop_grad, extra), StepInfo(None, clipped, finite_chains(prop_energy, prop_grad))
+            info = StepInfo(None, clipped, finite_chains(prop_energy, prop_grad))
+            return SamplerState(proposal, prop_energy, prop_grad, extra), info
         # the reverse move's step sizes; only memoryless samplers offer the test, so ``extra`` plays no part
         prop_drift, prop_noise, _ = self.step_map(prop_grad, extra)
         log_q_forward = log_proposal_density(proposal, x, grad, drift_gamma, noise_gamma, self.noise_scale)
         log_q_backward = log_proposal_density(x, proposal, prop_grad, prop_drift, prop_noise, self.noise_scale)
-        x, energy, grad, accepted = metropolis_test(x, state.energy, grad, proposal, prop_energy, prop_grad, log_q_forward,
-                                                    log_q_backward, u)
+        x, energy, grad, accepted = metropolis_test(x, state.energy, grad, proposal, prop_energy, prop_grad,
+                                                    log_q_forward, log_q_backward, u)
         return SamplerState(x, energy, grad, extra), StepInfo(accepted, clipped, finite_chains(energy, grad))
 
     def small_step_log_weight(self, energy, grad):
@@ -322,7 +327,7 @@ class AniLA(LangevinSampler):
         return (gamma < self.step_size).float().mean()
 
     def clipped_share(self, grad: torch.Tensor) -> torch.Tensor:
-        """The share of coordinates whose step is shrunk below ε at ``grad`` (``|g| > b``): what a step's ``info.clipped`` reports."""
+        """The share of coordinates whose step is shrunk below ε at ``grad`` (``|g| > b``), as a step's info reports."""
         return self.shrunk_share(self.step_sizes(grad))
 
     @property

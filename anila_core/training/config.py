@@ -150,8 +150,9 @@ class TrainConfig:
     amp: str = _f("off", "'bf16': bfloat16 autocast of the energy network on CUDA (sampler state and updates stay float32; ignored on CPU)", choices=AMP_MODES)
     channels_last: bool = _f(False, "images: channels-last memory layout for the ConvNet (faster convolutions on recent GPUs)")
     compile: bool = _f(False, "torch.compile the energy network (minutes of compile time; pays off on long GPU runs only)")
-    fast: str | bool = _f("auto", "sample through compiled steps (anila_core.sampling.compiled.compiles): True, False, or "
-                          f"'auto' = when iters × n_steps >= {AUTO_MIN_TRANSITIONS} and not a ConvNet on a CPU", choices=FAST_CHOICES)
+    fast: str | bool = _f("auto", "sample through compiled steps (anila_core.sampling.compiled.compiles): true, false, "
+                          f"or 'auto' = when iters × n_steps >= {AUTO_MIN_TRANSITIONS} and not a ConvNet on a CPU",
+                          choices=FAST_CHOICES)
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first field outside its allowed range."""
@@ -170,7 +171,8 @@ class TrainConfig:
                 value = float(value)
                 setattr(self, f.name, value)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise ValueError(f"{f.name}: expected a value of type {getattr(expected, '__name__', f.type)}, got {value!r}")
+                kind = getattr(expected, "__name__", f.type)  # "str | bool" for fast
+                raise ValueError(f"{f.name}: expected a value of type {kind}, got {value!r}")
             if expected is float and math.isnan(value):
                 raise ValueError(f"{f.name}: expected a number, got NaN")
         positive = ["step_size", "b", "lr", "init_scale", "psgld_damping", "max_energy_gap"]
@@ -261,7 +263,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """The configuration a ``config.json`` holds; its ``fast`` may be written the old way, ``"on"``/``"off"`` (True/False)."""
+        """The configuration a ``config.json`` holds; its ``fast`` may be in the old words ``"on"``/``"off"``."""
         old_fast = {"on": True, "off": False}
         if isinstance(values.get("fast"), str) and values["fast"] in old_fast:
             values = {**values, "fast": old_fast[values["fast"]]}
