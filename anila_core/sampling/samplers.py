@@ -77,7 +77,7 @@ class Sampler:
         """
         raise NotImplementedError
 
-    def _needs_uniform(self, u, evaluate: bool) -> None:
+    def _check_draws(self, u, evaluate: bool) -> None:
         if self.metropolis and u is None:
             raise ValueError(f"u: {self.name}'s step ends in the Metropolis test and needs one uniform per chain, "
                              "got None")
@@ -226,7 +226,7 @@ class LangevinSampler(Sampler):
 
     def step(self, energy_fn, state, noise, u=None, *, evaluate=True):
         """Step sizes, the shared move, the energy and gradient at the proposal, and the Metropolis test when on."""
-        self._needs_uniform(u, evaluate)
+        self._check_draws(u, evaluate)
         x, grad = state.x, state.grad
         drift_gamma, noise_gamma, extra = self.step_map(grad, state.extra)
         clipped = self.shrunk_share(noise_gamma)
@@ -421,7 +421,7 @@ class HMC(Sampler):
 
     def step(self, energy_fn, state, noise, u=None, *, evaluate=True):
         """A fresh momentum from ``noise``, the leapfrog trajectory, and the shared Metropolis test."""
-        self._needs_uniform(u, evaluate)
+        self._check_draws(u, evaluate)
         x, mass, eps = state.x, self._mass_like(state.x), self.step_size
         p = noise * mass**0.5
         kinetic = lambda q: 0.5 * (q.square() / mass).flatten(1).sum(1)  # noqa: E731
