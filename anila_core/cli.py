@@ -16,7 +16,7 @@ from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, R
 from anila_core.fileio import read_json_file
 from anila_core.training.file_sources import absolute_data_spec
 from anila_core.processes import check_jobs, run_jobs, torch_threads
-from anila_core.sampling.compiled import parse_fast
+from anila_core.sampling.compile_rule import parse_fast
 from anila_core.sampling.registry import SAMPLERS
 
 __all__ = ["main", "build_parser"]

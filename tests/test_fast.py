@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from anila_core.images.convnets import ConvEnergy
+from anila_core.sampling import compile_rule as rule
 from anila_core.sampling import compiled as fast
 from anila_core.training.config import TrainConfig, preset
 from anila_core.nets import MLPEnergy
@@ -177,7 +178,7 @@ def test_auto_compiles_big_calls_only(monkeypatch):
     called = []
     real = fast.compiled_step
     monkeypatch.setattr(fast, "compiled_step", lambda *a, **k: called.append(a[2].shape) or real(*a, **k))
-    monkeypatch.setattr(fast, "AUTO_MIN_TRANSITIONS", K)
+    monkeypatch.setattr(rule, "AUTO_MIN_TRANSITIONS", K)
     sampler = SAMPLERS["langevin"]
     sampler.sample(NET, X0, K - 1)  # one step short of the threshold: eager
     assert not called
@@ -188,10 +189,10 @@ def test_auto_compiles_big_calls_only(monkeypatch):
     eager = sampler.sample(NET, X0, K, generator=torch.Generator().manual_seed(7), fast=False)
     torch.testing.assert_close(big, eager, **TOL)
     convnet = ConvEnergy(image_size=8, in_channels=1, width=4)  # a ConvNet's transition is all convolution on a CPU
-    assert not fast.compiles("auto", convnet, "cpu", 10**9)
-    assert not fast.compiles("auto", lambda z: convnet(z), "cpu", 10**9)  # told from the energy, not the batch's shape
-    assert fast.compiles("auto", lambda z: NET(z), "cpu", 10**9)  # a lambda over a network is a network energy
-    assert not fast.compiles("auto", lambda z: z.square().sum(1), "cpu", 10**9)  # an analytic energy stays eager
+    assert not rule.compiles("auto", convnet, "cpu", 10**9)
+    assert not rule.compiles("auto", lambda z: convnet(z), "cpu", 10**9)  # told from the energy, not the batch's shape
+    assert rule.compiles("auto", lambda z: NET(z), "cpu", 10**9)  # a lambda over a network is a network energy
+    assert not rule.compiles("auto", lambda z: z.square().sum(1), "cpu", 10**9)  # an analytic energy stays eager
     for wrong in ("yes", "on", 1, None):
         with pytest.raises(ValueError, match="fast: expected one of"):
             sampler.sample(NET, X0, 2, fast=wrong)
@@ -213,15 +214,15 @@ def test_compiled_runs_continue_exactly():
 
 def test_the_one_compile_rule():
     """One rule for run/sample and for training: the work (transitions) against one threshold, and the energy itself."""
-    n = fast.AUTO_MIN_TRANSITIONS
-    assert fast.compiles("auto", NET, "cpu", n) and not fast.compiles("auto", NET, "cpu", n - 1)
+    n = rule.AUTO_MIN_TRANSITIONS
+    assert rule.compiles("auto", NET, "cpu", n) and not rule.compiles("auto", NET, "cpu", n - 1)
     convnet = ConvEnergy(image_size=8, in_channels=1, width=4)
-    assert not fast.compiles("auto", convnet, "cpu", 10 * n)  # ConvNets gain nothing on a CPU
-    assert fast.compiles("auto", convnet, "cuda", 10 * n)
-    assert not fast.compiles("auto", NET, "cpu", 10 * n, network_compiled=True)
-    assert fast.compiles(True, NET, "cpu", 1) and not fast.compiles(False, NET, "cpu", 10 * n)
+    assert not rule.compiles("auto", convnet, "cpu", 10 * n)  # ConvNets gain nothing on a CPU
+    assert rule.compiles("auto", convnet, "cuda", 10 * n)
+    assert not rule.compiles("auto", NET, "cpu", 10 * n, network_compiled=True)
+    assert rule.compiles(True, NET, "cpu", 1) and not rule.compiles(False, NET, "cpu", 10 * n)
     with pytest.raises(ValueError, match="fast: expected one of"):
-        fast.compiles("yes", NET, "cpu", 1)
+        rule.compiles("yes", NET, "cpu", 1)
 
 
 def test_config_field_and_smoke_runs_stay_eager():
@@ -230,9 +231,9 @@ def test_config_field_and_smoke_runs_stay_eager():
         with pytest.raises(ValueError, match="fast: expected one of"):
             preset("smoke", "anila", fast=wrong)
     # one vocabulary from the command line on; a config.json written with the old words still loads
-    assert [fast.parse_fast(t) for t in ("auto", "true", "False")] == ["auto", True, False]
+    assert [rule.parse_fast(t) for t in ("auto", "true", "False")] == ["auto", True, False]
     with pytest.raises(ValueError, match="fast: expected one of auto, true, false"):
-        fast.parse_fast("on")
+        rule.parse_fast("on")
     old = preset("smoke", "anila").to_dict()
     assert TrainConfig.from_dict({**old, "fast": "on"}).fast is True
     assert TrainConfig.from_dict({**old, "fast": "off"}).fast is False
@@ -286,22 +287,22 @@ def test_the_networks_of_an_energy_are_found():
     from anila_core.sampling.targets import Rings
 
     net = mlp()
-    assert fast.networks_of(net) == [net]
-    assert fast.networks_of(net.forward) == [net]  # a bound method of a module
-    assert fast.networks_of(lambda z: net(z).squeeze(-1)) == [net]  # a closure cell
-    assert fast.networks_of(lambda z: NET(z)) == [NET]  # a global, as in a notebook
+    assert rule.networks_of(net) == [net]
+    assert rule.networks_of(net.forward) == [net]  # a bound method of a module
+    assert rule.networks_of(lambda z: net(z).squeeze(-1)) == [net]  # a closure cell
+    assert rule.networks_of(lambda z: NET(z)) == [NET]  # a global, as in a notebook
     scaled = lambda z: 2.0 * net(z)  # noqa: E731
 
     def through_a_helper(z):
         return scaled(z) + 1.0
 
-    assert fast.networks_of(through_a_helper) == [net]
+    assert rule.networks_of(through_a_helper) == [net]
     # other objects' attributes are not searched: a trainer names its network to the rule itself
     trainer = Trainer(preset("smoke", "langevin", device="cpu"), progress=False)
-    assert fast.networks_of(trainer.energy) == [] and fast.networks_of(lambda z: trainer.energy(z)) == []
-    assert fast.compiles("auto", trainer.model, "cpu", 10**9) and not trainer.fast  # the smoke run is short: eager
+    assert rule.networks_of(trainer.energy) == [] and rule.networks_of(lambda z: trainer.energy(z)) == []
+    assert rule.compiles("auto", trainer.model, "cpu", 10**9) and not trainer.fast  # the smoke run is short: eager
     target = Rings()
-    assert fast.networks_of(target.energy) == []
-    assert fast.networks_of(lambda z: target.energy(z) / 2) == []
-    assert fast.networks_of(lambda z: torch.sin(z).sum(1)) == []  # torch itself is a global, not a network
-    assert not fast.compiles("auto", target.energy, "cpu", 10**9)
+    assert rule.networks_of(target.energy) == []
+    assert rule.networks_of(lambda z: target.energy(z) / 2) == []
+    assert rule.networks_of(lambda z: torch.sin(z).sum(1)) == []  # torch itself is a global, not a network
+    assert not rule.compiles("auto", target.energy, "cpu", 10**9)

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from anila_core.sampling import compiled
+from anila_core.sampling import compile_rule, compiled
 from anila_core.sampling.kernel import (
     ChainWatch,
     EnergyFn,
@@ -108,7 +108,7 @@ class Sampler:
         samplers only) the uniform ``u``, nothing else. ``fast``: ``True`` runs each step compiled
         (:mod:`anila_core.sampling.compiled`; the same chain up to rounding, falling back to eager
         with a warning where compiling fails), ``False`` eagerly, ``"auto"`` (default) as
-        :func:`~anila_core.sampling.compiled.compiles` decides for a call of ``n_steps``.
+        :func:`~anila_core.sampling.compile_rule.compiles` decides for a call of ``n_steps``.
         ``evaluate_final=False`` skips the energy and gradient at the last positions of an
         unadjusted chain (nothing but a continuation needs them; the next ``run`` computes them).
         An unadjusted chain whose energy or gradient turns NaN or infinite raises
@@ -119,7 +119,7 @@ class Sampler:
         check_energy_fn(energy_fn)
         state = self._checked_state(energy_fn, state, generator, allow_nonfinite)
         step, context = self.step, contextlib.nullcontext()
-        if compiled.compiles(fast, energy_fn, state.x.device, n_steps):
+        if compile_rule.compiles(fast, energy_fn, state.x.device, n_steps):
             step, context = compiled.compiled_step(self, energy_fn, state.x)
         watch = ChainWatch.start(state.x)
         if trace is not None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from anila_core.images.convnets import IMAGE_SIZES
 from anila_core.images.datasets import DATASETS, SIZES
-from anila_core.sampling.compiled import AUTO_MIN_TRANSITIONS, FAST_CHOICES
+from anila_core.sampling.compile_rule import AUTO_MIN_TRANSITIONS, FAST_CHOICES
 from anila_core.sampling.registry import SAMPLERS
 from anila_core.nets import ACTIVATIONS
 from anila_core.sampling.samplers import ANILA_VARIANTS, NORMS
@@ -150,7 +150,7 @@ class TrainConfig:
     amp: str = _f("off", "'bf16': bfloat16 autocast of the energy network on CUDA (sampler state and updates stay float32; ignored on CPU)", choices=AMP_MODES)
     channels_last: bool = _f(False, "images: channels-last memory layout for the ConvNet (faster convolutions on recent GPUs)")
     compile: bool = _f(False, "torch.compile the energy network (minutes of compile time; pays off on long GPU runs only)")
-    fast: str | bool = _f("auto", "sample through compiled steps (anila_core.sampling.compiled.compiles): true, false, "
+    fast: str | bool = _f("auto", "sample through compiled steps (anila_core.sampling.compile_rule): true, false, "
                           f"or 'auto' = when iters × n_steps >= {AUTO_MIN_TRANSITIONS} and not a ConvNet on a CPU",
                           choices=FAST_CHOICES)
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from anila_core.device import resolve_device
 from anila_core.processes import torch_threads, training_threads
-from anila_core.sampling.compiled import compiles
+from anila_core.sampling.compile_rule import compiles
 from anila_core.sampling.global_moves import independence_moves
 from anila_core.sampling.kernel import Trace
 from anila_core.sampling.registry import sampler_from_config
