@@ -1,6 +1,6 @@
 """AniLA: energy-based models trained with Anisotropic Langevin dynamics — targets, samplers, training, metrics.
 
-The package's parts: ``sampling`` (targets, samplers, the compiled transition), ``training``
+The package's parts: ``sampling`` (targets, samplers, the compiled step), ``training``
 (config, the loop, runs), ``images`` (datasets, ConvNets, FID/KID), ``study`` (sweeps) and
 ``ui`` (plots, widgets, live figures); ``cli`` is ``python -m anila_core``.
 """
@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from anila_core.budget import resolve_budget
 from anila_core.device import resolve_device
-from anila_core.sampling.kernel import NonFiniteChainError, SamplerState, Trace, energy_and_grad
+from anila_core.sampling.kernel import NonFiniteChainError, SamplerState, StepInfo, Trace, energy_and_grad
 from anila_core.sampling.registry import SAMPLERS, make_sampler
 from anila_core.sampling.samplers import HMC, AniLA, Langevin, PSGLD, Sampler
 from anila_core.sampling.targets import Gaussian, GaussianMixture, Rings, make_target
@@ -22,6 +22,7 @@ __all__ = [
     "Sampler",
     "Trace",
     "SamplerState",
+    "StepInfo",
     "NonFiniteChainError",
     "SAMPLERS",
     "energy_and_grad",

@@ -12,6 +12,7 @@ from pathlib import Path
 from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, preset
 from anila_core.fileio import read_json_file
 from anila_core.training.file_sources import absolute_data_spec
+from anila_core.sampling.compile_rule import parse_fast
 
 __all__ = ["main", "build_parser"]
 
@@ -72,14 +73,23 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         if f.type in ("bool", bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            kind = {"int": _integer, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            kinds = {"int": _integer, "float": float, "str": str, "str | bool": _fast_flag}
+            kind = kinds[f.type if isinstance(f.type, str) else f.type.__name__]
             group.add_argument(flag, dest=f.name, type=kind, default=None, choices=f.metadata.get("choices"),
                                metavar=f.name.upper(), help=help_text)
 
 
 def _listed(values) -> str:
-    """``a, b, c`` for a help text, with the empty string shown as ``''``."""
-    return ", ".join(repr(v) if v == "" else str(v) for v in values)
+    """``a, b, c`` for a help text, the empty string shown as ``''`` and booleans as the flags take them (``true``)."""
+    return ", ".join(repr(v) if v == "" else str(v).lower() if isinstance(v, bool) else str(v) for v in values)
+
+
+def _fast_flag(text: str):
+    """``--fast auto|true|false`` as the config holds it: ``"auto"``, ``True`` or ``False``."""
+    try:
+        return parse_fast(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -142,8 +142,8 @@ def bench_training(mode: dict, device: torch.device, compile_ok: bool, log: Load
         cfg = mode[kind]
         trainers: dict[str, Trainer] = {}
         for sampler in ("langevin", "anila"):
-            for fast_mode in ("off", "on"):
-                if fast_mode == "on" and (not compile_ok or (kind == "conv" and device.type == "cpu")):
+            for fast_mode in (False, True):
+                if fast_mode and (not compile_ok or (kind == "conv" and device.type == "cpu")):
                     continue
                 if kind == "mlp":
                     config = preset(
@@ -170,7 +170,7 @@ def bench_training(mode: dict, device: torch.device, compile_ok: bool, log: Load
                         fast=fast_mode,
                     )
                 with synthetic_images():
-                    trainers[f"{sampler}/{'fast' if fast_mode == 'on' else 'eager'}"] = Trainer(config, progress=False)
+                    trainers[f"{sampler}/{'fast' if fast_mode else 'eager'}"] = Trainer(config, progress=False)
         first = next(iter(trainers.values()))
         x = first.chains.start(first.config.batch_size)
         K = first.config.n_steps

@@ -181,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed iterations per training run (default: 200 on a GPU, 2 in the CPU dry run)")
     parser.add_argument("--train-seconds", type=float, default=10.0,
                         help="at most this many seconds of timed iterations per training run (default 10)")
-    parser.add_argument("--train-fast", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--train-fast", choices=("auto", "true", "false"), default="auto",
                         help="--fast of the training runs (default auto, what the CLI does: at the paper's 100k "
-                             "iterations on CUDA the sampler's transition is compiled, in the warm-up; off saves that "
-                             "compile)")
+                             "iterations on CUDA the sampler's transition is compiled, in the warm-up; false saves "
+                             "that compile)")
     parser.add_argument("--bench-samplers", default="langevin,anila-coordinate",
                         help="samplers of the CUDA transition table (comma-separated names of bench.py's rows; "
                              "default langevin,anila-coordinate: each adds two compiles per size, and step 2 already "

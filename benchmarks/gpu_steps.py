@@ -290,6 +290,7 @@ def step_train(ctx: dict) -> dict:
     import torch
 
     from anila_core.sampling import compiled as fast
+    from anila_core.sampling.compile_rule import parse_fast
     from anila_core.training.config import preset
     from anila_core.training.trainer import Trainer
 
@@ -325,7 +326,7 @@ def step_train(ctx: dict) -> dict:
             print(f"  train {label} ...", flush=True)
             # the paper's iteration count stays in the config: it decides --fast auto as in a real paper run
             config = preset("paper", sampler, dataset="cifar10", data_root=str(data), device=device.type,
-                            fast=ctx["train_fast"], **variant, **size["train_overrides"])
+                            fast=parse_fast(ctx["train_fast"]), **variant, **size["train_overrides"])
             before = {r["name"] for r in fast.cache_info()}
             try:
                 with clock.unit(flags):

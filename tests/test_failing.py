@@ -39,7 +39,7 @@ def test_a_runaway_run_is_stopped_by_the_guard_and_recorded_not_raised():
     config = TrainConfig(dataset="digits", conv_width=8, sampler="langevin", step_size=100.0, noise_scale=0.1, n_steps=5,
                          chains="buffer", buffer_size=200, init="uniform", init_scale=1.0, clamp=1.0, batch_size=16, iters=60,
                          lr=1e-2, eval_every=5, fid_every=10 ** 6, fid_samples=32, checkpoint_every=5, max_energy_gap=2.0,
-                         seed=0, device="cpu", fast="off")
+                         seed=0, device="cpu", fast=False)
     w = watch_run(config)
     assert w.stopped and "max_energy_gap" in w.error and w.trainer.iteration < 60
     assert w.rows and all(set(r) >= {"energy_gap", "saturated"} for r in w.rows) and w.snapshots

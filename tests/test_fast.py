@@ -1,12 +1,14 @@
-"""Tests of the compiled fast path: the same chain as the eager loop, the eager fallback, the cache, and when training turns it on."""
+"""Tests of the compiled path: the same chain as the eager loop, the eager fallback, the cache, the compile rule."""
 
 import warnings
 
 import pytest
 import torch
 
+from anila_core.images.convnets import ConvEnergy
+from anila_core.sampling import compile_rule as rule
 from anila_core.sampling import compiled as fast
-from anila_core.training.config import preset
+from anila_core.training.config import TrainConfig, preset
 from anila_core.nets import MLPEnergy
 from anila_core.sampling.kernel import Trace
 from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
@@ -75,15 +77,18 @@ def test_compiled_metropolis_and_psgld_equal_eager():
     torch.testing.assert_close(quick, eager, rtol=1e-4, atol=1e-4)  # γ = ε / sqrt(V) magnifies rounding where g is small
 
 
-def test_func_gradient_equals_autograds():
-    # the compiled path's torch.func gradient against the eager path's autograd one: two code
-    # paths, so equal to float32 rounding (one forward and backward of a small MLP: ~1e-7 relative)
+def test_compiled_gradient_equals_the_eager_one():
+    # the compiled path compiles the eager path's own autograd gradient: one code path, so equal
+    # to float32 rounding (fused kernels; one forward and backward of a small MLP: ~1e-7 relative)
+    from functools import partial
+
     from anila_core.sampling.kernel import energy_and_grad
 
     energy, grad = energy_and_grad(NET, X0)
-    grad_f, energy_f = fast._grad_and_energy(NET, X0)
-    torch.testing.assert_close(energy_f, energy, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad_f, grad, rtol=1e-5, atol=1e-6)
+    with fast.tracing_autograd():
+        energy_c, grad_c = torch.compile(partial(energy_and_grad, NET), fullgraph=True, dynamic=False)(X0)
+    torch.testing.assert_close(energy_c, energy, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_c, grad, rtol=1e-5, atol=1e-6)
 
 
 def test_cache_reuses_the_compiled_transition_for_the_same_shape():
@@ -98,9 +103,9 @@ def test_cache_reuses_the_compiled_transition_for_the_same_shape():
     assert after[name]["calls"] == rows[name]["calls"] + K
     assert after[name]["compile_s"] > 0 and after[name]["failed"] is None
     # another shape is another entry, and the parameters are read at every call, not frozen in
-    entry = fast.transition_for(sampler, NET, X0)
-    assert fast.transition_for(sampler, NET, X0[:32]) is not entry
-    assert fast.transition_for(Langevin(step_size=0.1), NET, X0) is not entry
+    entry = fast.step_for(sampler, NET, X0)
+    assert fast.step_for(sampler, NET, X0[:32]) is not entry
+    assert fast.step_for(Langevin(step_size=0.1), NET, X0) is not entry
 
 
 def test_compiled_transition_sees_parameter_updates():
@@ -169,13 +174,13 @@ def test_sample_fast_validates_like_sample():
 
 
 def test_auto_compiles_big_calls_only(monkeypatch):
-    """``fast="auto"`` (the default) compiles a call of many chain-steps, never a small one nor an eager-forced one."""
+    """``fast="auto"`` (the default) compiles a call of many steps, never a small one nor an eager-forced one."""
     called = []
-    real = fast.compiled_transition
-    monkeypatch.setattr(fast, "compiled_transition", lambda *a, **k: called.append(a[2].shape) or real(*a, **k))
-    monkeypatch.setattr(fast, "AUTO_MIN_CHAIN_STEPS", len(X0) * K)
+    real = fast.compiled_step
+    monkeypatch.setattr(fast, "compiled_step", lambda *a, **k: called.append(a[2].shape) or real(*a, **k))
+    monkeypatch.setattr(rule, "AUTO_MIN_TRANSITIONS", K)
     sampler = SAMPLERS["langevin"]
-    sampler.sample(NET, X0, K - 1)  # one chain-step short of the threshold: eager
+    sampler.sample(NET, X0, K - 1)  # one step short of the threshold: eager
     assert not called
     sampler.sample(NET, X0, K, fast=False)
     assert not called
@@ -183,12 +188,14 @@ def test_auto_compiles_big_calls_only(monkeypatch):
     assert called == [X0.shape]
     eager = sampler.sample(NET, X0, K, generator=torch.Generator().manual_seed(7), fast=False)
     torch.testing.assert_close(big, eager, **TOL)
-    image_batch = torch.zeros(2, 1, 4, 4)  # a ConvNet's transition is all convolution on a CPU: never compiled by auto
-    assert not fast.auto_compiles(NET, image_batch, 10**9)
-    assert fast.auto_compiles(lambda z: NET(z), X0, 10**9)  # a lambda over a network is a network energy
-    assert not fast.auto_compiles(lambda z: z.square().sum(1), X0, 10**9)  # an analytic energy stays eager
-    with pytest.raises(ValueError, match="fast: expected one of"):
-        sampler.sample(NET, X0, 2, fast="yes")
+    convnet = ConvEnergy(image_size=8, in_channels=1, width=4)  # a ConvNet's transition is all convolution on a CPU
+    assert not rule.compiles("auto", convnet, "cpu", 10**9)
+    assert not rule.compiles("auto", lambda z: convnet(z), "cpu", 10**9)  # told from the energy, not the batch's shape
+    assert rule.compiles("auto", lambda z: NET(z), "cpu", 10**9)  # a lambda over a network is a network energy
+    assert not rule.compiles("auto", lambda z: z.square().sum(1), "cpu", 10**9)  # an analytic energy stays eager
+    for wrong in ("yes", "on", 1, None):
+        with pytest.raises(ValueError, match="fast: expected one of"):
+            sampler.sample(NET, X0, 2, fast=wrong)
 
 
 def test_compiled_runs_continue_exactly():
@@ -205,21 +212,31 @@ def test_compiled_runs_continue_exactly():
 # --------------------------------------------------------------------------- training
 
 
-def test_use_fast_path_policy():
-    n = fast.AUTO_MIN_TRANSITIONS
-    assert fast.use_fast_path("auto", n, "cpu") and not fast.use_fast_path("auto", n - 1, "cpu")
-    assert not fast.use_fast_path("auto", 10 * n, "cpu", is_image=True)  # ConvNets gain nothing on a CPU
-    assert fast.use_fast_path("auto", 10 * n, "cuda", is_image=True)
-    assert not fast.use_fast_path("auto", 10 * n, "cpu", network_compiled=True)
-    assert fast.use_fast_path("on", 1, "cpu") and not fast.use_fast_path("off", 10 * n, "cpu")
+def test_the_one_compile_rule():
+    """One rule for run/sample and for training: the work (transitions) against one threshold, and the energy itself."""
+    n = rule.AUTO_MIN_TRANSITIONS
+    assert rule.compiles("auto", NET, "cpu", n) and not rule.compiles("auto", NET, "cpu", n - 1)
+    convnet = ConvEnergy(image_size=8, in_channels=1, width=4)
+    assert not rule.compiles("auto", convnet, "cpu", 10 * n)  # ConvNets gain nothing on a CPU
+    assert rule.compiles("auto", convnet, "cuda", 10 * n)
+    assert not rule.compiles("auto", NET, "cpu", 10 * n, network_compiled=True)
+    assert rule.compiles(True, NET, "cpu", 1) and not rule.compiles(False, NET, "cpu", 10 * n)
     with pytest.raises(ValueError, match="fast: expected one of"):
-        fast.use_fast_path("yes", 1, "cpu")
+        rule.compiles("yes", NET, "cpu", 1)
 
 
 def test_config_field_and_smoke_runs_stay_eager():
     assert preset("smoke", "anila").fast == "auto"
-    with pytest.raises(ValueError, match="fast: expected one of"):
-        preset("smoke", "anila", fast="always")
+    for wrong in ("always", "on", 1):
+        with pytest.raises(ValueError, match="fast: expected one of"):
+            preset("smoke", "anila", fast=wrong)
+    # one vocabulary from the command line on; a config.json written with the old words still loads
+    assert [rule.parse_fast(t) for t in ("auto", "true", "False")] == ["auto", True, False]
+    with pytest.raises(ValueError, match="fast: expected one of auto, true, false"):
+        rule.parse_fast("on")
+    old = preset("smoke", "anila").to_dict()
+    assert TrainConfig.from_dict({**old, "fast": "on"}).fast is True
+    assert TrainConfig.from_dict({**old, "fast": "off"}).fast is False
     assert not Trainer(preset("smoke", "anila"), progress=False).fast
     assert Trainer(preset("cpu_long", "anila"), progress=False).fast  # 10 000 iterations × K = 30
     assert Trainer(preset("cpu", "langevin"), progress=False).fast  # the demo and notebook 02: 3000 × 30
@@ -229,9 +246,9 @@ def test_config_field_and_smoke_runs_stay_eager():
 def test_training_with_the_fast_path_matches_eager():
     config = preset("smoke", "langevin", iters=3, eval_every=100)
     runs = []
-    for mode in ("off", "on"):
+    for mode in (False, True):
         trainer = Trainer(config.replace(fast=mode), progress=False)
-        assert trainer.fast == (mode == "on")
+        assert trainer.fast is mode
         stats = [trainer.train_step() for _ in range(3)]
         runs.append((stats, trainer.samples, [p.detach().clone() for p in trainer.model.parameters()]))
     (s_off, x_off, p_off), (s_on, x_on, p_on) = runs
@@ -266,24 +283,26 @@ def test_a_compiled_chain_leaves_the_weights_layout_alone():
 
 
 def test_the_networks_of_an_energy_are_found():
-    """Module, bound method, closures and globals over a module: found; an analytic energy: none (so fast="auto" stays eager)."""
+    """Module, bound method of a module, closures and globals over one: found; an analytic energy: none (so eager)."""
     from anila_core.sampling.targets import Rings
 
-    trainer = Trainer(preset("smoke", "langevin", device="cpu"), progress=False)
-    assert fast._modules_of(trainer.energy) == [trainer.model]
     net = mlp()
-    assert fast._modules_of(net) == [net]
-    assert fast._modules_of(lambda z: net(z).squeeze(-1)) == [net]  # a closure cell
-    assert fast._modules_of(lambda z: NET(z)) == [NET]  # a global, as in a notebook
+    assert rule.networks_of(net) == [net]
+    assert rule.networks_of(net.forward) == [net]  # a bound method of a module
+    assert rule.networks_of(lambda z: net(z).squeeze(-1)) == [net]  # a closure cell
+    assert rule.networks_of(lambda z: NET(z)) == [NET]  # a global, as in a notebook
     scaled = lambda z: 2.0 * net(z)  # noqa: E731
 
     def through_a_helper(z):
         return scaled(z) + 1.0
 
-    assert fast._modules_of(through_a_helper) == [net]
-    assert fast._modules_of(lambda z: trainer.energy(z)) == [trainer.model]
+    assert rule.networks_of(through_a_helper) == [net]
+    # other objects' attributes are not searched: a trainer names its network to the rule itself
+    trainer = Trainer(preset("smoke", "langevin", device="cpu"), progress=False)
+    assert rule.networks_of(trainer.energy) == [] and rule.networks_of(lambda z: trainer.energy(z)) == []
+    assert rule.compiles("auto", trainer.model, "cpu", 10**9) and not trainer.fast  # the smoke run is short: eager
     target = Rings()
-    assert fast._modules_of(target.energy) == []
-    assert fast._modules_of(lambda z: target.energy(z) / 2) == []
-    assert fast._modules_of(lambda z: torch.sin(z).sum(1)) == []  # torch itself is a global, not a network
-    assert not fast.auto_compiles(target.energy, X0, 10**9)
+    assert rule.networks_of(target.energy) == []
+    assert rule.networks_of(lambda z: target.energy(z) / 2) == []
+    assert rule.networks_of(lambda z: torch.sin(z).sum(1)) == []  # torch itself is a global, not a network
+    assert not rule.compiles("auto", target.energy, "cpu", 10**9)

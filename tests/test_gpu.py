@@ -154,7 +154,8 @@ def cifar_root(tmp_path_factory):
 @pytest.mark.gpu
 def test_trainer_with_amp_bf16_on_images_stays_finite(device, cifar_root, monkeypatch):
     monkeypatch.setenv("ANILA_DATA_VERIFY", "0")  # the tiny files' checksums are not the official ones
-    config = preset("smoke", "anila", dataset="cifar10", data_root=str(cifar_root), device=device.type, amp="bf16", fast="off")
+    config = preset("smoke", "anila", dataset="cifar10", data_root=str(cifar_root), device=device.type, amp="bf16",
+                    fast=False)
     trainer = Trainer(config, progress=False)
     assert trainer.nets.amp == (device.type == "cuda")  # bf16 on CUDA; a CPU computes in float32 (and says so)
     for _ in range(3):

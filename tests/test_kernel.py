@@ -1,4 +1,4 @@
-"""Tests of the sampler kernel: the state API, chains that continue exactly, the registry, non-finite energies, and the package's import graph."""
+"""Tests of the sampler kernel: init, step and its info, run; continuation, registry, non-finite energies, imports."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import anila_core
-from anila_core.sampling.kernel import NonFiniteChainError, SamplerState, Trace
+from anila_core.sampling.kernel import NonFiniteChainError, SamplerState, StepInfo, Trace
 from anila_core.sampling.registry import SAMPLERS, applicable, make_sampler, sampler_from_config
-from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
+from anila_core.sampling.samplers import HMC, PSGLD, AniLA, Langevin
 from anila_core.training.config import preset
 
 PACKAGE = Path(anila_core.__file__).parent
@@ -57,6 +57,30 @@ def test_n_then_m_steps_equal_n_plus_m_steps_bit_for_bit(name):
     assert torch.equal(parts.x, whole.x)
     assert torch.equal(parts.energy, whole.energy) and torch.equal(parts.grad, whole.grad)
     assert parts.extra.keys() == whole.extra.keys() and all(torch.equal(parts.extra[k], whole.extra[k]) for k in whole.extra)
+
+
+@pytest.mark.parametrize("name", [*EVERY_SAMPLER, "hmc"])
+def test_run_is_the_loop_over_step_and_every_step_says_what_it_did(name):
+    """``step(energy_fn, state, noise, u)`` with run's draws (ξ, then u for Metropolis) is run's chain, bit for bit."""
+    sampler = EVERY_SAMPLER.get(name) or HMC(0.05, n_leapfrog=2)
+    state = sampler.init(ill_conditioned, X0)
+    ran = sampler.run(ill_conditioned, state, 5, generator=torch.Generator().manual_seed(3), fast=False)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        grad = state.grad
+        noise = torch.randn(X0.shape, generator=gen)
+        u = torch.rand(len(X0), generator=gen) if sampler.metropolis else None
+        state, info = sampler.step(ill_conditioned, state, noise, u)
+        assert isinstance(info, StepInfo) and info.finite.shape == (len(X0),) and bool(info.finite.all())
+        assert (info.accepted is not None) == sampler.metropolis
+        if isinstance(sampler, AniLA):  # the clipped share comes from the step: the share of |g| > b at its start
+            assert torch.equal(info.clipped, sampler.clipped_share(grad))
+        else:
+            assert info.clipped is None
+    assert torch.equal(state.x, ran.x) and torch.equal(state.grad, ran.grad)
+    if sampler.metropolis:
+        with pytest.raises(ValueError, match="u: .* needs one uniform per chain"):
+            sampler.step(ill_conditioned, state, torch.zeros_like(X0))
 
 
 @pytest.mark.parametrize("name", ["langevin", "psgld"])

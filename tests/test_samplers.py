@@ -27,7 +27,7 @@ def test_langevin_step_formula():
     expected = X - 0.05 * G + 0.5 * math.sqrt(0.1) * XI
     # two float32 formulas of the same move, summed in another order (and fused or not, by the vector ISA):
     # the values are at most 2.1, where one rounding step (ulp) is 2.4e-7, so they agree to a few of them
-    torch.testing.assert_close(s.step(X, G, XI), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(s.move(X, G, XI), expected, rtol=0, atol=1e-6)
     assert torch.equal(s.step_sizes(G), torch.full_like(G, 0.1))
 
 
@@ -37,7 +37,7 @@ def test_anila_coordinate_step_sizes_and_step():
     gamma = torch.tensor([[0.1 / 3, 0.1], [0.1 / 4, 0.1]])
     torch.testing.assert_close(s.step_sizes(G), gamma)
     expected = X - 0.5 * gamma * G + gamma.sqrt() * XI
-    torch.testing.assert_close(s.step(X, G, XI), expected)
+    torch.testing.assert_close(s.move(X, G, XI), expected)
     # the drift of a clipped coordinate is capped at ε·b/2
     drift = (0.5 * gamma * G).abs()
     assert (drift <= 0.1 * 1.0 / 2 + 1e-7).all()
@@ -68,7 +68,7 @@ def test_anila_noise_only_variant_keeps_the_full_drift():
     s = AniLA(step_size=0.1, b=1.0, variant="noise_only")
     gamma = AniLA(step_size=0.1, b=1.0).step_sizes(G)
     expected = X - 0.05 * G + gamma.sqrt() * XI
-    torch.testing.assert_close(s.step(X, G, XI), expected)
+    torch.testing.assert_close(s.move(X, G, XI), expected)
 
 
 def test_psgld_step_sizes_formula():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import anila_core
-import anila_core.sampling.compiled as compiled
+import anila_core.sampling.compile_rule as compile_rule
 from anila_core.cli import main
 from anila_core.training.chains import ChainState
 from anila_core.training.config import preset
@@ -203,7 +203,7 @@ def test_an_extended_run_keeps_the_compiled_path_decision_and_equals_the_uninter
     n = 10
     config = smoke(fast="auto")
     # between n·K and 2n·K transitions: a run created for 2n iterations would compile, one created for n would not
-    monkeypatch.setattr(compiled, "AUTO_MIN_TRANSITIONS", 2 * n * config.n_steps)
+    monkeypatch.setattr(compile_rule, "AUTO_MIN_TRANSITIONS", 2 * n * config.n_steps)
     assert Trainer(config.replace(iters=2 * n), progress=False).fast
     straight = Trainer(config.replace(iters=n), progress=False)
     assert not straight.fast

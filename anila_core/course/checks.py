@@ -280,7 +280,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def check_cold_langevin_step(step_fn: Callable) -> Verdict:
     """Whether ``step_fn(x, grad, step_size, noise_scale, noise)`` is the Langevin move at noise scale τ, ``x − (ε/2)·grad + τ·√ε·noise``.
 
-    The reference is the package's own move, ``Langevin(step_size, noise_scale=τ).step(x, grad, noise)``;
+    The reference is the package's own move, ``Langevin(step_size, noise_scale=τ).move(x, grad, noise)``;
     common slips (uphill drift, a missing ½, noise of sd ε, τ in the wrong place, no noise) are named.
     """
     exercise = "the cold Langevin step"
@@ -312,12 +312,13 @@ def check_cold_langevin_step(step_fn: Callable) -> Verdict:
         got, problem = _call(step_fn, (x, grad, eps, tau, noise), exercise)
         if problem is not None:
             return problem
-        expected = Langevin(eps, noise_scale=tau).step(x, grad, noise)
+        expected = Langevin(eps, noise_scale=tau).move(x, grad, noise)
         if got.shape != expected.shape:
             return _invalid(exercise, f"expected one new position per chain, shape {tuple(expected.shape)}; got {tuple(got.shape)}.")
         results.append((x, grad, noise, eps, tau, got, expected))
     if all(_same(got, expected) for *_, got, expected in results):
-        return _right(exercise, "x′ = x − (ε/2)∇E + τ√ε·ξ, the same as the package's `Langevin(step_size, noise_scale=τ).step(x, grad, noise)`. "
+        return _right(exercise, "x′ = x − (ε/2)∇E + τ√ε·ξ, the same as the package's "
+                                "`Langevin(step_size, noise_scale=τ).move(x, grad, noise)`. "
                                 "With τ < 1 the chain samples (for small steps) exp(−E/τ²), a sharper density than the model's: the 'cold' sampling "
                                 "image EBMs use for cleaner pictures (notebook 03), which no longer samples the model itself.")
     for slip, why in slips:
@@ -408,7 +409,7 @@ def _langevin_factors(target: Gaussian, step_size: float) -> torch.Tensor:
     mean = target.mean.double().view(1, -1)
     x = mean + 1.0  # one unit from the mean along every coordinate
     _, grad = energy_and_grad(target.energy, x)
-    moved = Langevin(step_size).step(x, grad, torch.zeros_like(x))
+    moved = Langevin(step_size).move(x, grad, torch.zeros_like(x))
     return (moved - mean).flatten()
 
 

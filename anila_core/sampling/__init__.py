@@ -1,1 +1,1 @@
-"""Sampling: known 2-D targets, the sampler kernel, its compiled transition, global moves, convergence diagnostics and 2-D distances."""
+"""Sampling: 2-D targets, the sampler kernel, its compiled step and when to compile, global moves, diagnostics."""

@@ -1,4 +1,4 @@
-"""The parts every sampler shares: the chains' state, the energy and its gradient, one Euler–Maruyama move, one Metropolis test, the trace, and input checks.
+"""What every sampler shares: state, step info, energy gradient, move, test, watch, trace and input checks.
 
 Convention: ``energy_fn`` returns one energy per sample, ``p(x) ∝ exp(-E(x))``, and
 ``g = ∇_x E``. A Langevin-type transition is
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 
@@ -24,7 +24,10 @@ __all__ = [
     "check_bool",
     "check_energy_fn",
     "MAX_N_STEPS",
+    "EnergyFn",
     "SamplerState",
+    "StepInfo",
+    "ChainWatch",
     "Trace",
     "NonFiniteChainError",
     "energy_and_grad",
@@ -32,7 +35,6 @@ __all__ = [
     "euler_maruyama_move",
     "log_proposal_density",
     "metropolis_test",
-    "watched",
     "check_n_steps",
     "check_positions",
     "check_generator",
@@ -40,6 +42,7 @@ __all__ = [
     "positive_or_inf",
 ]
 
+#: an energy: a batch ``(N, ...)`` in, one energy per sample ``(N,)`` out (a module, a method, a function)
 EnergyFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -194,6 +197,47 @@ class SamplerState:
         return self.energy is not None and self.grad is not None
 
 
+class StepInfo(NamedTuple):
+    """What one step did, returned by every sampler's ``step`` beside the new state (tensors: no wait on the device).
+
+    ``accepted``: per chain, whether the Metropolis test took the proposal (``None`` for a
+    sampler without the test). ``clipped``: the share of coordinates whose step was shrunk
+    below ε (``None`` for a sampler that never shrinks it). ``finite``: per chain, whether its
+    new energy and gradient (or, in a step asked not to evaluate them, its position) are finite.
+    """
+
+    accepted: torch.Tensor | None
+    clipped: torch.Tensor | None
+    finite: torch.Tensor
+
+
+class ChainWatch(NamedTuple):
+    """A run's watch of non-finite chains: ``ok`` marks chains finite so far, ``steps_ok`` counts steps where all were.
+
+    Kept as tensors, so the loop never waits on the device; ``steps_ok`` stops growing at the
+    first bad step, which :meth:`check` names once, at the end of the run.
+    """
+
+    ok: torch.Tensor
+    steps_ok: torch.Tensor
+
+    @classmethod
+    def start(cls, x: torch.Tensor) -> "ChainWatch":
+        """The watch of the chains at ``x``, all finite (a start is checked when it is evaluated)."""
+        ok = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return cls(ok, torch.zeros((), dtype=torch.long, device=x.device))
+
+    def after(self, info: StepInfo) -> "ChainWatch":
+        """The watch after a step whose info is ``info``."""
+        ok = self.ok & info.finite
+        return ChainWatch(ok, self.steps_ok + ok.all())
+
+    def check(self, sampler: str, n_steps: int) -> None:
+        """:class:`NonFiniteChainError` naming the first bad step, if a chain turned non-finite in ``n_steps``."""
+        if not bool(self.ok.all()):
+            raise NonFiniteChainError(sampler, int(self.steps_ok) + 1, int((~self.ok).sum()), len(self.ok), n_steps)
+
+
 # --------------------------------------------------------------------------- the move and the test
 
 
@@ -221,20 +265,6 @@ def metropolis_test(x, energy, grad, proposal, prop_energy, prop_grad, log_q_for
     accepted = u.log() < log_alpha
     mask = accepted.view(-1, *([1] * (x.ndim - 1)))
     return torch.where(mask, proposal, x), torch.where(accepted, prop_energy, energy), torch.where(mask, prop_grad, grad), accepted
-
-
-def watched(transition, evaluate, energy_fn, x, energy, grad, extra, noise, u, ok, steps_ok):
-    """One ``transition`` (a sampler's method, see ``Sampler.transition``) and the run's watch of non-finite chains.
-
-    ``ok`` marks the chains finite so far and ``steps_ok`` counts the steps at which all of
-    them still were: it stops growing at the first bad step. Kept as tensors, so the loop never
-    waits on the device, and inside the compiled graph on the compiled path, where it costs
-    nothing beside the step. Returns the transition's ``(x, energy, grad, extra, accepted)``
-    and the new ``ok`` and ``steps_ok``.
-    """
-    x, energy, grad, extra, accepted, finite = transition(evaluate, energy_fn, x, energy, grad, extra, noise, u)
-    ok = ok & finite
-    return x, energy, grad, extra, accepted, ok, steps_ok + ok.all()
 
 
 def finite_chains(energy: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -273,19 +303,23 @@ class Trace:
         self._accept: list[torch.Tensor] = []
         self._clipped: list[torch.Tensor] = []
 
-    def record_state(self, t: int, x: torch.Tensor, energy: torch.Tensor, grad: torch.Tensor) -> None:
-        """Note the chains at step ``t``."""
-        self._energy.append(energy.mean())
-        self._grad_norm.append(torch.linalg.vector_norm(grad.flatten(1), dim=1).mean())
-        if t in self.positions_at:
-            self.positions[t] = x.detach().cpu().clone()
+    def record_start(self, state: SamplerState) -> None:
+        """Note the chains at the start of a run (step 0)."""
+        self._record_state(0, state)
 
-    def record_transition(self, accepted: torch.Tensor | None, clipped: torch.Tensor | None) -> None:
-        """Note one transition: which chains accepted (Metropolis), the share of clipped coordinates (AniLA)."""
-        if accepted is not None:
-            self._accept.append(accepted.float().mean())
-        if clipped is not None:
-            self._clipped.append(clipped)
+    def record_step(self, t: int, state: SamplerState, info: StepInfo) -> None:
+        """Note step ``t``: what its info says (acceptance, clipped share) and the chains it reached."""
+        if info.accepted is not None:
+            self._accept.append(info.accepted.float().mean())
+        if info.clipped is not None:
+            self._clipped.append(info.clipped)
+        self._record_state(t, state)
+
+    def _record_state(self, t: int, state: SamplerState) -> None:
+        self._energy.append(state.energy.mean())
+        self._grad_norm.append(torch.linalg.vector_norm(state.grad.flatten(1), dim=1).mean())
+        if t in self.positions_at:
+            self.positions[t] = state.x.detach().cpu().clone()
 
     @staticmethod
     def _floats(values: list[torch.Tensor]) -> list[float]:

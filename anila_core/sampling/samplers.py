@@ -1,28 +1,30 @@
 """The samplers: Langevin, AniLA and pSGLD (each a step-size map in the shared Euler–Maruyama move) and HMC, all on one recipe.
 
 Every sampler follows it: ``state = sampler.init(energy_fn, x0)`` evaluates the start,
-``state = sampler.run(energy_fn, state, n_steps, generator=g)`` advances it by ``n_steps``
-transitions, and ``sampler.sample(energy_fn, x0, n_steps)`` is ``run(init(x0)).x``. A
-Langevin-type transition (:meth:`LangevinSampler.transition`) is the sampler's step sizes
-``γ = ε·a(g)``, the shared move of :mod:`anila_core.sampling.kernel` and, with
-``metropolis=True``, the shared Metropolis test; HMC's is a leapfrog trajectory and the same
-test. The compiled path (:mod:`anila_core.sampling.compiled`) compiles that same method.
-Running ``n`` then ``m`` steps from a state equals running ``n + m`` steps, bit for bit.
+``state, info = sampler.step(energy_fn, state, noise, u)`` makes one transition and says what it
+did (:class:`~anila_core.sampling.kernel.StepInfo`), ``state = sampler.run(energy_fn, state,
+n_steps, generator=g)`` is the loop over ``step``, and ``sampler.sample(energy_fn, x0, n_steps)``
+is ``run(init(x0)).x``. A Langevin-type step is the sampler's step sizes ``γ = ε·a(g)``, the
+shared move of :mod:`anila_core.sampling.kernel` and, with ``metropolis=True``, the shared
+Metropolis test; HMC's is a leapfrog trajectory and the same test. The compiled path
+(:mod:`anila_core.sampling.compiled`) compiles that same ``step``. Running ``n`` then ``m``
+steps from a state equals running ``n + m`` steps, bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from functools import partial
 
 import torch
 
-from anila_core.sampling import compiled
+from anila_core.sampling import compile_rule, compiled
 from anila_core.sampling.kernel import (
+    ChainWatch,
     EnergyFn,
     NonFiniteChainError,
     SamplerState,
+    StepInfo,
     Trace,
     check_bool,
     check_energy_fn,
@@ -36,19 +38,16 @@ from anila_core.sampling.kernel import (
     log_proposal_density,
     metropolis_test,
     positive_or_inf,
-    watched,
 )
 
 __all__ = ["Sampler", "LangevinSampler", "Langevin", "AniLA", "PSGLD", "HMC", "NORMS", "ANILA_VARIANTS"]
 
 NORMS = ("coordinate", "pixel", "sample")
 ANILA_VARIANTS = ("full", "noise_only")
-#: values of ``fast=`` in ``run`` and ``sample``
-FAST_CHOICES = ("auto", True, False)
 
 
 class Sampler:
-    """The shared recipe (``init``, ``run``, ``sample``); a subclass supplies :meth:`transition` and, if it has one, its per-chain state."""
+    """The shared recipe (``init``, ``step``, ``run``, ``sample``); a subclass supplies ``step`` and its chain state."""
 
     name = "sampler"
     #: whether every transition ends in the Metropolis test (then ``run`` draws its uniform, and rejected proposals keep chains finite)
@@ -62,23 +61,28 @@ class Sampler:
         """The sampler's own per-chain state at a fresh start whose gradient is ``grad`` (none for memoryless samplers)."""
         return {}
 
-    def clipped_share(self, grad: torch.Tensor) -> torch.Tensor | None:
-        """The share of coordinates whose step is shrunk below ε at ``grad`` (``None`` for samplers that never shrink it)."""
-        return None
-
     def small_step_log_weight(self, energy: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, bool, str]:
         """``(log w, exact, note)``: the unnormalised log density the chain approaches as ε → 0, at points with these energies and gradients (:mod:`anila_core.sampling.small_step`)."""
         raise ValueError(f"{self.name}: no small-step density as a function of x is known for this sampler")
 
-    def transition(self, evaluate, energy_fn: EnergyFn, x, energy, grad, extra, noise, u=None):
-        """One transition from ``x`` (with its ``energy``, ``grad`` and ``extra``), given its standard normal ``noise`` and uniform ``u``.
+    def step(self, energy_fn: EnergyFn, state: SamplerState, noise: torch.Tensor, u: torch.Tensor | None = None, *,
+             evaluate: bool = True) -> tuple[SamplerState, StepInfo]:
+        """One transition from ``state`` (evaluated), given standard normal ``noise`` of ``x``'s shape and ``u``.
 
-        ``evaluate(energy_fn, x) -> (energy, grad)`` computes energies and input gradients
-        (autograd eagerly, ``torch.func`` in the compiled path). Returns ``(x, energy, grad,
-        extra, accepted, finite)``: ``accepted`` per chain (``None`` without a test) and
-        ``finite`` per chain whether its energy and gradient are finite.
+        ``u`` is one uniform per chain for a Metropolis sampler (``None`` otherwise). Returns the
+        new state and the step's :class:`StepInfo`. No randomness inside: the same arguments give
+        the same step, eagerly or compiled. ``evaluate=False`` (unadjusted samplers only) makes
+        the move alone and returns a state without energy and gradient (the last step of a run
+        that needs neither). ``run`` checks its arguments once; ``step`` trusts them.
         """
         raise NotImplementedError
+
+    def _check_draws(self, u, evaluate: bool) -> None:
+        if self.metropolis and u is None:
+            raise ValueError(f"u: {self.name}'s step ends in the Metropolis test and needs one uniform per chain, "
+                             "got None")
+        if self.metropolis and not evaluate:
+            raise ValueError(f"evaluate: {self.name}'s Metropolis test needs the energy at its proposal; expected True")
 
     # -- the recipe: init, run, sample
 
@@ -98,61 +102,63 @@ class Sampler:
     def run(self, energy_fn: EnergyFn, state: SamplerState, n_steps: int, generator: torch.Generator | None = None,
             trace: Trace | None = None, *, fast: bool | str = "auto", evaluate_final: bool = True,
             allow_nonfinite: bool = False) -> SamplerState:
-        """Advance ``state`` by ``n_steps`` transitions and return the new state (positions detached).
+        """Advance ``state`` by ``n_steps`` calls of :meth:`step` and return the new state (positions detached).
 
-        ``fast``: ``True`` runs each transition compiled (:mod:`anila_core.sampling.compiled`; the
-        same chain up to rounding, falling back to eager with a warning where compiling fails),
-        ``False`` eagerly, ``"auto"`` (default) compiles a network energy's chains when chains ×
-        steps make it pay (:func:`~anila_core.sampling.compiled.auto_compiles`). ``evaluate_final=False`` skips
-        the energy and gradient at the last positions of an unadjusted chain (nothing but a
-        continuation needs them; the next ``run`` computes them). An unadjusted chain whose
-        energy or gradient turns NaN or infinite raises :class:`NonFiniteChainError` at the end
-        of the call (checked once, so the loop never waits on the device); with
-        ``allow_nonfinite=True`` such chains are returned as they are.
+        Per step it draws, from ``generator``, the standard normal ``noise`` and then (Metropolis
+        samplers only) the uniform ``u``, nothing else. ``fast``: ``True`` runs each step compiled
+        (:mod:`anila_core.sampling.compiled`; the same chain up to rounding, falling back to eager
+        with a warning where compiling fails), ``False`` eagerly, ``"auto"`` (default) as
+        :func:`~anila_core.sampling.compile_rule.compiles` decides for a call of ``n_steps``.
+        ``evaluate_final=False`` skips the energy and gradient at the last positions of an
+        unadjusted chain (nothing but a continuation needs them; the next ``run`` computes them).
+        An unadjusted chain whose energy or gradient turns NaN or infinite raises
+        :class:`NonFiniteChainError` at the end of the call (checked once, so the loop never waits
+        on the device); with ``allow_nonfinite=True`` such chains are returned as they are.
         """
         n_steps = check_n_steps(n_steps)
         check_energy_fn(energy_fn)
-        if not isinstance(state, SamplerState):
-            raise ValueError(f"state: expected a SamplerState from sampler.init(energy_fn, x0), got {type(state).__name__}")
-        if set(state.extra) != set(self.state_keys):  # a state of another sampler (pSGLD's carries "v", Langevin's nothing)
-            raise ValueError(f"state: carries {sorted(state.extra) or 'no per-chain state'}, but {self.name}'s chains carry "
-                             f"{list(self.state_keys) or 'none'}; expected a state from this sampler's own init() or run()")
-        if fast not in FAST_CHOICES:
-            raise ValueError(f"fast: expected one of {list(FAST_CHOICES)}, got {fast!r}")
-        x = check_positions(state.x, "state.x")
-        check_generator(generator, x)
-        energy, grad, extra = state.energy, state.grad, dict(state.extra)
-        if not state.evaluated:
-            energy, grad = energy_and_grad(energy_fn, x)
-            if not allow_nonfinite:
-                _refuse_nonfinite_start(self.name, energy, grad)
-        use_compiled = fast is True or (fast == "auto" and compiled.auto_compiles(energy_fn, x, n_steps))
-        step, context = partial(watched, self.transition, energy_and_grad), contextlib.nullcontext()
-        if use_compiled:
-            step, context = compiled.compiled_transition(self, energy_fn, x, cuda_graphs=self.fast_cuda_graphs)
-        ok = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # the chains finite so far
-        steps_ok = torch.zeros((), dtype=torch.long, device=x.device)  # steps at which all of them were
+        state = self._checked_state(energy_fn, state, generator, allow_nonfinite)
+        step, context = self.step, contextlib.nullcontext()
+        if compile_rule.compiles(fast, energy_fn, state.x.device, n_steps):
+            step, context = compiled.compiled_step(self, energy_fn, state.x)
+        watch = ChainWatch.start(state.x)
         if trace is not None:
-            trace.record_state(0, x, energy, grad)
+            trace.record_start(state)
         with context:
             for t in range(1, n_steps + 1):
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) if self.metropolis else None
-                clipped = self.clipped_share(grad) if trace is not None else None
+                noise = torch.randn(state.x.shape, generator=generator, device=state.x.device, dtype=state.x.dtype)
+                u = (torch.rand(state.x.shape[0], generator=generator, device=state.x.device, dtype=state.x.dtype)
+                     if self.metropolis else None)
                 # the gradient at the last positions is only needed to continue or to trace the chain
-                skip_gradient = t == n_steps and not (evaluate_final or self.metropolis or trace is not None)
-                if skip_gradient:
-                    x, energy, grad, extra, accepted, ok, steps_ok = watched(self.transition, None, energy_fn, x, energy, grad,
-                                                                            extra, noise, u, ok, steps_ok)
+                if t == n_steps and not (evaluate_final or self.metropolis or trace is not None):
+                    state, info = self.step(energy_fn, state, noise, u, evaluate=False)
                 else:
-                    x, energy, grad, extra, accepted, ok, steps_ok = step(energy_fn, x, energy, grad, extra, noise, u, ok, steps_ok)
+                    state, info = step(energy_fn, state, noise, u)
+                watch = watch.after(info)
                 if trace is not None:
-                    trace.record_transition(accepted, clipped)
-                    trace.record_state(t, x, energy, grad)
+                    trace.record_step(t, state, info)
         # Metropolis chains reject non-finite proposals, and allow_nonfinite returns such chains as they are
-        if not (self.metropolis or allow_nonfinite) and not bool(ok.all()):
-            raise NonFiniteChainError(self.name, int(steps_ok) + 1, int((~ok).sum()), x.shape[0], n_steps)
-        return SamplerState(x.detach(), energy, grad, extra)
+        if not (self.metropolis or allow_nonfinite):
+            watch.check(self.name, n_steps)
+        return SamplerState(state.x.detach(), state.energy, state.grad, state.extra)
+
+    def _checked_state(self, energy_fn: EnergyFn, state, generator, allow_nonfinite: bool) -> SamplerState:
+        """``state`` checked to be this sampler's, with its positions detached and its energy and gradient evaluated."""
+        if not isinstance(state, SamplerState):
+            raise ValueError(f"state: expected a SamplerState from sampler.init(energy_fn, x0), "
+                             f"got {type(state).__name__}")
+        if set(state.extra) != set(self.state_keys):  # another sampler's state (pSGLD's has "v", Langevin's nothing)
+            raise ValueError(f"state: carries {sorted(state.extra) or 'no per-chain state'}, but {self.name}'s "
+                             f"chains carry {list(self.state_keys) or 'none'}; expected a state from this sampler's "
+                             "own init() or run()")
+        x = check_positions(state.x, "state.x")
+        check_generator(generator, x)
+        if state.evaluated:
+            return SamplerState(x, state.energy, state.grad, dict(state.extra))
+        energy, grad = energy_and_grad(energy_fn, x)
+        if not allow_nonfinite:
+            _refuse_nonfinite_start(self.name, energy, grad)
+        return SamplerState(x, energy, grad, dict(state.extra))
 
     def sample(self, energy_fn: EnergyFn, x0: torch.Tensor, n_steps: int, generator: torch.Generator | None = None,
                trace: Trace | None = None, *, fast: bool | str = "auto", allow_nonfinite: bool = False) -> torch.Tensor:
@@ -209,29 +215,36 @@ class LangevinSampler(Sampler):
         gamma = self.step_sizes(grad)
         return gamma, gamma, extra
 
-    def step(self, x: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def move(self, x: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The unadjusted move from a fresh start, ``x − γ/2·grad + τ·sqrt(γ)·noise``; no randomness inside."""
         drift_gamma, noise_gamma, _ = self.step_map(grad, self.init_extra(grad))
         return euler_maruyama_move(x, grad, drift_gamma, noise_gamma, noise, self.noise_scale)
 
-    def transition(self, evaluate, energy_fn: EnergyFn, x, energy, grad, extra, noise, u=None):
-        """Step sizes, the shared move, the energy and gradient at the proposal, and the shared Metropolis test when on.
+    def shrunk_share(self, gamma: torch.Tensor) -> torch.Tensor | None:
+        """The share of step sizes ``gamma`` shrunk below ε (``None`` for samplers that never shrink a step)."""
+        return None
 
-        ``evaluate=None`` makes the move only (the last step of a run that needs no gradient there).
-        """
-        drift_gamma, noise_gamma, extra = self.step_map(grad, extra)
+    def step(self, energy_fn, state, noise, u=None, *, evaluate=True):
+        """Step sizes, the shared move, the energy and gradient at the proposal, and the Metropolis test when on."""
+        self._check_draws(u, evaluate)
+        x, grad = state.x, state.grad
+        drift_gamma, noise_gamma, extra = self.step_map(grad, state.extra)
+        clipped = self.shrunk_share(noise_gamma)
         proposal = euler_maruyama_move(x, grad, drift_gamma, noise_gamma, noise, self.noise_scale)
-        if evaluate is None:
-            return proposal, None, None, extra, None, torch.isfinite(proposal).flatten(1).all(1)
-        prop_energy, prop_grad = evaluate(energy_fn, proposal)
+        if not evaluate:
+            finite = torch.isfinite(proposal).flatten(1).all(1)
+            return SamplerState(proposal, None, None, extra), StepInfo(None, clipped, finite)
+        prop_energy, prop_grad = energy_and_grad(energy_fn, proposal)
         if not self.metropolis:
-            return proposal, prop_energy, prop_grad, extra, None, finite_chains(prop_energy, prop_grad)
+            info = StepInfo(None, clipped, finite_chains(prop_energy, prop_grad))
+            return SamplerState(proposal, prop_energy, prop_grad, extra), info
         # the reverse move's step sizes; only memoryless samplers offer the test, so ``extra`` plays no part
         prop_drift, prop_noise, _ = self.step_map(prop_grad, extra)
         log_q_forward = log_proposal_density(proposal, x, grad, drift_gamma, noise_gamma, self.noise_scale)
         log_q_backward = log_proposal_density(x, proposal, prop_grad, prop_drift, prop_noise, self.noise_scale)
-        x, energy, grad, accepted = metropolis_test(x, energy, grad, proposal, prop_energy, prop_grad, log_q_forward, log_q_backward, u)
-        return x, energy, grad, extra, accepted, finite_chains(energy, grad)
+        x, energy, grad, accepted = metropolis_test(x, state.energy, grad, proposal, prop_energy, prop_grad,
+                                                    log_q_forward, log_q_backward, u)
+        return SamplerState(x, energy, grad, extra), StepInfo(accepted, clipped, finite_chains(energy, grad))
 
     def small_step_log_weight(self, energy, grad):
         if self.metropolis:
@@ -310,8 +323,12 @@ class AniLA(LangevinSampler):
             return torch.full_like(grad, self.step_size), gamma, extra
         return gamma, gamma, extra
 
+    def shrunk_share(self, gamma):
+        return (gamma < self.step_size).float().mean()
+
     def clipped_share(self, grad: torch.Tensor) -> torch.Tensor:
-        return (self.step_sizes(grad) < self.step_size).float().mean()
+        """The share of coordinates whose step is shrunk below ε at ``grad`` (``|g| > b``), as a step's info reports."""
+        return self.shrunk_share(self.step_sizes(grad))
 
     @property
     def one_step_size_per_sample(self) -> bool:
@@ -402,19 +419,22 @@ class HMC(Sampler):
             raise ValueError(f"mass: expected 1 or {x[0].numel()} values (one per coordinate of a sample), got {len(self.mass)}")
         return torch.tensor(self.mass, dtype=x.dtype, device=x.device).view(x.shape[1:])
 
-    def transition(self, evaluate, energy_fn: EnergyFn, x, energy, grad, extra, noise, u=None):
-        mass, eps = self._mass_like(x), self.step_size
+    def step(self, energy_fn, state, noise, u=None, *, evaluate=True):
+        """A fresh momentum from ``noise``, the leapfrog trajectory, and the shared Metropolis test."""
+        self._check_draws(u, evaluate)
+        x, mass, eps = state.x, self._mass_like(state.x), self.step_size
         p = noise * mass**0.5
         kinetic = lambda q: 0.5 * (q.square() / mass).flatten(1).sum(1)  # noqa: E731
-        q, q_energy, q_grad = x, energy, grad
+        q, q_energy, q_grad = x, state.energy, state.grad
         momentum = p - 0.5 * eps * q_grad
         for i in range(self.n_leapfrog):
             q = q + eps * momentum / mass
-            q_energy, q_grad = evaluate(energy_fn, q)
+            q_energy, q_grad = energy_and_grad(energy_fn, q)
             momentum = momentum - (eps if i < self.n_leapfrog - 1 else 0.5 * eps) * q_grad
         # the shared test with the momentum's log density in place of the proposal's: log α = E(x) − E(q) + K(p) − K(p')
-        x, energy, grad, accepted = metropolis_test(x, energy, grad, q, q_energy, q_grad, -kinetic(p), -kinetic(momentum), u)
-        return x, energy, grad, extra, accepted, finite_chains(energy, grad)
+        x, energy, grad, accepted = metropolis_test(x, state.energy, state.grad, q, q_energy, q_grad, -kinetic(p),
+                                                    -kinetic(momentum), u)
+        return SamplerState(x, energy, grad, state.extra), StepInfo(accepted, None, finite_chains(energy, grad))
 
     def small_step_log_weight(self, energy, grad):
         return -energy, True, "Metropolis-adjusted: exact for exp(-E)"

@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from anila_core.cli import _add_config_flags, _integer, _listed, _overrides
+from anila_core.sampling.compile_rule import parse_fast
 from anila_core.sampling.registry import SAMPLERS
 from anila_core.study.runner import EXECUTORS, config_flags
 from anila_core.training.config import DEFAULT_PRESET, TrainConfig, preset
@@ -165,7 +166,8 @@ def run_spec(text: str) -> tuple[str, str, dict]:
             raise ValueError(f"--samplers: {text!r}: expected NAME or NAME:setting=value,... with settings of train's "
                              f"flags (such as b=3 or step_size=0.02), got {item!r}")
         try:
-            settings[key] = {"int": _integer, "float": float, "str": str, "bool": _boolean}[kinds[key]](value.strip())
+            parsers = {"int": _integer, "float": float, "str": str, "bool": _boolean, "str | bool": parse_fast}
+            settings[key] = parsers[kinds[key]](value.strip())
         except (ValueError, argparse.ArgumentTypeError) as err:
             raise ValueError(f"--samplers: {text!r}: {key}: {err}") from None
     # a folder name that says what differs: anila:b=3 -> anila-b3

@@ -9,7 +9,7 @@ from typing import Any
 
 from anila_core.images.convnets import IMAGE_SIZES
 from anila_core.images.datasets import DATASETS, SIZES
-from anila_core.sampling.compiled import AUTO_MIN_TRANSITIONS, FAST_MODES
+from anila_core.sampling.compile_rule import AUTO_MIN_TRANSITIONS, FAST_CHOICES
 from anila_core.sampling.registry import SAMPLERS
 from anila_core.nets import ACTIVATIONS
 from anila_core.sampling.samplers import ANILA_VARIANTS, NORMS
@@ -150,7 +150,9 @@ class TrainConfig:
     amp: str = _f("off", "'bf16': bfloat16 autocast of the energy network on CUDA (sampler state and updates stay float32; ignored on CPU)", choices=AMP_MODES)
     channels_last: bool = _f(False, "images: channels-last memory layout for the ConvNet (faster convolutions on recent GPUs)")
     compile: bool = _f(False, "torch.compile the energy network (minutes of compile time; pays off on long GPU runs only)")
-    fast: str = _f("auto", f"sample through compiled transitions (anila_core.sampling.compiled): 'auto' = when iters × n_steps >= {AUTO_MIN_TRANSITIONS} and not a ConvNet on a CPU", choices=FAST_MODES)
+    fast: str | bool = _f("auto", "sample through compiled steps (anila_core.sampling.compile_rule): true, false, "
+                          f"or 'auto' = when iters × n_steps >= {AUTO_MIN_TRANSITIONS} and not a ConvNet on a CPU",
+                          choices=FAST_CHOICES)
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first field outside its allowed range."""
@@ -161,14 +163,16 @@ class TrainConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
-            if choices is not None and value not in choices:
+            if choices is not None and not any(value == c and type(value) is type(c) for c in choices):  # 1 is not True
                 raise ValueError(f"{f.name}: expected one of {list(choices)}, got {value!r}")
-            expected = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+            expected = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool,
+                                                                "str | bool": (str, bool)}[f.type]
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
                 setattr(self, f.name, value)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise ValueError(f"{f.name}: expected a value of type {expected.__name__}, got {value!r}")
+                kind = getattr(expected, "__name__", f.type)  # "str | bool" for fast
+                raise ValueError(f"{f.name}: expected a value of type {kind}, got {value!r}")
             if expected is float and math.isnan(value):
                 raise ValueError(f"{f.name}: expected a number, got NaN")
         positive = ["step_size", "b", "lr", "init_scale", "psgld_damping", "max_energy_gap"]
@@ -259,6 +263,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """The configuration a ``config.json`` holds; its ``fast`` may be in the old words ``"on"``/``"off"``."""
+        old_fast = {"on": True, "off": False}
+        if isinstance(values.get("fast"), str) and values["fast"] in old_fast:
+            values = {**values, "fast": old_fast[values["fast"]]}
         return cls().replace(**values)
 
 

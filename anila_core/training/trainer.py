@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from anila_core.device import resolve_device
 from anila_core.processes import torch_threads, training_threads
-from anila_core.sampling.compiled import use_fast_path
+from anila_core.sampling.compile_rule import compiles
 from anila_core.sampling.global_moves import independence_moves
 from anila_core.sampling.kernel import Trace
 from anila_core.sampling.registry import sampler_from_config
@@ -95,7 +95,7 @@ class Trainer:
         self.nets = Networks(self.model, c, self.device, self.dist)
         # compiled sampling transitions (anila_core.sampling.compiled), by default only where the run amortises the
         # compile; decided here, when the run is created, and kept in its checkpoint, so a longer resumed run keeps it
-        self.fast = use_fast_path(c.fast, c.iters * c.n_steps, self.device, c.is_image, c.compile)
+        self.fast = compiles(c.fast, self.model, self.device, c.iters * c.n_steps, network_compiled=c.compile)
         self.iteration = 0
         self.wall_s = 0.0
         self.history: list[dict] = []

@@ -1,0 +1,137 @@
+"""When a chain samples compiled: the one rule (:func:`compiles`) and the one ``fast`` vocabulary, API to ``--fast``.
+
+``Sampler.run``/``sample`` ask :func:`compiles` for each call (its ``n_steps`` as the work), the
+training loop once per run (iters × K, with its own model as the energy). The compiled step
+itself is :mod:`anila_core.sampling.compiled`.
+"""
+
+from __future__ import annotations
+
+import dis
+import functools
+import types
+from functools import partial
+
+import torch
+
+from anila_core.sampling.compiled import compile_supported
+from anila_core.sampling.kernel import ArgumentTypeError, EnergyFn
+
+__all__ = ["compiles", "networks_of", "check_fast", "parse_fast", "FAST_CHOICES", "AUTO_MIN_TRANSITIONS"]
+
+#: the values of ``fast``, from ``Sampler.run``/``sample`` to ``TrainConfig.fast`` and ``--fast auto|true|false``:
+#: compile when :func:`compiles` finds it pays, always, never
+FAST_CHOICES = ("auto", True, False)
+#: ``fast="auto"`` compiles a network energy's chains when a call (``run``/``sample``: its ``n_steps``) or a
+#: training run (its whole length, iters × K) makes at least this many transitions. Measured on the 2-core
+#: CPUs (MLP 2-128-128-128-1, batch 256): a cold compile took 11–25 s and the compiled transition saved
+#: ≈ 0.35 ms of 1.2 ms, so it paid for itself after 35k–70k transitions (measured with CPU rewrites of three
+#: layers since removed; without them the compiled transition of the 2-D MLP costs ≈ 15 % more, so it pays
+#: a little later). At this threshold every training preset but the smoke ones compiles (the cpu preset
+#: makes 90k: the demo, notebook 02 at the cpu budget, cpu_long, paper), and the CI sizes (hundreds of
+#: transitions), the sweep's cells (40k) and every notebook's direct sampling calls stay eager.
+AUTO_MIN_TRANSITIONS = 80_000
+#: the layers that make a network's transition all convolution: on a CPU, compiling does not speed it up (measured)
+_CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
+                 torch.nn.ConvTranspose3d)
+
+
+# --------------------------------------------------------------------------- when to compile
+
+
+def check_fast(fast) -> None:
+    """``ValueError`` naming ``fast`` unless it is ``"auto"``, ``True`` or ``False`` (``1`` and ``"on"`` are not)."""
+    if not (isinstance(fast, bool) or (isinstance(fast, str) and fast == "auto")):
+        raise ArgumentTypeError(f"fast: expected one of {list(FAST_CHOICES)}, got {fast!r}")
+
+
+def parse_fast(text: str) -> str | bool:
+    """A ``fast`` value from the command line: ``auto``, ``true`` or ``false`` (any case)."""
+    value = {"auto": "auto", "true": True, "false": False}.get(str(text).strip().lower())
+    if value is None:
+        raise ValueError(f"fast: expected one of auto, true, false, got {text!r}")
+    return value
+
+
+def compiles(fast, energy_fn: EnergyFn, device: torch.device | str, transitions: int,
+             network_compiled: bool = False) -> bool:
+    """The one rule: whether a call of ``transitions`` steps (a training run: iters × K) samples compiled.
+
+    ``fast=True`` or ``False`` decides alone. ``"auto"`` compiles when all of these hold: the
+    network is not compiled already (``--compile``, the other route); ``transitions`` ≥
+    :data:`AUTO_MIN_TRANSITIONS`, so the compile (seconds, once per sampler setting, energy and
+    shape) pays; the energy is computed by a network (:func:`networks_of`; an analytic energy such
+    as a 2-D target costs microseconds per step eagerly); on a CPU, none of its networks holds a
+    convolution (a ConvNet's transition is all convolution there, and compiling does not make it
+    faster, measured); and ``torch.compile`` runs here.
+    """
+    check_fast(fast)
+    if isinstance(fast, bool):
+        return fast
+    if network_compiled or transitions < AUTO_MIN_TRANSITIONS:
+        return False
+    networks = networks_of(energy_fn)
+    if not networks:
+        return False
+    convolutions = any(isinstance(m, _CONVOLUTIONS) for net in networks for m in net.modules())
+    if torch.device(device).type == "cpu" and convolutions:
+        return False
+    return compile_supported()[0]
+
+
+#: how many calls deep :func:`networks_of` follows an energy's functions (a lambda calling a helper calling a net: 3)
+_SEARCH_DEPTH = 4
+
+
+def networks_of(energy_fn) -> list[torch.nn.Module]:
+    """The networks ``energy_fn`` computes with, as far as they show without calling it (none for an analytic energy).
+
+    Found in exactly these places: the energy itself when it is a module, and the module a
+    bound method belongs to; for a plain function, lambda or ``functools.partial``, the modules
+    it closes over, is given as arguments or reads as globals, followed through the functions,
+    partials and bound methods it refers to (``lambda x: net(x).squeeze(-1)`` in a notebook finds
+    ``net``). Other objects' attributes are not searched: a method of an object that merely
+    holds a network (a trainer's ``energy``) finds none, so its owner names the network itself
+    (the trainer passes its model to :func:`compiles`). A 2-D target's ``energy`` or
+    ``lambda x: x.square().sum(1)`` finds none.
+    """
+    found: dict[int, torch.nn.Module] = {}
+    _collect_networks(energy_fn, found, _SEARCH_DEPTH, set())
+    return list(found.values())
+
+
+def _collect_networks(value, found: dict, depth: int, seen: set) -> None:
+    if id(value) in seen or depth < 0:
+        return
+    seen.add(id(value))
+    if isinstance(value, torch.nn.Module):
+        found[id(value)] = value
+    elif isinstance(value, types.MethodType):
+        if isinstance(value.__self__, torch.nn.Module):
+            found[id(value.__self__)] = value.__self__
+        _collect_networks(value.__func__, found, depth - 1, seen)
+    elif isinstance(value, partial):
+        for part in (value.func, *value.args, *value.keywords.values()):
+            _collect_networks(part, found, depth - 1, seen)
+    elif isinstance(value, types.FunctionType):
+        for cell in value.__closure__ or ():
+            try:
+                _collect_networks(cell.cell_contents, found, depth - 1, seen)
+            except ValueError:  # a cell not yet filled (a closure over a name assigned later)
+                pass
+        for name in _global_names(value.__code__):
+            if name in value.__globals__:
+                _collect_networks(value.__globals__[name], found, depth - 1, seen)
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """The global names ``code`` reads, its nested functions' and comprehensions' included.
+
+    Attribute names are not globals: ``x.net`` reads none.
+    """
+    names = {ins.argval for ins in dis.get_instructions(code) if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_global_names(const))
+    return tuple(sorted(n for n in names if isinstance(n, str)))
