@@ -14,7 +14,7 @@ from anila_core.fileio import read_json_file
 from anila_core.training.file_sources import absolute_data_spec
 from anila_core.sampling.compile_rule import parse_fast
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_config_flags", "config_overrides", "integer_flag", "listed"]
 
 EXIT_BAD_INPUT = 2
 #: a run that diverged, or that its machine stopped (disk full, out of memory)
@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _integer(text: str) -> int:
+def integer_flag(text: str) -> int:
     """An integer flag's value: ``2000``, or ``1e3`` when it names an integer exactly (``1.5`` does not)."""
     try:
         return int(text)
@@ -60,7 +60,7 @@ def _in_flag_terms(message: str) -> str:
     return message
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     group = parser.add_argument_group("hyperparameters (each overrides the preset)")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
@@ -69,17 +69,17 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default {getattr(defaults, f.name)!r} before the preset)"
         if f.metadata.get("choices"):  # the metavar hides argparse's own {a,b,c}: the values are listed here
-            help_text += f"; one of: {_listed(f.metadata['choices'])}"
+            help_text += f"; one of: {listed(f.metadata['choices'])}"
         if f.type in ("bool", bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            kinds = {"int": _integer, "float": float, "str": str, "str | bool": _fast_flag}
+            kinds = {"int": integer_flag, "float": float, "str": str, "str | bool": _fast_flag}
             kind = kinds[f.type if isinstance(f.type, str) else f.type.__name__]
             group.add_argument(flag, dest=f.name, type=kind, default=None, choices=f.metadata.get("choices"),
                                metavar=f.name.upper(), help=help_text)
 
 
-def _listed(values) -> str:
+def listed(values) -> str:
     """``a, b, c`` for a help text, the empty string shown as ``''`` and booleans as the flags take them (``true``)."""
     return ", ".join(repr(v) if v == "" else str(v).lower() if isinstance(v, bool) else str(v) for v in values)
 
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in --out from its checkpoint: the same command line plus --resume (only "
                             "--iters, --device, --data-root, --on-divergence and --max-rollbacks may differ from the run's)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_flags(train)
+    add_config_flags(train)
 
     from anila_core.study.commands import add_parsers
 
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def config_overrides(args: argparse.Namespace) -> dict:
     """The settings given on the command line (every flag named after a TrainConfig field that was set)."""
     names = {f.name for f in fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -149,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from anila_core.training import distributed
     from anila_core.training.runs import Run
 
-    overrides = _overrides(args)
+    overrides = config_overrides(args)
     progress = not args.no_progress
     if args.resume:
         if args.out is None:

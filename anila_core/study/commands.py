@@ -8,7 +8,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from anila_core.cli import _add_config_flags, _integer, _listed, _overrides
+from anila_core.cli import add_config_flags, integer_flag, listed, config_overrides
 from anila_core.sampling.compile_rule import parse_fast
 from anila_core.sampling.registry import SAMPLERS
 from anila_core.study.runner import EXECUTORS, config_flags
@@ -23,7 +23,7 @@ def add_parsers(sub, presets: str) -> None:
                              description="Train one run per sampler (same preset, seed and budget), then write the "
                                          "side-by-side figure comparison.png and the table comparison.md.")
     compare.add_argument("--samplers", nargs="+", default=["langevin", "anila"], metavar="SAMPLER",
-                         help=f"samplers to compare, from: {_listed(sorted(SAMPLERS))} (default langevin anila); an "
+                         help=f"samplers to compare, from: {listed(sorted(SAMPLERS))} (default langevin anila); an "
                               "entry may carry its own settings, anila:b=3 or anila:b=3,step_size=0.02 (its folder: "
                               "anila-b3, ...)")
     compare.add_argument("--preset", default=None,
@@ -31,13 +31,13 @@ def add_parsers(sub, presets: str) -> None:
                               "tuned entries")
     compare.add_argument("--out", type=Path, default=Path("runs/compare"),
                          help="folder for the runs and the figure (default runs/compare)")
-    compare.add_argument("--jobs", type=_integer, default=None,
+    compare.add_argument("--jobs", type=integer_flag, default=None,
                          help="runs in parallel (default: one per CPU core, at most one per sampler)")
     compare.add_argument("--resume", action="store_true",
                          help="resume unfinished runs in --out; finished ones are kept")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_runner_flags(compare, "run (a `train` command)", "the same command plus --resume collects them")
-    _add_config_flags(compare, skip=("sampler",))
+    add_config_flags(compare, skip=("sampler",))
 
     _add_sweep_parser(sub, presets)
 
@@ -69,29 +69,29 @@ def _add_sweep_parser(sub, presets: str) -> None:
                        help="a named grid (rings: the committed study, docs/study/rings; digits; smoke); then the grid "
                             "flags below are not allowed")
     sweep.add_argument("--samplers", nargs="+", choices=list(KINDS), default=None, metavar="SAMPLER",
-                       help=f"samplers, from: {_listed(KINDS)} (default langevin anila)")
+                       help=f"samplers, from: {listed(KINDS)} (default langevin anila)")
     sweep.add_argument("--step-size", dest="grid_step_size", nargs="+", type=float, default=None, metavar="EPS",
                        help="step sizes ε (default 0.01)")
     sweep.add_argument("--b", dest="grid_b", nargs="+", type=float, default=None, metavar="B",
                        help="AniLA thresholds b (default 1)")
-    sweep.add_argument("--n-steps", dest="grid_n_steps", nargs="+", type=_integer, default=None, metavar="K",
+    sweep.add_argument("--n-steps", dest="grid_n_steps", nargs="+", type=integer_flag, default=None, metavar="K",
                        help="sampler transitions per iteration (default: the preset's)")
     sweep.add_argument("--chains", dest="grid_chains", nargs="+", choices=list(CHAIN_KINDS), default=None,
                        metavar="CHAINS",
-                       help=f"chain kinds, from: {_listed(CHAIN_KINDS)} (default: the preset's)")
-    sweep.add_argument("--seed", dest="grid_seed", nargs="+", type=_integer, default=None, metavar="SEED",
+                       help=f"chain kinds, from: {listed(CHAIN_KINDS)} (default: the preset's)")
+    sweep.add_argument("--seed", dest="grid_seed", nargs="+", type=integer_flag, default=None, metavar="SEED",
                        help="seeds (default 0)")
     sweep.add_argument("--preset", default=None,
                        help=f"base settings of every cell ({presets}; default sweep, or cpu with --dataset)")
     sweep.add_argument("--out", type=Path, default=None,
                        help="folder of the sweep (default runs/sweep-<study>, or runs/sweep)")
-    sweep.add_argument("--jobs", type=_integer, default=None, help="cells in parallel (default: one per CPU core)")
+    sweep.add_argument("--jobs", type=integer_flag, default=None, help="cells in parallel (default: one per CPU core)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.add_argument("--cell", default=None, metavar="ID",
                        help="train only this cell of the sweep here and write cells/ID.json (what --print-commands "
                             "lists; the folder must hold the sweep's plan.json)")
     _add_runner_flags(sweep, "cell (a `sweep ... --cell ID` command)", "the same command collects them")
-    _add_config_flags(sweep, skip=SWEEP_AXES)
+    add_config_flags(sweep, skip=SWEEP_AXES)
 
 
 def _add_runner_flags(parser: argparse.ArgumentParser, unit: str, collect: str) -> None:
@@ -107,7 +107,7 @@ def _add_runner_flags(parser: argparse.ArgumentParser, unit: str, collect: str) 
                             f"once they ran, {collect}")
     group.add_argument("--slurm-partition", default=None, metavar="NAME",
                        help="the SLURM partition (--executor submitit)")
-    group.add_argument("--slurm-time", type=_integer, default=None, metavar="MINUTES",
+    group.add_argument("--slurm-time", type=integer_flag, default=None, metavar="MINUTES",
                        help="the time limit of each run on SLURM, in minutes (--executor submitit)")
 
 
@@ -118,7 +118,7 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     if distributed.from_env().enabled:
         raise ValueError("compare: runs its samplers as separate processes and cannot run under torchrun; use "
                          "`torchrun ... -m anila_core train --sampler NAME` once per sampler")
-    overrides = _overrides(args)
+    overrides = config_overrides(args)
     parsed = [run_spec(text) for text in dict.fromkeys(args.samplers)]
     labels = [label for label, _, _ in parsed]
     twice = sorted({label for label in labels if labels.count(label) > 1})
@@ -166,7 +166,7 @@ def run_spec(text: str) -> tuple[str, str, dict]:
             raise ValueError(f"--samplers: {text!r}: expected NAME or NAME:setting=value,... with settings of train's "
                              f"flags (such as b=3 or step_size=0.02), got {item!r}")
         try:
-            parsers = {"int": _integer, "float": float, "str": str, "bool": _boolean, "str | bool": parse_fast}
+            parsers = {"int": integer_flag, "float": float, "str": str, "bool": _boolean, "str | bool": parse_fast}
             settings[key] = parsers[kinds[key]](value.strip())
         except (ValueError, argparse.ArgumentTypeError) as err:
             raise ValueError(f"--samplers: {text!r}: {key}: {err}") from None
@@ -192,7 +192,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if distributed.from_env().enabled:
         raise ValueError("sweep: runs its cells as separate processes and cannot run under torchrun")
-    overrides = _overrides(args)
+    overrides = config_overrides(args)
     grid_flags = {"--samplers": args.samplers, "--step-size": args.grid_step_size, "--b": args.grid_b,
                   "--n-steps": args.grid_n_steps, "--chains": args.grid_chains, "--seed": args.grid_seed}
     if args.study:
