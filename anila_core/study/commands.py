@@ -8,7 +8,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from anila_core.cli import add_config_flags, integer_flag, listed, config_overrides
+from anila_core.flags import add_config_flags, config_overrides, integer_flag, listed
 from anila_core.sampling.compile_rule import parse_fast
 from anila_core.sampling.registry import SAMPLERS
 from anila_core.study.runner import EXECUTORS, config_flags
