@@ -140,8 +140,6 @@ class PointsSource:
         self.shape = (points.dim,)
         self.train = points.train.to(device)
         self.gen = torch.Generator().manual_seed(seed)
-        #: the held-out points' density on the grid (2-D only), computed at the first evaluation: the data do not change
-        self.reference_grid: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -149,10 +147,6 @@ class PointsSource:
     def sample(self, n: int, device: torch.device | None = None) -> torch.Tensor:
         x = self.train[draw_indices(n, len(self.train), self.gen).to(self.train.device)]
         return x if device is None else x.to(device)
-
-    def reference(self, n: int) -> torch.Tensor:
-        """The first ``min(n, N_held_out)`` held-out points (CPU): already in a seeded random order, the same at every evaluation."""
-        return self.points.held_out[:n]
 
     def state_dict(self) -> dict:
         return {"generator": self.gen.get_state()}
