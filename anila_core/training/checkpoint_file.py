@@ -1,4 +1,5 @@
-"""Reading a checkpoint file: tensors and plain data only (loading never runs code), its generator states fitted to the device."""
+"""Reading a checkpoint file: tensors and plain data only (loading never runs code), its generator states fitted to the
+device."""
 
 from __future__ import annotations
 
@@ -28,16 +29,20 @@ def load_checkpoint(path: str | Path) -> object:
     check_regular(path, "a checkpoint.pt written by anila_core")  # a FIFO would block torch.load forever
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about a pickle protocol it does not expect: the error says it all
+            # torch warns about a pickle protocol it does not expect: the error says it all
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise _unreadable(path, err) from None
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f"it asks for {found.group(1)}" if found else "it is not a torch checkpoint"
-        raise ValueError(f"{path}: refused: it may not be a checkpoint of anila_core: it holds Python objects other than "
-                         f"tensors and plain data ({what}), and loading such a file could run code it carries; nothing was "
-                         "loaded and nothing in its folder was changed; expected a checkpoint.pt written by anila_core") from None
+        raise ValueError(f"{path}: refused: it may not be a checkpoint of anila_core: it holds Python objects other "
+                         "than "
+                         f"tensors and plain data ({what}), and loading such a file could run code it carries; "
+                         "nothing was "
+                         "loaded and nothing in its folder was changed; expected a checkpoint.pt written by "
+                         "anila_core") from None
     except Exception as err:  # a torn or foreign file: say which and why
         raise _unreadable(path, err) from None
 
@@ -50,7 +55,8 @@ def _unreadable(path: Path, err: Exception) -> ValueError:
 
 
 def fit_generator_states(state: dict, device: torch.device) -> bool:
-    """Make the saved chain generators' states loadable by a generator on ``device``, in place; True when one had to change.
+    """Make the saved chain generators' states loadable by a generator on ``device``, in place; True when one had to
+    change.
 
     A CPU generator's state (the Mersenne Twister's 5 kB) and a CUDA one's (Philox seed and
     offset) cannot be loaded into each other, so a run resumed on another kind of device
@@ -60,7 +66,8 @@ def fit_generator_states(state: dict, device: torch.device) -> bool:
     ranks = state.get("ranks")
     holders = [state] + [r for r in (ranks if isinstance(ranks, list) else []) if isinstance(r, dict)]
     changed = False
-    # only a state of exactly another kind of device's generator is reseeded; any other is left for validate_checkpoint to refuse
+    # only a state of exactly another kind of device's generator is reseeded; any other is left for validate_checkpoint
+    # to refuse
     sizes = {torch.Generator(device="cpu").get_state().numel()}
     if device.type == "cpu":
         sizes.add(16)  # a CUDA generator's seed and offset

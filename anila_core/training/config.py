@@ -217,7 +217,8 @@ class TrainConfig:
             raise ValueError(f"buffer_size: expected at least batch_size ({self.batch_size}), got {self.buffer_size}")
         if self.fid_samples < 2:
             raise ValueError(f"fid_samples: expected an integer >= 2 (FID needs a covariance), got {self.fid_samples!r}")
-        from anila_core.training.kinds import data_kind  # the kinds are built from a configuration: imported when one exists
+        # the kinds are built from a configuration: imported here, once the configuration module is loaded
+        from anila_core.training.kinds import data_kind
 
         data_kind(self).check()
         check_energy_spec(self.energy)
@@ -245,7 +246,7 @@ class TrainConfig:
         return spec.name if spec is not None else (self.dataset or self.target)
 
     def with_fixed_schedule(self, started: dict | None = None) -> "TrainConfig":
-        """This configuration with ``lr_decay_iters = 0`` settled: the value the run ``started`` (its config.json) fixed, else ``iters``.
+        """This configuration with ``lr_decay_iters = 0`` settled: the value fixed by the run ``started``, else ``iters``.
 
         0 means "the run's iters", fixed once when the run starts and stored in its config.json,
         so that a resumed, longer run keeps the schedule it started with.

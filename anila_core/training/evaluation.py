@@ -1,4 +1,5 @@
-"""What a run measures at its evaluation points: a row of energies and chain statistics, plus its data kind's own measures."""
+"""What a run measures at its evaluation points: a row of energies and chain statistics, plus its data kind's own
+measures."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ __all__ = ["is_eval_point", "evaluate"]
 
 
 def is_eval_point(parts: RunParts, iteration: int, end: int) -> bool:
-    """Whether a row of diagnostics is computed after ``iteration``: every ``eval_every`` iterations, at FID points and at the end."""
+    """Whether a row of diagnostics follows ``iteration``: each ``eval_every`` iterations, at FID points, at the end."""
     return iteration % parts.config.eval_every == 0 or iteration == end or parts.kind.is_fid_point(iteration, end)
 
 

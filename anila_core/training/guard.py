@@ -104,7 +104,7 @@ class Guard:
             raise self.error(state.iteration, what)
 
     def roll_back(self, state: TrainState, config: TrainConfig, err: TrainingDiverged, say: bool) -> dict:
-        """Return ``state`` to the last finite state with half the learning rate, and (``say``) say so; return the record.
+        """Return ``state`` to the last finite state at half the learning rate, (``say``) say so, and return the record.
 
         Raises ``err``, extended with the reason, when there is no finite state to return to or
         ``max_rollbacks`` rollbacks were already spent.
@@ -114,15 +114,15 @@ class Guard:
                                    err.cause) from None
         if len(state.rollbacks) >= config.max_rollbacks:
             raise TrainingDiverged(f"{err}; gave up after {len(state.rollbacks)} rollback(s) (max_rollbacks = "
-                                   f"{config.max_rollbacks}; the learning rate was {state.lr_factor:g} × lr)", err.iteration,
-                                   err.cause) from None
+                                   f"{config.max_rollbacks}; the learning rate was {state.lr_factor:g} × lr)",
+                                   err.iteration, err.cause) from None
         state.restore(self.good_state)
         # halving is exact in floating point: the recorded lr is the one the next step takes
         record = {"iter": err.iteration, "cause": err.cause or str(err), "restored_iter": state.iteration,
                   "lr_factor": state.lr_factor * 0.5, "lr": state.learning_rate(config, state.iteration) * 0.5}
         state.rolled_back(record)
         if say:
-            notice(f"warning: rollback at iteration {record['iter']}: {record['cause']}; back to the state of iteration "
-                   f"{state.iteration}, learning rate now {record['lr']:.3g} (rollback {len(state.rollbacks)} of at most "
-                   f"{config.max_rollbacks})")
+            notice(f"warning: rollback at iteration {record['iter']}: {record['cause']}; back to the state of "
+                   f"iteration {state.iteration}, learning rate now {record['lr']:.3g} "
+                   f"(rollback {len(state.rollbacks)} of at most {config.max_rollbacks})")
         return record

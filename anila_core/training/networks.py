@@ -14,8 +14,8 @@ __all__ = ["build_energy", "Networks"]
 
 def build_energy(config: TrainConfig, data_shape: tuple[int, ...], energy: torch.nn.Module | None = None) -> torch.nn.Module:
     """The energy network: ``energy`` when given (a module of your own, in memory), the one ``config.energy`` names
-    (:mod:`anila_core.training.user_energy`), else the built-in one of the data's kind (an MLP for points ``(d,)``, the ConvNet
-    of :mod:`anila_core.images.convnets` for images ``(C, H, W)``)."""
+    (:mod:`anila_core.training.user_energy`), else the built-in one of the data's kind (an MLP for points ``(d,)``,
+    the ConvNet of :mod:`anila_core.images.convnets` for images ``(C, H, W)``)."""
     if energy is not None:
         return energy
     if config.energy:

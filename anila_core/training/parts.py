@@ -28,7 +28,8 @@ class RunParts:
     dist: DistInfo
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
-        """E(x) of the trained model as the sampler sees it (bf16 autocast with ``--amp bf16`` on CUDA; the result is float32)."""
+        """E(x) of the trained model as the sampler sees it (bf16 autocast with ``--amp bf16`` on CUDA; the result is
+        float32)."""
         return self.nets.sample_energy(x)
 
     def eval_energy(self, state, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ from anila_core.device import resolve_device
 from anila_core.training import distributed
 from anila_core.training.config import TrainConfig, changed_settings, describe_changes
 from anila_core.fileio import (LOCK_FILE, FolderBusy, FolderLock, append_jsonl, atomic_torch_save, atomic_write_json, busy_error,
-                               check_regular, lock_holder, make_folder, read_json_file, remove_made_folders, write_jsonl)
+                               check_regular, lock_holder, make_folder, read_json_file, remove_made_folders,
+                               write_jsonl)
 from anila_core.training.limits import check_memory, out_of_memory
 from anila_core.training.checkpoint_checks import validate_checkpoint
 from anila_core.training.checkpoint_file import fit_generator_states, load_checkpoint

@@ -1,4 +1,5 @@
-"""The training state in one place: what changes while a run trains, the checkpoint it becomes, and the copy a rollback returns to."""
+"""The training state in one place: what changes while a run trains, the checkpoint it becomes, and the copy a rollback
+returns to."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ __all__ = ["TrainState"]
 
 @dataclass
 class TrainState:
-    """Model, EMA, optimiser, chains, data stream, iteration and history: everything a checkpoint saves and a rollback restores.
+    """Model, EMA, optimiser, chains, data stream, iteration and history: everything a checkpoint saves and a rollback
+    restores.
 
     The guard, the evaluation and the checkpoint code take this object; only its own methods
     change it. The random streams live in ``chains`` (the chain generator, also the 2-D data's)
@@ -26,7 +28,8 @@ class TrainState:
     """
 
     model: torch.nn.Module
-    ema_model: torch.nn.Module | None  # an exponential moving average of the parameters, for evaluation (config.ema > 0)
+    # an exponential moving average of the parameters, for evaluation (config.ema > 0)
+    ema_model: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     chains: Chains
     source: object  # the data batches: sample(n, device), state_dict(), load_state_dict()
@@ -43,7 +46,8 @@ class TrainState:
         return self.ema_model if self.ema_model is not None else self.model
 
     def learning_rate(self, config: TrainConfig, iteration: int) -> float:
-        """The learning rate of the step after ``iteration`` steps: the configuration's schedule times the rollbacks' factor."""
+        """The learning rate of the step after ``iteration`` steps: the configuration's schedule times the rollbacks'
+        factor."""
         return config.scheduled_lr(iteration) * self.lr_factor
 
     # ------------------------------------------------------------------ the loop's records
@@ -80,7 +84,8 @@ class TrainState:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self, config: TrainConfig, fingerprint: str | None, dist: distributed.DistInfo) -> dict:
-        """Everything needed to resume exactly. Under torchrun every rank must call it (it gathers the ranks' chain states)."""
+        """Everything needed to resume exactly. Under torchrun every rank must call it (it gathers the ranks' chain
+        states)."""
         chains = self.chains.state(self.source)
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -104,7 +109,8 @@ class TrainState:
         return state
 
     def load_state_dict(self, state: dict, rank: int) -> None:
-        """Restore a :meth:`state_dict` that :func:`~anila_core.training.checkpoint_checks.validate_checkpoint` accepted."""
+        """Restore a :meth:`state_dict` that :func:`~anila_core.training.checkpoint_checks.validate_checkpoint`
+        accepted."""
         self.model.load_state_dict(state["model"])
         if self.ema_model is not None:
             self.ema_model.load_state_dict(state["ema_model"])

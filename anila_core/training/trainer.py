@@ -53,8 +53,14 @@ def build_sampler(config: TrainConfig) -> Sampler:
     return sampler_from_config(config)
 
 
+def _views(owner: str, *names: str) -> tuple[property, ...]:
+    """Read-only properties that read ``names`` from the trainer's ``owner`` (its ``state``, ``parts`` or ``kind``)."""
+    return tuple(property(lambda self, name=name: getattr(getattr(self, owner), name), doc=f"``{owner}.{name}``")
+                 for name in names)
+
+
 class Trainer:
-    """One training run: its fixed parts (:attr:`parts`), its changing state (:attr:`state`) and the loop of Algorithm 1.
+    """One training run: its fixed parts (:attr:`parts`), its changing state (:attr:`state`), the loop of Algorithm 1.
 
     Under torchrun every rank builds the same trainer (same model initialisation; DDP also
     broadcasts rank 0's parameters) with its own chain and data streams; only rank 0
@@ -129,7 +135,8 @@ class Trainer:
         rollback = c.on_divergence == "rollback"
         if rollback:  # the state a first rollback returns to, if finite (else one of an earlier call, or none)
             guard.keep(state)
-        bar = tqdm(total=end, initial=state.iteration, desc=f"{c.sampler} on {c.data_name}", disable=not self.progress, leave=False)
+        bar = tqdm(total=end, initial=state.iteration, desc=f"{c.sampler} on {c.data_name}", disable=not self.progress,
+                   leave=False)
         try:
             while state.iteration < end:
                 evaluating = self._is_eval_point(state.iteration + 1, end)
@@ -154,7 +161,8 @@ class Trainer:
                 except TrainingDiverged as err:
                     if not rollback:
                         raise
-                    record = guard.roll_back(state, c, err, say=self.dist.is_main)  # or raises: nothing finite, or too many
+                    # or raises: no finite state to return to, or max_rollbacks spent
+                    record = guard.roll_back(state, c, err, say=self.dist.is_main)
                     bar.update(state.iteration - bar.n)  # back to the iteration rolled back to
                     if on_rollback is not None:
                         on_rollback(self, record)
@@ -274,12 +282,12 @@ class Trainer:
         return evaluation.evaluate(self.parts, self.state, stats, trace, fid)
 
     def sample_for_eval(self, n: int | None = None) -> torch.Tensor:
-        """Model samples for the metrics (CPU): ``n`` (default ``eval_samples``, ``fid_samples`` for images) of the buffer's
-        chains, or of fresh short-run chains from noise seeded ``seed + 2`` (the same draw at every evaluation)."""
+        """Model samples for the metrics (CPU): ``n`` (default ``eval_samples``, ``fid_samples`` for images) of the
+        buffer's chains, or of fresh short-run chains from noise seeded ``seed + 2``, the same each time."""
         return self.kind.sample_for_eval(self.parts, self.state, n)
 
     def scorer(self):
-        """The FID/KID scorer of this run's images, built once; ``None`` (after one printed notice) when Inception is unavailable."""
+        """The FID/KID scorer of this run's images, built once; ``None`` (after a notice) without its features."""
         return self.kind.scoring.scorer(self.parts)
 
     def image_scores(self) -> dict:
@@ -310,34 +318,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ views of the parts and the state
 
-    kind = property(lambda self: self.parts.kind, doc="What differs between the kinds of data (:mod:`anila_core.training.kinds`).")
+    # read-through names for notebooks and callers: trainer.model is trainer.state.model, trainer.sampler is
+    # trainer.parts.sampler (their fields are documented in TrainState, RunParts and DataKind)
+    model, ema_model, optimizer, chains, source, iteration, wall_s, history, rollbacks = _views(
+        "state", "model", "ema_model", "optimizer", "chains", "source", "iteration", "wall_s", "history", "rollbacks")
+    kind, sampler, nets, device, dist = _views("parts", "kind", "sampler", "nets", "device", "dist")
+    target, dataset, held_out, scoring = _views("kind", "target", "dataset", "held_out", "scoring")
     data_shape = property(lambda self: self.parts.shape, doc="The shape of one data point: ``(d,)`` or ``(C, H, W)``.")
-    sampler = property(lambda self: self.parts.sampler, doc="The sampler of the negative samples.")
-    nets = property(lambda self: self.parts.nets, doc="The energy network's training and sampling views.")
-    device = property(lambda self: self.parts.device, doc="Where the run's tensors live.")
-    dist = property(lambda self: self.parts.dist, doc="Which process of a torchrun launch this is (one process: rank 0 of 1).")
-    target = property(lambda self: self.kind.target, doc="The 2-D target learned (``None`` for points and images).")
-    dataset = property(lambda self: self.kind.dataset, doc="The points or training images learned (``None`` for a 2-D target).")
-    held_out = property(lambda self: self.kind.held_out, doc="A folder's held-out images, which FID/KID compare with.")
-    data_fingerprint = property(lambda self: self.kind.fingerprint, doc="A hash of data of your own (``None`` for built-in data).")
-    scoring = property(lambda self: self.kind.scoring, doc="An image run's FID/KID scoring (``unavailable`` says why not).")
-    model = property(lambda self: self.state.model, doc="The energy network being trained.")
-    ema_model = property(lambda self: self.state.ema_model, doc="The moving average of its parameters (``None`` when off).")
-    optimizer = property(lambda self: self.state.optimizer, doc="Adam.")
-    chains = property(lambda self: self.state.chains, doc="Where each iteration's chains start (noise or a replay buffer).")
-    source = property(lambda self: self.state.source, doc="The stream of data batches.")
+    data_fingerprint = property(lambda self: self.kind.fingerprint,
+                                doc="A hash of data of your own (``None`` for built-in data).")
     gen = property(lambda self: self.state.chains.gen, doc="The chain generator (chains, sampler noise, 2-D data).")
-    iteration = property(lambda self: self.state.iteration, doc="Optimiser steps taken.")
-    wall_s = property(lambda self: self.state.wall_s, doc="Seconds spent in training steps.")
-    history = property(lambda self: self.state.history, doc="One row of diagnostics per evaluation.")
-    rollbacks = property(lambda self: self.state.rollbacks, doc="What each rollback found and where it returned to.")
     lr_factor = property(lambda self: self.state.lr_factor, lambda self, factor: self.state.set_lr_factor(factor),
                          doc="The learning rate's factor, halved at each rollback.")
     samples = property(lambda self: self.state.samples, lambda self, x: self.state.set_samples(x),
                        doc="The latest negative samples (a notebook may set others to show or start from).")
     fast = property(lambda self: self.state.fast, lambda self, on: self.state.set_fast(on),
-                    doc="Whether the chains sample through compiled transitions: decided when the run is created, kept by "
-                        "its checkpoint.")
+                    doc="Whether the chains sample through compiled transitions: decided when the run is created, "
+                        "kept by its checkpoint.")
 
 
 def train(config: TrainConfig, callback=None, progress: bool = True, energy: torch.nn.Module | None = None) -> Trainer:

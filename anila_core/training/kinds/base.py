@@ -59,7 +59,8 @@ class DataKind:
         raise NotImplementedError
 
     def source(self, rank_seed: int, device: torch.device, chain_generator: torch.Generator):
-        """The batch stream of training data on ``device`` (``sample(n, device)``, ``state_dict()``, ``load_state_dict()``)."""
+        """The batch stream of training data on ``device`` (``sample(n, device)``, ``state_dict()``,
+        ``load_state_dict()``)."""
         raise NotImplementedError
 
     def probe_points(self) -> torch.Tensor:
@@ -92,13 +93,17 @@ class DataKind:
         return False
 
     def memory_needs(self, shape: tuple[int, ...]) -> dict[str, tuple[int, str]]:
-        """The bytes this kind certainly holds at once beside the chains, per flag (see :mod:`anila_core.training.limits`)."""
+        """The bytes this kind certainly holds at once beside the chains, per flag (see
+        :mod:`anila_core.training.limits`)."""
         c, needs = self.config, {}
-        if not c.energy:  # a network of your own: its sizes are not the configuration's, so none of its terms is certain
+        # a network of your own: its sizes are not the configuration's, so none of its terms is certain
+        if not c.energy:
             needs["--batch-size"] = (c.batch_size * c.width * c.depth * 4,
-                                     f"activations: batch_size {c.batch_size} × width {c.width} × depth {c.depth} × 4 bytes")
+                                     f"activations: batch_size {c.batch_size} × width {c.width} × depth {c.depth} × 4 "
+                                     "bytes")
             layers = max(c.depth - 1, 1)
-            needs["--width"] = (4 * c.width * c.width * layers * 4, f"weights: width {c.width}² × {layers} hidden-to-hidden "
+            needs["--width"] = (4 * c.width * c.width * layers * 4, f"weights: width {c.width}² × {layers} "
+                                                                    "hidden-to-hidden "
                                 f"layer{'s' if layers > 1 else ''} × 4 copies × 4 bytes")
         n = min(c.eval_samples, c.buffer_size) if c.chains == "buffer" else c.eval_samples
         needs["--eval-samples"] = (3 * n * n * 8, f"the MMD's 3 kernel matrices: {n}² × 8 bytes")
@@ -128,7 +133,8 @@ class DataKind:
         chains = Chains(c, parts.shape, parts.device, gen)
         return self._fresh_samples(parts, state, chains, n, gen)
 
-    def _fresh_samples(self, parts: RunParts, state: TrainState, chains: Chains, n: int, gen: torch.Generator) -> torch.Tensor:
+    def _fresh_samples(self, parts: RunParts, state: TrainState, chains: Chains, n: int,
+                       gen: torch.Generator) -> torch.Tensor:
         return parts.sampler.sample(state.eval_model(), chains.noise(n), self.config.n_steps, generator=gen,
                                     allow_nonfinite=True).cpu()
 
@@ -137,7 +143,8 @@ class DataKind:
         raise NotImplementedError
 
     def chain_statistics(self, trace: Trace, shape: tuple[int, ...]) -> dict:
-        """The sampler's averages over the iteration's transitions: gradient norm, AniLA's clipped share, Metropolis acceptance."""
+        """The sampler's averages over the iteration's transitions: gradient norm, AniLA's clipped share, Metropolis
+        acceptance."""
         row = {"grad_norm": float(sum(trace.mean_grad_norm) / len(trace.mean_grad_norm))}
         if trace.clipped_share:
             row["clipped_share"] = float(sum(trace.clipped_share) / len(trace.clipped_share))
@@ -161,7 +168,7 @@ class DataKind:
         raise NotImplementedError
 
     def last_and_best(self, state: TrainState, kept: tuple[str, ...]) -> tuple[dict, dict, dict]:
-        """The history's last row, its row of the least headline measure, and those of the ``kept`` measures the last row holds."""
+        """The history's last row, its row of the least headline measure, and the ``kept`` measures of the last row."""
         last = state.history[-1]
         best = min(state.history, key=lambda r: r[self.headline[1]])
         return last, best, {k: last[k] for k in kept if k in last}

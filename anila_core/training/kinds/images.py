@@ -1,4 +1,5 @@
-"""Images (a built-in dataset or a folder of your own): a ConvNet energy, batched evaluation chains, FID/KID, sample grids."""
+"""Images (a built-in dataset or a folder of your own): a ConvNet energy, batched evaluation chains, FID/KID, sample
+grids."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ _NOTICES_SHOWN: set[str] = set()
 
 
 class ImageData(DataKind):
-    """Images in ``[-1, 1]``: a built-in dataset (its training split) or a folder of your own (with held-out images for FID)."""
+    """Images in ``[-1, 1]``: a built-in dataset (its training split) or a folder of your own (with held-out images for
+    FID)."""
 
     name = "images"
     joint_forward = True
@@ -52,7 +54,8 @@ class ImageData(DataKind):
         else:
             from anila_core.images.datasets import load_dataset
 
-            self.dataset = load_dataset(c.dataset, c.data_root or None, c.image_size or None, split=TRAIN_SPLITS[c.dataset])
+            self.dataset = load_dataset(c.dataset, c.data_root or None, c.image_size or None,
+                                        split=TRAIN_SPLITS[c.dataset])
 
     def source(self, rank_seed: int, device: torch.device, chain_generator: torch.Generator):
         return ImageSource(self.dataset, rank_seed, device)
@@ -78,7 +81,8 @@ class ImageData(DataKind):
         c = self.config
         sizes = IMAGE_SIZES if self.spec is not None else SIZES.get(c.dataset)
         if c.image_size != 0 and c.image_size not in sizes:
-            raise ValueError(f"image_size: expected 0 (the dataset's own) or one of {sizes} for {c.dataset}, got {c.image_size!r}")
+            raise ValueError(f"image_size: expected 0 (the dataset's own) or one of {sizes} for {c.dataset}, got "
+                             f"{c.image_size!r}")
 
     def network(self, shape: tuple[int, ...]) -> torch.nn.Module:
         from anila_core.images.convnets import make_convnet
@@ -94,7 +98,8 @@ class ImageData(DataKind):
         if c.energy:  # a network of your own: its sizes are not the configuration's, so none of its terms is certain
             return {}
         side = shape[-1]
-        return {"--batch-size": (c.batch_size * c.conv_width * side * side * 4, f"first convolution's output: batch_size "
+        return {"--batch-size": (c.batch_size * c.conv_width * side * side * 4, f"first convolution's output: "
+                                                                                "batch_size "
                                  f"{c.batch_size} × conv_width {c.conv_width} × {side}×{side} × 4 bytes"),
                 "--conv-width": (4 * 9 * c.conv_width * c.conv_width * 4,
                                  f"weights: conv_width {c.conv_width}² × 3×3 × 4 copies × 4 bytes")}
@@ -109,7 +114,7 @@ class ImageData(DataKind):
         return self.config.fid_samples
 
     def _fresh_samples(self, parts, state, chains, n, gen) -> torch.Tensor:
-        """Chains in training-sized batches (memory stays that of training), in eval mode, clamped as training clamps."""
+        """Chains in training-sized batches (memory stays that of training), in eval mode, clamped as in training."""
         c = self.config
         model = state.eval_model()
         was_training = model.training
@@ -123,7 +128,7 @@ class ImageData(DataKind):
         return torch.cat(out)
 
     def metrics(self, parts, state, fid) -> dict:
-        """FID/KID (and the digits' class coverage) when ``fid`` (default: at ``fid_every`` iterations and at the end)."""
+        """FID/KID (and the digits' class coverage) when ``fid`` (default: at FID points)."""
         if fid is None:
             fid = self.is_fid_point(state.iteration, self.config.iters)
         return self.scoring.scores(parts, state) if fid else {}
@@ -135,8 +140,7 @@ class ImageData(DataKind):
         return row
 
     def step_size_image(self, parts, state, x: torch.Tensor | None) -> torch.Tensor:
-        """The sampler's ``γ/ε`` per pixel at images ``x`` (default: the latest negative samples), averaged over batch and
-        channels: ``(H, W)``."""
+        """The sampler's ``γ/ε`` per pixel at images ``x`` (default: the latest negatives), as an (H, W) mean."""
         from anila_core.images.evaluation import step_size_image as per_pixel
 
         x = state.samples if x is None else x.to(parts.device)
@@ -151,7 +155,10 @@ class ImageData(DataKind):
             model.train(was_training)
 
     def progress(self, row: dict) -> dict:
-        return dict(gap=f"{row['energy_gap']:.2f}", **({"fid": f"{row['fid']:.1f}"} if row.get("fid") is not None else {}))
+        shown = {"gap": f"{row['energy_gap']:.2f}"}
+        if row.get("fid") is not None:
+            shown["fid"] = f"{row['fid']:.1f}"
+        return shown
 
     # ------------------------------------------------------------------ what a run leaves
 
@@ -165,7 +172,8 @@ class ImageData(DataKind):
 
         c, last = self.config, state.history[-1]
         last_scored = next((r for r in reversed(state.history) if "fid" in r), {})
-        # a folder's rows name their features, which may change when a run resumes elsewhere: the best is among the last ones'
+        # a folder's rows name their features, which may change when a run resumes elsewhere: the best is among the last
+        # ones'
         features = last_scored.get("fid_features") or FEATURES.get(c.dataset)
         scored = [r for r in state.history if r.get("fid") is not None and r.get("fid_features", features) == features]
         best = min(scored, key=lambda r: r["fid"]) if scored else None
@@ -226,7 +234,8 @@ class ImageScoring:
         self.unavailable: str | None = None
 
     def scorer(self, parts):
-        """The FID/KID scorer of the run's images, built once; ``None`` (after one printed notice) when Inception is unavailable."""
+        """The FID/KID scorer of the run's images, built once; ``None`` (after one printed notice) when Inception is
+        unavailable."""
         from anila_core.images.evaluation import make_scorer
         from anila_core.images.metrics import InceptionUnavailableError
 
@@ -241,12 +250,13 @@ class ImageScoring:
                     self._scorer = make_scorer(c.dataset, real, parts.device, c.data_root or None)
             except InceptionUnavailableError as err:
                 self.unavailable = str(err)
-                _notice_once(parts, f"notice: FID/KID for {c.dataset} are not computed (training goes on; the metrics rows "
+                _notice_once(parts, f"notice: FID/KID for {c.dataset} are not computed (training goes on; the metrics "
+                                    "rows "
                                     f"and final.json say \"fid\": null). Why: {err}")
         return self._scorer
 
     def _folder_scorer(self, parts):
-        """The scorer of a folder of your own: Inception's features when here, else features made from the folder (named in every row)."""
+        """A folder's scorer: Inception's features when here, else features made from the folder (named in each row)."""
         from anila_core.images.folder_features import make_folder_scorer
 
         c = self.kind.config
@@ -254,13 +264,16 @@ class ImageScoring:
         with torch.enable_grad():  # a classifier of the folder trains on first use, and evaluation runs under no_grad
             scorer, why = make_folder_scorer(self.kind.dataset, real, parts.device, self.kind.fingerprint)
         if why is not None:
-            _notice_once(parts, f"notice: Inception's features are unavailable here ({why}), so FID/KID for {c.dataset} are "
-                                f"computed on {scorer.features} (each metrics row names them in fid_features): comparable "
+            _notice_once(parts, f"notice: Inception's features are unavailable here ({why}), so FID/KID for "
+                                f"{c.dataset} are "
+                                f"computed on {scorer.features} (each metrics row names them in fid_features): "
+                                "comparable "
                                 "between runs on this folder, not with Inception FIDs")
         return scorer
 
     def scores(self, parts, state) -> dict:
-        """FID/KID of ``fid_samples`` model samples against as many real images (``None`` when the features are unavailable).
+        """FID/KID of ``fid_samples`` model samples against as many real images (``None`` when the features are
+        unavailable).
 
         For a folder of your own the row also names the features (``fid_features``): they
         depend on the folder and on whether Inception's weights are on this machine.

@@ -1,4 +1,5 @@
-"""Points of a file (``points:FILE``): batches of its training points, sample distances to its held-out points, no known density."""
+"""Points of a file (``points:FILE``): batches of its training points, sample distances to its held-out points, no known
+density."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from anila_core.training.kinds.target import check_eval_samples
 
 __all__ = ["PointsData", "POINTS_RUN_FILES", "DIRECTIONS_SEED"]
 
-#: what a run on points of a file writes: ``data_density.png`` and ``learned_density.png`` in 2-D, ``projections.png`` above
+# : what a run on points of a file writes: ``data_density.png`` and ``learned_density.png`` in 2-D, ``projections.png``
+# above
 POINTS_RUN_FILES = RUN_RECORDS + ("samples.png", "training.png")
 POINTS_2D_FIGURES = ("data_density.png", "learned_density.png")
-#: the seed of the sliced Wasserstein distance's directions: the same for every run and seed, so that runs compare on one measure
+# : the seed of the sliced Wasserstein distance's directions: the same for every run and seed, so that runs compare on
+# one measure
 DIRECTIONS_SEED = 0
 
 
 class PointsData(DataKind):
-    """Points of a file: a :class:`~anila_core.training.points_file.PointSet` (training and held-out points, their units)."""
+    """Points of a file: a :class:`~anila_core.training.points_file.PointSet` (training and held-out points, their
+    units)."""
 
     name = "points"
     headline = ("sw", "sliced_wasserstein")
@@ -50,13 +54,14 @@ class PointsData(DataKind):
 
     def describe(self) -> str:
         points = self.dataset
-        return f"{self.config.dataset} ({len(points.train)} points in {points.dim} dimensions, {len(points.held_out)} held out)"
+        return (f"{self.config.dataset} ({len(points.train)} points in {points.dim} dimensions, "
+                f"{len(points.held_out)} held out)")
 
     def check(self) -> None:
         check_eval_samples(self.config)
 
     def metrics(self, parts, state, fid) -> dict:
-        """How far the model's samples are from the held-out points: MMD², sliced Wasserstein and, in 2-D, the KDE grid TV.
+        """How far the model's samples are from the held-out points: MMD², sliced Wasserstein, in 2-D the KDE grid TV.
 
         No density of the data is known, so these compare samples (``eval_samples`` of the
         chains, as for the rings) with the held-out points, in the model's units. ``kde_grid_tv``
@@ -104,7 +109,8 @@ class PointsData(DataKind):
 
     def result_line(self, final: dict) -> str:
         kde = f", KDE grid TV {final['kde_grid_tv']:.4f}" if "kde_grid_tv" in final else ""
-        return (f"sliced Wasserstein {final['sliced_wasserstein']:.4f}, MMD² {final['mmd']:.4f}{kde} to the held-out points; "
+        return (f"sliced Wasserstein {final['sliced_wasserstein']:.4f}, MMD² {final['mmd']:.4f}{kde} to the held-out "
+                "points; "
                 f"best sliced Wasserstein {final['best_sliced_wasserstein']:.4f} at iteration {final['best_iter']}, "
                 f"{final['wall_s']:.0f} s")
 

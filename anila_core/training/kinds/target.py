@@ -21,7 +21,8 @@ CHAIN_BINS = 20
 
 
 class TargetData(DataKind):
-    """A 2-D target with a known density: data drawn from its exact sampler with the chain generator (the rings loop's stream)."""
+    """A 2-D target with a known density: data drawn from its exact sampler with the chain generator (the rings loop's
+    stream)."""
 
     name = "target"
     has_density = True
@@ -51,7 +52,8 @@ class TargetData(DataKind):
         check_eval_samples(self.config)
 
     def metrics(self, parts, state, fid) -> dict:
-        """Exact density distances (grid TV and KL), the MMD to exact samples, and the chains' distances to the model's densities."""
+        """Exact density distances (grid TV and KL), the MMD to exact samples, and the chains' distances to the model's
+        densities."""
         c = self.config
         model = state.eval_model()
         log_p = grid_log_probs(model, device=parts.device)
@@ -65,7 +67,8 @@ class TargetData(DataKind):
 
     def summary(self, state, shape) -> dict:
         """The last grid TV, grid KL and MMD, the best grid TV and when."""
-        last, best, extra = self.last_and_best(state, ("sampler_grid_tv", "sampler_grid_kl", "clipped_share", "global_accept"))
+        kept = ("sampler_grid_tv", "sampler_grid_kl", "clipped_share", "global_accept")
+        last, best, extra = self.last_and_best(state, kept)
         return {
             "sampler": self.config.sampler,
             "target": self.config.target,
@@ -98,7 +101,8 @@ class TargetData(DataKind):
 def check_eval_samples(config) -> None:
     """The evaluation of points measures the buffer's chains: it cannot ask for more than the buffer holds."""
     if config.chains == "buffer" and config.eval_samples > config.buffer_size:
-        raise ValueError(f"eval_samples: expected at most buffer_size ({config.buffer_size}): the evaluation measures the "
+        raise ValueError(f"eval_samples: expected at most buffer_size ({config.buffer_size}): the evaluation measures "
+                         "the "
                          f"buffer's chains, got {config.eval_samples!r}")
 
 
@@ -116,6 +120,7 @@ def _sampler_density_distances(sampler, model, target_lp: torch.Tensor, samples:
         density = small_step_log_probs(sampler, model, device=device)
     except ValueError:
         return {"sampler_grid_tv": None, "sampler_grid_kl": None, "chains_sampler_tv": None}
-    return {"sampler_grid_tv": grid_tv(density.log_probs, target_lp), "sampler_grid_kl": grid_kl(density.log_probs, target_lp),
+    return {"sampler_grid_tv": grid_tv(density.log_probs, target_lp),
+            "sampler_grid_kl": grid_kl(density.log_probs, target_lp),
             "chains_sampler_tv": histogram_tv(samples, density.log_probs, bins=CHAIN_BINS)}
 
