@@ -1,4 +1,4 @@
-"""Data of your own, ``--dataset images:FOLDER`` or ``points:FILE``: the spec, loading (once per version of the files), the shape of a data point, and the points' batch stream.
+"""Data of your own (``images:FOLDER``, ``points:FILE``): the spec, loading once per version of the files, point batches.
 
 A relative path is taken from the working directory and recorded absolute (``config.json``
 then names the same files wherever the run is resumed or loaded from).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DataSpec", "parse_data_spec", "absolute_data_spec", "FILE_KINDS", "HELD_OUT_SHARE", "SPLIT_SEED", "load_file_data", "file_data_shape",
+__all__ = ["DataSpec", "parse_data_spec", "absolute_data_spec", "FILE_KINDS", "HELD_OUT_SHARE", "SPLIT_SEED", "load_file_data",
            "PointsSource", "draw_indices"]
 
 #: the prefixes of ``--dataset`` that name data of your own
@@ -114,12 +114,6 @@ def load_file_data(spec: DataSpec, image_size: int = 0, standardize: bool = True
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return data
-
-
-def file_data_shape(spec: DataSpec, image_size: int = 0, standardize: bool = True) -> tuple[int, ...]:
-    """The shape of one data point: ``(C, H, W)`` for a folder (channels from its files), ``(D,)`` for points."""
-    data = load_file_data(spec, image_size, standardize)
-    return tuple(data.train.shape) if spec.kind == "images" else (data.dim,)
 
 
 def draw_indices(n: int, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -35,10 +35,8 @@ class ImageData(DataKind):
 
     def shape(self) -> tuple[int, ...]:
         c = self.config
-        if self.spec is not None:
-            from anila_core.training.file_sources import file_data_shape
-
-            return file_data_shape(self.spec, c.image_size, c.standardize)
+        if self.spec is not None:  # the side and channels the folder's images share
+            return tuple(self._read_folder().train.shape)
         from anila_core.images.datasets import CHANNELS, DEFAULT_SIZES
 
         side = c.image_size or DEFAULT_SIZES[c.dataset]
@@ -47,15 +45,19 @@ class ImageData(DataKind):
     def load(self) -> None:
         c = self.config
         if self.spec is not None:
-            from anila_core.training.file_sources import load_file_data
-
-            data = load_file_data(self.spec, c.image_size, c.standardize)
+            data = self._read_folder()
             self.dataset, self.held_out, self._fingerprint = data.train, data.held_out, data.fingerprint
         else:
             from anila_core.images.datasets import load_dataset
 
             self.dataset = load_dataset(c.dataset, c.data_root or None, c.image_size or None,
                                         split=TRAIN_SPLITS[c.dataset])
+
+    def _read_folder(self):
+        """A folder's training and held-out images (read once per version of its files, see :func:`load_file_data`)."""
+        from anila_core.training.file_sources import load_file_data
+
+        return load_file_data(self.spec, self.config.image_size, self.config.standardize)
 
     def source(self, rank_seed: int, device: torch.device, chain_generator: torch.Generator):
         return ImageSource(self.dataset, rank_seed, device)

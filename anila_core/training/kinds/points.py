@@ -7,7 +7,7 @@ import torch
 
 from anila_core.sampling.distances import grid_log_probs, grid_tv
 from anila_core.sampling.sample_distances import kde_grid_log_probs, scaled_mmd, sliced_wasserstein
-from anila_core.training.file_sources import PointsSource, file_data_shape, load_file_data
+from anila_core.training.file_sources import PointsSource, load_file_data
 from anila_core.training.kinds.base import RUN_RECORDS, DataKind
 from anila_core.training.kinds.target import check_eval_samples
 
@@ -37,10 +37,14 @@ class PointsData(DataKind):
         self._reference_grid: torch.Tensor | None = None
 
     def shape(self) -> tuple[int, ...]:
-        return file_data_shape(self.spec, self.config.image_size, self.config.standardize)
+        return (self._read().dim,)
 
     def load(self) -> None:
-        self.dataset = load_file_data(self.spec, self.config.image_size, self.config.standardize)
+        self.dataset = self._read()
+
+    def _read(self):
+        """The file's points (read once per version of the file, see :func:`load_file_data`)."""
+        return load_file_data(self.spec, self.config.image_size, self.config.standardize)
 
     def source(self, rank_seed: int, device: torch.device, chain_generator: torch.Generator):
         return PointsSource(self.dataset, rank_seed, device)
