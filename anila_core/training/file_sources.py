@@ -1,4 +1,4 @@
-"""Data of your own (``images:FOLDER``, ``points:FILE``): the spec, loading once per version of the files, point batches.
+"""Data of your own (``images:FOLDER``, ``points:FILE``): the spec, loading once per version of its files, batches.
 
 A relative path is taken from the working directory and recorded absolute (``config.json``
 then names the same files wherever the run is resumed or loaded from).
