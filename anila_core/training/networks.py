@@ -31,12 +31,13 @@ class Networks:
     """One energy module seen two ways: the training view (DDP, compile) and the sampling view (never DDP), with their precision.
 
     Wrapping changes how a forward runs, never which parameters it uses: both views share
-    ``model``'s parameters.
+    ``model``'s parameters. ``eval_model`` is the module evaluations sample (the EMA when on,
+    else ``model``).
     """
 
-    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: torch.device, dist: distributed.DistInfo,
-                 channels_last: bool, joint_forward: bool):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, eval_model: torch.nn.Module, config: TrainConfig, device: torch.device,
+                 dist: distributed.DistInfo, channels_last: bool, joint_forward: bool):
+        self.model, self.eval_model = model, eval_model
         self.amp = config.amp == "bf16" and device.type == "cuda"
         if config.amp == "bf16" and not self.amp and dist.is_main:
             print(f"notice: amp='bf16' applies on CUDA only; this run on {device} computes in float32", file=sys.stderr)
@@ -66,9 +67,13 @@ class Networks:
                 return net(x).float()
         return net(x)
 
-    def sample_energy(self, x: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """E(x) as the sampler sees it, of ``model`` (default: the trained one) with the sampler's precision."""
-        net = self.sample_net if model is None or model is self.model else model
+    def sample_energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x) of the trained model as the sampler sees it (bf16 autocast with ``--amp bf16`` on CUDA; float32 result)."""
+        return self.forward(self.sample_net, x, self.amp_sampler)
+
+    def eval_energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x) of the evaluation model, with the sampler's precision (a method: compiled sampling caches by its owner)."""
+        net = self.sample_net if self.eval_model is self.model else self.eval_model
         return self.forward(net, x, self.amp_sampler)
 
     def training_energies(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

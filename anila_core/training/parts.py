@@ -26,12 +26,3 @@ class RunParts:
     nets: Networks
     device: torch.device
     dist: DistInfo
-
-    def energy(self, x: torch.Tensor) -> torch.Tensor:
-        """E(x) of the trained model as the sampler sees it (bf16 autocast with ``--amp bf16`` on CUDA; the result is
-        float32)."""
-        return self.nets.sample_energy(x)
-
-    def eval_energy(self, state, x: torch.Tensor) -> torch.Tensor:
-        """E(x) of ``state``'s evaluation model (the EMA when on), with the sampler's precision."""
-        return self.nets.sample_energy(x, state.eval_model())

@@ -98,7 +98,11 @@ class Trainer:
             optimizer=torch.optim.Adam(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2)),
             chains=Chains(c, shape, device, gen),
             source=kind.source(stream_seed(c.seed, dist.rank, DATA_STREAM), device, gen))
-        nets = Networks(model, c, device, dist, channels_last=kind.channels_last(), joint_forward=kind.joint_forward)
+        # the state's networks, held here too (the same objects, loaded in place, never replaced): sampling with
+        # fast="auto" finds the networks of an energy among the attributes of the object it is a method of
+        self.model, self.ema_model = self.state.model, self.state.ema_model
+        nets = Networks(model, self.state.eval_model(), c, device, dist, channels_last=kind.channels_last(),
+                        joint_forward=kind.joint_forward)
         self.parts = RunParts(c, kind, shape, build_sampler(c), nets, device, dist)
         self.guard = Guard()
         # compiled sampling transitions (anila_core.sampling.compiled), by default only where the run amortises the
@@ -246,11 +250,11 @@ class Trainer:
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """E(x) as the sampler sees it (bf16 autocast with ``--amp bf16`` on CUDA; the result is float32)."""
-        return self.parts.energy(x)
+        return self.nets.sample_energy(x)
 
     def eval_energy(self, x: torch.Tensor) -> torch.Tensor:
         """E(x) of the evaluation model (the EMA when on), with the sampler's precision."""
-        return self.parts.eval_energy(self.state, x)
+        return self.nets.eval_energy(x)
 
     def eval_model(self) -> torch.nn.Module:
         """The model the metrics and samples for evaluation use: the EMA when on, else the trained one."""
@@ -320,8 +324,8 @@ class Trainer:
 
     # read-through names for notebooks and callers: trainer.model is trainer.state.model, trainer.sampler is
     # trainer.parts.sampler (their fields are documented in TrainState, RunParts and DataKind)
-    model, ema_model, optimizer, chains, source, iteration, wall_s, history, rollbacks = _views(
-        "state", "model", "ema_model", "optimizer", "chains", "source", "iteration", "wall_s", "history", "rollbacks")
+    optimizer, chains, source, iteration, wall_s, history, rollbacks = _views(
+        "state", "optimizer", "chains", "source", "iteration", "wall_s", "history", "rollbacks")
     kind, sampler, nets, device, dist = _views("parts", "kind", "sampler", "nets", "device", "dist")
     target, dataset, held_out, scoring = _views("kind", "target", "dataset", "held_out", "scoring")
     data_shape = property(lambda self: self.parts.shape, doc="The shape of one data point: ``(d,)`` or ``(C, H, W)``.")

@@ -123,8 +123,8 @@ class ImageData(DataKind):
         model.eval()
         out = []
         for start in range(0, n, c.batch_size):
-            x = parts.sampler.sample(lambda y: parts.eval_energy(state, y), chains.noise(min(c.batch_size, n - start)),
-                                     c.n_steps, generator=gen, allow_nonfinite=True)
+            x = parts.sampler.sample(parts.nets.eval_energy, chains.noise(min(c.batch_size, n - start)), c.n_steps,
+                                     generator=gen, allow_nonfinite=True)
             out.append((x.clamp(-c.clamp, c.clamp) if c.clamp > 0 else x).float().cpu())
         model.train(was_training)
         return torch.cat(out)
@@ -152,7 +152,7 @@ class ImageData(DataKind):
         was_training = model.training
         model.eval()  # a look must not change the model: spectral norm's power iteration runs in training mode only
         try:
-            return per_pixel(parts.sampler, lambda y: parts.eval_energy(state, y), x)
+            return per_pixel(parts.sampler, parts.nets.eval_energy, x)
         finally:
             model.train(was_training)
 
