@@ -68,11 +68,11 @@ class Networks:
         return net(x)
 
     def sample_energy(self, x: torch.Tensor) -> torch.Tensor:
-        """E(x) of the trained model as the sampler sees it (bf16 autocast with ``--amp bf16`` on CUDA; float32 result)."""
+        """E(x) of the trained model as the sampler sees it (bf16 autocast with ``--amp bf16`` on CUDA; float32 out)."""
         return self.forward(self.sample_net, x, self.amp_sampler)
 
     def eval_energy(self, x: torch.Tensor) -> torch.Tensor:
-        """E(x) of the evaluation model, with the sampler's precision (a method: compiled sampling caches by its owner)."""
+        """E(x) of the evaluation model, with the sampler's precision (a method: compiled sampling caches by owner)."""
         net = self.sample_net if self.eval_model is self.model else self.eval_model
         return self.forward(net, x, self.amp_sampler)
 
