@@ -111,31 +111,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         c, t = run.config, run.trainer
         if args.resume:
             say(f"resuming {run.out} at iteration {t.iteration} of {c.iters}", flush=True)
-        if c.is_points:
-            what = f"{c.dataset} ({len(t.dataset.train)} points in {t.dataset.dim} dimensions, {len(t.dataset.held_out)} held out)"
-        else:
-            what = f"{c.dataset} ({'×'.join(map(str, t.data_shape))})" if c.is_image else c.target
+        what = t.kind.describe()
         where = f" on {info.world_size} processes" if info.enabled else ""
         say(f"training {c.sampler} on {what} for {c.iters} iterations{where} ({t.device}) -> {run.out}", flush=True)
         final = run.train()
     if not info.is_main:
         return 0
-    if c.is_image:
-        if final["fid"] is None:
-            scores = "FID/KID not computed (see the notice above)"
-        else:
-            scores = f"FID {final['fid']:.4g}, KID {final['kid']:.3g} on {final['fid_features']} features"
-            if final.get("coverage") is not None:
-                scores += f", class coverage {final['coverage']:.0%}"
-            scores += f"; best FID {final['best_fid']:.4g} at iteration {final['best_fid_iter']}"
-        print(f"done: {scores}, {final['wall_s']:.0f} s")
-    elif c.is_points:
-        kde = f", KDE grid TV {final['kde_grid_tv']:.4f}" if "kde_grid_tv" in final else ""
-        print(f"done: sliced Wasserstein {final['sliced_wasserstein']:.4f}, MMD² {final['mmd']:.4f}{kde} to the held-out points; "
-              f"best sliced Wasserstein {final['best_sliced_wasserstein']:.4f} at iteration {final['best_iter']}, {final['wall_s']:.0f} s")
-    else:
-        print(f"done: grid_tv {final['grid_tv']:.4f}, grid_kl {final['grid_kl']:.4f}, "
-              f"best grid_tv {final['best_grid_tv']:.4f} at iteration {final['best_iter']}, {final['wall_s']:.0f} s")
+    print(f"done: {t.kind.result_line(final)}")
     print(f"run directory: {run.out}")
     return 0
 
@@ -159,12 +141,11 @@ def _check_resume_settings(out: Path, preset_name: str | None, overrides: dict) 
         return
     if preset_name is not None:
         options = dict(overrides)
-        wanted = preset(preset_name, options.pop("sampler", "langevin"), **options).to_dict()
+        wanted = preset(preset_name, options.pop("sampler", "langevin"), **options).with_fixed_schedule(saved).to_dict()
         origin = {k: f"from --preset {preset_name}" for k in wanted if k not in overrides}
-        ignore = RESUMABLE_FIELDS + (() if wanted["lr_decay_iters"] else ("lr_decay_iters",))  # 0: fixed by the run when it started
     else:
-        wanted, origin, ignore = dict(overrides), {}, RESUMABLE_FIELDS
-    changed = changed_settings(saved, wanted, ignore=ignore)
+        wanted, origin = dict(overrides), {}
+    changed = changed_settings(saved, wanted)
     if not changed:
         return
     parts = "; ".join(f"{_flag(k)}: {saved[k]!r} in the run's config.json, {wanted[k]!r} {origin.get(k, 'given')}" for k in changed[:4])

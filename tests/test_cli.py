@@ -12,7 +12,7 @@ import torch
 from anila_core.cli import main
 from anila_core.fileio import read_jsonl
 from anila_core.training.config import preset
-from anila_core.training.runs import RUN_FILES
+from anila_core.training.kinds import RUN_FILES
 
 
 def run_cli(*args, cwd=None):

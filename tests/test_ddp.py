@@ -13,7 +13,8 @@ import torch.distributed as dist
 
 from anila_core.training.config import preset
 from anila_core.fileio import read_jsonl
-from anila_core.training.runs import CHECKPOINT, expected_files
+from anila_core.training.kinds import data_kind
+from anila_core.training.runs import CHECKPOINT
 from digits_judge import digits_data_root
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -93,7 +94,7 @@ def test_run_directories_are_complete(launched, name, dataset):
     base, _, _ = launched
     out = base / name
     config = preset("smoke", "anila", dataset=dataset)
-    for f in expected_files(config):
+    for f in data_kind(config).expected_files():
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert not list(out.glob(".*.tmp"))  # no torn writes left behind
     final = json.loads((out / "final.json").read_text())

@@ -229,11 +229,11 @@ def test_resume_on_another_kind_of_device_reseeds_the_chain_generator(tmp_path, 
     assert torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)["iteration"] == 20
 
     # deterministic: the same foreign state gives the same continued run
-    from anila_core.training.runs import _fit_generator_states
+    from anila_core.training.checkpoint_file import fit_generator_states
 
     a, b = {"generator": torch.arange(16, dtype=torch.uint8)}, {"generator": torch.arange(16, dtype=torch.uint8)}
-    assert _fit_generator_states(a, torch.device("cpu")) and _fit_generator_states(b, torch.device("cpu"))
+    assert fit_generator_states(a, torch.device("cpu")) and fit_generator_states(b, torch.device("cpu"))
     assert torch.equal(a["generator"], b["generator"])
     native = {"generator": torch.Generator().manual_seed(3).get_state()}
     kept = native["generator"].clone()
-    assert not _fit_generator_states(native, torch.device("cpu")) and torch.equal(native["generator"], kept)
+    assert not fit_generator_states(native, torch.device("cpu")) and torch.equal(native["generator"], kept)

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 import anila_core.images.metrics as image_metrics
-import anila_core.training.evaluation as evaluation_module
+import anila_core.training.kinds.images as image_kind_module
 from anila_core.cli import main
 from anila_core.training.config import IMAGE_PRESETS, PRESETS, TrainConfig, preset
 from anila_core.fileio import read_jsonl
 from anila_core.images.evaluation import ImageScorer, make_scorer, sample_from_noise, step_size_image
-from anila_core.training.runs import CHECKPOINT, IMAGE_RUN_FILES, Run, expected_files, image_summary
+from anila_core.training.kinds import IMAGE_RUN_FILES, data_kind
+from anila_core.training.runs import CHECKPOINT, Run
 from anila_core.sampling.samplers import AniLA, Langevin
-from anila_core.training.sources import ImageSource, stream_seed
+from anila_core.training.sources import ImageSource, reference_images, stream_seed
 from anila_core.training.trainer import Trainer
 from digits_judge import digits_data_root
 from image_fixtures import write_tiny_cifar10, write_tiny_flowers102
@@ -117,8 +118,8 @@ def test_image_source_draws_distinct_images_per_round_and_a_fixed_reference(data
     flat = ds.images.flatten(1)
     index = torch.cdist(x.flatten(1), flat).argmin(1)
     assert len(set(index[:40].tolist())) == 40  # the first round is a permutation
-    torch.testing.assert_close(source.reference(10, seed=1), source.reference(10, seed=1))
-    assert len(source.reference(1000, seed=1)) == len(ds)
+    torch.testing.assert_close(reference_images(ds, 10, seed=1), reference_images(ds, 10, seed=1))
+    assert len(reference_images(ds, 1000, seed=1)) == len(ds)
     # a different stream per rank and stream, rank 0's chains keep the plain seed
     assert stream_seed(7) == 7 and len({stream_seed(7, r, s) for r in range(4) for s in range(2)}) == 8
 
@@ -180,7 +181,7 @@ def test_digits_rows_hold_fid_kid_and_coverage_at_fid_points(data_root):
     for row in trainer.history:
         for key in ("loss", "energy_data", "energy_samples", "energy_gap", "grad_norm", "grad_rms", "clipped_share"):
             assert isinstance(row[key], float), key
-    final = image_summary(trainer)
+    final = trainer.summary()
     assert final["fid"] == by_iter[6]["fid"] and final["coverage"] == by_iter[6]["coverage"]
     assert final["best_fid"] == min(by_iter[4]["fid"], by_iter[6]["fid"]) and final["fid_features"] == "digits classifier"
 
@@ -203,7 +204,7 @@ def test_image_scorer_gives_the_numbers_of_fid_kid(data_root):
 
 def test_without_inception_the_run_goes_on_with_fid_null_and_one_notice(data_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(image_metrics, "torch_fidelity_available", lambda: False)
-    monkeypatch.setattr(evaluation_module, "_NOTICES_SHOWN", set())  # as in a fresh process
+    monkeypatch.setattr(image_kind_module, "_NOTICES_SHOWN", set())  # as in a fresh process
     out = tmp_path / "cifar"
     run = Run(out, tiny("cifar10", "anila", data_root, eval_every=2, fid_every=2, iters=4), progress=False)
     final = run.train()
@@ -213,7 +214,7 @@ def test_without_inception_the_run_goes_on_with_fid_null_and_one_notice(data_roo
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["fid"] for r in rows] == [None, None] and final["fid"] is None and final["kid"] is None
     assert json.loads((out / "final.json").read_text())["fid"] is None
-    for name in expected_files(run.config):
+    for name in data_kind(run.config).expected_files():
         assert (out / name).is_file(), name
     assert not (out / "fid.png").exists()  # no curve to draw
 
@@ -227,7 +228,7 @@ def test_cli_digits_smoke_writes_every_expected_file(data_root, tmp_path):
                  "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "digits" and config["sampler"] == "anila" and config["clamp"] == 1.0
-    names = set(expected_files(TrainConfig.from_dict(config))) | {"fid.png"}
+    names = set(data_kind(TrainConfig.from_dict(config)).expected_files()) | {"fid.png"}
     assert names >= set(IMAGE_RUN_FILES) | {"step_sizes.png"}
     for name in names:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from anila_core.training.config import preset  # noqa: E402
-from anila_core.ui.live import LivePlot, run_together, summarize  # noqa: E402
+from anila_core.ui.live import LivePlot, run_together  # noqa: E402
 from anila_core.ui.report import markdown_table  # noqa: E402
 from anila_core.training.runs import Run  # noqa: E402
 from anila_core.training.trainer import Trainer  # noqa: E402
@@ -86,11 +86,11 @@ def test_run_together_respects_each_trainers_own_evaluation_points():
     assert [r["iter"] for r in b.history] == [7, 14]
 
 
-def test_summarize_is_what_a_run_directory_writes(tmp_path):
+def test_the_summary_is_what_a_run_directory_writes(tmp_path):
     run = Run(tmp_path / "run", tiny("anila"), progress=False)
     final = run.train()
-    assert summarize(run.trainer) == final
-    table = markdown_table({"AniLA": summarize(run.trainer)})
+    assert run.trainer.summary() == final
+    table = markdown_table({"AniLA": run.trainer.summary()})
     assert "| AniLA |" in table and "b=0.05" in table
 
 
@@ -109,7 +109,7 @@ def test_bad_input_names_the_parameter(trainers):
     with pytest.raises(ValueError, match="iters"):
         run_together(trainers.values(), iters=0)
     with pytest.raises(ValueError, match="trainer: has no evaluation rows"):
-        summarize(trainers["AniLA"])
+        trainers["AniLA"].summary()
 
 
 def test_figure_not_shown_keeps_the_interactive_mode_a_backend_turns_on_inside():

@@ -30,7 +30,8 @@ from anila_core.sampling.sample_distances import kde_grid_log_probs, scaled_mmd,
 from anila_core.training.config import TrainConfig, preset
 from anila_core.training.file_sources import HELD_OUT_SHARE, load_file_data, parse_data_spec
 from anila_core.training.points_file import read_points
-from anila_core.training.runs import CHECKPOINT, Run, expected_files, load_trainer
+from anila_core.training.kinds import data_kind
+from anila_core.training.runs import CHECKPOINT, Run, load_trainer
 from anila_core.training.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
@@ -258,7 +259,7 @@ def test_a_2d_points_run_writes_the_rings_figures_and_sample_metrics(tmp_path, c
     assert code == 0
     assert "points:" in stdout and "192 points in 2 dimensions, 48 held out" in stdout and "sliced Wasserstein" in stdout
     config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-    assert set(expected_files(config)) == {p.name for p in out.iterdir()} - {".lock"}
+    assert set(data_kind(config).expected_files()) == {p.name for p in out.iterdir()} - {".lock"}
     assert {"data_density.png", "learned_density.png", "samples.png", "training.png"} <= {p.name for p in out.iterdir()}
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["iter"] for r in rows] == [10, 20, 30]

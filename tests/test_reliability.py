@@ -298,7 +298,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(trial, crash_r
 def _first_bad_iteration(config: TrainConfig, limit: int) -> int | None:
     """Train with the guard switched off and return the first iteration where a guarded quantity goes bad (an independent check)."""
     probe = Trainer(config, progress=False)
-    probe._guard = lambda stats, samples_finite: None
+    probe.guard.check_step = lambda state, config, stats, samples_finite: None
     for _ in range(limit):
         stats = probe.train_step()
         gap = float(stats["energy_data"] - stats["energy_samples"])

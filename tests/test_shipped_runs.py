@@ -13,11 +13,11 @@ import torch  # noqa: E402
 
 from anila_core import shipped  # noqa: E402
 from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, mmd  # noqa: E402
-from anila_core.training import runs  # noqa: E402
+from anila_core.training import kinds, runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: every file a shipped comparison folder may hold: what the CLI writes, nothing else (no lock, no temporaries)
-ALLOWED = set(runs.RUN_FILES) | set(runs.IMAGE_RUN_FILES) | {"fid.png", "step_sizes.png"}
+ALLOWED = set(kinds.RUN_FILES) | set(kinds.IMAGE_RUN_FILES) | {"fid.png", "step_sizes.png"}
 GROUP_FILES = {"comparison.png", "comparison.md", "fid.png"}
 # The README's promise for a shipped run re-evaluated on another CPU: its metrics agree with its
 # final.json (written on the CPU that trained it) to the digits the README's tables print. The
@@ -36,7 +36,7 @@ def test_the_shipped_runs_are_there_complete_and_small():
         for folder in shipped.run_folders(group).values():
             names = {p.name for p in folder.iterdir()}
             config = runs.TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
-            assert set(runs.expected_files(config)) <= names <= ALLOWED, folder
+            assert set(kinds.data_kind(config).expected_files()) <= names <= ALLOWED, folder
         total += sum(p.stat().st_size for p in group.rglob("*") if p.is_file())
     assert total < 5e6, f"shipped runs take {total / 1e6:.1f} MB; keep them to a few MB"
 

@@ -116,14 +116,13 @@ def test_the_product_formula_holds_for_a_separable_energy_and_misses_a_non_separ
 def test_every_rings_run_reports_both_densities():
     """exp(−E) and the density its sampler draws at small step: the same for Langevin, different for an AniLA that clips."""
     from anila_core.training.config import preset
-    from anila_core.training.runs import target_summary
     from anila_core.training.trainer import Trainer
 
     finals = {}
     for name in ("langevin", "anila"):
         trainer = Trainer(preset("smoke", name, device="cpu", iters=10, eval_every=10, b=0.05), progress=False)
         trainer.run()
-        finals[name] = target_summary(trainer)
+        finals[name] = trainer.summary()
         assert "sampler_grid_tv" in trainer.history[-1] and "sampler_grid_kl" in trainer.history[-1]
     assert finals["langevin"]["sampler_grid_tv"] == pytest.approx(finals["langevin"]["grid_tv"], abs=1e-9)
     assert abs(finals["anila"]["sampler_grid_tv"] - finals["anila"]["grid_tv"]) > 1e-3

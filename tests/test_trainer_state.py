@@ -17,7 +17,8 @@ from anila_core.training.chains import ChainState
 from anila_core.training.config import preset
 from anila_core.training.guard import TrainingDiverged
 from anila_core.training.runs import CHECKPOINT, Run, load_trainer
-from anila_core.training.state import expected_data_shape, validate_checkpoint
+from anila_core.training.checkpoint_checks import validate_checkpoint
+from anila_core.training.kinds import data_kind
 from anila_core.training.trainer import Trainer
 
 PACKAGE = Path(anila_core.__file__).parent
@@ -117,7 +118,7 @@ def test_a_corrupted_checkpoint_is_refused_with_what_and_what_was_expected(good_
     message = str(err.value)
     assert what in message and expected in message, message
     # raised by the check itself, not by torch failing somewhere deeper
-    assert Path(traceback.extract_tb(err.tb)[-1].filename).name == "state.py"
+    assert Path(traceback.extract_tb(err.tb)[-1].filename).name == "checkpoint_checks.py"
     # Trainer.load_state_dict checks first: the refused state changes nothing
     trainer = Trainer(CONFIG, progress=False)
     before = [p.detach().clone() for p in trainer.model.parameters()]
@@ -149,7 +150,10 @@ def test_resuming_a_corrupted_run_is_refused_before_any_file_changes(tmp_path, g
 
 def test_the_data_shape_known_without_data_is_the_trainers():
     for config in (smoke(), preset("smoke", "anila", dataset="digits", device="cpu")):
-        assert expected_data_shape(config) == Trainer(config, progress=False).data_shape
+        trainer = Trainer(config, progress=False)
+        assert data_kind(config).shape() == trainer.data_shape
+        if trainer.dataset is not None:  # the shape known without the data is the loaded images'
+            assert tuple(trainer.dataset.shape) == trainer.data_shape
 
 
 # --------------------------------------------------------------------------- divergence

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, fields
 
@@ -53,8 +54,9 @@ class Chains:
         state = sampler.init(energy_fn, x0, allow_nonfinite=True)
         if self.buffer is not None and self.sampler_state:
             kept = self._kept
-            state.extra = {k: torch.where(kept.view(-1, *[1] * (v.ndim - 1)), self.sampler_state[k][self._index], v)
-                           for k, v in state.extra.items()}
+            carried = {k: torch.where(kept.view(-1, *[1] * (v.ndim - 1)), self.sampler_state[k][self._index], v)
+                       for k, v in state.extra.items()}
+            state = dataclasses.replace(state, extra=carried)
         return state
 
     def finish(self, x: torch.Tensor, sampler_state: dict[str, torch.Tensor]) -> None:

@@ -7,8 +7,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from anila_core.images.convnets import IMAGE_SIZES
-from anila_core.images.datasets import DATASETS, SIZES
+from anila_core.images.datasets import DATASETS
 from anila_core.sampling.compile_rule import AUTO_MIN_TRANSITIONS, FAST_CHOICES
 from anila_core.sampling.registry import SAMPLERS
 from anila_core.nets import ACTIVATIONS
@@ -220,14 +219,12 @@ class TrainConfig:
             raise ValueError(f"global_moves: needs init='gaussian' (its proposal is the Gaussian start), got init={self.init!r}")
         if self.chains == "buffer" and self.buffer_size < self.batch_size:
             raise ValueError(f"buffer_size: expected at least batch_size ({self.batch_size}), got {self.buffer_size}")
-        if not self.is_image and self.chains == "buffer" and self.eval_samples > self.buffer_size:
-            raise ValueError(f"eval_samples: expected at most buffer_size ({self.buffer_size}): the evaluation measures the "
-                             f"buffer's chains, got {self.eval_samples!r}")
         if self.fid_samples < 2:
             raise ValueError(f"fid_samples: expected an integer >= 2 (FID needs a covariance), got {self.fid_samples!r}")
-        sizes = IMAGE_SIZES if self.data_spec is not None else SIZES.get(self.dataset)
-        if self.is_image and self.image_size != 0 and self.image_size not in sizes:
-            raise ValueError(f"image_size: expected 0 (the dataset's own) or one of {sizes} for {self.dataset}, got {self.image_size!r}")
+        # the kinds are built from a configuration: imported here, once the configuration module is loaded
+        from anila_core.training.kinds import data_kind
+
+        data_kind(self).check()
         check_energy_spec(self.energy)
         return self
 
@@ -251,6 +248,24 @@ class TrainConfig:
         """What the run learns, fit for a folder name: the dataset's or the 2-D target's name, ``points-moons`` for ``points:moons.csv``."""
         spec = self.data_spec
         return spec.name if spec is not None else (self.dataset or self.target)
+
+    def with_fixed_schedule(self, started: dict | None = None) -> "TrainConfig":
+        """This configuration with ``lr_decay_iters = 0`` settled: the value fixed by the run ``started``, else ``iters``.
+
+        0 means "the run's iters", fixed once when the run starts and stored in its config.json,
+        so that a resumed, longer run keeps the schedule it started with.
+        """
+        if self.lr_decay_iters:
+            return self
+        fixed = started.get("lr_decay_iters") if started else None
+        return self.replace(lr_decay_iters=fixed if fixed is not None else self.iters)
+
+    def scheduled_lr(self, iteration: int) -> float:
+        """The learning rate of the step after ``iteration`` steps: ``lr``, or cosine-decayed to ``lr_min`` × ``lr``."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        progress = min(iteration / self.with_fixed_schedule().lr_decay_iters, 1.0)
+        return self.lr * (self.lr_min + (1 - self.lr_min) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def replace(self, **changes: Any) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in fields(self)}

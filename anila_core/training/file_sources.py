@@ -1,4 +1,4 @@
-"""Data of your own, ``--dataset images:FOLDER`` or ``points:FILE``: the spec, loading (once per version of the files), the shape of a data point, and the points' batch stream.
+"""Data of your own (``images:FOLDER``, ``points:FILE``): the spec, loading once per version of its files, batches.
 
 A relative path is taken from the working directory and recorded absolute (``config.json``
 then names the same files wherever the run is resumed or loaded from).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DataSpec", "parse_data_spec", "absolute_data_spec", "FILE_KINDS", "HELD_OUT_SHARE", "SPLIT_SEED", "load_file_data", "file_data_shape",
+__all__ = ["DataSpec", "parse_data_spec", "absolute_data_spec", "FILE_KINDS", "HELD_OUT_SHARE", "SPLIT_SEED", "load_file_data",
            "PointsSource", "draw_indices"]
 
 #: the prefixes of ``--dataset`` that name data of your own
@@ -116,12 +116,6 @@ def load_file_data(spec: DataSpec, image_size: int = 0, standardize: bool = True
     return data
 
 
-def file_data_shape(spec: DataSpec, image_size: int = 0, standardize: bool = True) -> tuple[int, ...]:
-    """The shape of one data point: ``(C, H, W)`` for a folder (channels from its files), ``(D,)`` for points."""
-    data = load_file_data(spec, image_size, standardize)
-    return tuple(data.train.shape) if spec.kind == "images" else (data.dim,)
-
-
 def draw_indices(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` indices into ``size`` items, distinct within each round of ``size`` (a batch larger than the data takes several rounds)."""
     parts, left = [], n
@@ -140,8 +134,6 @@ class PointsSource:
         self.shape = (points.dim,)
         self.train = points.train.to(device)
         self.gen = torch.Generator().manual_seed(seed)
-        #: the held-out points' density on the grid (2-D only), computed at the first evaluation: the data do not change
-        self.reference_grid: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -149,10 +141,6 @@ class PointsSource:
     def sample(self, n: int, device: torch.device | None = None) -> torch.Tensor:
         x = self.train[draw_indices(n, len(self.train), self.gen).to(self.train.device)]
         return x if device is None else x.to(device)
-
-    def reference(self, n: int) -> torch.Tensor:
-        """The first ``min(n, N_held_out)`` held-out points (CPU): already in a seeded random order, the same at every evaluation."""
-        return self.points.held_out[:n]
 
     def state_dict(self) -> dict:
         return {"generator": self.gen.get_state()}

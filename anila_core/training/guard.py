@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 
 from anila_core.notices import notice
-from anila_core.training.state import restore, snapshot
+from anila_core.training.config import TrainConfig
+from anila_core.training.state import TrainState
 
-__all__ = ["TrainingDiverged", "Guard", "step_problem", "parameters_finite", "optimizer_overflow", "roll_back"]
+__all__ = ["TrainingDiverged", "Guard", "step_problem", "parameters_finite", "optimizer_overflow"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,9 +62,9 @@ def step_problem(stats: dict, samples_finite: torch.Tensor, params_finite: torch
 class Guard:
     """What a run knows about divergence: the last checkpoint with finite parameters, and a finite state to roll back to.
 
-    ``good_state`` is an in-memory copy (see :func:`anila_core.training.state.snapshot`) taken
-    at the start of ``Trainer.run`` and at each checkpoint, only while the parameters are
-    finite; so a rollback never returns to a broken state, and the error never names one.
+    ``good_state`` is an in-memory copy (:meth:`TrainState.snapshot`) taken at the start of
+    ``Trainer.run`` and at each checkpoint, only while the parameters are finite; so a
+    rollback never returns to a broken state, and the error never names one.
     """
 
     def __init__(self):
@@ -75,10 +76,10 @@ class Guard:
         if parameters_finite(*models):
             self.last_good_checkpoint = (iteration, Path(path))
 
-    def keep_state_of(self, trainer) -> None:
-        """Copy ``trainer``'s state as the one a rollback returns to, if its parameters (the EMA's too) are finite."""
-        if parameters_finite(trainer.model, trainer.ema_model):
-            self.good_state = snapshot(trainer)
+    def keep(self, state: TrainState) -> None:
+        """Copy ``state`` as the one a rollback returns to, if its parameters (the EMA's too) are finite."""
+        if parameters_finite(state.model, state.ema_model):
+            self.good_state = state.snapshot()
 
     def error(self, iteration: int, what: str) -> TrainingDiverged:
         """The exception for a divergence at ``iteration``: what went wrong and the last good checkpoint, if any."""
@@ -89,26 +90,39 @@ class Guard:
             where = f"the last good checkpoint is {path} (iteration {at})"
         return TrainingDiverged(f"training diverged at iteration {iteration}: {what}; {where}", iteration, what)
 
+    def check_parameters(self, state: TrainState) -> None:
+        """Raise :class:`TrainingDiverged` if any parameter is NaN or infinite."""
+        if not parameters_finite(state.model):
+            raise self.error(state.iteration, "the parameters are not finite")
 
-def roll_back(trainer, err: TrainingDiverged) -> dict:
-    """Return ``trainer`` to its guard's last finite state with half the learning rate, and say so; return the record.
+    def check_step(self, state: TrainState, config: TrainConfig, stats: dict, samples_finite: torch.Tensor) -> None:
+        """Stop at the first non-finite or exploding quantity of the step just taken; never continue silently."""
+        params_finite = torch.stack([torch.isfinite(p).all() for p in state.model.parameters()]).all()
+        lr = state.learning_rate(config, state.iteration - 1)
+        what = step_problem(stats, samples_finite, params_finite, config.max_energy_gap, lr)
+        if what is not None:
+            raise self.error(state.iteration, what)
 
-    Raises ``err``, extended with the reason, when there is no finite state to return to or
-    ``max_rollbacks`` rollbacks were already spent.
-    """
-    c, good = trainer.config, trainer.guard.good_state
-    if good is None:
-        raise TrainingDiverged(f"{err}; there is no state with finite parameters to roll back to", err.iteration, err.cause) from None
-    if len(trainer.rollbacks) >= c.max_rollbacks:
-        raise TrainingDiverged(f"{err}; gave up after {len(trainer.rollbacks)} rollback(s) (max_rollbacks = {c.max_rollbacks}; "
-                               f"the learning rate was {trainer.lr_factor:g} × lr)", err.iteration, err.cause) from None
-    restore(trainer, good)
-    trainer.lr_factor *= 0.5
-    record = {"iter": err.iteration, "cause": err.cause or str(err), "restored_iter": trainer.iteration,
-              "lr_factor": trainer.lr_factor, "lr": trainer.learning_rate(trainer.iteration)}
-    trainer.rollbacks.append(record)
-    if trainer.dist.is_main:
-        notice(f"warning: rollback at iteration {record['iter']}: {record['cause']}; back to the state of iteration "
-              f"{trainer.iteration}, learning rate now {record['lr']:.3g} (rollback {len(trainer.rollbacks)} of at most "
-              f"{c.max_rollbacks})")
-    return record
+    def roll_back(self, state: TrainState, config: TrainConfig, err: TrainingDiverged, say: bool) -> dict:
+        """Return ``state`` to the last finite state at half the learning rate, (``say``) say so, and return the record.
+
+        Raises ``err``, extended with the reason, when there is no finite state to return to or
+        ``max_rollbacks`` rollbacks were already spent.
+        """
+        if self.good_state is None:
+            raise TrainingDiverged(f"{err}; there is no state with finite parameters to roll back to", err.iteration,
+                                   err.cause) from None
+        if len(state.rollbacks) >= config.max_rollbacks:
+            raise TrainingDiverged(f"{err}; gave up after {len(state.rollbacks)} rollback(s) (max_rollbacks = "
+                                   f"{config.max_rollbacks}; the learning rate was {state.lr_factor:g} × lr)",
+                                   err.iteration, err.cause) from None
+        state.restore(self.good_state)
+        # halving is exact in floating point: the recorded lr is the one the next step takes
+        record = {"iter": err.iteration, "cause": err.cause or str(err), "restored_iter": state.iteration,
+                  "lr_factor": state.lr_factor * 0.5, "lr": state.learning_rate(config, state.iteration) * 0.5}
+        state.rolled_back(record)
+        if say:
+            notice(f"warning: rollback at iteration {record['iter']}: {record['cause']}; back to the state of "
+                   f"iteration {state.iteration}, learning rate now {record['lr']:.3g} "
+                   f"(rollback {len(state.rollbacks)} of at most {config.max_rollbacks})")
+        return record

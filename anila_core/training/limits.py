@@ -7,28 +7,11 @@ import os
 
 from anila_core.failures import OutOfMemory
 from anila_core.training.config import TrainConfig
+from anila_core.training.kinds import data_kind
 
-__all__ = ["data_shape", "memory_needs", "available_memory", "check_memory", "out_of_memory"]
+__all__ = ["memory_needs", "available_memory", "check_memory", "out_of_memory"]
 
-_FLOAT = 4  # bytes of a float32: chains, activations and weights
-_DOUBLE = 8  # the MMD's kernel matrices are float64
-_CHANNELS = {"digits": 1, "cifar10": 3, "flowers": 3}
-
-
-def data_shape(config: TrainConfig) -> tuple[int, ...]:
-    """The shape of one data point, from the configuration alone (no dataset is read, but the files of data of your own)."""
-    if config.data_spec is not None:
-        from anila_core.training.state import expected_data_shape
-
-        return expected_data_shape(config)
-    if config.is_image:
-        from anila_core.images.datasets import DEFAULT_SIZES
-
-        side = config.image_size or DEFAULT_SIZES[config.dataset]
-        return (_CHANNELS[config.dataset], side, side)
-    from anila_core.sampling.targets import make_target
-
-    return (make_target(config.target).dim,)
+_FLOAT = 4  # bytes of a float32: the chains
 
 
 def memory_needs(config: TrainConfig) -> dict[str, tuple[int, str]]:
@@ -39,25 +22,13 @@ def memory_needs(config: TrainConfig) -> dict[str, tuple[int, str]]:
     so a refusal never turns away a run that would have fit.
     """
     c = config
-    values = math.prod(data_shape(c))
+    kind = data_kind(c)
+    shape = kind.shape()
     needs: dict[str, tuple[int, str]] = {}
     if c.chains == "buffer":
+        values = math.prod(shape)
         needs["--buffer-size"] = (c.buffer_size * values * _FLOAT, f"chains: buffer_size {c.buffer_size} × {values} values × 4 bytes")
-    # a network of your own: its sizes are not the configuration's, so none of the network's terms is certain
-    if c.is_image and not c.energy:
-        side = data_shape(c)[-1]
-        needs["--batch-size"] = (c.batch_size * c.conv_width * side * side * _FLOAT,
-                                 f"first convolution's output: batch_size {c.batch_size} × conv_width {c.conv_width} × {side}×{side} × 4 bytes")
-        needs["--conv-width"] = (4 * 9 * c.conv_width * c.conv_width * _FLOAT, f"weights: conv_width {c.conv_width}² × 3×3 × 4 copies × 4 bytes")
-    elif not c.is_image and not c.energy:
-        needs["--batch-size"] = (c.batch_size * c.width * c.depth * _FLOAT,
-                                 f"activations: batch_size {c.batch_size} × width {c.width} × depth {c.depth} × 4 bytes")
-        layers = max(c.depth - 1, 1)
-        needs["--width"] = (4 * c.width * c.width * layers * _FLOAT,
-                            f"weights: width {c.width}² × {layers} hidden-to-hidden layer{'s' if layers > 1 else ''} × 4 copies × 4 bytes")
-    if not c.is_image:
-        n = min(c.eval_samples, c.buffer_size) if c.chains == "buffer" else c.eval_samples
-        needs["--eval-samples"] = (3 * n * n * _DOUBLE, f"the MMD's 3 kernel matrices: {n}² × 8 bytes")
+    needs.update(kind.memory_needs(shape))  # the network's activations and weights, the metrics' matrices
     return needs
 
 

@@ -6,7 +6,6 @@ import sys
 
 import torch
 
-from anila_core.nets import MLPEnergy
 from anila_core.training import distributed
 from anila_core.training.config import TrainConfig
 
@@ -15,36 +14,36 @@ __all__ = ["build_energy", "Networks"]
 
 def build_energy(config: TrainConfig, data_shape: tuple[int, ...], energy: torch.nn.Module | None = None) -> torch.nn.Module:
     """The energy network: ``energy`` when given (a module of your own, in memory), the one ``config.energy`` names
-    (:mod:`anila_core.training.user_energy`), else an MLP for points ``(d,)`` or the ConvNet of
-    :mod:`anila_core.images.convnets` for images ``(C, H, W)``."""
+    (:mod:`anila_core.training.user_energy`), else the built-in one of the data's kind (an MLP for points ``(d,)``,
+    the ConvNet of :mod:`anila_core.images.convnets` for images ``(C, H, W)``)."""
     if energy is not None:
         return energy
     if config.energy:
         from anila_core.training.user_energy import load_energy
 
         return load_energy(config.energy, data_shape)
-    if config.is_image:
-        from anila_core.images.convnets import make_convnet
+    from anila_core.training.kinds import data_kind
 
-        return make_convnet(data_shape, config.conv_width, config.conv_activation, config.spectral_norm)
-    return MLPEnergy(data_shape[0], config.width, config.depth, config.activation)
+    return data_kind(config).network(data_shape)
 
 
 class Networks:
     """One energy module seen two ways: the training view (DDP, compile) and the sampling view (never DDP), with their precision.
 
     Wrapping changes how a forward runs, never which parameters it uses: both views share
-    ``model``'s parameters.
+    ``model``'s parameters. ``eval_model`` is the module evaluations sample (the EMA when on,
+    else ``model``).
     """
 
-    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: torch.device, dist: distributed.DistInfo):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, eval_model: torch.nn.Module, config: TrainConfig, device: torch.device,
+                 dist: distributed.DistInfo, channels_last: bool, joint_forward: bool):
+        self.model, self.eval_model = model, eval_model
         self.amp = config.amp == "bf16" and device.type == "cuda"
         if config.amp == "bf16" and not self.amp and dist.is_main:
             print(f"notice: amp='bf16' applies on CUDA only; this run on {device} computes in float32", file=sys.stderr)
         # bf16 energies are too coarse for a Metropolis test's energy differences: sample in float32 then
         self.amp_sampler = self.amp and not config.metropolis
-        self.channels_last = config.channels_last and config.is_image
+        self.channels_last = channels_last
         train_net = model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -55,10 +54,9 @@ class Networks:
             train_net = torch.compile(train_net)
             sample_net = train_net if not dist.enabled else torch.compile(model)
         self.train_net, self.sample_net = train_net, sample_net
-        # One forward over data and samples together: DDP expects one forward per backward,
-        # and spectral norm's power iteration then runs once per step. The 2-D loop keeps its
-        # two forwards, so its results are bit for bit those of earlier versions.
-        self.joint_forward = config.is_image or dist.enabled
+        # One forward over data and samples together where the data's kind asks for it (see DataKind.joint_forward), and
+        # under DDP, which expects one forward per backward
+        self.joint_forward = joint_forward or dist.enabled
 
     def forward(self, net, x: torch.Tensor, amp: bool) -> torch.Tensor:
         """``net(x)`` in the run's memory layout, under bf16 autocast when ``amp`` (the result is float32)."""
@@ -69,9 +67,13 @@ class Networks:
                 return net(x).float()
         return net(x)
 
-    def sample_energy(self, x: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """E(x) as the sampler sees it, of ``model`` (default: the trained one) with the sampler's precision."""
-        net = self.sample_net if model is None or model is self.model else model
+    def sample_energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x) of the trained model as the sampler sees it (bf16 autocast with ``--amp bf16`` on CUDA; float32 out)."""
+        return self.forward(self.sample_net, x, self.amp_sampler)
+
+    def eval_energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x) of the evaluation model, with the sampler's precision (a method: compiled sampling caches by owner)."""
+        net = self.sample_net if self.eval_model is self.model else self.eval_model
         return self.forward(net, x, self.amp_sampler)
 
     def training_energies(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import pickle
-import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -20,26 +16,17 @@ from anila_core.device import resolve_device
 from anila_core.training import distributed
 from anila_core.training.config import TrainConfig, changed_settings, describe_changes
 from anila_core.fileio import (LOCK_FILE, FolderBusy, FolderLock, append_jsonl, atomic_torch_save, atomic_write_json, busy_error,
-                               check_regular, lock_holder, make_folder, read_json_file, read_jsonl, remove_made_folders, write_jsonl)
+                               check_regular, lock_holder, make_folder, read_json_file, remove_made_folders,
+                               write_jsonl)
 from anila_core.training.limits import check_memory, out_of_memory
-from anila_core.training.state import validate_checkpoint
+from anila_core.training.checkpoint_checks import validate_checkpoint
+from anila_core.training.checkpoint_file import fit_generator_states, load_checkpoint
+from anila_core.training.kinds import CHECKPOINT, KNOWN_RUN_FILES
 from anila_core.training.trainer import Trainer
 from anila_core.training.user_energy import (energy_for_run, given_energy_spec, module_inside, require_module, supplied_energy,
                                              user_code_failure)
 
-__all__ = ["Run", "CHECKPOINT", "load_trainer", "load_checkpoint", "RUN_FILES", "IMAGE_RUN_FILES", "POINTS_RUN_FILES", "target_summary",
-           "image_summary", "points_summary", "expected_files", "remove_stale_temporaries"]
-
-CHECKPOINT = "checkpoint.pt"
-RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "true_density.png", "learned_density.png", "samples.png", "training.png")
-#: what every image run writes; ``fid.png`` joins when FID was computed, ``step_sizes.png`` for AniLA
-IMAGE_RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "samples.png", "training.png")
-#: what a run on points of a file writes: ``data_density.png`` and ``learned_density.png`` in 2-D, ``projections.png`` above
-POINTS_RUN_FILES = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT, "samples.png", "training.png")
-_POINTS_2D_FIGURES = ("data_density.png", "learned_density.png")
-#: every name a run writes in its folder
-_KNOWN_FILES = (frozenset(RUN_FILES) | frozenset(IMAGE_RUN_FILES) | frozenset(POINTS_RUN_FILES) | frozenset(_POINTS_2D_FIGURES)
-                | {"fid.png", "step_sizes.png", "projections.png"})
+__all__ = ["Run", "CHECKPOINT", "load_trainer", "remove_stale_temporaries"]
 
 
 class Run:
@@ -136,7 +123,7 @@ class Run:
             if problem:
                 raise ValueError(problem)
             if restart:
-                for name in _KNOWN_FILES:  # what the stopped run wrote before its first checkpoint; it starts again
+                for name in KNOWN_RUN_FILES:  # what the stopped run wrote before its first checkpoint; it starts again
                     (self.out / name).unlink(missing_ok=True)
             remove_stale_temporaries(self.out)
             self._started = True
@@ -179,7 +166,7 @@ class Run:
             return None
         if CHECKPOINT in names:
             return f"out_dir: {self.out} has a checkpoint now; resume it with resume=True"
-        unknown = sorted(names - _KNOWN_FILES)
+        unknown = sorted(names - KNOWN_RUN_FILES)
         if unknown:
             return (f"out_dir: {self.out} holds files no run wrote ({', '.join(unknown[:3])}); expected the folder of a run "
                     "stopped before its first checkpoint, which then starts again; move those files or choose another folder")
@@ -191,7 +178,7 @@ class Run:
                 f"{config_path}: not a valid run configuration ({err}); expected the config.json a run wrote"
         except (OSError, TypeError, AttributeError) as err:
             return f"{config_path}: not a valid run configuration ({err}); expected the config.json a run wrote"
-        wanted = restart.replace(lr_decay_iters=restart.lr_decay_iters or restart.iters).to_dict()
+        wanted = restart.with_fixed_schedule().to_dict()
         differ = changed_settings(saved, wanted)
         if differ:
             return (f"out_dir: {self.out} holds a run made with other settings ({describe_changes(differ, saved, wanted, 'there', 'now')}); "
@@ -320,24 +307,9 @@ class Run:
 
     def finish(self) -> dict:
         """Write ``final.json`` and the figures from the current state."""
-        from anila_core.ui.report import save_image_run_figures, save_run_figures
-
         self._hold()
-        t = self.trainer
-        if t.config.is_image:
-            final = image_summary(t)
-            save_image_run_figures(t, self.out)
-            self._write_final(final)
-            return final
-        if t.config.is_points:
-            from anila_core.ui.points_report import save_points_run_figures
-
-            final = points_summary(t)
-            save_points_run_figures(t, self.out)
-            self._write_final(final)
-            return final
-        final = target_summary(t)
-        save_run_figures(t, self.out)
+        final = self.trainer.summary()
+        self.trainer.kind.save_figures(self.trainer, self.out)
         self._write_final(final)
         return final
 
@@ -356,120 +328,6 @@ def _build_trainer(config: TrainConfig, progress: bool, energy: torch.nn.Module 
         raise out_of_memory(err, config, "while building the trainer") from None
 
 
-def _evaluated(trainer: Trainer) -> Trainer:
-    """``trainer``, if it has evaluation rows to summarise; else ``ValueError`` saying how to get them."""
-    if not trainer.history:
-        raise ValueError("trainer: has no evaluation rows yet; train it (or load a run) first")
-    return trainer
-
-
-def target_summary(trainer: Trainer) -> dict:
-    """``final.json`` of a 2-D run (also for an in-memory trainer): the last grid TV, grid KL and MMD, the best grid TV and when."""
-    t = _evaluated(trainer)
-    last = t.history[-1]
-    best = min(t.history, key=lambda r: r["grid_tv"])
-    extra = {k: last[k] for k in ("sampler_grid_tv", "sampler_grid_kl", "clipped_share", "global_accept") if k in last}
-    return {
-        "sampler": t.config.sampler,
-        "target": t.config.target,
-        "seed": t.config.seed,
-        "iters": t.iteration,
-        "wall_s": round(t.wall_s, 2),
-        "grid_tv": last["grid_tv"],
-        "grid_kl": last["grid_kl"],
-        "mmd": last["mmd"],
-        "best_grid_tv": best["grid_tv"],
-        "best_iter": best["iter"],
-        "rollbacks": t.rollbacks,
-        **extra,
-        "config": t.config.to_dict(),
-    }
-
-
-def image_summary(trainer: Trainer) -> dict:
-    """``final.json`` of an image run (also for an in-memory trainer): the last FID/KID, the best FID and when, coverage for digits.
-
-    ``fid`` and ``kid`` are ``None`` when the run could not compute them (Inception
-    unavailable); ``fid_features`` names the features the numbers come from.
-    """
-    from anila_core.images.evaluation import FEATURES
-
-    t = _evaluated(trainer)
-    last = t.history[-1]
-    last_scored = next((r for r in reversed(t.history) if "fid" in r), {})
-    # a folder's rows name their features, which may change when a run resumes elsewhere: the best is among the last ones'
-    features = last_scored.get("fid_features") or FEATURES.get(t.config.dataset)
-    scored = [r for r in t.history if r.get("fid") is not None and r.get("fid_features", features) == features]
-    best = min(scored, key=lambda r: r["fid"]) if scored else None
-    final = {
-        "sampler": t.config.sampler,
-        "dataset": t.config.dataset,
-        "image_shape": list(t.data_shape),
-        "seed": t.config.seed,
-        "iters": t.iteration,
-        "wall_s": round(t.wall_s, 2),
-        "fid": last_scored.get("fid"),
-        "kid": last_scored.get("kid"),
-        "kid_std": last_scored.get("kid_std"),
-        "fid_iter": last_scored.get("iter"),
-        "fid_features": features if last_scored.get("fid") is not None else None,
-        "fid_samples": t.config.fid_samples,
-        "best_fid": None if best is None else best["fid"],
-        "best_fid_iter": None if best is None else best["iter"],
-        "energy_gap": last["energy_gap"],
-        "rollbacks": t.rollbacks,
-        "config": t.config.to_dict(),
-    }
-    if t.config.dataset == "digits":
-        final.update(coverage=last_scored.get("coverage"), class_entropy=last_scored.get("class_entropy"),
-                     class_histogram=last_scored.get("class_histogram"))
-    if "clipped_share" in last:
-        final["clipped_share"] = last["clipped_share"]
-    return final
-
-
-def points_summary(trainer: Trainer) -> dict:
-    """``final.json`` of a run on points of a file: the last MMD², sliced Wasserstein and (2-D) KDE grid TV, the best sliced Wasserstein, the data's units."""
-    t = _evaluated(trainer)
-    last = t.history[-1]
-    best = min(t.history, key=lambda r: r["sliced_wasserstein"])
-    points = t.dataset
-    extra = {k: last[k] for k in ("kde_grid_tv", "clipped_share", "acceptance", "global_accept") if k in last}
-    return {
-        "sampler": t.config.sampler,
-        "dataset": t.config.dataset,
-        "dim": points.dim,
-        "n_train": len(points.train),
-        "n_held_out": len(points.held_out),
-        # a model point z is mean + scale · z in the file's units
-        "units": {"mean": list(points.mean), "scale": points.scale, "standardized": t.config.standardize},
-        "data_sha256": points.fingerprint,
-        "seed": t.config.seed,
-        "iters": t.iteration,
-        "wall_s": round(t.wall_s, 2),
-        "mmd": last["mmd"],
-        "sliced_wasserstein": last["sliced_wasserstein"],
-        "best_sliced_wasserstein": best["sliced_wasserstein"],
-        "best_iter": best["iter"],
-        "energy_gap": last["energy_gap"],
-        "rollbacks": t.rollbacks,
-        **extra,
-        "config": t.config.to_dict(),
-    }
-
-
-def expected_files(config: TrainConfig) -> tuple[str, ...]:
-    """The files a finished run with ``config`` leaves in its folder (FID's figure only when FID could be computed)."""
-    if config.is_points:
-        from anila_core.training.state import expected_data_shape
-
-        figures = _POINTS_2D_FIGURES if expected_data_shape(config) == (2,) else ("projections.png",)
-        return POINTS_RUN_FILES + figures
-    if not config.is_image:
-        return RUN_FILES
-    return IMAGE_RUN_FILES + (("step_sizes.png",) if config.sampler == "anila" else ())
-
-
 def remove_stale_temporaries(out: str | Path) -> list[Path]:
     """Delete the temporary files a killed writer left in a run directory (``.NAME.XXXXXXXX.tmp`` of a run file); return them.
 
@@ -483,7 +341,7 @@ def remove_stale_temporaries(out: str | Path) -> list[Path]:
 
 
 def _stale_temporaries(out: str | Path) -> list[Path]:
-    return [p for p in Path(out).glob(".*.tmp") if p.is_file() and p.name[1:].rsplit(".", 2)[0] in _KNOWN_FILES]
+    return [p for p in Path(out).glob(".*.tmp") if p.is_file() and p.name[1:].rsplit(".", 2)[0] in KNOWN_RUN_FILES]
 
 
 def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None = None, device: str | None = None,
@@ -566,7 +424,7 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
         raise ValueError(f"iters: {iters} is below the {int(state['iteration'])} iterations the checkpoint has already "
                          f"trained; expected iters >= {int(state['iteration'])}")
     device = resolve_device(config.device)
-    if _fit_generator_states(state, device) and distributed.current().is_main:
+    if fit_generator_states(state, device) and distributed.current().is_main:
         print(f"notice: {ckpt_path} was saved on another kind of device than {device}; its chain generator's state "
               "cannot move there, so the chains continue from a generator seeded from that state: the run goes on, but not "
               "bit-identical to one that never changed device", file=sys.stderr)
@@ -587,65 +445,3 @@ def load_trainer(out_dir: str | Path, progress: bool = True, iters: int | None =
     if write_config and changes and distributed.current().is_main:
         atomic_write_json(config_path, trainer.config.to_dict())
     return trainer
-
-
-def load_checkpoint(path: str | Path) -> object:
-    """Read a checkpoint (or any state file of a run) without running code it may carry: tensors and plain data only.
-
-    ``torch.load(weights_only=True)``: a pickle can name any Python callable to rebuild an
-    object, and loading it calls that callable, so a run folder from elsewhere could run code
-    on resume, in a notebook or in the app. What anila_core saves (dicts, lists, numbers,
-    strings, tensors, generator states as byte tensors) needs nothing more. A file that asks
-    for more is refused with a ``ValueError`` naming it, and nothing is loaded.
-    """
-    path = Path(path)
-    check_regular(path, "a checkpoint.pt written by anila_core")  # a FIFO would block torch.load forever
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about a pickle protocol it does not expect: the error says it all
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise _unreadable(path, err) from None
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = f"it asks for {found.group(1)}" if found else "it is not a torch checkpoint"
-        raise ValueError(f"{path}: refused: it may not be a checkpoint of anila_core: it holds Python objects other than "
-                         f"tensors and plain data ({what}), and loading such a file could run code it carries; nothing was "
-                         "loaded and nothing in its folder was changed; expected a checkpoint.pt written by anila_core") from None
-    except Exception as err:  # a torn or foreign file: say which and why
-        raise _unreadable(path, err) from None
-
-
-def _unreadable(path: Path, err: Exception) -> ValueError:
-    detail = " ".join(str(err).split())
-    detail = detail if len(detail) <= 200 else detail[:199] + "…"
-    return ValueError(f"{path}: cannot be read as a checkpoint, it is truncated or not a checkpoint at all "
-                      f"({type(err).__name__}: {detail}); expected a complete checkpoint.pt written by anila_core")
-
-
-def _fit_generator_states(state: dict, device: torch.device) -> bool:
-    """Make the saved chain generators' states loadable by a generator on ``device``, in place; True when one had to change.
-
-    A CPU generator's state (the Mersenne Twister's 5 kB) and a CUDA one's (Philox seed and
-    offset) cannot be loaded into each other, so a run resumed on another kind of device
-    reseeds its chain stream from a hash of the saved state: deterministic, and still its own
-    stream per rank.
-    """
-    ranks = state.get("ranks")
-    holders = [state] + [r for r in (ranks if isinstance(ranks, list) else []) if isinstance(r, dict)]
-    changed = False
-    # only a state of exactly another kind of device's generator is reseeded; any other is left for validate_checkpoint to refuse
-    sizes = {torch.Generator(device="cpu").get_state().numel()}
-    if device.type == "cpu":
-        sizes.add(16)  # a CUDA generator's seed and offset
-    for holder in holders:
-        saved = holder.get("generator")
-        if not isinstance(saved, torch.Tensor) or saved.dtype != torch.uint8 or saved.numel() not in sizes:
-            continue
-        try:
-            torch.Generator(device=device).set_state(saved)
-        except RuntimeError:  # the wrong size for this device's generator: saved on another kind of device
-            seed = int.from_bytes(hashlib.sha256(saved.cpu().numpy().tobytes()).digest()[:8], "little") >> 1
-            holder["generator"] = torch.Generator(device=device).manual_seed(seed).get_state()
-            changed = True
-    return changed

@@ -10,7 +10,8 @@ from anila_core.images.datasets import ImageDataset
 from anila_core.training.file_sources import draw_indices
 from anila_core.sampling.targets import Target
 
-__all__ = ["TargetSource", "ImageSource", "TRAIN_SPLITS", "stream_seed", "CHAIN_STREAM", "DATA_STREAM"]
+__all__ = ["TargetSource", "ImageSource", "reference_images", "TRAIN_SPLITS", "stream_seed", "CHAIN_STREAM",
+           "DATA_STREAM"]
 
 #: the split each dataset trains on: Flowers' official train split holds only 1020 of 8189
 #: images, and a generative model has no use for a held-out set during training
@@ -50,6 +51,12 @@ class TargetSource:
         pass
 
 
+def reference_images(images: ImageDataset, n: int, seed: int) -> torch.Tensor:
+    """A fixed set of ``min(n, len)`` distinct real images (CPU) for FID/KID, independent of the training stream."""
+    index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: min(n, len(images))]
+    return images.to_float(images.data[index])
+
+
 class ImageSource:
     """Random batches of an :class:`ImageDataset`, in ``[-1, 1]``, kept on the training device.
 
@@ -57,12 +64,10 @@ class ImageSource:
     index and one conversion there instead of a host-to-device copy per iteration. Indices
     come from a CPU generator of the source's own, saved with the checkpoint. A batch larger
     than the dataset (the tiny datasets of the tests) is drawn in rounds of distinct images.
-    ``held_out`` (a folder of your own): the images :meth:`reference` draws from, never trained on.
     """
 
-    def __init__(self, dataset: ImageDataset, seed: int, device: torch.device, held_out: ImageDataset | None = None):
+    def __init__(self, dataset: ImageDataset, seed: int, device: torch.device):
         self.dataset = dataset
-        self.held_out = held_out
         self.shape = dataset.shape
         self.raw = dataset.data.to(device)
         self.gen = torch.Generator().manual_seed(seed)
@@ -74,12 +79,6 @@ class ImageSource:
         index = draw_indices(n, len(self), self.gen).to(self.raw.device)
         x = self.dataset.to_float(self.raw[index])
         return x if device is None else x.to(device)
-
-    def reference(self, n: int, seed: int) -> torch.Tensor:
-        """A fixed set of ``min(n, len)`` distinct real images (CPU) for FID/KID, independent of the training stream (the held-out ones when there are)."""
-        images = self.held_out if self.held_out is not None else self.dataset
-        index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: min(n, len(images))]
-        return images.to_float(images.data[index])
 
     def state_dict(self) -> dict:
         return {"generator": self.gen.get_state()}

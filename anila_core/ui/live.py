@@ -22,7 +22,7 @@ from anila_core.ui import plots
 from anila_core.sampling.distances import GRID_EXTENT, grid_log_probs
 from anila_core.ui.notebook_figures import figure_host, figure_not_shown, redisplay
 
-__all__ = ["CURVES", "LivePlot", "run_together", "summarize"]
+__all__ = ["CURVES", "LivePlot", "run_together"]
 
 #: history keys a ``LivePlot`` can draw → axis label
 CURVES = {
@@ -45,13 +45,6 @@ def _count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
     return value
-
-
-def summarize(trainer) -> dict:
-    """A ``final.json``-like dict for an in-memory trainer (what ``report.markdown_table`` expects): exactly what ``Run.finish`` writes."""
-    from anila_core.training.runs import target_summary
-
-    return target_summary(trainer)
 
 
 def run_together(trainers: Iterable, iters: int | None = None, callback: Callable | None = None) -> None:
