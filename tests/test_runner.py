@@ -6,7 +6,8 @@ import shlex
 
 import pytest
 
-from anila_core.cli import _overrides, build_parser, main
+from anila_core.cli import build_parser, main
+from anila_core.flags import config_overrides
 from anila_core.study import sweep
 from anila_core.study.grid import Grid, cell_id
 from anila_core.study.runner import Cell, Executor, _answer, config_flags, run_cells
@@ -28,7 +29,7 @@ def test_config_flags_read_back_as_the_same_settings():
     settings = {"step_size": 0.1 + 0.2, "iters": 30, "chains": "short_run", "standardize": False, "compile": True,
                 "b": float("inf")}
     args = build_parser().parse_args(["train", *config_flags(settings)])
-    assert _overrides(args) == settings
+    assert config_overrides(args) == settings
 
 
 @pytest.mark.parametrize("options, message", [

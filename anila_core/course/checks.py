@@ -729,7 +729,7 @@ def check_drift_length(answer, step_size: float, grad: float) -> Verdict:
     if _close(value, expected, 1e-3):
         crosses = expected > 2
         return _right(exercise, f"ε·g/2 = {_fmt(expected)}"
-                      + (f", more than the whole range [−1, 1] (width 2): one step throws a typical pixel from one wall of the box to "
+                      + (", more than the whole range [−1, 1] (width 2): one step throws a typical pixel from one wall of the box to "
                          "the other, and the clamp leaves it at ±1. Hence the saturated samples." if crosses else
                          f", {expected / 2:.0%} of the range's width: a typical pixel does not cross the range in one step, but the "
                          "steep ones (the rms hides them) do, and those end at ±1."))

@@ -13,6 +13,7 @@ from anila_core.sampling.compile_rule import parse_fast
 from anila_core.sampling.registry import SAMPLERS
 from anila_core.study.runner import EXECUTORS, config_flags
 from anila_core.training.config import DEFAULT_PRESET, TrainConfig, preset
+from anila_core.training.kinds import data_kind
 
 __all__ = ["add_parsers", "cmd_compare", "cmd_sweep", "cmd_demo", "run_spec", "DEMO_RUNS", "SWEEP_AXES"]
 
@@ -208,7 +209,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       product_formula_check=study.product_formula_check)
         out = args.out or Path("runs") / f"sweep-{args.study}"
     else:
-        images = bool(overrides.get("dataset")) and not str(overrides["dataset"]).startswith("points:")
+        images = data_kind(TrainConfig(dataset=overrides.get("dataset") or "")).name == "images"
         name = args.preset if args.preset is not None else ("cpu" if images else "sweep")
         base = preset(name, "langevin", **overrides)
         grid = Grid(kinds=args.samplers or ["langevin", "anila"], step_sizes=args.grid_step_size or [0.01],

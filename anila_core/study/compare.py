@@ -13,6 +13,7 @@ from anila_core.fileio import LOCK_FILE, atomic_write_text, locked_folder, read_
 from anila_core.processes import check_jobs, torch_threads
 from anila_core.study.runner import Cell, Executor, print_commands, run_cells, threads_per_cell
 from anila_core.training.config import TrainConfig, changed_settings, describe_changes
+from anila_core.training.kinds import data_kind
 
 __all__ = ["Comparison", "run_compare", "PROGRESS_BAR", "PROGRESS_LINES", "NO_PROGRESS"]
 
@@ -118,12 +119,9 @@ def _compare(out: Path, configs: dict[str, TrainConfig], jobs: int | None, resum
         finals[labels[index]] = final
     finals = {s: finals[s] for s in labels}
     verify()
-    if first.is_image:
-        table = _finish_image_comparison(out, labels, finals, configs)
-    elif first.is_points:
-        table = _finish_points_comparison(out, labels, finals, configs)
-    else:
-        table = _finish_target_comparison(out, labels, finals, configs)
+    finish = {"images": _finish_image_comparison, "points": _finish_points_comparison,
+              "target": _finish_target_comparison}[data_kind(first).name]
+    table = finish(out, labels, finals, configs)
     atomic_write_text(out / "comparison.md", table)
     return Comparison(finals, table, out / "comparison.md", out / "comparison.png", time.perf_counter() - start)
 
@@ -139,8 +137,7 @@ def _check_same_settings(out: Path, config: TrainConfig) -> None:
         raise ValueError(f"{path}: not a valid run configuration ({err}); expected the config.json a run "
                          f"wrote") from None
     # lr_decay_iters 0 means the run's iters, fixed when it started: a longer --iters does not change it
-    decay = config.lr_decay_iters or saved.get("lr_decay_iters") or config.iters
-    wanted = config.replace(lr_decay_iters=decay).to_dict()
+    wanted = config.with_fixed_schedule(saved).to_dict()
     differ = changed_settings(saved, wanted)
     if differ:
         raise ValueError(f"--out: {out} holds a run made with other settings "

@@ -141,10 +141,10 @@ def load_sweep(path: str | Path) -> dict:
 def quality_key(summary: dict) -> str:
     """The metric a sweep ranks by: grid TV on 2-D targets, FID on images, sliced Wasserstein on points of a file
     (lower is better for all)."""
-    dataset = summary["base"].get("dataset") or ""
-    if dataset.startswith("points:"):
-        return "sliced_wasserstein"
-    return "fid" if dataset else "grid_tv"
+    from anila_core.training.config import TrainConfig
+    from anila_core.training.kinds import data_kind
+
+    return data_kind(TrainConfig(dataset=summary["base"].get("dataset") or "")).quality_metric
 
 
 def _stable(result: dict, key: str) -> bool:

@@ -21,6 +21,7 @@ from anila_core.study.results import (QUALITY_FIELDS, UNSTABLE_TV, known_results
                                       two_density_rows, verdict_cells)
 from anila_core.study.runner import Cell, Executor, default_jobs, print_commands, run_cells, threads_per_cell
 from anila_core.training.config import TrainConfig, changed_settings
+from anila_core.training.kinds import data_kind
 from anila_core.training.limits import check_memory
 
 __all__ = ["run_sweep", "run_sweep_cell", "run_cell", "write_report", "product_formula_errors", "command_line",
@@ -75,7 +76,7 @@ def run_cell(base: TrainConfig, cell: dict) -> dict:
     clipped = [r["clipped_share"] for r in trainer.history if "clipped_share" in r]
     result["clipped_share"] = sum(clipped) / len(clipped) if clipped else None
     result["energy_gap"] = trainer.history[-1]["energy_gap"] if trainer.history else None
-    if not config.is_image and not config.is_points and trainer.history and not diverged:
+    if data_kind(config).has_density and trainer.history and not diverged:
         result["best_grid_tv"] = min(r["grid_tv"] for r in trainer.history)
     scored = [r for r in trainer.history if r.get("fid_features")]
     if scored:  # a folder of your own: which features its FID/KID are on (Inception's only where its weights are)
@@ -160,7 +161,7 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
         raise ValueError("print_only: needs cell_command, the command of one cell")
     # one sweep writes a folder at a time (its workers end with it); a refused folder is left as it was
     checked_bs = sorted({c["b"] for c in cells if c["kind"] == "anila" and c["b"]}) \
-        if product_formula_check and not base.is_image and not base.is_points else []
+        if product_formula_check and data_kind(base).has_density else []
     how = dict(jobs=jobs, progress=progress, study=study, command=command, version=version,
                product_formula_bs=checked_bs,
                executor=executor, partition=partition, time_min=time_min, cell_command=cell_command,

@@ -232,7 +232,7 @@ def sample_trained_images(
     from anila_core.sampling.registry import sampler_from_config
 
     c = trainer.config
-    if not c.is_image:
+    if trainer.kind.name != "images":
         raise ValueError("trainer: a 2-D run; sample it with trained_model_panel or model_sampling_panel")
     if sampler_name not in IMAGE_SAMPLERS.values():
         raise ValueError(f"sampler_name: expected one of {list(IMAGE_SAMPLERS.values())}, got {sampler_name!r}")

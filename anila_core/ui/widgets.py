@@ -277,7 +277,7 @@ def trained_model_panel(
             )
     trainer = run if hasattr(run, "eval_model") else load_trainer(run, progress=False, device=device, energy=energy)
     c = trainer.config
-    if c.is_image:
+    if trainer.kind.name == "images":
         raise ValueError(f"run: {c.dataset} is an image run; sample it with image_sampling_panel(trainer)")
     options = dict(
         sampler="anila",
@@ -309,7 +309,7 @@ class ImageSamplingPanel(Panel):
     """
 
     def __init__(self, trainer, n_images: int = 36, seed: int = 0, sampler: str = "anila"):
-        if not getattr(getattr(trainer, "config", None), "is_image", False):
+        if getattr(getattr(trainer, "kind", None), "name", None) != "images":
             raise ValueError(
                 "trainer: expected the Trainer of an image run (load_trainer(run folder) or one trained here)"
             )

@@ -33,6 +33,8 @@ class DataKind:
     name = ""
     #: whether the data's density is known: exact grid metrics, and figures of the true density
     has_density = False
+    #: the final measure a sweep ranks this kind's runs by (lower is better)
+    quality_metric = ""
     #: data and samples through the network in one forward (spectral norm's power iteration runs once per step); the
     #: 2-D kinds keep their two forwards, so their results are bit for bit those of earlier versions
     joint_forward = False

@@ -24,6 +24,7 @@ class ImageData(DataKind):
     FID)."""
 
     name = "images"
+    quality_metric = "fid"
     joint_forward = True
 
     def __init__(self, config):

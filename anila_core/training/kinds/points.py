@@ -27,6 +27,7 @@ class PointsData(DataKind):
     units)."""
 
     name = "points"
+    quality_metric = "sliced_wasserstein"
     headline = ("sw", "sliced_wasserstein")
 
     def __init__(self, config):

@@ -26,6 +26,7 @@ class TargetData(DataKind):
 
     name = "target"
     has_density = True
+    quality_metric = "grid_tv"
     own_data_stream = False
     headline = ("tv", "grid_tv")
 
