@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
-        if args.command == "train" and "the last good checkpoint is" in str(err) and "gave up after" not in str(err):
+        if args.command == "train" and err.checkpoint is not None and not err.gave_up:
             print("hint: continue from that checkpoint with --resume --on-divergence rollback (back to the last good "
                   "state at half the learning rate whenever it diverges)", file=sys.stderr)
         return EXIT_DIVERGED

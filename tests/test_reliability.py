@@ -338,6 +338,20 @@ def test_a_nan_parameter_is_caught_within_one_iteration_without_a_run_folder():
         "outcome": f"TrainingDiverged at iteration {err.value.iteration}, the next one: \"{err.value.cause}\""}
 
 
+def test_the_resume_hint_follows_the_exceptions_fields_not_its_text(monkeypatch, capsys):
+    """The hint names --resume with rollback when a checkpoint exists and rollbacks were not spent, whatever the words."""
+    import anila_core.cli as cli
+    from anila_core.training.guard import TrainingDiverged
+
+    cases = [(TrainingDiverged("diverged", 5, "loss", checkpoint="run/checkpoint.pt"), True),
+             (TrainingDiverged("the last good checkpoint is x", 5, "loss", checkpoint="x", gave_up=True), False),
+             (TrainingDiverged("the last good checkpoint is x", 5, "loss"), False)]
+    for err, hinted in cases:
+        monkeypatch.setattr(cli, "cmd_train", lambda args, err=err: (_ for _ in ()).throw(err))
+        assert cli.main(["train", "--preset", "smoke", "--no-progress"]) == 3
+        assert ("hint: continue from that checkpoint" in capsys.readouterr().err) == hinted
+
+
 def test_the_cli_stops_with_the_message_and_resume_with_rollback_completes(tmp_path, capsys, monkeypatch, no_figures):
     """A divergence that happens at the full learning rate only: a parameter turns NaN on the way to iteration 15."""
     step = Trainer.train_step

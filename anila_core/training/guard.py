@@ -16,12 +16,16 @@ __all__ = ["TrainingDiverged", "Guard", "step_problem", "parameters_finite", "op
 class TrainingDiverged(RuntimeError):
     """Training produced a non-finite or exploding quantity; the message says when, what and where to resume from.
 
-    ``iteration`` and ``cause`` hold the when and the what on their own (``None`` when unknown).
+    ``iteration`` and ``cause`` hold the when and the what on their own (``None`` when unknown);
+    ``checkpoint`` the last good checkpoint's path (``None``: none written yet), and ``gave_up``
+    whether rollbacks were tried and spent, so that a caller decides what to suggest from these
+    fields, never from the message's text.
     """
 
-    def __init__(self, message: str, iteration: int | None = None, cause: str | None = None):
+    def __init__(self, message: str, iteration: int | None = None, cause: str | None = None,
+                 checkpoint: str | None = None, gave_up: bool = False):
         super().__init__(message)
-        self.iteration, self.cause = iteration, cause
+        self.iteration, self.cause, self.checkpoint, self.gave_up = iteration, cause, checkpoint, gave_up
 
 
 def parameters_finite(*models: torch.nn.Module | None) -> bool:
@@ -83,12 +87,14 @@ class Guard:
 
     def error(self, iteration: int, what: str) -> TrainingDiverged:
         """The exception for a divergence at ``iteration``: what went wrong and the last good checkpoint, if any."""
+        checkpoint = None
         if self.last_good_checkpoint is None:
             where = "no checkpoint was written yet"
         else:
-            at, path = self.last_good_checkpoint
-            where = f"the last good checkpoint is {path} (iteration {at})"
-        return TrainingDiverged(f"training diverged at iteration {iteration}: {what}; {where}", iteration, what)
+            at, checkpoint = self.last_good_checkpoint
+            where = f"the last good checkpoint is {checkpoint} (iteration {at})"
+        return TrainingDiverged(f"training diverged at iteration {iteration}: {what}; {where}", iteration, what,
+                                None if checkpoint is None else str(checkpoint))
 
     def check_parameters(self, state: TrainState) -> None:
         """Raise :class:`TrainingDiverged` if any parameter is NaN or infinite."""
@@ -111,11 +117,11 @@ class Guard:
         """
         if self.good_state is None:
             raise TrainingDiverged(f"{err}; there is no state with finite parameters to roll back to", err.iteration,
-                                   err.cause) from None
+                                   err.cause, err.checkpoint) from None
         if len(state.rollbacks) >= config.max_rollbacks:
             raise TrainingDiverged(f"{err}; gave up after {len(state.rollbacks)} rollback(s) (max_rollbacks = "
                                    f"{config.max_rollbacks}; the learning rate was {state.lr_factor:g} × lr)",
-                                   err.iteration, err.cause) from None
+                                   err.iteration, err.cause, err.checkpoint, gave_up=True) from None
         state.restore(self.good_state)
         # halving is exact in floating point: the recorded lr is the one the next step takes
         record = {"iter": err.iteration, "cause": err.cause or str(err), "restored_iter": state.iteration,
