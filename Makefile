@@ -42,6 +42,7 @@ lab: $(STAMP)
 CI_DATA := $(CURDIR)/.ci-data
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) tests/make_tiny_datasets.py $(CI_DATA)
 	ANILA_BUDGET=smoke ANILA_DATA=$(CI_DATA) ANILA_DATA_VERIFY=0 MPLBACKEND=Agg OMP_NUM_THREADS=1 \
 		$(PY) -m pytest -q -rs -m "not browser" --durations=15 --nbmake tests notebooks apps

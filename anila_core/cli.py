@@ -1,4 +1,5 @@
-"""Command line for long runs: ``python -m anila_core train | compare | demo | sweep`` (``train`` also under ``torchrun`` on several GPUs)."""
+"""Command line for long runs: ``python -m anila_core train | compare | demo | sweep`` (``train`` also under
+``torchrun`` on several GPUs)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import re
 import sys
 from pathlib import Path
 
-from anila_core.training.config import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, changed_settings, preset
+from anila_core.training.config import (
+    DEFAULT_PRESET,
+    IMAGE_PRESETS,
+    PRESETS,
+    RESUMABLE_FIELDS,
+    TrainConfig,
+    changed_settings,
+    preset,
+)
 from anila_core.fileio import read_json_file
 from anila_core.flags import add_config_flags, config_overrides
 
@@ -19,7 +28,8 @@ EXIT_FAILED = EXIT_DIVERGED = 3
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, answering a bad flag with one ``error:`` line (and where to read more) instead of the usage block first."""
+    """argparse, answering a bad flag with one ``error:`` line (and where to read more) instead of the usage block
+    first."""
 
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -27,14 +37,23 @@ class _Parser(argparse.ArgumentParser):
 
 #: the library's arguments that a command-line user sets with a flag: the library's errors name the
 #: arguments (a notebook has no flags), and this layer words them in the flags' terms
-_FLAGS = {"out_dir": "--out", "out": "--out", "resume=True": "--resume", "iters": "--iters", "jobs": "--jobs",
-          "cell": "--cell", "time_min": "--slurm-time", "executor": "--executor"}
+_FLAGS = {
+    "out_dir": "--out",
+    "out": "--out",
+    "resume=True": "--resume",
+    "iters": "--iters",
+    "jobs": "--jobs",
+    "cell": "--cell",
+    "time_min": "--slurm-time",
+    "executor": "--executor",
+}
 #: those of them that mean nothing else inside a message (``out`` or ``jobs`` may be plain words there)
 _FLAG_WORDS = ("out_dir", "resume=True", "iters")
 
 
 def _in_flag_terms(message: str) -> str:
-    """A library error worded with the flags that set its arguments: ``iters: 5 is below …`` → ``--iters: 5 is below …``."""
+    """A library error worded with the flags that set its arguments: ``iters: 5 is below …`` → ``--iters: 5 is below
+    …``."""
     head, sep, rest = message.partition(": ")
     if sep and head in _FLAGS:
         message = _FLAGS[head] + sep + rest
@@ -44,23 +63,36 @@ def _in_flag_terms(message: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m anila_core", description="Train energy-based models with Langevin or AniLA samplers.")
+    parser = _Parser(
+        prog="python -m anila_core", description="Train energy-based models with Langevin or AniLA samplers."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    presets = f"2-D targets and --dataset points:FILE: {', '.join(sorted(PRESETS))}; with images: {', '.join(sorted(IMAGE_PRESETS))}"
+    presets = (
+        f"2-D targets and --dataset points:FILE: {', '.join(sorted(PRESETS))}; with images: "
+        f"{', '.join(sorted(IMAGE_PRESETS))}"
+    )
 
-    train = sub.add_parser("train", help="train one EBM and write a run directory",
-                           description="Train an EBM (Algorithm 1) on a 2-D target (--target, the default), on an image "
-                                       "dataset (--dataset digits|cifar10|flowers, read from --data-root or $ANILA_DATA), on a "
-                                       "folder of your images (--dataset images:FOLDER) or on points of a file (--dataset "
-                                       "points:FILE), optionally with an energy network of your own (--energy module.path:Name), and "
-                                       "write a run directory: config.json, metrics.jsonl, final.json, checkpoint.pt and PNG "
-                                       "figures. Under torchrun (torchrun --nproc_per_node N -m anila_core train ...) each "
-                                       "process runs its own chains, gradients are averaged, and rank 0 writes the files.")
+    train = sub.add_parser(
+        "train",
+        help="train one EBM and write a run directory",
+        description="Train an EBM (Algorithm 1) on a 2-D target (--target, the default), on an image "
+        "dataset (--dataset digits|cifar10|flowers, read from --data-root or $ANILA_DATA), on a "
+        "folder of your images (--dataset images:FOLDER) or on points of a file (--dataset "
+        "points:FILE), optionally with an energy network of your own (--energy module.path:Name), and "
+        "write a run directory: config.json, metrics.jsonl, final.json, checkpoint.pt and PNG "
+        "figures. Under torchrun (torchrun --nproc_per_node N -m anila_core train ...) each "
+        "process runs its own chains, gradients are averaged, and rank 0 writes the files.",
+    )
     train.add_argument("--preset", default=None, help=f"named settings ({presets}; default {DEFAULT_PRESET})")
-    train.add_argument("--out", type=Path, default=None, help="run directory (default runs/<target or dataset>-<sampler>-seed<seed>)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its checkpoint: the same command line plus --resume (only "
-                            "--iters, --device, --data-root, --on-divergence and --max-rollbacks may differ from the run's)")
+    train.add_argument(
+        "--out", type=Path, default=None, help="run directory (default runs/<target or dataset>-<sampler>-seed<seed>)"
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint: the same command line plus --resume (only "
+        "--iters, --device, --data-root, --on-divergence and --max-rollbacks may differ from the run's)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_flags(train)
 
@@ -102,9 +134,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     with distributed.process_group(use_cuda=_wants_cuda(device)) as info:
         say = print if info.is_main else (lambda *a, **k: None)
         if args.resume:
-            run = Run(args.out, resume=True, iters=overrides.get("iters"), progress=progress, data_root=overrides.get("data_root"),
-                      on_divergence=overrides.get("on_divergence"), max_rollbacks=overrides.get("max_rollbacks"),
-                      device=overrides.get("device"), energy=overrides.get("energy") or None)
+            run = Run(
+                args.out,
+                resume=True,
+                iters=overrides.get("iters"),
+                progress=progress,
+                data_root=overrides.get("data_root"),
+                on_divergence=overrides.get("on_divergence"),
+                max_rollbacks=overrides.get("max_rollbacks"),
+                device=overrides.get("device"),
+                energy=overrides.get("energy") or None,
+            )
         else:
             out = args.out or Path("runs") / f"{config.data_name}-{config.sampler}-seed{config.seed}"
             run = Run(out, config, progress=progress)
@@ -148,15 +188,22 @@ def _check_resume_settings(out: Path, preset_name: str | None, overrides: dict) 
     changed = changed_settings(saved, wanted)
     if not changed:
         return
-    parts = "; ".join(f"{_flag(k)}: {saved[k]!r} in the run's config.json, {wanted[k]!r} {origin.get(k, 'given')}" for k in changed[:4])
+    parts = "; ".join(
+        f"{_flag(k)}: {saved[k]!r} in the run's config.json, {wanted[k]!r} {origin.get(k, 'given')}"
+        for k in changed[:4]
+    )
     more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
-    raise ValueError(f"--resume: {', '.join(_flag(k) for k in changed)} cannot change on resume ({parts}{more}); the run keeps "
-                     f"its config.json: drop the flag or give the run's value; only {', '.join(_flag(f) for f in RESUMABLE_FIELDS)} can "
-                     "change")
+    raise ValueError(
+        f"--resume: {', '.join(_flag(k) for k in changed)} cannot change on resume ({parts}{more}); the run keeps "
+        f"its config.json: drop the flag or give the run's value; only {', '.join(_flag(f) for f in RESUMABLE_FIELDS)} "
+        "can "
+        "change"
+    )
 
 
 def _user_code_failed(err: BaseException, args: argparse.Namespace) -> int:
-    """Exit 2 with one line naming the module of your own that raised ``err`` or called sys.exit during a run; else ``err`` again."""
+    """Exit 2 with one line naming the module of your own that raised ``err`` or called sys.exit during a run; else
+    ``err`` again."""
     from anila_core.training.user_energy import user_code_failure
 
     theirs = user_code_failure(err, getattr(args, "energy", None) or "")
@@ -169,7 +216,8 @@ def _user_code_failed(err: BaseException, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; every failure ends with one ``error:`` line: exit 2 for bad input, 3 for a run that diverged or that the
+    """Run one command; every failure ends with one ``error:`` line: exit 2 for bad input, 3 for a run that diverged or
+    that the
     machine stopped (disk full, out of memory), 130 for Ctrl-C."""
     from anila_core.failures import RunFailure, disk_full, is_out_of_memory
     from anila_core.training.guard import TrainingDiverged
@@ -183,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         if args.command == "train" and err.checkpoint is not None and not err.gave_up:
-            print("hint: continue from that checkpoint with --resume --on-divergence rollback (back to the last good "
-                  "state at half the learning rate whenever it diverges)", file=sys.stderr)
+            print(
+                "hint: continue from that checkpoint with --resume --on-divergence rollback (back to the last good "
+                "state at half the learning rate whenever it diverges)",
+                file=sys.stderr,
+            )
         return EXIT_DIVERGED
     except RunFailure as err:
         print(f"error: {_in_flag_terms(str(err))}", file=sys.stderr)
@@ -196,18 +247,32 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as err:
         if not is_out_of_memory(err):
             return _user_code_failed(err, args)
-        print(f"error: out of memory ({type(err).__name__}: {' '.join(str(err).split())[:200]}); reduce --buffer-size, "
-              "--batch-size or --width (--conv-width for images)", file=sys.stderr)
+        print(
+            f"error: out of memory ({type(err).__name__}: {' '.join(str(err).split())[:200]}); reduce --buffer-size, "
+            "--batch-size or --width (--conv-width for images)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
-    except (SystemExit, Exception) as err:  # argparse exits before this try: here, code of a run (a network of your own)
+    except (
+        SystemExit,
+        Exception,
+    ) as err:  # argparse exits before this try: here, code of a run (a network of your own)
         return _user_code_failed(err, args)
     except KeyboardInterrupt as err:
         note = getattr(err, "anila_note", None)
-        if note is None and args.command == "train":  # before training started: nothing was written, or the checkpoint is as it was
-            note = ("interrupted before the run started: its checkpoint is as it was; continue with --resume" if args.resume
-                    else "interrupted before the run started: nothing was written; run the command again")
+        if (
+            note is None and args.command == "train"
+        ):  # before training started: nothing was written, or the checkpoint is as it was
+            note = (
+                "interrupted before the run started: its checkpoint is as it was; continue with --resume"
+                if args.resume
+                else "interrupted before the run started: nothing was written; run the command again"
+            )
         elif note is None:  # several runs or cells: each kept what it reached
-            note = ("interrupted: finished runs and their checkpoints are kept; run the same command again to go on (compare: "
-                    "plus --resume; runs stopped before their first checkpoint start again)")
+            note = (
+                "interrupted: finished runs and their checkpoints are kept; run the same command again to go on "
+                "(compare: "
+                "plus --resume; runs stopped before their first checkpoint start again)"
+            )
         print(note, file=sys.stderr)
         return 130

@@ -1,4 +1,5 @@
-"""Where code runs: ``resolve_device`` turns ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` into a checked ``torch.device``; ``processor_name`` says which CPU."""
+"""Where code runs: ``resolve_device`` turns ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` into a checked ``torch.device``;
+``processor_name`` says which CPU."""
 
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} was asked for but CUDA is not available here; use 'cpu' or 'auto'")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device: {device!r} was asked for but this machine has {torch.cuda.device_count()} CUDA device(s); "
-                         f"expected 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}', 'cpu' or 'auto'")
+        raise ValueError(
+            f"device: {device!r} was asked for but this machine has {torch.cuda.device_count()} CUDA device(s); "
+            f"expected 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}', 'cpu' or 'auto'"
+        )
     return dev

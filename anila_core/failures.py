@@ -1,4 +1,5 @@
-"""Errors that stop a run for a reason outside its input (a full disk, too little memory): one message, exit code 3 on the command line."""
+"""Errors that stop a run for a reason outside its input (a full disk, too little memory): one message, exit code 3 on
+the command line."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class OutOfMemory(RunFailure):
 
 
 class LockLost(RunFailure):
-    """The folder's lock file is no longer the one this writer took (deleted, replaced, or the folder moved): it stops writing."""
+    """The folder's lock file is no longer the one this writer took (deleted, replaced, or the folder moved): it stops
+    writing."""
 
 
 #: errno values of a write that failed for lack of space (ENOSPC) or quota (EDQUOT)
@@ -41,11 +43,14 @@ def disk_full(err: BaseException, path: str | Path) -> DiskFull | None:
     full = full or (isinstance(err, RuntimeError) and ("unexpected pos" in str(err) or "file write failed" in str(err)))
     if not full:
         return None
-    return DiskFull(f"disk full / no space left while writing {path} (the file it was to replace, if any, is kept as it was)")
+    return DiskFull(
+        f"disk full / no space left while writing {path} (the file it was to replace, if any, is kept as it was)"
+    )
 
 
 def is_out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is a failed allocation: ``MemoryError``, CUDA's ``torch.OutOfMemoryError``, or the CPU allocator's ``RuntimeError``."""
+    """Whether ``err`` is a failed allocation: ``MemoryError``, CUDA's ``torch.OutOfMemoryError``, or the CPU
+    allocator's ``RuntimeError``."""
     if isinstance(err, (MemoryError, OutOfMemory)):
         return True
     import torch

@@ -1,4 +1,5 @@
-"""Atomic file writes (a crash mid-write leaves the previous file intact, never a half-written one) and the lock that gives a run folder one writer."""
+"""Atomic file writes (a crash mid-write leaves the previous file intact, never a half-written one) and the lock that
+gives a run folder one writer."""
 
 from __future__ import annotations
 
@@ -26,8 +27,26 @@ except ImportError:  # not on Windows: there folders are not locked
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "read_jsonl",
-           "FolderLock", "FolderBusy", "LockLost", "LOCK_FILE", "check_regular", "file_kind", "read_json_file", "lock_holder", "busy_error", "locked_folder", "make_folder", "remove_made_folders"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "append_jsonl",
+    "read_jsonl",
+    "FolderLock",
+    "FolderBusy",
+    "LockLost",
+    "LOCK_FILE",
+    "check_regular",
+    "file_kind",
+    "read_json_file",
+    "lock_holder",
+    "busy_error",
+    "locked_folder",
+    "make_folder",
+    "remove_made_folders",
+]
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -76,8 +95,13 @@ def file_kind(mode: int) -> str:
     """What a file of mode ``mode`` is, in words: ``a FIFO (named pipe)``, ``a folder``, ..."""
     import stat
 
-    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -96,14 +120,17 @@ def check_regular(path: str | Path, expected: str = "a regular file") -> None:
 
 
 def read_json_file(path: str | Path, expected: str) -> Any:
-    """The JSON in ``path``; one ``ValueError`` naming the file and ``expected`` when it is not a regular file or not JSON."""
+    """The JSON in ``path``; one ``ValueError`` naming the file and ``expected`` when it is not a regular file or not
+    JSON."""
     check_regular(path, expected)
     try:
         return json.loads(Path(path).read_text())
     except UnicodeDecodeError:
         raise ValueError(f"{path}: is not text; expected {expected}") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); expected {expected}") from None
+        raise ValueError(
+            f"{path}: is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); expected {expected}"
+        ) from None
     except RecursionError:
         raise ValueError(f"{path}: nests its JSON too deeply to read; expected {expected}") from None
 
@@ -174,8 +201,11 @@ def _describe_holder(folder: Path, holder: dict | None) -> str:
     if not holder:
         return f"{folder} is being written by another process (it has not said which yet)"
     pid, host = holder.get("pid"), holder.get("host")
-    mine = " (this very process: another writer of this folder is still open; let it finish or close it)" if (
-        pid == os.getpid() and host == socket.gethostname()) else ""
+    mine = (
+        " (this very process: another writer of this folder is still open; let it finish or close it)"
+        if (pid == os.getpid() and host == socket.gethostname())
+        else ""
+    )
     since = f" since {holder['since']}" if holder.get("since") else ""
     command = f", running `{holder['command']}`" if holder.get("command") else ""
     return f"{folder} is being written by pid {pid} on host {host}{since}{command}{mine}"
@@ -183,8 +213,10 @@ def _describe_holder(folder: Path, holder: dict | None) -> str:
 
 def busy_error(description: str) -> FolderBusy:
     """The refusal of a second writer; ``description`` (from :func:`lock_holder`) names the folder and its writer."""
-    return FolderBusy(f"--out: {description}; one process writes a folder at a time: wait for it to finish (or stop it), "
-                      "or choose another folder")
+    return FolderBusy(
+        f"--out: {description}; one process writes a folder at a time: wait for it to finish (or stop it), "
+        "or choose another folder"
+    )
 
 
 def _read_holder(fd: int) -> dict | None:
@@ -196,7 +228,8 @@ def _read_holder(fd: int) -> dict | None:
 
 
 def _command() -> str:
-    """This process's command line, as the user typed it (``python -m anila_core ...`` rather than the path of ``__main__.py``)."""
+    """This process's command line, as the user typed it (``python -m anila_core ...`` rather than the path of
+    ``__main__.py``)."""
     argv = list(sys.argv) or ["python"]
     main = Path(argv[0])
     head = f"python -m {main.parent.name}" if main.name == "__main__.py" else main.name
@@ -298,15 +331,20 @@ class FolderLock:
         held = os.fstat(fd)
         self._identity = (held.st_dev, held.st_ino)
         self._token = secrets.token_hex(16)
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "command": _command(),
-                "token": self._token}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "command": _command(),
+            "token": self._token,
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         return self
 
     def verify(self) -> None:
-        """Raise :class:`LockLost` unless ``folder/.lock`` is still the file this lock holds, with its token (a no-op when not held).
+        """Raise :class:`LockLost` unless ``folder/.lock`` is still the file this lock holds, with its token (a no-op
+        when not held).
 
         Called before every write of a run (checkpoint, metrics row, final.json): a writer whose
         lock file was deleted or replaced, or whose folder was moved, stops before it writes
@@ -330,10 +368,12 @@ class FolderLock:
             if token != self._token:
                 problem = "was rewritten by another process"
         if problem is not None:
-            raise LockLost(f"{self.path} {problem} while this process wrote {self.folder} (or the folder was moved): "
-                           "another process may be writing it now, so this one stopped before writing again; the files "
-                           "it wrote before are intact; check that nothing else writes the folder, then continue the run "
-                           "with resume=True")
+            raise LockLost(
+                f"{self.path} {problem} while this process wrote {self.folder} (or the folder was moved): "
+                "another process may be writing it now, so this one stopped before writing again; the files "
+                "it wrote before are intact; check that nothing else writes the folder, then continue the run "
+                "with resume=True"
+            )
 
     def release(self) -> None:
         """Remove the lock file and let go of the lock (a no-op when not held)."""
@@ -350,7 +390,8 @@ class FolderLock:
             os.close(fd)
 
     def forget(self) -> None:
-        """Let go of the lock without touching the folder (after :class:`LockLost`: the file there may be another writer's)."""
+        """Let go of the lock without touching the folder (after :class:`LockLost`: the file there may be another
+        writer's)."""
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
@@ -387,7 +428,8 @@ def lock_holder(folder: str | Path) -> str | None:
 
 
 def make_folder(folder: str | Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; return the folders it made, deepest first (``ValueError`` naming it when it cannot)."""
+    """Create ``folder`` and its missing parents; return the folders it made, deepest first (``ValueError`` naming it
+    when it cannot)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out: {folder} exists and is not a folder")
@@ -395,12 +437,15 @@ def make_folder(folder: str | Path) -> list[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"--out: cannot create {folder}: {err.strerror}; expected a folder path you can write to") from None
+        raise ValueError(
+            f"--out: cannot create {folder}: {err.strerror}; expected a folder path you can write to"
+        ) from None
     return missing
 
 
 def remove_made_folders(made: list[Path]) -> None:
-    """Remove again the empty folders :func:`make_folder` made (deepest first), stopping at the first that is not empty."""
+    """Remove again the empty folders :func:`make_folder` made (deepest first), stopping at the first that is not
+    empty."""
     for folder in made:
         try:
             folder.rmdir()
@@ -421,7 +466,9 @@ def locked_folder(folder: str | Path, check: Callable[[], None] | None = None) -
         try:
             lock.acquire()
         except OSError as err:
-            raise ValueError(f"--out: cannot write in {folder}: {err.strerror}; expected a folder you can write to") from None
+            raise ValueError(
+                f"--out: cannot write in {folder}: {err.strerror}; expected a folder you can write to"
+            ) from None
         if check is not None:
             check()
     except BaseException:

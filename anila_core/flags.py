@@ -43,8 +43,15 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         else:
             kinds = {"int": integer_flag, "float": float, "str": str, "str | bool": _fast_flag}
             kind = kinds[f.type if isinstance(f.type, str) else f.type.__name__]
-            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=f.metadata.get("choices"),
-                               metavar=f.name.upper(), help=help_text)
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=kind,
+                default=None,
+                choices=f.metadata.get("choices"),
+                metavar=f.name.upper(),
+                help=help_text,
+            )
 
 
 def listed(values) -> str:
@@ -67,6 +74,8 @@ def config_overrides(args: argparse.Namespace) -> dict:
     if overrides.get("dataset"):  # a folder or file of your own, as the run records it: its absolute path
         overrides["dataset"] = absolute_data_spec(overrides["dataset"])
     if overrides.get("dataset") and "target" in overrides:
-        raise ValueError("--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset, "
-                         "a folder of images or points of a file")
+        raise ValueError(
+            "--target and --dataset: choose one; --target learns a 2-D toy density, --dataset an image dataset, "
+            "a folder of images or points of a file"
+        )
     return overrides

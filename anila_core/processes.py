@@ -1,4 +1,5 @@
-"""Worker processes: a spawned pool that always ends cleanly (joined after the work, terminated on an error or Ctrl-C, gone when the parent dies) and notices a worker that dies, and the torch thread count of one job or training process."""
+"""Worker processes: a spawned pool that always ends cleanly (joined after the work, terminated on an error or Ctrl-C,
+gone when the parent dies) and notices a worker that dies, and the torch thread count of one job or training process."""
 
 from __future__ import annotations
 
@@ -12,8 +13,19 @@ from typing import Iterator
 
 from anila_core.failures import RunFailure
 
-__all__ = ["process_pool", "run_jobs", "check_jobs", "JobLost", "WorkersLost", "portable_error", "torch_threads", "training_threads", "die_with_parent", "THREADS_ENV",
-           "MAX_JOBS"]
+__all__ = [
+    "process_pool",
+    "run_jobs",
+    "check_jobs",
+    "JobLost",
+    "WorkersLost",
+    "portable_error",
+    "torch_threads",
+    "training_threads",
+    "die_with_parent",
+    "THREADS_ENV",
+    "MAX_JOBS",
+]
 
 #: Linux's prctl option that sends the child a signal when its parent dies
 _PR_SET_PDEATHSIG = 1
@@ -27,7 +39,8 @@ JOBS_PER_CORE, MAX_JOBS = 4, 256
 
 
 def check_jobs(jobs, name: str = "jobs") -> None:
-    """``ValueError`` naming ``name`` unless ``jobs`` is ``None`` or an integer in [1, the most this machine can use]."""
+    """``ValueError`` naming ``name`` unless ``jobs`` is ``None`` or an integer in [1, the most this machine can
+    use]."""
     if jobs is None:
         return
     cores = os.cpu_count() or 1
@@ -36,8 +49,10 @@ def check_jobs(jobs, name: str = "jobs") -> None:
         raise ValueError(f"{name}: expected an integer >= 1, got {jobs!r}")
     if jobs > most:
         shown = f"{jobs:.3g}" if jobs > 10**15 else str(jobs)
-        raise ValueError(f"{name}: expected at most {most} (worker processes: {JOBS_PER_CORE} per CPU core of the {cores} here, "
-                         f"{MAX_JOBS} at most; each holds torch in memory and needs a core to make progress), got {shown}")
+        raise ValueError(
+            f"{name}: expected at most {most} (worker processes: {JOBS_PER_CORE} per CPU core of the {cores} here, "
+            f"{MAX_JOBS} at most; each holds torch in memory and needs a core to make progress), got {shown}"
+        )
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -71,7 +86,8 @@ def die_with_parent(parent_pid: int) -> None:
 
 @contextmanager
 def process_pool(processes: int) -> Iterator[mp.pool.Pool]:
-    """``with process_pool(n) as pool: ...`` — spawned (not forked: torch's threads do not survive a fork) workers that end with this process."""
+    """``with process_pool(n) as pool: ...`` — spawned (not forked: torch's threads do not survive a fork) workers that
+    end with this process."""
     pool = mp.get_context("spawn").Pool(processes, initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         yield pool
@@ -102,7 +118,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def training_threads(device, jobs: int = 1) -> int:
-    """torch's thread count for one training process on ``device`` (a ``torch.device`` or its name), ``jobs`` of them at once.
+    """torch's thread count for one training process on ``device`` (a ``torch.device`` or its name), ``jobs`` of them at
+    once.
 
     On a CPU: one, whatever the number of cores. The course's networks (a 2-D MLP, a small
     ConvNet on 8×8 digits) do micro- to milliseconds of work per operation, so a second thread
@@ -123,7 +140,9 @@ def training_threads(device, jobs: int = 1) -> int:
     except ValueError:
         threads = 0
     if threads < 1:
-        raise ValueError(f"${THREADS_ENV}: expected an integer >= 1 (torch threads per training process on a CPU), got {wanted!r}")
+        raise ValueError(
+            f"${THREADS_ENV}: expected an integer >= 1 (torch threads per training process on a CPU), got {wanted!r}"
+        )
     return threads
 
 
@@ -134,18 +153,23 @@ class JobLost(RunFailure):
     """A job whose worker process died (killed by a signal, the OOM killer, or exited) before it returned."""
 
     def __init__(self, name: str, how: str):
-        super().__init__(f"{name}: {'it' if how.startswith('called') else 'its worker process'} {how} before it finished")
+        super().__init__(
+            f"{name}: {'it' if how.startswith('called') else 'its worker process'} {how} before it finished"
+        )
         self.name, self.how = name, how
 
 
 class WorkersLost(RunFailure):
-    """Raised after the other jobs finished, when some jobs' workers died: it names each job and how its worker ended."""
+    """Raised after the other jobs finished, when some jobs' workers died: it names each job and how its worker
+    ended."""
 
     def __init__(self, lost: list[JobLost], rerun: str):
         self.lost = lost
         listed = "; ".join(f"{job.name} ({job.how})" for job in lost)
-        super().__init__(f"{len(lost)} job(s) lost with their worker process: {listed}; every other job finished and was "
-                         f"kept; {rerun}")
+        super().__init__(
+            f"{len(lost)} job(s) lost with their worker process: {listed}; every other job finished and was "
+            f"kept; {rerun}"
+        )
 
 
 def _ended(exitcode: int | None) -> str:
@@ -163,7 +187,8 @@ def _ended(exitcode: int | None) -> str:
 
 
 def _worker_loop(conn, parent_pid: int) -> None:
-    """A pool worker: runs ``(index, function, job)`` messages until ``None``, answering ``(index, ok, result or error)``."""
+    """A pool worker: runs ``(index, function, job)`` messages until ``None``, answering ``(index, ok, result or
+    error)``."""
     die_with_parent(parent_pid)
     while True:
         try:
@@ -200,8 +225,11 @@ def portable_error(err: BaseException) -> BaseException:
         return RuntimeError(f"{type(err).__name__}: {err}")
 
 
-def run_jobs(function, jobs: list, processes: int, names: list[str], rerun: str = "run the same command again to redo them"):
-    """Run ``function(job)`` for each of ``jobs`` in ``processes`` spawned workers; yield ``(index, result)`` as each finishes.
+def run_jobs(
+    function, jobs: list, processes: int, names: list[str], rerun: str = "run the same command again to redo them"
+):
+    """Run ``function(job)`` for each of ``jobs`` in ``processes`` spawned workers; yield ``(index, result)`` as each
+    finishes.
 
     Unlike ``multiprocessing.Pool`` (which waits forever for the result of a worker that was
     killed), this watches every worker: when one dies (SIGKILL, SIGTERM, the OOM killer), the

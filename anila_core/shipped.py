@@ -1,11 +1,21 @@
-"""The trained runs the repository ships in data/trained (the rings demo, the digits at the cpu preset): where they are, how to name them, and loading them through the safe loader."""
+"""The trained runs the repository ships in data/trained (the rings demo, the digits at the cpu preset): where they are,
+how to name them, and loading them through the safe loader."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-__all__ = ["TRAINED", "RINGS_DEMO", "DIGITS_CPU", "RUN_ORDER", "run_folders", "run_label", "load_runs", "default_panel_run"]
+__all__ = [
+    "TRAINED",
+    "RINGS_DEMO",
+    "DIGITS_CPU",
+    "RUN_ORDER",
+    "run_folders",
+    "run_label",
+    "load_runs",
+    "default_panel_run",
+]
 
 #: data/trained of the repository this package sits in (an editable install, or the checkout itself)
 TRAINED = Path(__file__).resolve().parent.parent / "data" / "trained"
@@ -13,14 +23,16 @@ TRAINED = Path(__file__).resolve().parent.parent / "data" / "trained"
 RINGS_DEMO = TRAINED / "rings-demo"
 #: ``python -m anila_core compare --dataset digits --preset cpu``: Langevin and AniLA on the 8×8 digits
 DIGITS_CPU = TRAINED / "digits-cpu"
-#: the order runs are shown in: Langevin first, then the tuned AniLA, then the clipping one; other folders after, by name
+#: the order runs are shown in: Langevin first, then the tuned AniLA, then the clipping one; other folders after, by
+#: name
 RUN_ORDER = ("langevin", "anila", "anila-b3")
 #: what a folder needs for the loader and the notebooks: the settings, the weights and the final numbers
 NEEDED = ("config.json", "checkpoint.pt", "final.json")
 
 
 def run_folders(group: str | Path) -> dict[str, Path]:
-    """The finished run folders of a comparison folder (``RINGS_DEMO``, ``DIGITS_CPU`` or a ``compare --out``): name → folder.
+    """The finished run folders of a comparison folder (``RINGS_DEMO``, ``DIGITS_CPU`` or a ``compare --out``): name →
+    folder.
 
     A folder counts when it holds ``config.json``, ``checkpoint.pt`` and ``final.json``;
     names come in :data:`RUN_ORDER`, then alphabetically. Empty when there is none (say, a
@@ -36,7 +48,8 @@ def run_folders(group: str | Path) -> dict[str, Path]:
 
 
 def run_label(config) -> str:
-    """How a run is named in figures: ``Langevin``, or ``AniLA b = 30`` (its threshold), from a TrainConfig or config dict."""
+    """How a run is named in figures: ``Langevin``, or ``AniLA b = 30`` (its threshold), from a TrainConfig or config
+    dict."""
     c = config if isinstance(config, dict) else config.to_dict()
     names = {"langevin": "Langevin", "anila": "AniLA", "mala": "MALA", "psgld": "pSGLD", "hmc": "HMC"}
     label = names.get(c["sampler"], c["sampler"])
@@ -46,7 +59,8 @@ def run_label(config) -> str:
 
 
 def load_runs(group: str | Path, device: str | None = None, names=None, energy=None) -> dict[str, object]:
-    """The trainers of a comparison folder's runs, each rebuilt by :func:`anila_core.training.runs.load_trainer`: label → Trainer.
+    """The trainers of a comparison folder's runs, each rebuilt by :func:`anila_core.training.runs.load_trainer`: label
+    → Trainer.
 
     ``load_trainer`` reads the checkpoint with ``weights_only=True`` (tensors and plain data,
     no code) and checks it against the run's config.json. ``device``: where to put the
@@ -64,8 +78,10 @@ def load_runs(group: str | Path, device: str | None = None, names=None, energy=N
             raise ValueError(f"names: {missing} are not finished runs in {group} (found {sorted(folders)})")
         folders = {n: folders[n] for n in names}
     if not folders:
-        raise ValueError(f"group: {group} holds no finished run (a folder with {', '.join(NEEDED)}); "
-                         "train anew, or point to the output of `python -m anila_core compare --out ...`")
+        raise ValueError(
+            f"group: {group} holds no finished run (a folder with {', '.join(NEEDED)}); "
+            "train anew, or point to the output of `python -m anila_core compare --out ...`"
+        )
     trainers = {}
     for folder in folders.values():
         trainer = load_trainer(folder, progress=False, device=device, energy=energy)  # checks config.json first
@@ -74,6 +90,7 @@ def load_runs(group: str | Path, device: str | None = None, names=None, energy=N
 
 
 def default_panel_run() -> Path | None:
-    """The run a trained-energy panel samples when none is named: the shipped demo's tuned AniLA run (``None`` if absent)."""
+    """The run a trained-energy panel samples when none is named: the shipped demo's tuned AniLA run (``None`` if
+    absent)."""
     folders = run_folders(RINGS_DEMO)
     return folders.get("anila") or next(iter(folders.values()), None)

@@ -66,6 +66,7 @@ from anila_core.images.datasets import ImageDataset
 from anila_core.sampling import compiled as fast
 from anila_core.training.config import preset
 from anila_core.training.trainer import Trainer
+
 # the benchmark's other modules, found beside this script (its folder is the first entry of sys.path)
 from report import judge, print_summary, write_results
 from timing import LoadLog, Stats, floor_measure, interleaved, load_average, machine_info, peak_memory, primed
@@ -301,36 +302,68 @@ def _brief(config: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true",
-                      help="a sanity run of a couple of minutes (fewer repetitions, smaller K)")
+    size.add_argument(
+        "--quick", action="store_true", help="a sanity run of a couple of minutes (fewer repetitions, smaller K)"
+    )
     size.add_argument("--minimal", action="store_true", help="tiny networks and no compiling: seconds (for the tests)")
-    parser.add_argument("--out", type=Path, default=HERE,
-                        help="folder for results.json and RESULTS.md (default: benchmarks/)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a shared machine a busy neighbour stalls every "
-                             "multi-threaded op; 0 = torch's default)")
-    parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
-                        help="CPU rows: 'cpu' = this process's CPU time, which time slices lost to other jobs do not "
-                             "inflate; 'wall' = elapsed time; 'auto' (default) = cpu with one thread, else wall. CUDA "
-                             "rows always use wall time")
-    parser.add_argument("--runs", type=Path, nargs="*", default=[],
-                        help="run directories (config.json + metrics.jsonl) to take the time-to-quality curves from "
-                             "instead of training")
-    parser.add_argument("--all-fast", action="store_true",
-                        help="also compile every sampler for the ConvNet on a CPU (minutes of compiling)")
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="folder for results.json and RESULTS.md (default: benchmarks/)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared machine a busy neighbour stalls every "
+        "multi-threaded op; 0 = torch's default)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("auto", "cpu", "wall"),
+        default="auto",
+        help="CPU rows: 'cpu' = this process's CPU time, which time slices lost to other jobs do not "
+        "inflate; 'wall' = elapsed time; 'auto' (default) = cpu with one thread, else wall. CUDA "
+        "rows always use wall time",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="run directories (config.json + metrics.jsonl) to take the time-to-quality curves from "
+        "instead of training",
+    )
+    parser.add_argument(
+        "--all-fast",
+        action="store_true",
+        help="also compile every sampler for the ConvNet on a CPU (minutes of compiling)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="measure the eager paths only")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to measure: 'auto' (default) = the CPU, then CUDA when present; 'cpu' or 'cuda' "
-                             "alone (the time-to-quality section trains on the CPU and runs with 'auto' or 'cpu' only)")
-    parser.add_argument("--note", action="append", default=[],
-                        help="a line for the report's Notes (repeatable): what the reader should know about this run")
-    parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
-                        help="only rewrite RESULTS.md and results.json (in --out) from an existing results.json: "
-                             "its measurements kept, what is computed from them (rest, targets) computed anew, any "
-                             "--note added")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to measure: 'auto' (default) = the CPU, then CUDA when present; 'cpu' or 'cuda' "
+        "alone (the time-to-quality section trains on the CPU and runs with 'auto' or 'cpu' only)",
+    )
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a line for the report's Notes (repeatable): what the reader should know about this run",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="only rewrite RESULTS.md and results.json (in --out) from an existing results.json: "
+        "its measurements kept, what is computed from them (rest, targets) computed anew, any "
+        "--note added",
+    )
     args = parser.parse_args(argv)
 
     if args.render is not None:

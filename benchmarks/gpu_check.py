@@ -171,31 +171,57 @@ def run_step(name: str, ctx: dict, timeout: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="seconds for all steps together on a GPU (default 420: with the processes' start-up and "
-                             "grace, within 8 minutes of device time); each step gets its share and skips, saying so, "
-                             "what does not fit")
-    parser.add_argument("--train-iters", type=int, default=0,
-                        help="timed iterations per training run (default: 200 on a GPU, 2 in the CPU dry run)")
-    parser.add_argument("--train-seconds", type=float, default=10.0,
-                        help="at most this many seconds of timed iterations per training run (default 10)")
-    parser.add_argument("--train-fast", choices=("auto", "true", "false"), default="auto",
-                        help="--fast of the training runs (default auto, what the CLI does: at the paper's 100k "
-                             "iterations on CUDA the sampler's transition is compiled, in the warm-up; false saves "
-                             "that compile)")
-    parser.add_argument("--bench-samplers", default="langevin,anila-coordinate",
-                        help="samplers of the CUDA transition table (comma-separated names of bench.py's rows; "
-                             "default langevin,anila-coordinate: each adds two compiles per size, and step 2 already "
-                             "checks every sampler compiled and graphed)")
-    parser.add_argument("--no-compile", action="store_true",
-                        help="measure eager paths only (no compiled, CUDA-graph or --compile rows)")
-    parser.add_argument("--steps", default="versions,tests,bench,train",
-                        help="steps to run, comma-separated (default: all)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"the report (default: {GPU_REPORT.relative_to(ROOT)} on a GPU; a temporary folder in the "
-                             "CPU dry run, which never writes benchmarks/RESULTS-cuda.md)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="seconds for all steps together on a GPU (default 420: with the processes' start-up and "
+        "grace, within 8 minutes of device time); each step gets its share and skips, saying so, "
+        "what does not fit",
+    )
+    parser.add_argument(
+        "--train-iters",
+        type=int,
+        default=0,
+        help="timed iterations per training run (default: 200 on a GPU, 2 in the CPU dry run)",
+    )
+    parser.add_argument(
+        "--train-seconds",
+        type=float,
+        default=10.0,
+        help="at most this many seconds of timed iterations per training run (default 10)",
+    )
+    parser.add_argument(
+        "--train-fast",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="--fast of the training runs (default auto, what the CLI does: at the paper's 100k "
+        "iterations on CUDA the sampler's transition is compiled, in the warm-up; false saves "
+        "that compile)",
+    )
+    parser.add_argument(
+        "--bench-samplers",
+        default="langevin,anila-coordinate",
+        help="samplers of the CUDA transition table (comma-separated names of bench.py's rows; "
+        "default langevin,anila-coordinate: each adds two compiles per size, and step 2 already "
+        "checks every sampler compiled and graphed)",
+    )
+    parser.add_argument(
+        "--no-compile", action="store_true", help="measure eager paths only (no compiled, CUDA-graph or --compile rows)"
+    )
+    parser.add_argument(
+        "--steps", default="versions,tests,bench,train", help="steps to run, comma-separated (default: all)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"the report (default: {GPU_REPORT.relative_to(ROOT)} on a GPU; a temporary folder in the "
+        "CPU dry run, which never writes benchmarks/RESULTS-cuda.md)",
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
     parser.add_argument("--ctx", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -287,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [n for n, r in results.items() if r["status"] == "failed"]
     print(
         f"{'GPU check' if on_gpu else 'CPU dry run'}: {len(failed)} step(s) failed, wall "
-        f"{time.perf_counter() - started:.0f} s"
-        + ("" if on_gpu else " (no GPU found: nothing here is a GPU figure)")
+        f"{time.perf_counter() - started:.0f} s" + ("" if on_gpu else " (no GPU found: nothing here is a GPU figure)")
     )
     return 1 if failed else 0
 

@@ -31,8 +31,15 @@ PACKAGES = [
     ("pytest", "pytest", "7.4", "step 2"),
 ]
 #: optional: missing is a skip with a line saying so, never a failure
-OPTIONAL = [("triton", "triton"), ("jax", "jax"), ("torchebm", "torchebm"), ("blackjax", "blackjax"),
-            ("hypothesis", "hypothesis"), ("ipywidgets", "ipywidgets"), ("torch_fidelity", "torch-fidelity")]
+OPTIONAL = [
+    ("triton", "triton"),
+    ("jax", "jax"),
+    ("torchebm", "torchebm"),
+    ("blackjax", "blackjax"),
+    ("hypothesis", "hypothesis"),
+    ("ipywidgets", "ipywidgets"),
+    ("torch_fidelity", "torch-fidelity"),
+]
 #: what the bare GPU machine lacks: the CPU dry run hides these from its steps, so that a step
 #: that needs one fails here first instead of on the GPU machine's few minutes
 # What each step measures, on a GPU and in the CPU dry run.
@@ -40,16 +47,22 @@ SIZES = {
     "gpu": dict(
         # the most telling sizes first: what does not fit the step's budget is skipped from the end
         bench_sizes=[("mlp", 1024), ("conv", 256), ("mlp", 16384), ("conv", 64)],
-        bench=dict(mlp=dict(width=128, depth=3, K=20, reps=11, warmup=2), conv=dict(width=64, K=10, reps=5, warmup=1),
-                   overhead=dict(K=10, reps=5)),
+        bench=dict(
+            mlp=dict(width=128, depth=3, K=20, reps=11, warmup=2),
+            conv=dict(width=64, K=10, reps=5, warmup=1),
+            overhead=dict(K=10, reps=5),
+        ),
         train_overrides={},
         train_iters=200,
         compile=True,
     ),
     "cpu": dict(
         bench_sizes=[("mlp", 64), ("mlp", 256), ("conv", 2), ("conv", 4)],
-        bench=dict(mlp=dict(width=16, depth=2, K=3, reps=2, warmup=1), conv=dict(width=4, K=3, reps=1, warmup=1),
-                   overhead=dict(K=3, reps=1)),
+        bench=dict(
+            mlp=dict(width=16, depth=2, K=3, reps=2, warmup=1),
+            conv=dict(width=4, K=3, reps=1, warmup=1),
+            overhead=dict(K=3, reps=1),
+        ),
         # the paper preset's network and chains, shrunk until an iteration takes milliseconds
         train_overrides=dict(conv_width=4, n_steps=2, batch_size=4),
         train_iters=2,
@@ -111,14 +124,22 @@ def step_versions(ctx: dict) -> dict:
 
     cuda = torch.cuda.is_available()
     info = {
-        "machine": platform.node(), "platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(),
-        "python": platform.python_version(), "python_executable": sys.executable,
-        "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        "machine": platform.node(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "cuda_available": cuda, "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "cuda_available": cuda,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
         "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
-        "nvidia_smi": _nvidia_smi(), "date": ctx["date"], "load_avg": load_average(),
+        "nvidia_smi": _nvidia_smi(),
+        "date": ctx["date"],
+        "load_avg": load_average(),
         "bf16_supported": bool(cuda and torch.cuda.is_bf16_supported()),
         "nccl": bool(torch.distributed.is_available() and torch.distributed.is_nccl_available()),
         # torch.compile's GPU kernels (Triton) build a small launcher with the host's C compiler: without one every
@@ -139,8 +160,20 @@ def step_versions(ctx: dict) -> dict:
         why_not = f"optional, not installed: what needs it is skipped ({(error or '')[:90]})"
         rows.append({"package": dist_name, "version": version, "minimum": None, "status": "ok" if version else why_not})
     info["packages"] = rows
-    for k in ("machine", "python", "torch", "torch_cuda", "cudnn", "gpu", "gpu_capability", "gpu_memory_gib",
-              "nvidia_smi", "bf16_supported", "nccl", "c_compiler"):
+    for k in (
+        "machine",
+        "python",
+        "torch",
+        "torch_cuda",
+        "cudnn",
+        "gpu",
+        "gpu_capability",
+        "gpu_memory_gib",
+        "nvidia_smi",
+        "bf16_supported",
+        "nccl",
+        "c_compiler",
+    ):
         print(f"  {k:15s} {info[k]}")
     for r in rows:
         print(f"  {r['package']:15s} {r['version'] or '—':12s} {r['status']}")
@@ -169,25 +202,52 @@ def step_tests(ctx: dict) -> dict:
         raise StepSkipped("pytest is not installed here, and the gpu tests need it")
     junit = Path(ctx["scratch"]) / "gpu-tests.xml"
     # pytest through this module, so that the dry run's hidden packages stay hidden there too
-    run_pytest = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import gpu_check; "
-                  "gpu_check.hide_packages_if_asked(); import pytest; sys.exit(pytest.main(sys.argv[1:]))")
-    argv = [sys.executable, "-c", run_pytest, "-v", "-rs", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={junit}",
-            "--durations=5", str(ROOT / "tests" / "test_gpu.py")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "MPLBACKEND": "Agg"}
+    run_pytest = (
+        f"import sys; sys.path.insert(0, {str(HERE)!r}); import gpu_check; "
+        "gpu_check.hide_packages_if_asked(); import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+    )
+    argv = [
+        sys.executable,
+        "-c",
+        run_pytest,
+        "-v",
+        "-rs",
+        "-m",
+        "gpu",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        "--durations=5",
+        str(ROOT / "tests" / "test_gpu.py"),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "MPLBACKEND": "Agg",
+    }
     # the dry run runs the tests' bodies on the CPU, so that a broken test fails here, not on the GPU
     if ctx["size"] != "gpu":
         env["ANILA_GPU_TESTS_ON_CPU"] = "1"
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=max(30.0, ctx["timeout"] - 10), env=env,
-                              cwd=ROOT)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=max(30.0, ctx["timeout"] - 10), env=env, cwd=ROOT
+        )
     except subprocess.TimeoutExpired as err:
         seen = (err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or "").splitlines()
         finished = [ln for ln in seen if "::" in ln and (" PASSED" in ln or " FAILED" in ln or " SKIPPED" in ln)]
-        cases = [{"test": ln.split(" ")[0].split("::")[-1], "outcome": ln.split(" ")[1].lower() if " " in ln else "?",
-                  "seconds": 0, "detail": "before the step's time ran out"} for ln in finished]
-        raise StepFailed(f"the gpu tests ran past this step's {err.timeout:.0f} s; {len(cases)} finished",
-                         {"cases": cases, "counts": {}}) from None
+        cases = [
+            {
+                "test": ln.split(" ")[0].split("::")[-1],
+                "outcome": ln.split(" ")[1].lower() if " " in ln else "?",
+                "seconds": 0,
+                "detail": "before the step's time ran out",
+            }
+            for ln in finished
+        ]
+        raise StepFailed(
+            f"the gpu tests ran past this step's {err.timeout:.0f} s; {len(cases)} finished",
+            {"cases": cases, "counts": {}},
+        ) from None
     print("\n".join("  " + ln for ln in done.stdout.strip().splitlines()[-30:]))
     if not junit.exists():
         raise RuntimeError(f"pytest wrote no report (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
@@ -198,8 +258,14 @@ def step_tests(ctx: dict) -> dict:
             if child.tag in ("failure", "error", "skipped"):
                 outcome = {"failure": "failed", "error": "failed", "skipped": "skipped"}[child.tag]
                 detail = (child.get("message") or "").strip().splitlines()[0][:200] if child.get("message") else ""
-        cases.append({"test": case.get("name"), "outcome": outcome, "seconds": round(float(case.get("time") or 0), 1),
-                      "detail": detail})
+        cases.append(
+            {
+                "test": case.get("name"),
+                "outcome": outcome,
+                "seconds": round(float(case.get("time") or 0), 1),
+                "detail": detail,
+            }
+        )
     counts = {k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "skipped")}
     result = {"cases": cases, "counts": counts, "exit_code": done.returncode}
     if done.returncode not in (0, 5) or counts["failed"]:
@@ -238,18 +304,26 @@ def step_bench(ctx: dict) -> dict:
         known = sorted(transition_table.samplers_for("mlp"))
         raise StepFailed(f"--bench-samplers: unknown {unknown}; expected some of {known}", {})
     clock = Budget(ctx["timeout"])
-    out = {"device": str(device), "transitions": [], "skipped": [], "compile": size["compile"] and ctx["compile"],
-           "samplers": list(only)}
+    out = {
+        "device": str(device),
+        "transitions": [],
+        "skipped": [],
+        "compile": size["compile"] and ctx["compile"],
+        "samplers": list(only),
+    }
     for kind, batch in size["bench_sizes"]:
         if not clock.fits(kind):
-            out["skipped"].append(f"{kind} batch {batch}: does not fit what is left of this step's time "
-                                  f"({clock.left():.0f} s; --budget-s)")
+            out["skipped"].append(
+                f"{kind} batch {batch}: does not fit what is left of this step's time "
+                f"({clock.left():.0f} s; --budget-s)"
+            )
             continue
         print(f"  {kind} batch {batch} on {device} ...", flush=True)
         try:
             with clock.unit(kind):
-                part = transition_table.device_transitions(device, [(kind, batch)], size["bench"], only=only,
-                                                           compile_ok=out["compile"])
+                part = transition_table.device_transitions(
+                    device, [(kind, batch)], size["bench"], only=only, compile_ok=out["compile"]
+                )
         except Exception as err:  # noqa: BLE001 - one size's failure is that size's result; the other sizes still run
             out.setdefault("errors", []).append(f"{kind} batch {batch}: {type(err).__name__}: {str(err).strip()[:300]}")
             print(f"    FAILED: {out['errors'][-1]}", flush=True)
@@ -263,8 +337,10 @@ def step_bench(ctx: dict) -> dict:
     for r in out["transitions"]:
         ms = "—" if r["ms"] is None else format(r["ms"], "9.4f")
         ratio = "—" if r["ratio_to_floor"] is None else format(r["ratio_to_floor"], ".3f")
-        print(f"  {r['energy'][:34]:34s} {r['batch']:6d} {r['sampler']:17s} {r['path']:16s} "
-              f"{ms:>9s} ms  ×floor {ratio}  {r.get('note', '')[:60]}")
+        print(
+            f"  {r['energy'][:34]:34s} {r['batch']:6d} {r['sampler']:17s} {r['path']:16s} "
+            f"{ms:>9s} ms  ×floor {ratio}  {r.get('note', '')[:60]}"
+        )
     if out.get("errors"):
         raise StepFailed("; ".join(out["errors"]), out)
     return out
@@ -308,25 +384,42 @@ def step_train(ctx: dict) -> dict:
     os.environ["ANILA_DATA_VERIFY"] = "0"
     iters = ctx["train_iters"] or size["train_iters"]
     clock = Budget(ctx["timeout"])
-    out = {"device": str(device), "iters_asked": iters, "seconds_per_run": ctx["train_seconds"], "runs": [],
-           "skipped": [], "overrides": size["train_overrides"], "hmc": None}
+    out = {
+        "device": str(device),
+        "iters_asked": iters,
+        "seconds_per_run": ctx["train_seconds"],
+        "runs": [],
+        "skipped": [],
+        "overrides": size["train_overrides"],
+        "hmc": None,
+    }
     samplers = _samplers_to_train()
     out["hmc"] = "hmc" in samplers
     for flags, variant in TRAIN_VARIANTS:
         for sampler in samplers:
             label = f"{sampler} {flags}"
             if variant.get("compile") and not (size["compile"] and ctx["compile"]):
-                out["skipped"].append(f"{label}: not run in the CPU dry run (compiling a ConvNet on a CPU takes "
-                                      "minutes)")
+                out["skipped"].append(
+                    f"{label}: not run in the CPU dry run (compiling a ConvNet on a CPU takes minutes)"
+                )
                 continue
             if not clock.fits(flags, unknown_factor=2.0 if variant.get("compile") else 1.0):
-                out["skipped"].append(f"{label}: does not fit what is left of this step's time "
-                                      f"({clock.left():.0f} s; --budget-s)")
+                out["skipped"].append(
+                    f"{label}: does not fit what is left of this step's time ({clock.left():.0f} s; --budget-s)"
+                )
                 continue
             print(f"  train {label} ...", flush=True)
             # the paper's iteration count stays in the config: it decides --fast auto as in a real paper run
-            config = preset("paper", sampler, dataset="cifar10", data_root=str(data), device=device.type,
-                            fast=parse_fast(ctx["train_fast"]), **variant, **size["train_overrides"])
+            config = preset(
+                "paper",
+                sampler,
+                dataset="cifar10",
+                data_root=str(data),
+                device=device.type,
+                fast=parse_fast(ctx["train_fast"]),
+                **variant,
+                **size["train_overrides"],
+            )
             before = {r["name"] for r in fast.cache_info()}
             try:
                 with clock.unit(flags):
@@ -334,14 +427,16 @@ def step_train(ctx: dict) -> dict:
                     row = _time_training(Trainer(config, progress=False), iters, seconds, device)
                 # a compiled transition that failed runs eagerly with a warning: the row must say so, not "compiled"
                 failed = [r["failed"] for r in fast.cache_info() if r["name"] not in before and r["failed"]]
-                row["sampler_path"] = (("eager (compile failed: " + failed[0] + ")") if failed
-                                       else "compiled" if row["fast"] else "eager")
+                row["sampler_path"] = (
+                    ("eager (compile failed: " + failed[0] + ")") if failed else "compiled" if row["fast"] else "eager"
+                )
             except Exception as err:  # noqa: BLE001 - one run's failure is that row's result; the others still run
                 first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 row = {"error": f"{type(err).__name__}: {first_line}"[:300]}
                 ctx.setdefault("errors", []).append(label)
-            row.update(sampler=sampler, flags=flags, batch=config.batch_size, K=config.n_steps,
-                       conv_width=config.conv_width)
+            row.update(
+                sampler=sampler, flags=flags, batch=config.batch_size, K=config.n_steps, conv_width=config.conv_width
+            )
             out["runs"].append(row)
             print(f"    {_train_line(row)}", flush=True)
             _save_partial(ctx, out)
@@ -408,21 +503,30 @@ def _time_training(trainer, iters: int, seconds: float, device) -> dict:
     sync(device)
     elapsed = time.perf_counter() - start
     finite = bool(torch.isfinite(trainer.samples).all()) and all(
-        bool(torch.isfinite(v).all()) for v in stats.values() if isinstance(v, torch.Tensor))
+        bool(torch.isfinite(v).all()) for v in stats.values() if isinstance(v, torch.Tensor)
+    )
     its = done / elapsed
-    return {"iters_timed": done, "seconds": round(elapsed, 2), "warmup_s": round(warmup_s, 1), "it_per_s": its,
-            "paper_hours": PAPER_ITERS / its / 3600, "finite": finite, "amp": trainer.nets.amp, "fast": trainer.fast,
-            "channels_last": trainer.nets.channels_last,
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
+    return {
+        "iters_timed": done,
+        "seconds": round(elapsed, 2),
+        "warmup_s": round(warmup_s, 1),
+        "it_per_s": its,
+        "paper_hours": PAPER_ITERS / its / 3600,
+        "finite": finite,
+        "amp": trainer.nets.amp,
+        "fast": trainer.fast,
+        "channels_last": trainer.nets.channels_last,
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+    }
 
 
 def _train_line(r: dict) -> str:
     if "error" in r:
         return f"FAILED: {r['error']}"
-    return (f"{r['it_per_s']:.2f} it/s over {r['iters_timed']} iterations (warm-up {r['warmup_s']} s): the paper's "
-            f"{PAPER_ITERS:,} iterations ≈ {r['paper_hours']:.1f} h; finite: {r['finite']}")
-
-
+    return (
+        f"{r['it_per_s']:.2f} it/s over {r['iters_timed']} iterations (warm-up {r['warmup_s']} s): the paper's "
+        f"{PAPER_ITERS:,} iterations ≈ {r['paper_hours']:.1f} h; finite: {r['finite']}"
+    )
 
 
 STEPS = {"versions": step_versions, "tests": step_tests, "bench": step_bench, "train": step_train}
@@ -431,4 +535,3 @@ STEPS = {"versions": step_versions, "tests": step_tests, "bench": step_bench, "t
 def _save_partial(ctx: dict, out: dict) -> None:
     if ctx.get("result_file"):
         Path(ctx["result_file"]).write_text(json.dumps({"status": "partial", "result": out}, default=str))
-

@@ -1,4 +1,5 @@
-"""The speed benchmark's JAX rows in a process of their own: a ``jax.jit`` Langevin loop, BlackJAX's MALA and the matrix products alone, on the torch MLP's weights, on one CPU.
+"""The speed benchmark's JAX rows in a process of their own: a ``jax.jit`` Langevin loop, BlackJAX's MALA and the matrix
+products alone, on the torch MLP's weights, on one CPU.
 
 Started by the benchmark (``benchmarks/peers.py``; never by hand): a separate process, so that JAX's runtime
 threads and allocator never share a process with the torch rows it is compared with. It
@@ -116,17 +117,22 @@ def setup(spec: dict) -> tuple[dict, dict]:
     _add_matmuls(arrays, K, compiled, info)
 
     if versions["blackjax"] is None:
-        info["rows"]["langevin-mala/blackjax"] = {"skipped": f"blackjax cannot be imported ({versions['blackjax_error']})"}
+        info["rows"]["langevin-mala/blackjax"] = {
+            "skipped": f"blackjax cannot be imported ({versions['blackjax_error']})"
+        }
         return measures, info
     try:
         _add_blackjax(energy, x0, key, K, eps, compiled, info)
     except Exception as err:  # noqa: BLE001 - an API this code does not know: the row says why, the JAX row stays
-        info["rows"]["langevin-mala/blackjax"] = {"skipped": f"blackjax {versions['blackjax']} failed here ({type(err).__name__}: {err})"[:300]}
+        info["rows"]["langevin-mala/blackjax"] = {
+            "skipped": f"blackjax {versions['blackjax']} failed here ({type(err).__name__}: {err})"[:300]
+        }
     return measures, info
 
 
 def _add_matmuls(arrays, K: int, compiled, info: dict) -> None:
-    """``matmuls/xla``: the chain of matrix products the parent times with torch (``matmul_chain_arrays``), here with XLA's dot."""
+    """``matmuls/xla``: the chain of matrix products the parent times with torch (``matmul_chain_arrays``), here with
+    XLA's dot."""
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -156,7 +162,8 @@ def _add_blackjax(energy, x0, key, K: int, eps: float, compiled, info: dict) -> 
     import jax
     from jax import lax
 
-    # BlackJAX's MALA proposes z + h·∇log p + sqrt(2h)·ξ: with log p = −E and h = ε/2 it is our Langevin proposal at τ = 1
+    # BlackJAX's MALA proposes z + h·∇log p + sqrt(2h)·ξ: with log p = −E and h = ε/2 it is our Langevin proposal at τ =
+    # 1
     mala = blackjax.mala(lambda z: -energy(z[None])[0], step_size=eps / 2)
     states = jax.vmap(mala.init)(x0)
 
@@ -176,7 +183,8 @@ def _add_blackjax(energy, x0, key, K: int, eps: float, compiled, info: dict) -> 
 
 
 def parallelism(measure, calls: int = 20) -> float:
-    """CPU time over wall time across ``calls`` runs of ``measure``: at most about 1 when one CPU at a time computes (the check of one thread)."""
+    """CPU time over wall time across ``calls`` runs of ``measure``: at most about 1 when one CPU at a time computes
+    (the check of one thread)."""
     samples = [measure() for _ in range(calls)]
     return round(sum(m["cpu"] for m in samples) / sum(m["wall"] for m in samples), 2)
 

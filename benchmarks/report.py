@@ -201,8 +201,12 @@ def render_markdown(results: dict) -> str:
             f"{_f(r.get('overhead_ms'))} | {_f(r.get('composed_ratio'))} | "
             f"{comp} | {r.get('note', '')} |"
         )
-    lines += ["", "Ours against the peers, each transition's rest in the same run: "
-              + "; ".join(_ratio_words(ratio) for ratio in rest["ratios"]) + "."]
+    lines += [
+        "",
+        "Ours against the peers, each transition's rest in the same run: "
+        + "; ".join(_ratio_words(ratio) for ratio in rest["ratios"])
+        + ".",
+    ]
     lines += ["", "## TorchEBM equivalence check", ""]
     if results["torchebm_check"]:
         lines += [

@@ -1,9 +1,9 @@
-"""Under nbmake every notebook of the session (these and apps/) also fails on stray output: text on stderr or a warning in any cell (tests/notebook_noise.py says what counts)."""
+"""Under nbmake every notebook of the session (these and apps/) also fails on stray output: text on stderr or a warning
+in any cell (tests/notebook_noise.py says what counts)."""
 
 import sys
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from notebook_noise import noise_in_outputs  # noqa: E402
@@ -16,8 +16,10 @@ except ImportError:  # pragma: no cover
 
 
 if pytest_items is not None and not getattr(pytest_items.NotebookRun, "_anila_checks_noise", False):
+
     class _QuietNotebookRun(pytest_items.NotebookRun):
-        """nbmake's run, reused rather than repeated: the executed notebook it returns is read for noise, at no extra cost."""
+        """nbmake's run, reused rather than repeated: the executed notebook it returns is read for noise, at no extra
+        cost."""
 
         _anila_checks_noise = True
 

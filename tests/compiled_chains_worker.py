@@ -1,4 +1,5 @@
-"""Test helper run in a process of its own (tests/test_cpu_capabilities.py): every sampler's compiled chain beside its eager chain, on the 2-D MLPs, reported as JSON.
+"""Test helper run in a process of its own (tests/test_cpu_capabilities.py): every sampler's compiled chain beside its
+eager chain, on the 2-D MLPs, reported as JSON.
 
 Usage: ``python tests/compiled_chains_worker.py REPORT.json [CASES]``, with ``ATEN_CPU_CAPABILITY`` set
 by the caller: torch reads it once, at start-up, so each vector ISA needs a process of its own.
@@ -50,7 +51,10 @@ def cases(which: str):
     if which == "tiny":
         yield "mlp-2-8-1/langevin", tiny, Langevin(0.05), DEFAULT_TOLERANCE
         return
-    for name, net, chosen in (("mlp-2-128-128-128-1", big, None), ("mlp-2-32-32-1", small, ("langevin", "anila-coordinate"))):
+    for name, net, chosen in (
+        ("mlp-2-128-128-128-1", big, None),
+        ("mlp-2-32-32-1", small, ("langevin", "anila-coordinate")),
+    ):
         b = float(energy_and_grad(net, X0)[1].abs().median())
         for sampler_name, sampler in samplers(b).items():
             if chosen is None or sampler_name in chosen:
@@ -65,22 +69,25 @@ def main(report: str, which: str = "all") -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for fast in (False, True):
-                chains[fast] = sampler.sample(net, X0, N_STEPS, generator=torch.Generator().manual_seed(7), fast=fast,
-                                              allow_nonfinite=True)
+                chains[fast] = sampler.sample(
+                    net, X0, N_STEPS, generator=torch.Generator().manual_seed(7), fast=fast, allow_nonfinite=True
+                )
         made = [row for row in compiled.cache_info() if row["name"] not in before]
         eager, quick = chains[False], chains[True]
-        rows.append({
-            "case": name,
-            "compiled": bool(made) and all(row["failed"] is None and row["compile_s"] is not None for row in made),
-            "failed": [row["failed"] for row in made if row["failed"]],
-            "warnings": [str(w.message) for w in caught],
-            "eager_finite": bool(torch.isfinite(eager).all()),
-            "compiled_finite": bool(torch.isfinite(quick).all()),
-            "moved": float((eager - X0).abs().max()),
-            "max_abs_gap": float((quick - eager).abs().max()),
-            "close": bool(torch.allclose(quick, eager, **tolerance)),
-            "tolerance": tolerance,
-        })
+        rows.append(
+            {
+                "case": name,
+                "compiled": bool(made) and all(row["failed"] is None and row["compile_s"] is not None for row in made),
+                "failed": [row["failed"] for row in made if row["failed"]],
+                "warnings": [str(w.message) for w in caught],
+                "eager_finite": bool(torch.isfinite(eager).all()),
+                "compiled_finite": bool(torch.isfinite(quick).all()),
+                "moved": float((eager - X0).abs().max()),
+                "max_abs_gap": float((quick - eager).abs().max()),
+                "close": bool(torch.allclose(quick, eager, **tolerance)),
+                "tolerance": tolerance,
+            }
+        )
     out = {"capability": torch.backends.cpu.get_cpu_capability(), "rows": rows}
     with open(report, "w") as f:
         json.dump(out, f, indent=1)

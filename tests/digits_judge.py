@@ -1,4 +1,5 @@
-"""Test helper: one data root per test session holding the trained digits classifier, so FID/KID on digits costs its training once."""
+"""Test helper: one data root per test session holding the trained digits classifier, so FID/KID on digits costs its
+training once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ _ROOTS: dict[str, Path] = {}
 
 
 def digits_data_root(base: Path) -> Path:
-    """``base/digits-root`` with ``cache/digits_classifier.pt`` in it, trained (a few seconds) on the first call of the session."""
+    """``base/digits-root`` with ``cache/digits_classifier.pt`` in it, trained (a few seconds) on the first call of the
+    session."""
     if "root" not in _ROOTS:
         import torch
 

@@ -1,4 +1,5 @@
-"""Tiny CIFAR-10 and Flowers102 datasets written in the exact on-disk formats torchvision reads, for tests and notebook CI.
+"""Tiny CIFAR-10 and Flowers102 datasets written in the exact on-disk formats torchvision reads, for tests and notebook
+CI.
 
 The files have the official names and layout but synthetic content, so their MD5 sums differ
 from the official release: load them with ``verify=False`` (or ``ANILA_DATA_VERIFY=0``), or
@@ -54,7 +55,8 @@ def write_tiny_cifar10(root: str | Path, n_per_batch: int = 4, seed: int = 0) ->
 
 
 def flower_colour(i: int) -> tuple[int, int, int]:
-    """The solid RGB colour of the central square of tiny flower ``i`` (1-based): black, white, then a spread of hues."""
+    """The solid RGB colour of the central square of tiny flower ``i`` (1-based): black, white, then a spread of
+    hues."""
     if i == 1:
         return (0, 0, 0)
     if i == 2:

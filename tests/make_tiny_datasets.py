@@ -1,4 +1,5 @@
-"""Write tiny CIFAR-10 and Flowers102 datasets (official file layout, synthetic pixels) into a folder: ``python tests/make_tiny_datasets.py DIR``.
+"""Write tiny CIFAR-10 and Flowers102 datasets (official file layout, synthetic pixels) into a folder: ``python
+tests/make_tiny_datasets.py DIR``.
 
 Notebook 04 runs in CI on these, at the smoke budget, with ``ANILA_DATA=DIR`` and
 ``ANILA_DATA_VERIFY=0`` (the files' checksums differ from the official release on purpose).

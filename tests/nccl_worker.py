@@ -1,4 +1,5 @@
-"""Test helper run by torchrun (tests/test_gpu.py): the package's process group on one GPU (NCCL), its collectives, DDP, and the CLI inside the group.
+"""Test helper run by torchrun (tests/test_gpu.py): the package's process group on one GPU (NCCL), its collectives, DDP,
+and the CLI inside the group.
 
 Usage: ``torchrun --standalone --nproc_per_node 1 tests/nccl_worker.py REPORT_JSON RUN_DIR DEVICE``.
 With one process the package starts no group of its own (``WORLD_SIZE=1`` is a single run),
@@ -37,17 +38,35 @@ def run(report_path: Path, run_dir: Path, device: torch.device) -> int:
         torch.manual_seed(0)
         plain = MLPEnergy(2, 16, 2).to(device)
         wrapped = torch.nn.parallel.DistributedDataParallel(
-            MLPEnergy(2, 16, 2).to(device), device_ids=[device.index or 0] if use_cuda else None)
+            MLPEnergy(2, 16, 2).to(device), device_ids=[device.index or 0] if use_cuda else None
+        )
         wrapped.module.load_state_dict(plain.state_dict())
         x = torch.randn(32, 2, device=device)
         plain(x).mean().backward()
         wrapped(x).mean().backward()  # DDP all-reduces the gradients (averaged over one rank: unchanged)
-        report["ddp_grad_max_diff"] = max(float((a.grad - b.grad).abs().max())
-                                          for a, b in zip(plain.parameters(), wrapped.module.parameters()))
+        report["ddp_grad_max_diff"] = max(
+            float((a.grad - b.grad).abs().max()) for a, b in zip(plain.parameters(), wrapped.module.parameters())
+        )
         report["ddp_grad_max"] = max(float(p.grad.abs().max()) for p in plain.parameters())
 
-        code = main(["train", "--preset", "smoke", "--sampler", "anila", "--device", device.type, "--iters", "6",
-                     "--checkpoint-every", "3", "--no-progress", "--out", str(run_dir)])
+        code = main(
+            [
+                "train",
+                "--preset",
+                "smoke",
+                "--sampler",
+                "anila",
+                "--device",
+                device.type,
+                "--iters",
+                "6",
+                "--checkpoint-every",
+                "3",
+                "--no-progress",
+                "--out",
+                str(run_dir),
+            ]
+        )
         report["train_exit_code"] = code
         report["group_still_running"] = dist.is_initialized()  # the command used the group and left it to its owner
     finally:

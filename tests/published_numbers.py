@@ -1,4 +1,5 @@
-"""The published-numbers check: every result number in the README, docs/ and the notebooks' markdown is tied to a committed result file.
+"""The published-numbers check: every result number in the README, docs/ and the notebooks' markdown is tied to a
+committed result file.
 
 Prose marks a passage that states results with the files they come from::
 
@@ -27,7 +28,8 @@ BLOCK = re.compile(r"<!-- numbers: (?P<sources>[^>]*?) -->(?P<body>.*?)<!-- /num
 # a decimal (0.103, 4.9, 1.17), or a whole number followed by " s" (a wall time)
 NUMBER = re.compile(r"(?<![\w.\-/=])(?P<value>\d+\.\d+|\d+(?= s\b))(?![\w.])")
 CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
-# settings and other numbers that are not results, as they appear outside marked passages of one file ("*": any file), each with why
+# settings and other numbers that are not results, as they appear outside marked passages of one file ("*": any file),
+# each with why
 NOT_RESULTS = {
     "*": {
         "0.995": "an EMA decay, a setting",
@@ -61,7 +63,8 @@ class Finding:
 
 
 def markdown_texts() -> list[tuple[str, str]]:
-    """``(path, markdown)`` of the README, every markdown file under docs/ (the generated study reports aside) and each notebook's markdown cells."""
+    """``(path, markdown)`` of the README, every markdown file under docs/ (the generated study reports aside) and each
+    notebook's markdown cells."""
     out = [("README.md", (ROOT / "README.md").read_text())]
     for path in sorted((ROOT / "docs").rglob("*.md")):
         if path.parent.parent.name == "study":
@@ -69,7 +72,12 @@ def markdown_texts() -> list[tuple[str, str]]:
         out.append((str(path.relative_to(ROOT)), path.read_text()))
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
-        out.append((str(path.relative_to(ROOT)), "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")))
+        out.append(
+            (
+                str(path.relative_to(ROOT)),
+                "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown"),
+            )
+        )
     return out
 
 
@@ -132,5 +140,7 @@ def check_text(path: str, text: str) -> list[Finding]:
         value = m["value"]
         allowed = NOT_RESULTS["*"].keys() | NOT_RESULTS.get(path, {}).keys()
         if "." in value and significant_digits(value) >= 3 and value not in allowed:
-            findings.append(Finding(path, value, "a measured-looking number outside any <!-- numbers: FILE --> passage"))
+            findings.append(
+                Finding(path, value, "a measured-looking number outside any <!-- numbers: FILE --> passage")
+            )
     return findings

@@ -1,4 +1,5 @@
-"""The outcomes the hostile-use tests (tests/test_hostile.py) observed, for docs/RELIABILITY.md, which tests/test_reliability.py renders."""
+"""The outcomes the hostile-use tests (tests/test_hostile.py) observed, for docs/RELIABILITY.md, which
+tests/test_reliability.py renders."""
 
 #: case id → (what was tried, what happened), in the order the tests ran
 HOSTILE: dict[str, tuple[str, str]] = {}

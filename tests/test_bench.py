@@ -1,4 +1,5 @@
-"""The benchmark's smallest run: every section runs and writes the rows and ratios its report needs (seconds; no compiling); the JAX rows' plumbing and skips."""
+"""The benchmark's smallest run: every section runs and writes the rows and ratios its report needs (seconds; no
+compiling); the JAX rows' plumbing and skips."""
 
 import importlib.util
 import json
@@ -20,8 +21,13 @@ HAVE_BLACKJAX = importlib.util.find_spec("blackjax") is not None
 
 
 def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--minimal", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--minimal", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     report = (tmp_path / "RESULTS.md").read_text()
@@ -50,9 +56,20 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
     # the public API with no fast= argument, the energy written as a module, a bound method and a lambda
     for path, words in (("default", "the module"), ("default-method", "bound method"), ("default-lambda", "lambda")):
         default = rows[("mlp", f"langevin/{path}")]
-        assert default["ms"] > 0 and default["K"] == 100 and "no fast= argument" in default["note"] and words in default["note"]
-    assert measured(rows[("mlp", "matmuls/torch")]) and "matrix products alone" in rows[("mlp", "matmuls/torch")]["note"]
-    for key, present in (("langevin/jax", HAVE_JAX), ("langevin-mala/blackjax", HAVE_JAX and HAVE_BLACKJAX), ("matmuls/xla", HAVE_JAX)):
+        assert (
+            default["ms"] > 0
+            and default["K"] == 100
+            and "no fast= argument" in default["note"]
+            and words in default["note"]
+        )
+    assert (
+        measured(rows[("mlp", "matmuls/torch")]) and "matrix products alone" in rows[("mlp", "matmuls/torch")]["note"]
+    )
+    for key, present in (
+        ("langevin/jax", HAVE_JAX),
+        ("langevin-mala/blackjax", HAVE_JAX and HAVE_BLACKJAX),
+        ("matmuls/xla", HAVE_JAX),
+    ):
         row = rows[("mlp", key)]
         if present:
             assert measured(row), row
@@ -73,7 +90,9 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
     mm = rows[("mlp", "matmuls/torch")]["ms"]
     assert all(rest[k]["rest_ms"] == rows[("mlp", k)]["ms"] - mm for k in ours)
     assert [(r["ours"], r["peer"]) for r in results["rest"]["ratios"]] == [
-        ("langevin/fast", "langevin/jax"), ("langevin-mala/fast", "langevin-mala/blackjax")]
+        ("langevin/fast", "langevin/jax"),
+        ("langevin-mala/fast", "langevin-mala/blackjax"),
+    ]
     for ratio in results["rest"]["ratios"]:  # this mode compiles nothing: no compiled row to set against the peer's
         blackjax_missing = "blackjax" in ratio["peer"] and not HAVE_BLACKJAX
         no_peer = "no JAX" if not HAVE_JAX else "no BlackJAX" if blackjax_missing else None
@@ -82,15 +101,25 @@ def test_minimal_benchmark_writes_the_expected_rows(tmp_path):
     assert "rest = a row's time per transition minus its own library's `matmuls` row" in done.stdout
     assert "rest(langevin/fast) / rest(langevin/jax)" in done.stdout and "| rest ms |" in report
 
-    assert {(r["kind"], r["sampler"]) for r in results["training"]} == {(k, s) for k in ("mlp", "conv") for s in ("langevin", "anila")}
+    assert {(r["kind"], r["sampler"]) for r in results["training"]} == {
+        (k, s) for k in ("mlp", "conv") for s in ("langevin", "anila")
+    }
     assert all(r["ratio_to_K_plus_2_floors"] > 0 for r in results["training"])
     assert {r["kind"] for r in results["memory"]} == {"mlp", "conv"}
     assert {q["sampler"] for q in results["quality"]} == {"langevin", "anila"}
     assert all(len(q["points"]) > 0 and 0 <= q["points"][-1][2] <= 1 for q in results["quality"])
     assert results["targets"]
 
-    for heading in ("## Transitions", "## TorchEBM equivalence check", "## JAX and BlackJAX", "## Training iteration", "## Peak memory against K",
-                    "## Time to quality", "## Targets", "**Load**"):
+    for heading in (
+        "## Transitions",
+        "## TorchEBM equivalence check",
+        "## JAX and BlackJAX",
+        "## Training iteration",
+        "## Peak memory against K",
+        "## Time to quality",
+        "## Targets",
+        "**Load**",
+    ):
         assert heading in report
 
 
@@ -102,25 +131,47 @@ def _transition(row: str, ms: float | None, device: str = "cpu") -> dict:
 def test_rest_is_the_row_minus_its_own_librarys_matmuls_and_the_ratios_set_ours_against_the_peers(monkeypatch):
     """Fixed numbers, binary fractions: the arithmetic is exact, so every figure is asserted with ==."""
     rest_figures = _benchmark_module("rest", monkeypatch).rest_figures
-    rows = [_transition(*r) for r in (
-        ("floor/floor", 4.0), ("langevin/eager", 4.25), ("langevin/fast", 3.5), ("langevin-mala/fast", 2.5),
-        ("anila-coordinate/fast", 3.25), ("hmc-5-leapfrog/fast", 12.0), ("langevin/default", 3.75),
-        ("psgld/fast", None), ("matmuls/torch", 1.5),
-        ("langevin/jax", 2.5), ("langevin-mala/blackjax", 3.0), ("matmuls/xla", 2.0),
-    )] + [_transition("langevin/fast", 9.0, device="cuda")]  # no matmuls row on that device: no rest
+    rows = [
+        _transition(*r)
+        for r in (
+            ("floor/floor", 4.0),
+            ("langevin/eager", 4.25),
+            ("langevin/fast", 3.5),
+            ("langevin-mala/fast", 2.5),
+            ("anila-coordinate/fast", 3.25),
+            ("hmc-5-leapfrog/fast", 12.0),
+            ("langevin/default", 3.75),
+            ("psgld/fast", None),
+            ("matmuls/torch", 1.5),
+            ("langevin/jax", 2.5),
+            ("langevin-mala/blackjax", 3.0),
+            ("matmuls/xla", 2.0),
+        )
+    ] + [_transition("langevin/fast", 9.0, device="cuda")]  # no matmuls row on that device: no rest
     figures = rest_figures(rows)
     rest = {r["row"]: (r["library"], r["matmuls_ms"], r["rest_ms"]) for r in figures["rows"]}
     # eager rows, the unmeasured one, HMC's several gradients and the matmuls rows themselves have none
     assert rest == {
-        "langevin/fast": ("torch", 1.5, 2.0), "langevin-mala/fast": ("torch", 1.5, 1.0),
-        "anila-coordinate/fast": ("torch", 1.5, 1.75), "langevin/default": ("torch", 1.5, 2.25),
-        "langevin/jax": ("xla", 2.0, 0.5), "langevin-mala/blackjax": ("xla", 2.0, 1.0),
+        "langevin/fast": ("torch", 1.5, 2.0),
+        "langevin-mala/fast": ("torch", 1.5, 1.0),
+        "anila-coordinate/fast": ("torch", 1.5, 1.75),
+        "langevin/default": ("torch", 1.5, 2.25),
+        "langevin/jax": ("xla", 2.0, 0.5),
+        "langevin-mala/blackjax": ("xla", 2.0, 1.0),
     }
     langevin, mala = figures["ratios"]
     assert (langevin["ours"], langevin["peer"], langevin["ratio"], langevin["met"]) == (
-        "langevin/fast", "langevin/jax", 4.0, False)
+        "langevin/fast",
+        "langevin/jax",
+        4.0,
+        False,
+    )
     assert (mala["ours"], mala["peer"], mala["ratio"], mala["met"]) == (
-        "langevin-mala/fast", "langevin-mala/blackjax", 1.0, True)
+        "langevin-mala/fast",
+        "langevin-mala/blackjax",
+        1.0,
+        True,
+    )
     assert langevin["target"] == mala["target"] == 1.1 and langevin["why"] is mala["why"] is None
 
     # without JAX our rows keep their rest and the ratios say why they are missing
@@ -145,7 +196,8 @@ def _tiny_mlp():
 
 
 def test_matmul_chain_is_orthogonal_and_keeps_the_norm(monkeypatch):
-    """The products the ``matmuls`` rows time: one orthogonal matrix per square hidden layer, so a long chain neither grows nor shrinks."""
+    """The products the ``matmuls`` rows time: one orthogonal matrix per square hidden layer, so a long chain neither
+    grows nor shrinks."""
     from anila_core.nets import MLPEnergy
 
     timing = _benchmark_module("timing", monkeypatch)
@@ -176,7 +228,8 @@ def test_jax_rows_say_skipped_when_jax_is_not_installed(tmp_path, monkeypatch):
 
 
 def test_jax_rows_say_why_when_jax_cannot_be_imported(tmp_path, monkeypatch):
-    """A jax that is present but broken: the child says so in one line, no traceback reaches the table, the torch rows go on."""
+    """A jax that is present but broken: the child says so in one line, no traceback reaches the table, the torch rows
+    go on."""
     fake = tmp_path / "fake"
     (fake / "jax").mkdir(parents=True)
     (fake / "jax" / "__init__.py").write_text("raise ImportError('simulated broken jax')\n")

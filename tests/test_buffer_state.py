@@ -1,4 +1,5 @@
-"""The training buffer keeps each chain's sampler state (pSGLD's running average) across iterations, checkpoints and resumes."""
+"""The training buffer keeps each chain's sampler state (pSGLD's running average) across iterations, checkpoints and
+resumes."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ from anila_core.training.trainer import Trainer
 
 def psgld_config(**overrides):
     # reinit 0.5: both restarted and carried-over chains occur in every batch
-    return preset("smoke", "psgld", device="cpu", step_size=0.003, reinit=0.5, iters=8, eval_every=100, checkpoint_every=100,
-                  **overrides)
+    return preset(
+        "smoke",
+        "psgld",
+        device="cpu",
+        step_size=0.003,
+        reinit=0.5,
+        iters=8,
+        eval_every=100,
+        checkpoint_every=100,
+        **overrides,
+    )
 
 
 def test_a_buffer_chain_continues_with_its_own_running_average():

@@ -1,4 +1,5 @@
-"""The command line: the files a run writes and what is in them, compare, resume, and clear errors without tracebacks."""
+"""The command line: the files a run writes and what is in them, compare, resume, and clear errors without
+tracebacks."""
 
 import json
 import os
@@ -17,13 +18,34 @@ from anila_core.training.kinds import RUN_FILES
 
 def run_cli(*args, cwd=None):
     """Run ``python -m anila_core`` in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, "-m", "anila_core", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "anila_core", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_train_writes_every_file_with_the_expected_content(tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--preset", "smoke", "--sampler", "anila", "--b", "0.5", "--iters", "20", "--seed", "3",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "smoke",
+                "--sampler",
+                "anila",
+                "--b",
+                "0.5",
+                "--iters",
+                "20",
+                "--seed",
+                "3",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     for name in RUN_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     config = json.loads((out / "config.json").read_text())
@@ -45,8 +67,23 @@ def test_train_writes_every_file_with_the_expected_content(tmp_path):
 def test_help_documents_every_hyperparameter():
     result = run_cli("train", "--help")
     assert result.returncode == 0
-    for flag in ("--preset", "--sampler", "--step-size", "--b", "--norm", "--noise-scale", "--n-steps", "--chains",
-                 "--lr", "--iters", "--seed", "--device", "--out", "--resume", "--metropolis"):
+    for flag in (
+        "--preset",
+        "--sampler",
+        "--step-size",
+        "--b",
+        "--norm",
+        "--noise-scale",
+        "--n-steps",
+        "--chains",
+        "--lr",
+        "--iters",
+        "--seed",
+        "--device",
+        "--out",
+        "--resume",
+        "--metropolis",
+    ):
         assert flag in result.stdout
 
 
@@ -58,9 +95,15 @@ def test_help_documents_every_hyperparameter():
         (["train", "--preset", "smoke", "--device", "cuda:7"], "device"),
         (["train", "--resume"], "--resume: needs --out"),
         (["train", "--preset", ""], "preset: unknown name ''"),
-        (["train", "--preset", "smoke", "--seed", "1e20"], "seed: expected an integer in [0, 2**63 - 1 = 9223372036854775807]"),
+        (
+            ["train", "--preset", "smoke", "--seed", "1e20"],
+            "seed: expected an integer in [0, 2**63 - 1 = 9223372036854775807]",
+        ),
         (["train", "--preset", "smoke", "--eval-samples", "1e9"], "eval_samples: expected at most 10000"),
-        (["train", "--preset", "smoke", "--seed", "two"], "argument --seed: expected an integer (such as 2000 or 2e3), got 'two'"),
+        (
+            ["train", "--preset", "smoke", "--seed", "two"],
+            "argument --seed: expected an integer (such as 2000 or 2e3), got 'two'",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line_without_traceback(tmp_path, args, expected):
@@ -113,7 +156,9 @@ def test_cli_resume_continues_to_the_new_iteration_count(tmp_path, capsys):
 
 def test_compare_writes_the_side_by_side_figure_and_table(tmp_path):
     out = tmp_path / "cmp"
-    assert main(["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]) == 0
+    )
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     table = (out / "comparison.md").read_text()
     assert "| langevin |" in table and "| anila |" in table
@@ -129,8 +174,26 @@ def test_compare_entries_carry_their_own_settings(tmp_path):
     assert run_spec("anila:b=3") == ("anila-b3", "anila", {"b": 3.0})
     assert run_spec("anila:b=3,n_steps=5") == ("anila-b3-n-steps5", "anila", {"b": 3.0, "n_steps": 5})
     out = tmp_path / "cmp"
-    assert main(["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress",
-                 "--samplers", "anila", "anila:b=3"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--preset",
+                "smoke",
+                "--iters",
+                "10",
+                "--jobs",
+                "1",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--samplers",
+                "anila",
+                "anila:b=3",
+            ]
+        )
+        == 0
+    )
     tuned, clipping = (json.loads((out / name / "config.json").read_text()) for name in ("anila", "anila-b3"))
     assert tuned["b"] == preset("smoke", "anila").b and clipping["b"] == 3.0
     assert {k for k in tuned if tuned[k] != clipping[k]} == {"b"}
@@ -138,13 +201,16 @@ def test_compare_entries_carry_their_own_settings(tmp_path):
     assert "| anila-b3 |" in table and "b=3, norm=coordinate" in table
 
 
-@pytest.mark.parametrize("entry, message", [
-    ("anila:c=3", "expected NAME or NAME:setting=value"),
-    ("anila:b", "expected NAME or NAME:setting=value"),
-    ("anila:b=x", "anila:b=x': b: could not convert"),
-    ("anila:sampler=hmc", "expected NAME or NAME:setting=value"),
-    ("nope", "sampler: unknown name 'nope'"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("anila:c=3", "expected NAME or NAME:setting=value"),
+        ("anila:b", "expected NAME or NAME:setting=value"),
+        ("anila:b=x", "anila:b=x': b: could not convert"),
+        ("anila:sampler=hmc", "expected NAME or NAME:setting=value"),
+        ("nope", "sampler: unknown name 'nope'"),
+    ],
+)
 def test_compare_refuses_a_bad_entry_in_one_line(tmp_path, capsys, entry, message):
     out = tmp_path / "cmp"
     assert main(["compare", "--preset", "smoke", "--out", str(out), "--samplers", "langevin", entry]) == 2
@@ -154,7 +220,10 @@ def test_compare_refuses_a_bad_entry_in_one_line(tmp_path, capsys, entry, messag
 
 
 def test_compare_refuses_two_entries_for_one_folder(tmp_path, capsys):
-    assert main(["compare", "--preset", "smoke", "--out", str(tmp_path / "c"), "--samplers", "anila:b=3", "anila:b=3.0"]) == 2
+    assert (
+        main(["compare", "--preset", "smoke", "--out", str(tmp_path / "c"), "--samplers", "anila:b=3", "anila:b=3.0"])
+        == 2
+    )
     assert "anila-b3 named twice" in capsys.readouterr().err
 
 
@@ -178,13 +247,28 @@ def test_compare_print_commands_lists_one_train_command_per_run_and_resume_colle
     import shlex
 
     out = tmp_path / "cmp"
-    args = ["compare", "--preset", "smoke", "--iters", "10", "--samplers", "langevin", "anila:b=3", "--jobs", "1",
-            "--out", str(out), "--no-progress"]
+    args = [
+        "compare",
+        "--preset",
+        "smoke",
+        "--iters",
+        "10",
+        "--samplers",
+        "langevin",
+        "anila:b=3",
+        "--jobs",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args + ["--print-commands"]) == 0
     commands = capsys.readouterr().out.splitlines()
     train = "python -m anila_core train --preset smoke"
-    assert commands == [f"{train} --sampler langevin --iters 10 --out {out / 'langevin'} --no-progress",
-                        f"{train} --sampler anila --iters 10 --b 3.0 --out {out / 'anila-b3'} --no-progress"]
+    assert commands == [
+        f"{train} --sampler langevin --iters 10 --out {out / 'langevin'} --no-progress",
+        f"{train} --sampler anila --iters 10 --b 3.0 --out {out / 'anila-b3'} --no-progress",
+    ]
     for line in commands:  # what a scheduler runs: each run in its own folder
         assert main(shlex.split(line)[3:]) == 0
     capsys.readouterr()
@@ -216,8 +300,26 @@ def test_resume_refuses_only_a_changed_value_and_names_both(tmp_path, capsys):
     before = (out / "config.json").read_bytes()
     capsys.readouterr()
     # --sampler and --seed as saved: accepted; --target given as saved too
-    assert main(["train", "--resume", "--sampler", "langevin", "--seed", "0", "--target", "rings", "--iters", "10", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                "--sampler",
+                "langevin",
+                "--seed",
+                "0",
+                "--target",
+                "rings",
+                "--iters",
+                "10",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["train", "--resume", "--sampler", "anila", "--seed", "0", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -252,8 +354,11 @@ def test_help_lists_the_valid_values_of_each_choice_flag(command):
     choices = {"--" + f.name: f.metadata["choices"] for f in fields(TrainConfig) if f.name in LISTED_CHOICES}
     assert len(choices) == len(LISTED_CHOICES)
     # compare takes several samplers; a sweep's samplers are its kinds (mala, anila_mh, ...)
-    samplers = {"train": ("--sampler", choices["--sampler"]), "compare": ("--samplers", choices["--sampler"]),
-                "sweep": ("--samplers", tuple(KINDS))}[command]
+    samplers = {
+        "train": ("--sampler", choices["--sampler"]),
+        "compare": ("--samplers", choices["--sampler"]),
+        "sweep": ("--samplers", tuple(KINDS)),
+    }[command]
     del choices["--sampler"]
     if command == "sweep":
         del choices["--norm"]  # no sweep flag: the kinds fix the norm (anila_pixel, anila_sample)
@@ -264,7 +369,10 @@ def test_help_lists_the_valid_values_of_each_choice_flag(command):
 
 
 #: one progress line of a run: ``anila: 20/30 iterations (67%), grid TV 0.512, energy gap -0.21, 2 s, about 1 s left``
-PROGRESS_LINE = r"^(?P<run>[\w.-]+): (?P<done>\d+)/(?P<total>\d+) iterations \(\d+%\), grid TV \d\.\d{3}, energy gap -?\d+\.\d\d, \d+ s"
+PROGRESS_LINE = (
+    r"^(?P<run>[\w.-]+): (?P<done>\d+)/(?P<total>\d+) iterations \(\d+%\), grid TV \d\.\d{3}, energy gap "
+    r"-?\d+\.\d\d, \d+ s"
+)
 
 
 def _progress(out: str, total: int) -> dict[str, list[int]]:
@@ -307,15 +415,18 @@ def test_demo_shows_each_parallel_runs_progress_before_the_table(tmp_path):
 
 
 def test_no_cuda_runtime_notice_on_a_machine_without_a_gpu(tmp_path):
-    """torch logs "No CUDA runtime is found" when inductor imports torch.utils.cpp_extension with a CUDA toolkit but no GPU.
+    """torch logs "No CUDA runtime is found" when inductor imports torch.utils.cpp_extension with a CUDA toolkit but no
+    GPU.
 
     The subprocess gets both (an existing CUDA_HOME, no visible GPU), so the notice is due; the
     control run without anila_core shows it, the run with it does not, and another warning of the
     same logger still shows.
     """
     env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
-    provoke = ("import torch.utils.cpp_extension, logging; "
-               "logging.getLogger('torch.utils.cpp_extension').warning('a real warning still shows')")
+    provoke = (
+        "import torch.utils.cpp_extension, logging; "
+        "logging.getLogger('torch.utils.cpp_extension').warning('a real warning still shows')"
+    )
 
     def stderr(code: str) -> str:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -326,12 +437,15 @@ def test_no_cuda_runtime_notice_on_a_machine_without_a_gpu(tmp_path):
     quiet = stderr("import anila_core; " + provoke)
     assert "No CUDA runtime is found" not in quiet
     assert "a real warning still shows" in quiet
-    help_run = subprocess.run([sys.executable, "-m", "anila_core", "--help"], capture_output=True, text=True, env=env, timeout=120)
+    help_run = subprocess.run(
+        [sys.executable, "-m", "anila_core", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert help_run.returncode == 0 and "No CUDA runtime" not in help_run.stderr
 
 
 def test_training_runs_on_one_torch_thread_on_a_cpu_whoever_calls_it(monkeypatch):
-    """Notebooks, compare's workers and sweep cells all train through Trainer.run: one thread there, the caller's after."""
+    """Notebooks, compare's workers and sweep cells all train through Trainer.run: one thread there, the caller's
+    after."""
     from anila_core.processes import THREADS_ENV
     from anila_core.training.config import preset
     from anila_core.training.trainer import Trainer

@@ -1,11 +1,17 @@
-"""Convergence curves: distances fall from a bad start to the exact-sample floor for an exact chain; unadjusted chains show their bias."""
+"""Convergence curves: distances fall from a bad start to the exact-sample floor for an exact chain; unadjusted chains
+show their bias."""
 
 import math
 
 import pytest
-import torch
 
-from anila_core.sampling.convergence import compare_convergence, convergence_curve, log_step_grid, noise_floor, stationary_variance
+from anila_core.sampling.convergence import (
+    compare_convergence,
+    convergence_curve,
+    log_step_grid,
+    noise_floor,
+    stationary_variance,
+)
 from anila_core.sampling.samplers import AniLA, Langevin
 from anila_core.sampling.targets import Gaussian
 
@@ -51,7 +57,11 @@ def test_noise_floor_matches_exact_samples_and_shrinks_with_n():
 def test_curves_share_the_start_and_record_acceptance_only_for_metropolis():
     res = compare_convergence(
         {"ULA": Langevin(0.1), "AniLA+MH": AniLA(0.1, 1.0, metropolis=True)},
-        "gaussian", steps=[0, 5, 20], n_chains=100, metrics=("tv",), floor_repeats=2,
+        "gaussian",
+        steps=[0, 5, 20],
+        n_chains=100,
+        metrics=("tv",),
+        floor_repeats=2,
     )
     assert res["ULA"].tv[0] == res["AniLA+MH"].tv[0]  # same start
     assert res["ULA"].acceptance_rate is None and res["AniLA+MH"].acceptance_rate is not None

@@ -1,4 +1,5 @@
-"""ConvNet energies: one energy per image at every size, the published 32-px layout, spectral norm, input gradients, validation."""
+"""ConvNet energies: one energy per image at every size, the published 32-px layout, spectral norm, input gradients,
+validation."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""The course's exercise checks: each accepts the right answer, rejects wrong ones with the reason, and takes the placeholder ``...`` without raising; the notebooks hold them as committed."""
+"""The course's exercise checks: each accepts the right answer, rejects wrong ones with the reason, and takes the
+placeholder ``...`` without raising; the notebooks hold them as committed."""
 
 import json
 import math
@@ -92,17 +93,23 @@ def test_grid_evaluations_accepts_points_per_axis_to_the_dimension(answer):
     assert checks.check_grid_evaluations(answer).status == RIGHT
 
 
-@pytest.mark.parametrize("answer, reason", [
-    (6400, "multiply"), (64**100, "the base is"), (100**2, "one coordinate per pixel"), (100**8, "one per pixel"),
-    (1e100, "off by a factor of about 10^28"),
-])
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        (6400, "multiply"),
+        (64**100, "the base is"),
+        (100**2, "one coordinate per pixel"),
+        (100**8, "one per pixel"),
+        (1e100, "off by a factor of about 10^28"),
+    ],
+)
 def test_grid_evaluations_names_the_mistake(answer, reason):
     verdict = checks.check_grid_evaluations(answer)
     assert verdict.status == WRONG and reason in verdict.message
 
 
 def test_grid_evaluations_follows_the_dataset_and_the_grid():
-    assert checks.check_grid_evaluations(10**(3 * 16 * 16), points_per_axis=10, dataset="digits").status == WRONG
+    assert checks.check_grid_evaluations(10 ** (3 * 16 * 16), points_per_axis=10, dataset="digits").status == WRONG
     assert checks.check_grid_evaluations(10**64, points_per_axis=10).status == RIGHT
 
 
@@ -116,17 +123,20 @@ def test_cold_step_accepts_the_packages_move():
     assert checks.check_cold_langevin_step(package_move).status == RIGHT
 
 
-@pytest.mark.parametrize("step, reason", [
-    (lambda x, g, e, t, n: x + e / 2 * g + t * e**0.5 * n, "uphill"),
-    (lambda x, g, e, t, n: x - e * g + t * e**0.5 * n, "half the step size"),
-    (lambda x, g, e, t, n: x - e / 2 * g + t * e * n, "τ√ε, not τε"),
-    (lambda x, g, e, t, n: x - e / 2 * g + (t * e) ** 0.5 * n, "√(τε)"),
-    (lambda x, g, e, t, n: x - t * e / 2 * g + t * e**0.5 * n, "noise only"),
-    (lambda x, g, e, t, n: x - e / 2 * g + e**0.5 * n, "τ = 1"),
-    (lambda x, g, e, t, n: x - e / 2 * g, "gradient descent"),
-    (lambda x, g, e, t, n: -e / 2 * g + t * e**0.5 * n, "add it to x"),
-    (lambda x, g, e, t, n: 2 * x, "your step differs"),
-])
+@pytest.mark.parametrize(
+    "step, reason",
+    [
+        (lambda x, g, e, t, n: x + e / 2 * g + t * e**0.5 * n, "uphill"),
+        (lambda x, g, e, t, n: x - e * g + t * e**0.5 * n, "half the step size"),
+        (lambda x, g, e, t, n: x - e / 2 * g + t * e * n, "τ√ε, not τε"),
+        (lambda x, g, e, t, n: x - e / 2 * g + (t * e) ** 0.5 * n, "√(τε)"),
+        (lambda x, g, e, t, n: x - t * e / 2 * g + t * e**0.5 * n, "noise only"),
+        (lambda x, g, e, t, n: x - e / 2 * g + e**0.5 * n, "τ = 1"),
+        (lambda x, g, e, t, n: x - e / 2 * g, "gradient descent"),
+        (lambda x, g, e, t, n: -e / 2 * g + t * e**0.5 * n, "add it to x"),
+        (lambda x, g, e, t, n: 2 * x, "your step differs"),
+    ],
+)
 def test_cold_step_names_the_slip(step, reason):
     verdict = checks.check_cold_langevin_step(step)
     assert verdict.status == WRONG and reason in verdict.message, verdict
@@ -139,11 +149,14 @@ def test_cold_step_reports_a_bug_in_words():
     assert "shape" in checks.check_cold_langevin_step(lambda x, g, e, t, n: x[:1]).message
 
 
-@pytest.mark.parametrize("question, check", [
-    (checks.FLIPPED_LOSS_QUESTION, checks.check_flipped_loss),
-    (checks.ENERGY_GAP_QUESTION, checks.check_energy_gap),
-    (checks.BORDER_QUESTION, checks.check_dark_border),
-])
+@pytest.mark.parametrize(
+    "question, check",
+    [
+        (checks.FLIPPED_LOSS_QUESTION, checks.check_flipped_loss),
+        (checks.ENERGY_GAP_QUESTION, checks.check_energy_gap),
+        (checks.BORDER_QUESTION, checks.check_dark_border),
+    ],
+)
 def test_multiple_choice_accepts_only_the_right_letter_and_says_why(question, check):
     right = question.right_letter
     for letter, choice in question.options.items():
@@ -162,7 +175,9 @@ def test_the_right_border_answer_measures_the_digits():
 
 def test_a_question_has_exactly_one_right_option():
     with pytest.raises(ValueError, match="exactly one"):
-        checks.MultipleChoice("x", "?", {"a": checks.Choice("one", "why", right=True), "b": checks.Choice("two", "why", right=True)})
+        checks.MultipleChoice(
+            "x", "?", {"a": checks.Choice("one", "why", right=True), "b": checks.Choice("two", "why", right=True)}
+        )
 
 
 # --------------------------------------------------------------------------- notebook 01
@@ -176,9 +191,16 @@ def test_drift_cap_is_eps_b_over_two(eps, b):
     assert float((AniLA(eps, b).step_sizes(g) * g / 2).max()) == pytest.approx(eps * b / 2)
 
 
-@pytest.mark.parametrize("answer, reason", [
-    (0.15, "halve it"), (1.5, "ε multiplies"), (0.025, "|g| = 1"), (math.inf, "has a cap"), (0.4, "is not it"),
-])
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        (0.15, "halve it"),
+        (1.5, "ε multiplies"),
+        (0.025, "|g| = 1"),
+        (math.inf, "has a cap"),
+        (0.4, "is not it"),
+    ],
+)
 def test_drift_cap_names_the_mistake(answer, reason):
     verdict = checks.check_drift_cap(answer)
     assert verdict.status == WRONG and reason in verdict.message, verdict
@@ -195,9 +217,16 @@ def test_divergence_step_is_four_sigma_squared():
         assert (abs(float(moved[0, 0])) > 1) == grows
 
 
-@pytest.mark.parametrize("answer, reason", [
-    (0.01, "contract"), (0.02, "twice that"), (400, "flat coordinate"), (0.03, "Increase ε"), (0.1, "smaller steps"),
-])
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        (0.01, "contract"),
+        (0.02, "twice that"),
+        (400, "flat coordinate"),
+        (0.03, "Increase ε"),
+        (0.1, "smaller steps"),
+    ],
+)
 def test_divergence_step_names_the_mistake(answer, reason):
     verdict = checks.check_divergence_step(answer)
     assert verdict.status == WRONG and reason in verdict.message, verdict
@@ -213,15 +242,18 @@ def test_anila_step_sizes_accepts_the_rule():
     assert checks.check_anila_step_sizes(lambda g, e, b: AniLA(e, b).step_sizes(g)).status == RIGHT
 
 
-@pytest.mark.parametrize("rule, reason", [
-    (lambda g, e, b: e * b / g.abs(), "longer than ε"),
-    (lambda g, e, b: e * b / torch.clamp(g, min=b), "negative"),
-    (lambda g, e, b: b / torch.clamp(g.abs(), min=b), "multiply by the step size"),
-    (lambda g, e, b: e * torch.clamp(g.abs(), min=b) / b, "upside down"),
-    (lambda g, e, b: e * b / torch.clamp(g.abs(), max=b), "min where max belongs"),
-    (lambda g, e, b: torch.full_like(g, e), "Langevin's step"),
-    (lambda g, e, b: e * b / (b + g.abs()), "your step is"),
-])
+@pytest.mark.parametrize(
+    "rule, reason",
+    [
+        (lambda g, e, b: e * b / g.abs(), "longer than ε"),
+        (lambda g, e, b: e * b / torch.clamp(g, min=b), "negative"),
+        (lambda g, e, b: b / torch.clamp(g.abs(), min=b), "multiply by the step size"),
+        (lambda g, e, b: e * torch.clamp(g.abs(), min=b) / b, "upside down"),
+        (lambda g, e, b: e * b / torch.clamp(g.abs(), max=b), "min where max belongs"),
+        (lambda g, e, b: torch.full_like(g, e), "Langevin's step"),
+        (lambda g, e, b: e * b / (b + g.abs()), "your step is"),
+    ],
+)
 def test_anila_step_sizes_names_the_slip(rule, reason):
     verdict = checks.check_anila_step_sizes(rule)
     assert verdict.status == WRONG and reason in verdict.message, verdict
@@ -296,19 +328,26 @@ def test_drift_length_is_half_the_step_times_the_gradient_and_says_whether_it_cr
 def test_auroc_is_the_share_of_pairs_with_the_outlier_higher():
     from anila_core.images.ood import auroc
 
-    truth = sum(o > i for o in checks.AUROC_OUT for i in checks.AUROC_IN) / (len(checks.AUROC_IN) * len(checks.AUROC_OUT))
+    truth = sum(o > i for o in checks.AUROC_OUT for i in checks.AUROC_IN) / (
+        len(checks.AUROC_IN) * len(checks.AUROC_OUT)
+    )
     assert auroc(torch.tensor(checks.AUROC_IN), torch.tensor(checks.AUROC_OUT)) == pytest.approx(truth)
     assert checks.check_auroc(truth).status == RIGHT
     assert "upside down" in checks.check_auroc(1 - truth).message
 
 
-@pytest.mark.parametrize("fn, question", [
-    (checks.check_clipped_none, checks.CLIPPED_NONE_QUESTION), (checks.check_sliced_vs_grid, checks.SLICED_VS_GRID_QUESTION),
-])
+@pytest.mark.parametrize(
+    "fn, question",
+    [
+        (checks.check_clipped_none, checks.CLIPPED_NONE_QUESTION),
+        (checks.check_sliced_vs_grid, checks.SLICED_VS_GRID_QUESTION),
+    ],
+)
 def test_multiple_choice_of_06_and_08_accepts_only_its_right_letter(fn, question):
     for letter, choice in question.options.items():
         assert fn(letter).status == (RIGHT if choice.right else WRONG)
     assert "equal" in checks.check_clipped_none("b").message  # the package's own steps, checked
+
 
 @pytest.mark.parametrize("key", sorted(NOTEBOOKS))
 def test_each_notebook_has_exercises_with_hidden_solutions(key):
@@ -320,8 +359,14 @@ def test_each_notebook_has_exercises_with_hidden_solutions(key):
         assert "hide-input" in cell["metadata"]["tags"]
         assert "check_" in "".join(cell["source"])
     # the learner's cells: a placeholder the check takes as "not answered yet", so the notebook runs as committed
-    exercises = [c for c in cells if c["cell_type"] == "code" and c not in solutions and "check_" in "".join(c["source"])
-                 and ("= ..." in "".join(c["source"]) or "return ..." in "".join(c["source"]))]
+    exercises = [
+        c
+        for c in cells
+        if c["cell_type"] == "code"
+        and c not in solutions
+        and "check_" in "".join(c["source"])
+        and ("= ..." in "".join(c["source"]) or "return ..." in "".join(c["source"]))
+    ]
     assert len(exercises) == len(solutions)
 
 
@@ -332,9 +377,14 @@ def test_the_notebooks_are_committed_without_outputs(key):
             assert cell["outputs"] == [] and cell["execution_count"] is None
 
 
-@pytest.mark.parametrize("key, question", [
-    ("00", checks.FLIPPED_LOSS_QUESTION), ("02", checks.ENERGY_GAP_QUESTION), ("03", checks.BORDER_QUESTION),
-])
+@pytest.mark.parametrize(
+    "key, question",
+    [
+        ("00", checks.FLIPPED_LOSS_QUESTION),
+        ("02", checks.ENERGY_GAP_QUESTION),
+        ("03", checks.BORDER_QUESTION),
+    ],
+)
 def test_the_notebook_shows_the_options_the_check_knows(key, question):
     text = "".join("".join(c["source"]) for c in _notebook(key)["cells"] if c["cell_type"] == "markdown")
     for letter, choice in question.options.items():

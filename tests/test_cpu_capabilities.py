@@ -1,4 +1,5 @@
-"""The compiled chains of every sampler on the 2-D MLPs under each vector ISA this CPU runs (``ATEN_CPU_CAPABILITY``), against the eager chains; and inductor's disk cache kept apart per ISA.
+"""The compiled chains of every sampler on the 2-D MLPs under each vector ISA this CPU runs (``ATEN_CPU_CAPABILITY``),
+against the eager chains; and inductor's disk cache kept apart per ISA.
 
 Torch picks its vector kernels (and inductor the C++ it writes) once per process, from the
 CPU or from ``ATEN_CPU_CAPABILITY``, so each capability runs in a process of its own
@@ -24,7 +25,8 @@ ROOT = Path(anila_core.__file__).resolve().parents[1]
 
 
 def cpu_capabilities() -> list[str]:
-    """The values of ``ATEN_CPU_CAPABILITY`` this CPU can run, widest first: ``avx512`` and ``avx2`` where /proc/cpuinfo lists them, and ``default`` (no vector kernels) everywhere."""
+    """The values of ``ATEN_CPU_CAPABILITY`` this CPU can run, widest first: ``avx512`` and ``avx2`` where /proc/cpuinfo
+    lists them, and ``default`` (no vector kernels) everywhere."""
     flags: set[str] = set()
     if platform.machine() in ("x86_64", "AMD64"):
         try:
@@ -33,18 +35,29 @@ def cpu_capabilities() -> list[str]:
                     if line.startswith("flags"):
                         flags = set(line.split(":", 1)[1].split())
                         break
-        except OSError:  # no /proc (macOS, Windows): the vector ISAs cannot be told apart here, so only the one every CPU runs
+        except (
+            OSError
+        ):  # no /proc (macOS, Windows): the vector ISAs cannot be told apart here, so only the one every CPU runs
             pass
     return [c for c, flag in (("avx512", "avx512f"), ("avx2", "avx2")) if flag in flags] + ["default"]
 
 
 def start_worker(capability: str, report: Path, cases: str, inductor_cache: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "ATEN_CPU_CAPABILITY": capability,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     if inductor_cache is not None:
         env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache)
-    return subprocess.Popen([sys.executable, str(WORKER), str(report), cases], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(report), cases],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finished(capability: str, worker: subprocess.Popen, report: Path) -> list[dict]:
@@ -68,7 +81,8 @@ def check_rows(capability: str, rows: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_compiled_chains_equal_eager_chains_under_every_cpu_capability(tmp_path):
-    """Every sampler (Langevin, MALA, AniLA per norm and with the test, pSGLD, HMC) on MLP 2-128-128-128-1, and two on MLP 2-32-32-1."""
+    """Every sampler (Langevin, MALA, AniLA per norm and with the test, pSGLD, HMC) on MLP 2-128-128-128-1, and two on
+    MLP 2-32-32-1."""
     capabilities = cpu_capabilities()
     # side by side: each process compiles about ten graphs, on a core of its own where there are two
     workers = {c: start_worker(c, tmp_path / f"{c}.json", "all") for c in capabilities}
@@ -79,7 +93,8 @@ def test_compiled_chains_equal_eager_chains_under_every_cpu_capability(tmp_path)
 
 
 def test_the_compile_cache_keeps_each_cpu_capability_apart(tmp_path):
-    """One inductor disk cache, the widest ISA first: a narrower one must compile its own code, not be served the wider one's.
+    """One inductor disk cache, the widest ISA first: a narrower one must compile its own code, not be served the wider
+    one's.
 
     Served the AVX2 code, a ``default`` process failed to build it (and fell back to eager); served
     the AVX-512 code, an ``avx2`` process ran 16-float loops over 8-float vectors and every

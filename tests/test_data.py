@@ -1,4 +1,5 @@
-"""Image datasets: tiny CIFAR-10 and Flowers102 in the official formats through torchvision's loaders, the digits, and the errors."""
+"""Image datasets: tiny CIFAR-10 and Flowers102 in the official formats through torchvision's loaders, the digits, and
+the errors."""
 
 import os
 import pickle
@@ -272,4 +273,3 @@ def test_flowers_image_listed_but_missing(flowers_root):
     (flowers_root / "flowers-102" / "jpg" / "image_00002.jpg").unlink()
     with pytest.raises(DatasetNotFoundError, match="image_00002.jpg"):
         load_dataset("flowers", data_root=flowers_root, verify=False)
-

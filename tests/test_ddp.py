@@ -1,4 +1,5 @@
-"""DistributedDataParallel on CPU (Gloo): two ranks under torchrun train the same model with their own chains, rank 0 writes, resume is exact."""
+"""DistributedDataParallel on CPU (Gloo): two ranks under torchrun train the same model with their own chains, rank 0
+writes, resume is exact."""
 
 import hashlib
 import json
@@ -19,7 +20,9 @@ from digits_judge import digits_data_root
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with Gloo")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with Gloo"
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +37,33 @@ def launched(tmp_path_factory):
         ["train", *common, "--iters", "20", "--out", str(base / "straight")],
         ["train", *common, "--iters", "10", "--out", str(base / "split")],
         ["train", "--resume", "--iters", "20", "--device", "cpu", "--no-progress", "--out", str(base / "split")],
-        ["train", "--dataset", "digits", "--data-root", str(data_root), "--preset", "smoke", "--sampler", "anila",
-         "--device", "cpu", "--no-progress", "--out", str(base / "digits")],
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--data-root",
+            str(data_root),
+            "--preset",
+            "smoke",
+            "--sampler",
+            "anila",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(base / "digits"),
+        ],
     ]
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), str(reports)]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        str(reports),
+    ]
     for command in commands:
         argv += ["--", *command]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

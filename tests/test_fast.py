@@ -35,11 +35,14 @@ def both(sampler, energy=NET, x0=X0, n_steps=K, seed=7, trace=False):
     """(eager, fast) results of the same chain: same start, same generator seed."""
     traces = (Trace(positions_at=[0, n_steps]), Trace(positions_at=[0, n_steps])) if trace else (None, None)
     eager = sampler.sample(energy, x0, n_steps, generator=torch.Generator().manual_seed(seed), trace=traces[0])
-    quick = sampler.sample(energy, x0, n_steps, generator=torch.Generator().manual_seed(seed), trace=traces[1], fast=True)
+    quick = sampler.sample(
+        energy, x0, n_steps, generator=torch.Generator().manual_seed(seed), trace=traces[1], fast=True
+    )
     return eager, quick, traces
 
 
-# b = 0.04 sits near the median |g| of this network (≈ 0.04 per coordinate, 0.05 per sample): about half the steps shrink
+# b = 0.04 sits near the median |g| of this network (≈ 0.04 per coordinate, 0.05 per sample): about half the steps
+# shrink
 SAMPLERS = {
     "langevin": Langevin(step_size=0.05),
     "anila-coordinate": AniLA(step_size=0.05, b=0.04, norm="coordinate"),
@@ -60,7 +63,11 @@ def test_compiled_chain_records_the_same_trace():
     sampler = SAMPLERS["anila-coordinate"]
     _, _, (te, tf) = both(sampler, trace=True)
     assert len(tf.mean_energy) == len(te.mean_energy) == K + 1
-    for a, b in [(te.mean_energy, tf.mean_energy), (te.mean_grad_norm, tf.mean_grad_norm), (te.clipped_share, tf.clipped_share)]:
+    for a, b in [
+        (te.mean_energy, tf.mean_energy),
+        (te.mean_grad_norm, tf.mean_grad_norm),
+        (te.clipped_share, tf.clipped_share),
+    ]:
         torch.testing.assert_close(torch.tensor(b), torch.tensor(a), **TOL)
     assert 0 < sum(te.clipped_share)  # the threshold bites, so the clipped share is a real check
     torch.testing.assert_close(tf.positions[K], te.positions[K], **TOL)
@@ -74,7 +81,9 @@ def test_compiled_metropolis_and_psgld_equal_eager():
     torch.testing.assert_close(quick, eager, **TOL)
     assert te.acceptance_rate == tf.acceptance_rate
     eager, quick, _ = both(PSGLD(step_size=0.005))
-    torch.testing.assert_close(quick, eager, rtol=1e-4, atol=1e-4)  # γ = ε / sqrt(V) magnifies rounding where g is small
+    torch.testing.assert_close(
+        quick, eager, rtol=1e-4, atol=1e-4
+    )  # γ = ε / sqrt(V) magnifies rounding where g is small
 
 
 def test_compiled_gradient_equals_the_eager_one():
@@ -127,7 +136,8 @@ def test_fallback_when_compile_fails(monkeypatch):
     net, sampler = mlp(seed=5), Langevin(step_size=0.05)
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*no compiler.*the same chain as fast=False"):
         eager, quick, _ = both(sampler, energy=net)
-    # the fallback is the very transition fast=False runs, on this machine: the same chain bit for bit, as the warning says
+    # the fallback is the very transition fast=False runs, on this machine: the same chain bit for bit, as the warning
+    # says
     assert torch.equal(quick, eager)
     [row] = [r for r in fast.cache_info() if r["failed"]]
     assert "no compiler" in row["failed"]
@@ -139,9 +149,14 @@ def test_fallback_when_compile_fails(monkeypatch):
 
 
 def test_fallback_runs_the_eager_transition_of_every_sampler(monkeypatch):
-    """A Metropolis chain and pSGLD's history too: the fallback's chain is fast=False's, bit for bit (same path, same machine)."""
+    """A Metropolis chain and pSGLD's history too: the fallback's chain is fast=False's, bit for bit (same path, same
+    machine)."""
     monkeypatch.setattr(torch, "compile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no compiler")))
-    for sampler in (AniLA(step_size=0.05, b=0.04, metropolis=True), PSGLD(step_size=0.005), AniLA(step_size=0.05, b=0.04, norm="sample")):
+    for sampler in (
+        AniLA(step_size=0.05, b=0.04, metropolis=True),
+        PSGLD(step_size=0.005),
+        AniLA(step_size=0.05, b=0.04, norm="sample"),
+    ):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             eager, quick, (te, tf) = both(sampler, trace=True)
@@ -151,7 +166,9 @@ def test_fallback_runs_the_eager_transition_of_every_sampler(monkeypatch):
 
 
 def test_fallback_when_compile_is_unsupported(monkeypatch):
-    monkeypatch.setattr(fast, "compile_supported", lambda: (False, "torch.compile does not support this Python version"))
+    monkeypatch.setattr(
+        fast, "compile_supported", lambda: (False, "torch.compile does not support this Python version")
+    )
     sampler = Langevin(step_size=0.05)
     with pytest.warns(RuntimeWarning, match="runs eagerly, the same chain as fast=False"):
         eager, quick, _ = both(sampler, energy=mlp(seed=6))

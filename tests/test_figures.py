@@ -1,4 +1,5 @@
-"""Figures that must read cleanly: no label reaching into the next panel, titles apart, legends in words, colour bars labelled."""
+"""Figures that must read cleanly: no label reaching into the next panel, titles apart, legends in words, colour bars
+labelled."""
 
 from pathlib import Path
 
@@ -46,21 +47,41 @@ def test_heatmaps_label_each_panels_step_sizes_clear_of_its_neighbour_and_keep_t
     for left, right in zip(axes, axes[1:]):
         if abs(left.get_position().y0 - right.get_position().y0) > 1e-6:
             continue  # the panels wrap into rows: the next one starts a new row
-        assert right.yaxis.get_tightbbox(renderer).x0 > _box(left, renderer).x1, "step-size labels run into the panel on their left"
+        assert right.yaxis.get_tightbbox(renderer).x0 > _box(left, renderer).x1, (
+            "step-size labels run into the panel on their left"
+        )
     # readable at lecture size: numbers of at least 9 points, and a figure no wider than a slide at 100 dpi
     assert min(t.get_fontsize() for ax in axes for t in ax.texts) >= 9
     assert fig.get_size_inches()[0] <= 12.5
     title = _box(fig._suptitle, renderer)
-    assert all(title.y0 >= _box(ax.title, renderer).y1 - 0.5 for ax in axes), "the figure title overlaps a panel's title"
+    assert all(title.y0 >= _box(ax.title, renderer).y1 - 0.5 for ax in axes), (
+        "the figure title overlaps a panel's title"
+    )
     plt.close(fig)
 
 
 def test_history_legend_names_settings_in_words():
-    cells = [{"kind": kind, "step_size": 0.1, "b": b, "n_steps": 20, "chains": "buffer", "seed": seed, "diverged": False,
-              "history": [{"iter": 100, "energy_gap": 0.0}, {"iter": 200, "energy_gap": 1.0}]}
-             for kind, b in (("langevin", None), ("anila", 30.0)) for seed in (0, 1)]
-    ax = plot_histories({"cells": cells}, [dict(kind="langevin", step_size=0.1, n_steps=20, chains="buffer"),
-                                                 dict(kind="anila", step_size=0.1, b=30.0, n_steps=20, chains="buffer")])
+    cells = [
+        {
+            "kind": kind,
+            "step_size": 0.1,
+            "b": b,
+            "n_steps": 20,
+            "chains": "buffer",
+            "seed": seed,
+            "diverged": False,
+            "history": [{"iter": 100, "energy_gap": 0.0}, {"iter": 200, "energy_gap": 1.0}],
+        }
+        for kind, b in (("langevin", None), ("anila", 30.0))
+        for seed in (0, 1)
+    ]
+    ax = plot_histories(
+        {"cells": cells},
+        [
+            dict(kind="langevin", step_size=0.1, n_steps=20, chains="buffer"),
+            dict(kind="anila", step_size=0.1, b=30.0, n_steps=20, chains="buffer"),
+        ],
+    )
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Langevin, ε = 0.1", "AniLA, ε = 0.1, b = 30"]
     assert ax.get_ylabel() == "E(data) − E(samples)"
     plt.close(ax.figure)

@@ -1,4 +1,5 @@
-"""Independence Metropolis moves: exact invariance on a known bimodal target, limiting cases, validation, and their use in training."""
+"""Independence Metropolis moves: exact invariance on a known bimodal target, limiting cases, validation, and their use
+in training."""
 
 import math
 
@@ -16,7 +17,8 @@ SD = 1.0
 
 
 def bimodal_energy(x: torch.Tensor) -> torch.Tensor:
-    """−log of the mixture density of WEIGHTS at (CENTRES[k], 0) with sd SD (normalised; the moves only see differences)."""
+    """−log of the mixture density of WEIGHTS at (CENTRES[k], 0) with sd SD (normalised; the moves only see
+    differences)."""
     logs = [math.log(w) - ((x[:, 0] - c) ** 2 + x[:, 1] ** 2) / (2 * SD**2) for w, c in zip(WEIGHTS, CENTRES)]
     return -torch.logsumexp(torch.stack(logs), dim=0) + math.log(2 * math.pi * SD**2)
 
@@ -86,7 +88,9 @@ def test_global_moves_need_the_gaussian_start():
 
 
 def test_training_with_global_moves_logs_their_acceptance_and_resumes_exactly(tmp_path):
-    cfg = preset("smoke", "langevin", device="cpu", init="gaussian", init_scale=2.0, global_moves=2, checkpoint_every=10)
+    cfg = preset(
+        "smoke", "langevin", device="cpu", init="gaussian", init_scale=2.0, global_moves=2, checkpoint_every=10
+    )
     straight = Run(tmp_path / "straight", cfg.replace(iters=20), progress=False)
     final = straight.train()
     rows = straight.trainer.history

@@ -1,4 +1,5 @@
-"""The GPU path (marker ``gpu``, run by ``make gpu-check``): compiled and CUDA-graph chains equal eager ones on CUDA, bf16 chains stay finite, runs resume across devices, NCCL and DDP on one GPU.
+"""The GPU path (marker ``gpu``, run by ``make gpu-check``): compiled and CUDA-graph chains equal eager ones on CUDA,
+bf16 chains stay finite, runs resume across devices, NCCL and DDP on one GPU.
 
 Without CUDA every ``gpu`` test is skipped, saying so. ``ANILA_GPU_TESTS_ON_CPU=1`` runs them
 on the CPU instead, leaving out what only CUDA has (CUDA graphs, NCCL, bf16 autocast), to
@@ -57,18 +58,22 @@ def _cuda_only(device: torch.device, what: str) -> None:
 
 
 class FlatEnergy(nn.Module):
-    """A small energy of image-shaped batches ``(N, 3, 4, 4)``: cheap to compile, and the pixel norm has channels to sum over."""
+    """A small energy of image-shaped batches ``(N, 3, 4, 4)``: cheap to compile, and the pixel norm has channels to sum
+    over."""
 
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.SiLU(), nn.Linear(32, 32), nn.SiLU(), nn.Linear(32, 1))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(48, 32), nn.SiLU(), nn.Linear(32, 32), nn.SiLU(), nn.Linear(32, 1)
+        )
 
     def forward(self, x):
         return self.net(x).squeeze(-1)
 
 
 def _samplers(b: float) -> dict:
-    """Every sampler and norm the package has, unadjusted and Metropolis-adjusted; ``b`` where about half the steps shrink."""
+    """Every sampler and norm the package has, unadjusted and Metropolis-adjusted; ``b`` where about half the steps
+    shrink."""
     out = {"langevin": Langevin(0.05), "langevin-mala": Langevin(0.05, metropolis=True), "psgld": PSGLD(1e-3)}
     for norm in ("coordinate", "pixel", "sample"):
         out[f"anila-{norm}"] = AniLA(0.05, b=b, norm=norm)
@@ -107,12 +112,16 @@ def test_compiled_and_cuda_graph_chains_equal_the_eager_chain(device, energy_and
     net, x0, b = energy_and_start
     sampler = _samplers(b)[name]
     eager = _chain(sampler, net, x0, device, fast=False)
-    assert torch.isfinite(eager).all() and (eager - x0).abs().max() > 1e-3  # the chain moved: equality below means something
+    assert (
+        torch.isfinite(eager).all() and (eager - x0).abs().max() > 1e-3
+    )  # the chain moved: equality below means something
 
     before = {r["name"] for r in fast.cache_info()}
     compiled = _chain(sampler, net, x0, device, fast=True)
     made = _new_entries(before)
-    assert made and all(r["failed"] is None and r["compile_s"] is not None for r in made), made  # compiled, not the eager fallback
+    assert made and all(r["failed"] is None and r["compile_s"] is not None for r in made), (
+        made
+    )  # compiled, not the eager fallback
     torch.testing.assert_close(compiled, eager, **TOL)
 
     if device.type == "cuda":
@@ -127,8 +136,11 @@ def test_compiled_and_cuda_graph_chains_equal_the_eager_chain(device, energy_and
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sampler", [Langevin(1.0, noise_scale=0.01), AniLA(1.0, b=0.05, noise_scale=0.01, norm="pixel")],
-                         ids=["langevin", "anila-pixel"])
+@pytest.mark.parametrize(
+    "sampler",
+    [Langevin(1.0, noise_scale=0.01), AniLA(1.0, b=0.05, noise_scale=0.01, norm="pixel")],
+    ids=["langevin", "anila-pixel"],
+)
 def test_bf16_autocast_chains_stay_finite_in_float32(device, sampler):
     _cuda_only(device, "bf16 autocast")
     torch.manual_seed(0)
@@ -154,8 +166,9 @@ def cifar_root(tmp_path_factory):
 @pytest.mark.gpu
 def test_trainer_with_amp_bf16_on_images_stays_finite(device, cifar_root, monkeypatch):
     monkeypatch.setenv("ANILA_DATA_VERIFY", "0")  # the tiny files' checksums are not the official ones
-    config = preset("smoke", "anila", dataset="cifar10", data_root=str(cifar_root), device=device.type, amp="bf16",
-                    fast=False)
+    config = preset(
+        "smoke", "anila", dataset="cifar10", data_root=str(cifar_root), device=device.type, amp="bf16", fast=False
+    )
     trainer = Trainer(config, progress=False)
     assert trainer.nets.amp == (device.type == "cuda")  # bf16 on CUDA; a CPU computes in float32 (and says so)
     for _ in range(3):
@@ -174,8 +187,26 @@ def _train(argv: list[str]) -> int:
 def test_a_run_resumes_on_the_other_device_and_continues(device, tmp_path, first, then):
     first, then = (first if device.type == "cuda" else "cpu"), (then if device.type == "cuda" else "cpu")
     out = tmp_path / "run"
-    assert _train(["train", "--preset", "smoke", "--sampler", "anila", "--device", first, "--iters", "10",
-                   "--checkpoint-every", "5", "--out", str(out)]) == 0
+    assert (
+        _train(
+            [
+                "train",
+                "--preset",
+                "smoke",
+                "--sampler",
+                "anila",
+                "--device",
+                first,
+                "--iters",
+                "10",
+                "--checkpoint-every",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows_before = read_jsonl(out / "metrics.jsonl")
     saved = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
 
@@ -198,9 +229,23 @@ def test_nccl_process_group_and_ddp_on_one_gpu_through_torchrun(device, tmp_path
     if device.type == "cuda" and not dist.is_nccl_available():
         pytest.fail("this torch build has no NCCL, which multi-GPU training needs")
     report = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-            str(ROOT / "tests" / "nccl_worker.py"), str(report), str(tmp_path / "run"), device.type]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        str(ROOT / "tests" / "nccl_worker.py"),
+        str(report),
+        str(tmp_path / "run"),
+        device.type,
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     r = json.loads(report.read_text())
@@ -215,8 +260,26 @@ def test_nccl_process_group_and_ddp_on_one_gpu_through_torchrun(device, tmp_path
 def test_resume_on_another_kind_of_device_reseeds_the_chain_generator(tmp_path, capsys):
     """Simulated on the CPU: a checkpoint whose generator state has CUDA's size (16 bytes: Philox seed and offset)."""
     out = tmp_path / "run"
-    assert _train(["train", "--preset", "smoke", "--sampler", "anila", "--device", "cpu", "--iters", "10",
-                   "--checkpoint-every", "5", "--out", str(out)]) == 0
+    assert (
+        _train(
+            [
+                "train",
+                "--preset",
+                "smoke",
+                "--sampler",
+                "anila",
+                "--device",
+                "cpu",
+                "--iters",
+                "10",
+                "--checkpoint-every",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
     with pytest.raises(RuntimeError):  # what resuming did before: the states do not fit each other's generators
         torch.Generator().set_state(torch.zeros(16, dtype=torch.uint8))

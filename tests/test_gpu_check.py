@@ -1,4 +1,5 @@
-"""The GPU check's own behaviour without a GPU (benchmarks/gpu_check.py): the dry run says so, never writes the GPU report, and a failing step fails the run without stopping the next one."""
+"""The GPU check's own behaviour without a GPU (benchmarks/gpu_check.py): the dry run says so, never writes the GPU
+report, and a failing step fails the run without stopping the next one."""
 
 import json
 import os
@@ -13,12 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 GPU_REPORT = ROOT / "benchmarks" / "RESULTS-cuda.md"
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU dry run; on a GPU `make gpu-check` runs the real check")
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the CPU dry run; on a GPU `make gpu-check` runs the real check"
+)
 
 
 def _check(args, tmp_path, **env):
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environment)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environment
+    )
 
 
 def test_the_dry_run_says_no_gpu_and_never_writes_the_gpu_report(tmp_path):
@@ -34,12 +39,18 @@ def test_the_dry_run_says_no_gpu_and_never_writes_the_gpu_report(tmp_path):
     saved = json.loads(report.with_name("results-cuda-dryrun.json").read_text())
     assert saved["on_gpu"] is False and saved["steps"]["versions"]["status"] == "passed"
     assert {p["package"] for p in saved["steps"]["versions"]["result"]["packages"]} >= {"torch", "torchvision", "numpy"}
-    assert [n for n, s in saved["steps"].items() if s["status"] == "skipped"] == ["tests", "bench", "train"]  # not asked for
+    assert [n for n, s in saved["steps"].items() if s["status"] == "skipped"] == [
+        "tests",
+        "bench",
+        "train",
+    ]  # not asked for
 
 
 def test_a_failing_step_fails_the_run_and_the_next_step_still_runs(tmp_path):
     # seaborn hidden: step 1 finds a needed package missing; the benchmark does not need it
-    done = _check(["--steps", "versions,bench", "--out", str(tmp_path / "r.md")], tmp_path, ANILA_GPU_CHECK_HIDE="seaborn")
+    done = _check(
+        ["--steps", "versions,bench", "--out", str(tmp_path / "r.md")], tmp_path, ANILA_GPU_CHECK_HIDE="seaborn"
+    )
     assert done.returncode == 1, done.stdout[-2000:]
     assert "seaborn missing (needed by notebook figures)" in done.stdout
     summary = done.stdout.split("summary:")[1]
@@ -47,6 +58,11 @@ def test_a_failing_step_fails_the_run_and_the_next_step_still_runs(tmp_path):
     assert "Traceback" not in done.stdout + done.stderr
     saved = json.loads((tmp_path / "results-cuda-dryrun.json").read_text())
     rows = saved["steps"]["bench"]["result"]["transitions"]
-    assert {(r["kind"], r["batch"]) for r in rows} == {("mlp", 64), ("mlp", 256), ("conv", 2), ("conv", 4)}  # the dry-run sizes
+    assert {(r["kind"], r["batch"]) for r in rows} == {
+        ("mlp", 64),
+        ("mlp", 256),
+        ("conv", 2),
+        ("conv", 4),
+    }  # the dry-run sizes
     assert all(r["ms"] is not None for r in rows if r["path"] in ("floor", "eager"))
     assert "## Transitions on cpu" in (tmp_path / "r.md").read_text()

@@ -1,4 +1,5 @@
-"""Hamiltonian Monte Carlo: its limiting case (one leapfrog step is MALA), exactness on known Gaussians within Monte Carlo error, its settings, and training with it."""
+"""Hamiltonian Monte Carlo: its limiting case (one leapfrog step is MALA), exactness on known Gaussians within Monte
+Carlo error, its settings, and training with it."""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ def correlated(x: torch.Tensor) -> torch.Tensor:
 
 
 def exact_correlated(n: int, seed: int) -> torch.Tensor:
-    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) @ torch.linalg.cholesky(COV).T
+    return (
+        torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        @ torch.linalg.cholesky(COV).T
+    )
 
 
 def test_one_leapfrog_step_is_mala_with_the_squared_step():
@@ -35,14 +39,17 @@ def test_one_leapfrog_step_is_mala_with_the_squared_step():
 
 
 def _within_mcse(samples: torch.Tensor, cov: torch.Tensor, k: float = 4.0) -> None:
-    """Means, variances and the covariance of independent chains agree with ``cov`` within ``k`` Monte Carlo standard errors."""
+    """Means, variances and the covariance of independent chains agree with ``cov`` within ``k`` Monte Carlo standard
+    errors."""
     n = samples.shape[0]
     x = samples.double()
     mean, sample_cov = x.mean(0), torch.cov(x.T)
     sd = cov.diagonal().sqrt()
     assert bool(((mean.abs() / (sd / math.sqrt(n))) < k).all()), f"means {mean.tolist()}"
     var_se = cov.diagonal() * math.sqrt(2.0 / (n - 1))
-    assert bool((((sample_cov.diagonal() - cov.diagonal()).abs() / var_se) < k).all()), f"variances {sample_cov.diagonal().tolist()}"
+    assert bool((((sample_cov.diagonal() - cov.diagonal()).abs() / var_se) < k).all()), (
+        f"variances {sample_cov.diagonal().tolist()}"
+    )
     # sd of a sample covariance for a Gaussian: sqrt((σ12² + σ1²σ2²) / (n − 1))
     cov_se = math.sqrt((cov[0, 1] ** 2 + cov[0, 0] * cov[1, 1]) / (n - 1))
     assert abs(float(sample_cov[0, 1] - cov[0, 1])) < k * cov_se, f"covariance {float(sample_cov[0, 1])}"
@@ -50,16 +57,20 @@ def _within_mcse(samples: torch.Tensor, cov: torch.Tensor, k: float = 4.0) -> No
 
 @pytest.mark.parametrize("mass", [1.0, (1.0, 4.0)], ids=["unit mass", "diagonal mass"])
 def test_hmc_keeps_the_correlated_gaussian_exactly(mass):
-    """Started from exact samples, an exact chain stays exact: moments within 4 MCSE of the target's after many transitions."""
+    """Started from exact samples, an exact chain stays exact: moments within 4 MCSE of the target's after many
+    transitions."""
     x0 = exact_correlated(4000, 2).float()
     trace = Trace()
-    x = HMC(0.4, n_leapfrog=5, mass=mass).sample(correlated, x0, 60, generator=torch.Generator().manual_seed(3), trace=trace)
+    x = HMC(0.4, n_leapfrog=5, mass=mass).sample(
+        correlated, x0, 60, generator=torch.Generator().manual_seed(3), trace=trace
+    )
     _within_mcse(x, COV)
     assert 0.3 < sum(trace.acceptance_rate) / 60 < 1.0  # the test bites: some trajectories are rejected
 
 
 def test_hmc_keeps_the_ill_conditioned_gaussian_exactly():
-    """Gaussian([0.1, 10]): a step near the stiff direction's stability limit (2·0.1), where the unadjusted chains are biased."""
+    """Gaussian([0.1, 10]): a step near the stiff direction's stability limit (2·0.1), where the unadjusted chains are
+    biased."""
     target = Gaussian([0.1, 10.0])
     x0 = target.sample(4000, torch.Generator().manual_seed(4))
     trace = Trace()
@@ -76,9 +87,13 @@ def test_a_trajectory_into_infinite_energy_is_rejected():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [(dict(step_size=0.0), "step_size"), (dict(step_size=0.1, n_leapfrog=0), "n_leapfrog"),
-     (dict(step_size=0.1, n_leapfrog=2.5), "n_leapfrog"), (dict(step_size=0.1, mass=-1.0), "mass"),
-     (dict(step_size=0.1, mass="heavy"), "mass")],
+    [
+        (dict(step_size=0.0), "step_size"),
+        (dict(step_size=0.1, n_leapfrog=0), "n_leapfrog"),
+        (dict(step_size=0.1, n_leapfrog=2.5), "n_leapfrog"),
+        (dict(step_size=0.1, mass=-1.0), "mass"),
+        (dict(step_size=0.1, mass="heavy"), "mass"),
+    ],
 )
 def test_bad_settings_are_named(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name}: expected"):

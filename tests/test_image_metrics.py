@@ -1,4 +1,5 @@
-"""FID/KID with custom and digits features, the Inception error, and the digits classifier (accuracy, cache, coverage)."""
+"""FID/KID with custom and digits features, the Inception error, and the digits classifier (accuracy, cache,
+coverage)."""
 
 import math
 import shutil
@@ -25,7 +26,9 @@ class TinyFeatures(nn.Module):
         super().__init__()
         self.proj = nn.Linear(dim_in, dim_out)
         with torch.no_grad():
-            self.proj.weight.copy_(torch.randn(dim_out, dim_in, generator=torch.Generator().manual_seed(0)) / dim_in**0.5)
+            self.proj.weight.copy_(
+                torch.randn(dim_out, dim_in, generator=torch.Generator().manual_seed(0)) / dim_in**0.5
+            )
             self.proj.bias.zero_()
         if with_num_features:
             self.num_features = dim_out

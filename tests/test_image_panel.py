@@ -1,4 +1,5 @@
-"""The trained-image panel of notebooks 04 and 07: sample_trained_images' logic, and sliders that rerun it and update the figure in place."""
+"""The trained-image panel of notebooks 04 and 07: sample_trained_images' logic, and sliders that rerun it and update
+the figure in place."""
 
 import matplotlib
 
@@ -17,7 +18,9 @@ from anila_core.ui.widgets import image_sampling_panel  # noqa: E402
 
 @pytest.fixture(scope="module")
 def trainer():
-    t = Trainer(preset("smoke", "anila", dataset="digits", device="cpu", iters=3, fid_every=0, eval_every=3), progress=False)
+    t = Trainer(
+        preset("smoke", "anila", dataset="digits", device="cpu", iters=3, fid_every=0, eval_every=3), progress=False
+    )
     t.run()
     return t
 
@@ -28,7 +31,9 @@ def test_b_infinite_is_langevin_and_the_seed_fixes_the_images(trainer):
     anila_inf = sample_trained_images(trainer, "anila", b=float("inf"), **kw)
     torch.testing.assert_close(anila_inf["images"], langevin["images"], rtol=0, atol=0)
     assert torch.equal(sample_trained_images(trainer, "langevin", b=1.0, **kw)["images"], langevin["images"])
-    assert not torch.equal(sample_trained_images(trainer, "langevin", b=1.0, **{**kw, "seed": 4})["images"], langevin["images"])
+    assert not torch.equal(
+        sample_trained_images(trainer, "langevin", b=1.0, **{**kw, "seed": 4})["images"], langevin["images"]
+    )
     assert langevin["images"].shape == (9, 1, 8, 8) and langevin["images"].abs().max() <= trainer.config.clamp
     # AniLA's map at a b far above every gradient: full steps everywhere
     assert torch.allclose(anila_inf["step_map"], torch.ones(8, 8))
@@ -37,7 +42,12 @@ def test_b_infinite_is_langevin_and_the_seed_fixes_the_images(trainer):
 def test_defaults_are_the_runs_own_settings(trainer):
     c = trainer.config
     params = sample_trained_images(trainer, n=4)["params"]
-    assert (params["b"], params["step_size"], params["K"], params["noise_scale"]) == (c.b, c.step_size, c.n_steps, c.noise_scale)
+    assert (params["b"], params["step_size"], params["K"], params["noise_scale"]) == (
+        c.b,
+        c.step_size,
+        c.n_steps,
+        c.noise_scale,
+    )
     with pytest.raises(ValueError, match="sampler_name"):
         sample_trained_images(trainer, "hmc", n=4)
     with pytest.raises(ValueError, match="K"):

@@ -1,4 +1,5 @@
-"""Image EBMs: presets per dataset, one training step each, clamping, FID/KID rows, the CLI's run folder, clear errors, exact resume."""
+"""Image EBMs: presets per dataset, one training step each, clamping, FID/KID rows, the CLI's run folder, clear errors,
+exact resume."""
 
 import json
 import subprocess
@@ -69,13 +70,25 @@ def test_presets_follow_the_paper_where_it_is_specific():
     for dataset in ("cifar10", "flowers"):
         for sampler in ("langevin", "anila"):
             cfg = preset("paper", sampler, dataset=dataset)
-            assert (cfg.iters, cfg.chains, cfg.init, cfg.lr, cfg.noise_scale) == (100_000, "short_run", "uniform", 1e-4, 0.01)
+            assert (cfg.iters, cfg.chains, cfg.init, cfg.lr, cfg.noise_scale) == (
+                100_000,
+                "short_run",
+                "uniform",
+                1e-4,
+                0.01,
+            )
             assert 50 <= cfg.n_steps <= 150 and cfg.image_size in (0, 32)
     anila = preset("paper", "anila", dataset="cifar10")
     assert anila.b == pytest.approx(2e-4)
     # the same preset name gives the 2-D setting without a dataset, unchanged
-    assert preset("paper", "anila").dataset == "" and preset("paper", "anila").to_dict() == TrainConfig().replace(
-        **{**PRESETS["paper"][0], "sampler": "anila", **PRESETS["paper"][1]["anila"]}).validate().to_dict()
+    assert (
+        preset("paper", "anila").dataset == ""
+        and preset("paper", "anila").to_dict()
+        == TrainConfig()
+        .replace(**{**PRESETS["paper"][0], "sampler": "anila", **PRESETS["paper"][1]["anila"]})
+        .validate()
+        .to_dict()
+    )
 
 
 def test_preset_names_are_checked_per_kind():
@@ -149,8 +162,12 @@ def test_step_size_image_is_one_for_langevin_and_shrinks_where_the_gradient_exce
     digits = Trainer(tiny("digits", "anila", data_root), progress=False)
     digits.train_step()
     e, xd = digits.eval_energy, digits.samples
-    torch.testing.assert_close(step_size_image(AniLA(1.0, 0.01, norm="pixel"), e, xd),
-                               step_size_image(AniLA(1.0, 0.01, norm="coordinate"), e, xd), rtol=0, atol=0)
+    torch.testing.assert_close(
+        step_size_image(AniLA(1.0, 0.01, norm="pixel"), e, xd),
+        step_size_image(AniLA(1.0, 0.01, norm="coordinate"), e, xd),
+        rtol=0,
+        atol=0,
+    )
     # three channels: the pixel norm shrinks at least as much as any single channel's
     assert (step_size_image(AniLA(1.0, 1e-3, norm="pixel"), energy, x) <= ratio + 1e-6).all()
 
@@ -168,7 +185,9 @@ def test_sample_from_noise_is_seeded_clamped_and_batched(data_root):
 
 
 def test_digits_rows_hold_fid_kid_and_coverage_at_fid_points(data_root):
-    trainer = Trainer(tiny("digits", "anila", data_root, iters=6, eval_every=2, fid_every=4, fid_samples=50), progress=False)
+    trainer = Trainer(
+        tiny("digits", "anila", data_root, iters=6, eval_every=2, fid_every=4, fid_samples=50), progress=False
+    )
     trainer.run()
     by_iter = {r["iter"]: r for r in trainer.history}
     assert sorted(by_iter) == [2, 4, 6]
@@ -183,7 +202,9 @@ def test_digits_rows_hold_fid_kid_and_coverage_at_fid_points(data_root):
             assert isinstance(row[key], float), key
     final = trainer.summary()
     assert final["fid"] == by_iter[6]["fid"] and final["coverage"] == by_iter[6]["coverage"]
-    assert final["best_fid"] == min(by_iter[4]["fid"], by_iter[6]["fid"]) and final["fid_features"] == "digits classifier"
+    assert (
+        final["best_fid"] == min(by_iter[4]["fid"], by_iter[6]["fid"]) and final["fid_features"] == "digits classifier"
+    )
 
 
 def test_image_scorer_gives_the_numbers_of_fid_kid(data_root):
@@ -191,7 +212,10 @@ def test_image_scorer_gives_the_numbers_of_fid_kid(data_root):
     from anila_core.images.digits_classifier import digits_feature_extractor
 
     ds = load_dataset("digits")
-    real, fake = ds.images[:200], (ds.images[200:300] + 0.3 * torch.randn(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    real, fake = (
+        ds.images[:200],
+        (ds.images[200:300] + 0.3 * torch.randn(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))).clamp(-1, 1),
+    )
     scorer = make_scorer("digits", real, data_root=str(data_root))
     mine = scorer.score(fake)
     ref = image_metrics.fid_kid(real, fake, digits_feature_extractor(scorer.classifier), kid_subset_size=1000)
@@ -224,8 +248,27 @@ def test_without_inception_the_run_goes_on_with_fid_null_and_one_notice(data_roo
 
 def test_cli_digits_smoke_writes_every_expected_file(data_root, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--dataset", "digits", "--data-root", str(data_root), "--preset", "smoke", "--sampler", "anila",
-                 "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--data-root",
+                str(data_root),
+                "--preset",
+                "smoke",
+                "--sampler",
+                "anila",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "digits" and config["sampler"] == "anila" and config["clamp"] == 1.0
     names = set(data_kind(TrainConfig.from_dict(config)).expected_files()) | {"fid.png"}
@@ -245,7 +288,9 @@ def test_cli_digits_smoke_writes_every_expected_file(data_root, tmp_path):
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "anila_core", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "anila_core", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_a_missing_dataset_is_one_clear_error_with_exit_code_2(tmp_path, capsys):
@@ -260,15 +305,36 @@ def test_a_missing_dataset_is_one_clear_error_with_exit_code_2(tmp_path, capsys)
     assert "ANILA_DATA" in result.stderr  # it says how to point the loader elsewhere
     assert not out.exists()  # no empty run folder left behind
     # Flowers through the same entry point, in this process
-    assert main(["train", "--dataset", "flowers", "--data-root", str(empty), "--preset", "smoke", "--out", str(out)]) == 2
+    assert (
+        main(["train", "--dataset", "flowers", "--data-root", str(empty), "--preset", "smoke", "--out", str(out)]) == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: Flowers102: folder") and "flowers-102" in err and not out.exists()
 
 
 def test_compare_on_images_writes_the_side_by_side_grids_and_an_fid_table(data_root, tmp_path):
     out = tmp_path / "cmp"
-    assert main(["compare", "--dataset", "digits", "--data-root", str(data_root), "--preset", "smoke", "--jobs", "1",
-                 "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--dataset",
+                "digits",
+                "--data-root",
+                str(data_root),
+                "--preset",
+                "smoke",
+                "--jobs",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     for name in ("comparison.png", "fid.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
     table = (out / "comparison.md").read_text()
@@ -278,14 +344,19 @@ def test_compare_on_images_writes_the_side_by_side_grids_and_an_fid_table(data_r
 
 
 def test_target_and_dataset_together_are_refused(tmp_path, capsys):
-    assert main(["train", "--dataset", "digits", "--target", "gmm", "--preset", "smoke", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(["train", "--dataset", "digits", "--target", "gmm", "--preset", "smoke", "--out", str(tmp_path / "r")])
+        == 2
+    )
     assert "--target and --dataset: choose one" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- exact resume
 
 
-@pytest.mark.parametrize("extra", [dict(chains="short_run"), dict(chains="buffer", buffer_size=40, spectral_norm=True, ema=0.9)])
+@pytest.mark.parametrize(
+    "extra", [dict(chains="short_run"), dict(chains="buffer", buffer_size=40, spectral_norm=True, ema=0.9)]
+)
 def test_resume_of_an_image_run_continues_exactly(data_root, tmp_path, extra):
     """2N iterations straight equal N iterations, a restart from the checkpoint, and N more: bit for bit on CPU."""
     n = 4
@@ -302,4 +373,6 @@ def test_resume_of_an_image_run_continues_exactly(data_root, tmp_path, extra):
     # the split run's first half ended at iteration n, where it also scored FID; the rest is identical
     drop = {"wall_s", "fid", "kid", "kid_std", "coverage", "class_entropy", "class_histogram"}
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
-    assert strip(read_jsonl(tmp_path / "split" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+    assert strip(read_jsonl(tmp_path / "split" / "metrics.jsonl")) == strip(
+        read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    )

@@ -56,7 +56,9 @@ def test_n_then_m_steps_equal_n_plus_m_steps_bit_for_bit(name):
     assert not torch.equal(first.x, whole.x)  # the chains moved between the two calls
     assert torch.equal(parts.x, whole.x)
     assert torch.equal(parts.energy, whole.energy) and torch.equal(parts.grad, whole.grad)
-    assert parts.extra.keys() == whole.extra.keys() and all(torch.equal(parts.extra[k], whole.extra[k]) for k in whole.extra)
+    assert parts.extra.keys() == whole.extra.keys() and all(
+        torch.equal(parts.extra[k], whole.extra[k]) for k in whole.extra
+    )
 
 
 @pytest.mark.parametrize("name", [*EVERY_SAMPLER, "hmc"])
@@ -103,8 +105,15 @@ def test_psgld_keeps_its_running_average_across_calls():
     after = sampler.run(ill_conditioned, sampler.run(ill_conditioned, state, 20, generator=gen), 20, generator=gen)
     whole = sampler.run(ill_conditioned, state, 40, generator=torch.Generator().manual_seed(1))
     assert torch.equal(after.x, whole.x)
-    restarted = sampler.run(ill_conditioned, sampler.init(ill_conditioned, sampler.run(ill_conditioned, state, 20,
-                            generator=(g := torch.Generator().manual_seed(1))).x), 20, generator=g)
+    restarted = sampler.run(
+        ill_conditioned,
+        sampler.init(
+            ill_conditioned,
+            sampler.run(ill_conditioned, state, 20, generator=(g := torch.Generator().manual_seed(1))).x,
+        ),
+        20,
+        generator=g,
+    )
     assert not torch.equal(restarted.x, whole.x)  # a fresh V is a different chain: the running average matters
 
 
@@ -112,7 +121,9 @@ def test_psgld_keeps_its_running_average_across_calls():
 def test_sample_is_run_from_init(name):
     sampler = EVERY_SAMPLER[name]
     x = sampler.sample(ill_conditioned, X0, 12, generator=torch.Generator().manual_seed(4))
-    state = sampler.run(ill_conditioned, sampler.init(ill_conditioned, X0), 12, generator=torch.Generator().manual_seed(4))
+    state = sampler.run(
+        ill_conditioned, sampler.init(ill_conditioned, X0), 12, generator=torch.Generator().manual_seed(4)
+    )
     assert torch.equal(x, state.x)
 
 
@@ -130,7 +141,9 @@ def test_init_evaluates_the_start_and_run_checks_its_state():
 def test_a_traced_run_records_every_step_and_its_own_start():
     sampler = AniLA(0.1, b=1.0)
     trace = Trace(positions_at=[0, 6])
-    state = sampler.run(quadratic, sampler.init(quadratic, X0), 6, generator=torch.Generator().manual_seed(0), trace=trace)
+    state = sampler.run(
+        quadratic, sampler.init(quadratic, X0), 6, generator=torch.Generator().manual_seed(0), trace=trace
+    )
     assert len(trace.mean_energy) == 7 and len(trace.clipped_share) == 6 and trace.acceptance_rate == []
     assert torch.equal(trace.positions[6], state.x)
     assert trace.mean_energy[-1] == pytest.approx(float(state.energy.mean()), rel=1e-6)
@@ -140,7 +153,8 @@ def test_a_traced_run_records_every_step_and_its_own_start():
 
 
 def nan_beyond(radius: float):
-    """``½|x|² − sqrt(r² − |x|²)``: NaN, with a NaN gradient, beyond the radius, so a chain that leaves is NaN for good."""
+    """``½|x|² − sqrt(r² − |x|²)``: NaN, with a NaN gradient, beyond the radius, so a chain that leaves is NaN for
+    good."""
 
     def energy(x):
         return quadratic(x) - (radius**2 - x.flatten(1).square().sum(1)).sqrt()
@@ -157,7 +171,9 @@ def box_energy(x):
 @pytest.mark.parametrize("name", list(EVERY_SAMPLER))
 def test_a_non_finite_start_is_an_error_for_every_sampler(name):
     sampler = EVERY_SAMPLER[name]
-    with pytest.raises(NonFiniteChainError, match=r"NaN or infinite at the start \(step 0\) in 32 of 32 chains") as info:
+    with pytest.raises(
+        NonFiniteChainError, match=r"NaN or infinite at the start \(step 0\) in 32 of 32 chains"
+    ) as info:
         sampler.init(lambda x: quadratic(x) * math.nan, X0)
     assert info.value.step == 0 and info.value.share == 1.0
     bad = X0.clone()
@@ -174,7 +190,13 @@ def test_an_unadjusted_chain_that_turns_non_finite_stops_with_the_step_share_and
         sampler.sample(nan_beyond(0.9), x0, 200, generator=torch.Generator().manual_seed(0))
     err = info.value
     assert err.step >= 1 and 0 < err.share <= 1
-    assert err.step >= 1 and f"first at step {err.step}" in str(err) and "were hit by step 200" in str(err) and "a smaller step_size" in str(err) and "metropolis=True" in str(err)
+    assert (
+        err.step >= 1
+        and f"first at step {err.step}" in str(err)
+        and "were hit by step 200" in str(err)
+        and "a smaller step_size" in str(err)
+        and "metropolis=True" in str(err)
+    )
     # the same chain with the check off returns the NaN states it reached, as the panels want
     x = sampler.sample(nan_beyond(0.9), x0, 200, generator=torch.Generator().manual_seed(0), allow_nonfinite=True)
     assert 0 < int((~torch.isfinite(x).all(1)).sum()) == round(err.share * 20)
@@ -185,7 +207,9 @@ def test_a_target_that_is_infinite_outside_a_box_stops_ula_but_not_mala():
     with pytest.raises(NonFiniteChainError, match="became NaN or infinite"):
         Langevin(0.5).sample(box_energy, x0, 50, generator=torch.Generator().manual_seed(0))
     trace = Trace()
-    x = Langevin(0.5, metropolis=True).sample(box_energy, x0, 50, generator=torch.Generator().manual_seed(0), trace=trace)
+    x = Langevin(0.5, metropolis=True).sample(
+        box_energy, x0, 50, generator=torch.Generator().manual_seed(0), trace=trace
+    )
     assert bool((x.abs() < 1.5).all()), "a Metropolis chain rejects every proposal of infinite energy"
     assert 0 < min(trace.acceptance_rate) and max(trace.acceptance_rate) < 1
 
@@ -214,7 +238,9 @@ def test_every_registered_sampler_builds_from_a_config_with_its_settings():
 
 
 def test_the_registry_refuses_unknown_names_instead_of_falling_through():
-    with pytest.raises(ValueError, match=r"sampler: unknown name 'ghmc'; expected one of \['anila', 'hmc', 'langevin', 'psgld'\]"):
+    with pytest.raises(
+        ValueError, match=r"sampler: unknown name 'ghmc'; expected one of \['anila', 'hmc', 'langevin', 'psgld'\]"
+    ):
         make_sampler("ghmc", step_size=0.1)
 
     class Config:
@@ -245,8 +271,13 @@ def _imports() -> dict[str, list[tuple[str, list[str]]]]:
 
 
 def test_no_module_imports_a_private_name_from_another():
-    private = [(m, target, n) for m, edges in _imports().items() for target, names in edges for n in names
-               if n.startswith("_") and not n.startswith("__")]
+    private = [
+        (m, target, n)
+        for m, edges in _imports().items()
+        for target, names in edges
+        for n in names
+        if n.startswith("_") and not n.startswith("__")
+    ]
     assert private == []
 
 

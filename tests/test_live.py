@@ -1,4 +1,5 @@
-"""Live training plots: LivePlot redraws its artists in place from the history, run_together trains side by side without changing results."""
+"""Live training plots: LivePlot redraws its artists in place from the history, run_together trains side by side without
+changing results."""
 
 import math
 
@@ -32,7 +33,7 @@ def trainers():
 def test_lines_follow_the_history_and_artists_are_updated_in_place(trainers):
     live = LivePlot(trainers, grid_size=24, n_samples=40)
     fig, lines, densities, scatters = live.fig, live.lines, dict(live.densities), dict(live.scatters)
-    line_objects = {(c, l): line for c, by_label in lines.items() for l, line in by_label.items()}
+    line_objects = {(c, lbl): line for c, by_label in lines.items() for lbl, line in by_label.items()}
     before = {label: np.array(image.get_array()) for label, image in densities.items()}
     assert all(len(line.get_xdata()) == 0 for line in line_objects.values())  # nothing trained yet
 
@@ -127,6 +128,7 @@ def test_figure_not_shown_keeps_the_interactive_mode_a_backend_turns_on_inside()
     finally:
         matplotlib.interactive(was)
 
+
 @pytest.mark.slow  # starts a Jupyter kernel (≈ 10 s)
 def test_a_live_plot_as_first_figure_leaves_later_inline_figures_shown(tmp_path):
     # pyplot loads its backend on the first figure; if that happens inside a plain plt.ioff()
@@ -147,8 +149,12 @@ def test_a_live_plot_as_first_figure_leaves_later_inline_figures_shown(tmp_path)
         "t.run(callback=live)\n"
         "print(live.n_updates, type(live.widget).__name__)"
     )
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(first), nbformat.v4.new_code_cell("plt.plot([0, 1]);")])
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(first), nbformat.v4.new_code_cell("plt.plot([0, 1]);")]
+    )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     assert "1 Output" in "".join(o.get("text", "") for o in nb.cells[0].outputs)
     assert any("image/png" in o.get("data", {}) for o in nb.cells[1].outputs)

@@ -1,10 +1,10 @@
-"""The trained-energy panel: plain logic in sample_trained, sliders that rerun it on release and update the figure in place."""
+"""The trained-energy panel: plain logic in sample_trained, sliders that rerun it on release and update the figure in
+place."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -35,8 +35,12 @@ def test_b_infinite_is_langevin_and_the_seed_fixes_the_result(energy):
     anila_inf = sample_trained(energy, "anila", b=float("inf"), **kw)
     assert isinstance(langevin["sampler"], Langevin) and isinstance(anila_inf["sampler"], AniLA)
     torch.testing.assert_close(anila_inf["samples"], langevin["samples"], rtol=0, atol=0)
-    torch.testing.assert_close(sample_trained(energy, "langevin", b=1.0, **kw)["samples"], langevin["samples"], rtol=0, atol=0)
-    assert not torch.equal(sample_trained(energy, "langevin", b=1.0, **{**kw, "seed": 5})["samples"], langevin["samples"])
+    torch.testing.assert_close(
+        sample_trained(energy, "langevin", b=1.0, **kw)["samples"], langevin["samples"], rtol=0, atol=0
+    )
+    assert not torch.equal(
+        sample_trained(energy, "langevin", b=1.0, **{**kw, "seed": 5})["samples"], langevin["samples"]
+    )
     # same start for both samplers; a small b really changes AniLA's path
     torch.testing.assert_close(sample_trained(energy, "anila", b=0.01, **kw)["x0"], langevin["x0"])
     assert not torch.equal(sample_trained(energy, "anila", b=0.01, **kw)["samples"], langevin["samples"])
@@ -60,7 +64,7 @@ def test_readout_numbers_are_what_they_say(energy):
 def test_hmc_of_one_leapfrog_step_is_mala_at_the_squared_step(energy):
     kw = dict(K=8, n=64, seed=3)
     hmc = sample_trained(energy, "hmc", step_size=0.2, n_leapfrog=1, **kw)
-    mala = sample_trained(energy, "langevin", step_size=0.2 ** 2, metropolis=True, **kw)
+    mala = sample_trained(energy, "langevin", step_size=0.2**2, metropolis=True, **kw)
     assert isinstance(hmc["sampler"], HMC) and hmc["sampler"].n_leapfrog == 1
     torch.testing.assert_close(hmc["samples"], mala["samples"], rtol=1e-5, atol=1e-5)
     assert hmc["readout"]["acceptance_rate"] == pytest.approx(mala["readout"]["acceptance_rate"])
@@ -96,7 +100,9 @@ def test_bad_input_names_the_parameter(energy):
 @pytest.fixture
 def panel(energy, trainer):
     data = trainer.target.sample(200, torch.Generator().manual_seed(0))
-    return model_sampling_panel(energy, sampler="anila", step_size=0.02, b=1.0, K=10, n_chains=40, grid_size=24, data=data)
+    return model_sampling_panel(
+        energy, sampler="anila", step_size=0.02, b=1.0, K=10, n_chains=40, grid_size=24, data=data
+    )
 
 
 def test_sliders_do_not_update_while_dragging(panel):

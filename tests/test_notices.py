@@ -1,4 +1,5 @@
-"""The package's notices: on stderr by default, kept in a list inside collect_notices (innermost block first), on stderr again after it."""
+"""The package's notices: on stderr by default, kept in a list inside collect_notices (innermost block first), on stderr
+again after it."""
 
 from anila_core.notices import collect_notices, notice
 

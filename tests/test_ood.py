@@ -84,7 +84,12 @@ def test_a_quadratic_energy_around_the_data_flags_the_outliers():
 
     held_out = test.images[:200]
     scores = ood.ood_aurocs(energy, held_out, ood.outlier_sets(held_out))
-    assert set(scores) == {"uniform noise", "digits upside down", "digits shifted by 2 pixels", "photo patches (scikit-learn)"}
+    assert set(scores) == {
+        "uniform noise",
+        "digits upside down",
+        "digits shifted by 2 pixels",
+        "photo patches (scikit-learn)",
+    }
     assert scores["uniform noise"] > 0.95
     assert all(0.0 <= v <= 1.0 for v in scores.values())
 

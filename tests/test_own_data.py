@@ -1,4 +1,5 @@
-"""Data and energies of your own: --dataset images:FOLDER and points:FILE, --energy module.path:Name, their metrics, runs and refusals.
+"""Data and energies of your own: --dataset images:FOLDER and points:FILE, --energy module.path:Name, their metrics,
+runs and refusals.
 
 The tests write their own data (folders of small PNGs, .csv/.npy/.txt files of points) in a
 temporary folder and train at the smoke preset. The energies below are imported by name
@@ -167,7 +168,8 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def assert_refused(capsys, args, expected: str, out_dir: Path | None = None) -> None:
-    """The command ends with exit 2 and one ``error:`` line that holds ``expected``; nothing is written to ``out_dir``."""
+    """The command ends with exit 2 and one ``error:`` line that holds ``expected``; nothing is written to
+    ``out_dir``."""
     code, _, err = cli(capsys, *args)
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -207,7 +209,9 @@ def test_wasserstein_1d_is_exact_for_sets_of_different_sizes():
 
 
 def test_kde_on_the_grid_is_normalised_peaks_at_the_points_and_compares_with_grid_tv():
-    points = torch.tensor([[1.0, -2.0]]).repeat(50, 1) + 0.1 * torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    points = torch.tensor([[1.0, -2.0]]).repeat(50, 1) + 0.1 * torch.randn(
+        50, 2, generator=torch.Generator().manual_seed(0)
+    )
     log_p = kde_grid_log_probs(points, extent=4.6, size=100)
     assert log_p.shape == (100, 100) and float(log_p.exp().sum()) == pytest.approx(1.0)
     row, col = divmod(int(log_p.argmax()), 100)  # rows are y, columns x, cells of width 0.092 from -4.6
@@ -239,25 +243,53 @@ def test_points_are_read_from_csv_txt_and_npy_alike(tmp_path):
 def test_a_point_set_is_split_by_a_fixed_seed_and_standardised_keeping_its_shape(moons_csv):
     points = load_file_data(parse_data_spec(f"points:{moons_csv}"))
     raw = read_points(moons_csv)
-    assert points.dim == 2 and len(points.held_out) == round(HELD_OUT_SHARE * len(raw)) and len(points.train) + len(points.held_out) == len(raw)
-    back = torch.cat([points.to_file_units(points.train.double()), points.to_file_units(points.held_out.double())]).numpy()
+    assert (
+        points.dim == 2
+        and len(points.held_out) == round(HELD_OUT_SHARE * len(raw))
+        and len(points.train) + len(points.held_out) == len(raw)
+    )
+    back = torch.cat(
+        [points.to_file_units(points.train.double()), points.to_file_units(points.held_out.double())]
+    ).numpy()
     distances = torch.cdist(torch.from_numpy(raw), torch.from_numpy(back))  # the same points, none lost or added
-    assert len(back) == len(raw) and bool((distances.min(0).values < 1e-5).all()) and bool((distances.min(1).values < 1e-5).all())
+    assert (
+        len(back) == len(raw)
+        and bool((distances.min(0).values < 1e-5).all())
+        and bool((distances.min(1).values < 1e-5).all())
+    )
     assert torch.allclose(points.train.mean(0), torch.zeros(2), atol=1e-5)
     assert float(points.train.var(0, unbiased=False).mean()) == pytest.approx(1.0, rel=1e-4)  # one scale for both axes
     train_in_file_units = points.to_file_units(points.train.double()).numpy()
     assert points.scale == pytest.approx(float(np.sqrt(train_in_file_units.var(0).mean())), rel=1e-5)
     again = load_file_data(parse_data_spec(f"points:{moons_csv}"), standardize=False)
     assert again.scale == 1.0 and again.mean == (0.0, 0.0)
-    assert torch.equal(again.held_out, torch.from_numpy(raw).float()[torch.randperm(len(raw), generator=torch.Generator().manual_seed(0))[:len(again.held_out)]])
+    assert torch.equal(
+        again.held_out,
+        torch.from_numpy(raw).float()[
+            torch.randperm(len(raw), generator=torch.Generator().manual_seed(0))[: len(again.held_out)]
+        ],
+    )
 
 
 def test_a_2d_points_run_writes_the_rings_figures_and_sample_metrics(tmp_path, capsys, moons_csv):
     out = tmp_path / "run"
-    code, stdout, _ = cli(capsys, "train", "--preset", "smoke", "--dataset", f"points:{moons_csv}", "--sampler", "anila", "--out", out,
-                          "--no-progress")
+    code, stdout, _ = cli(
+        capsys,
+        "train",
+        "--preset",
+        "smoke",
+        "--dataset",
+        f"points:{moons_csv}",
+        "--sampler",
+        "anila",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0
-    assert "points:" in stdout and "192 points in 2 dimensions, 48 held out" in stdout and "sliced Wasserstein" in stdout
+    assert (
+        "points:" in stdout and "192 points in 2 dimensions, 48 held out" in stdout and "sliced Wasserstein" in stdout
+    )
     config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert set(data_kind(config).expected_files()) == {p.name for p in out.iterdir()} - {".lock"}
     assert {"data_density.png", "learned_density.png", "samples.png", "training.png"} <= {p.name for p in out.iterdir()}
@@ -267,7 +299,11 @@ def test_a_2d_points_run_writes_the_rings_figures_and_sample_metrics(tmp_path, c
         assert row["sliced_wasserstein"] > 0 and 0 <= row["kde_grid_tv"] <= 1 and math.isfinite(row["mmd"])
         assert "grid_tv" not in row  # no exact density: never called the rings' grid TV
     final = json.loads((out / "final.json").read_text())
-    assert final["dim"] == 2 and final["n_held_out"] == 48 and final["sliced_wasserstein"] == rows[-1]["sliced_wasserstein"]
+    assert (
+        final["dim"] == 2
+        and final["n_held_out"] == 48
+        and final["sliced_wasserstein"] == rows[-1]["sliced_wasserstein"]
+    )
     assert final["best_sliced_wasserstein"] == min(r["sliced_wasserstein"] for r in rows)
     assert final["units"]["standardized"] is True and len(final["units"]["mean"]) == 2
 
@@ -275,7 +311,9 @@ def test_a_2d_points_run_writes_the_rings_figures_and_sample_metrics(tmp_path, c
 def test_points_in_more_dimensions_are_drawn_on_projections(tmp_path):
     path = tmp_path / "blobs.npy"
     np.save(path, np.random.default_rng(0).normal(size=(120, 5)).astype(np.float32))
-    run = Run(tmp_path / "run", preset("smoke", "langevin", dataset=f"points:{path}", device="cpu", iters=10), progress=False)
+    run = Run(
+        tmp_path / "run", preset("smoke", "langevin", dataset=f"points:{path}", device="cpu", iters=10), progress=False
+    )
     final = run.train()
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"projections.png", "samples.png", "training.png"} <= names and "learned_density.png" not in names
@@ -284,8 +322,24 @@ def test_points_in_more_dimensions_are_drawn_on_projections(tmp_path):
 
 def test_compare_and_resume_on_points(tmp_path, capsys, moons_csv):
     out = tmp_path / "cmp"
-    args = ["compare", "--preset", "smoke", "--dataset", f"points:{moons_csv}", "--samplers", "langevin", "anila", "hmc",
-            "--iters", "10", "--jobs", "1", "--out", out, "--no-progress"]
+    args = [
+        "compare",
+        "--preset",
+        "smoke",
+        "--dataset",
+        f"points:{moons_csv}",
+        "--samplers",
+        "langevin",
+        "anila",
+        "hmc",
+        "--iters",
+        "10",
+        "--jobs",
+        "1",
+        "--out",
+        out,
+        "--no-progress",
+    ]
     code, stdout, _ = cli(capsys, *args)
     assert code == 0
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
@@ -309,22 +363,58 @@ def test_a_points_run_resumes_exactly(tmp_path, moons_csv):
     for a, b in zip(straight.trainer.model.parameters(), resumed.trainer.model.parameters()):
         assert torch.equal(a, b)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
-    assert strip(read_jsonl(tmp_path / "split" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+    assert strip(read_jsonl(tmp_path / "split" / "metrics.jsonl")) == strip(
+        read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    )
 
 
 def test_a_run_whose_points_changed_is_not_resumed_on_other_data(tmp_path, capsys, moons_csv):
     out = tmp_path / "run"
-    assert cli(capsys, "train", "--preset", "smoke", "--dataset", f"points:{moons_csv}", "--iters", "10", "--out", out,
-               "--no-progress")[0] == 0
+    assert (
+        cli(
+            capsys,
+            "train",
+            "--preset",
+            "smoke",
+            "--dataset",
+            f"points:{moons_csv}",
+            "--iters",
+            "10",
+            "--out",
+            out,
+            "--no-progress",
+        )[0]
+        == 0
+    )
     np.savetxt(moons_csv, two_moons(seed=1), delimiter=",", header="x,y", comments="")
-    assert_refused(capsys, ["train", "--resume", "--out", out, "--iters", "20"], "changed since the run was trained on them")
+    assert_refused(
+        capsys, ["train", "--resume", "--out", out, "--iters", "20"], "changed since the run was trained on them"
+    )
     assert json.loads((out / "final.json").read_text())["iters"] == 10
 
 
 def test_a_sweep_on_points_ranks_by_sliced_wasserstein(tmp_path, capsys, moons_csv):
     out = tmp_path / "sweep"
-    code, stdout, _ = cli(capsys, "sweep", "--dataset", f"points:{moons_csv}", "--energy", "test_own_data:small_mlp", "--preset", "smoke",
-                          "--samplers", "langevin", "anila", "--iters", "10", "--jobs", "1", "--out", out, "--no-progress")
+    code, stdout, _ = cli(
+        capsys,
+        "sweep",
+        "--dataset",
+        f"points:{moons_csv}",
+        "--energy",
+        "test_own_data:small_mlp",
+        "--preset",
+        "smoke",
+        "--samplers",
+        "langevin",
+        "anila",
+        "--iters",
+        "10",
+        "--jobs",
+        "1",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0 and "best sliced_wasserstein" in stdout
     report = (out / "sweep.md").read_text()
     assert "final sliced Wasserstein" in report and "held-out points" in report
@@ -334,32 +424,65 @@ def test_a_sweep_on_points_ranks_by_sliced_wasserstein(tmp_path, capsys, moons_c
     assert len(cells) == 2 and all(c["final"]["sliced_wasserstein"] > 0 and "kde_grid_tv" in c["final"] for c in cells)
 
 
-@pytest.mark.parametrize("name, write, expected", [
-    ("flat.npy", lambda p: np.save(p, np.arange(10.0)), "is a 1-D array of 10 values; expected a 2-D array of shape (N, D)"),
-    ("column.npy", lambda p: np.save(p, np.zeros((8, 1))), "has 1 column(s); expected D >= 2 columns"),
-    ("cube.npy", lambda p: np.save(p, np.zeros((4, 2, 2))), "is an array of shape (4, 2, 2); expected a 2-D array"),
-    ("objects.npy", lambda p: np.save(p, np.array([{"a": 1}, None], dtype=object)), "holds Python objects, which are never loaded"),
-    ("nan.csv", lambda p: p.write_text("x,y\n" + "".join(f"{i},{'nan' if i in (2, 7) else i}\n" for i in range(20))),
-     "has 2 row(s) of 20 with NaN, infinite or missing values (lines 4, 9); expected a finite number"),
-    ("missing.csv", lambda p: p.write_text("1,2\n3,\n5,6\n7,8\n9,10\n"), "has 1 row(s) of 5 with NaN, infinite or missing values (lines 2)"),
-    ("ragged.csv", lambda p: p.write_text("x,y\n1,2\n3,4\n5,6,7\n"), "has 3 values on line 4 and 2 on line 2; expected the same number"),
-    ("words.txt", lambda p: p.write_text("1 2\n3 4\n5 six\n"), "has 'six' on line 3, which is not a number"),
-    ("few.csv", lambda p: p.write_text("1,2\n3,4\n5,6\n"), "holds 3 point(s); expected at least 4"),
-    ("points.json", lambda p: p.write_text("[[1, 2]]"), "has the suffix '.json'; expected one of .npy, .csv, .txt"),
-    ("absent.csv", lambda p: None, "does not exist; expected the path of a .npy, .csv or .txt file"),
-    ("a_folder", lambda p: p.mkdir(), "is a folder; expected a file of points (for a folder of images: images:FOLDER)"),
-])
+@pytest.mark.parametrize(
+    "name, write, expected",
+    [
+        (
+            "flat.npy",
+            lambda p: np.save(p, np.arange(10.0)),
+            "is a 1-D array of 10 values; expected a 2-D array of shape (N, D)",
+        ),
+        ("column.npy", lambda p: np.save(p, np.zeros((8, 1))), "has 1 column(s); expected D >= 2 columns"),
+        ("cube.npy", lambda p: np.save(p, np.zeros((4, 2, 2))), "is an array of shape (4, 2, 2); expected a 2-D array"),
+        (
+            "objects.npy",
+            lambda p: np.save(p, np.array([{"a": 1}, None], dtype=object)),
+            "holds Python objects, which are never loaded",
+        ),
+        (
+            "nan.csv",
+            lambda p: p.write_text("x,y\n" + "".join(f"{i},{'nan' if i in (2, 7) else i}\n" for i in range(20))),
+            "has 2 row(s) of 20 with NaN, infinite or missing values (lines 4, 9); expected a finite number",
+        ),
+        (
+            "missing.csv",
+            lambda p: p.write_text("1,2\n3,\n5,6\n7,8\n9,10\n"),
+            "has 1 row(s) of 5 with NaN, infinite or missing values (lines 2)",
+        ),
+        (
+            "ragged.csv",
+            lambda p: p.write_text("x,y\n1,2\n3,4\n5,6,7\n"),
+            "has 3 values on line 4 and 2 on line 2; expected the same number",
+        ),
+        ("words.txt", lambda p: p.write_text("1 2\n3 4\n5 six\n"), "has 'six' on line 3, which is not a number"),
+        ("few.csv", lambda p: p.write_text("1,2\n3,4\n5,6\n"), "holds 3 point(s); expected at least 4"),
+        ("points.json", lambda p: p.write_text("[[1, 2]]"), "has the suffix '.json'; expected one of .npy, .csv, .txt"),
+        ("absent.csv", lambda p: None, "does not exist; expected the path of a .npy, .csv or .txt file"),
+        (
+            "a_folder",
+            lambda p: p.mkdir(),
+            "is a folder; expected a file of points (for a folder of images: images:FOLDER)",
+        ),
+    ],
+)
 def test_a_bad_points_file_is_one_clear_line(tmp_path, capsys, name, write, expected):
     path = tmp_path / name
     write(path)
     out = tmp_path / "run"
-    assert_refused(capsys, ["train", "--preset", "smoke", "--dataset", f"points:{path}", "--out", out], f"dataset: points:{path} {expected}", out)
+    assert_refused(
+        capsys,
+        ["train", "--preset", "smoke", "--dataset", f"points:{path}", "--out", out],
+        f"dataset: points:{path} {expected}",
+        out,
+    )
 
 
 def test_a_points_spec_without_a_file_is_refused_by_the_config():
     with pytest.raises(ValueError, match=r"dataset: 'points:' names no file; expected points:FILE"):
         preset("smoke", dataset="points:")
-    with pytest.raises(ValueError, match=r"dataset: expected one of \['digits', 'cifar10', 'flowers'\], 'images:FOLDER', 'points:FILE'"):
+    with pytest.raises(
+        ValueError, match=r"dataset: expected one of \['digits', 'cifar10', 'flowers'\], 'images:FOLDER', 'points:FILE'"
+    ):
         TrainConfig(dataset="moons").validate()
 
 
@@ -405,17 +528,36 @@ def test_grey_images_stay_one_channel_and_are_repeated_when_mixed_with_colour(tm
 
 def test_a_class_folder_trains_compares_and_resumes_with_features_named_as_the_folders(tmp_path, capsys, class_folder):
     out = tmp_path / "cmp"
-    args = ["compare", "--preset", "smoke", "--dataset", f"images:{class_folder}", "--samplers", "langevin", "anila",
-            "--jobs", "1", "--out", out, "--no-progress"]
+    args = [
+        "compare",
+        "--preset",
+        "smoke",
+        "--dataset",
+        f"images:{class_folder}",
+        "--samplers",
+        "langevin",
+        "anila",
+        "--jobs",
+        "1",
+        "--out",
+        out,
+        "--no-progress",
+    ]
     code, _, err = cli(capsys, *args)
     assert code == 0
-    assert "Inception's features are unavailable here" in err and "a classifier trained on images-shapes (2 classes)" in err
+    assert (
+        "Inception's features are unavailable here" in err
+        and "a classifier trained on images-shapes (2 classes)" in err
+    )
     table = (out / "comparison.md").read_text()
     assert "a classifier trained on images-shapes (2 classes) features, not Inception's" in table
     for sampler in ("langevin", "anila"):
         run = out / sampler
         final = json.loads((run / "final.json").read_text())
-        assert final["image_shape"] == [1, 8, 8] and final["fid_features"] == "a classifier trained on images-shapes (2 classes)"
+        assert (
+            final["image_shape"] == [1, 8, 8]
+            and final["fid_features"] == "a classifier trained on images-shapes (2 classes)"
+        )
         assert final["fid"] is not None and final["fid"] >= 0
         rows = read_jsonl(run / "metrics.jsonl")
         assert all(r["fid_features"] == final["fid_features"] for r in rows if "fid" in r)
@@ -438,7 +580,9 @@ def test_a_folder_run_resumes_exactly(tmp_path, class_folder):
         assert torch.equal(a, b)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
     # the FID of both halves too: the folder's classifier is trained the same, seeded, in the resumed process
-    assert strip(read_jsonl(tmp_path / "split" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+    assert strip(read_jsonl(tmp_path / "split" / "metrics.jsonl")) == strip(
+        read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    )
 
 
 @pytest.mark.parametrize("kind", ["flat folder", "npy points"])
@@ -451,8 +595,22 @@ def test_compare_then_resume_a_compared_run(tmp_path, capsys, kind):
         np.save(tmp_path / "blobs.npy", np.random.default_rng(0).normal(size=(100, 3)))
         data, extra, iters = f"points:{tmp_path / 'blobs.npy'}", [], 10
     out = tmp_path / "cmp"
-    code, _, _ = cli(capsys, "compare", "--preset", "smoke", "--dataset", data, *extra, "--iters", iters, "--jobs", "1", "--out", out,
-                     "--no-progress")
+    code, _, _ = cli(
+        capsys,
+        "compare",
+        "--preset",
+        "smoke",
+        "--dataset",
+        data,
+        *extra,
+        "--iters",
+        iters,
+        "--jobs",
+        "1",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0 and (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert "| langevin |" in (out / "comparison.md").read_text() and "| anila |" in (out / "comparison.md").read_text()
     code, stdout, _ = cli(capsys, "train", "--resume", "--out", out / "anila", "--iters", 2 * iters, "--no-progress")
@@ -467,21 +625,62 @@ def test_compare_then_resume_a_compared_run(tmp_path, capsys, kind):
 
 def test_a_relative_path_is_recorded_absolute_so_a_run_resumes_from_anywhere(tmp_path, capsys, moons_csv, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli(capsys, "train", "--preset", "smoke", "--dataset", "points:moons.csv", "--iters", "10", "--out", "run", "--no-progress")[0] == 0
+    assert (
+        cli(
+            capsys,
+            "train",
+            "--preset",
+            "smoke",
+            "--dataset",
+            "points:moons.csv",
+            "--iters",
+            "10",
+            "--out",
+            "run",
+            "--no-progress",
+        )[0]
+        == 0
+    )
     assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == f"points:{moons_csv}"
     monkeypatch.chdir(tmp_path.parent)  # elsewhere: the run finds its data by the path it recorded
     assert cli(capsys, "train", "--resume", "--out", tmp_path / "run", "--iters", "20", "--no-progress")[0] == 0
     monkeypatch.chdir(tmp_path)  # the first command line again, plus --resume: its relative path names the same file
-    assert cli(capsys, "train", "--resume", "--preset", "smoke", "--dataset", "points:moons.csv", "--iters", "30", "--out", "run",
-               "--no-progress")[0] == 0
+    assert (
+        cli(
+            capsys,
+            "train",
+            "--resume",
+            "--preset",
+            "smoke",
+            "--dataset",
+            "points:moons.csv",
+            "--iters",
+            "30",
+            "--out",
+            "run",
+            "--no-progress",
+        )[0]
+        == 0
+    )
     assert load_trainer(tmp_path / "run", progress=False).iteration == 30
 
 
 def test_a_flat_folder_is_scored_on_random_projections(tmp_path, capsys):
     write_flat_folder(tmp_path / "photos")
     out = tmp_path / "run"
-    code, stdout, _ = cli(capsys, "train", "--preset", "smoke", "--dataset", f"images:{tmp_path / 'photos'}", "--image-size", "8",
-                          "--out", out, "--no-progress")
+    code, stdout, _ = cli(
+        capsys,
+        "train",
+        "--preset",
+        "smoke",
+        "--dataset",
+        f"images:{tmp_path / 'photos'}",
+        "--image-size",
+        "8",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0 and "on random projections of images-photos features" in stdout
     final = json.loads((out / "final.json").read_text())
     assert final["image_shape"] == [3, 8, 8] and final["fid_features"] == "random projections of images-photos"
@@ -489,8 +688,23 @@ def test_a_flat_folder_is_scored_on_random_projections(tmp_path, capsys):
 
 def test_a_sweep_on_a_folder_names_its_features(tmp_path, capsys, class_folder):
     out = tmp_path / "sweep"
-    code, _, _ = cli(capsys, "sweep", "--dataset", f"images:{class_folder}", "--preset", "smoke", "--samplers", "langevin",
-                     "--step-size", "1", "--jobs", "2", "--out", out, "--no-progress")  # one cell: in this process, one thread
+    code, _, _ = cli(
+        capsys,
+        "sweep",
+        "--dataset",
+        f"images:{class_folder}",
+        "--preset",
+        "smoke",
+        "--samplers",
+        "langevin",
+        "--step-size",
+        "1",
+        "--jobs",
+        "2",
+        "--out",
+        out,
+        "--no-progress",
+    )  # one cell: in this process, one thread
     assert code == 0
     report = (out / "sweep.md").read_text()
     assert "FID and KID on the features of a classifier trained on images-shapes (2 classes), not Inception's" in report
@@ -508,34 +722,71 @@ def _truncated(root: Path):
     (root / "circle" / "001.png").write_bytes(good[: len(good) // 2])
 
 
-@pytest.mark.parametrize("make, image_size, expected", [
-    (lambda r: r.mkdir(), 0, "holds no image files; expected image files (.jpg, .jpeg, .png"),
-    (lambda r: (r.mkdir(), (r / "notes.txt").write_text("hi")), 0, "holds no image files (it holds 1 other file(s): notes.txt)"),
-    (_garbage, 0, "has 3 file(s) of 3 that cannot be read as images (broken0.png: cannot identify image file"),
-    (_truncated, 0, "has 1 file(s) of 6 that cannot be read as images (circle/001.png:"),
-    (lambda r: (write_class_folder(r, per_class=2), (r / "empty").mkdir()), 0, "has class folder(s) with no image files: empty"),
-    (lambda r: (write_class_folder(r, per_class=2), Image.new("L", (8, 8)).save(r / "loose.png")), 0,
-     "holds both image files (loose.png, ...) and subfolders (circle, ...)"),
-    (lambda r: write_flat_folder(r), 0, "holds images of 2 sizes (10×16, 12×12); expected image_size set to the side"),
-    (lambda r: (r.mkdir(), *[Image.new("L", (28, 28)).save(r / f"{i}.png") for i in range(4)]), 0,
-     "holds 28×28 images (0.png, ...); expected image_size set to the side they are resized to (8, 16, 32, 64)"),
-    (lambda r: (r.mkdir(), *[Image.new("L", (8, 8)).save(r / f"{i}.png") for i in range(3)]), 0, "holds 3 image(s); expected at least 4"),
-    (lambda r: None, 0, "does not exist; expected a folder of images"),
-    (lambda r: r.write_text("1,2\n"), 0, "is a file; expected a folder of images (for a file of points: points:FILE)"),
-])
+@pytest.mark.parametrize(
+    "make, image_size, expected",
+    [
+        (lambda r: r.mkdir(), 0, "holds no image files; expected image files (.jpg, .jpeg, .png"),
+        (
+            lambda r: (r.mkdir(), (r / "notes.txt").write_text("hi")),
+            0,
+            "holds no image files (it holds 1 other file(s): notes.txt)",
+        ),
+        (_garbage, 0, "has 3 file(s) of 3 that cannot be read as images (broken0.png: cannot identify image file"),
+        (_truncated, 0, "has 1 file(s) of 6 that cannot be read as images (circle/001.png:"),
+        (
+            lambda r: (write_class_folder(r, per_class=2), (r / "empty").mkdir()),
+            0,
+            "has class folder(s) with no image files: empty",
+        ),
+        (
+            lambda r: (write_class_folder(r, per_class=2), Image.new("L", (8, 8)).save(r / "loose.png")),
+            0,
+            "holds both image files (loose.png, ...) and subfolders (circle, ...)",
+        ),
+        (
+            lambda r: write_flat_folder(r),
+            0,
+            "holds images of 2 sizes (10×16, 12×12); expected image_size set to the side",
+        ),
+        (
+            lambda r: (r.mkdir(), *[Image.new("L", (28, 28)).save(r / f"{i}.png") for i in range(4)]),
+            0,
+            "holds 28×28 images (0.png, ...); expected image_size set to the side they are resized to (8, 16, 32, 64)",
+        ),
+        (
+            lambda r: (r.mkdir(), *[Image.new("L", (8, 8)).save(r / f"{i}.png") for i in range(3)]),
+            0,
+            "holds 3 image(s); expected at least 4",
+        ),
+        (lambda r: None, 0, "does not exist; expected a folder of images"),
+        (
+            lambda r: r.write_text("1,2\n"),
+            0,
+            "is a file; expected a folder of images (for a file of points: points:FILE)",
+        ),
+    ],
+)
 def test_a_bad_image_folder_is_one_clear_line(tmp_path, capsys, make, image_size, expected):
     root = tmp_path / "folder"
     make(root)
     out = tmp_path / "run"
     args = ["train", "--preset", "smoke", "--dataset", f"images:{root}", "--out", out]
-    assert_refused(capsys, args + (["--image-size", str(image_size)] if image_size else []), f"dataset: images:{root} {expected}", out)
+    assert_refused(
+        capsys,
+        args + (["--image-size", str(image_size)] if image_size else []),
+        f"dataset: images:{root} {expected}",
+        out,
+    )
 
 
 def test_mixed_sizes_are_fine_once_a_size_is_given_and_a_size_the_convnet_lacks_is_refused(tmp_path, capsys):
     write_flat_folder(tmp_path / "photos")
     assert load_image_folder(tmp_path / "photos", 32, HELD_OUT_SHARE, 0).train.shape == (3, 32, 32)
-    assert_refused(capsys, ["train", "--preset", "smoke", "--dataset", f"images:{tmp_path / 'photos'}", "--image-size", "12"],
-                   "image_size: expected 0 (the dataset's own) or one of (8, 16, 32, 64)")
+    assert_refused(
+        capsys,
+        ["train", "--preset", "smoke", "--dataset", f"images:{tmp_path / 'photos'}", "--image-size", "12"],
+        "image_size: expected 0 (the dataset's own) or one of (8, 16, 32, 64)",
+    )
 
 
 # =========================================================================== energies of your own
@@ -543,24 +794,53 @@ def test_mixed_sizes_are_fine_once_a_size_is_given_and_a_size_the_convnet_lacks_
 
 def test_an_energy_named_on_the_command_line_trains_and_resumes(tmp_path, capsys, moons_csv):
     out = tmp_path / "run"
-    base = ["train", "--preset", "smoke", "--dataset", f"points:{moons_csv}", "--energy", "test_own_data:QuadraticEnergy", "--out", out,
-            "--no-progress"]
+    base = [
+        "train",
+        "--preset",
+        "smoke",
+        "--dataset",
+        f"points:{moons_csv}",
+        "--energy",
+        "test_own_data:QuadraticEnergy",
+        "--out",
+        out,
+        "--no-progress",
+    ]
     assert cli(capsys, *base, "--iters", "10")[0] == 0
     config = json.loads((out / "config.json").read_text())
     assert config["energy"] == "test_own_data:QuadraticEnergy"
     state = torch.load(out / CHECKPOINT, weights_only=True)
     assert set(state["model"]) == {"linear.weight", "linear.bias"}  # the network of your own, not the MLP
-    code, stdout, _ = cli(capsys, *base, "--iters", "20", "--resume")  # rebuilt from config.json, its weights from the checkpoint
+    code, stdout, _ = cli(
+        capsys, *base, "--iters", "20", "--resume"
+    )  # rebuilt from config.json, its weights from the checkpoint
     assert code == 0 and "resuming" in stdout
-    trainer = load_trainer(out, progress=False, energy="test_own_data:QuadraticEnergy")  # loading imports only what is named
+    trainer = load_trainer(
+        out, progress=False, energy="test_own_data:QuadraticEnergy"
+    )  # loading imports only what is named
     assert isinstance(trainer.model, QuadraticEnergy) and trainer.iteration == 20
     assert not torch.equal(trainer.model.linear.weight, state["model"]["linear.weight"])
 
 
 def test_an_energy_factory_trains_in_compare(tmp_path, capsys, moons_csv):
     out = tmp_path / "cmp"
-    code, _, _ = cli(capsys, "compare", "--preset", "smoke", "--dataset", f"points:{moons_csv}", "--energy", "test_own_data:small_mlp",
-                     "--iters", "10", "--jobs", "1", "--out", out, "--no-progress")
+    code, _, _ = cli(
+        capsys,
+        "compare",
+        "--preset",
+        "smoke",
+        "--dataset",
+        f"points:{moons_csv}",
+        "--energy",
+        "test_own_data:small_mlp",
+        "--iters",
+        "10",
+        "--jobs",
+        "1",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0
     for sampler in ("langevin", "anila"):
         state = torch.load(out / sampler / CHECKPOINT, weights_only=True)
@@ -568,7 +848,14 @@ def test_an_energy_factory_trains_in_compare(tmp_path, capsys, moons_csv):
 
 
 def test_an_energy_of_your_own_trains_on_images_too(tmp_path, class_folder):
-    cfg = preset("smoke", "langevin", dataset=f"images:{class_folder}", energy="test_own_data:QuadraticEnergy", device="cpu", iters=3)
+    cfg = preset(
+        "smoke",
+        "langevin",
+        dataset=f"images:{class_folder}",
+        energy="test_own_data:QuadraticEnergy",
+        device="cpu",
+        iters=3,
+    )
     trainer = Trainer(cfg, progress=False)
     assert trainer.model.linear.in_features == 64  # built for data_shape (1, 8, 8)
     trainer.run()
@@ -584,63 +871,134 @@ def test_an_energy_given_in_memory_trains_in_place_and_says_how_to_resume(tmp_pa
     assert run.trainer.model is module and not torch.equal(module.linear.weight, before)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["energy"] == "in-memory:test_own_data.QuadraticEnergy"
-    with pytest.raises(ValueError, match=r"this run trained a module given in memory \(test_own_data.QuadraticEnergy, from the "
-                                         r"Python API\).*Run\(out, resume=True, energy=module\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"this run trained a module given in memory \(test_own_data.QuadraticEnergy, from the "
+        r"Python API\).*Run\(out, resume=True, energy=module\)",
+    ):
         Run(tmp_path / "run", resume=True, iters=20, progress=False)
-    with pytest.raises(ValueError, match="this run trained a test_own_data.QuadraticEnergy, got a test_own_data.ColumnEnergy"):
+    with pytest.raises(
+        ValueError, match="this run trained a test_own_data.QuadraticEnergy, got a test_own_data.ColumnEnergy"
+    ):
         Run(tmp_path / "run", resume=True, iters=20, energy=ColumnEnergy(), progress=False)
     again = QuadraticEnergy((2,))
     resumed = Run(tmp_path / "run", resume=True, iters=20, energy=again, progress=False)
-    assert torch.equal(again.linear.weight, module.linear.weight)  # the checkpoint's weights, loaded into the module passed
+    assert torch.equal(
+        again.linear.weight, module.linear.weight
+    )  # the checkpoint's weights, loaded into the module passed
     resumed.train()
     assert resumed.trainer.iteration == 20
 
 
 def test_a_module_in_the_run_folder_is_never_imported_on_resume(tmp_path, capsys, moons_csv, monkeypatch):
     out = tmp_path / "run"
-    assert cli(capsys, "train", "--preset", "smoke", "--dataset", f"points:{moons_csv}", "--iters", "10", "--out", out, "--no-progress")[0] == 0
+    assert (
+        cli(
+            capsys,
+            "train",
+            "--preset",
+            "smoke",
+            "--dataset",
+            f"points:{moons_csv}",
+            "--iters",
+            "10",
+            "--out",
+            out,
+            "--no-progress",
+        )[0]
+        == 0
+    )
     (out / "planted_energy_module.py").write_text("raise SystemExit('planted code ran')\n")
     config = json.loads((out / "config.json").read_text())
     config["energy"] = "planted_energy_module:Net"
     (out / "config.json").write_text(json.dumps(config))
     monkeypatch.syspath_prepend(str(out))  # as when the command runs from inside the folder
-    assert_refused(capsys, ["train", "--resume", "--out", out, "--iters", "20"], "inside the run folder; loading a run never runs code")
+    assert_refused(
+        capsys,
+        ["train", "--resume", "--out", out, "--iters", "20"],
+        "inside the run folder; loading a run never runs code",
+    )
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("no_such_module_anywhere:Net", "energy: cannot import 'no_such_module_anywhere': Python finds no module of that name"),
-    ("test_own_data:Missing", "energy: 'test_own_data' has no 'Missing' (it defines "),
-    ("test_own_data:ColumnEnergy", "energy: test_own_data:ColumnEnergy returned shape (4, 1) for 4 samples; expected (4,): one energy "
-                                   "per sample (squeeze its last dimension)"),
-    ("test_own_data:DetachedEnergy", "energy: test_own_data:DetachedEnergy is not differentiable in its input: its energies carry no gradient"),
-    ("test_own_data:ConstantInXEnergy", "energy: test_own_data:ConstantInXEnergy is not differentiable in its input: no gradient reaches x"),
-    ("test_own_data:NeedsWidth", "energy: test_own_data:NeedsWidth cannot be built: it needs width"),
-    ("test_own_data:NoWeights", "energy: test_own_data:NoWeights has no parameters"),
-    ("test_own_data:HERE", "energy: test_own_data:HERE is a PosixPath"),
-    ("not a spec", "energy: 'not a spec' is not a spec of the form module.path:Name"),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        (
+            "no_such_module_anywhere:Net",
+            "energy: cannot import 'no_such_module_anywhere': Python finds no module of that name",
+        ),
+        ("test_own_data:Missing", "energy: 'test_own_data' has no 'Missing' (it defines "),
+        (
+            "test_own_data:ColumnEnergy",
+            "energy: test_own_data:ColumnEnergy returned shape (4, 1) for 4 samples; expected (4,): one energy "
+            "per sample (squeeze its last dimension)",
+        ),
+        (
+            "test_own_data:DetachedEnergy",
+            "energy: test_own_data:DetachedEnergy is not differentiable in its input: its energies carry no gradient",
+        ),
+        (
+            "test_own_data:ConstantInXEnergy",
+            "energy: test_own_data:ConstantInXEnergy is not differentiable in its input: no gradient reaches x",
+        ),
+        ("test_own_data:NeedsWidth", "energy: test_own_data:NeedsWidth cannot be built: it needs width"),
+        ("test_own_data:NoWeights", "energy: test_own_data:NoWeights has no parameters"),
+        ("test_own_data:HERE", "energy: test_own_data:HERE is a PosixPath"),
+        ("not a spec", "energy: 'not a spec' is not a spec of the form module.path:Name"),
+    ],
+)
 def test_a_bad_energy_is_one_clear_line(tmp_path, capsys, moons_csv, spec, expected):
     out = tmp_path / "run"
-    assert_refused(capsys, ["train", "--preset", "smoke", "--dataset", f"points:{moons_csv}", "--energy", spec, "--out", out], expected, out)
+    assert_refused(
+        capsys,
+        ["train", "--preset", "smoke", "--dataset", f"points:{moons_csv}", "--energy", spec, "--out", out],
+        expected,
+        out,
+    )
 
 
 def test_the_command_line_imports_an_energy_from_the_python_path(tmp_path, moons_csv):
-    """A subprocess, as a user runs it: the module is found through PYTHONPATH, and a wrong shape ends with one error line."""
+    """A subprocess, as a user runs it: the module is found through PYTHONPATH, and a wrong shape ends with one error
+    line."""
     (tmp_path / "my_energies.py").write_text(
         "import torch\n\n\nclass Gaussian(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
         "        self.log_scale = torch.nn.Parameter(torch.zeros(2))\n\n    def forward(self, x):\n"
         "        return 0.5 * (x * torch.exp(-self.log_scale)).square().sum(1) + self.log_scale.sum()\n\n\n"
-        "class Wrong(Gaussian):\n    def forward(self, x):\n        return super().forward(x)[:, None]\n")
+        "class Wrong(Gaussian):\n    def forward(self, x):\n        return super().forward(x)[:, None]\n"
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(HERE.parent)]))
-    command = [sys.executable, "-m", "anila_core", "train", "--preset", "smoke", "--dataset", f"points:{moons_csv}", "--iters", "10",
-               "--no-progress"]
-    done = subprocess.run(command + ["--energy", "my_energies:Gaussian", "--out", str(tmp_path / "ok")], capture_output=True, text=True,
-                          env=env, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "anila_core",
+        "train",
+        "--preset",
+        "smoke",
+        "--dataset",
+        f"points:{moons_csv}",
+        "--iters",
+        "10",
+        "--no-progress",
+    ]
+    done = subprocess.run(
+        command + ["--energy", "my_energies:Gaussian", "--out", str(tmp_path / "ok")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "ok" / "final.json").read_text())["config"]["energy"] == "my_energies:Gaussian"
-    wrong = subprocess.run(command + ["--energy", "my_energies:Wrong", "--out", str(tmp_path / "bad")], capture_output=True, text=True,
-                           env=env, timeout=300)
+    wrong = subprocess.run(
+        command + ["--energy", "my_energies:Wrong", "--out", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
-        "error: energy: my_energies:Wrong returned shape (4, 1) for 4 samples; expected (4,): one energy per sample (squeeze its last "
-        "dimension)"]
+        "error: energy: my_energies:Wrong returned shape (4, 1) for 4 samples; expected (4,): one energy per sample "
+        "(squeeze its last "
+        "dimension)"
+    ]
     assert not (tmp_path / "bad").exists()

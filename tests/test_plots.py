@@ -1,4 +1,5 @@
-"""Plots draw what they claim: the density image is the grid density, the step-size map is b/max(b,|g|), samples land where they are."""
+"""Plots draw what they claim: the density image is the grid density, the step-size map is b/max(b,|g|), samples land
+where they are."""
 
 import matplotlib
 
@@ -108,7 +109,9 @@ def test_set_step_size_map_follows_b():
 
 def test_trajectories_follow_the_trace():
     trace = Trace(positions_at=range(11))
-    Langevin(0.05).sample(Rings().energy, torch.full((4, 2), 3.0), 10, generator=torch.Generator().manual_seed(0), trace=trace)
+    Langevin(0.05).sample(
+        Rings().energy, torch.full((4, 2), 3.0), 10, generator=torch.Generator().manual_seed(0), trace=trace
+    )
     steps, paths = plots.trace_paths(trace)
     assert steps == list(range(11)) and paths.shape == (11, 4, 2)
     lines = plots.plot_trajectories(trace, n_show=3, density=Rings(), size=20)
@@ -120,7 +123,9 @@ def test_trajectories_follow_the_trace():
 
 def test_comparison_grid_shape_and_contents():
     x, y = torch.randn(30, 2), torch.randn(40, 2)
-    axes = plots.plot_comparison({"a": {"Langevin": x, "AniLA": y}, "b": {"Langevin": y}}, densities={"a": Rings(), "b": Rings()}, size=20)
+    axes = plots.plot_comparison(
+        {"a": {"Langevin": x, "AniLA": y}, "b": {"Langevin": y}}, densities={"a": Rings(), "b": Rings()}, size=20
+    )
     assert axes.shape == (2, 3)
     scatter = axes[0, 2].collections[0]
     np.testing.assert_allclose(scatter.get_offsets(), y.numpy(), rtol=1e-6)
@@ -140,8 +145,16 @@ def test_convergence_plot_is_log_scale_with_floor():
 
 def test_convergence_plot_keeps_a_line_whose_unbiased_mmd_dips_below_zero():
     # an unbiased MMD² at the target scatters around 0: the negative value is drawn at a tenth of the floor, not dropped
-    res = ConvergenceResult("mala", "g", steps=[0, 1, 10, 100, 400], n_chains=10, tv=[1.0, 0.8, 0.3, 0.1, 0.1], tv_floor=0.09,
-                            mmd=[1.0, 0.5, 0.01, 0.002, -0.001], mmd_floor=0.002)
+    res = ConvergenceResult(
+        "mala",
+        "g",
+        steps=[0, 1, 10, 100, 400],
+        n_chains=10,
+        tv=[1.0, 0.8, 0.3, 0.1, 0.1],
+        tv_floor=0.09,
+        mmd=[1.0, 0.5, 0.01, 0.002, -0.001],
+        mmd_floor=0.002,
+    )
     lines = plots.plot_convergence(res, metric="mmd")
     np.testing.assert_allclose(lines["mala"].get_xdata(), [1, 10, 100, 400])
     np.testing.assert_allclose(lines["mala"].get_ydata(), [0.5, 0.01, 0.002, 0.0002])
@@ -178,7 +191,9 @@ def test_runs_that_coincide_stay_visible_and_the_wall_time_note_reads_the_rates(
     styles = distinguish_runs(axes)
     first, second = axes[0].get_lines()
     assert first.get_linestyle() != second.get_linestyle() and first.get_marker() != second.get_marker()
-    assert first.get_linewidth() > second.get_linewidth() and first.get_zorder() < second.get_zorder()  # the wide one below
+    assert (
+        first.get_linewidth() > second.get_linewidth() and first.get_zorder() < second.get_zorder()
+    )  # the wide one below
     assert set(styles) == {"Langevin", "AniLA b = 30"}
     plt.close(fig)
     slow = SimpleNamespace(history=[{"iter": 100 * i, "wall_s": 40.0 * i} for i in range(1, 5)])  # 2.5 iterations/s

@@ -1,4 +1,5 @@
-"""Every result number in the README, docs/ and the notebooks' markdown comes from a committed result file (tests/published_numbers.py says how)."""
+"""Every result number in the README, docs/ and the notebooks' markdown comes from a committed result file
+(tests/published_numbers.py says how)."""
 
 import json
 
@@ -46,4 +47,6 @@ def test_study_reports_are_regenerated_from_their_results(folder):
     from anila_core.study.results import load_sweep
 
     out = ROOT / "docs" / "study" / folder
-    assert (out / "sweep.md").read_text() == markdown_report(load_sweep(out)), f"run: python -m anila_core sweep ... --out {out} (or write_report)"
+    assert (out / "sweep.md").read_text() == markdown_report(load_sweep(out)), (
+        f"run: python -m anila_core sweep ... --out {out} (or write_report)"
+    )

@@ -118,7 +118,12 @@ N_RANDOM, N_IN_CHECKPOINT, N_IN_METRICS = 16, 6, 3
 #: and inside checkpoints, before and after rows, and resuming drops rows written after the checkpoint
 CRASH_SETTINGS = dict(iters=16, eval_every=3, checkpoint_every=2, lr_schedule="cosine", ema=0.9)
 N_CHECKPOINTS = CRASH_SETTINGS["iters"] // CRASH_SETTINGS["checkpoint_every"]
-N_ROWS = len({*range(CRASH_SETTINGS["eval_every"], CRASH_SETTINGS["iters"] + 1, CRASH_SETTINGS["eval_every"]), CRASH_SETTINGS["iters"]})
+N_ROWS = len(
+    {
+        *range(CRASH_SETTINGS["eval_every"], CRASH_SETTINGS["iters"] + 1, CRASH_SETTINGS["eval_every"]),
+        CRASH_SETTINGS["iters"],
+    }
+)
 
 
 def crash_config() -> TrainConfig:
@@ -126,12 +131,22 @@ def crash_config() -> TrainConfig:
 
 
 def crash_plan() -> list[dict]:
-    """Where each trial's SIGKILL lands, drawn from ``CRASH_SEED`` (the first forced trial dies in the first checkpoint write)."""
+    """Where each trial's SIGKILL lands, drawn from ``CRASH_SEED`` (the first forced trial dies in the first checkpoint
+    write)."""
     rng = random.Random(CRASH_SEED)
     plan = [{"how": "random", "at": round(rng.random(), 3)} for _ in range(N_RANDOM)]
-    plan += [{"how": "checkpoint", "write": 1 if i == 0 else rng.randint(2, N_CHECKPOINTS), "fraction": round(rng.uniform(0.05, 0.95), 2)}
-             for i in range(N_IN_CHECKPOINT)]
-    plan += [{"how": "metrics", "row": rng.randint(1, N_ROWS), "fraction": round(rng.uniform(0.1, 0.9), 2)} for _ in range(N_IN_METRICS)]
+    plan += [
+        {
+            "how": "checkpoint",
+            "write": 1 if i == 0 else rng.randint(2, N_CHECKPOINTS),
+            "fraction": round(rng.uniform(0.05, 0.95), 2),
+        }
+        for i in range(N_IN_CHECKPOINT)
+    ]
+    plan += [
+        {"how": "metrics", "row": rng.randint(1, N_ROWS), "fraction": round(rng.uniform(0.1, 0.9), 2)}
+        for _ in range(N_IN_METRICS)
+    ]
     return plan
 
 
@@ -142,7 +157,10 @@ def describe_kill(how: dict) -> str:
     if how["how"] == "random":
         return f"SIGKILL from outside after {how['at']:.1%} of an uninterrupted run's time"
     if how["how"] == "checkpoint":
-        return f"SIGKILL inside checkpoint write {how['write']} of {N_CHECKPOINTS}, after {how['fraction']:.0%} of its bytes"
+        return (
+            f"SIGKILL inside checkpoint write {how['write']} of {N_CHECKPOINTS}, after {how['fraction']:.0%} of "
+            "its bytes"
+        )
     return f"SIGKILL inside metrics row {how['row']} of {N_ROWS}, after {how['fraction']:.0%} of its bytes"
 
 
@@ -193,7 +211,9 @@ def _train_in_child(out: Path, how: dict) -> None:
     try:
         report.save_run_figures = lambda trainer, folder: None
         if how["how"] == "checkpoint":
-            runs.atomic_torch_save = _dies_inside_checkpoint_write(runs.atomic_torch_save, how["write"], how["fraction"])
+            runs.atomic_torch_save = _dies_inside_checkpoint_write(
+                runs.atomic_torch_save, how["write"], how["fraction"]
+            )
         elif how["how"] == "metrics":
             runs.append_jsonl = _dies_inside_metrics_row(how["row"], how["fraction"])
         Run(out, crash_config(), progress=False).train()
@@ -206,7 +226,8 @@ def _train_in_child(out: Path, how: dict) -> None:
 
 @pytest.fixture(scope="module")
 def crash_reference(tmp_path_factory):
-    """The uninterrupted run every trial must end equal to, and how long it takes (the scale of the random kill times)."""
+    """The uninterrupted run every trial must end equal to, and how long it takes (the scale of the random kill
+    times)."""
     base = tmp_path_factory.mktemp("crash")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the trials (see _fork): the same reduction order, so the same bits
@@ -256,7 +277,9 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(trial, crash_r
             torn_row = True
     checkpoint = out / CHECKPOINT
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # the checkpoint always loads, as tensors and plain data
+        state = torch.load(
+            checkpoint, map_location="cpu", weights_only=True
+        )  # the checkpoint always loads, as tensors and plain data
         at = int(state["iteration"])
         landed = "after the run had finished" if not killed else f"resumed from the checkpoint of iteration {at}"
         run = Run(out, resume=True, progress=False)
@@ -286,7 +309,10 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(trial, crash_r
     assert not list(out.glob(".*.tmp"))
     leftovers = []
     if temporaries:
-        leftovers.append(f"{len(temporaries)} temporary file(s) removed ({', '.join(sorted({n.split('.')[1] for n in temporaries}))})")
+        leftovers.append(
+            f"{len(temporaries)} temporary file(s) removed "
+            f"({', '.join(sorted({n.split('.')[1] for n in temporaries}))})"
+        )
     if torn_row:
         leftovers.append("a torn last row dropped")
     RESULTS["crash"][trial] = {"landed": landed, "leftovers": "; ".join(leftovers) or "none", "killed": killed}
@@ -296,14 +322,19 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(trial, crash_r
 
 
 def _first_bad_iteration(config: TrainConfig, limit: int) -> int | None:
-    """Train with the guard switched off and return the first iteration where a guarded quantity goes bad (an independent check)."""
+    """Train with the guard switched off and return the first iteration where a guarded quantity goes bad (an
+    independent check)."""
     probe = Trainer(config, progress=False)
     probe.guard.check_step = lambda state, config, stats, samples_finite: None
     for _ in range(limit):
         stats = probe.train_step()
         gap = float(stats["energy_data"] - stats["energy_samples"])
         finite = all(math.isfinite(float(stats[k])) for k in ("loss", "energy_data", "energy_samples"))
-        finite = finite and bool(torch.isfinite(probe.samples).all()) and all(bool(torch.isfinite(p).all()) for p in probe.model.parameters())
+        finite = (
+            finite
+            and bool(torch.isfinite(probe.samples).all())
+            and all(bool(torch.isfinite(p).all()) for p in probe.model.parameters())
+        )
         if not finite or abs(gap) > config.max_energy_gap:
             return probe.iteration
     return None
@@ -315,11 +346,15 @@ def test_a_huge_learning_rate_stops_at_the_first_bad_iteration():
         Trainer(config, progress=False).run()
     first_bad = _first_bad_iteration(config, limit=config.iters)
     assert first_bad is not None and err.value.iteration == first_bad
-    assert str(err.value).startswith(f"training diverged at iteration {first_bad}: {err.value.cause}; no checkpoint was written yet")
+    assert str(err.value).startswith(
+        f"training diverged at iteration {first_bad}: {err.value.cause}; no checkpoint was written yet"
+    )
     RESULTS["divergence"]["huge-lr-stop"] = {
-        "forced": "lr = 1e6 (Python API, in memory)", "policy": "stop (default)",
+        "forced": "lr = 1e6 (Python API, in memory)",
+        "policy": "stop (default)",
         "outcome": f"TrainingDiverged at iteration {first_bad}, the first iteration whose quantities are bad "
-                   f"(checked with the guard off): \"{err.value.cause}\""}
+        f"(checked with the guard off): \"{err.value.cause}\"",
+    }
 
 
 def test_a_nan_parameter_is_caught_within_one_iteration_without_a_run_folder():
@@ -334,18 +369,23 @@ def test_a_nan_parameter_is_caught_within_one_iteration_without_a_run_folder():
         trainer.run(callback=poison)
     assert err.value.iteration == 21 and "not finite" in err.value.cause
     RESULTS["divergence"]["nan-stop-in-memory"] = {
-        "forced": "a parameter set to NaN after iteration 20 (Python API, in memory)", "policy": "stop (default)",
-        "outcome": f"TrainingDiverged at iteration {err.value.iteration}, the next one: \"{err.value.cause}\""}
+        "forced": "a parameter set to NaN after iteration 20 (Python API, in memory)",
+        "policy": "stop (default)",
+        "outcome": f"TrainingDiverged at iteration {err.value.iteration}, the next one: \"{err.value.cause}\"",
+    }
 
 
 def test_the_resume_hint_follows_the_exceptions_fields_not_its_text(monkeypatch, capsys):
-    """The hint names --resume with rollback when a checkpoint exists and rollbacks were not spent, whatever the words."""
+    """The hint names --resume with rollback when a checkpoint exists and rollbacks were not spent, whatever the
+    words."""
     import anila_core.cli as cli
     from anila_core.training.guard import TrainingDiverged
 
-    cases = [(TrainingDiverged("diverged", 5, "loss", checkpoint="run/checkpoint.pt"), True),
-             (TrainingDiverged("the last good checkpoint is x", 5, "loss", checkpoint="x", gave_up=True), False),
-             (TrainingDiverged("the last good checkpoint is x", 5, "loss"), False)]
+    cases = [
+        (TrainingDiverged("diverged", 5, "loss", checkpoint="run/checkpoint.pt"), True),
+        (TrainingDiverged("the last good checkpoint is x", 5, "loss", checkpoint="x", gave_up=True), False),
+        (TrainingDiverged("the last good checkpoint is x", 5, "loss"), False),
+    ]
     for err, hinted in cases:
         monkeypatch.setattr(cli, "cmd_train", lambda args, err=err: (_ for _ in ()).throw(err))
         assert cli.main(["train", "--preset", "smoke", "--no-progress"]) == 3
@@ -368,7 +408,10 @@ def test_the_cli_stops_with_the_message_and_resume_with_rollback_completes(tmp_p
     err = capsys.readouterr().err
     assert "Traceback" not in err
     first = next(line for line in err.splitlines() if line.startswith("error: "))
-    assert first == f"error: training diverged at iteration 15: the loss is not finite; the last good checkpoint is {out / CHECKPOINT} (iteration 10)"
+    assert (
+        first == "error: training diverged at iteration 15: the loss is not finite; the last good checkpoint is "
+        f"{out / CHECKPOINT} (iteration 10)"
+    )
     assert "hint: continue from that checkpoint with --resume --on-divergence rollback" in err
     state = torch.load(out / CHECKPOINT, weights_only=True)
     assert state["iteration"] == 10 and all(torch.isfinite(p).all() for p in state["model"].values())
@@ -377,16 +420,23 @@ def test_the_cli_stops_with_the_message_and_resume_with_rollback_completes(tmp_p
     assert main(["train", "--resume", "--out", str(out), "--on-divergence", "rollback", "--no-progress"]) == 0
     err = capsys.readouterr().err
     final = json.loads((out / "final.json").read_text())
-    assert final["rollbacks"] == [{"iter": 15, "cause": "the loss is not finite", "restored_iter": 10, "lr_factor": 0.5, "lr": 5e-4}]
-    assert err.count("warning: rollback at iteration 15: the loss is not finite; back to the state of iteration 10") == 1
+    assert final["rollbacks"] == [
+        {"iter": 15, "cause": "the loss is not finite", "restored_iter": 10, "lr_factor": 0.5, "lr": 5e-4}
+    ]
+    assert (
+        err.count("warning: rollback at iteration 15: the loss is not finite; back to the state of iteration 10") == 1
+    )
     assert json.loads((out / "config.json").read_text())["on_divergence"] == "rollback"
     assert [r["iter"] for r in _strict_rows(out / "metrics.jsonl")] == [10, 20, 30]
     assert final["iters"] == 30 and math.isfinite(final["grid_tv"])
     RESULTS["divergence"]["nan-cli-stop-then-resume"] = {
         "forced": "a parameter set to NaN before iteration 15 while the learning rate is the full one (`train`), then "
-                  "`train --resume --on-divergence rollback`", "policy": "stop, then rollback",
-        "outcome": f"exit 3 with \"{first.removeprefix('error: ').replace(str(tmp_path), '<tmp>')}\" and a hint to resume with "
-                   "rollback; the resumed run rolled back once (to iteration 10, lr 5e-4) and completed, exit 0"}
+        "`train --resume --on-divergence rollback`",
+        "policy": "stop, then rollback",
+        "outcome": f"exit 3 with \"{first.removeprefix('error: ').replace(str(tmp_path), '<tmp>')}\" and a hint to "
+        "resume with "
+        "rollback; the resumed run rolled back once (to iteration 10, lr 5e-4) and completed, exit 0",
+    }
 
 
 def test_rollback_restores_the_last_good_state_halves_the_lr_and_completes(tmp_path, capsys, no_figures):
@@ -402,8 +452,13 @@ def test_rollback_restores_the_last_good_state_halves_the_lr_and_completes(tmp_p
 
     final = run.train(callback=poison_once)
     err = capsys.readouterr().err
-    assert final["rollbacks"] == [{"iter": 20, "cause": "the parameters are not finite", "restored_iter": 10, "lr_factor": 0.5, "lr": 5e-4}]
-    line = "warning: rollback at iteration 20: the parameters are not finite; back to the state of iteration 10, learning rate now 0.0005"
+    assert final["rollbacks"] == [
+        {"iter": 20, "cause": "the parameters are not finite", "restored_iter": 10, "lr_factor": 0.5, "lr": 5e-4}
+    ]
+    line = (
+        "warning: rollback at iteration 20: the parameters are not finite; back to the state of iteration 10, "
+        "learning rate now 0.0005"
+    )
     assert line in err
     rows = _strict_rows(out / "metrics.jsonl")
     assert [r["iter"] for r in rows] == [10, 20, 30]  # the rows of the rolled-back iterations were written again, once
@@ -412,15 +467,33 @@ def test_rollback_restores_the_last_good_state_halves_the_lr_and_completes(tmp_p
     state = torch.load(out / CHECKPOINT, weights_only=True)
     assert state["lr_factor"] == 0.5 and state["rollbacks"] == final["rollbacks"]
     RESULTS["divergence"]["nan-rollback"] = {
-        "forced": "a parameter set to NaN after iteration 20 (Python API, run folder)", "policy": "rollback",
+        "forced": "a parameter set to NaN after iteration 20 (Python API, run folder)",
+        "policy": "rollback",
         "outcome": "caught at iteration 20; back to the checkpoint state of iteration 10 at lr 5e-4, logged "
-                   "(stderr, final.json, checkpoint); completed 30 iterations, metrics.jsonl rows 10, 20, 30 once each"}
+        "(stderr, final.json, checkpoint); completed 30 iterations, metrics.jsonl rows 10, 20, 30 once each",
+    }
 
 
 def test_rollback_from_a_huge_learning_rate_completes_on_the_cli(tmp_path, capsys, no_figures):
     out = tmp_path / "run"
-    code = main(["train", "--preset", "smoke", "--lr", "1e6", "--max-energy-gap", "100", "--on-divergence", "rollback",
-                 "--max-rollbacks", "25", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "smoke",
+            "--lr",
+            "1e6",
+            "--max-energy-gap",
+            "100",
+            "--on-divergence",
+            "rollback",
+            "--max-rollbacks",
+            "25",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0 and "Traceback" not in captured.err
     final = json.loads((out / "final.json").read_text())
@@ -428,48 +501,92 @@ def test_rollback_from_a_huge_learning_rate_completes_on_the_cli(tmp_path, capsy
     assert n >= 2 and [r["lr_factor"] for r in final["rollbacks"]] == [0.5 ** (i + 1) for i in range(n)]
     assert [r["iter"] for r in _strict_rows(out / "metrics.jsonl")] == [10, 20, 30] and math.isfinite(final["grid_tv"])
     RESULTS["divergence"]["huge-lr-cli-rollback"] = {
-        "forced": "`train --lr 1e6 --on-divergence rollback --max-rollbacks 25`", "policy": "rollback",
-        "outcome": f"{n} rollbacks, each logged and halving the learning rate (1e6 → {1e6 * 0.5 ** n:.3g}); completed, exit 0"}
+        "forced": "`train --lr 1e6 --on-divergence rollback --max-rollbacks 25`",
+        "policy": "rollback",
+        "outcome": f"{n} rollbacks, each logged and halving the learning rate (1e6 → {1e6 * 0.5**n:.3g}); completed, "
+        "exit 0",
+    }
 
 
 def test_a_hopeless_run_stops_after_max_rollbacks(tmp_path, capsys, no_figures):
     out = tmp_path / "run"
-    code = main(["train", "--preset", "smoke", "--lr", "1e6", "--max-energy-gap", "100", "--on-divergence", "rollback",
-                 "--max-rollbacks", "3", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "smoke",
+            "--lr",
+            "1e6",
+            "--max-energy-gap",
+            "100",
+            "--on-divergence",
+            "rollback",
+            "--max-rollbacks",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 3 and "Traceback" not in err and err.count("warning: rollback") == 3
     message = next(line for line in err.splitlines() if line.startswith("error: "))
     assert "training diverged at iteration" in message and "gave up after 3 rollback(s) (max_rollbacks = 3" in message
     assert not (out / "final.json").exists()
     RESULTS["divergence"]["huge-lr-gives-up"] = {
-        "forced": "`train --lr 1e6 --on-divergence rollback --max-rollbacks 3`", "policy": "rollback",
-        "outcome": f"3 rollbacks, then exit 3 with \"{message.removeprefix('error: ')}\""}
+        "forced": "`train --lr 1e6 --on-divergence rollback --max-rollbacks 3`",
+        "policy": "rollback",
+        "outcome": f"3 rollbacks, then exit 3 with \"{message.removeprefix('error: ')}\"",
+    }
 
 
 def test_a_run_resumed_after_rollbacks_equals_the_uninterrupted_one(tmp_path, no_figures):
-    config = preset("smoke", "langevin", device="cpu", lr=1e6, max_energy_gap=100.0, on_divergence="rollback", max_rollbacks=25,
-                    iters=20, eval_every=5, checkpoint_every=5)
+    config = preset(
+        "smoke",
+        "langevin",
+        device="cpu",
+        lr=1e6,
+        max_energy_gap=100.0,
+        on_divergence="rollback",
+        max_rollbacks=25,
+        iters=20,
+        eval_every=5,
+        checkpoint_every=5,
+    )
     straight = Run(tmp_path / "straight", config, progress=False)
     straight.train()
     Run(tmp_path / "split", config.replace(iters=10), progress=False).train()
     resumed = Run(tmp_path / "split", resume=True, iters=20, progress=False)
     assert resumed.trainer.lr_factor == straight.trainer.lr_factor < 1  # the halved learning rate is in the checkpoint
     resumed.train()
-    assert all(torch.equal(a, b) for a, b in zip(straight.trainer.model.parameters(), resumed.trainer.model.parameters()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(straight.trainer.model.parameters(), resumed.trainer.model.parameters())
+    )
     assert resumed.trainer.rollbacks == straight.trainer.rollbacks
-    assert _strip(_strict_rows(tmp_path / "split" / "metrics.jsonl")) == _strip(_strict_rows(tmp_path / "straight" / "metrics.jsonl"))
+    assert _strip(_strict_rows(tmp_path / "split" / "metrics.jsonl")) == _strip(
+        _strict_rows(tmp_path / "straight" / "metrics.jsonl")
+    )
     RESULTS["divergence"]["rollback-resume-exact"] = {
-        "forced": "lr = 1e6, rollback; stopped at iteration 10 and resumed to 20", "policy": "rollback",
-        "outcome": f"{len(straight.trainer.rollbacks)} rollbacks; the learning-rate factor is kept in the checkpoint, so the "
-                   "resumed run ends bit for bit equal to the uninterrupted one"}
+        "forced": "lr = 1e6, rollback; stopped at iteration 10 and resumed to 20",
+        "policy": "rollback",
+        "outcome": f"{len(straight.trainer.rollbacks)} rollbacks; the learning-rate factor is kept in the checkpoint, "
+        "so the "
+        "resumed run ends bit for bit equal to the uninterrupted one",
+    }
 
 
 @pytest.mark.parametrize("data", ["rings", "digits"])
 def test_a_rollback_equals_training_on_from_the_last_good_state_at_half_the_learning_rate(data):
     """Everything is restored: model, EMA, optimiser, chains, data stream, RNG, spectral norm's vectors (digits)."""
-    extra = dict(dataset="digits", spectral_norm=True, iters=6, checkpoint_every=2) if data == "digits" else dict(iters=12, checkpoint_every=4)
+    extra = (
+        dict(dataset="digits", spectral_norm=True, iters=6, checkpoint_every=2)
+        if data == "digits"
+        else dict(iters=12, checkpoint_every=4)
+    )
     config = preset("smoke", "anila", device="cpu", on_divergence="rollback", ema=0.5, eval_every=1000, **extra)
-    poison_at = config.checkpoint_every + 1  # a parameter turns NaN on the way to the iteration after the first checkpoint
+    poison_at = (
+        config.checkpoint_every + 1
+    )  # a parameter turns NaN on the way to the iteration after the first checkpoint
 
     def quiet(trainer):  # no evaluation rows: FID is not what this is about
         trainer._is_eval_point = lambda iteration, end: False
@@ -486,7 +603,9 @@ def test_a_rollback_equals_training_on_from_the_last_good_state_at_half_the_lear
 
     trainer.train_step = train_step
     trainer.run()
-    assert [(r["iter"], r["restored_iter"], r["lr_factor"]) for r in trainer.rollbacks] == [(poison_at, config.checkpoint_every, 0.5)]
+    assert [(r["iter"], r["restored_iter"], r["lr_factor"]) for r in trainer.rollbacks] == [
+        (poison_at, config.checkpoint_every, 0.5)
+    ]
     reference = quiet(Trainer(config, progress=False))
     reference.run(iters=config.checkpoint_every)
     reference.lr_factor = 0.5
@@ -494,17 +613,21 @@ def test_a_rollback_equals_training_on_from_the_last_good_state_at_half_the_lear
     for a, b in ((trainer.model, reference.model), (trainer.ema_model, reference.ema_model)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     RESULTS["divergence"][f"rollback-exact-{data}"] = {
-        "forced": f"a parameter set to NaN before iteration {poison_at} ({'digits ConvNet, spectral norm' if data == 'digits' else 'rings MLP, replay buffer'}, EMA)",
+        "forced": f"a parameter set to NaN before iteration {poison_at} "
+        f"({'digits ConvNet, spectral norm' if data == 'digits' else 'rings MLP, replay buffer'}, EMA)",
         "policy": "rollback",
-        "outcome": f"rolled back to iteration {config.checkpoint_every}; the final weights (EMA too) equal, bit for bit, those of "
-                   f"a run trained to iteration {config.checkpoint_every} and continued at half the learning rate"}
+        "outcome": f"rolled back to iteration {config.checkpoint_every}; the final weights (EMA too) equal, bit for "
+        "bit, those of "
+        f"a run trained to iteration {config.checkpoint_every} and continued at half the learning rate",
+    }
 
 
 # =========================================================================== bad input
 
 
 def _tree(root: Path) -> dict[str, str]:
-    """Every file and folder under ``root`` with a hash of its bytes: equal before and after means nothing was touched."""
+    """Every file and folder under ``root`` with a hash of its bytes: equal before and after means nothing was
+    touched."""
     out = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
@@ -517,7 +640,9 @@ def base_run(tmp_path_factory) -> Path:
     """A run folder stopped at its checkpoint of iteration 10 (config.json, metrics.jsonl, checkpoint.pt)."""
     out = tmp_path_factory.mktemp("base") / "run"
     run = Run(out, preset("smoke", "langevin", device="cpu", iters=10), progress=False)
-    run.trainer.run(callback=lambda t, row: fileio.append_jsonl(out / "metrics.jsonl", row), on_checkpoint=run.save_checkpoint)
+    run.trainer.run(
+        callback=lambda t, row: fileio.append_jsonl(out / "metrics.jsonl", row), on_checkpoint=run.save_checkpoint
+    )
     run.close()
     return out
 
@@ -533,6 +658,7 @@ def _edit_checkpoint(edit: Callable[[dict], None]) -> Callable[[Path, Path], Non
         state = torch.load(path, weights_only=True)
         edit(state)
         torch.save(state, path)
+
     return setup
 
 
@@ -563,7 +689,8 @@ class _PlantedCode:
 
 
 def _plant_code(run: Path, marker: Path) -> None:
-    """Give the run's checkpoint a planted object; loading it with pickle would create ``marker`` (the tree check sees it)."""
+    """Give the run's checkpoint a planted object; loading it with pickle would create ``marker`` (the tree check sees
+    it)."""
     path = run / CHECKPOINT
     state = torch.load(path, weights_only=True)
     state["history"].append({"note": _PlantedCode(marker)})
@@ -633,147 +760,597 @@ def _nan_images():
 
 CASES = [
     # ---- samplers: hyperparameters, x0, the energy function (Python API)
-    Case("sampler-step-size", "API", "Langevin(step_size=-0.1)", "step_size", "expected a finite number > 0",
-         call=lambda w: Langevin(step_size=-0.1)),
-    Case("sampler-threshold", "API", "AniLA(0.1, b=0.0)", "b: ", "expected a number > 0", call=lambda w: AniLA(0.1, b=0.0)),
-    Case("sampler-psgld-alpha", "API", "PSGLD(0.1, alpha=1.0)", "alpha", "expected a number in [0, 1)", call=lambda w: PSGLD(0.1, alpha=1.0)),
-    Case("sampler-n-steps", "API", "sampler.sample(E, x0, n_steps=0)", "n_steps", "expected an integer >= 1",
-         call=_energy_call(QUADRATIC, n_steps=0)),
-    Case("x0-not-a-tensor", "API", "x0 = [[0.0, 0.0]] (a list)", "got list", "expected a torch.Tensor",
-         call=_energy_call(QUADRATIC, [[0.0, 0.0]])),
-    Case("x0-integer-dtype", "API", "x0 = torch.zeros(4, 2, dtype=torch.int64)", "got dtype torch.int64", "expected a floating-point tensor",
-         call=_energy_call(QUADRATIC, torch.zeros(4, 2, dtype=torch.int64))),
-    Case("x0-one-dimensional", "API", "x0 = torch.zeros(8)", "got (8,)", "expected shape (N, ...)", call=_energy_call(QUADRATIC, torch.zeros(8))),
-    Case("x0-nan", "API", "x0 with a NaN", "got NaN or inf", "x0: expected finite values",
-         call=_energy_call(QUADRATIC, torch.tensor([[0.0, float("nan")], [1.0, 1.0]]))),
-    Case("x0-wrong-width", "API", "x0 of shape (4, 3) for a 2-D MLPEnergy", "got (4, 3)", "expected points of shape (N, 2)",
-         call=_energy_call(MLPEnergy(2, 8, 1), torch.zeros(4, 3))),
-    Case("energy-shape-n1", "API", "energy returning shape (N, 1)", "got (4, 1)", "expected energies of shape (4,), one per sample",
-         call=_energy_call(lambda x: x.square().sum(1, keepdim=True))),
-    Case("energy-scalar", "API", "energy returning a scalar (the batch's sum)", "got ()", "expected energies of shape (4,)",
-         call=_energy_call(lambda x: x.square().sum())),
-    Case("energy-not-differentiable", "API", "energy ignoring x (torch.ones(N))", "do not depend on x",
-         "expected a differentiable function of x", call=_energy_call(lambda x: torch.ones(len(x)))),
-    Case("sampler-unknown-name", "API", "make_sampler('ghmc', step_size=0.1)", "unknown name 'ghmc'", "expected one of ['anila', 'hmc', 'langevin', 'psgld']",
-         call=lambda w: make_sampler("ghmc", step_size=0.1)),
-    Case("sampler-unknown-hyperparameter", "API", "make_sampler('langevin', stepsize=0.1)", "unknown hyperparameter(s) ['stepsize']",
-         "expected some of ['step_size'", call=lambda w: make_sampler("langevin", stepsize=0.1)),
+    Case(
+        "sampler-step-size",
+        "API",
+        "Langevin(step_size=-0.1)",
+        "step_size",
+        "expected a finite number > 0",
+        call=lambda w: Langevin(step_size=-0.1),
+    ),
+    Case(
+        "sampler-threshold",
+        "API",
+        "AniLA(0.1, b=0.0)",
+        "b: ",
+        "expected a number > 0",
+        call=lambda w: AniLA(0.1, b=0.0),
+    ),
+    Case(
+        "sampler-psgld-alpha",
+        "API",
+        "PSGLD(0.1, alpha=1.0)",
+        "alpha",
+        "expected a number in [0, 1)",
+        call=lambda w: PSGLD(0.1, alpha=1.0),
+    ),
+    Case(
+        "sampler-n-steps",
+        "API",
+        "sampler.sample(E, x0, n_steps=0)",
+        "n_steps",
+        "expected an integer >= 1",
+        call=_energy_call(QUADRATIC, n_steps=0),
+    ),
+    Case(
+        "x0-not-a-tensor",
+        "API",
+        "x0 = [[0.0, 0.0]] (a list)",
+        "got list",
+        "expected a torch.Tensor",
+        call=_energy_call(QUADRATIC, [[0.0, 0.0]]),
+    ),
+    Case(
+        "x0-integer-dtype",
+        "API",
+        "x0 = torch.zeros(4, 2, dtype=torch.int64)",
+        "got dtype torch.int64",
+        "expected a floating-point tensor",
+        call=_energy_call(QUADRATIC, torch.zeros(4, 2, dtype=torch.int64)),
+    ),
+    Case(
+        "x0-one-dimensional",
+        "API",
+        "x0 = torch.zeros(8)",
+        "got (8,)",
+        "expected shape (N, ...)",
+        call=_energy_call(QUADRATIC, torch.zeros(8)),
+    ),
+    Case(
+        "x0-nan",
+        "API",
+        "x0 with a NaN",
+        "got NaN or inf",
+        "x0: expected finite values",
+        call=_energy_call(QUADRATIC, torch.tensor([[0.0, float("nan")], [1.0, 1.0]])),
+    ),
+    Case(
+        "x0-wrong-width",
+        "API",
+        "x0 of shape (4, 3) for a 2-D MLPEnergy",
+        "got (4, 3)",
+        "expected points of shape (N, 2)",
+        call=_energy_call(MLPEnergy(2, 8, 1), torch.zeros(4, 3)),
+    ),
+    Case(
+        "energy-shape-n1",
+        "API",
+        "energy returning shape (N, 1)",
+        "got (4, 1)",
+        "expected energies of shape (4,), one per sample",
+        call=_energy_call(lambda x: x.square().sum(1, keepdim=True)),
+    ),
+    Case(
+        "energy-scalar",
+        "API",
+        "energy returning a scalar (the batch's sum)",
+        "got ()",
+        "expected energies of shape (4,)",
+        call=_energy_call(lambda x: x.square().sum()),
+    ),
+    Case(
+        "energy-not-differentiable",
+        "API",
+        "energy ignoring x (torch.ones(N))",
+        "do not depend on x",
+        "expected a differentiable function of x",
+        call=_energy_call(lambda x: torch.ones(len(x))),
+    ),
+    Case(
+        "sampler-unknown-name",
+        "API",
+        "make_sampler('ghmc', step_size=0.1)",
+        "unknown name 'ghmc'",
+        "expected one of ['anila', 'hmc', 'langevin', 'psgld']",
+        call=lambda w: make_sampler("ghmc", step_size=0.1),
+    ),
+    Case(
+        "sampler-unknown-hyperparameter",
+        "API",
+        "make_sampler('langevin', stepsize=0.1)",
+        "unknown hyperparameter(s) ['stepsize']",
+        "expected some of ['step_size'",
+        call=lambda w: make_sampler("langevin", stepsize=0.1),
+    ),
     # ---- configuration (Python API)
-    Case("preset-unknown", "API", "preset('huge')", "unknown name 'huge'", "expected one of", call=lambda w: preset("huge")),
-    Case("target-unknown", "API", "make_target('moons')", "unknown name 'moons'", "expected one of", call=lambda w: make_target("moons")),
-    Case("config-nan", "API", "TrainConfig(lr=nan).validate()", "lr: ", "expected a number, got NaN",
-         call=lambda w: TrainConfig(lr=float("nan")).validate()),
-    Case("config-type", "API", "TrainConfig(iters='many').validate()", "iters", "expected a value of type int",
-         call=lambda w: TrainConfig(iters="many").validate()),
-    Case("config-buffer-below-batch", "API", "preset('smoke', batch_size=64, buffer_size=10)", "buffer_size",
-         "expected at least batch_size (64)", call=lambda w: preset("smoke", batch_size=64, buffer_size=10)),
-    Case("config-unknown-field", "API", "preset('smoke', temperature=2.0)", "unknown field(s) ['temperature']", "expected names from",
-         call=lambda w: preset("smoke", temperature=2.0)),
+    Case(
+        "preset-unknown",
+        "API",
+        "preset('huge')",
+        "unknown name 'huge'",
+        "expected one of",
+        call=lambda w: preset("huge"),
+    ),
+    Case(
+        "target-unknown",
+        "API",
+        "make_target('moons')",
+        "unknown name 'moons'",
+        "expected one of",
+        call=lambda w: make_target("moons"),
+    ),
+    Case(
+        "config-nan",
+        "API",
+        "TrainConfig(lr=nan).validate()",
+        "lr: ",
+        "expected a number, got NaN",
+        call=lambda w: TrainConfig(lr=float("nan")).validate(),
+    ),
+    Case(
+        "config-type",
+        "API",
+        "TrainConfig(iters='many').validate()",
+        "iters",
+        "expected a value of type int",
+        call=lambda w: TrainConfig(iters="many").validate(),
+    ),
+    Case(
+        "config-buffer-below-batch",
+        "API",
+        "preset('smoke', batch_size=64, buffer_size=10)",
+        "buffer_size",
+        "expected at least batch_size (64)",
+        call=lambda w: preset("smoke", batch_size=64, buffer_size=10),
+    ),
+    Case(
+        "config-unknown-field",
+        "API",
+        "preset('smoke', temperature=2.0)",
+        "unknown field(s) ['temperature']",
+        "expected names from",
+        call=lambda w: preset("smoke", temperature=2.0),
+    ),
     # ---- data (Python API)
-    Case("data-nan", "API", "ImageDataset with a NaN pixel", "1 NaN or infinite value(s)", "data: expected finite values",
-         call=lambda w: ImageDataset("mine", _nan_images(), torch.zeros(5, dtype=torch.long), 1.0)),
-    Case("data-shape", "API", "ImageDataset of shape (5, 8, 8)", "got (5, 8, 8)", "expected shape (N, C, H, W)",
-         call=lambda w: ImageDataset("mine", torch.zeros(5, 8, 8), torch.zeros(5, dtype=torch.long), 1.0)),
-    Case("data-dtype", "API", "ImageDataset of complex64 images", "got torch.complex64", "expected a real-valued torch.Tensor",
-         call=lambda w: ImageDataset("mine", torch.zeros(5, 1, 8, 8, dtype=torch.complex64), torch.zeros(5, dtype=torch.long), 1.0)),
-    Case("data-labels", "API", "ImageDataset with 3 labels for 5 images", "labels", "expected shape (5,)",
-         call=lambda w: ImageDataset("mine", torch.zeros(5, 1, 8, 8), torch.zeros(3, dtype=torch.long), 1.0)),
-    Case("dataset-unknown", "API", "load_dataset('mnist')", "unknown dataset 'mnist'", "expected one of", call=lambda w: load_dataset("mnist")),
-    Case("dataset-missing-folder", "API", "load_dataset('cifar10', data_root=<missing folder>)", "does not exist",
-         "To put CIFAR-10 there", call=lambda w: load_dataset("cifar10", w / "nowhere"), error=DatasetNotFoundError),
+    Case(
+        "data-nan",
+        "API",
+        "ImageDataset with a NaN pixel",
+        "1 NaN or infinite value(s)",
+        "data: expected finite values",
+        call=lambda w: ImageDataset("mine", _nan_images(), torch.zeros(5, dtype=torch.long), 1.0),
+    ),
+    Case(
+        "data-shape",
+        "API",
+        "ImageDataset of shape (5, 8, 8)",
+        "got (5, 8, 8)",
+        "expected shape (N, C, H, W)",
+        call=lambda w: ImageDataset("mine", torch.zeros(5, 8, 8), torch.zeros(5, dtype=torch.long), 1.0),
+    ),
+    Case(
+        "data-dtype",
+        "API",
+        "ImageDataset of complex64 images",
+        "got torch.complex64",
+        "expected a real-valued torch.Tensor",
+        call=lambda w: ImageDataset(
+            "mine", torch.zeros(5, 1, 8, 8, dtype=torch.complex64), torch.zeros(5, dtype=torch.long), 1.0
+        ),
+    ),
+    Case(
+        "data-labels",
+        "API",
+        "ImageDataset with 3 labels for 5 images",
+        "labels",
+        "expected shape (5,)",
+        call=lambda w: ImageDataset("mine", torch.zeros(5, 1, 8, 8), torch.zeros(3, dtype=torch.long), 1.0),
+    ),
+    Case(
+        "dataset-unknown",
+        "API",
+        "load_dataset('mnist')",
+        "unknown dataset 'mnist'",
+        "expected one of",
+        call=lambda w: load_dataset("mnist"),
+    ),
+    Case(
+        "dataset-missing-folder",
+        "API",
+        "load_dataset('cifar10', data_root=<missing folder>)",
+        "does not exist",
+        "To put CIFAR-10 there",
+        call=lambda w: load_dataset("cifar10", w / "nowhere"),
+        error=DatasetNotFoundError,
+    ),
     # ---- run folders and checkpoints (Python API)
-    Case("run-used-folder", "API", "Run(<folder with a file>, config)", "already holds files", "choose another folder",
-         call=lambda w: Run(w / "used", preset("smoke"), progress=False), setup=_used_folder),
-    Case("checkpoint-truncated", "API", "load_trainer(<run whose checkpoint.pt lost its second half>)", "checkpoint.pt: cannot be read",
-         "expected a complete checkpoint.pt", call=lambda w: load_trainer(w / "run", progress=False), setup=_truncate_checkpoint),
-    Case("checkpoint-other-network", "API", "load_trainer(<run whose checkpoint holds width-64 weights, no config>)",
-         "net.0.weight has shape (64, 2) in the checkpoint, (32, 2) in this configuration",
-         "expected a checkpoint written with the same network settings", call=lambda w: load_trainer(w / "run", progress=False),
-         setup=_edit_checkpoint(_weights_of_another_network)),
-    Case("checkpoint-no-format", "API", "load_trainer(<checkpoint without a format number>)", "has no format number",
-         "expected an anila_core checkpoint of format 1", call=lambda w: load_trainer(w / "run", progress=False),
-         setup=_edit_checkpoint(lambda s: s.pop("format"))),
-    Case("checkpoint-planted-code", "API", "load_trainer(<run whose checkpoint.pt carries a __reduce__>), as notebooks and the app do",
-         "refused: it may not be a checkpoint of anila_core", "expected a checkpoint.pt written by anila_core",
-         call=lambda w: load_trainer(w / "run", progress=False), setup=lambda w, b: _plant_code(_copy_run(w, b), w / "PWNED")),
-    Case("resume-iters-below", "API", "Run(<run at iteration 10>, resume=True, iters=5)", "iters: 5 is below the 10 iterations",
-         "expected iters >= 10", call=lambda w: Run(w / "run", resume=True, iters=5, progress=False), setup=_copy_run),
+    Case(
+        "run-used-folder",
+        "API",
+        "Run(<folder with a file>, config)",
+        "already holds files",
+        "choose another folder",
+        call=lambda w: Run(w / "used", preset("smoke"), progress=False),
+        setup=_used_folder,
+    ),
+    Case(
+        "checkpoint-truncated",
+        "API",
+        "load_trainer(<run whose checkpoint.pt lost its second half>)",
+        "checkpoint.pt: cannot be read",
+        "expected a complete checkpoint.pt",
+        call=lambda w: load_trainer(w / "run", progress=False),
+        setup=_truncate_checkpoint,
+    ),
+    Case(
+        "checkpoint-other-network",
+        "API",
+        "load_trainer(<run whose checkpoint holds width-64 weights, no config>)",
+        "net.0.weight has shape (64, 2) in the checkpoint, (32, 2) in this configuration",
+        "expected a checkpoint written with the same network settings",
+        call=lambda w: load_trainer(w / "run", progress=False),
+        setup=_edit_checkpoint(_weights_of_another_network),
+    ),
+    Case(
+        "checkpoint-no-format",
+        "API",
+        "load_trainer(<checkpoint without a format number>)",
+        "has no format number",
+        "expected an anila_core checkpoint of format 1",
+        call=lambda w: load_trainer(w / "run", progress=False),
+        setup=_edit_checkpoint(lambda s: s.pop("format")),
+    ),
+    Case(
+        "checkpoint-planted-code",
+        "API",
+        "load_trainer(<run whose checkpoint.pt carries a __reduce__>), as notebooks and the app do",
+        "refused: it may not be a checkpoint of anila_core",
+        "expected a checkpoint.pt written by anila_core",
+        call=lambda w: load_trainer(w / "run", progress=False),
+        setup=lambda w, b: _plant_code(_copy_run(w, b), w / "PWNED"),
+    ),
+    Case(
+        "resume-iters-below",
+        "API",
+        "Run(<run at iteration 10>, resume=True, iters=5)",
+        "iters: 5 is below the 10 iterations",
+        "expected iters >= 10",
+        call=lambda w: Run(w / "run", resume=True, iters=5, progress=False),
+        setup=_copy_run,
+    ),
     # ---- the command line: hyperparameters and names
-    Case("cli-lr-negative", "CLI", "train --lr -1", "lr: ", "expected a finite number > 0, got -1.0", argv=lambda w: SMOKE + ["--lr", "-1"]),
-    Case("cli-reinit", "CLI", "train --reinit 1.5", "reinit", "expected a number in [0.0, 1.0], got 1.5", argv=lambda w: SMOKE + ["--reinit", "1.5"]),
-    Case("cli-batch-size", "CLI", "train --batch-size 0", "batch_size", "expected an integer >= 1, got 0", argv=lambda w: SMOKE + ["--batch-size", "0"]),
-    Case("cli-beta2", "CLI", "train --beta2 1", "beta2", "expected a number in [0.0, 0.999999]", argv=lambda w: SMOKE + ["--beta2", "1"]),
-    Case("cli-step-size-nan", "CLI", "train --step-size nan", "step_size", "expected a number, got NaN", argv=lambda w: SMOKE + ["--step-size", "nan"]),
-    Case("cli-max-rollbacks", "CLI", "train --max-rollbacks -1", "max_rollbacks", "expected a finite number >= 0",
-         argv=lambda w: SMOKE + ["--max-rollbacks", "-1"]),
-    Case("cli-iters-not-an-integer", "CLI", "train --iters 1.5", "argument --iters", "expected an integer (such as 2000 or 2e3), got '1.5'",
-         argv=lambda w: SMOKE + ["--iters", "1.5"]),
-    Case("cli-seed-too-large", "CLI", "train --seed 1e20", "seed: ", "expected an integer in [0, 2**63 - 1 = 9223372036854775807], got 100000000000000000000",
-         argv=lambda w: SMOKE + ["--seed", "1e20"]),
-    Case("cli-eval-samples-huge", "CLI", "train --eval-samples 1e9", "eval_samples: ", "expected at most 10000",
-         argv=lambda w: SMOKE + ["--eval-samples", "1e9"]),
-    Case("cli-eval-samples-above-buffer", "CLI", "train --preset smoke --eval-samples 1000 (buffer of 500 chains)", "eval_samples: ",
-         "expected at most buffer_size (500)", argv=lambda w: SMOKE + ["--eval-samples", "1000"]),
-    Case("cli-buffer-too-large", "CLI", "train --buffer-size 1e12", "buffer_size: the run needs at least", "expected a smaller --buffer-size",
-         argv=lambda w: SMOKE + ["--buffer-size", "1e12"]),
-    Case("cli-width-too-large", "CLI", "train --width 1e6", "width: the run needs at least", "expected a smaller --width",
-         argv=lambda w: SMOKE + ["--width", "1e6"]),
-    Case("cli-sampler-unknown", "CLI", "train --sampler ghmc", "invalid choice: 'ghmc'", "choose from", argv=lambda w: SMOKE + ["--sampler", "ghmc"]),
-    Case("cli-target-unknown", "CLI", "train --target moons", "invalid choice: 'moons'", "choose from", argv=lambda w: SMOKE + ["--target", "moons"]),
-    Case("cli-policy-unknown", "CLI", "train --on-divergence retry", "invalid choice: 'retry'", "choose from",
-         argv=lambda w: SMOKE + ["--on-divergence", "retry"]),
-    Case("cli-preset-unknown", "CLI", "train --preset huge", "unknown name 'huge'", "expected one of", argv=lambda w: ["train", "--preset", "huge"]),
-    Case("cli-preset-empty", "CLI", "train --preset ''", "preset: unknown name ''", "expected one of ['cpu', 'cpu_long', 'paper', 'smoke', 'sweep']",
-         argv=lambda w: ["train", "--preset", "", "--no-progress"]),
-    Case("cli-target-and-dataset", "CLI", "train --target rings --dataset digits", "--target and --dataset", "choose one",
-         argv=lambda w: SMOKE + ["--target", "rings", "--dataset", "digits"]),
-    Case("cli-image-size", "CLI", "train --dataset digits --image-size 12", "image_size", "expected 0 (the dataset's own) or one of (8, 16)",
-         argv=lambda w: SMOKE + ["--dataset", "digits", "--image-size", "12"]),
-    Case("cli-device-unknown", "CLI", "train --device tpu", "got 'tpu'", "expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
-         argv=lambda w: SMOKE + ["--device", "tpu"]),
-    Case("cli-device-missing", "CLI", "train --device cuda:7", "device: 'cuda:7'", "'cpu' or 'auto'", argv=lambda w: SMOKE + ["--device", "cuda:7"]),
-    Case("cli-compare-jobs", "CLI", "compare --jobs 0", "--jobs", "expected an integer >= 1, got 0",
-         argv=lambda w: ["compare", "--preset", "smoke", "--jobs", "0", "--no-progress"]),
+    Case(
+        "cli-lr-negative",
+        "CLI",
+        "train --lr -1",
+        "lr: ",
+        "expected a finite number > 0, got -1.0",
+        argv=lambda w: SMOKE + ["--lr", "-1"],
+    ),
+    Case(
+        "cli-reinit",
+        "CLI",
+        "train --reinit 1.5",
+        "reinit",
+        "expected a number in [0.0, 1.0], got 1.5",
+        argv=lambda w: SMOKE + ["--reinit", "1.5"],
+    ),
+    Case(
+        "cli-batch-size",
+        "CLI",
+        "train --batch-size 0",
+        "batch_size",
+        "expected an integer >= 1, got 0",
+        argv=lambda w: SMOKE + ["--batch-size", "0"],
+    ),
+    Case(
+        "cli-beta2",
+        "CLI",
+        "train --beta2 1",
+        "beta2",
+        "expected a number in [0.0, 0.999999]",
+        argv=lambda w: SMOKE + ["--beta2", "1"],
+    ),
+    Case(
+        "cli-step-size-nan",
+        "CLI",
+        "train --step-size nan",
+        "step_size",
+        "expected a number, got NaN",
+        argv=lambda w: SMOKE + ["--step-size", "nan"],
+    ),
+    Case(
+        "cli-max-rollbacks",
+        "CLI",
+        "train --max-rollbacks -1",
+        "max_rollbacks",
+        "expected a finite number >= 0",
+        argv=lambda w: SMOKE + ["--max-rollbacks", "-1"],
+    ),
+    Case(
+        "cli-iters-not-an-integer",
+        "CLI",
+        "train --iters 1.5",
+        "argument --iters",
+        "expected an integer (such as 2000 or 2e3), got '1.5'",
+        argv=lambda w: SMOKE + ["--iters", "1.5"],
+    ),
+    Case(
+        "cli-seed-too-large",
+        "CLI",
+        "train --seed 1e20",
+        "seed: ",
+        "expected an integer in [0, 2**63 - 1 = 9223372036854775807], got 100000000000000000000",
+        argv=lambda w: SMOKE + ["--seed", "1e20"],
+    ),
+    Case(
+        "cli-eval-samples-huge",
+        "CLI",
+        "train --eval-samples 1e9",
+        "eval_samples: ",
+        "expected at most 10000",
+        argv=lambda w: SMOKE + ["--eval-samples", "1e9"],
+    ),
+    Case(
+        "cli-eval-samples-above-buffer",
+        "CLI",
+        "train --preset smoke --eval-samples 1000 (buffer of 500 chains)",
+        "eval_samples: ",
+        "expected at most buffer_size (500)",
+        argv=lambda w: SMOKE + ["--eval-samples", "1000"],
+    ),
+    Case(
+        "cli-buffer-too-large",
+        "CLI",
+        "train --buffer-size 1e12",
+        "buffer_size: the run needs at least",
+        "expected a smaller --buffer-size",
+        argv=lambda w: SMOKE + ["--buffer-size", "1e12"],
+    ),
+    Case(
+        "cli-width-too-large",
+        "CLI",
+        "train --width 1e6",
+        "width: the run needs at least",
+        "expected a smaller --width",
+        argv=lambda w: SMOKE + ["--width", "1e6"],
+    ),
+    Case(
+        "cli-sampler-unknown",
+        "CLI",
+        "train --sampler ghmc",
+        "invalid choice: 'ghmc'",
+        "choose from",
+        argv=lambda w: SMOKE + ["--sampler", "ghmc"],
+    ),
+    Case(
+        "cli-target-unknown",
+        "CLI",
+        "train --target moons",
+        "invalid choice: 'moons'",
+        "choose from",
+        argv=lambda w: SMOKE + ["--target", "moons"],
+    ),
+    Case(
+        "cli-policy-unknown",
+        "CLI",
+        "train --on-divergence retry",
+        "invalid choice: 'retry'",
+        "choose from",
+        argv=lambda w: SMOKE + ["--on-divergence", "retry"],
+    ),
+    Case(
+        "cli-preset-unknown",
+        "CLI",
+        "train --preset huge",
+        "unknown name 'huge'",
+        "expected one of",
+        argv=lambda w: ["train", "--preset", "huge"],
+    ),
+    Case(
+        "cli-preset-empty",
+        "CLI",
+        "train --preset ''",
+        "preset: unknown name ''",
+        "expected one of ['cpu', 'cpu_long', 'paper', 'smoke', 'sweep']",
+        argv=lambda w: ["train", "--preset", "", "--no-progress"],
+    ),
+    Case(
+        "cli-target-and-dataset",
+        "CLI",
+        "train --target rings --dataset digits",
+        "--target and --dataset",
+        "choose one",
+        argv=lambda w: SMOKE + ["--target", "rings", "--dataset", "digits"],
+    ),
+    Case(
+        "cli-image-size",
+        "CLI",
+        "train --dataset digits --image-size 12",
+        "image_size",
+        "expected 0 (the dataset's own) or one of (8, 16)",
+        argv=lambda w: SMOKE + ["--dataset", "digits", "--image-size", "12"],
+    ),
+    Case(
+        "cli-device-unknown",
+        "CLI",
+        "train --device tpu",
+        "got 'tpu'",
+        "expected 'auto', 'cpu', 'cuda' or 'cuda:N'",
+        argv=lambda w: SMOKE + ["--device", "tpu"],
+    ),
+    Case(
+        "cli-device-missing",
+        "CLI",
+        "train --device cuda:7",
+        "device: 'cuda:7'",
+        "'cpu' or 'auto'",
+        argv=lambda w: SMOKE + ["--device", "cuda:7"],
+    ),
+    Case(
+        "cli-compare-jobs",
+        "CLI",
+        "compare --jobs 0",
+        "--jobs",
+        "expected an integer >= 1, got 0",
+        argv=lambda w: ["compare", "--preset", "smoke", "--jobs", "0", "--no-progress"],
+    ),
     # ---- the command line: data folders
-    Case("cli-data-missing", "CLI", "train --dataset cifar10 --data-root <missing folder>", "cifar-10-batches-py does not exist",
-         "To put CIFAR-10 there", argv=lambda w: SMOKE + ["--dataset", "cifar10", "--data-root", str(w / "nowhere")]),
-    Case("cli-data-empty", "CLI", "train --dataset cifar10 --data-root <folder with an empty cifar-10-batches-py>",
-         "holds none of the dataset files", "To put CIFAR-10 there", setup=_empty_cifar_folder,
-         argv=lambda w: SMOKE + ["--dataset", "cifar10", "--data-root", str(w / "data")]),
+    Case(
+        "cli-data-missing",
+        "CLI",
+        "train --dataset cifar10 --data-root <missing folder>",
+        "cifar-10-batches-py does not exist",
+        "To put CIFAR-10 there",
+        argv=lambda w: SMOKE + ["--dataset", "cifar10", "--data-root", str(w / "nowhere")],
+    ),
+    Case(
+        "cli-data-empty",
+        "CLI",
+        "train --dataset cifar10 --data-root <folder with an empty cifar-10-batches-py>",
+        "holds none of the dataset files",
+        "To put CIFAR-10 there",
+        setup=_empty_cifar_folder,
+        argv=lambda w: SMOKE + ["--dataset", "cifar10", "--data-root", str(w / "data")],
+    ),
     # ---- the command line: output folders
-    Case("cli-out-used", "CLI", "train --out <folder with a file>", "already holds files", "choose another folder", setup=_used_folder,
-         argv=lambda w: SMOKE + ["--out", str(w / "used")]),
-    Case("cli-out-under-a-file", "CLI", "train --out notes.txt/run (a file where a folder should be)", "cannot create",
-         "expected a folder path you can write to", setup=_plain_file, argv=lambda w: SMOKE + ["--out", str(w / "notes.txt" / "run")]),
-    Case("cli-out-unwritable", "CLI", "train --out locked/run (locked: mode 0555, as a user without write access)", "Permission denied",
-         "expected a folder path you can write to", setup=_locked_folder, as_nobody=True,
-         argv=lambda w: SMOKE + ["--out", str(w / "locked" / "run")]),
+    Case(
+        "cli-out-used",
+        "CLI",
+        "train --out <folder with a file>",
+        "already holds files",
+        "choose another folder",
+        setup=_used_folder,
+        argv=lambda w: SMOKE + ["--out", str(w / "used")],
+    ),
+    Case(
+        "cli-out-under-a-file",
+        "CLI",
+        "train --out notes.txt/run (a file where a folder should be)",
+        "cannot create",
+        "expected a folder path you can write to",
+        setup=_plain_file,
+        argv=lambda w: SMOKE + ["--out", str(w / "notes.txt" / "run")],
+    ),
+    Case(
+        "cli-out-unwritable",
+        "CLI",
+        "train --out locked/run (locked: mode 0555, as a user without write access)",
+        "Permission denied",
+        "expected a folder path you can write to",
+        setup=_locked_folder,
+        as_nobody=True,
+        argv=lambda w: SMOKE + ["--out", str(w / "locked" / "run")],
+    ),
     # ---- the command line: resuming
-    Case("cli-resume-without-out", "CLI", "train --resume", "--resume: needs --out", "the run directory to continue", argv=lambda w: ["train", "--resume"]),
-    Case("cli-resume-empty-folder", "CLI", "train --resume --out <empty folder>", "has no config.json", "expected the folder of a run",
-         setup=_empty_folder, argv=lambda w: ["train", "--resume", "--out", str(w / "empty")]),
-    Case("cli-resume-no-checkpoint", "CLI", "train --resume --out <run without checkpoint.pt>", "has no checkpoint.pt yet",
-         "start it afresh", setup=_drop_checkpoint, argv=lambda w: ["train", "--resume", "--out", str(w / "run")]),
-    Case("cli-resume-truncated", "CLI", "train --resume --out <run whose checkpoint.pt is cut in half>", "checkpoint.pt: cannot be read",
-         "expected a complete checkpoint.pt", setup=_truncate_checkpoint, argv=lambda w: ["train", "--resume", "--out", str(w / "run")]),
-    Case("cli-resume-other-architecture", "CLI", "train --resume --out <run whose config.json says width 64>",
-         "width 32 in the checkpoint, 64 in config.json", "expected the checkpoint and config.json of the same run",
-         setup=_config_json_width_64, argv=lambda w: ["train", "--resume", "--out", str(w / "run")]),
-    Case("cli-resume-other-version", "CLI", "train --resume --out <run whose checkpoint has format 2, from anila_core 9.0.0>",
-         "format 2 (written by anila_core 9.0.0)", "which reads format 1",
-         setup=_edit_checkpoint(lambda s: s.update(format=2, anila_core_version="9.0.0")),
-         argv=lambda w: ["train", "--resume", "--out", str(w / "run")]),
-    Case("cli-resume-broken-config", "CLI", "train --resume --out <run with a truncated config.json>", "config.json: not a valid run configuration",
-         "expected the config.json a run wrote", setup=_broken_config_json, argv=lambda w: ["train", "--resume", "--out", str(w / "run")]),
-    Case("cli-resume-changed-setting", "CLI", "train --resume --out <run> --lr 0.1", "--lr cannot change on resume (--lr: 0.001 in the run's "
-         "config.json, 0.1 given)", "only --iters, --device", setup=_copy_run, argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--lr", "0.1"]),
-    Case("cli-resume-other-preset", "CLI", "train --resume --out <smoke run> --preset cpu", "--n-steps: 10 in the run's config.json, 30 from --preset cpu",
-         "drop the flag or give the run's value", setup=_copy_run, argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--preset", "cpu"]),
-    Case("cli-resume-planted-code", "CLI", "train --resume --out <run whose checkpoint.pt carries a __reduce__ that would make a folder>",
-         "checkpoint.pt: refused: it may not be a checkpoint of anila_core", "expected a checkpoint.pt written by anila_core",
-         setup=lambda w, b: _plant_code(_copy_run(w, b), w / "PWNED"), argv=lambda w: ["train", "--resume", "--out", str(w / "run")]),
-    Case("cli-resume-iters-below", "CLI", "train --resume --out <run at iteration 10> --iters 5", "--iters: 5 is below",
-         "expected --iters >= 10", setup=_copy_run, argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--iters", "5"]),
+    Case(
+        "cli-resume-without-out",
+        "CLI",
+        "train --resume",
+        "--resume: needs --out",
+        "the run directory to continue",
+        argv=lambda w: ["train", "--resume"],
+    ),
+    Case(
+        "cli-resume-empty-folder",
+        "CLI",
+        "train --resume --out <empty folder>",
+        "has no config.json",
+        "expected the folder of a run",
+        setup=_empty_folder,
+        argv=lambda w: ["train", "--resume", "--out", str(w / "empty")],
+    ),
+    Case(
+        "cli-resume-no-checkpoint",
+        "CLI",
+        "train --resume --out <run without checkpoint.pt>",
+        "has no checkpoint.pt yet",
+        "start it afresh",
+        setup=_drop_checkpoint,
+        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+    ),
+    Case(
+        "cli-resume-truncated",
+        "CLI",
+        "train --resume --out <run whose checkpoint.pt is cut in half>",
+        "checkpoint.pt: cannot be read",
+        "expected a complete checkpoint.pt",
+        setup=_truncate_checkpoint,
+        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+    ),
+    Case(
+        "cli-resume-other-architecture",
+        "CLI",
+        "train --resume --out <run whose config.json says width 64>",
+        "width 32 in the checkpoint, 64 in config.json",
+        "expected the checkpoint and config.json of the same run",
+        setup=_config_json_width_64,
+        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+    ),
+    Case(
+        "cli-resume-other-version",
+        "CLI",
+        "train --resume --out <run whose checkpoint has format 2, from anila_core 9.0.0>",
+        "format 2 (written by anila_core 9.0.0)",
+        "which reads format 1",
+        setup=_edit_checkpoint(lambda s: s.update(format=2, anila_core_version="9.0.0")),
+        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+    ),
+    Case(
+        "cli-resume-broken-config",
+        "CLI",
+        "train --resume --out <run with a truncated config.json>",
+        "config.json: not a valid run configuration",
+        "expected the config.json a run wrote",
+        setup=_broken_config_json,
+        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+    ),
+    Case(
+        "cli-resume-changed-setting",
+        "CLI",
+        "train --resume --out <run> --lr 0.1",
+        "--lr cannot change on resume (--lr: 0.001 in the run's config.json, 0.1 given)",
+        "only --iters, --device",
+        setup=_copy_run,
+        argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--lr", "0.1"],
+    ),
+    Case(
+        "cli-resume-other-preset",
+        "CLI",
+        "train --resume --out <smoke run> --preset cpu",
+        "--n-steps: 10 in the run's config.json, 30 from --preset cpu",
+        "drop the flag or give the run's value",
+        setup=_copy_run,
+        argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--preset", "cpu"],
+    ),
+    Case(
+        "cli-resume-planted-code",
+        "CLI",
+        "train --resume --out <run whose checkpoint.pt carries a __reduce__ that would make a folder>",
+        "checkpoint.pt: refused: it may not be a checkpoint of anila_core",
+        "expected a checkpoint.pt written by anila_core",
+        setup=lambda w, b: _plant_code(_copy_run(w, b), w / "PWNED"),
+        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+    ),
+    Case(
+        "cli-resume-iters-below",
+        "CLI",
+        "train --resume --out <run at iteration 10> --iters 5",
+        "--iters: 5 is below",
+        "expected --iters >= 10",
+        setup=_copy_run,
+        argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--iters", "5"],
+    ),
 ]
 
 
@@ -789,7 +1366,8 @@ def _cli(argv: list[str]) -> tuple[int, str]:
 
 
 def _cli_as_nobody(argv: list[str]) -> tuple[int, str]:
-    """:func:`_cli` in a forked child running as uid/gid 65534, so that file permissions apply even when the tests run as root."""
+    """:func:`_cli` in a forked child running as uid/gid 65534, so that file permissions apply even when the tests run
+    as root."""
     read, write = os.pipe()
     pid = _fork()
     if pid == 0:
@@ -814,7 +1392,9 @@ def _cli_as_nobody(argv: list[str]) -> tuple[int, str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_a_bad_input_is_answered_by_a_clear_error(case, base_run, tmp_path, monkeypatch):
     if case.as_nobody:
-        work = Path(tempfile.mkdtemp(prefix="anila-bad-input-"))  # outside pytest's 0700 folder, so uid 65534 can reach it
+        work = Path(
+            tempfile.mkdtemp(prefix="anila-bad-input-")
+        )  # outside pytest's 0700 folder, so uid 65534 can reach it
         work.chmod(0o755)
     else:
         work = tmp_path / "work"
@@ -829,11 +1409,15 @@ def test_a_bad_input_is_answered_by_a_clear_error(case, base_run, tmp_path, monk
                 case.call(work)
             message, outcome = str(err.value), type(err.value).__name__
         else:
-            code, printed = _cli_as_nobody(case.argv(work)) if case.as_nobody and os.geteuid() == 0 else _cli(case.argv(work))
+            code, printed = (
+                _cli_as_nobody(case.argv(work)) if case.as_nobody and os.geteuid() == 0 else _cli(case.argv(work))
+            )
             assert "Traceback" not in printed, printed
             assert code == 2, printed
             message = next((line for line in printed.splitlines() if "error: " in line), printed)
-            assert message.startswith("error: ") or ": error: " in message, printed  # ours, or argparse's "prog: error: ..."
+            assert message.startswith("error: ") or ": error: " in message, (
+                printed
+            )  # ours, or argparse's "prog: error: ..."
             message = message.split("error: ", 1)[1]
             outcome = f"exit {code}"
         assert _tree(work) == before, "nothing that existed before was changed or removed, and nothing was added"
@@ -864,7 +1448,8 @@ def _one_error_line(printed: str) -> str:
 
 
 def _quote(text: str, tmp: Path) -> str:
-    """A message as the doc shows it: without the test's folder, and without what varies from run to run in a lock holder's description."""
+    """A message as the doc shows it: without the test's folder, and without what varies from run to run in a lock
+    holder's description."""
     text = text.replace(str(tmp), "<tmp>").replace(f" on host {socket.gethostname()}", " on host <host>")
     text = re.sub(r" since [0-9: -]+ UTC", " since <time>", text)
     return re.sub(r", running `[^`]*`", ", running `<command>`", text)
@@ -890,14 +1475,18 @@ def _gone(pid: int) -> bool:
 
 
 def _processes_with_open(path: Path) -> list[str]:
-    """The processes that have ``path`` open (pid, state and command line), read from ``/proc``: who holds a lock that should be free."""
+    """The processes that have ``path`` open (pid, state and command line), read from ``/proc``: who holds a lock that
+    should be free."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")):
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-                found.append(f"pid {pid} (parent {_parent_of(int(pid))}, {'gone' if _gone(int(pid)) else 'running'}): {command[:120]}")
+                found.append(
+                    f"pid {pid} (parent {_parent_of(int(pid))}, {'gone' if _gone(int(pid)) else 'running'}): "
+                    f"{command[:120]}"
+                )
         except OSError:  # a process that ended while we looked, or one we may not inspect
             pass
     return found
@@ -927,7 +1516,12 @@ def _lock_pid(folder: Path) -> int | None:
         return None
 
 
-SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+SUBPROCESS_ENV = {
+    **os.environ,
+    "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    "OMP_NUM_THREADS": "1",
+    "MPLBACKEND": "Agg",
+}
 
 
 @pytest.mark.parametrize("via", ["train --resume", "compare --resume", "load_trainer"])
@@ -950,9 +1544,25 @@ def test_a_checkpoint_with_planted_code_is_refused_without_running_it(via, base_
             load_trainer(run, progress=False)
         message = str(err.value)
     else:
-        argv = (["train", "--resume", "--out", str(run), "--no-progress"] if via == "train --resume" else
-                ["compare", "--preset", "smoke", "--iters", "10", "--samplers", "langevin", "--jobs", "1", "--resume",
-                 "--out", str(run.parent), "--no-progress"])
+        argv = (
+            ["train", "--resume", "--out", str(run), "--no-progress"]
+            if via == "train --resume"
+            else [
+                "compare",
+                "--preset",
+                "smoke",
+                "--iters",
+                "10",
+                "--samplers",
+                "langevin",
+                "--jobs",
+                "1",
+                "--resume",
+                "--out",
+                str(run.parent),
+                "--no-progress",
+            ]
+        )
         code, printed = _cli(argv)
         assert code == 2, printed
         message = _one_error_line(printed)
@@ -960,10 +1570,13 @@ def test_a_checkpoint_with_planted_code_is_refused_without_running_it(via, base_
     assert message.startswith(f"{run / CHECKPOINT}: refused: it may not be a checkpoint of anila_core"), message
     assert "posix.mkdir" in message
     assert _tree(work) == before, "nothing in the folder changed"
-    _record(f"planted-code-{via.split()[0]}", f"`{via}` on a run whose checkpoint.pt carries an object whose `__reduce__` calls "
-            "`os.mkdir` (pickle's own loading of the same file does create the folder)",
-            f"{'exit 2, ' if via != 'load_trainer' else 'ValueError, '}nothing ran, the folder byte for byte as before: "
-            f"\"{_quote(message, tmp_path)}\"")
+    _record(
+        f"planted-code-{via.split()[0]}",
+        f"`{via}` on a run whose checkpoint.pt carries an object whose `__reduce__` calls "
+        "`os.mkdir` (pickle's own loading of the same file does create the folder)",
+        f"{'exit 2, ' if via != 'load_trainer' else 'ValueError, '}nothing ran, the folder byte for byte as before: "
+        f"\"{_quote(message, tmp_path)}\"",
+    )
 
 
 def test_a_second_writer_of_a_run_folder_is_refused_and_the_first_completes(tmp_path, no_figures):
@@ -996,7 +1609,10 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_the_first_completes(tmp_
     try:
         assert os.read(to_parent, 1) == b"1", "the first writer did not reach its first row"
         before = _tree(out)
-        for label, argv in (("train", SMOKE + ["--out", str(out)]), ("train --resume", ["train", "--resume", "--out", str(out), "--no-progress"])):
+        for label, argv in (
+            ("train", SMOKE + ["--out", str(out)]),
+            ("train --resume", ["train", "--resume", "--out", str(out), "--no-progress"]),
+        ):
             code, printed = _cli(argv)
             assert code == 2, printed
             attempts[label] = _one_error_line(printed)
@@ -1016,32 +1632,58 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_the_first_completes(tmp_
     assert json.loads((out / "final.json").read_text())["iters"] == 30
     assert torch.load(out / CHECKPOINT, weights_only=True)["iteration"] == 30
     assert not (out / fileio.LOCK_FILE).exists(), "the lock is gone with its writer"
-    _record("second-writer", "`train` mid-run in a forked process; meanwhile `train`, `train --resume` and `Run(out, resume=True)` "
-            "on the same folder", "each refused at once, exit 2: \"" + _quote(attempts["train --resume"], tmp_path).replace(str(pid), "<pid>")
-            + "\"; the folder unchanged by them; the first run completed (rows 10, 20, 30, final.json, checkpoint of iteration 30)")
+    _record(
+        "second-writer",
+        "`train` mid-run in a forked process; meanwhile `train`, `train --resume` and `Run(out, resume=True)` "
+        "on the same folder",
+        "each refused at once, exit 2: \""
+        + _quote(attempts["train --resume"], tmp_path).replace(str(pid), "<pid>")
+        + "\"; the folder unchanged by them; the first run completed (rows 10, 20, 30, final.json, checkpoint of "
+        "iteration 30)",
+    )
 
 
 @pytest.mark.parametrize("command", ["train", "compare", "sweep"])
 def test_a_folder_held_by_another_writer_is_refused_by_every_command(command, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
-    argv = {"train": SMOKE + ["--out", str(out)],
-            "compare": ["compare", "--preset", "smoke", "--jobs", "1", "--resume", "--out", str(out), "--no-progress"],
-            "sweep": ["sweep", "--preset", "smoke", "--samplers", "langevin", "--jobs", "1", "--out", str(out), "--no-progress"]}[command]
+    argv = {
+        "train": SMOKE + ["--out", str(out)],
+        "compare": ["compare", "--preset", "smoke", "--jobs", "1", "--resume", "--out", str(out), "--no-progress"],
+        "sweep": [
+            "sweep",
+            "--preset",
+            "smoke",
+            "--samplers",
+            "langevin",
+            "--jobs",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    }[command]
     with fileio.FolderLock(out):  # held here: a notebook's open Run, say
         before = _tree(out)
         code, printed = _cli(argv)
         after = _tree(out)
     assert code == 2, printed
     message = _one_error_line(printed)
-    assert f"is being written by pid {os.getpid()} on host {socket.gethostname()}" in message and "this very process" in message
+    assert (
+        f"is being written by pid {os.getpid()} on host {socket.gethostname()}" in message
+        and "this very process" in message
+    )
     assert after == before
-    _record(f"busy-folder-{command}", f"`{command}` on a folder whose lock another writer holds",
-            f"exit 2: \"{_quote(message, tmp_path).replace(str(os.getpid()), '<pid>')}\"")
+    _record(
+        f"busy-folder-{command}",
+        f"`{command}` on a folder whose lock another writer holds",
+        f"exit 2: \"{_quote(message, tmp_path).replace(str(os.getpid()), '<pid>')}\"",
+    )
 
 
 def test_a_run_holds_its_folder_while_open_and_lets_go_when_training_ends(tmp_path, no_figures):
-    """The Python API (a notebook): a second Run of the folder is refused while the first is open; train() and close() let go."""
+    """The Python API (a notebook): a second Run of the folder is refused while the first is open; train() and close()
+    let go."""
     out = tmp_path / "run"
     first = Run(out, preset("smoke", "langevin", device="cpu", iters=10), progress=False)
     with pytest.raises(ValueError, match="this very process"):
@@ -1090,17 +1732,43 @@ def test_a_compare_killed_before_its_first_checkpoint_finishes_with_resume(tmp_p
     assert {k: v for k, v in langevin.items() if k not in drop} == {k: v for k, v in reference.items() if k not in drop}
     assert (out / "comparison.md").is_file() and (out / "comparison.png").is_file()
     assert not list(out.rglob(".*.tmp")) and not list(out.rglob(fileio.LOCK_FILE))
-    _record("compare-killed-before-checkpoint", "`compare` (langevin, anila) SIGKILLed halfway through langevin's first checkpoint "
-            "write (left: its config.json, a metrics row, a temporary file, stale locks), then the same command with `--resume`",
-            "exit 0: langevin started again (\"stopped before its first checkpoint, started again\") and ended equal to an "
-            "uninterrupted run, anila trained, comparison.md and comparison.png written; the stale locks did not block")
+    _record(
+        "compare-killed-before-checkpoint",
+        "`compare` (langevin, anila) SIGKILLed halfway through langevin's first checkpoint "
+        "write (left: its config.json, a metrics row, a temporary file, stale locks), then the same command with "
+        "`--resume`",
+        "exit 0: langevin started again (\"stopped before its first checkpoint, started again\") and ended equal to an "
+        "uninterrupted run, anila trained, comparison.md and comparison.png written; the stale locks did not block",
+    )
 
 
 def test_the_workers_of_a_killed_compare_end_with_it(tmp_path):
     out = tmp_path / "cmp"
-    parent = subprocess.Popen([sys.executable, "-m", "anila_core", "compare", "--preset", "smoke", "--iters", "1000000",
-                               "--eval-every", "1000000", "--checkpoint-every", "1000000", "--jobs", "2", "--out", str(out),
-                               "--no-progress"], env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "anila_core",
+            "compare",
+            "--preset",
+            "smoke",
+            "--iters",
+            "1000000",
+            "--eval-every",
+            "1000000",
+            "--checkpoint-every",
+            "1000000",
+            "--jobs",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     workers: list[int] = []
     try:
         # each worker holds its sampler folder's lock while it trains: then it is busy, not waiting for work
@@ -1122,11 +1790,19 @@ def test_the_workers_of_a_killed_compare_end_with_it(tmp_path):
         for w in workers:  # a failed check must not leave them training
             if not _gone(w):
                 os.kill(w, signal.SIGKILL)
-    held = {s: _processes_with_open(out / s / fileio.LOCK_FILE) for s in ("langevin", "anila") if fileio.lock_holder(out / s)}
+    held = {
+        s: _processes_with_open(out / s / fileio.LOCK_FILE)
+        for s in ("langevin", "anila")
+        if fileio.lock_holder(out / s)
+    }
     assert not held, f"their locks were let go; still held, with the lock file open in: {held}"
-    _record("compare-workers-die-with-parent", "`compare --jobs 2` SIGKILLed while both worker processes train",
-            "both workers ended with it (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog thread that sees the parent pid change), "
-            "and their folder locks were free again")
+    _record(
+        "compare-workers-die-with-parent",
+        "`compare --jobs 2` SIGKILLed while both worker processes train",
+        "both workers ended with it (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog thread that sees the parent pid "
+        "change), "
+        "and their folder locks were free again",
+    )
 
 
 POOL_SCRIPT = '''
@@ -1153,7 +1829,9 @@ def test_a_pool_worker_ends_when_its_parent_is_killed(tmp_path):
     parent = subprocess.Popen([sys.executable, str(script), str(started)], env=SUBPROCESS_ENV)
     worker = None
     try:
-        worker = int(_until(lambda: started.exists() and started.read_text(), timeout=120, what="the worker's job starting"))
+        worker = int(
+            _until(lambda: started.exists() and started.read_text(), timeout=120, what="the worker's job starting")
+        )
         assert _parent_of(worker) == parent.pid
         parent.kill()
         parent.wait()
@@ -1164,24 +1842,36 @@ def test_a_pool_worker_ends_when_its_parent_is_killed(tmp_path):
             parent.wait()
         if worker is not None and not _gone(worker):
             os.kill(worker, signal.SIGKILL)
-    _record("pool-workers-die-with-parent", "a `process_pool` worker (compare's runs, sweep's cells) in the middle of a job; "
-            "its parent SIGKILLed", "the worker ended with it")
+    _record(
+        "pool-workers-die-with-parent",
+        "a `process_pool` worker (compare's runs, sweep's cells) in the middle of a job; its parent SIGKILLed",
+        "the worker ended with it",
+    )
 
 
 def _mount_tmpfs(path: Path, size: int) -> bool:
-    """Mount a tmpfs of ``size`` bytes on ``path``; ``False`` where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
+    """Mount a tmpfs of ``size`` bytes on ``path``; ``False`` where mounting is not allowed (not root, no
+    CAP_SYS_ADMIN)."""
     try:
-        return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+        return (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+            ).returncode
+            == 0
+        )
     except OSError:
         return False
 
 
-def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_and_resume_completes(tmp_path, monkeypatch, base_run, no_figures):
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_and_resume_completes(
+    tmp_path, monkeypatch, base_run, no_figures
+):
     disk = tmp_path / "disk"
     disk.mkdir()
     page = 4096
     checkpoint_pages = -(-(base_run / CHECKPOINT).stat().st_size // page)
-    # room for config.json, metrics.jsonl, .lock and one checkpoint and a half: the second checkpoint's temporary file does not fit
+    # room for config.json, metrics.jsonl, .lock and one checkpoint and a half: the second checkpoint's temporary file
+    # does not fit
     mounted = _mount_tmpfs(disk, page * (3 + checkpoint_pages + checkpoint_pages // 2))
     try:
         if not mounted:  # the same error torch raises on a full disk, from the second checkpoint's write
@@ -1200,7 +1890,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_and_resume_completes
         assert code == 3, printed
         message = _one_error_line(printed)
         assert message.startswith(f"disk full / no space left while writing {out / CHECKPOINT}"), message
-        assert f"the last good checkpoint {out / CHECKPOINT} (iteration 10) is intact: continue with --resume" in message
+        assert (
+            f"the last good checkpoint {out / CHECKPOINT} (iteration 10) is intact: continue with --resume" in message
+        )
         assert torch.load(out / CHECKPOINT, weights_only=True)["iteration"] == 10, "the previous checkpoint is intact"
         assert not list(out.glob(".*.tmp")) and not (out / fileio.LOCK_FILE).exists()
         # space again: the same folder resumes to the end
@@ -1215,25 +1907,44 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_and_resume_completes
     finally:
         if mounted:
             subprocess.run(["umount", str(disk)], check=False)
-    how = (f"a tmpfs of {3 + checkpoint_pages + checkpoint_pages // 2} pages mounted for the test" if mounted else
-           "mounting refused here: `torch.save` replaced by one that raises torch's full-disk RuntimeError")
-    _record("disk-full-checkpoint", f"`train` whose second checkpoint does not fit on the disk ({how}); then space again and "
-            "`train --resume`", f"exit 3: \"{_quote(message, tmp_path)}\"; checkpoint of iteration 10 intact, no temporary file; "
-            "the resume completed (rows 10, 20, 30)")
+    how = (
+        f"a tmpfs of {3 + checkpoint_pages + checkpoint_pages // 2} pages mounted for the test"
+        if mounted
+        else "mounting refused here: `torch.save` replaced by one that raises torch's full-disk RuntimeError"
+    )
+    _record(
+        "disk-full-checkpoint",
+        f"`train` whose second checkpoint does not fit on the disk ({how}); then space again and `train --resume`",
+        f"exit 3: \"{_quote(message, tmp_path)}\"; checkpoint of iteration 10 intact, no temporary file; "
+        "the resume completed (rows 10, 20, 30)",
+    )
 
 
 OUT_OF_MEMORY = {
-    "cpu-allocator": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
-                                          "you tried to allocate 8000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    "cpu-allocator": lambda: RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+        "you tried to allocate 8000000000000 bytes. Error code 12 (Cannot allocate memory)"
+    ),
     "memory-error": lambda: MemoryError(),
-    "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 7.28 TiB. GPU 0 has a total capacity of 139.8 GiB"),
+    "cuda": lambda: torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 7.28 TiB. GPU 0 has a total capacity of 139.8 GiB"
+    ),
 }
 
 
-@pytest.mark.parametrize("kind, at", [("cpu-allocator", 3), ("memory-error", 3), ("cuda", 3), ("cpu-allocator", 15)],
-                         ids=["cpu-allocator-before-checkpoint", "memory-error-before-checkpoint", "cuda-before-checkpoint",
-                              "cpu-allocator-after-checkpoint"])
-def test_out_of_memory_names_the_sizes_and_leaves_a_folder_to_rerun_or_resume(kind, at, tmp_path, monkeypatch, no_figures):
+@pytest.mark.parametrize(
+    "kind, at",
+    [("cpu-allocator", 3), ("memory-error", 3), ("cuda", 3), ("cpu-allocator", 15)],
+    ids=[
+        "cpu-allocator-before-checkpoint",
+        "memory-error-before-checkpoint",
+        "cuda-before-checkpoint",
+        "cpu-allocator-after-checkpoint",
+    ],
+)
+def test_out_of_memory_names_the_sizes_and_leaves_a_folder_to_rerun_or_resume(
+    kind, at, tmp_path, monkeypatch, no_figures
+):
     step, failed = Trainer.train_step, []
 
     def fails_once(self, trace=None):
@@ -1251,27 +1962,50 @@ def test_out_of_memory_names_the_sizes_and_leaves_a_folder_to_rerun_or_resume(ki
     for size in ("--buffer-size (now 500)", "--batch-size (now 64)", "--width (now 32)", "--eval-samples (now 200)"):
         assert size in message
     if at < 10:
-        assert f"no checkpoint was written yet, so the files of this run were removed from {out}: run the command again" in message
+        assert (
+            f"no checkpoint was written yet, so the files of this run were removed from {out}: run the command again"
+            in message
+        )
         assert not out.exists(), "the folder this run made is gone: the same command can run again"
         code, printed = _cli(SMOKE + ["--out", str(out)])
     else:
-        assert f"the last good checkpoint {out / CHECKPOINT} (iteration 10) is intact: continue with --resume" in message
+        assert (
+            f"the last good checkpoint {out / CHECKPOINT} (iteration 10) is intact: continue with --resume" in message
+        )
         code, printed = _cli(["train", "--resume", "--out", str(out), "--no-progress"])
     assert code == 0, printed
     assert json.loads((out / "final.json").read_text())["iters"] == 30
     when = "before" if at < 10 else "after"
-    _record(f"oom-{kind}-{when}-checkpoint", f"`train` whose iteration {at} raises {type(OUT_OF_MEMORY[kind]()).__name__} "
-            f"({'the CPU allocator' if kind == 'cpu-allocator' else 'Python' if kind == 'memory-error' else 'CUDA'}), "
-            f"{when} the first checkpoint; then the command again" + ("" if at < 10 else " with `--resume`"),
-            f"exit 3: \"{_quote(message, tmp_path)}\"; the " + ("rerun" if at < 10 else "resume") + " completed")
+    _record(
+        f"oom-{kind}-{when}-checkpoint",
+        f"`train` whose iteration {at} raises {type(OUT_OF_MEMORY[kind]()).__name__} "
+        f"({'the CPU allocator' if kind == 'cpu-allocator' else 'Python' if kind == 'memory-error' else 'CUDA'}), "
+        f"{when} the first checkpoint; then the command again" + ("" if at < 10 else " with `--resume`"),
+        f"exit 3: \"{_quote(message, tmp_path)}\"; the " + ("rerun" if at < 10 else "resume") + " completed",
+    )
 
 
 def test_the_same_command_plus_resume_continues_and_a_changed_value_is_refused(tmp_path, monkeypatch, no_figures):
     out = tmp_path / "run"
-    command = ["train", "--preset", "smoke", "--sampler", "anila", "--seed", "3", "--iters", "20", "--out", str(out), "--no-progress"]
+    command = [
+        "train",
+        "--preset",
+        "smoke",
+        "--sampler",
+        "anila",
+        "--seed",
+        "3",
+        "--iters",
+        "20",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     step = Trainer.train_step
 
-    def stopped_after_the_checkpoint(self, trace=None):  # a cluster's time limit, right after the checkpoint of iteration 10
+    def stopped_after_the_checkpoint(
+        self, trace=None
+    ):  # a cluster's time limit, right after the checkpoint of iteration 10
         if self.iteration == 10:
             raise KeyboardInterrupt
         return step(self, trace)
@@ -1284,7 +2018,9 @@ def test_the_same_command_plus_resume_continues_and_a_changed_value_is_refused(t
     code, printed = _cli(changed)
     assert code == 2, printed
     refused = _one_error_line(printed)
-    assert refused.startswith("--resume: --seed cannot change on resume (--seed: 3 in the run's config.json, 4 given)"), refused
+    assert refused.startswith(
+        "--resume: --seed cannot change on resume (--seed: 3 in the run's config.json, 4 given)"
+    ), refused
     assert _tree(out) == before
     code, printed = _cli(command + ["--resume"])
     assert code == 0, printed
@@ -1292,10 +2028,14 @@ def test_the_same_command_plus_resume_continues_and_a_changed_value_is_refused(t
     straight = tmp_path / "straight"
     assert _cli([a if a != str(out) else str(straight) for a in command])[0] == 0
     assert _strip(_strict_rows(out / "metrics.jsonl")) == _strip(_strict_rows(straight / "metrics.jsonl"))
-    _record("resume-same-command", "`train --preset smoke --sampler anila --seed 3 --iters 20` stopped after its checkpoint of "
-            "iteration 10; the same command plus `--resume`, and with `--seed 4` plus `--resume`",
-            f"the same command: accepted, printed \"resuming <tmp>/run at iteration 10 of 20\", and ended with the rows of an "
-            f"uninterrupted run; `--seed 4`: exit 2, \"{_quote(refused, tmp_path)}\", the folder unchanged")
+    _record(
+        "resume-same-command",
+        "`train --preset smoke --sampler anila --seed 3 --iters 20` stopped after its checkpoint of "
+        "iteration 10; the same command plus `--resume`, and with `--seed 4` plus `--resume`",
+        "the same command: accepted, printed \"resuming <tmp>/run at iteration 10 of 20\", and ended with the rows of "
+        "an "
+        f"uninterrupted run; `--seed 4`: exit 2, \"{_quote(refused, tmp_path)}\", the folder unchanged",
+    )
 
 
 # =========================================================================== docs/RELIABILITY.md
@@ -1310,7 +2050,12 @@ def _cell(text: str, limit: int | None = None) -> str:
 
 def render_note() -> str:
     """docs/RELIABILITY.md from the plans and case list above and the outcomes this session recorded."""
-    crash, divergence, bad, folders = RESULTS["crash"], RESULTS["divergence"], RESULTS["bad_input"], RESULTS["run_folders"]
+    crash, divergence, bad, folders = (
+        RESULTS["crash"],
+        RESULTS["divergence"],
+        RESULTS["bad_input"],
+        RESULTS["run_folders"],
+    )
     landed = [crash[i]["landed"] for i in range(len(PLAN))]
     resumed = sum(s.startswith("resumed from") for s in landed)
     fresh = sum("fresh start" in s for s in landed)
@@ -1326,33 +2071,49 @@ def render_note() -> str:
         "",
         "## In numbers",
         "",
-        f"- **Crashes**: {len(PLAN)} trials of SIGKILL to a training process, then resume: {N_RANDOM} at random moments, "
+        f"- **Crashes**: {len(PLAN)} trials of SIGKILL to a training process, then resume: {N_RANDOM} at random "
+        "moments, "
         f"{N_IN_CHECKPOINT} inside a checkpoint write, {N_IN_METRICS} inside a metrics row (RNG seed {CRASH_SEED}). "
-        f"{len(PLAN)} of {len(PLAN)} ended with parameters (and EMA parameters), `metrics.jsonl` and `final.json` identical, "
+        f"{len(PLAN)} of {len(PLAN)} ended with parameters (and EMA parameters), `metrics.jsonl` and `final.json` "
+        "identical, "
         f"bit for bit, to a run that was never interrupted; every checkpoint left behind loaded.",
-        f"  Where the kills landed (this varies with the machine's speed): {resumed} resumed from a checkpoint, {fresh} before the first checkpoint (`--resume` refused with the clear "
+        f"  Where the kills landed (this varies with the machine's speed): {resumed} resumed from a checkpoint, "
+        f"{fresh} before the first checkpoint (`--resume` refused with the clear "
         f"\"no checkpoint yet\" error, then a fresh start), {finished} after the run had finished; {with_tmp} left a "
         f"temporary file (removed on resume), {torn} a torn last metrics row (dropped on resume).",
-        f"- **Divergence**: {len(divergence)} tests; every forced divergence was caught at the first bad iteration (or the "
-        "next one for a parameter poisoned between iterations); `stop` ended with the message naming iteration, cause and "
-        "last good checkpoint (exit 3 on the command line); `rollback` restored the last good state, halved the learning "
+        f"- **Divergence**: {len(divergence)} tests; every forced divergence was caught at the first bad iteration (or "
+        "the "
+        "next one for a parameter poisoned between iterations); `stop` ended with the message naming iteration, cause "
+        "and "
+        "last good checkpoint (exit 3 on the command line); `rollback` restored the last good state, halved the "
+        "learning "
         "rate, logged it and completed, or stopped with the message after `--max-rollbacks`.",
-        f"- **Bad input**: {len(CASES)} cases ({n_api} through the Python API, {len(CASES) - n_api} through the command "
-        f"line); {len(bad)} of {len(CASES)} were answered by an error naming what was wrong and what was expected; every "
+        f"- **Bad input**: {len(CASES)} cases ({n_api} through the Python API, {len(CASES) - n_api} through the "
+        "command "
+        f"line); {len(bad)} of {len(CASES)} were answered by an error naming what was wrong and what was expected; "
+        "every "
         "command-line case exited with code 2 and one `error:` line, without a traceback; in every case the files that "
         "existed before were left byte for byte as they were, and nothing was added.",
-        f"- **Run folders**: {len(RUN_FOLDER_TESTS)} tests of who may write a run folder and what it may hold: a checkpoint "
-        "carrying code is refused without running it (every checkpoint loads with `torch.load(weights_only=True)`); a second "
-        "writer is refused at once, naming the holder's pid and host (`flock` on `.lock`, released by the OS however the "
-        "writer ends); a compare killed before a sampler's first checkpoint finishes with `--resume`, and its worker processes "
-        "end with it; a full disk and a failed allocation end with one `error:` line and exit 3, the last checkpoint intact (or, "
-        "before the first one, the run's files removed so the command can run again); the same command line plus `--resume` "
+        f"- **Run folders**: {len(RUN_FOLDER_TESTS)} tests of who may write a run folder and what it may hold: a "
+        "checkpoint "
+        "carrying code is refused without running it (every checkpoint loads with `torch.load(weights_only=True)`); a "
+        "second "
+        "writer is refused at once, naming the holder's pid and host (`flock` on `.lock`, released by the OS however "
+        "the "
+        "writer ends); a compare killed before a sampler's first checkpoint finishes with `--resume`, and its worker "
+        "processes "
+        "end with it; a full disk and a failed allocation end with one `error:` line and exit 3, the last checkpoint "
+        "intact (or, "
+        "before the first one, the run's files removed so the command can run again); the same command line plus "
+        "`--resume` "
         "continues, a changed value is refused naming both.",
         "",
         "## Crashes",
         "",
-        f"A smoke run (AniLA, {CRASH_SETTINGS['iters']} iterations, a checkpoint every {CRASH_SETTINGS['checkpoint_every']}, "
-        f"a metrics row every {CRASH_SETTINGS['eval_every']}, cosine learning rate, EMA, replay buffer) is trained in a "
+        f"A smoke run (AniLA, {CRASH_SETTINGS['iters']} iterations, a checkpoint every "
+        f"{CRASH_SETTINGS['checkpoint_every']}, "
+        f"a metrics row every {CRASH_SETTINGS['eval_every']}, cosine learning rate, EMA, replay buffer) is trained in "
+        "a "
         "process forked from the test and killed with SIGKILL: from outside after a delay drawn from the seeded RNG "
         "(a fraction of the time an uninterrupted run takes), or by itself partway through writing the temporary file "
         "of a checkpoint or partway through appending a metrics row. Then `Run(out, resume=True)` continues it, and "
@@ -1363,7 +2124,9 @@ def render_note() -> str:
     ]
     for i, how in enumerate(PLAN):
         r = crash[i]
-        lines.append(f"| {i + 1} | {_cell(describe_kill(how))} | {_cell(r['landed'])} | {_cell(r['leftovers'])} | identical |")
+        lines.append(
+            f"| {i + 1} | {_cell(describe_kill(how))} | {_cell(r['landed'])} | {_cell(r['leftovers'])} | identical |"
+        )
     lines += [
         "",
         "## Divergence",
@@ -1377,7 +2140,8 @@ def render_note() -> str:
         "",
         "## Run folders",
         "",
-        "One process writes a run folder at a time, and nothing in a folder can run code. Messages are quoted as printed "
+        "One process writes a run folder at a time, and nothing in a folder can run code. Messages are quoted as "
+        "printed "
         "(after `error: `), `<tmp>` being the test's folder and `<pid>` the holder's pid.",
         "",
         "| test | case | what happened |",
@@ -1412,21 +2176,36 @@ def render_note() -> str:
         lines += [
             "## Hostile use",
             "",
-            "Cases of `tests/test_hostile.py`: a run folder that would import code, a deleted lock, a dead pool worker, numbers",
-            "without bounds, tampered checkpoints and sweep files, data of your own, the Python API's types and the messages",
-            "of Ctrl-C and `compare --resume`. Every case below passed: no code imported that the command did not name, no",
-            "second writer, no hang, no traceback, every refusal naming the file or flag at fault. `<tmp>` is the test's folder.",
+            "Cases of `tests/test_hostile.py`: a run folder that would import code, a deleted lock, a dead pool "
+            "worker, numbers",
+            "without bounds, tampered checkpoints and sweep files, data of your own, the Python API's types and the "
+            "messages",
+            "of Ctrl-C and `compare --resume`. Every case below passed: no code imported that the command did not "
+            "name, no",
+            "second writer, no hang, no traceback, every refusal naming the file or flag at fault. `<tmp>` is the "
+            "test's folder.",
             "",
             "| case | tried | outcome |",
             "|---|---|---|",
         ]
-        lines += [f"| `{case}` | {_cell(tried)} | {_cell(outcome, 300)} |" for case, (tried, outcome) in HOSTILE.items()]
+        lines += [
+            f"| `{case}` | {_cell(tried)} | {_cell(outcome, 300)} |" for case, (tried, outcome) in HOSTILE.items()
+        ]
         lines.append("")
     return "\n".join(lines)
 
 
-DIVERGENCE_TESTS = ("huge-lr-stop", "nan-stop-in-memory", "nan-cli-stop-then-resume", "nan-rollback", "huge-lr-cli-rollback",
-                    "huge-lr-gives-up", "rollback-resume-exact", "rollback-exact-rings", "rollback-exact-digits")
+DIVERGENCE_TESTS = (
+    "huge-lr-stop",
+    "nan-stop-in-memory",
+    "nan-cli-stop-then-resume",
+    "nan-rollback",
+    "huge-lr-cli-rollback",
+    "huge-lr-gives-up",
+    "rollback-resume-exact",
+    "rollback-exact-rings",
+    "rollback-exact-digits",
+)
 
 
 def test_a_process_forked_by_the_writer_does_not_keep_its_folder_locked(tmp_path):
@@ -1455,39 +2234,70 @@ def test_a_process_forked_by_the_writer_does_not_keep_its_folder_locked(tmp_path
         fileio.FolderLock(folder).acquire().release()
     finally:
         os.kill(child, signal.SIGKILL)
-    _record("writer-fork-keeps-no-lock", "a writer holding its folder's lock forks a child (as torch forks compile workers), then dies",
-            "the child, still running, does not hold the lock: the folder is free for the next writer")
+    _record(
+        "writer-fork-keeps-no-lock",
+        "a writer holding its folder's lock forks a child (as torch forks compile workers), then dies",
+        "the child, still running, does not hold the lock: the folder is free for the next writer",
+    )
 
 
-RUN_FOLDER_TESTS = ("planted-code-train", "planted-code-compare", "planted-code-load_trainer", "second-writer", "busy-folder-train",
-                    "busy-folder-compare", "busy-folder-sweep", "compare-killed-before-checkpoint", "compare-workers-die-with-parent",
-                    "pool-workers-die-with-parent", "disk-full-checkpoint", "oom-cpu-allocator-before-checkpoint",
-                    "oom-memory-error-before-checkpoint", "oom-cuda-before-checkpoint", "oom-cpu-allocator-after-checkpoint",
-                    "resume-same-command", "writer-fork-keeps-no-lock")
+RUN_FOLDER_TESTS = (
+    "planted-code-train",
+    "planted-code-compare",
+    "planted-code-load_trainer",
+    "second-writer",
+    "busy-folder-train",
+    "busy-folder-compare",
+    "busy-folder-sweep",
+    "compare-killed-before-checkpoint",
+    "compare-workers-die-with-parent",
+    "pool-workers-die-with-parent",
+    "disk-full-checkpoint",
+    "oom-cpu-allocator-before-checkpoint",
+    "oom-memory-error-before-checkpoint",
+    "oom-cuda-before-checkpoint",
+    "oom-cpu-allocator-after-checkpoint",
+    "resume-same-command",
+    "writer-fork-keeps-no-lock",
+)
 
 
 def test_the_reliability_note_matches_these_tests():
-    """docs/RELIABILITY.md lists exactly this file's trials, divergence tests, run-folder tests and cases (make reliability rewrites it)."""
-    complete = (len(RESULTS["crash"]) == len(PLAN) and len(RESULTS["bad_input"]) == len(CASES)
-                and set(RESULTS["divergence"]) == set(DIVERGENCE_TESTS) and set(RESULTS["run_folders"]) == set(RUN_FOLDER_TESTS))
+    """docs/RELIABILITY.md lists exactly this file's trials, divergence tests, run-folder tests and cases (make
+    reliability rewrites it)."""
+    complete = (
+        len(RESULTS["crash"]) == len(PLAN)
+        and len(RESULTS["bad_input"]) == len(CASES)
+        and set(RESULTS["divergence"]) == set(DIVERGENCE_TESTS)
+        and set(RESULTS["run_folders"]) == set(RUN_FOLDER_TESTS)
+    )
     target = os.environ.get("ANILA_RELIABILITY_NOTE")
     if target:  # make reliability: the rendering goes to the file it names, which make then moves to docs/
         if not complete or not HOSTILE:
-            pytest.fail("make reliability needs every test of tests/test_hostile.py and tests/test_reliability.py in the same "
-                        "session (no -k)")
+            pytest.fail(
+                "make reliability needs every test of tests/test_hostile.py and tests/test_reliability.py in the same "
+                "session (no -k)"
+            )
         Path(target).write_text(render_note())
         return
     text = DOC.read_text()
     if complete:  # the summary of a fresh rendering, less the line that varies with timing
+
         def summary(note):
             return [line for line in note.split("## Crashes")[0].splitlines() if "Where the kills landed" not in line]
 
-        assert summary(render_note()) == summary(text), "docs/RELIABILITY.md is out of date: rewrite it with make reliability"
+        assert summary(render_note()) == summary(text), (
+            "docs/RELIABILITY.md is out of date: rewrite it with make reliability"
+        )
     assert f"{len(PLAN)} trials" in text and f"RNG seed {CRASH_SEED}" in text and f"{len(CASES)} cases" in text
     for i, how in enumerate(PLAN):
         assert f"| {i + 1} | {_cell(describe_kill(how))} |" in text, f"trial {i + 1} is missing or differs"
-    rows = [line for line in text.split("## Bad input")[1].split("## Hostile use")[0].splitlines() if line.startswith("| `")]
-    assert [row.split("`")[1] for row in rows] == [c.id for c in CASES], "the bad-input table lists other cases than the tests"
+    rows = [
+        line for line in text.split("## Bad input")[1].split("## Hostile use")[0].splitlines() if line.startswith("| `")
+    ]
+    assert [row.split("`")[1] for row in rows] == [c.id for c in CASES], (
+        "the bad-input table lists other cases than the tests"
+    )
     for row, case in zip(rows, CASES):
         assert row.startswith(f"| `{case.id}` | {case.interface} | {_cell(case.given)} |"), row
     for name in DIVERGENCE_TESTS:
@@ -1495,6 +2305,9 @@ def test_the_reliability_note_matches_these_tests():
     hostile = text.split("## Hostile use")[1] if "## Hostile use" in text else ""
     for case in HOSTILE:  # those tests/test_hostile.py ran in this session
         assert f"| `{case}` |" in hostile, f"hostile case {case} is missing: rewrite the note with make reliability"
-    folder_rows = [line for line in text.split("## Run folders")[1].split("## Bad input")[0].splitlines() if line.startswith("| `")]
-    assert [row.split("`")[1] for row in folder_rows] == list(RUN_FOLDER_TESTS), "the run-folder table lists other tests than these"
-
+    folder_rows = [
+        line for line in text.split("## Run folders")[1].split("## Bad input")[0].splitlines() if line.startswith("| `")
+    ]
+    assert [row.split("`")[1] for row in folder_rows] == list(RUN_FOLDER_TESTS), (
+        "the run-folder table lists other tests than these"
+    )

@@ -14,38 +14,83 @@ from anila_core.study.runner import Cell, Executor, _answer, config_flags, run_c
 from anila_core.training.guard import TrainingDiverged
 
 #: a tiny grid on the command line: two cells of 10 iterations
-TINY_SWEEP = ["sweep", "--preset", "smoke", "--samplers", "langevin", "anila", "--step-size", "0.01", "--b", "3",
-              "--n-steps", "5",
-              "--iters", "10", "--eval-every", "5", "--no-progress"]
+TINY_SWEEP = [
+    "sweep",
+    "--preset",
+    "smoke",
+    "--samplers",
+    "langevin",
+    "anila",
+    "--step-size",
+    "0.01",
+    "--b",
+    "3",
+    "--n-steps",
+    "5",
+    "--iters",
+    "10",
+    "--eval-every",
+    "5",
+    "--no-progress",
+]
 #: the fields of a cell file as a sweep writes it (the format the committed studies hold)
-CELL_KEYS = {"id", "kind", "step_size", "b", "n_steps", "chains", "seed", "leapfrog", "damping", "diverged",
-             "diverged_at", "cause",
-             "iters", "wall_s", "load_avg", "gradients_per_iter", "history", "final", "clipped_share", "energy_gap",
-             "best_grid_tv",
-             "version"}
+CELL_KEYS = {
+    "id",
+    "kind",
+    "step_size",
+    "b",
+    "n_steps",
+    "chains",
+    "seed",
+    "leapfrog",
+    "damping",
+    "diverged",
+    "diverged_at",
+    "cause",
+    "iters",
+    "wall_s",
+    "load_avg",
+    "gradients_per_iter",
+    "history",
+    "final",
+    "clipped_share",
+    "energy_gap",
+    "best_grid_tv",
+    "version",
+}
 
 
 def test_config_flags_read_back_as_the_same_settings():
-    settings = {"step_size": 0.1 + 0.2, "iters": 30, "chains": "short_run", "standardize": False, "compile": True,
-                "b": float("inf")}
+    settings = {
+        "step_size": 0.1 + 0.2,
+        "iters": 30,
+        "chains": "short_run",
+        "standardize": False,
+        "compile": True,
+        "b": float("inf"),
+    }
     args = build_parser().parse_args(["train", *config_flags(settings)])
     assert config_overrides(args) == settings
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(kind="slurm"), "executor: expected one of local, submitit, got 'slurm'"),
-    (dict(jobs=0), "jobs: expected an integer >= 1, got 0"),
-    (dict(kind="submitit"), "executor: submitit needs a folder"),
-    (dict(kind="submitit", folder="x", time_min=0), "time_min: expected an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(kind="slurm"), "executor: expected one of local, submitit, got 'slurm'"),
+        (dict(jobs=0), "jobs: expected an integer >= 1, got 0"),
+        (dict(kind="submitit"), "executor: submitit needs a folder"),
+        (dict(kind="submitit", folder="x", time_min=0), "time_min: expected an integer >= 1"),
+    ],
+)
 def test_executor_settings_are_checked_by_name(options, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         Executor(**options)
 
 
 def _diverges(job):
-    raise TrainingDiverged(f"training diverged at iteration {job}: the loss is not finite", job,
-                           "the loss is not finite")
+    raise TrainingDiverged(
+        f"training diverged at iteration {job}: the loss is not finite", job, "the loss is not finite"
+    )
 
 
 def test_a_divergence_reaches_the_caller_as_its_type_with_its_fields():

@@ -90,23 +90,38 @@ QUADRATIC = lambda z: 0.5 * z.square().flatten(1).sum(1)  # noqa: E731
 
 
 @SETTINGS
-@given(sampler=ANY_SAMPLER,
-       dtype=st.sampled_from([torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.complex64]))
+@given(
+    sampler=ANY_SAMPLER,
+    dtype=st.sampled_from(
+        [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.complex64]
+    ),
+)
 def test_any_x0_that_is_not_real_floating_point_is_refused(sampler, dtype):
     with pytest.raises(ValueError, match=f"x0: expected a floating-point tensor, got dtype {dtype}"):
         sampler.sample(QUADRATIC, torch.zeros(3, 2, dtype=dtype), 2)
 
 
 @SETTINGS
-@given(sampler=ANY_SAMPLER,
-       shape=st.one_of(st.lists(st.integers(1, 4), max_size=1), st.lists(st.integers(1, 4), min_size=1, max_size=3).map(lambda s: [0] + s)))
+@given(
+    sampler=ANY_SAMPLER,
+    shape=st.one_of(
+        st.lists(st.integers(1, 4), max_size=1),
+        st.lists(st.integers(1, 4), min_size=1, max_size=3).map(lambda s: [0] + s),
+    ),
+)
 def test_any_x0_without_a_sample_and_a_data_dimension_is_refused(sampler, shape):
     with pytest.raises(ValueError, match=r"x0: expected shape \(N, \.\.\.\) with N >= 1"):
         sampler.sample(QUADRATIC, torch.zeros(shape), 2)
 
 
 @SETTINGS
-@given(sampler=ANY_SAMPLER, n=st.integers(1, 5), d=st.integers(1, 4), bad=st.sampled_from([math.nan, math.inf, -math.inf]), data=st.data())
+@given(
+    sampler=ANY_SAMPLER,
+    n=st.integers(1, 5),
+    d=st.integers(1, 4),
+    bad=st.sampled_from([math.nan, math.inf, -math.inf]),
+    data=st.data(),
+)
 def test_any_x0_with_a_non_finite_value_is_refused(sampler, n, d, bad, data):
     x0 = torch.zeros(n, d)
     x0[data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, d - 1))] = bad
@@ -118,7 +133,9 @@ def test_any_x0_with_a_non_finite_value_is_refused(sampler, n, d, bad, data):
 @given(sampler=ANY_SAMPLER, shape=st.lists(st.integers(1, 4), max_size=3).map(tuple).filter(lambda s: s != (3,)))
 def test_any_energy_that_is_not_one_value_per_sample_is_refused(sampler, shape):
     energy = lambda z: z.square().sum() * torch.ones(shape)  # noqa: E731
-    with pytest.raises(ValueError, match=r"energy_fn: expected energies of shape \(3,\), one per sample, got " + re.escape(str(shape))):
+    with pytest.raises(
+        ValueError, match=r"energy_fn: expected energies of shape \(3,\), one per sample, got " + re.escape(str(shape))
+    ):
         sampler.sample(energy, torch.ones(3, 2), 2)
 
 
@@ -129,14 +146,21 @@ def test_any_energy_that_is_not_a_tensor_is_refused(sampler, value):
         sampler.sample(lambda z: value, torch.ones(3, 2), 2)
 
 
-MAKERS = {"langevin": lambda eps: Langevin(eps), "anila": lambda eps: AniLA(eps, b=1.0), "psgld": lambda eps: PSGLD(eps),
-          "mala": lambda eps: Langevin(eps, metropolis=True)}
+MAKERS = {
+    "langevin": lambda eps: Langevin(eps),
+    "anila": lambda eps: AniLA(eps, b=1.0),
+    "psgld": lambda eps: PSGLD(eps),
+    "mala": lambda eps: Langevin(eps, metropolis=True),
+}
 
 
 @SETTINGS
-@given(kind=st.sampled_from(sorted(MAKERS)), step=st.floats(min_value=1e-4, max_value=1.0),
-       x=st.lists(st.floats(min_value=-10, max_value=10, allow_nan=False), min_size=6, max_size=6),
-       dtype=st.sampled_from([torch.float32, torch.float64]))
+@given(
+    kind=st.sampled_from(sorted(MAKERS)),
+    step=st.floats(min_value=1e-4, max_value=1.0),
+    x=st.lists(st.floats(min_value=-10, max_value=10, allow_nan=False), min_size=6, max_size=6),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
 def test_any_valid_x0_gives_finite_samples_of_its_shape_and_dtype(kind, step, x, dtype):
     x0 = torch.tensor(x, dtype=dtype).view(3, 2)
     out = MAKERS[kind](step).sample(QUADRATIC, x0, 3, generator=torch.Generator().manual_seed(0))

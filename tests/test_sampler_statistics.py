@@ -25,9 +25,13 @@ def moments_within_se(samples, mean, var, label):
     m, v = samples.double().mean(0), samples.double().var(0)
     mean, var = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(var, dtype=torch.float64)
     se_mean, se_var = (var / n).sqrt(), var * math.sqrt(2 / (n - 1))
-    print(f"\n{label}: mean {m.tolist()} (exact {mean.tolist()}), var {v.tolist()} (exact {var.tolist()}), "
-          f"var ratio {(v / var).tolist()}")
-    assert ((m - mean).abs() <= Z * se_mean).all(), f"{label}: mean {m.tolist()} vs {mean.tolist()} ± {Z}·{se_mean.tolist()}"
+    print(
+        f"\n{label}: mean {m.tolist()} (exact {mean.tolist()}), var {v.tolist()} (exact {var.tolist()}), "
+        f"var ratio {(v / var).tolist()}"
+    )
+    assert ((m - mean).abs() <= Z * se_mean).all(), (
+        f"{label}: mean {m.tolist()} vs {mean.tolist()} ± {Z}·{se_mean.tolist()}"
+    )
     assert ((v - var).abs() <= Z * se_var).all(), f"{label}: var {v.tolist()} vs {var.tolist()} ± {Z}·{se_var.tolist()}"
     return m, v
 
@@ -97,7 +101,9 @@ def test_unadjusted_anila_bias_on_the_ill_conditioned_gaussian_is_measured():
     se = stiff_var * math.sqrt(2 / (N_CHAINS - 1))
     ratio_unadjusted = unadjusted[:, 0].double().var().item() / stiff_var
     ratio_adjusted = adjusted[:, 0].double().var().item() / stiff_var
-    print(f"\nunadjusted AniLA(b=1, ε=0.02) stiff-coordinate variance ratio: {ratio_unadjusted:.3f} "
-          f"(± {Z * se / stiff_var:.3f}); Metropolis-adjusted: {ratio_adjusted:.3f}")
+    print(
+        f"\nunadjusted AniLA(b=1, ε=0.02) stiff-coordinate variance ratio: {ratio_unadjusted:.3f} "
+        f"(± {Z * se / stiff_var:.3f}); Metropolis-adjusted: {ratio_adjusted:.3f}"
+    )
     assert (ratio_unadjusted - 1) * stiff_var > Z * se, "the unadjusted bias should be clearly visible"
     assert abs(ratio_adjusted - 1) * stiff_var <= Z * se

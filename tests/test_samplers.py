@@ -128,7 +128,9 @@ def test_metropolis_rejects_everything_when_the_proposal_is_absurd():
     # a step of 1e6 on E = ½x² proposes points with astronomically higher energy
     x0 = torch.full((50, 1), 0.5)
     trace = Trace()
-    out = Langevin(1e6, metropolis=True).sample(quadratic, x0, 3, generator=torch.Generator().manual_seed(0), trace=trace)
+    out = Langevin(1e6, metropolis=True).sample(
+        quadratic, x0, 3, generator=torch.Generator().manual_seed(0), trace=trace
+    )
     assert torch.equal(out, x0)
     assert trace.acceptance_rate == [0.0, 0.0, 0.0]
 
@@ -139,7 +141,9 @@ def test_metropolis_rejects_everything_when_the_proposal_is_absurd():
 def test_trace_records_what_was_asked():
     x0 = torch.full((100, 2), 3.0)
     trace = Trace(positions_at=[0, 5, 10])
-    out = AniLA(0.1, b=1.0, metropolis=True).sample(quadratic, x0, 10, generator=torch.Generator().manual_seed(0), trace=trace)
+    out = AniLA(0.1, b=1.0, metropolis=True).sample(
+        quadratic, x0, 10, generator=torch.Generator().manual_seed(0), trace=trace
+    )
     assert sorted(trace.positions) == [0, 5, 10]
     assert torch.equal(trace.positions[0], x0)
     assert torch.equal(trace.positions[10], out)

@@ -1,4 +1,5 @@
-"""The trained runs shipped in data/trained: small, loaded through the safe loader, reproducing their final.json, and the notebooks' and panels' default."""
+"""The trained runs shipped in data/trained: small, loaded through the safe loader, reproducing their final.json, and
+the notebooks' and panels' default."""
 
 import json
 import os
@@ -73,7 +74,9 @@ def test_a_rings_run_reproduces_its_final_numbers(name):
     assert mmd(samples, exact) == pytest.approx(final["mmd"], abs=MMD_TOLERANCE)
     from anila_core.ui.report import model_densities
 
-    assert grid_tv(model_densities(t)["sampler_log_p"], target) == pytest.approx(final["sampler_grid_tv"], abs=GRID_TOLERANCE)
+    assert grid_tv(model_densities(t)["sampler_log_p"], target) == pytest.approx(
+        final["sampler_grid_tv"], abs=GRID_TOLERANCE
+    )
 
 
 @pytest.mark.parametrize("name", ["langevin", "anila"])
@@ -95,9 +98,14 @@ def _first_code_cell(notebook: str) -> str:
     return "".join(next(c for c in cells if c["cell_type"] == "code")["source"])
 
 
-@pytest.mark.parametrize("notebook, group", [("02_rings_toy_ebm.ipynb", "RINGS_DEMO"),
-                                             ("03_digits_first_image_ebm.ipynb", "DIGITS_CPU"),
-                                             ("07_what_ebms_are_for.ipynb", "DIGITS_CPU")])
+@pytest.mark.parametrize(
+    "notebook, group",
+    [
+        ("02_rings_toy_ebm.ipynb", "RINGS_DEMO"),
+        ("03_digits_first_image_ebm.ipynb", "DIGITS_CPU"),
+        ("07_what_ebms_are_for.ipynb", "DIGITS_CPU"),
+    ],
+)
 def test_notebooks_default_to_the_shipped_runs_with_one_switch(notebook, group, monkeypatch):
     source = _first_code_cell(notebook)
     assert source.count("TRAIN_ANEW = False") == 1 and source.count("TRAIN_ANEW =") == 1
@@ -110,8 +118,14 @@ def test_notebooks_default_to_the_shipped_runs_with_one_switch(notebook, group, 
     assert namespace["USE_RUNS"] is True
     assert Path(namespace["RUNS"]).resolve() == getattr(shipped, group).resolve()
     flipped: dict = {}
-    exec(compile(source.replace("TRAIN_ANEW = False", "TRAIN_ANEW = True").split("torch.manual_seed(SEED)")[0], notebook, "exec"),
-         flipped)
+    exec(
+        compile(
+            source.replace("TRAIN_ANEW = False", "TRAIN_ANEW = True").split("torch.manual_seed(SEED)")[0],
+            notebook,
+            "exec",
+        ),
+        flipped,
+    )
     assert flipped["USE_RUNS"] is False
 
 

@@ -1,4 +1,5 @@
-"""The small-step density of each sampler: exact formulas on fixed inputs, its limiting cases, and long unadjusted chains at small step sizes, with Monte Carlo tolerances."""
+"""The small-step density of each sampler: exact formulas on fixed inputs, its limiting cases, and long unadjusted
+chains at small step sizes, with Monte Carlo tolerances."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def test_the_formula_on_fixed_points():
     grad = torch.tensor([[0.5, 3.0], [4.0, 0.0]], dtype=torch.float64)
     log_w, exact, _ = AniLA(0.1, b=1.0, norm="sample").small_step_log_weight(energy, grad)
     # exp(-E) · max(b, ‖g‖) / b
-    torch.testing.assert_close(log_w, -energy + torch.tensor([math.log(math.hypot(0.5, 3.0)), math.log(4.0)], dtype=torch.float64))
+    torch.testing.assert_close(
+        log_w, -energy + torch.tensor([math.log(math.hypot(0.5, 3.0)), math.log(4.0)], dtype=torch.float64)
+    )
     assert exact
     log_w, exact, note = AniLA(0.1, b=1.0).small_step_log_weight(energy, grad)
     # exp(-E) · ∏ max(b, |g_i|) / b
@@ -52,13 +55,17 @@ def test_limiting_cases_are_the_target():
         density = small_step_log_probs(sampler, rotated)
         assert density.exact
         torch.testing.assert_close(density.log_probs, target, rtol=1e-6, atol=1e-9)
-    for sampler, why in ((PSGLD(0.1), "history"), (AniLA(0.1, b=1.0, variant="noise_only"), "drift and noise differently")):
+    for sampler, why in (
+        (PSGLD(0.1), "history"),
+        (AniLA(0.1, b=1.0, variant="noise_only"), "drift and noise differently"),
+    ):
         with pytest.raises(ValueError, match=why):
             small_step_log_probs(sampler, rotated)
 
 
 def _chain_covariance(sampler_at, energy, x0, time: float = 6.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Covariance of independent chains run for ``time / ε`` steps at ε = 0.004 and 0.002, extrapolated to ε → 0 (Richardson, bias O(ε)), and its standard error."""
+    """Covariance of independent chains run for ``time / ε`` steps at ε = 0.004 and 0.002, extrapolated to ε → 0
+    (Richardson, bias O(ε)), and its standard error."""
     covs = {}
     for eps in (0.004, 0.002):
         x = sampler_at(eps).sample(energy, x0, int(time / eps), generator=torch.Generator().manual_seed(0))
@@ -98,23 +105,35 @@ def test_with_one_step_size_per_sample_the_prediction_is_exact_on_a_non_separabl
 
 @pytest.mark.slow
 def test_the_product_formula_holds_for_a_separable_energy_and_misses_a_non_separable_one():
-    """The coordinate norm's exp(−E)/∏ aᵢ: at the histogram's noise floor on a separable energy, far above it once the energy is turned."""
+    """The coordinate norm's exp(−E)/∏ aᵢ: at the histogram's noise floor on a separable energy, far above it once the
+    energy is turned."""
     n, eps = 8000, 0.01
     results = {}
     for name, energy in (("separable", separable), ("rotated", rotated)):
-        results[name] = check_small_step_density(AniLA(eps, b=1.0), energy, _start(n, rotate=name == "rotated"), 1500,
-                                                 generator=torch.Generator().manual_seed(0), bins=16, extent=3.0)
+        results[name] = check_small_step_density(
+            AniLA(eps, b=1.0),
+            energy,
+            _start(n, rotate=name == "rotated"),
+            1500,
+            generator=torch.Generator().manual_seed(0),
+            bins=16,
+            extent=3.0,
+        )
     ok, off = results["separable"], results["rotated"]
-    # The TV of n independent draws scatters about its floor by a few thousandths here (256 bins, 8000 draws), and the step's
+    # The TV of n independent draws scatters about its floor by a few thousandths here (256 bins, 8000 draws), and the
+    # step's
     # own O(ε) bias adds about as much: 0.03 leaves room for both, while the two densities differ by about 0.3 at b = 1.
     assert ok.formula_tv < ok.floor + 0.03, ok
     assert ok.energy_tv > ok.floor + 0.1, ok  # the bias is real: the chains are not at exp(−E)
     assert off.densities_tv > 0.1 and not off.exact
-    assert off.formula_tv > off.floor + 0.05, off  # turned, the same formula misses by far more than noise and step bias
+    assert off.formula_tv > off.floor + 0.05, (
+        off
+    )  # turned, the same formula misses by far more than noise and step bias
 
 
 def test_every_rings_run_reports_both_densities():
-    """exp(−E) and the density its sampler draws at small step: the same for Langevin, different for an AniLA that clips."""
+    """exp(−E) and the density its sampler draws at small step: the same for Langevin, different for an AniLA that
+    clips."""
     from anila_core.training.config import preset
     from anila_core.training.trainer import Trainer
 

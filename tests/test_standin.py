@@ -1,4 +1,5 @@
-"""The offline stand-in of notebook 04: colour patches of scikit-learn's photos, written once, read back by the folder loader as two classes."""
+"""The offline stand-in of notebook 04: colour patches of scikit-learn's photos, written once, read back by the folder
+loader as two classes."""
 
 import torch
 

@@ -1,4 +1,5 @@
-"""The sampler sweep: the grid it expands, the table it pools, and a tiny sweep end to end (parallel, resumable, divergence recorded)."""
+"""The sampler sweep: the grid it expands, the table it pools, and a tiny sweep end to end (parallel, resumable,
+divergence recorded)."""
 
 import json
 
@@ -9,8 +10,16 @@ from anila_core.study import sweep
 from anila_core.study.figures import plot_quality_vs_budget
 from anila_core.study.grid import Grid, cell_config, cell_id, gradients_per_iteration
 from anila_core.study.reports import markdown_report
-from anila_core.study.results import (best_settings, main_slice, paired_difference, summarize, two_density_rows,
-                                      verdict_cells, verdict_settings, verdict_text)
+from anila_core.study.results import (
+    best_settings,
+    main_slice,
+    paired_difference,
+    summarize,
+    two_density_rows,
+    verdict_cells,
+    verdict_settings,
+    verdict_text,
+)
 from anila_core.study.sweep import run_sweep
 from anila_core.training.config import preset
 
@@ -30,33 +39,54 @@ def test_grid_gives_b_to_anila_kinds_only():
     assert cell_id(cells[0]) == "langevin-eps0.01-K30-buffer-seed0"
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(kinds=("gibbs",)), "samplers: unknown name 'gibbs'"),
-    (dict(step_sizes=(0.01, -1.0)), "step_size: expected finite numbers > 0, got [-1.0]"),
-    (dict(bs=(0.0,)), "b: expected numbers > 0"),
-    (dict(n_steps=(0,)), "n_steps: expected integers >= 1"),
-    (dict(chains=("pool",)), "chains: expected some of"),
-    (dict(seeds=()), "seeds: expected at least one value"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(kinds=("gibbs",)), "samplers: unknown name 'gibbs'"),
+        (dict(step_sizes=(0.01, -1.0)), "step_size: expected finite numbers > 0, got [-1.0]"),
+        (dict(bs=(0.0,)), "b: expected numbers > 0"),
+        (dict(n_steps=(0,)), "n_steps: expected integers >= 1"),
+        (dict(chains=("pool",)), "chains: expected some of"),
+        (dict(seeds=()), "seeds: expected at least one value"),
+    ],
+)
 def test_grid_rejects_bad_values_by_name(changes, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
         Grid(**changes)
 
 
 def _result(kind, eps, b, seed, tv, diverged=False, wall=10.0):
-    return {"id": f"{kind}{eps}{b}{seed}", "kind": kind, "step_size": eps, "b": b, "n_steps": 30, "chains": "buffer", "seed": seed,
-            "diverged": diverged, "final": {} if diverged else {"grid_tv": tv, "grid_kl": 2 * tv, "mmd": tv / 10},
-            "best_grid_tv": None if diverged else tv, "clipped_share": None if b is None else 0.25, "wall_s": wall,
-            "history": [] if diverged else [{"iter": 10, "wall_s": wall, "grid_tv": tv}]}
+    return {
+        "id": f"{kind}{eps}{b}{seed}",
+        "kind": kind,
+        "step_size": eps,
+        "b": b,
+        "n_steps": 30,
+        "chains": "buffer",
+        "seed": seed,
+        "diverged": diverged,
+        "final": {} if diverged else {"grid_tv": tv, "grid_kl": 2 * tv, "mmd": tv / 10},
+        "best_grid_tv": None if diverged else tv,
+        "clipped_share": None if b is None else 0.25,
+        "wall_s": wall,
+        "history": [] if diverged else [{"iter": 10, "wall_s": wall, "grid_tv": tv}],
+    }
 
 
-FIXED = {"base": {"dataset": "", "target": "rings", "iters": 10, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant"},
-         "machine": {"cpus": 2, "torch": "x"}, "cells": [
-             _result("langevin", 0.01, None, 0, 0.2), _result("langevin", 0.01, None, 1, 0.4),
-             _result("langevin", 0.1, None, 0, None, diverged=True), _result("langevin", 0.1, None, 1, 0.3),
-             _result("anila", 0.01, 3.0, 0, 0.1), _result("anila", 0.01, 3.0, 1, 0.6),
-             _result("anila", 0.1, 3.0, 0, 0.25), _result("anila", 0.1, 3.0, 1, 0.35),
-         ]}
+FIXED = {
+    "base": {"dataset": "", "target": "rings", "iters": 10, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant"},
+    "machine": {"cpus": 2, "torch": "x"},
+    "cells": [
+        _result("langevin", 0.01, None, 0, 0.2),
+        _result("langevin", 0.01, None, 1, 0.4),
+        _result("langevin", 0.1, None, 0, None, diverged=True),
+        _result("langevin", 0.1, None, 1, 0.3),
+        _result("anila", 0.01, 3.0, 0, 0.1),
+        _result("anila", 0.01, 3.0, 1, 0.6),
+        _result("anila", 0.1, 3.0, 0, 0.25),
+        _result("anila", 0.1, 3.0, 1, 0.35),
+    ],
+}
 
 
 def test_summary_pools_seeds_exactly():
@@ -75,30 +105,57 @@ def test_summary_pools_seeds_exactly():
     assert best["anila"]["best"]["step_size"] == 0.1 and best["anila"]["best"]["grid_tv"] == pytest.approx(0.3)
     table = markdown_report(FIXED)
     assert "| langevin | 0.1 | — | 30 | buffer | 2 | 1/2 | 1/2 | 0.300 |" in table
-    assert "| anila | 0.1 | 3 | 30 | buffer | 0.300 ± 0.071 | 0.1 |" in table  # K and chains tell apart settings sharing ε and b
+    assert (
+        "| anila | 0.1 | 3 | 30 | buffer | 0.300 ± 0.071 | 0.1 |" in table
+    )  # K and chains tell apart settings sharing ε and b
 
 
 def _two_density_cell(kind, eps, b, seed, tv, sampler_tv, clipped, chains="buffer", n_steps=20, cpu=(10.0, 20.0)):
-    return {"id": f"{kind}{eps}{b}{seed}{chains}{n_steps}", "kind": kind, "step_size": eps, "b": b, "n_steps": n_steps, "chains": chains,
-            "seed": seed, "diverged": False, "final": {"grid_tv": tv, "sampler_grid_tv": sampler_tv}, "best_grid_tv": tv,
-            "clipped_share": clipped, "wall_s": 1.0,
-            "history": [{"iter": 5, "cpu_s": cpu[0], "grid_tv": tv + 0.1}, {"iter": 10, "cpu_s": cpu[1], "grid_tv": tv}]}
+    return {
+        "id": f"{kind}{eps}{b}{seed}{chains}{n_steps}",
+        "kind": kind,
+        "step_size": eps,
+        "b": b,
+        "n_steps": n_steps,
+        "chains": chains,
+        "seed": seed,
+        "diverged": False,
+        "final": {"grid_tv": tv, "sampler_grid_tv": sampler_tv},
+        "best_grid_tv": tv,
+        "clipped_share": clipped,
+        "wall_s": 1.0,
+        "history": [{"iter": 5, "cpu_s": cpu[0], "grid_tv": tv + 0.1}, {"iter": 10, "cpu_s": cpu[1], "grid_tv": tv}],
+    }
 
 
-TWO = {"base": {"dataset": "", "target": "rings", "iters": 10, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant",
-                "hmc_leapfrog": 5},
-       "machine": {"cpus": 2, "torch": "x"}, "cells": [
-           _two_density_cell("langevin", 0.01, None, 0, 0.30, 0.30, None, cpu=(10.0, 20.0)),
-           _two_density_cell("anila", 0.01, 3.0, 0, 0.40, 0.20, 0.5, cpu=(12.0, 24.0)),  # clips: sampler closer
-           _two_density_cell("anila", 0.01, 30.0, 0, 0.25, 0.26, 0.0, cpu=(11.0, 22.0)),  # barely clips: nearly equal
-           _two_density_cell("anila", 1.0, 0.03, 0, 0.45, 0.40, 0.9, chains="short_run"),
-           _two_density_cell("hmc", 0.1, None, 0, 0.22, 0.22, None, n_steps=4, cpu=(30.0, 60.0)),
-       ]}
+TWO = {
+    "base": {
+        "dataset": "",
+        "target": "rings",
+        "iters": 10,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "lr_schedule": "constant",
+        "hmc_leapfrog": 5,
+    },
+    "machine": {"cpus": 2, "torch": "x"},
+    "cells": [
+        _two_density_cell("langevin", 0.01, None, 0, 0.30, 0.30, None, cpu=(10.0, 20.0)),
+        _two_density_cell("anila", 0.01, 3.0, 0, 0.40, 0.20, 0.5, cpu=(12.0, 24.0)),  # clips: sampler closer
+        _two_density_cell("anila", 0.01, 30.0, 0, 0.25, 0.26, 0.0, cpu=(11.0, 22.0)),  # barely clips: nearly equal
+        _two_density_cell("anila", 1.0, 0.03, 0, 0.45, 0.40, 0.9, chains="short_run"),
+        _two_density_cell("hmc", 0.1, None, 0, 0.22, 0.22, None, n_steps=4, cpu=(30.0, 60.0)),
+    ],
+}
 
 
 def test_hmc_cells_join_the_slice_of_equal_gradients_per_iteration():
     rows = summarize(TWO)
-    assert {r["kind"]: r["gradients"] for r in rows if r["chains"] == "buffer"} == {"langevin": 20, "anila": 20, "hmc": 20}
+    assert {r["kind"]: r["gradients"] for r in rows if r["chains"] == "buffer"} == {
+        "langevin": 20,
+        "anila": 20,
+        "hmc": 20,
+    }
     assert main_slice(rows) == (20, "buffer")
     best = {e["kind"]: e["best"] for e in best_settings(TWO)}
     assert best["hmc"]["step_size"] == 0.1 and best["anila"]["b"] == 30.0
@@ -110,11 +167,16 @@ def test_report_counts_which_density_training_fitted():
     # three stable AniLA settings: two with the sampler's density closer to the data (0.20 < 0.40, 0.40 < 0.45)
     assert "closer to the data than exp(−E) in **2 of 3** stable settings (mean TV 0.287 against 0.367)" in text
     assert "clips more than 10 % of coordinates: **2 of 2** (mean TV 0.300 against 0.425)" in text
-    assert "| anila | 0.01 | 3 | 20 | buffer | 1/1 | 50.0 % | 0.400 | 0.200 | -0.200 | — | — |" in text  # K tells rows apart
+    assert (
+        "| anila | 0.01 | 3 | 20 | buffer | 1/1 | 50.0 % | 0.400 | 0.200 | -0.200 | — | — |" in text
+    )  # K tells rows apart
     # a setting that lost the target is listed but not counted
     lost = {**TWO, "cells": TWO["cells"] + [_two_density_cell("anila", 0.1, 1.0, 0, 0.95, 0.60, 0.8)]}
     text = markdown_report(lost)
-    assert "in **2 of 3** stable settings" in text and "| anila | 0.1 | 1 | 20 | buffer | 0/1 | 80.0 % | 0.950 | 0.600 | -0.350 |" in text
+    assert (
+        "in **2 of 3** stable settings" in text
+        and "| anila | 0.1 | 1 | 20 | buffer | 0/1 | 80.0 % | 0.950 | 0.600 | -0.350 |" in text
+    )
     assert [r["b"] for r in two_density_rows(summarize(TWO))] == [3.0, 30.0, 0.03]
 
 
@@ -134,7 +196,13 @@ def test_report_shows_the_papers_rule_and_a_fixed_budget():
 
 def test_report_figures_for_two_densities_and_budget(tmp_path):
     written = sweep.write_report(TWO, tmp_path)
-    assert [p.name for p in written] == ["sweep.md", "heatmaps.png", "stability.png", "quality_vs_budget.png", "two_densities.png"]
+    assert [p.name for p in written] == [
+        "sweep.md",
+        "heatmaps.png",
+        "stability.png",
+        "quality_vs_budget.png",
+        "two_densities.png",
+    ]
     for p in written[1:]:
         assert p.read_bytes()[:4] == b"\x89PNG"
     axes = plot_quality_vs_budget(TWO)
@@ -192,19 +260,45 @@ def test_a_folder_with_another_sweep_or_other_files_is_refused(tmp_path):
 
 def test_cli_sweep_writes_the_table(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["sweep", "--preset", "smoke", "--samplers", "langevin", "anila", "--step-size", "0.01", "--b", "3",
-                 "--n-steps", "5", "--iters", "10", "--eval-every", "5", "--jobs", "1", "--no-progress", "--out", str(out)])
+    code = main(
+        [
+            "sweep",
+            "--preset",
+            "smoke",
+            "--samplers",
+            "langevin",
+            "anila",
+            "--step-size",
+            "0.01",
+            "--b",
+            "3",
+            "--n-steps",
+            "5",
+            "--iters",
+            "10",
+            "--eval-every",
+            "5",
+            "--jobs",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "sweep: 2 cells on rings, 10 iterations each" in printed and str(out / "sweep.md") in printed
     assert json.loads((out / "sweep.json").read_text())["command"].startswith("python -m anila_core")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--study", "smoke", "--samplers", "langevin"], "--study: fixes the grid and the preset; drop --samplers"),
-    (["--samplers", "gibbs"], "invalid choice: 'gibbs'"),
-    (["--step-size", "0"], "step_size: expected finite numbers > 0, got [0.0]"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--study", "smoke", "--samplers", "langevin"], "--study: fixes the grid and the preset; drop --samplers"),
+        (["--samplers", "gibbs"], "invalid choice: 'gibbs'"),
+        (["--step-size", "0"], "step_size: expected finite numbers > 0, got [0.0]"),
+    ],
+)
 def test_cli_sweep_bad_input(tmp_path, capsys, argv, message):
     try:
         code = main(["sweep", "--out", str(tmp_path / "x"), *argv])
@@ -220,23 +314,45 @@ def test_digits_cells_report_fid_kid_and_coverage(tmp_path_factory, monkeypatch)
 
     monkeypatch.delenv("ANILA_DATA", raising=False)
     root = digits_data_root(tmp_path_factory.getbasetemp())
-    base = preset("smoke", "langevin", dataset="digits", device="cpu", data_root=str(root), iters=2, eval_every=2,
-                  fid_every=2, fid_samples=32)
+    base = preset(
+        "smoke",
+        "langevin",
+        dataset="digits",
+        device="cpu",
+        data_root=str(root),
+        iters=2,
+        eval_every=2,
+        fid_every=2,
+        fid_samples=32,
+    )
     cells = Grid(kinds=("langevin", "anila"), step_sizes=(1.0,), bs=(0.1,), n_steps=(3,), chains=("short_run",)).cells()
     out = tmp_path_factory.mktemp("digits-sweep")
     summary = run_sweep(out, cells, base, jobs=1, progress=False)
     for r in summary["cells"]:
-        assert set(r["final"]) == {"fid", "kid", "coverage"} and r["final"]["fid"] >= 0 and 0 <= r["final"]["coverage"] <= 1
+        assert (
+            set(r["final"]) == {"fid", "kid", "coverage"}
+            and r["final"]["fid"] >= 0
+            and 0 <= r["final"]["coverage"] <= 1
+        )
     table = (out / "sweep.md").read_text()
-    assert "| sampler | ε | b / L / λ | K | chains | seeds | diverged | FID | KID | coverage | clipped | wall s |" in table
+    assert (
+        "| sampler | ε | b / L / λ | K | chains | seeds | diverged | FID | KID | coverage | clipped | wall s |" in table
+    )
     assert "final FID" in table
 
 
 def test_hmc_leapfrogs_and_psgld_damping_are_cell_settings():
-    grid = Grid(kinds=("langevin", "hmc", "psgld"), step_sizes=(0.05,), leapfrogs=(5, 10), dampings=(1e-5, 0.1), n_steps=(4,))
+    grid = Grid(
+        kinds=("langevin", "hmc", "psgld"), step_sizes=(0.05,), leapfrogs=(5, 10), dampings=(1e-5, 0.1), n_steps=(4,)
+    )
     ids = sorted(cell_id(c) for c in grid.cells())
-    assert ids == ["hmc-eps0.05-L10-K4-buffer-seed0", "hmc-eps0.05-L5-K4-buffer-seed0", "langevin-eps0.05-K4-buffer-seed0",
-                   "psgld-eps0.05-lam0.1-K4-buffer-seed0", "psgld-eps0.05-lam1e-05-K4-buffer-seed0"]
+    assert ids == [
+        "hmc-eps0.05-L10-K4-buffer-seed0",
+        "hmc-eps0.05-L5-K4-buffer-seed0",
+        "langevin-eps0.05-K4-buffer-seed0",
+        "psgld-eps0.05-lam0.1-K4-buffer-seed0",
+        "psgld-eps0.05-lam1e-05-K4-buffer-seed0",
+    ]
     cells = {cell_id(c): c for c in grid.cells()}
     config = cell_config(tiny_base(), cells["hmc-eps0.05-L10-K4-buffer-seed0"])
     assert config.sampler == "hmc" and config.hmc_leapfrog == 10 and gradients_per_iteration(config) == 40
@@ -245,11 +361,15 @@ def test_hmc_leapfrogs_and_psgld_damping_are_cell_settings():
         Grid(kinds=("hmc",), leapfrogs=(0,))
 
 
-PAIRED = {**FIXED, "cells": [
-    *[_result("langevin", 0.01, None, seed, tv) for seed, tv in enumerate((0.20, 0.30, 0.25, 0.22))],
-    *[_result("anila", 0.01, 3.0, seed, tv) for seed, tv in enumerate((0.25, 0.36, 0.27, 0.30))],
-    _result("anila", 0.1, 3.0, 0, None, diverged=True), *[_result("anila", 0.1, 3.0, s, 0.2 + 0.01 * s) for s in (1, 2, 3)],
-]}
+PAIRED = {
+    **FIXED,
+    "cells": [
+        *[_result("langevin", 0.01, None, seed, tv) for seed, tv in enumerate((0.20, 0.30, 0.25, 0.22))],
+        *[_result("anila", 0.01, 3.0, seed, tv) for seed, tv in enumerate((0.25, 0.36, 0.27, 0.30))],
+        _result("anila", 0.1, 3.0, 0, None, diverged=True),
+        *[_result("anila", 0.1, 3.0, s, 0.2 + 0.01 * s) for s in (1, 2, 3)],
+    ],
+}
 
 
 def test_paired_difference_is_the_t_interval_of_the_seedwise_differences():
@@ -269,8 +389,10 @@ def test_paired_difference_is_the_t_interval_of_the_seedwise_differences():
 
 
 def test_an_interval_across_zero_says_no_difference_detected():
-    cells = [*[_result("langevin", 0.01, None, s, tv) for s, tv in enumerate((0.2, 0.3, 0.25))],
-             *[_result("mala", 0.01, None, s, tv) for s, tv in enumerate((0.25, 0.28, 0.24))]]
+    cells = [
+        *[_result("langevin", 0.01, None, s, tv) for s, tv in enumerate((0.2, 0.3, 0.25))],
+        *[_result("mala", 0.01, None, s, tv) for s, tv in enumerate((0.25, 0.28, 0.24))],
+    ]
     summary = {**FIXED, "cells": cells}
     rows = {r["kind"]: r for r in summarize(summary)}
     paired = paired_difference(summary, rows["mala"], rows["langevin"])
@@ -279,9 +401,11 @@ def test_an_interval_across_zero_says_no_difference_detected():
 
 
 def test_verdict_settings_take_a_clipping_anila_and_give_them_more_seeds():
-    cells = [*[_result("langevin", 0.01, None, s, 0.2) for s in (0, 1)],
-             *[{**_result("anila", 0.01, 30.0, s, 0.2), "clipped_share": 0.0} for s in (0, 1)],  # Langevin's own chain
-             *[_result("anila", 0.01, 3.0, s, 0.3) for s in (0, 1)]]  # clips 25 %: worse, but a comparison
+    cells = [
+        *[_result("langevin", 0.01, None, s, 0.2) for s in (0, 1)],
+        *[{**_result("anila", 0.01, 30.0, s, 0.2), "clipped_share": 0.0} for s in (0, 1)],  # Langevin's own chain
+        *[_result("anila", 0.01, 3.0, s, 0.3) for s in (0, 1)],
+    ]  # clips 25 %: worse, but a comparison
     summary = {**FIXED, "cells": cells}
     chosen = {(r["kind"], r["b"]) for r in verdict_settings(summary)}
     assert chosen == {("langevin", None), ("anila", 3.0)}
@@ -308,8 +432,20 @@ def test_the_product_formula_is_measured_once_per_design_and_kept(tmp_path, monk
 
     def measured(base, bs, **kw):
         calls.append(list(bs))
-        return [{"b": b, "formula_tv": 0.2, "energy_tv": 0.3, "floor": 0.1, "densities_tv": 0.4, "exact": False, "chains": 10,
-                 "steps": 5, "step_size": 0.01} for b in bs]
+        return [
+            {
+                "b": b,
+                "formula_tv": 0.2,
+                "energy_tv": 0.3,
+                "floor": 0.1,
+                "densities_tv": 0.4,
+                "exact": False,
+                "chains": 10,
+                "steps": 5,
+                "step_size": 0.01,
+            }
+            for b in bs
+        ]
 
     monkeypatch.setattr(sweep, "product_formula_errors", measured)
     cells = Grid(kinds=("langevin", "anila"), step_sizes=(0.01,), bs=(3.0,), n_steps=(2,), seeds=(0,)).cells()

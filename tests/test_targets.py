@@ -11,7 +11,9 @@ from anila_core.sampling.targets import Gaussian, GaussianMixture, Rings, make_t
 Z = 4.0
 
 
-@pytest.mark.parametrize("target", [Rings(), GaussianMixture(), Gaussian([0.7, 1.3]), Gaussian([0.5, 2.0], mean=[1.0, -1.0])], ids=repr)
+@pytest.mark.parametrize(
+    "target", [Rings(), GaussianMixture(), Gaussian([0.7, 1.3]), Gaussian([0.5, 2.0], mean=[1.0, -1.0])], ids=repr
+)
 def test_log_prob_integrates_to_one(target):
     extent, size = 9.0, 900
     _, pts = grid_points(extent, size)

@@ -25,7 +25,18 @@ def test_smoke_training_logs_finite_diagnostics(sampler):
     assert [r["iter"] for r in rows] == [10, 20, 30]
     assert rows == trainer.history
     for row in rows:
-        for key in ("loss", "energy_data", "energy_samples", "energy_gap", "grid_tv", "grid_kl", "mmd", "grad_norm", "wall_s", "lr"):
+        for key in (
+            "loss",
+            "energy_data",
+            "energy_samples",
+            "energy_gap",
+            "grid_tv",
+            "grid_kl",
+            "mmd",
+            "grad_norm",
+            "wall_s",
+            "lr",
+        ):
             assert isinstance(row[key], float) and row[key] == row[key], key
         assert 0 <= row["grid_tv"] <= 1
         assert row["energy_gap"] == pytest.approx(row["energy_data"] - row["energy_samples"])
@@ -129,7 +140,10 @@ def test_a_nan_parameter_stops_the_run_with_iteration_cause_and_checkpoint(tmp_p
 
 def test_an_exploding_energy_gap_stops_the_run():
     trainer = Trainer(smoke("langevin", max_energy_gap=1e-9), progress=False)
-    with pytest.raises(TrainingDiverged, match=r"iteration 1: the energy gap .* exceeds max_energy_gap .* no checkpoint was written yet"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"iteration 1: the energy gap .* exceeds max_energy_gap .* no checkpoint was written yet",
+    ):
         trainer.run()
 
 

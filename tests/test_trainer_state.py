@@ -1,4 +1,5 @@
-"""Runs you can trust: checkpoints checked against their config, divergence that never points at a broken state, the compiled path decided once, a loop one can read."""
+"""Runs you can trust: checkpoints checked against their config, divergence that never points at a broken state, the
+compiled path decided once, a loop one can read."""
 
 import ast
 import copy
@@ -42,18 +43,21 @@ def good_state() -> dict:
 def _set(key, value):
     def edit(state):
         state[key] = value
+
     return edit
 
 
 def _first_weight(name):
     def edit(state):
         state[name]["net.0.weight"] = torch.zeros(3, 3)
+
     return edit
 
 
 def _nan_weight(name):
     def edit(state):
         state[name]["net.0.weight"][0, 0] = float("nan")
+
     return edit
 
 
@@ -66,37 +70,90 @@ def _optimizer_params(state):
 
 
 CORRUPTIONS = {
-    "buffer-of-10-chains": (lambda s: s.__setitem__("buffer", s["buffer"][:10]),
-                            "replay buffer holds 10 chain(s) of shape (2,)", "expects buffer_size = 500 chains of shape (2,)"),
+    "buffer-of-10-chains": (
+        lambda s: s.__setitem__("buffer", s["buffer"][:10]),
+        "replay buffer holds 10 chain(s) of shape (2,)",
+        "expects buffer_size = 500 chains of shape (2,)",
+    ),
     "buffer-missing": (_set("buffer", None), "replay buffer is NoneType", "buffer_size = 500"),
     "iteration-negative": (_set("iteration", -5), "its iteration is -5", "expected an integer in [0, 20]"),
     "iteration-past-iters": (_set("iteration", 21), "its iteration is 21", "expected an integer in [0, 20]"),
     "iteration-not-an-integer": (_set("iteration", "10"), "its iteration is '10'", "expected an integer"),
-    "generator-cuda-sized": (_set("generator", torch.zeros(16, dtype=torch.uint8)), "chain generator state is a torch.uint8 tensor of 16",
-                             "expected the state of a cpu torch.Generator, a torch.uint8 tensor of 5056 bytes"),
-    "generator-float": (_set("generator", torch.zeros(5056)), "chain generator state is a torch.float32 tensor", "5056 bytes"),
-    "torch-rng-missing": (lambda s: s.pop("torch_rng"), "global RNG state (torch_rng) is a NoneType", "cpu torch.Generator"),
+    "generator-cuda-sized": (
+        _set("generator", torch.zeros(16, dtype=torch.uint8)),
+        "chain generator state is a torch.uint8 tensor of 16",
+        "expected the state of a cpu torch.Generator, a torch.uint8 tensor of 5056 bytes",
+    ),
+    "generator-float": (
+        _set("generator", torch.zeros(5056)),
+        "chain generator state is a torch.float32 tensor",
+        "5056 bytes",
+    ),
+    "torch-rng-missing": (
+        lambda s: s.pop("torch_rng"),
+        "global RNG state (torch_rng) is a NoneType",
+        "cpu torch.Generator",
+    ),
     "history-not-a-list": (_set("history", "rows"), "its history is str", "expected a list of evaluation rows (dicts)"),
-    "history-row-not-a-dict": (lambda s: s["history"].append(3), "a list whose row 1 is not a dict", "expected a list of evaluation rows"),
-    "optimizer-moment-shape": (_optimizer_moment, "optimizer's exp_avg for net.0.weight has shape (3, 3)",
-                               "expected shape (32, 2), the shape of that parameter"),
-    "optimizer-parameter-count": (_optimizer_params, "optimizer holds 5 parameter(s) in 1 group(s)", "expected one group of 6"),
-    "optimizer-not-a-state-dict": (_set("optimizer", [1, 2]), "optimizer state is not an Adam state_dict (got list)", "'param_groups'"),
-    "ema-shape": (_first_weight("ema_model"), "its EMA model does not match this configuration's architecture: net.0.weight has shape (3, 3)",
-                  "expected a checkpoint written with the same network settings"),
+    "history-row-not-a-dict": (
+        lambda s: s["history"].append(3),
+        "a list whose row 1 is not a dict",
+        "expected a list of evaluation rows",
+    ),
+    "optimizer-moment-shape": (
+        _optimizer_moment,
+        "optimizer's exp_avg for net.0.weight has shape (3, 3)",
+        "expected shape (32, 2), the shape of that parameter",
+    ),
+    "optimizer-parameter-count": (
+        _optimizer_params,
+        "optimizer holds 5 parameter(s) in 1 group(s)",
+        "expected one group of 6",
+    ),
+    "optimizer-not-a-state-dict": (
+        _set("optimizer", [1, 2]),
+        "optimizer state is not an Adam state_dict (got list)",
+        "'param_groups'",
+    ),
+    "ema-shape": (
+        _first_weight("ema_model"),
+        "its EMA model does not match this configuration's architecture: net.0.weight has shape (3, 3)",
+        "expected a checkpoint written with the same network settings",
+    ),
     "ema-missing": (_set("ema_model", None), "its EMA model does not match", "holds no weights for it (got NoneType)"),
-    "model-shape": (_first_weight("model"), "net.0.weight has shape (3, 3) in the checkpoint, (32, 2) in this configuration",
-                    "same network settings"),
-    "model-nan": (_nan_weight("model"), "its model's net.0.weight holds NaN or infinite values", "expected finite parameters"),
-    "ema-nan": (_nan_weight("ema_model"), "its EMA model's net.0.weight holds NaN or infinite values", "expected finite parameters"),
+    "model-shape": (
+        _first_weight("model"),
+        "net.0.weight has shape (3, 3) in the checkpoint, (32, 2) in this configuration",
+        "same network settings",
+    ),
+    "model-nan": (
+        _nan_weight("model"),
+        "its model's net.0.weight holds NaN or infinite values",
+        "expected finite parameters",
+    ),
+    "ema-nan": (
+        _nan_weight("ema_model"),
+        "its EMA model's net.0.weight holds NaN or infinite values",
+        "expected finite parameters",
+    ),
     "lr-factor-zero": (_set("lr_factor", 0.0), "its lr_factor is 0.0", "expected a number in (0, 1]"),
-    "ranks-not-a-list": (_set("ranks", {"0": None}), "its 'ranks' is a dict", "expected a list of per-rank chain states"),
-    "rank-buffer": (lambda s: s.__setitem__("ranks", [ChainState.from_dict(s).to_dict() | {"buffer": torch.zeros(10, 2)}]),
-                    "rank 0's replay buffer holds 10 chain(s)", "buffer_size = 500"),
+    "ranks-not-a-list": (
+        _set("ranks", {"0": None}),
+        "its 'ranks' is a dict",
+        "expected a list of per-rank chain states",
+    ),
+    "rank-buffer": (
+        lambda s: s.__setitem__("ranks", [ChainState.from_dict(s).to_dict() | {"buffer": torch.zeros(10, 2)}]),
+        "rank 0's replay buffer holds 10 chain(s)",
+        "buffer_size = 500",
+    ),
     "fast-not-a-bool": (_set("fast", "auto"), "its fast is 'auto'", "expected True or False"),
     "format-other": (_set("format", 2), "format 2", "reads format 1"),
-    "settings-other": (lambda s: s["config"].__setitem__("lr", 0.5), "was trained with other settings: lr 0.5 in the checkpoint",
-                       "only iters, device, data_root, on_divergence, max_rollbacks may change on resume"),
+    "settings-other": (
+        lambda s: s["config"].__setitem__("lr", 0.5),
+        "was trained with other settings: lr 0.5 in the checkpoint",
+        "only iters, device, data_root, on_divergence, max_rollbacks may change on resume",
+    ),
     "model-missing": (lambda s: s.pop("model"), "lacks 'model'", "expected a complete checkpoint"),
 }
 
@@ -129,7 +186,11 @@ def test_a_corrupted_checkpoint_is_refused_with_what_and_what_was_expected(good_
 
 
 def _tree(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("name", ["buffer-of-10-chains", "model-nan", "iteration-negative"])
@@ -186,7 +247,9 @@ def test_an_optimizer_overflow_is_a_divergence_that_names_the_step_and_the_learn
         Trainer(smoke(lr=1e39), progress=False).run()
     assert err.value.iteration == 1
     assert "optimizer step" in err.value.cause and "learning rate 1e+39" in err.value.cause
-    assert str(err.value).startswith(f"training diverged at iteration 1: {err.value.cause}; no checkpoint was written yet")
+    assert str(err.value).startswith(
+        f"training diverged at iteration 1: {err.value.cause}; no checkpoint was written yet"
+    )
 
 
 def test_an_optimizer_overflow_rolls_back_and_the_run_completes():
@@ -256,7 +319,9 @@ def test_no_function_in_trainer_py_is_over_60_lines_and_the_loop_fits_one_screen
     lengths = {f.name: f.end_lineno - f.lineno + 1 for f in functions}
     assert max(lengths.values()) <= 60, {k: v for k, v in lengths.items() if v > 60}
     # run sets the CPU threads and hands over to _run, which holds the loop
-    loop = next(node for f in functions if f.name in ("run", "_run") for node in ast.walk(f) if isinstance(node, ast.While))
+    loop = next(
+        node for f in functions if f.name in ("run", "_run") for node in ast.walk(f) if isinstance(node, ast.While)
+    )
     assert loop.end_lineno - loop.lineno + 1 <= 40
 
 

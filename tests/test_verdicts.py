@@ -1,4 +1,5 @@
-"""The run-comparison rule of the notebooks' verdicts (an erratic loser still loses, equal runs tie, crossing runs have no winner), and the check of notebook outputs for noise."""
+"""The run-comparison rule of the notebooks' verdicts (an erratic loser still loses, equal runs tie, crossing runs have
+no winner), and the check of notebook outputs for noise."""
 
 import math
 
@@ -12,7 +13,8 @@ def rows(values, every=100):
 
 
 def test_an_erratic_run_behind_at_every_evaluation_loses():
-    # notebook 02's case: b = 3 jumps about (0.15 → 0.40 → 0.22 …) but is above b = 30 at every evaluation of the last half;
+    # notebook 02's case: b = 3 jumps about (0.15 → 0.40 → 0.22 …) but is above b = 30 at every evaluation of the last
+    # half;
     # a rule that reads how much a run moved over its last evaluations called this "no clear winner"
     steady = rows([0.5, 0.3, 0.12, 0.11, 0.10, 0.10, 0.101, 0.10])
     erratic = rows([0.5, 0.4, 0.35, 0.41, 0.18, 0.40, 0.229, 0.33])
@@ -49,10 +51,18 @@ def test_runs_that_cross_have_no_clear_winner_and_the_count_is_given():
 
 
 def test_higher_is_better_metrics_and_missing_values():
-    a = [{"iter": 1, "acc": 0.5}, {"iter": 2, "acc": None}, {"iter": 3, "acc": 0.7}, {"iter": 4, "acc": math.nan}, {"iter": 5, "acc": 0.8}]
+    a = [
+        {"iter": 1, "acc": 0.5},
+        {"iter": 2, "acc": None},
+        {"iter": 3, "acc": 0.7},
+        {"iter": 4, "acc": math.nan},
+        {"iter": 5, "acc": 0.8},
+    ]
     b = [{"iter": i, "acc": 0.4} for i in range(1, 6)]
     result = compare_runs({"a": a, "b": b}, "acc", lower_is_better=False)
-    assert result.outcome == "winner" and result.first == "a" and result.iters == (3, 5)  # None and NaN rows are skipped
+    assert (
+        result.outcome == "winner" and result.first == "a" and result.iters == (3, 5)
+    )  # None and NaN rows are skipped
 
 
 def test_too_few_shared_evaluations_and_bad_arguments():
@@ -71,14 +81,24 @@ def test_notebook_noise_finds_stderr_and_warnings_and_passes_clean_outputs():
     from notebook_noise import noise_in_outputs
 
     def nb(*outputs):
-        return {"cells": [{"cell_type": "markdown", "source": "UserWarning: in prose is fine"},
-                          {"cell_type": "code", "id": "c1", "outputs": list(outputs)}]}
+        return {
+            "cells": [
+                {"cell_type": "markdown", "source": "UserWarning: in prose is fine"},
+                {"cell_type": "code", "id": "c1", "outputs": list(outputs)},
+            ]
+        }
 
-    clean = nb({"output_type": "stream", "name": "stdout", "text": "iteration 10: gap -0.1\n"},
-               {"output_type": "display_data", "data": {"text/plain": "<Figure>", "image/png": "..."}})
+    clean = nb(
+        {"output_type": "stream", "name": "stdout", "text": "iteration 10: gap -0.1\n"},
+        {"output_type": "display_data", "data": {"text/plain": "<Figure>", "image/png": "..."}},
+    )
     assert noise_in_outputs(clean) == []
-    stderr = noise_in_outputs(nb({"output_type": "stream", "name": "stderr", "text": "notice: FID uses other features\n"}))
+    stderr = noise_in_outputs(
+        nb({"output_type": "stream", "name": "stderr", "text": "notice: FID uses other features\n"})
+    )
     assert len(stderr) == 1 and "stderr" in stderr[0] and "(c1)" in stderr[0]
     printed = nb({"output_type": "stream", "name": "stdout", "text": "x.py:3: UserWarning: Converting a tensor\n"})
     assert "warning on stdout" in noise_in_outputs(printed)[0]
-    assert noise_in_outputs(nb({"output_type": "stream", "name": "stderr", "text": "\n"})) == []  # an empty line is no message
+    assert (
+        noise_in_outputs(nb({"output_type": "stream", "name": "stderr", "text": "\n"})) == []
+    )  # an empty line is no message

@@ -1,10 +1,10 @@
-"""The sampling panel: plain logic in run_comparison, sliders that rerun it on release and update the figure in place."""
+"""The sampling panel: plain logic in run_comparison, sliders that rerun it on release and update the figure in
+place."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402

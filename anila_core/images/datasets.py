@@ -43,7 +43,11 @@ SIZES = {"digits": (8, 16), "cifar10": (8, 16, 32, 64), "flowers": (8, 16, 32, 6
 DEFAULT_SIZES = {"digits": 8, "cifar10": 32, "flowers": 32}
 #: Colour channels of each dataset's images (known without reading a file: a checkpoint is checked against it).
 CHANNELS = {"digits": 1, "cifar10": 3, "flowers": 3}
-SPLITS = {"digits": ("train", "test", "all"), "cifar10": ("train", "test", "all"), "flowers": ("train", "val", "test", "all")}
+SPLITS = {
+    "digits": ("train", "test", "all"),
+    "cifar10": ("train", "test", "all"),
+    "flowers": ("train", "val", "test", "all"),
+}
 
 # Held-out share of the digits (stratified per class, fixed seed): the classifier's test set.
 _DIGITS_TEST_SHARE = 0.2
@@ -96,7 +100,9 @@ class ImageDataset:
             got = self.data.dtype if isinstance(self.data, torch.Tensor) else type(self.data).__name__
             raise ValueError(f"data: expected a real-valued torch.Tensor (uint8 or float), got {got}")
         if not isinstance(self.data_max, (int, float)) or not 0 < self.data_max < float("inf"):
-            raise ValueError(f"data_max: expected a finite number > 0 (the raw value that maps to +1), got {self.data_max!r}")
+            raise ValueError(
+                f"data_max: expected a finite number > 0 (the raw value that maps to +1), got {self.data_max!r}"
+            )
         if self.data.is_floating_point() and not torch.isfinite(self.data).all():
             bad = int((~torch.isfinite(self.data)).sum())
             raise ValueError(f"data: expected finite values, got {bad} NaN or infinite value(s) in {self.name}")
@@ -141,7 +147,9 @@ class ImageDataset:
         the same batches on every machine.
         """
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self):
-            raise ValueError(f"n: expected an integer in [1, {len(self)}] (the size of {self.name}/{self.split}), got {n!r}")
+            raise ValueError(
+                f"n: expected an integer in [1, {len(self)}] (the size of {self.name}/{self.split}), got {n!r}"
+            )
         index = torch.randperm(len(self), generator=generator)[:n]
         images = self.to_float(self.data[index])
         if device is not None:
@@ -362,14 +370,18 @@ def _load_flowers(root: Path, size: int, split: str, download: bool, verify: boo
             try:
                 image, label = ds[i]
             except FileNotFoundError as e:
-                raise DatasetNotFoundError(f"Flowers102: {e.filename or e} is listed in setid.mat but missing. {help_text}") from e
+                raise DatasetNotFoundError(
+                    f"Flowers102: {e.filename or e} is listed in setid.mat but missing. {help_text}"
+                ) from e
             images.append(image)
             labels.append(label)
     data = torch.stack(images)
     labels = torch.as_tensor(labels, dtype=torch.int64)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(cache, {"format": _FLOWERS_CACHE_FORMAT, "signature": signature, "data": data, "labels": labels})
+        atomic_torch_save(
+            cache, {"format": _FLOWERS_CACHE_FORMAT, "signature": signature, "data": data, "labels": labels}
+        )
     except OSError:
         pass  # a read-only data root only costs the decoding again next time
     return ImageDataset("flowers", data, labels, 255.0, list(Flowers102.classes), split)
@@ -394,7 +406,9 @@ def _require_files(title: str, folder: Path, names: Sequence[str], help_text: st
         raise DatasetNotFoundError(f"{title}: folder {folder} does not exist. {help_text}")
     missing = [n for n in names if not (folder / n).is_file()]
     if len(missing) == len(names):
-        raise DatasetNotFoundError(f"{title}: folder {folder} holds none of the dataset files ({', '.join(names)}). {help_text}")
+        raise DatasetNotFoundError(
+            f"{title}: folder {folder} holds none of the dataset files ({', '.join(names)}). {help_text}"
+        )
     if missing:
         raise DatasetNotFoundError(f"{title}: folder {folder} lacks {', '.join(missing)}. {help_text}")
 

@@ -37,7 +37,8 @@ NUM_CLASSES = 10
 
 
 class DigitsClassifier(nn.Module):
-    """Logits over the ten digits for images ``(N, 1, H, W)`` in ``[-1, 1]``; inputs other than 8×8 are average-pooled to 8×8."""
+    """Logits over the ten digits for images ``(N, 1, H, W)`` in ``[-1, 1]``; inputs other than 8×8 are average-pooled
+    to 8×8."""
 
     def __init__(self, width: int = 16, num_features: int = 64):
         super().__init__()
@@ -85,7 +86,8 @@ class DigitsClassifier(nn.Module):
 
 
 class ClassifierFeatures(nn.Module):
-    """A classifier's penultimate features (its ``features`` method) as a feature extractor for :func:`anila_core.images.metrics.fid_kid`.
+    """A classifier's penultimate features (its ``features`` method) as a feature extractor for
+    :func:`anila_core.images.metrics.fid_kid`.
 
     Used for the digits classifier and for the one ``images:FOLDER`` runs train on their folder.
     """

@@ -1,4 +1,5 @@
-"""Judging an image EBM: FID/KID against fixed real images (features extracted once), digit coverage, and AniLA's per-pixel step sizes.
+"""Judging an image EBM: FID/KID against fixed real images (features extracted once), digit coverage, and AniLA's
+per-pixel step sizes.
 
 Which features: the digits get the small digits classifier (:mod:`anila_core.images.digits_classifier`),
 CIFAR-10 and Flowers the standard Inception network (:mod:`anila_core.images.metrics`), which
@@ -44,22 +45,43 @@ class ImageScorer:
     :func:`anila_core.images.metrics.fid_kid` on the same images and extractor.
     """
 
-    def __init__(self, real: torch.Tensor, extractor: nn.Module, features: str, classifier: nn.Module | None = None,
-                 batch_size: int = 200, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0):
+    def __init__(
+        self,
+        real: torch.Tensor,
+        extractor: nn.Module,
+        features: str,
+        classifier: nn.Module | None = None,
+        batch_size: int = 200,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        seed: int = 0,
+    ):
         if not isinstance(real, torch.Tensor) or real.ndim != 4 or len(real) < 2:
-            raise ValueError(f"real: expected at least 2 images of shape (N, C, H, W), got {getattr(real, 'shape', type(real).__name__)}")
+            raise ValueError(
+                "real: expected at least 2 images of shape (N, C, H, W), got "
+                f"{getattr(real, 'shape', type(real).__name__)}"
+            )
         self.extractor, self.features, self.classifier = extractor, features, classifier
-        self.batch_size, self.kid_subsets, self.kid_subset_size, self.seed = batch_size, kid_subsets, kid_subset_size, seed
+        self.batch_size, self.kid_subsets, self.kid_subset_size, self.seed = (
+            batch_size,
+            kid_subsets,
+            kid_subset_size,
+            seed,
+        )
         self.n_real = len(real)
         self.real_features = extract_features(real.float().clamp(-1, 1), extractor, batch_size)
 
     def score(self, fake: torch.Tensor) -> dict:
-        """``fid``, ``kid`` (the mean over subsets), ``kid_std``, and for the digits ``coverage``, ``class_entropy``, ``class_histogram``."""
+        """``fid``, ``kid`` (the mean over subsets), ``kid_std``, and for the digits ``coverage``, ``class_entropy``,
+        ``class_histogram``."""
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
         if not isinstance(fake, torch.Tensor) or fake.ndim != 4 or len(fake) < 2:
-            raise ValueError(f"fake: expected at least 2 images of shape (N, C, H, W), got {getattr(fake, 'shape', type(fake).__name__)}")
+            raise ValueError(
+                "fake: expected at least 2 images of shape (N, C, H, W), got "
+                f"{getattr(fake, 'shape', type(fake).__name__)}"
+            )
         fake = fake.detach().float().nan_to_num(0.0).clamp(-1, 1)
         f_fake = extract_features(fake, self.extractor, self.batch_size)
         given = _Given(self.real_features.shape[1])
@@ -70,8 +92,12 @@ class ImageScorer:
         fid.update(f_fake, real=False)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-            kid = KernelInceptionDistance(feature=given, subsets=self.kid_subsets, sync_on_compute=False,
-                                          subset_size=min(self.kid_subset_size, self.n_real, len(fake)))
+            kid = KernelInceptionDistance(
+                feature=given,
+                subsets=self.kid_subsets,
+                sync_on_compute=False,
+                subset_size=min(self.kid_subset_size, self.n_real, len(fake)),
+            )
         kid.update(self.real_features, real=True)
         kid.update(f_fake, real=False)
         with torch.random.fork_rng(devices=[]):
@@ -86,7 +112,9 @@ class ImageScorer:
         return out
 
 
-def make_scorer(dataset: str, real: torch.Tensor, device: torch.device | str = "cpu", data_root: str | None = None) -> ImageScorer:
+def make_scorer(
+    dataset: str, real: torch.Tensor, device: torch.device | str = "cpu", data_root: str | None = None
+) -> ImageScorer:
     """The scorer for ``dataset``'s samples: digits-classifier features (and coverage) or Inception features.
 
     Raises :class:`~anila_core.images.metrics.InceptionUnavailableError` for CIFAR-10 and
@@ -104,8 +132,11 @@ def make_scorer(dataset: str, real: torch.Tensor, device: torch.device | str = "
     return ImageScorer(real, extractor, FEATURES[dataset])
 
 
-def step_size_image(sampler: Sampler, energy_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """AniLA's relative step ``γ/ε`` at each pixel of the images ``x``, averaged over the batch and the channels: ``(H, W)`` on the CPU.
+def step_size_image(
+    sampler: Sampler, energy_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """AniLA's relative step ``γ/ε`` at each pixel of the images ``x``, averaged over the batch and the channels: ``(H,
+    W)`` on the CPU.
 
     1 means the full step ε (``|g| ≤ b``); small values show where the energy is steep and the
     sampler shrinks its steps. Langevin gives 1 everywhere.
@@ -116,10 +147,20 @@ def step_size_image(sampler: Sampler, energy_fn: Callable[[torch.Tensor], torch.
     return (sampler.step_sizes(grad) / sampler.step_size).mean(dim=(0, 1)).float().cpu()
 
 
-def sample_from_noise(energy_fn, sampler: Sampler, shape: tuple[int, int, int], n: int, n_steps: int, seed: int = 0,
-                      clamp: float = 1.0, device: torch.device | str = "cpu", batch_size: int | None = None,
-                      trace=None) -> torch.Tensor:
-    """``n`` images from ``n_steps`` of ``sampler`` started at uniform noise on ``[-1, 1]``, clamped to ``[-clamp, clamp]`` (0: no clamp).
+def sample_from_noise(
+    energy_fn,
+    sampler: Sampler,
+    shape: tuple[int, int, int],
+    n: int,
+    n_steps: int,
+    seed: int = 0,
+    clamp: float = 1.0,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+    trace=None,
+) -> torch.Tensor:
+    """``n`` images from ``n_steps`` of ``sampler`` started at uniform noise on ``[-1, 1]``, clamped to ``[-clamp,
+    clamp]`` (0: no clamp).
 
     Short-run sampling as in training; one generator seeded ``seed`` draws the start and the
     noise, so the same seed gives the same images for any sampler settings' first draw.

@@ -1,4 +1,5 @@
-"""Images from a folder of your own: torchvision's ImageFolder layout (one subfolder per class) or a flat folder, resized, split into training and held-out images.
+"""Images from a folder of your own: torchvision's ImageFolder layout (one subfolder per class) or a flat folder,
+resized, split into training and held-out images.
 
 The files are found as torchvision's :class:`~torchvision.datasets.ImageFolder` finds them
 (its ``make_dataset`` and image extensions), decoded with PIL (torchvision's image backend)
@@ -38,7 +39,8 @@ class FolderScan:
 
 @dataclass(eq=False)
 class FolderImages:
-    """A folder's images split in two :class:`ImageDataset` (uint8, ``data_max`` 255): what training sees and what evaluation holds out."""
+    """A folder's images split in two :class:`ImageDataset` (uint8, ``data_max`` 255): what training sees and what
+    evaluation holds out."""
 
     train: ImageDataset
     held_out: ImageDataset
@@ -57,7 +59,8 @@ def _is_image_name(path: Path) -> bool:
 
 
 def scan_image_folder(root: str | Path) -> FolderScan:
-    """Find the images of ``root``: one subfolder per class (searched as ImageFolder does), or image files directly in it.
+    """Find the images of ``root``: one subfolder per class (searched as ImageFolder does), or image files directly in
+    it.
 
     Hidden entries (``.ipynb_checkpoints``, ``.DS_Store``) and files that are not images by
     their extension are not data; anything else that does not fit one layout is refused.
@@ -71,42 +74,61 @@ def scan_image_folder(root: str | Path) -> FolderScan:
     folders = [p for p in visible if p.is_dir()]
     images = _once([p for p in visible if _is_image_name(p) and not p.is_dir() and _regular(p, root)])
     if folders and images:
-        raise ValueError(f"holds both image files ({images[0].name}, ...) and subfolders ({folders[0].name}, ...); expected one "
-                         "layout: a subfolder per class (torchvision's ImageFolder) or images directly in the folder")
+        raise ValueError(
+            f"holds both image files ({images[0].name}, ...) and subfolders ({folders[0].name}, ...); expected one "
+            "layout: a subfolder per class (torchvision's ImageFolder) or images directly in the folder"
+        )
     if folders:
         class_to_idx = {p.name: i for i, p in enumerate(folders)}
         samples = [(f, class_to_idx[p.name]) for p in folders for f in _images_under(p, root)]
         found = {c for _, c in samples}
         empty = [p.name for p in folders if class_to_idx[p.name] not in found]
         if len(empty) == len(folders):
-            raise ValueError(f"holds {len(folders)} subfolder(s) but no image files in them; expected image files "
-                             f"({', '.join(_extensions())}) in one subfolder per class")
+            raise ValueError(
+                f"holds {len(folders)} subfolder(s) but no image files in them; expected image files "
+                f"({', '.join(_extensions())}) in one subfolder per class"
+            )
         if empty:
-            raise ValueError(f"has class folder(s) with no image files: {', '.join(empty[:_LISTED])}"
-                             f"{' ...' if len(empty) > _LISTED else ''}; expected images in every class folder (remove the empty ones)")
+            raise ValueError(
+                f"has class folder(s) with no image files: {', '.join(empty[:_LISTED])}"
+                f"{' ...' if len(empty) > _LISTED else ''}; expected images in every class folder (remove the empty "
+                "ones)"
+            )
         samples.sort(key=lambda s: (s[1], str(s[0])))
         return FolderScan(tuple(f for f, _ in samples), tuple(c for _, c in samples), tuple(p.name for p in folders))
     if not images:
         others = [p.name for p in visible if p.is_file()]
-        found = f" (it holds {len(others)} other file(s): {', '.join(others[:_LISTED])}{' ...' if len(others) > _LISTED else ''})" if others else ""
-        raise ValueError(f"holds no image files{found}; expected image files ({', '.join(_extensions())}) in the folder or in one "
-                         "subfolder per class")
+        found = (
+            f" (it holds {len(others)} other file(s): "
+            f"{', '.join(others[:_LISTED])}{' ...' if len(others) > _LISTED else ''})"
+            if others
+            else ""
+        )
+        raise ValueError(
+            f"holds no image files{found}; expected image files ({', '.join(_extensions())}) in the folder or in one "
+            "subfolder per class"
+        )
     return FolderScan(tuple(images), (0,) * len(images), ())
 
 
 def _regular(path: Path, root: Path) -> bool:
-    """True for a regular file (through links); ``ValueError`` naming a FIFO, socket or device or a broken link with an image's name."""
+    """True for a regular file (through links); ``ValueError`` naming a FIFO, socket or device or a broken link with an
+    image's name."""
     import stat
 
     try:
         mode = path.stat().st_mode
     except OSError:
-        raise ValueError(f"has {path.relative_to(root)}, a link to nothing (or a file that cannot be opened); expected image "
-                         "files: remove it") from None
+        raise ValueError(
+            f"has {path.relative_to(root)}, a link to nothing (or a file that cannot be opened); expected image "
+            "files: remove it"
+        ) from None
     if not stat.S_ISREG(mode):
         from anila_core.fileio import file_kind
 
-        raise ValueError(f"has {path.relative_to(root)}, which is {file_kind(mode)}, not a regular file; expected image files")
+        raise ValueError(
+            f"has {path.relative_to(root)}, which is {file_kind(mode)}, not a regular file; expected image files"
+        )
     return True
 
 
@@ -156,7 +178,8 @@ def _header(path: Path) -> tuple[str, tuple[int, int]]:
 
 
 def _decode(path: Path, colour: bool):
-    """The image at ``path`` as a PIL image in mode ``"RGB"`` when ``colour``, else ``"L"``; 16-bit grey is scaled to 8 bits, alpha dropped."""
+    """The image at ``path`` as a PIL image in mode ``"RGB"`` when ``colour``, else ``"L"``; 16-bit grey is scaled to 8
+    bits, alpha dropped."""
     from PIL import Image
 
     with Image.open(path) as image:
@@ -171,8 +194,10 @@ def _decode(path: Path, colour: bool):
 
 
 def _unreadable(broken: list[str], total: int) -> ValueError:
-    return ValueError(f"has {len(broken)} file(s) of {total} that cannot be read as images ({'; '.join(broken[:_LISTED])}"
-                      f"{' ...' if len(broken) > _LISTED else ''}); expected image files that PIL decodes: repair or remove them")
+    return ValueError(
+        f"has {len(broken)} file(s) of {total} that cannot be read as images ({'; '.join(broken[:_LISTED])}"
+        f"{' ...' if len(broken) > _LISTED else ''}); expected image files that PIL decodes: repair or remove them"
+    )
 
 
 def _problem(path: Path, root: Path, err: Exception) -> str:
@@ -180,22 +205,28 @@ def _problem(path: Path, root: Path, err: Exception) -> str:
 
 
 def _own_side(sizes: list[tuple[int, int]], files: tuple[Path, ...]) -> int:
-    """The side every image already has, when they share one square size the ConvNet takes; else a ``ValueError`` asking for ``image_size``."""
+    """The side every image already has, when they share one square size the ConvNet takes; else a ``ValueError`` asking
+    for ``image_size``."""
     distinct = sorted(set(sizes))
     sides = ", ".join(str(s) for s in IMAGE_SIZES)
     if len(distinct) > 1:
         shown = ", ".join(f"{w}×{h}" for w, h in distinct[:_LISTED]) + (" ..." if len(distinct) > _LISTED else "")
-        raise ValueError(f"holds images of {len(distinct)} sizes ({shown}); expected image_size set to the side they are all "
-                         f"resized to ({sides}); without it the images must share one square size")
-    (w, h), = distinct
+        raise ValueError(
+            f"holds images of {len(distinct)} sizes ({shown}); expected image_size set to the side they are all "
+            f"resized to ({sides}); without it the images must share one square size"
+        )
+    ((w, h),) = distinct
     if w != h or w not in IMAGE_SIZES:
-        raise ValueError(f"holds {w}×{h} images ({files[0].name}, ...); expected image_size set to the side they are resized to "
-                         f"({sides}): the ConvNet takes square images of these sides only")
+        raise ValueError(
+            f"holds {w}×{h} images ({files[0].name}, ...); expected image_size set to the side they are resized to "
+            f"({sides}): the ConvNet takes square images of these sides only"
+        )
     return w
 
 
 def _held_out_mask(labels: torch.Tensor, share: float, seed: int) -> torch.Tensor:
-    """A seeded held-out set, stratified by class (each class in proportion), of at least two images and leaving at least two."""
+    """A seeded held-out set, stratified by class (each class in proportion), of at least two images and leaving at
+    least two."""
     n = len(labels)
     gen = torch.Generator().manual_seed(seed)
     mask = torch.zeros(n, dtype=torch.bool)
@@ -213,7 +244,9 @@ def _held_out_mask(labels: torch.Tensor, share: float, seed: int) -> torch.Tenso
     return mask
 
 
-def load_image_folder(root: str | Path, image_size: int, held_out_share: float, split_seed: int, name: str | None = None) -> FolderImages:
+def load_image_folder(
+    root: str | Path, image_size: int, held_out_share: float, split_seed: int, name: str | None = None
+) -> FolderImages:
     """Read every image of ``root``, resize it to ``image_size`` (0: the side the images share) and split them.
 
     Raises a ``ValueError`` (one sentence: what was found, what was expected) for a missing or
@@ -226,7 +259,9 @@ def load_image_folder(root: str | Path, image_size: int, held_out_share: float, 
     root = Path(root)
     scan = scan_image_folder(root)
     if image_size not in (0, *IMAGE_SIZES):
-        raise ValueError(f"cannot be resized to {image_size!r}; expected image_size 0 (the images' own side) or one of {IMAGE_SIZES}")
+        raise ValueError(
+            f"cannot be resized to {image_size!r}; expected image_size 0 (the images' own side) or one of {IMAGE_SIZES}"
+        )
     headers, broken = [], []
     for path in scan.files:  # first the headers: the channels and the side are known before any image is decoded
         try:
@@ -236,7 +271,9 @@ def load_image_folder(root: str | Path, image_size: int, held_out_share: float, 
     if broken:
         raise _unreadable(broken, len(scan.files))
     if len(scan.files) < MIN_IMAGES:
-        raise ValueError(f"holds {len(scan.files)} image(s); expected at least {MIN_IMAGES} (a share is held out for evaluation)")
+        raise ValueError(
+            f"holds {len(scan.files)} image(s); expected at least {MIN_IMAGES} (a share is held out for evaluation)"
+        )
     side = image_size or _own_side([size for _, size in headers], scan.files)
     colour = any(mode not in _GREY_MODES for mode, _ in headers)
     resize = T.Compose([T.Resize(side, antialias=True), T.CenterCrop(side), T.PILToTensor()])
@@ -250,7 +287,9 @@ def load_image_folder(root: str | Path, image_size: int, held_out_share: float, 
         raise _unreadable(broken, len(scan.files))
     data = torch.stack(tensors).contiguous()  # (N, C, side, side) uint8
     labels = torch.tensor(scan.labels, dtype=torch.int64)
-    digest = hashlib.sha256(data.numpy().tobytes() + labels.numpy().tobytes() + "\n".join(scan.classes).encode()).hexdigest()
+    digest = hashlib.sha256(
+        data.numpy().tobytes() + labels.numpy().tobytes() + "\n".join(scan.classes).encode()
+    ).hexdigest()
     held = _held_out_mask(labels, held_out_share, split_seed)
     title = name or root.name
     classes = list(scan.classes)

@@ -1,4 +1,5 @@
-"""Features for FID/KID on a folder of your own: Inception's where its weights are here, else a small classifier trained on the folder's classes, else fixed random projections fitted to the folder.
+"""Features for FID/KID on a folder of your own: Inception's where its weights are here, else a small classifier trained
+on the folder's classes, else fixed random projections fitted to the folder.
 
 Only Inception's numbers are comparable with published FIDs. The other two are measured on
 the folder itself, seeded, so they compare runs on the same folder (and are named in every
@@ -20,16 +21,24 @@ from anila_core.images.digits_classifier import ClassifierFeatures
 from anila_core.images.evaluation import ImageScorer
 from anila_core.images.metrics import InceptionFeatures, torch_fidelity_available, inception_weights_path
 
-__all__ = ["FolderClassifier", "train_folder_classifier", "RandomProjectionFeatures", "make_folder_scorer", "inception_missing"]
+__all__ = [
+    "FolderClassifier",
+    "train_folder_classifier",
+    "RandomProjectionFeatures",
+    "make_folder_scorer",
+    "inception_missing",
+]
 
 NUM_FEATURES = 64
-#: classifiers trained in this process, by the hash of their folder's images: the runs of a comparison or a sweep share one
+#: classifiers trained in this process, by the hash of their folder's images: the runs of a comparison or a sweep share
+#: one
 _TRAINED: OrderedDict[str, "FolderClassifier"] = OrderedDict()
 _KEEP = 4
 
 
 class FolderClassifier(nn.Module):
-    """Logits over a folder's classes for images ``(N, C, S, S)`` in ``[-1, 1]``, any side S >= 8: two convolutions, pooled to 4×4."""
+    """Logits over a folder's classes for images ``(N, C, S, S)`` in ``[-1, 1]``, any side S >= 8: two convolutions,
+    pooled to 4×4."""
 
     def __init__(self, channels: int, n_classes: int, width: int = 16, num_features: int = NUM_FEATURES):
         super().__init__()
@@ -48,7 +57,8 @@ class FolderClassifier(nn.Module):
         self.num_features = num_features
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate layer over ``feature_scale`` (root mean square 1 on the training images, the range KID's kernel expects)."""
+        """The penultimate layer over ``feature_scale`` (root mean square 1 on the training images, the range KID's
+        kernel expects)."""
         return self.body(x) / self.feature_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,8 +66,11 @@ class FolderClassifier(nn.Module):
 
 
 @torch.enable_grad()  # callers may sit inside torch.no_grad() (evaluation code)
-def train_folder_classifier(dataset: ImageDataset, steps: int = 300, batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> FolderClassifier:
-    """A :class:`FolderClassifier` trained with Adam on ``dataset``'s images and labels, seeded; the caller's random state is untouched.
+def train_folder_classifier(
+    dataset: ImageDataset, steps: int = 300, batch_size: int = 64, lr: float = 3e-3, seed: int = 0
+) -> FolderClassifier:
+    """A :class:`FolderClassifier` trained with Adam on ``dataset``'s images and labels, seeded; the caller's random
+    state is untouched.
 
     A fixed number of steps (not epochs) keeps the cost the same for a folder of 40 or 40 000
     images. As for the digits' judge, the inputs get a little Gaussian noise: samples are
@@ -85,12 +98,15 @@ def train_folder_classifier(dataset: ImageDataset, steps: int = 300, batch_size:
 
 
 class RandomProjectionFeatures(nn.Module):
-    """The pixels less the folder's mean image, times a fixed Gaussian matrix (seeded), scaled to root mean square 1 on the folder."""
+    """The pixels less the folder's mean image, times a fixed Gaussian matrix (seeded), scaled to root mean square 1 on
+    the folder."""
 
     def __init__(self, images: torch.Tensor, num_features: int = NUM_FEATURES, seed: int = 0):
         super().__init__()
         flat = images.detach().float().flatten(1)
-        weights = torch.randn(flat.shape[1], num_features, generator=torch.Generator().manual_seed(seed)) / math.sqrt(flat.shape[1])
+        weights = torch.randn(flat.shape[1], num_features, generator=torch.Generator().manual_seed(seed)) / math.sqrt(
+            flat.shape[1]
+        )
         self.register_buffer("mean", flat.mean(0))
         self.register_buffer("weights", weights)
         projected = (flat - self.mean) @ weights
@@ -103,7 +119,8 @@ class RandomProjectionFeatures(nn.Module):
 
 
 def inception_missing() -> str | None:
-    """Why Inception's features cannot be built here (torch-fidelity or the weights file missing), ``None`` when they can."""
+    """Why Inception's features cannot be built here (torch-fidelity or the weights file missing), ``None`` when they
+    can."""
     problems = []
     if not torch_fidelity_available():
         problems.append("torch-fidelity is not installed")
@@ -113,7 +130,8 @@ def inception_missing() -> str | None:
 
 
 def _classifier(train: ImageDataset, fingerprint: str | None) -> FolderClassifier:
-    """The folder's classifier: trained once per process and folder (training is seeded, so a second one would be the same)."""
+    """The folder's classifier: trained once per process and folder (training is seeded, so a second one would be the
+    same)."""
     if fingerprint is None:
         return train_folder_classifier(train)
     if fingerprint not in _TRAINED:
@@ -124,9 +142,11 @@ def _classifier(train: ImageDataset, fingerprint: str | None) -> FolderClassifie
     return _TRAINED[fingerprint]
 
 
-def make_folder_scorer(train: ImageDataset, real: torch.Tensor, device: torch.device | str = "cpu",
-                       fingerprint: str | None = None) -> tuple[ImageScorer, str | None]:
-    """The FID/KID scorer of a folder's samples against the held-out images ``real``, and why Inception was not used (``None`` when it was).
+def make_folder_scorer(
+    train: ImageDataset, real: torch.Tensor, device: torch.device | str = "cpu", fingerprint: str | None = None
+) -> tuple[ImageScorer, str | None]:
+    """The FID/KID scorer of a folder's samples against the held-out images ``real``, and why Inception was not used
+    (``None`` when it was).
 
     ``fingerprint``: a hash of the folder's images; runs of the same folder in one process then share its classifier.
     """
@@ -135,5 +155,7 @@ def make_folder_scorer(train: ImageDataset, real: torch.Tensor, device: torch.de
         return ImageScorer(real, InceptionFeatures().to(device), "inception"), None
     if len(train.classes) >= 2:
         classifier = _classifier(train, fingerprint)  # tiny: it stays on the CPU, where the real images are
-        return ImageScorer(real, ClassifierFeatures(classifier), f"a classifier trained on {train.name} ({len(train.classes)} classes)"), why
+        return ImageScorer(
+            real, ClassifierFeatures(classifier), f"a classifier trained on {train.name} ({len(train.classes)} classes)"
+        ), why
     return ImageScorer(real, RandomProjectionFeatures(train.images), f"random projections of {train.name}"), why

@@ -43,7 +43,8 @@ class InceptionUnavailableError(RuntimeError):
 
 
 def inception_weights_path() -> Path:
-    """Where the Inception weights are looked for: ``torch.hub.get_dir()/checkpoints/<file>`` (honours ``$TORCH_HOME``)."""
+    """Where the Inception weights are looked for: ``torch.hub.get_dir()/checkpoints/<file>`` (honours
+    ``$TORCH_HOME``)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
 
 
@@ -75,7 +76,8 @@ class InceptionFeatures(nn.Module):
             )
         if not path.is_file() and not (download and weights_path is None):
             problems.append(
-                f"the Inception weights file {path} does not exist (nothing is downloaded unless download_weights=True; "
+                f"the Inception weights file {path} does not exist (nothing is downloaded unless "
+                "download_weights=True; "
                 f"offline, download {INCEPTION_WEIGHTS_URL} on a machine with internet and copy it to "
                 f"{inception_weights_path()}, torch hub's checkpoint folder, which $TORCH_HOME moves, "
                 "or pass weights_path=<file>)"
@@ -125,7 +127,10 @@ def extract_features(images: torch.Tensor, feature_extractor: nn.Module, batch_s
     feature_extractor.eval()
     try:
         device = next((p.device for p in feature_extractor.parameters()), images.device)
-        out = [feature_extractor(chunk.to(device)).reshape(len(chunk), -1).double().cpu() for chunk in images.split(batch_size)]
+        out = [
+            feature_extractor(chunk.to(device)).reshape(len(chunk), -1).double().cpu()
+            for chunk in images.split(batch_size)
+        ]
     finally:
         feature_extractor.train(was_training)
     return torch.cat(out)
@@ -167,8 +172,14 @@ def fid_kid(
 
     real, fake = _check_images("real", real), _check_images("fake", fake)
     if real.shape[1:] != fake.shape[1:]:
-        raise ValueError(f"fake: expected images of shape {tuple(real.shape[1:])} like real, got {tuple(fake.shape[1:])}")
-    for name, value, low in (("batch_size", batch_size, 1), ("kid_subsets", kid_subsets, 1), ("kid_subset_size", kid_subset_size, 2)):
+        raise ValueError(
+            f"fake: expected images of shape {tuple(real.shape[1:])} like real, got {tuple(fake.shape[1:])}"
+        )
+    for name, value, low in (
+        ("batch_size", batch_size, 1),
+        ("kid_subsets", kid_subsets, 1),
+        ("kid_subset_size", kid_subset_size, 2),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
 
@@ -190,9 +201,13 @@ def fid_kid(
     fid.update(f_real, real=True)
     fid.update(f_fake, real=False)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")  # we hand it few, small features
+        warnings.filterwarnings(
+            "ignore", message=".*will save all extracted features.*"
+        )  # we hand it few, small features
         kid = KernelInceptionDistance(
-            feature=identity, subsets=kid_subsets, subset_size=min(kid_subset_size, len(f_real), len(f_fake)),
+            feature=identity,
+            subsets=kid_subsets,
+            subset_size=min(kid_subset_size, len(f_real), len(f_fake)),
             sync_on_compute=False,
         )
     kid.update(f_real, real=True)

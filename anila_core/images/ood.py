@@ -1,4 +1,5 @@
-"""Out-of-distribution detection by energy: score images with a trained E, and the AUROC of telling held-out data from other images.
+"""Out-of-distribution detection by energy: score images with a trained E, and the AUROC of telling held-out data from
+other images.
 
 An energy model assigns every input a number, and ``E(x)`` low means "looks like the
 data". Thresholding it is the simplest detector of inputs unlike the training set: an image
@@ -20,8 +21,17 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-__all__ = ["auroc", "auroc_interval", "energy_scores", "noise_images", "flip_images", "shift_images", "photo_patches", "outlier_sets",
-           "ood_aurocs"]
+__all__ = [
+    "auroc",
+    "auroc_interval",
+    "energy_scores",
+    "noise_images",
+    "flip_images",
+    "shift_images",
+    "photo_patches",
+    "outlier_sets",
+    "ood_aurocs",
+]
 
 
 def _scores(name: str, values) -> torch.Tensor:
@@ -48,12 +58,13 @@ def auroc(in_scores, out_scores) -> float:
     _, inverse, counts = torch.unique(both, return_inverse=True, return_counts=True)
     sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inverse, ranks)
     ranks = (sums / counts)[inverse]
-    u = float(ranks[len(a):].sum()) - len(b) * (len(b) + 1) / 2
+    u = float(ranks[len(a) :].sum()) - len(b) * (len(b) + 1) / 2
     return u / (len(a) * len(b))
 
 
 def auroc_interval(in_scores, out_scores, n_boot: int = 200, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """A bootstrap interval of :func:`auroc`: both sets resampled with replacement ``n_boot`` times, the central ``level`` share.
+    """A bootstrap interval of :func:`auroc`: both sets resampled with replacement ``n_boot`` times, the central
+    ``level`` share.
 
     Two AUROCs whose intervals overlap are not told apart by these sets; it says how much
     the number would move with other images of the same kinds.
@@ -64,18 +75,31 @@ def auroc_interval(in_scores, out_scores, n_boot: int = 200, level: float = 0.95
         raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
     a, b = _scores("in_scores", in_scores), _scores("out_scores", out_scores)
     gen = torch.Generator().manual_seed(seed)
-    values = torch.tensor([auroc(a[torch.randint(len(a), (len(a),), generator=gen)], b[torch.randint(len(b), (len(b),), generator=gen)])
-                           for _ in range(n_boot)], dtype=torch.float64)
+    values = torch.tensor(
+        [
+            auroc(
+                a[torch.randint(len(a), (len(a),), generator=gen)], b[torch.randint(len(b), (len(b),), generator=gen)]
+            )
+            for _ in range(n_boot)
+        ],
+        dtype=torch.float64,
+    )
     tail = (1 - level) / 2
     return float(values.quantile(tail)), float(values.quantile(1 - tail))
 
 
 @torch.no_grad()
-def energy_scores(energy_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 512,
-                  device: torch.device | str | None = None) -> torch.Tensor:
+def energy_scores(
+    energy_fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """``E(x)`` of every image (``(N, C, H, W)`` in ``[-1, 1]``), in batches, as a CPU float64 tensor ``(N,)``."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"images: expected a non-empty tensor (N, C, H, W), got {getattr(images, 'shape', type(images).__name__)}")
+        raise ValueError(
+            f"images: expected a non-empty tensor (N, C, H, W), got {getattr(images, 'shape', type(images).__name__)}"
+        )
     out = []
     for chunk in images.split(batch_size):
         if device is not None:
@@ -96,7 +120,8 @@ def flip_images(images: torch.Tensor) -> torch.Tensor:
 
 
 def shift_images(images: torch.Tensor, pixels: int = 2, background: float = -1.0) -> torch.Tensor:
-    """The images moved ``pixels`` to the right and down, the freed border filled with ``background`` (the digits' black)."""
+    """The images moved ``pixels`` to the right and down, the freed border filled with ``background`` (the digits'
+    black)."""
     if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 < pixels < min(images.shape[-2:]):
         raise ValueError(f"pixels: expected an integer between 1 and the image side − 1, got {pixels!r}")
     out = torch.full_like(images, background)
@@ -121,14 +146,15 @@ def photo_patches(n: int, side: int = 8, seed: int = 0, crop: tuple[int, int] = 
         size = int(torch.randint(crop[0], crop[1] + 1, (1,), generator=gen))
         top = int(torch.randint(0, photo.shape[0] - size + 1, (1,), generator=gen))
         left = int(torch.randint(0, photo.shape[1] - size + 1, (1,), generator=gen))
-        patch = F.adaptive_avg_pool2d(photo[top:top + size, left:left + size][None, None], side)[0]
+        patch = F.adaptive_avg_pool2d(photo[top : top + size, left : left + size][None, None], side)[0]
         low, high = patch.min(), patch.max()
         out.append(2 * (patch - low) / (high - low).clamp_min(1e-6) - 1)
     return torch.stack(out)
 
 
 def outlier_sets(held_out: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The outlier sets the course scores, each as many images as ``held_out`` (grey ``(N, 1, H, W)`` digits in ``[-1, 1]``)."""
+    """The outlier sets the course scores, each as many images as ``held_out`` (grey ``(N, 1, H, W)`` digits in ``[-1,
+    1]``)."""
     n, shape = len(held_out), tuple(held_out.shape[1:])
     return {
         "uniform noise": noise_images(n, shape, seed),
@@ -138,8 +164,14 @@ def outlier_sets(held_out: torch.Tensor, seed: int = 0) -> dict[str, torch.Tenso
     }
 
 
-def ood_aurocs(energy_fn: Callable[[torch.Tensor], torch.Tensor], held_out: torch.Tensor, outliers: Mapping[str, torch.Tensor],
-               device: torch.device | str | None = None) -> dict[str, float]:
+def ood_aurocs(
+    energy_fn: Callable[[torch.Tensor], torch.Tensor],
+    held_out: torch.Tensor,
+    outliers: Mapping[str, torch.Tensor],
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
     """AUROC of flagging each set of ``outliers`` against the ``held_out`` images by high energy: name → AUROC."""
     reference = energy_scores(energy_fn, held_out, device=device)
-    return {name: auroc(reference, energy_scores(energy_fn, images, device=device)) for name, images in outliers.items()}
+    return {
+        name: auroc(reference, energy_scores(energy_fn, images, device=device)) for name, images in outliers.items()
+    }

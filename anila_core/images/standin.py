@@ -1,4 +1,5 @@
-"""An offline stand-in for colour photographs: square patches of scikit-learn's two bundled photographs, written as a folder of PNGs.
+"""An offline stand-in for colour photographs: square patches of scikit-learn's two bundled photographs, written as a
+folder of PNGs.
 
 Notebook 04 trains on CIFAR-10 or Oxford Flowers when their files are on disk. On a fresh
 machine they are not, and the loaders never download; the notebook then runs every section
@@ -27,7 +28,9 @@ STANDIN_NAME = "photo-patches-standin"
 STANDIN_TITLE = "stand-in: patches of scikit-learn's 2 sample photos"
 
 
-def photo_standin_images(n: int, side: int = 16, seed: int = 0, crop: tuple[int, int] = (48, 160)) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def photo_standin_images(
+    n: int, side: int = 16, seed: int = 0, crop: tuple[int, int] = (48, 160)
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """``n`` colour patches ``(n, 3, side, side)`` as uint8, their photo index ``(n,)`` and the photos' names.
 
     Each patch is a random square crop (side drawn from ``crop``, in photo pixels) of one of
@@ -47,7 +50,7 @@ def photo_standin_images(n: int, side: int = 16, seed: int = 0, crop: tuple[int,
         size = int(torch.randint(crop[0], crop[1] + 1, (1,), generator=gen))
         top = int(torch.randint(0, photo.shape[1] - size + 1, (1,), generator=gen))
         left = int(torch.randint(0, photo.shape[2] - size + 1, (1,), generator=gen))
-        patch = F.adaptive_avg_pool2d(photo[:, top:top + size, left:left + size][None], side)[0]
+        patch = F.adaptive_avg_pool2d(photo[:, top : top + size, left : left + size][None], side)[0]
         out.append(patch.round().clamp(0, 255).to(torch.uint8))
         labels.append(k)
     return torch.stack(out), torch.tensor(labels), names

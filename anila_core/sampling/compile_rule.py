@@ -32,8 +32,14 @@ FAST_CHOICES = ("auto", True, False)
 #: transitions), the sweep's cells (40k) and every notebook's direct sampling calls stay eager.
 AUTO_MIN_TRANSITIONS = 80_000
 #: the layers that make a network's transition all convolution: on a CPU, compiling does not speed it up (measured)
-_CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
-                 torch.nn.ConvTranspose3d)
+_CONVOLUTIONS = (
+    torch.nn.Conv1d,
+    torch.nn.Conv2d,
+    torch.nn.Conv3d,
+    torch.nn.ConvTranspose1d,
+    torch.nn.ConvTranspose2d,
+    torch.nn.ConvTranspose3d,
+)
 
 
 # --------------------------------------------------------------------------- when to compile
@@ -53,8 +59,9 @@ def parse_fast(text: str) -> str | bool:
     return value
 
 
-def compiles(fast, energy_fn: EnergyFn, device: torch.device | str, transitions: int,
-             network_compiled: bool = False) -> bool:
+def compiles(
+    fast, energy_fn: EnergyFn, device: torch.device | str, transitions: int, network_compiled: bool = False
+) -> bool:
     """The one rule: whether a call of ``transitions`` steps (a training run: iters × K) samples compiled.
 
     ``fast=True`` or ``False`` decides alone. ``"auto"`` compiles when all of these hold: the

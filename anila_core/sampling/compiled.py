@@ -41,8 +41,16 @@ import torch
 
 from anila_core.sampling.kernel import EnergyFn
 
-__all__ = ["compiled_step", "step_for", "FastStep", "cache_info", "clear_cache", "compile_supported",
-           "tracing_autograd"]
+__all__ = [
+    "compiled_step",
+    "step_for",
+    "FastStep",
+    "cache_info",
+    "clear_cache",
+    "compile_supported",
+    "tracing_autograd",
+]
+
 
 def _make_step(sampler):
     """``sampler.step`` as a plain function of the energy, state and draws, for ``torch.compile`` to trace."""
@@ -90,8 +98,10 @@ def compile_supported() -> tuple[bool, str]:
     except Exception as err:  # an import failure here means no compiler, not a bug of ours
         return False, f"torch._dynamo is unavailable ({type(err).__name__}: {err})"
     if not hasattr(dynamo.config, "trace_autograd_ops"):
-        return False, (f"torch {torch.__version__} cannot compile torch.autograd.grad (a newer torch has "
-                       "torch._dynamo.config.trace_autograd_ops)")
+        return False, (
+            f"torch {torch.__version__} cannot compile torch.autograd.grad (a newer torch has "
+            "torch._dynamo.config.trace_autograd_ops)"
+        )
     return True, ""
 
 
@@ -166,14 +176,21 @@ class FastStep:
         # Outside the except block, so that an error the eager code raises too (a wrong
         # energy shape, a device mismatch) reaches the caller as itself, not as a compile failure.
         out = self.fallback(*args)
-        reason = f"{type(compile_error).__name__}: {str(compile_error).strip().splitlines()[0] if str(compile_error).strip() else ''}"
+        reason = (
+            f"{type(compile_error).__name__}: "
+            f"{str(compile_error).strip().splitlines()[0] if str(compile_error).strip() else ''}"
+        )
         self.failed = reason
         if first:
-            _warn_once(f"anila_core.sampling.compiled: torch.compile failed ({reason}); sampling continues eagerly "
-                       "with the same chain as fast=False")
+            _warn_once(
+                f"anila_core.sampling.compiled: torch.compile failed ({reason}); sampling continues eagerly "
+                "with the same chain as fast=False"
+            )
         else:  # compiled steps ran before: from here on the chain is the eager one's, to float rounding
-            _warn_once(f"anila_core.sampling.compiled: a compiled step failed ({reason}); the rest of the chain "
-                       "runs eagerly, the same chain as fast=False to float rounding")
+            _warn_once(
+                f"anila_core.sampling.compiled: a compiled step failed ({reason}); the rest of the chain "
+                "runs eagerly, the same chain as fast=False to float rounding"
+            )
         return out
 
 
@@ -256,7 +273,15 @@ def cache_info() -> list[dict]:
     rows = []
     for entries in list(_CACHE.values()) + [e for _, e in _UNWEAKABLE.values()]:
         for entry in entries.values():
-            rows.append({"name": entry.name, "mode": entry.mode, "compile_s": entry.compile_s, "calls": entry.calls, "failed": entry.failed})
+            rows.append(
+                {
+                    "name": entry.name,
+                    "mode": entry.mode,
+                    "compile_s": entry.compile_s,
+                    "calls": entry.calls,
+                    "failed": entry.failed,
+                }
+            )
     return rows
 
 

@@ -1,4 +1,5 @@
-"""How fast a chain forgets its start: distance to a known target against the number of steps, next to the exact-sample noise floor."""
+"""How fast a chain forgets its start: distance to a known target against the number of steps, next to the exact-sample
+noise floor."""
 
 from __future__ import annotations
 
@@ -188,7 +189,10 @@ def convergence_curve(
     sampler.sample(target.energy, x0, steps[-1], generator=chain_gen, trace=trace)
 
     result = ConvergenceResult(
-        label=label or repr(sampler), target=repr(target), steps=steps, n_chains=n_chains,
+        label=label or repr(sampler),
+        target=repr(target),
+        steps=steps,
+        n_chains=n_chains,
     )
     ref_gen = torch.Generator().manual_seed(seed + 2)
     if "tv" in chosen:

@@ -110,7 +110,8 @@ def histogram_tv(samples: torch.Tensor, target, extent: float = GRID_EXTENT, bin
 
 
 def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] = (0.1, 0.3, 1.0, 3.0)) -> float:
-    """Unbiased squared MMD between samples ``x`` and ``y`` with a sum of Gaussian kernels (0 in expectation when equal)."""
+    """Unbiased squared MMD between samples ``x`` and ``y`` with a sum of Gaussian kernels (0 in expectation when
+    equal)."""
     x, y = x.detach().flatten(1).double(), y.detach().flatten(1).to(x.device).double()
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"mmd: expected at least 2 samples in each set, got {len(x)} and {len(y)}")

@@ -1,9 +1,11 @@
-"""Independence Metropolis moves: jumps to a fresh Gaussian point, accepted with the model's Metropolis ratio, so chains can change modes.
+"""Independence Metropolis moves: jumps to a fresh Gaussian point, accepted with the model's Metropolis ratio, so chains
+can change modes.
 
 Langevin-type chains move by small steps along the gradient. Once an energy has sharp,
 separated modes (the rings), a chain stays in the mode it fell into, and persistent chains
 stop telling the training loop how much mass each mode should have: the modes' relative
-energies then drift (README, "The long run needs chains that change rings"). An independence move proposes ``y ~ N(0, s² I)``
+energies then drift (README, "The long run needs chains that change rings"). An independence move proposes ``y ~ N(0, s²
+I)``
 regardless of the current point ``x`` and accepts it with probability
 
     min(1, exp(E(x) − E(y)) · q(x) / q(y)),   q = the density of N(0, s² I),
@@ -56,7 +58,9 @@ def independence_moves(
             proposal = scale * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             proposal_energy = energy_fn(proposal).float()
             # log q(x) − log q(y) for the Gaussian proposal: (|y|² − |x|²) / (2 s²)
-            log_ratio = energy - proposal_energy + (proposal.square().sum(dims) - x.square().sum(dims)).float() / (2 * scale**2)
+            log_ratio = (
+                energy - proposal_energy + (proposal.square().sum(dims) - x.square().sum(dims)).float() / (2 * scale**2)
+            )
             u = torch.rand(x.shape[0], generator=generator, device=x.device)
             # NaN compares False; an energy of −inf would win every test, so it is refused explicitly
             accept = (u.log() < log_ratio) & torch.isfinite(proposal_energy)

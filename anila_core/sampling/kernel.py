@@ -56,17 +56,20 @@ MAX_N_STEPS = 10_000_000
 
 
 class ArgumentTypeError(TypeError, ValueError):
-    """An argument of the wrong type (a string for a boolean, a boolean for a number): a ``TypeError`` that is also a ``ValueError``, as the package's other refusals."""
+    """An argument of the wrong type (a string for a boolean, a boolean for a number): a ``TypeError`` that is also a
+    ``ValueError``, as the package's other refusals."""
 
 
 def _not_a_bool(name: str, value, expected: str) -> None:
-    """``ArgumentTypeError`` naming ``name`` when ``value`` is a bool where a number is expected (``True`` is not 1.0)."""
+    """``ArgumentTypeError`` naming ``name`` when ``value`` is a bool where a number is expected (``True`` is not
+    1.0)."""
     if isinstance(value, bool):
         raise ArgumentTypeError(f"{name}: expected {expected}, got {value!r} (a boolean, not a number)")
 
 
 def check_bool(name: str, value) -> bool:
-    """``value`` if it is a bool (``"false"`` is not: it would count as true), else ``ArgumentTypeError`` naming ``name``."""
+    """``value`` if it is a bool (``"false"`` is not: it would count as true), else ``ArgumentTypeError`` naming
+    ``name``."""
     if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's booleans too
         return bool(value)
     raise ArgumentTypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
@@ -75,8 +78,10 @@ def check_bool(name: str, value) -> bool:
 def check_energy_fn(energy_fn) -> None:
     """``ArgumentTypeError`` unless ``energy_fn`` can be called (a function or a torch.nn.Module)."""
     if not callable(energy_fn):
-        raise ArgumentTypeError(f"energy_fn: expected a callable mapping x (N, ...) to energies (N,), such as a torch.nn.Module, "
-                                f"got {type(energy_fn).__name__}")
+        raise ArgumentTypeError(
+            f"energy_fn: expected a callable mapping x (N, ...) to energies (N,), such as a torch.nn.Module, "
+            f"got {type(energy_fn).__name__}"
+        )
 
 
 def finite_positive(name: str, value: float) -> float:
@@ -89,13 +94,16 @@ def finite_positive(name: str, value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     if value > MAX_SETTING:
-        raise ValueError(f"{name}: expected at most {MAX_SETTING:g}, got {value!r}; the chains are float32 (at most 3.4e38) and "
-                         "this setting multiplies gradients, so larger values overflow")
+        raise ValueError(
+            f"{name}: expected at most {MAX_SETTING:g}, got {value!r}; the chains are float32 (at most 3.4e38) and "
+            "this setting multiplies gradients, so larger values overflow"
+        )
     return value
 
 
 def positive_or_inf(name: str, value: float) -> float:
-    """``value`` as a float, or ``ValueError`` naming ``name`` unless it is > 0 (``inf`` allowed: AniLA's ``b = inf`` is Langevin)."""
+    """``value`` as a float, or ``ValueError`` naming ``name`` unless it is > 0 (``inf`` allowed: AniLA's ``b = inf`` is
+    Langevin)."""
     _not_a_bool(name, value, "a number > 0 (inf allowed)")
     try:
         value = float(value)
@@ -104,7 +112,9 @@ def positive_or_inf(name: str, value: float) -> float:
     if math.isnan(value) or value <= 0:
         raise ValueError(f"{name}: expected a number > 0 (inf allowed), got {value!r}")
     if MAX_SETTING < value < math.inf:
-        raise ValueError(f"{name}: expected at most {MAX_SETTING:g} or inf, got {value!r}; the chains are float32 (at most 3.4e38)")
+        raise ValueError(
+            f"{name}: expected at most {MAX_SETTING:g} or inf, got {value!r}; the chains are float32 (at most 3.4e38)"
+        )
     return value
 
 
@@ -113,8 +123,10 @@ def check_n_steps(n_steps: int) -> int:
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps: expected an integer >= 1, got {n_steps!r}")
     if n_steps > MAX_N_STEPS:
-        raise ValueError(f"n_steps: expected at most {MAX_N_STEPS:,}, got {n_steps:.3g}; each transition is a gradient of every "
-                         "chain, so more steps never finish: run them in several calls of run() if you need them")
+        raise ValueError(
+            f"n_steps: expected at most {MAX_N_STEPS:,}, got {n_steps:.3g}; each transition is a gradient of every "
+            "chain, so more steps never finish: run them in several calls of run() if you need them"
+        )
     return n_steps
 
 
@@ -123,11 +135,15 @@ def check_positions(x: torch.Tensor, name: str = "x0") -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor of shape (N, ...), got {type(x).__name__}")
     if x.device.type == "meta":
-        raise ValueError(f"{name}: is on the meta device, which holds shapes but no values; expected a tensor on cpu or cuda")
+        raise ValueError(
+            f"{name}: is on the meta device, which holds shapes but no values; expected a tensor on cpu or cuda"
+        )
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
     if x.ndim < 2 or x.shape[0] < 1:
-        raise ValueError(f"{name}: expected shape (N, ...) with N >= 1 and at least one data dimension, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected shape (N, ...) with N >= 1 and at least one data dimension, got {tuple(x.shape)}"
+        )
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x.flatten(1)).all(1)).sum())
         raise ValueError(f"{name}: expected finite values, got NaN or inf in {bad} of {x.shape[0]} chains")
@@ -137,10 +153,15 @@ def check_positions(x: torch.Tensor, name: str = "x0") -> torch.Tensor:
 def check_generator(generator: torch.Generator | None, x: torch.Tensor) -> None:
     """``ValueError`` unless ``generator`` is ``None`` or a ``torch.Generator`` on ``x``'s device type."""
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise ArgumentTypeError(f"generator: expected a torch.Generator (torch.Generator(device=x0.device).manual_seed(seed)) "
-                                f"or None, got {generator!r} ({type(generator).__name__})")
+        raise ArgumentTypeError(
+            f"generator: expected a torch.Generator (torch.Generator(device=x0.device).manual_seed(seed)) "
+            f"or None, got {generator!r} ({type(generator).__name__})"
+        )
     if generator is not None and torch.device(generator.device).type != x.device.type:
-        raise ValueError(f"generator: lives on {generator.device} but x0 is on {x.device}; create it with torch.Generator(device=x0.device)")
+        raise ValueError(
+            f"generator: lives on {generator.device} but x0 is on {x.device}; create it with "
+            "torch.Generator(device=x0.device)"
+        )
 
 
 # --------------------------------------------------------------------------- energy and gradient
@@ -152,7 +173,9 @@ def check_energies(energy, x: torch.Tensor) -> None:
         got = tuple(energy.shape) if isinstance(energy, torch.Tensor) else type(energy).__name__
         raise ValueError(f"energy_fn: expected energies of shape ({x.shape[0]},), one per sample, got {got}")
     if not energy.is_floating_point():
-        raise ValueError(f"energy_fn: expected real floating-point energies, got dtype {energy.dtype}; return E(x) as a float tensor")
+        raise ValueError(
+            f"energy_fn: expected real floating-point energies, got dtype {energy.dtype}; return E(x) as a float tensor"
+        )
 
 
 def energy_and_grad(energy_fn: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,8 +189,10 @@ def energy_and_grad(energy_fn: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor,
         energy = energy_fn(x)
         check_energies(energy, x)
         if not energy.requires_grad:
-            raise ValueError("energy_fn: its energies do not depend on x (no gradient reaches x); expected a differentiable "
-                             "function of x, computed with torch operations")
+            raise ValueError(
+                "energy_fn: its energies do not depend on x (no gradient reaches x); expected a differentiable "
+                "function of x, computed with torch operations"
+            )
         (grad,) = torch.autograd.grad(energy.sum(), x)
     return energy.detach(), grad.detach()
 
@@ -177,7 +202,8 @@ def energy_and_grad(energy_fn: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor,
 
 @dataclass
 class SamplerState:
-    """A batch of chains: positions ``x`` ``(N, ...)``, their energies ``(N,)`` and gradients ``∇_x E``, and the sampler's own per-chain tensors.
+    """A batch of chains: positions ``x`` ``(N, ...)``, their energies ``(N,)`` and gradients ``∇_x E``, and the
+    sampler's own per-chain tensors.
 
     ``extra`` holds what a sampler carries from one transition to the next besides the
     position (pSGLD's running average ``"v"``; empty for memoryless samplers), each tensor with
@@ -241,15 +267,29 @@ class ChainWatch(NamedTuple):
 # --------------------------------------------------------------------------- the move and the test
 
 
-def euler_maruyama_move(x: torch.Tensor, grad: torch.Tensor, drift_gamma: torch.Tensor, noise_gamma: torch.Tensor,
-                        noise: torch.Tensor, noise_scale: float) -> torch.Tensor:
-    """``x − (γ_drift/2)·grad + τ·sqrt(γ_noise)·noise``: the one move of every Langevin-type sampler (no randomness inside)."""
+def euler_maruyama_move(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    drift_gamma: torch.Tensor,
+    noise_gamma: torch.Tensor,
+    noise: torch.Tensor,
+    noise_scale: float,
+) -> torch.Tensor:
+    """``x − (γ_drift/2)·grad + τ·sqrt(γ_noise)·noise``: the one move of every Langevin-type sampler (no randomness
+    inside)."""
     return x - 0.5 * drift_gamma * grad + noise_scale * noise_gamma.sqrt() * noise
 
 
-def log_proposal_density(to: torch.Tensor, frm: torch.Tensor, grad: torch.Tensor, drift_gamma: torch.Tensor,
-                         noise_gamma: torch.Tensor, noise_scale: float) -> torch.Tensor:
-    """``log q(to | frm)`` of the move from ``frm`` (whose gradient is ``grad``), per sample, up to a constant that cancels."""
+def log_proposal_density(
+    to: torch.Tensor,
+    frm: torch.Tensor,
+    grad: torch.Tensor,
+    drift_gamma: torch.Tensor,
+    noise_gamma: torch.Tensor,
+    noise_scale: float,
+) -> torch.Tensor:
+    """``log q(to | frm)`` of the move from ``frm`` (whose gradient is ``grad``), per sample, up to a constant that
+    cancels."""
     mean = frm - 0.5 * drift_gamma * grad
     var = noise_scale**2 * noise_gamma
     return -0.5 * ((to - mean) ** 2 / var + var.log()).flatten(1).sum(1)
@@ -264,7 +304,12 @@ def metropolis_test(x, energy, grad, proposal, prop_energy, prop_grad, log_q_for
     log_alpha = energy - prop_energy + log_q_backward - log_q_forward
     accepted = u.log() < log_alpha
     mask = accepted.view(-1, *([1] * (x.ndim - 1)))
-    return torch.where(mask, proposal, x), torch.where(accepted, prop_energy, energy), torch.where(mask, prop_grad, grad), accepted
+    return (
+        torch.where(mask, proposal, x),
+        torch.where(accepted, prop_energy, energy),
+        torch.where(mask, prop_grad, grad),
+        accepted,
+    )
 
 
 def finite_chains(energy: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -276,7 +321,8 @@ def finite_chains(energy: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 class Trace:
-    """What a chain did, for plots and teaching; pass one to ``Sampler.run(trace=...)`` or ``Sampler.sample(trace=...)``.
+    """What a chain did, for plots and teaching; pass one to ``Sampler.run(trace=...)`` or
+    ``Sampler.sample(trace=...)``.
 
     Recorded at every step t = 0..n_steps (t = 0 is the start): mean energy, mean gradient
     norm per sample, and positions at the steps listed in ``positions_at``; per transition
@@ -289,13 +335,20 @@ class Trace:
         try:
             steps = list(positions_at)
         except TypeError:
-            raise ArgumentTypeError(f"positions_at: expected an iterable of step indices, got {type(positions_at).__name__}") from None
+            raise ArgumentTypeError(
+                f"positions_at: expected an iterable of step indices, got {type(positions_at).__name__}"
+            ) from None
         for t in steps:
-            if isinstance(t, bool) or not isinstance(t, int) and not (isinstance(t, torch.Tensor) and t.numel() == 1
-                                                                      and not t.is_floating_point()):
+            if (
+                isinstance(t, bool)
+                or not isinstance(t, int)
+                and not (isinstance(t, torch.Tensor) and t.numel() == 1 and not t.is_floating_point())
+            ):
                 raise ArgumentTypeError(f"positions_at: expected integer step indices, got {t!r} ({type(t).__name__})")
             if int(t) < 0:
-                raise ValueError(f"positions_at: expected step indices >= 0 (0 is the start, n_steps the end), got {int(t)}")
+                raise ValueError(
+                    f"positions_at: expected step indices >= 0 (0 is the start, n_steps the end), got {int(t)}"
+                )
         self.positions_at = sorted({int(t) for t in steps})
         self.positions: dict[int, torch.Tensor] = {}
         self._energy: list[torch.Tensor] = []
@@ -364,9 +417,16 @@ class NonFiniteChainError(FloatingPointError):
         self.step, self.share = step, n_bad / n_chains
         hit = f"{n_bad} of {n_chains} chains ({100 * self.share:.3g} %)"
         if step == 0:
-            what = f"at the start (step 0) in {hit}; {sampler} needs a start where the energy is finite (or allow_nonfinite=True to run such chains anyway)"
+            what = (
+                f"at the start (step 0) in {hit}; {sampler} needs a start where the energy is finite (or "
+                "allow_nonfinite=True to run such chains anyway)"
+            )
         else:
-            what = (f"first at step {step}, and {hit} were hit by step {last_step}; an unadjusted chain cannot recover from that. "
-                    "Remedies: a smaller step_size, metropolis=True (the Metropolis test rejects such proposals), or an energy "
-                    "that is finite where the chains go")
+            what = (
+                f"first at step {step}, and {hit} were hit by step {last_step}; an unadjusted chain cannot recover "
+                "from that. "
+                "Remedies: a smaller step_size, metropolis=True (the Metropolis test rejects such proposals), or an "
+                "energy "
+                "that is finite where the chains go"
+            )
         super().__init__(f"{sampler}: the energy or its gradient became NaN or infinite {what}")

@@ -1,4 +1,5 @@
-"""The one map from a sampler's name to its class and to the training settings it is built from; every part of the package builds samplers here."""
+"""The one map from a sampler's name to its class and to the training settings it is built from; every part of the
+package builds samplers here."""
 
 from __future__ import annotations
 
@@ -23,15 +24,26 @@ class SamplerEntry:
 
 _COMMON = {"step_size": "step_size", "noise_scale": "noise_scale"}
 SAMPLERS: dict[str, SamplerEntry] = {
-    "langevin": SamplerEntry(Langevin, "unadjusted Langevin (ULA); MALA with metropolis", {**_COMMON, "metropolis": "metropolis"}),
-    "anila": SamplerEntry(AniLA, "anisotropic Langevin: steps shrink where |∇E| > b",
-                          {**_COMMON, "b": "b", "norm": "norm", "variant": "variant", "metropolis": "metropolis"}),
-    "psgld": SamplerEntry(PSGLD, "preconditioned SGLD (RMSprop-scaled steps)",
-                          {**_COMMON, "alpha": "psgld_alpha", "damping": "psgld_damping"},
-                          "not available for psgld (its preconditioner depends on the chain's history)"),
-    "hmc": SamplerEntry(HMC, "Hamiltonian Monte Carlo: leapfrog trajectories and a Metropolis test",
-                        {"step_size": "step_size", "n_leapfrog": "hmc_leapfrog"},
-                        "hmc always ends its transitions in the Metropolis test; leave metropolis off"),
+    "langevin": SamplerEntry(
+        Langevin, "unadjusted Langevin (ULA); MALA with metropolis", {**_COMMON, "metropolis": "metropolis"}
+    ),
+    "anila": SamplerEntry(
+        AniLA,
+        "anisotropic Langevin: steps shrink where |∇E| > b",
+        {**_COMMON, "b": "b", "norm": "norm", "variant": "variant", "metropolis": "metropolis"},
+    ),
+    "psgld": SamplerEntry(
+        PSGLD,
+        "preconditioned SGLD (RMSprop-scaled steps)",
+        {**_COMMON, "alpha": "psgld_alpha", "damping": "psgld_damping"},
+        "not available for psgld (its preconditioner depends on the chain's history)",
+    ),
+    "hmc": SamplerEntry(
+        HMC,
+        "Hamiltonian Monte Carlo: leapfrog trajectories and a Metropolis test",
+        {"step_size": "step_size", "n_leapfrog": "hmc_leapfrog"},
+        "hmc always ends its transitions in the Metropolis test; leave metropolis off",
+    ),
 }
 
 
@@ -50,14 +62,16 @@ def make_sampler(name: str, **hyperparameters) -> Sampler:
 
 
 def applicable(name: str, values: dict) -> dict:
-    """The entries of ``values`` that sampler ``name`` takes as hyperparameters: a panel's sliders offer ``b`` to every sampler, only AniLA uses it."""
+    """The entries of ``values`` that sampler ``name`` takes as hyperparameters: a panel's sliders offer ``b`` to every
+    sampler, only AniLA uses it."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler: unknown name {name!r}; expected one of {sorted(SAMPLERS)}")
     return {k: v for k, v in values.items() if k in SAMPLERS[name].settings}
 
 
 def sampler_from_config(config) -> Sampler:
-    """The sampler a training configuration names (``config.sampler``), with its hyperparameters read from the config's fields."""
+    """The sampler a training configuration names (``config.sampler``), with its hyperparameters read from the config's
+    fields."""
     if config.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown name {config.sampler!r}; expected one of {sorted(SAMPLERS)}")
     entry = SAMPLERS[config.sampler]

@@ -1,4 +1,5 @@
-"""Distances between two sets of points when no density is known: sliced Wasserstein, a kernel density estimate on the grid, and MMD scaled to the dimension."""
+"""Distances between two sets of points when no density is known: sliced Wasserstein, a kernel density estimate on the
+grid, and MMD scaled to the dimension."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ import torch
 
 from anila_core.sampling.distances import GRID_EXTENT, GRID_SIZE, grid_points, mmd
 
-__all__ = ["sliced_wasserstein", "wasserstein_1d", "scott_bandwidth", "kde_grid_log_probs", "scaled_mmd", "MMD_BANDWIDTHS"]
+__all__ = [
+    "sliced_wasserstein",
+    "wasserstein_1d",
+    "scott_bandwidth",
+    "kde_grid_log_probs",
+    "scaled_mmd",
+    "MMD_BANDWIDTHS",
+]
 
-#: the rings' MMD bandwidths; :func:`scaled_mmd` multiplies them by sqrt(D / 2), so they mean the same in D dimensions as in two
+#: the rings' MMD bandwidths; :func:`scaled_mmd` multiplies them by sqrt(D / 2), so they mean the same in D dimensions
+#: as in two
 MMD_BANDWIDTHS = (0.1, 0.3, 1.0, 3.0)
 
 
@@ -22,7 +31,8 @@ def _points(name: str, x) -> torch.Tensor:
 
 
 def wasserstein_1d(a: torch.Tensor, b: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """``W_p^p`` between the empirical measures of each row of ``a`` ``(L, n)`` and of ``b`` ``(L, m)``: ``(L,)``, exact.
+    """``W_p^p`` between the empirical measures of each row of ``a`` ``(L, n)`` and of ``b`` ``(L, m)``: ``(L,)``,
+    exact.
 
     The quantile function of ``n`` equally weighted points is a step function with jumps at
     ``i / n``; between consecutive jumps of either set both quantile functions are constant,
@@ -32,7 +42,9 @@ def wasserstein_1d(a: torch.Tensor, b: torch.Tensor, p: float = 2.0) -> torch.Te
     a, b = a.sort(dim=1).values, b.sort(dim=1).values
     n, m = a.shape[1], b.shape[1]
     # equal fractions i/n = j/m give the same float (each is the correctly rounded rational), so unique() merges them
-    ends = torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n, torch.arange(1, m + 1, dtype=torch.float64) / m]).unique()
+    ends = torch.cat(
+        [torch.arange(1, n + 1, dtype=torch.float64) / n, torch.arange(1, m + 1, dtype=torch.float64) / m]
+    ).unique()
     widths = torch.diff(ends, prepend=torch.zeros(1, dtype=torch.float64))
     middle = ends - widths / 2
     ia = (middle * n).floor().long().clamp(max=n - 1)
@@ -40,7 +52,9 @@ def wasserstein_1d(a: torch.Tensor, b: torch.Tensor, p: float = 2.0) -> torch.Te
     return (a[:, ia] - b[:, ib]).abs().pow(p) @ widths
 
 
-def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_directions: int = 128, p: float = 2.0, seed: int = 0) -> float:
+def sliced_wasserstein(
+    x: torch.Tensor, y: torch.Tensor, n_directions: int = 128, p: float = 2.0, seed: int = 0
+) -> float:
     """Sliced ``p``-Wasserstein distance ``(E_θ W_p^p(θ·x, θ·y))^{1/p}`` over ``n_directions`` random unit directions.
 
     The directions come from a generator seeded ``seed``, so the same two sets always give
@@ -55,14 +69,17 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_directions: int = 128
         raise ValueError(f"n_directions: expected an integer >= 1, got {n_directions!r}")
     if not p >= 1:
         raise ValueError(f"p: expected a number >= 1, got {p!r}")
-    directions = torch.randn(n_directions, x.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    directions = torch.randn(
+        n_directions, x.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     directions = directions / directions.norm(dim=1, keepdim=True)
     cost = wasserstein_1d(directions @ x.T, directions @ y.T, p)
     return float(cost.mean() ** (1 / p))
 
 
 def scott_bandwidth(points: torch.Tensor) -> torch.Tensor:
-    """Scott's rule: each coordinate's standard deviation times ``n^(−1/(D+4))``, ``(D,)``; a coordinate that never varies gets that of the others."""
+    """Scott's rule: each coordinate's standard deviation times ``n^(−1/(D+4))``, ``(D,)``; a coordinate that never
+    varies gets that of the others."""
     x = _points("points", points)
     n, d = x.shape
     sd = x.std(dim=0, unbiased=True) if n > 1 else torch.ones(d, dtype=torch.float64)
@@ -71,9 +88,15 @@ def scott_bandwidth(points: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def kde_grid_log_probs(points: torch.Tensor, extent: float = GRID_EXTENT, size: int = GRID_SIZE,
-                       bandwidth: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
-    """Log-probabilities of the grid cells under a Gaussian kernel density estimate of 2-D ``points``, normalised on the grid: ``(size, size)``.
+def kde_grid_log_probs(
+    points: torch.Tensor,
+    extent: float = GRID_EXTENT,
+    size: int = GRID_SIZE,
+    bandwidth: torch.Tensor | None = None,
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """Log-probabilities of the grid cells under a Gaussian kernel density estimate of 2-D ``points``, normalised on the
+    grid: ``(size, size)``.
 
     The same grid as :func:`anila_core.sampling.distances.grid_log_probs`, so the two compare
     with :func:`~anila_core.sampling.distances.grid_tv`. ``bandwidth`` defaults to
@@ -94,7 +117,8 @@ def kde_grid_log_probs(points: torch.Tensor, extent: float = GRID_EXTENT, size: 
 
 
 def scaled_mmd(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Unbiased squared MMD with the rings' Gaussian bandwidths times ``sqrt(D / 2)``: in two dimensions, the rings' own MMD.
+    """Unbiased squared MMD with the rings' Gaussian bandwidths times ``sqrt(D / 2)``: in two dimensions, the rings' own
+    MMD.
 
     Distances between points grow as ``sqrt(D)``; scaling the bandwidths with them keeps the
     kernels from seeing every pair of points in D = 50 as infinitely far apart.

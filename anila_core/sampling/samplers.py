@@ -1,4 +1,5 @@
-"""The samplers: Langevin, AniLA and pSGLD (each a step-size map in the shared Euler–Maruyama move) and HMC, all on one recipe.
+"""The samplers: Langevin, AniLA and pSGLD (each a step-size map in the shared Euler–Maruyama move) and HMC, all on one
+recipe.
 
 Every sampler follows it: ``state = sampler.init(energy_fn, x0)`` evaluates the start,
 ``state, info = sampler.step(energy_fn, state, noise, u)`` makes one transition and says what it
@@ -50,23 +51,34 @@ class Sampler:
     """The shared recipe (``init``, ``step``, ``run``, ``sample``); a subclass supplies ``step`` and its chain state."""
 
     name = "sampler"
-    #: whether every transition ends in the Metropolis test (then ``run`` draws its uniform, and rejected proposals keep chains finite)
+    #: whether every transition ends in the Metropolis test (then ``run`` draws its uniform, and rejected proposals keep
+    #: chains finite)
     metropolis: bool = False
-    #: with the compiled path on CUDA, replay each transition as a CUDA graph (``torch.compile(mode="reduce-overhead")``)
+    #: with the compiled path on CUDA, replay each transition as a CUDA graph
+    #: (``torch.compile(mode="reduce-overhead")``)
     fast_cuda_graphs: bool = False
     #: the names of the per-chain tensors this sampler carries in ``state.extra`` (a state must come from this sampler)
     state_keys: tuple[str, ...] = ()
 
     def init_extra(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The sampler's own per-chain state at a fresh start whose gradient is ``grad`` (none for memoryless samplers)."""
+        """The sampler's own per-chain state at a fresh start whose gradient is ``grad`` (none for memoryless
+        samplers)."""
         return {}
 
     def small_step_log_weight(self, energy: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, bool, str]:
-        """``(log w, exact, note)``: the unnormalised log density the chain approaches as ε → 0, at points with these energies and gradients (:mod:`anila_core.sampling.small_step`)."""
+        """``(log w, exact, note)``: the unnormalised log density the chain approaches as ε → 0, at points with these
+        energies and gradients (:mod:`anila_core.sampling.small_step`)."""
         raise ValueError(f"{self.name}: no small-step density as a function of x is known for this sampler")
 
-    def step(self, energy_fn: EnergyFn, state: SamplerState, noise: torch.Tensor, u: torch.Tensor | None = None, *,
-             evaluate: bool = True) -> tuple[SamplerState, StepInfo]:
+    def step(
+        self,
+        energy_fn: EnergyFn,
+        state: SamplerState,
+        noise: torch.Tensor,
+        u: torch.Tensor | None = None,
+        *,
+        evaluate: bool = True,
+    ) -> tuple[SamplerState, StepInfo]:
         """One transition from ``state`` (evaluated), given standard normal ``noise`` of ``x``'s shape and ``u``.
 
         ``u`` is one uniform per chain for a Metropolis sampler (``None`` otherwise). Returns the
@@ -79,8 +91,9 @@ class Sampler:
 
     def _check_draws(self, u, evaluate: bool) -> None:
         if self.metropolis and u is None:
-            raise ValueError(f"u: {self.name}'s step ends in the Metropolis test and needs one uniform per chain, "
-                             "got None")
+            raise ValueError(
+                f"u: {self.name}'s step ends in the Metropolis test and needs one uniform per chain, got None"
+            )
         if self.metropolis and not evaluate:
             raise ValueError(f"evaluate: {self.name}'s Metropolis test needs the energy at its proposal; expected True")
 
@@ -99,9 +112,18 @@ class Sampler:
             _refuse_nonfinite_start(self.name, energy, grad)
         return SamplerState(x, energy, grad, self.init_extra(grad))
 
-    def run(self, energy_fn: EnergyFn, state: SamplerState, n_steps: int, generator: torch.Generator | None = None,
-            trace: Trace | None = None, *, fast: bool | str = "auto", evaluate_final: bool = True,
-            allow_nonfinite: bool = False) -> SamplerState:
+    def run(
+        self,
+        energy_fn: EnergyFn,
+        state: SamplerState,
+        n_steps: int,
+        generator: torch.Generator | None = None,
+        trace: Trace | None = None,
+        *,
+        fast: bool | str = "auto",
+        evaluate_final: bool = True,
+        allow_nonfinite: bool = False,
+    ) -> SamplerState:
         """Advance ``state`` by ``n_steps`` calls of :meth:`step` and return the new state (positions detached).
 
         Per step it draws, from ``generator``, the standard normal ``noise`` and then (Metropolis
@@ -127,8 +149,11 @@ class Sampler:
         with context:
             for t in range(1, n_steps + 1):
                 noise = torch.randn(state.x.shape, generator=generator, device=state.x.device, dtype=state.x.dtype)
-                u = (torch.rand(state.x.shape[0], generator=generator, device=state.x.device, dtype=state.x.dtype)
-                     if self.metropolis else None)
+                u = (
+                    torch.rand(state.x.shape[0], generator=generator, device=state.x.device, dtype=state.x.dtype)
+                    if self.metropolis
+                    else None
+                )
                 # the gradient at the last positions is only needed to continue or to trace the chain
                 if t == n_steps and not (evaluate_final or self.metropolis or trace is not None):
                     state, info = self.step(energy_fn, state, noise, u, evaluate=False)
@@ -145,12 +170,15 @@ class Sampler:
     def _checked_state(self, energy_fn: EnergyFn, state, generator, allow_nonfinite: bool) -> SamplerState:
         """``state`` checked to be this sampler's, with its positions detached and its energy and gradient evaluated."""
         if not isinstance(state, SamplerState):
-            raise ValueError(f"state: expected a SamplerState from sampler.init(energy_fn, x0), "
-                             f"got {type(state).__name__}")
+            raise ValueError(
+                f"state: expected a SamplerState from sampler.init(energy_fn, x0), got {type(state).__name__}"
+            )
         if set(state.extra) != set(self.state_keys):  # another sampler's state (pSGLD's has "v", Langevin's nothing)
-            raise ValueError(f"state: carries {sorted(state.extra) or 'no per-chain state'}, but {self.name}'s "
-                             f"chains carry {list(self.state_keys) or 'none'}; expected a state from this sampler's "
-                             "own init() or run()")
+            raise ValueError(
+                f"state: carries {sorted(state.extra) or 'no per-chain state'}, but {self.name}'s "
+                f"chains carry {list(self.state_keys) or 'none'}; expected a state from this sampler's "
+                "own init() or run()"
+            )
         x = check_positions(state.x, "state.x")
         check_generator(generator, x)
         if state.evaluated:
@@ -160,8 +188,17 @@ class Sampler:
             _refuse_nonfinite_start(self.name, energy, grad)
         return SamplerState(x, energy, grad, dict(state.extra))
 
-    def sample(self, energy_fn: EnergyFn, x0: torch.Tensor, n_steps: int, generator: torch.Generator | None = None,
-               trace: Trace | None = None, *, fast: bool | str = "auto", allow_nonfinite: bool = False) -> torch.Tensor:
+    def sample(
+        self,
+        energy_fn: EnergyFn,
+        x0: torch.Tensor,
+        n_steps: int,
+        generator: torch.Generator | None = None,
+        trace: Trace | None = None,
+        *,
+        fast: bool | str = "auto",
+        allow_nonfinite: bool = False,
+    ) -> torch.Tensor:
         """The positions after ``n_steps`` transitions from ``x0``: ``run(init(x0), n_steps).x``.
 
         It skips the gradient at the last positions, which nothing here uses. With
@@ -169,7 +206,16 @@ class Sampler:
         which makes the chain exact for ``exp(-E)``. ``fast`` and ``allow_nonfinite`` as in :meth:`run`.
         """
         state = self.init(energy_fn, x0, allow_nonfinite=allow_nonfinite)
-        return self.run(energy_fn, state, n_steps, generator, trace, fast=fast, evaluate_final=False, allow_nonfinite=allow_nonfinite).x
+        return self.run(
+            energy_fn,
+            state,
+            n_steps,
+            generator,
+            trace,
+            fast=fast,
+            evaluate_final=False,
+            allow_nonfinite=allow_nonfinite,
+        ).x
 
     # -- description
 
@@ -189,12 +235,15 @@ def _refuse_nonfinite_start(name: str, energy: torch.Tensor, grad: torch.Tensor)
 
 
 class LangevinSampler(Sampler):
-    """A Langevin-type sampler: its step-size map (:meth:`step_sizes`, or :meth:`step_map` with memory) in the shared Euler–Maruyama move, and the Metropolis test when asked."""
+    """A Langevin-type sampler: its step-size map (:meth:`step_sizes`, or :meth:`step_map` with memory) in the shared
+    Euler–Maruyama move, and the Metropolis test when asked."""
 
     def __init__(self, step_size: float, noise_scale: float = 1.0, metropolis: bool = False):
         self.step_size = finite_positive("step_size", step_size)
         if isinstance(noise_scale, bool):
-            raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale!r} (a boolean, not a number)")
+            raise ValueError(
+                f"noise_scale: expected a finite number >= 0, got {noise_scale!r} (a boolean, not a number)"
+            )
         try:
             noise_scale = float(noise_scale)
         except (TypeError, ValueError):
@@ -211,7 +260,8 @@ class LangevinSampler(Sampler):
         raise NotImplementedError
 
     def step_map(self, grad: torch.Tensor, extra: dict[str, torch.Tensor]):
-        """``(γ for the drift, γ for the noise, new extra)`` at gradient ``grad``; samplers with memory or a split map override it."""
+        """``(γ for the drift, γ for the noise, new extra)`` at gradient ``grad``; samplers with memory or a split map
+        override it."""
         gamma = self.step_sizes(grad)
         return gamma, gamma, extra
 
@@ -242,8 +292,9 @@ class LangevinSampler(Sampler):
         prop_drift, prop_noise, _ = self.step_map(prop_grad, extra)
         log_q_forward = log_proposal_density(proposal, x, grad, drift_gamma, noise_gamma, self.noise_scale)
         log_q_backward = log_proposal_density(x, proposal, prop_grad, prop_drift, prop_noise, self.noise_scale)
-        x, energy, grad, accepted = metropolis_test(x, state.energy, grad, proposal, prop_energy, prop_grad,
-                                                    log_q_forward, log_q_backward, u)
+        x, energy, grad, accepted = metropolis_test(
+            x, state.energy, grad, proposal, prop_energy, prop_grad, log_q_forward, log_q_backward, u
+        )
         return SamplerState(x, energy, grad, extra), StepInfo(accepted, clipped, finite_chains(energy, grad))
 
     def small_step_log_weight(self, energy, grad):
@@ -251,20 +302,35 @@ class LangevinSampler(Sampler):
             return -energy, True, "Metropolis-adjusted: exact for exp(-E)"
         drift_gamma, noise_gamma, _ = self.step_map(grad, self.init_extra(grad))
         if not torch.equal(drift_gamma, noise_gamma):
-            raise ValueError(f"{self.name}: no small-step density is derived for a map that scales drift and noise differently")
+            raise ValueError(
+                f"{self.name}: no small-step density is derived for a map that scales drift and noise differently"
+            )
         log_a = (noise_gamma / self.step_size).log().flatten(1)
         if self.one_step_size_per_sample:
-            return -energy / self.noise_scale**2 - log_a[:, 0], True, "exp(-E/τ²)/a with one step size per sample: exact"
-        return (-energy / self.noise_scale**2 - log_a.sum(1), False,
-                "exp(-E/τ²)/∏ a_i with per-coordinate steps: exact for separable energies, else an approximation")
+            return (
+                -energy / self.noise_scale**2 - log_a[:, 0],
+                True,
+                "exp(-E/τ²)/a with one step size per sample: exact",
+            )
+        return (
+            -energy / self.noise_scale**2 - log_a.sum(1),
+            False,
+            "exp(-E/τ²)/∏ a_i with per-coordinate steps: exact for separable energies, else an approximation",
+        )
 
     @property
     def one_step_size_per_sample(self) -> bool:
-        """Whether the map gives all coordinates of a sample one step size (then the small-step density is exact for any energy)."""
+        """Whether the map gives all coordinates of a sample one step size (then the small-step density is exact for any
+        energy)."""
         return True
 
     def settings(self) -> dict:
-        return {"sampler": self.name, "step_size": self.step_size, "noise_scale": self.noise_scale, "metropolis": self.metropolis}
+        return {
+            "sampler": self.name,
+            "step_size": self.step_size,
+            "noise_scale": self.noise_scale,
+            "metropolis": self.metropolis,
+        }
 
 
 class Langevin(LangevinSampler):
@@ -289,8 +355,15 @@ class AniLA(LangevinSampler):
 
     name = "anila"
 
-    def __init__(self, step_size: float, b: float, noise_scale: float = 1.0, norm: str = "coordinate",
-                 metropolis: bool = False, variant: str = "full"):
+    def __init__(
+        self,
+        step_size: float,
+        b: float,
+        noise_scale: float = 1.0,
+        norm: str = "coordinate",
+        metropolis: bool = False,
+        variant: str = "full",
+    ):
         super().__init__(step_size, noise_scale, metropolis)
         b = positive_or_inf("b", b)
         if norm not in NORMS:
@@ -380,14 +453,17 @@ class PSGLD(LangevinSampler):
         return gamma, gamma, {"v": v}
 
     def small_step_log_weight(self, energy, grad):
-        raise ValueError("psgld: its step sizes depend on the chain's history, so its small-step law is not a function of x")
+        raise ValueError(
+            "psgld: its step sizes depend on the chain's history, so its small-step law is not a function of x"
+        )
 
     def settings(self) -> dict:
         return {**super().settings(), "alpha": self.alpha, "damping": self.damping}
 
 
 class HMC(Sampler):
-    """Hamiltonian Monte Carlo: a fresh momentum ``p ~ N(0, M)``, ``n_leapfrog`` leapfrog steps of size ``ε``, and the Metropolis test on ``H = E(x) + ½ pᵀM⁻¹p``.
+    """Hamiltonian Monte Carlo: a fresh momentum ``p ~ N(0, M)``, ``n_leapfrog`` leapfrog steps of size ``ε``, and the
+    Metropolis test on ``H = E(x) + ½ pᵀM⁻¹p``.
 
     ``mass`` is the diagonal of ``M``: one number, or one per coordinate of a sample (a
     sequence with a sample's shape, flattened). Each transition costs ``n_leapfrog``
@@ -401,7 +477,9 @@ class HMC(Sampler):
     def __init__(self, step_size: float, n_leapfrog: int = 10, mass=1.0):
         self.step_size = finite_positive("step_size", step_size)
         if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or not 1 <= n_leapfrog <= 10_000:
-            raise ValueError(f"n_leapfrog: expected an integer in [1, 10000] (each leapfrog step is a gradient), got {n_leapfrog!r}")
+            raise ValueError(
+                f"n_leapfrog: expected an integer in [1, 10000] (each leapfrog step is a gradient), got {n_leapfrog!r}"
+            )
         self.n_leapfrog = n_leapfrog
         try:
             masses = torch.as_tensor(mass, dtype=torch.float64).flatten()
@@ -409,14 +487,17 @@ class HMC(Sampler):
             raise ValueError(f"mass: expected a number > 0 or a sequence of them, got {mass!r}") from None
         if masses.numel() < 1 or not bool(torch.isfinite(masses).all()) or bool((masses <= 0).any()):
             raise ValueError(f"mass: expected finite numbers > 0, got {mass!r}")
-        #: the diagonal of M as plain floats (one, or one per coordinate): hashable, so also the compiled path's cache key
+        #: the diagonal of M as plain floats (one, or one per coordinate): hashable, so also the compiled path's cache
+        #: key
         self.mass = float(masses[0]) if masses.numel() == 1 else tuple(masses.tolist())
 
     def _mass_like(self, x: torch.Tensor):
         if isinstance(self.mass, float):
             return self.mass
         if len(self.mass) != x[0].numel():
-            raise ValueError(f"mass: expected 1 or {x[0].numel()} values (one per coordinate of a sample), got {len(self.mass)}")
+            raise ValueError(
+                f"mass: expected 1 or {x[0].numel()} values (one per coordinate of a sample), got {len(self.mass)}"
+            )
         return torch.tensor(self.mass, dtype=x.dtype, device=x.device).view(x.shape[1:])
 
     def step(self, energy_fn, state, noise, u=None, *, evaluate=True):
@@ -432,8 +513,9 @@ class HMC(Sampler):
             q_energy, q_grad = energy_and_grad(energy_fn, q)
             momentum = momentum - (eps if i < self.n_leapfrog - 1 else 0.5 * eps) * q_grad
         # the shared test with the momentum's log density in place of the proposal's: log α = E(x) − E(q) + K(p) − K(p')
-        x, energy, grad, accepted = metropolis_test(x, state.energy, state.grad, q, q_energy, q_grad, -kinetic(p),
-                                                    -kinetic(momentum), u)
+        x, energy, grad, accepted = metropolis_test(
+            x, state.energy, state.grad, q, q_energy, q_grad, -kinetic(p), -kinetic(momentum), u
+        )
         return SamplerState(x, energy, grad, state.extra), StepInfo(accepted, None, finite_chains(energy, grad))
 
     def small_step_log_weight(self, energy, grad):

@@ -30,16 +30,19 @@ __all__ = ["SmallStepDensity", "small_step_log_probs", "SmallStepCheck", "check_
 
 @dataclass
 class SmallStepDensity:
-    """A sampler's small-step density on the grid: ``log_probs`` ``(size, size)`` normalised on it, whether it is ``exact``, and why."""
+    """A sampler's small-step density on the grid: ``log_probs`` ``(size, size)`` normalised on it, whether it is
+    ``exact``, and why."""
 
     log_probs: torch.Tensor
     exact: bool
     note: str
 
 
-def small_step_log_probs(sampler, energy_fn: EnergyFn, extent: float = GRID_EXTENT, size: int = GRID_SIZE,
-                         batch: int = 8192, device=None) -> SmallStepDensity:
-    """The density ``sampler``'s chains approach as ε → 0 on a 2-D energy, normalised on the ``size × size`` grid over ±``extent``.
+def small_step_log_probs(
+    sampler, energy_fn: EnergyFn, extent: float = GRID_EXTENT, size: int = GRID_SIZE, batch: int = 8192, device=None
+) -> SmallStepDensity:
+    """The density ``sampler``'s chains approach as ε → 0 on a 2-D energy, normalised on the ``size × size`` grid over
+    ±``extent``.
 
     Exact for Langevin, for AniLA's ``sample`` norm and for Metropolis-adjusted chains; the
     product formula, marked ``exact=False``, for AniLA's ``coordinate`` norm (exact only for
@@ -62,7 +65,8 @@ def small_step_log_probs(sampler, energy_fn: EnergyFn, extent: float = GRID_EXTE
 
 @dataclass
 class SmallStepCheck:
-    """Unadjusted chains at a small step against two densities on the grid (histogram TV): the sampler's small-step density and exp(−E/τ²).
+    """Unadjusted chains at a small step against two densities on the grid (histogram TV): the sampler's small-step
+    density and exp(−E/τ²).
 
     ``floor`` is the TV that exact, independent draws of the small-step density would score
     on average (the histogram's own noise, ½ Σ √(2 q(1−q)/(π n)) over the bins' masses q), so
@@ -80,9 +84,17 @@ class SmallStepCheck:
     step_size: float
 
 
-def check_small_step_density(sampler, energy_fn: EnergyFn, x0: torch.Tensor, n_steps: int, generator: torch.Generator | None = None,
-                             bins: int = 40, extent: float = GRID_EXTENT) -> SmallStepCheck:
-    """Run ``sampler`` from ``x0`` (independent chains) for ``n_steps`` and compare where the chains end with :func:`small_step_log_probs`.
+def check_small_step_density(
+    sampler,
+    energy_fn: EnergyFn,
+    x0: torch.Tensor,
+    n_steps: int,
+    generator: torch.Generator | None = None,
+    bins: int = 40,
+    extent: float = GRID_EXTENT,
+) -> SmallStepCheck:
+    """Run ``sampler`` from ``x0`` (independent chains) for ``n_steps`` and compare where the chains end with
+    :func:`small_step_log_probs`.
 
     The product formula exp(−E)/∏ aᵢ of AniLA's ``coordinate`` norm is derived for separable
     energies only; this measures its error on any 2-D energy, e.g. a correlated Gaussian or
@@ -97,6 +109,12 @@ def check_small_step_density(sampler, energy_fn: EnergyFn, x0: torch.Tensor, n_s
     q = formula.log_probs.exp().view(bins, 5, bins, 5).sum((1, 3)).flatten()
     floor = 0.5 * float((2 * q * (1 - q) / (math.pi * len(x))).sqrt().sum())
     return SmallStepCheck(
-        formula_tv=histogram_tv(x, formula.log_probs, extent, bins), energy_tv=histogram_tv(x, energy, extent, bins), floor=floor,
-        densities_tv=0.5 * float((formula.log_probs.exp() - energy.exp()).abs().sum()), exact=formula.exact, chains=len(x),
-        steps=n_steps, step_size=sampler.step_size)
+        formula_tv=histogram_tv(x, formula.log_probs, extent, bins),
+        energy_tv=histogram_tv(x, energy, extent, bins),
+        floor=floor,
+        densities_tv=0.5 * float((formula.log_probs.exp() - energy.exp()).abs().sum()),
+        exact=formula.exact,
+        chains=len(x),
+        steps=n_steps,
+        step_size=sampler.step_size,
+    )

@@ -20,33 +20,55 @@ __all__ = ["add_parsers", "cmd_compare", "cmd_sweep", "cmd_demo", "run_spec", "D
 
 def add_parsers(sub, presets: str) -> None:
     """The ``compare``, ``sweep`` and ``demo`` subcommands, in that order, on the command line's ``sub`` parsers."""
-    compare = sub.add_parser("compare", help="train several samplers with the same seed and budget, side by side",
-                             description="Train one run per sampler (same preset, seed and budget), then write the "
-                                         "side-by-side figure comparison.png and the table comparison.md.")
-    compare.add_argument("--samplers", nargs="+", default=["langevin", "anila"], metavar="SAMPLER",
-                         help=f"samplers to compare, from: {listed(sorted(SAMPLERS))} (default langevin anila); an "
-                              "entry may carry its own settings, anila:b=3 or anila:b=3,step_size=0.02 (its folder: "
-                              "anila-b3, ...)")
-    compare.add_argument("--preset", default=None,
-                         help=f"named settings ({presets}; default {DEFAULT_PRESET}); each sampler gets its own "
-                              "tuned entries")
-    compare.add_argument("--out", type=Path, default=Path("runs/compare"),
-                         help="folder for the runs and the figure (default runs/compare)")
-    compare.add_argument("--jobs", type=integer_flag, default=None,
-                         help="runs in parallel (default: one per CPU core, at most one per sampler)")
-    compare.add_argument("--resume", action="store_true",
-                         help="resume unfinished runs in --out; finished ones are kept")
+    compare = sub.add_parser(
+        "compare",
+        help="train several samplers with the same seed and budget, side by side",
+        description="Train one run per sampler (same preset, seed and budget), then write the "
+        "side-by-side figure comparison.png and the table comparison.md.",
+    )
+    compare.add_argument(
+        "--samplers",
+        nargs="+",
+        default=["langevin", "anila"],
+        metavar="SAMPLER",
+        help=f"samplers to compare, from: {listed(sorted(SAMPLERS))} (default langevin anila); an "
+        "entry may carry its own settings, anila:b=3 or anila:b=3,step_size=0.02 (its folder: "
+        "anila-b3, ...)",
+    )
+    compare.add_argument(
+        "--preset",
+        default=None,
+        help=f"named settings ({presets}; default {DEFAULT_PRESET}); each sampler gets its own tuned entries",
+    )
+    compare.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/compare"),
+        help="folder for the runs and the figure (default runs/compare)",
+    )
+    compare.add_argument(
+        "--jobs",
+        type=integer_flag,
+        default=None,
+        help="runs in parallel (default: one per CPU core, at most one per sampler)",
+    )
+    compare.add_argument(
+        "--resume", action="store_true", help="resume unfinished runs in --out; finished ones are kept"
+    )
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_runner_flags(compare, "run (a `train` command)", "the same command plus --resume collects them")
     add_config_flags(compare, skip=("sampler",))
 
     _add_sweep_parser(sub, presets)
 
-    demo = sub.add_parser("demo",
-                          help="the headless demo on the rings at the cpu preset: Langevin, AniLA at b = 30 (clips "
-                               "almost nothing: Langevin's chain) and a clipping AniLA (b = 3); a few minutes")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"),
-                      help="folder for the comparison (default runs/demo)")
+    demo = sub.add_parser(
+        "demo",
+        help="the headless demo on the rings at the cpu preset: Langevin, AniLA at b = 30 (clips "
+        "almost nothing: Langevin's chain) and a clipping AniLA (b = 3); a few minutes",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="folder for the comparison (default runs/demo)"
+    )
     demo.add_argument("--preset", default=DEFAULT_PRESET, help=f"named settings (default {DEFAULT_PRESET})")
 
 
@@ -59,38 +81,78 @@ def _add_sweep_parser(sub, presets: str) -> None:
     from anila_core.study.grid import KIND_HELP, KINDS, STUDIES
 
     sweep = sub.add_parser(
-        "sweep", help="the sampler study: a grid of settings and seeds at one budget per cell, in parallel, resumable",
+        "sweep",
+        help="the sampler study: a grid of settings and seeds at one budget per cell, in parallel, resumable",
         description="Train one run per cell of the grid (samplers × step sizes × b × K × chain kinds × seeds; b "
-                    "applies to the AniLA samplers only) at the same budget, in parallel processes, and write "
-                    "sweep.json, sweep.md, heatmaps.png, stability.png, quality_vs_budget.png (and "
-                    "two_densities.png) to --out. Each finished cell is saved at once (cells/<cell>.json): running "
-                    "the same command again finishes an interrupted sweep without recomputing a finished cell. "
-                    "Samplers: " + "; ".join(f"{k}: {v}" for k, v in KIND_HELP.items()) + ".")
-    sweep.add_argument("--study", choices=sorted(STUDIES), default=None,
-                       help="a named grid (rings: the committed study, docs/study/rings; digits; smoke); then the grid "
-                            "flags below are not allowed")
-    sweep.add_argument("--samplers", nargs="+", choices=list(KINDS), default=None, metavar="SAMPLER",
-                       help=f"samplers, from: {listed(KINDS)} (default langevin anila)")
-    sweep.add_argument("--step-size", dest="grid_step_size", nargs="+", type=float, default=None, metavar="EPS",
-                       help="step sizes ε (default 0.01)")
-    sweep.add_argument("--b", dest="grid_b", nargs="+", type=float, default=None, metavar="B",
-                       help="AniLA thresholds b (default 1)")
-    sweep.add_argument("--n-steps", dest="grid_n_steps", nargs="+", type=integer_flag, default=None, metavar="K",
-                       help="sampler transitions per iteration (default: the preset's)")
-    sweep.add_argument("--chains", dest="grid_chains", nargs="+", choices=list(CHAIN_KINDS), default=None,
-                       metavar="CHAINS",
-                       help=f"chain kinds, from: {listed(CHAIN_KINDS)} (default: the preset's)")
-    sweep.add_argument("--seed", dest="grid_seed", nargs="+", type=integer_flag, default=None, metavar="SEED",
-                       help="seeds (default 0)")
-    sweep.add_argument("--preset", default=None,
-                       help=f"base settings of every cell ({presets}; default sweep, or cpu with --dataset)")
-    sweep.add_argument("--out", type=Path, default=None,
-                       help="folder of the sweep (default runs/sweep-<study>, or runs/sweep)")
+        "applies to the AniLA samplers only) at the same budget, in parallel processes, and write "
+        "sweep.json, sweep.md, heatmaps.png, stability.png, quality_vs_budget.png (and "
+        "two_densities.png) to --out. Each finished cell is saved at once (cells/<cell>.json): running "
+        "the same command again finishes an interrupted sweep without recomputing a finished cell. "
+        "Samplers: " + "; ".join(f"{k}: {v}" for k, v in KIND_HELP.items()) + ".",
+    )
+    sweep.add_argument(
+        "--study",
+        choices=sorted(STUDIES),
+        default=None,
+        help="a named grid (rings: the committed study, docs/study/rings; digits; smoke); then the grid "
+        "flags below are not allowed",
+    )
+    sweep.add_argument(
+        "--samplers",
+        nargs="+",
+        choices=list(KINDS),
+        default=None,
+        metavar="SAMPLER",
+        help=f"samplers, from: {listed(KINDS)} (default langevin anila)",
+    )
+    sweep.add_argument(
+        "--step-size",
+        dest="grid_step_size",
+        nargs="+",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="step sizes ε (default 0.01)",
+    )
+    sweep.add_argument(
+        "--b", dest="grid_b", nargs="+", type=float, default=None, metavar="B", help="AniLA thresholds b (default 1)"
+    )
+    sweep.add_argument(
+        "--n-steps",
+        dest="grid_n_steps",
+        nargs="+",
+        type=integer_flag,
+        default=None,
+        metavar="K",
+        help="sampler transitions per iteration (default: the preset's)",
+    )
+    sweep.add_argument(
+        "--chains",
+        dest="grid_chains",
+        nargs="+",
+        choices=list(CHAIN_KINDS),
+        default=None,
+        metavar="CHAINS",
+        help=f"chain kinds, from: {listed(CHAIN_KINDS)} (default: the preset's)",
+    )
+    sweep.add_argument(
+        "--seed", dest="grid_seed", nargs="+", type=integer_flag, default=None, metavar="SEED", help="seeds (default 0)"
+    )
+    sweep.add_argument(
+        "--preset", default=None, help=f"base settings of every cell ({presets}; default sweep, or cpu with --dataset)"
+    )
+    sweep.add_argument(
+        "--out", type=Path, default=None, help="folder of the sweep (default runs/sweep-<study>, or runs/sweep)"
+    )
     sweep.add_argument("--jobs", type=integer_flag, default=None, help="cells in parallel (default: one per CPU core)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sweep.add_argument("--cell", default=None, metavar="ID",
-                       help="train only this cell of the sweep here and write cells/ID.json (what --print-commands "
-                            "lists; the folder must hold the sweep's plan.json)")
+    sweep.add_argument(
+        "--cell",
+        default=None,
+        metavar="ID",
+        help="train only this cell of the sweep here and write cells/ID.json (what --print-commands "
+        "lists; the folder must hold the sweep's plan.json)",
+    )
     _add_runner_flags(sweep, "cell (a `sweep ... --cell ID` command)", "the same command collects them")
     add_config_flags(sweep, skip=SWEEP_AXES)
 
@@ -99,17 +161,30 @@ def _add_runner_flags(parser: argparse.ArgumentParser, unit: str, collect: str) 
     """Where the runs go: this machine's processes (the default), a SLURM array through submitit, or a list of
     commands."""
     group = parser.add_argument_group("where the runs go (this machine by default)")
-    group.add_argument("--executor", choices=EXECUTORS, default="local",
-                       help="local: processes on this machine (default); submitit: a SLURM array through submitit (pip "
-                            "install 'anila_core[cluster]'), its job files in --out/submitit; where there is no SLURM, "
-                            "submitit's local processes")
-    group.add_argument("--print-commands", action="store_true",
-                       help=f"print one command per unfinished {unit} instead of running it, for any other scheduler; "
-                            f"once they ran, {collect}")
-    group.add_argument("--slurm-partition", default=None, metavar="NAME",
-                       help="the SLURM partition (--executor submitit)")
-    group.add_argument("--slurm-time", type=integer_flag, default=None, metavar="MINUTES",
-                       help="the time limit of each run on SLURM, in minutes (--executor submitit)")
+    group.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: processes on this machine (default); submitit: a SLURM array through submitit (pip "
+        "install 'anila_core[cluster]'), its job files in --out/submitit; where there is no SLURM, "
+        "submitit's local processes",
+    )
+    group.add_argument(
+        "--print-commands",
+        action="store_true",
+        help=f"print one command per unfinished {unit} instead of running it, for any other scheduler; "
+        f"once they ran, {collect}",
+    )
+    group.add_argument(
+        "--slurm-partition", default=None, metavar="NAME", help="the SLURM partition (--executor submitit)"
+    )
+    group.add_argument(
+        "--slurm-time",
+        type=integer_flag,
+        default=None,
+        metavar="MINUTES",
+        help="the time limit of each run on SLURM, in minutes (--executor submitit)",
+    )
 
 
 def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int:
@@ -117,32 +192,57 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     from anila_core.training import distributed
 
     if distributed.from_env().enabled:
-        raise ValueError("compare: runs its samplers as separate processes and cannot run under torchrun; use "
-                         "`torchrun ... -m anila_core train --sampler NAME` once per sampler")
+        raise ValueError(
+            "compare: runs its samplers as separate processes and cannot run under torchrun; use "
+            "`torchrun ... -m anila_core train --sampler NAME` once per sampler"
+        )
     overrides = config_overrides(args)
     parsed = [run_spec(text) for text in dict.fromkeys(args.samplers)]
     labels = [label for label, _, _ in parsed]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
-        raise ValueError(f"--samplers: {', '.join(twice)} named twice (the same run folder); give each entry other "
-                         f"settings")
+        raise ValueError(
+            f"--samplers: {', '.join(twice)} named twice (the same run folder); give each entry other settings"
+        )
     specs = {label: (sampler, settings) for label, sampler, settings in parsed}
     name = args.preset if args.preset is not None else (preset_name or DEFAULT_PRESET)
-    configs = {label: preset(name, sampler, **{**overrides, **settings})
-               for label, (sampler, settings) in specs.items()}
+    configs = {
+        label: preset(name, sampler, **{**overrides, **settings}) for label, (sampler, settings) in specs.items()
+    }
 
     # the one `train` command that makes the same run (folders given absolute)
     def train_command(label: str) -> list[str]:
         sampler, settings = specs[label]
-        return ["train", "--preset", name, "--sampler", sampler, *config_flags({**overrides, **settings}),
-                "--out", str((args.out / label).absolute()), "--no-progress"]
+        return [
+            "train",
+            "--preset",
+            name,
+            "--sampler",
+            sampler,
+            *config_flags({**overrides, **settings}),
+            "--out",
+            str((args.out / label).absolute()),
+            "--no-progress",
+        ]
 
-    result = run_compare(args.out, configs, jobs=args.jobs, resume=args.resume, progress=not args.no_progress,
-                         executor=args.executor, partition=args.slurm_partition, time_min=args.slurm_time,
-                         train_command=train_command, print_only=args.print_commands)
+    result = run_compare(
+        args.out,
+        configs,
+        jobs=args.jobs,
+        resume=args.resume,
+        progress=not args.no_progress,
+        executor=args.executor,
+        partition=args.slurm_partition,
+        time_min=args.slurm_time,
+        train_command=train_command,
+        print_only=args.print_commands,
+    )
     if result is None:
-        print("compare: one `train` command per unfinished run above; once they ran, the same compare command plus "
-              "--resume collects them and writes the figure and the table", file=sys.stderr)
+        print(
+            "compare: one `train` command per unfinished run above; once they ran, the same compare command plus "
+            "--resume collects them and writes the figure and the table",
+            file=sys.stderr,
+        )
         return 0
     print(result.table)
     print(f"wall time {result.wall_s:.0f} s")
@@ -164,16 +264,19 @@ def run_spec(text: str) -> tuple[str, str, dict]:
         key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not eq or key not in kinds or key == "sampler":
-            raise ValueError(f"--samplers: {text!r}: expected NAME or NAME:setting=value,... with settings of train's "
-                             f"flags (such as b=3 or step_size=0.02), got {item!r}")
+            raise ValueError(
+                f"--samplers: {text!r}: expected NAME or NAME:setting=value,... with settings of train's "
+                f"flags (such as b=3 or step_size=0.02), got {item!r}"
+            )
         try:
             parsers = {"int": integer_flag, "float": float, "str": str, "bool": _boolean, "str | bool": parse_fast}
             settings[key] = parsers[kinds[key]](value.strip())
         except (ValueError, argparse.ArgumentTypeError) as err:
             raise ValueError(f"--samplers: {text!r}: {key}: {err}") from None
     # a folder name that says what differs: anila:b=3 -> anila-b3
-    label = "-".join([sampler] + [k.replace("_", "-") + (f"{v:g}" if isinstance(v, float) else str(v))
-                                  for k, v in settings.items()])
+    label = "-".join(
+        [sampler] + [k.replace("_", "-") + (f"{v:g}" if isinstance(v, float) else str(v)) for k, v in settings.items()]
+    )
     return label, sampler, settings
 
 
@@ -194,36 +297,50 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if distributed.from_env().enabled:
         raise ValueError("sweep: runs its cells as separate processes and cannot run under torchrun")
     overrides = config_overrides(args)
-    grid_flags = {"--samplers": args.samplers, "--step-size": args.grid_step_size, "--b": args.grid_b,
-                  "--n-steps": args.grid_n_steps, "--chains": args.grid_chains, "--seed": args.grid_seed}
+    grid_flags = {
+        "--samplers": args.samplers,
+        "--step-size": args.grid_step_size,
+        "--b": args.grid_b,
+        "--n-steps": args.grid_n_steps,
+        "--chains": args.grid_chains,
+        "--seed": args.grid_seed,
+    }
     if args.study:
         given = [flag for flag, value in grid_flags.items() if value is not None]
         given += ["--preset"] if args.preset is not None else []
         if given:
-            raise ValueError(f"--study: fixes the grid and the preset; drop {', '.join(given)} (or leave out --study "
-                             f"to give your own grid)")
+            raise ValueError(
+                f"--study: fixes the grid and the preset; drop {', '.join(given)} (or leave out --study "
+                f"to give your own grid)"
+            )
         study = STUDIES[args.study]
         base = study_base(study, **overrides)
         cells = study.cells()
-        design = dict(verdict_seeds=study.verdict_seeds, version=study.version,
-                      product_formula_check=study.product_formula_check)
+        design = dict(
+            verdict_seeds=study.verdict_seeds, version=study.version, product_formula_check=study.product_formula_check
+        )
         out = args.out or Path("runs") / f"sweep-{args.study}"
     else:
         images = data_kind(TrainConfig(dataset=overrides.get("dataset") or "")).name == "images"
         name = args.preset if args.preset is not None else ("cpu" if images else "sweep")
         base = preset(name, "langevin", **overrides)
-        grid = Grid(kinds=args.samplers or ["langevin", "anila"], step_sizes=args.grid_step_size or [0.01],
-                    bs=args.grid_b or [1.0],
-                    n_steps=args.grid_n_steps or [base.n_steps], chains=args.grid_chains or [base.chains],
-                    seeds=args.grid_seed or [0])
+        grid = Grid(
+            kinds=args.samplers or ["langevin", "anila"],
+            step_sizes=args.grid_step_size or [0.01],
+            bs=args.grid_b or [1.0],
+            n_steps=args.grid_n_steps or [base.n_steps],
+            chains=args.grid_chains or [base.chains],
+            seeds=args.grid_seed or [0],
+        )
         cells = grid.cells()
         design = {}
         out = args.out or Path("runs") / "sweep"
     if args.cell is not None:
         if args.print_commands or args.executor != "local":
             raise ValueError("--cell: trains that one cell here; drop --print-commands and --executor")
-        done = run_sweep_cell(out, cells, base, args.cell, verdict_seeds=design.get("verdict_seeds", ()),
-                              version=design.get("version", 1))
+        done = run_sweep_cell(
+            out, cells, base, args.cell, verdict_seeds=design.get("verdict_seeds", ()), version=design.get("version", 1)
+        )
         print(f"cell {done['id']}: {out / 'cells' / (done['id'] + '.json')}")
         return 0
     # with --print-commands the commands alone go to stdout (to pipe into a scheduler), what the sweep says to stderr
@@ -234,14 +351,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     say(f"sweep: {len(cells)} cells on {base.data_name}, {base.iters} iterations each -> {out}")
     start = time.perf_counter()
-    summary = run_sweep(out, cells, base, jobs=args.jobs, progress=not args.no_progress, study=args.study,
-                        command=command_line(),
-                        executor=args.executor, partition=args.slurm_partition, time_min=args.slurm_time,
-                        cell_command=_sweep_cell_command(args, overrides, out), print_only=args.print_commands,
-                        **design)
+    summary = run_sweep(
+        out,
+        cells,
+        base,
+        jobs=args.jobs,
+        progress=not args.no_progress,
+        study=args.study,
+        command=command_line(),
+        executor=args.executor,
+        partition=args.slurm_partition,
+        time_min=args.slurm_time,
+        cell_command=_sweep_cell_command(args, overrides, out),
+        print_only=args.print_commands,
+        **design,
+    )
     if summary is None:
-        say("sweep: one command per unfinished cell above, in any order on any scheduler; once they ran, this same "
-            "command collects the cells and writes the report (a study with verdict seeds then lists their cells)")
+        say(
+            "sweep: one command per unfinished cell above, in any order on any scheduler; once they ran, this same "
+            "command collects the cells and writes the report (a study with verdict seeds then lists their cells)"
+        )
         return 0
     for entry in best_settings(summary):
         w = entry["best"]
@@ -253,8 +382,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         b = "" if w["b"] is None else f", b={w['b']:g}"
         print(f"  {entry['kind']:>13}: best {key} {w[key]:.3f} at ε={w['step_size']:g}{b}; stable at ε in {{{steps}}}")
     print(f"wall time {time.perf_counter() - start:.0f} s")
-    figures = [out / name for name in ("heatmaps.png", "stability.png", "quality_vs_budget.png",
-                                       "two_densities.png") if (out / name).exists()]
+    figures = [
+        out / name
+        for name in ("heatmaps.png", "stability.png", "quality_vs_budget.png", "two_densities.png")
+        if (out / name).exists()
+    ]
     print(f"table: {out / 'sweep.md'}\nresults: {out / 'sweep.json'}\nfigures: {', '.join(map(str, figures))}")
     return 0
 
@@ -269,9 +401,14 @@ def _sweep_cell_command(args: argparse.Namespace, overrides: dict, out: Path):
         argv += ["--study", args.study]
     else:
         argv += ["--preset", args.preset] if args.preset is not None else []
-        for flag, values in (("--samplers", args.samplers), ("--step-size", args.grid_step_size), ("--b", args.grid_b),
-                             ("--n-steps", args.grid_n_steps), ("--chains", args.grid_chains),
-                             ("--seed", args.grid_seed)):
+        for flag, values in (
+            ("--samplers", args.samplers),
+            ("--step-size", args.grid_step_size),
+            ("--b", args.grid_b),
+            ("--n-steps", args.grid_n_steps),
+            ("--chains", args.grid_chains),
+            ("--seed", args.grid_seed),
+        ):
             if values is not None:  # repr: every digit of a float
                 argv += [flag, *(repr(v) if isinstance(v, float) else str(v) for v in values)]
     argv += [*config_flags(overrides), "--out", str(out.absolute()), "--no-progress"]

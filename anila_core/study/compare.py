@@ -34,11 +34,18 @@ class Comparison:
     wall_s: float
 
 
-def run_compare(out: str | Path, configs: dict[str, TrainConfig], jobs: int | None = None, resume: bool = False,
-                progress: bool = True, executor: str = "local", partition: str | None = None,
-                time_min: int | None = None,
-                train_command: Callable[[str], Sequence[str]] | None = None,
-                print_only: bool = False) -> Comparison | None:
+def run_compare(
+    out: str | Path,
+    configs: dict[str, TrainConfig],
+    jobs: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    executor: str = "local",
+    partition: str | None = None,
+    time_min: int | None = None,
+    train_command: Callable[[str], Sequence[str]] | None = None,
+    print_only: bool = False,
+) -> Comparison | None:
     """Train one run per entry of ``configs`` (label → configuration) in ``out/<label>``, then write the figure and the
     table.
 
@@ -62,19 +69,26 @@ def run_compare(out: str | Path, configs: dict[str, TrainConfig], jobs: int | No
 
     def unused() -> None:  # under the lock: a comparison may be finished with resume, not overwritten
         if not resume and any(p.name != LOCK_FILE for p in out.iterdir()):
-            raise ValueError(f"out: {out} already holds files; pass resume=True to finish that comparison or choose "
-                             f"another folder")
+            raise ValueError(
+                f"out: {out} already holds files; pass resume=True to finish that comparison or choose another folder"
+            )
 
     with locked_folder(out, check=unused) as lock:  # one comparison writes the folder at a time
         if resume:  # before any run starts: a folder from other settings is refused as a whole
             for label, config in configs.items():
                 if (out / label / "config.json").exists():
                     _check_same_settings(out / label, config)
-        commands = {label: tuple(_command(out / label, train_command(label))) if train_command else ()
-                    for label in configs}
+        commands = {
+            label: tuple(_command(out / label, train_command(label))) if train_command else () for label in configs
+        }
         if print_only:
-            print_commands([Cell(str(out / label), None, commands[label]) for label in configs
-                            if not _finished_with(out / label, configs[label])])
+            print_commands(
+                [
+                    Cell(str(out / label), None, commands[label])
+                    for label in configs
+                    if not _finished_with(out / label, configs[label])
+                ]
+            )
             return None
         how = dict(kind=executor, folder=out / "submitit", partition=partition, time_min=time_min)
         return _compare(out, configs, jobs, resume, progress, how, commands, lock.verify)
@@ -90,8 +104,16 @@ def _finished_with(folder: Path, config: TrainConfig) -> bool:
     return (folder / "final.json").exists() and _finished(folder / "final.json")["iters"] == config.iters
 
 
-def _compare(out: Path, configs: dict[str, TrainConfig], jobs: int | None, resume: bool, progress: bool, how: dict,
-             commands: dict[str, tuple], verify: Callable[[], None]) -> Comparison:
+def _compare(
+    out: Path,
+    configs: dict[str, TrainConfig],
+    jobs: int | None,
+    resume: bool,
+    progress: bool,
+    how: dict,
+    commands: dict[str, tuple],
+    verify: Callable[[], None],
+) -> Comparison:
     """The comparison itself, in the locked folder ``out``; ``verify()`` (LockLost otherwise) runs before the figure
     and table."""
     import torch
@@ -99,7 +121,8 @@ def _compare(out: Path, configs: dict[str, TrainConfig], jobs: int | None, resum
     labels = list(configs)
     cores = os.cpu_count() or 1
     on_cuda = any(c.device.startswith("cuda") for c in configs.values()) or (
-        torch.cuda.is_available() and all(c.device == "auto" for c in configs.values()))
+        torch.cuda.is_available() and all(c.device == "auto" for c in configs.values())
+    )
     jobs = jobs or (1 if on_cuda else min(len(labels), cores))
     threads = threads_per_cell(how["kind"], jobs)
     if not progress:
@@ -108,9 +131,11 @@ def _compare(out: Path, configs: dict[str, TrainConfig], jobs: int | None, resum
         shown = PROGRESS_BAR if jobs == 1 and sys.stderr.isatty() else PROGRESS_LINES
     cells = [Cell(str(out / s), (configs[s], out / s, resume, threads, shown), commands[s]) for s in labels]
     first = configs[labels[0]]
-    print(f"comparing {', '.join(labels)} on {first.data_name}: {first.iters} iterations each, {jobs} in parallel -> "
-          f"{out}",
-          flush=True)
+    print(
+        f"comparing {', '.join(labels)} on {first.data_name}: {first.iters} iterations each, {jobs} in parallel -> "
+        f"{out}",
+        flush=True,
+    )
     start = time.perf_counter()
     finals = {}
     where = Executor(jobs=jobs, **how)
@@ -119,8 +144,11 @@ def _compare(out: Path, configs: dict[str, TrainConfig], jobs: int | None, resum
         finals[labels[index]] = final
     finals = {s: finals[s] for s in labels}
     verify()
-    finish = {"images": _finish_image_comparison, "points": _finish_points_comparison,
-              "target": _finish_target_comparison}[data_kind(first).name]
+    finish = {
+        "images": _finish_image_comparison,
+        "points": _finish_points_comparison,
+        "target": _finish_target_comparison,
+    }[data_kind(first).name]
     table = finish(out, labels, finals, configs)
     atomic_write_text(out / "comparison.md", table)
     return Comparison(finals, table, out / "comparison.md", out / "comparison.png", time.perf_counter() - start)
@@ -134,15 +162,18 @@ def _check_same_settings(out: Path, config: TrainConfig) -> None:
     try:
         saved = TrainConfig.from_dict(saved).to_dict()
     except (TypeError, ValueError, AttributeError) as err:
-        raise ValueError(f"{path}: not a valid run configuration ({err}); expected the config.json a run "
-                         f"wrote") from None
+        raise ValueError(
+            f"{path}: not a valid run configuration ({err}); expected the config.json a run wrote"
+        ) from None
     # lr_decay_iters 0 means the run's iters, fixed when it started: a longer --iters does not change it
     wanted = config.with_fixed_schedule(saved).to_dict()
     differ = changed_settings(saved, wanted)
     if differ:
-        raise ValueError(f"--out: {out} holds a run made with other settings "
-                         f"({describe_changes(differ, saved, wanted, 'there', 'now')}); "
-                         "delete that folder to train again, or choose another --out")
+        raise ValueError(
+            f"--out: {out} holds a run made with other settings "
+            f"({describe_changes(differ, saved, wanted, 'there', 'now')}); "
+            "delete that folder to train again, or choose another --out"
+        )
 
 
 class _ProgressLines:
@@ -186,8 +217,9 @@ def _train_one(job: tuple) -> dict:
     if resume and (out / "final.json").exists():
         final = _finished(out / "final.json")
         if final["iters"] == config.iters:
-            print(f"{out}: finished earlier with these settings, kept (delete the folder to train it again)",
-                  flush=True)
+            print(
+                f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True
+            )
             return final
         # another --iters: the run goes on from its checkpoint to it (fewer than it trained is refused by the Run)
     bar = progress == PROGRESS_BAR
@@ -195,8 +227,9 @@ def _train_one(job: tuple) -> dict:
         if resume and (out / "config.json").exists():
             # restart=True: a sampler killed before its first checkpoint starts again (its settings were checked)
             # the network this command names (--energy), never one the folder names alone
-            run = Run(out, config, resume=True, restart=True, progress=bar, energy=config.energy or None,
-                      iters=config.iters)
+            run = Run(
+                out, config, resume=True, restart=True, progress=bar, energy=config.energy or None, iters=config.iters
+            )
             if (out / "checkpoint.pt").exists():
                 print(f"resuming {out} at iteration {run.trainer.iteration} of {run.config.iters}", flush=True)
             else:
@@ -206,8 +239,11 @@ def _train_one(job: tuple) -> dict:
         lines = None
         if progress == PROGRESS_LINES:
             lines = _ProgressLines(out.name, run.trainer.iteration, run.config.iters)
-            print(f"{out.name}: started, {run.config.iters - run.trainer.iteration} iterations to go (a line at each "
-                  f"evaluation, every {run.config.eval_every})", flush=True)
+            print(
+                f"{out.name}: started, {run.config.iters - run.trainer.iteration} iterations to go (a line at each "
+                f"evaluation, every {run.config.eval_every})",
+                flush=True,
+            )
         final = run.train(callback=lines)
         if lines is not None:
             print(f"{out.name}: done in {time.perf_counter() - lines.start:.0f} s, figures written", flush=True)

@@ -8,8 +8,14 @@ from typing import Sequence
 from anila_core.study.grid import KINDS, number_text, uses_b
 from anila_core.study.results import QUALITY_LABELS, budget_curves, main_slice, quality_key, summarize, two_density_rows
 
-__all__ = ["plot_heatmaps", "plot_stability", "plot_quality_vs_budget", "plot_two_densities", "plot_clipping",
-           "plot_histories"]
+__all__ = [
+    "plot_heatmaps",
+    "plot_stability",
+    "plot_quality_vs_budget",
+    "plot_two_densities",
+    "plot_clipping",
+    "plot_histories",
+]
 
 
 def _main_rows(summary: dict) -> tuple:
@@ -49,8 +55,15 @@ def plot_heatmaps(summary: dict, axes=None):
             grid[i, j] = r.get(key, np.nan)
             mark = "" if r["stable_share"] == 1 else "✕"
             text = "div" if key not in r else f"{r[key]:.2f}"
-            ax.text(j, i, f"{text}{mark}", ha="center", va="center", fontsize=9,
-                    color="white" if key in r and r[key] > 0.55 * vmax else "black")
+            ax.text(
+                j,
+                i,
+                f"{text}{mark}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if key in r and r[key] > 0.55 * vmax else "black",
+            )
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto", origin="lower")
         ax.set_xticks(range(len(bs[kind])), ["—" if b is None else number_text(b) for b in bs[kind]], fontsize=9)
         ax.set_yticks(range(len(steps[kind])), [number_text(v) for v in steps[kind]], fontsize=9)
@@ -63,9 +76,10 @@ def plot_heatmaps(summary: dict, axes=None):
             axes[0].figure.colorbar(image, cax=colorbar_axes, label=label)
         else:
             axes[0].figure.colorbar(image, ax=list(axes), label=label, shrink=0.9)
-    axes[0].figure.suptitle(f"quality over (ε, b), {budget} gradients per iteration, {chains} chains; ✕: a seed "
-                            f"diverged or collapsed",
-                            fontsize=11)
+    axes[0].figure.suptitle(
+        f"quality over (ε, b), {budget} gradients per iteration, {chains} chains; ✕: a seed diverged or collapsed",
+        fontsize=11,
+    )
     return axes
 
 
@@ -98,8 +112,9 @@ def _heatmap_axes(kinds: list[str], bs: dict, steps: dict) -> tuple[list, object
     for i, row in enumerate(rows):
         # a last column takes up what the row leaves free, so every panel keeps the width of its thresholds
         free = widest - sum(widths[k] for k in row)
-        inner = outer[i, 0].subgridspec(1, len(row) + (free > 0),
-                                        width_ratios=[widths[k] for k in row] + ([free] if free > 0 else []))
+        inner = outer[i, 0].subgridspec(
+            1, len(row) + (free > 0), width_ratios=[widths[k] for k in row] + ([free] if free > 0 else [])
+        )
         axes += [fig.add_subplot(inner[0, j]) for j in range(len(row))]
     return axes, fig.add_subplot(outer[:, 1])
 
@@ -147,8 +162,10 @@ def plot_quality_vs_budget(summary: dict, axes=None):
     key = quality_key(summary)
     if axes is None:
         axes = list(plt.subplots(1, 2, figsize=(11, 3.8))[1])
-    for ax, clock, label in ((axes[0], "cpu_s", "training CPU time (s, all threads of the run)"),
-                             (axes[1], "gradients", "gradient evaluations per chain")):
+    for ax, clock, label in (
+        (axes[0], "cpu_s", "training CPU time (s, all threads of the run)"),
+        (axes[1], "gradients", "gradient evaluations per chain"),
+    ):
         for entry, (x, value) in budget_curves(summary, clock):
             w = entry["best"]
             b = "" if w["b"] is None else f", b={number_text(w['b'])}"
@@ -156,8 +173,14 @@ def plot_quality_vs_budget(summary: dict, axes=None):
         ax.set_xlabel(label)
         ax.set_ylabel(QUALITY_LABELS[key])
         if not ax.get_legend_handles_labels()[0]:
-            ax.text(0.5, 0.5, "no setting stable for every seed\n(or no CPU time recorded)", ha="center", va="center",
-                    transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "no setting stable for every seed\n(or no CPU time recorded)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize=7)
     axes[0].set_title("quality against CPU time, each sampler's best setting", fontsize=10)
@@ -184,11 +207,19 @@ def plot_two_densities(summary: dict, ax=None):
     for chains, marker in markers.items():
         rs = [r for r in mine if r["chains"] == chains]
         if rs:
-            dots = ax.scatter([r["grid_tv"] for r in rs], [r["sampler_grid_tv"] for r in rs], marker=marker, s=28,
-                              cmap="viridis",
-                              c=[100 * (r["clipped_share"] or 0) for r in rs], vmin=0, vmax=100, edgecolors="k",
-                              linewidths=0.3,
-                              label=f"{chains} chains")
+            dots = ax.scatter(
+                [r["grid_tv"] for r in rs],
+                [r["sampler_grid_tv"] for r in rs],
+                marker=marker,
+                s=28,
+                cmap="viridis",
+                c=[100 * (r["clipped_share"] or 0) for r in rs],
+                vmin=0,
+                vmax=100,
+                edgecolors="k",
+                linewidths=0.3,
+                label=f"{chains} chains",
+            )
     top = max(max(r["grid_tv"], r["sampler_grid_tv"]) for r in mine) * 1.05
     ax.plot([0, top], [0, top], "k--", lw=0.8)
     ax.set_xlim(0, top)
@@ -210,9 +241,11 @@ def plot_clipping(summary: dict, ax=None):
     key = quality_key(summary)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.6))
-    cells = [r for r in summary["cells"]
-             if uses_b(r["kind"]) and not r["diverged"] and r.get("clipped_share") is not None
-             and key in r["final"]]
+    cells = [
+        r
+        for r in summary["cells"]
+        if uses_b(r["kind"]) and not r["diverged"] and r.get("clipped_share") is not None and key in r["final"]
+    ]
     markers = {"anila": "o", "anila_sample": "s", "anila_noise": "^", "anila_mh": "D", "anila_pixel": "v"}
     steps = [r["step_size"] for r in cells] or [1.0]
     norm = LogNorm(min(steps), max(steps) if max(steps) > min(steps) else min(steps) * 10)
@@ -220,9 +253,18 @@ def plot_clipping(summary: dict, ax=None):
     for kind in markers:
         mine = [r for r in cells if r["kind"] == kind]
         if mine:
-            dots = ax.scatter([100 * r["clipped_share"] for r in mine], [r["final"][key] for r in mine],
-                              c=[r["step_size"] for r in mine], cmap="plasma", norm=norm, marker=markers[kind], s=22,
-                              edgecolors="k", linewidths=0.3, label=kind)
+            dots = ax.scatter(
+                [100 * r["clipped_share"] for r in mine],
+                [r["final"][key] for r in mine],
+                c=[r["step_size"] for r in mine],
+                cmap="plasma",
+                norm=norm,
+                marker=markers[kind],
+                s=22,
+                edgecolors="k",
+                linewidths=0.3,
+                label=kind,
+            )
     if dots is not None:
         ax.figure.colorbar(dots, ax=ax, label="step size ε")
         ax.legend(fontsize=7)
@@ -247,8 +289,9 @@ def plot_histories(summary: dict, settings: Sequence[dict], metric: str = "energ
         for i, r in enumerate(matches):
             rows = [h for h in r["history"] if metric in h]
             label = _setting_label(wanted, settings) if i == 0 else None
-            ax.plot([h["iter"] for h in rows], [h[metric] for h in rows], "o-", ms=3, color=colour, alpha=0.8,
-                    label=label)
+            ax.plot(
+                [h["iter"] for h in rows], [h[metric] for h in rows], "o-", ms=3, color=colour, alpha=0.8, label=label
+            )
             if r["diverged"]:
                 ax.axvline(r["diverged_at"], color=colour, ls=":", lw=1)
     ax.set_xlabel("iteration")
@@ -258,15 +301,25 @@ def plot_histories(summary: dict, settings: Sequence[dict], metric: str = "energ
 
 
 #: how plot_histories names a sampler kind and a metric in its legend and axis
-_KIND_LABELS = {"langevin": "Langevin", "mala": "MALA", "anila": "AniLA", "anila_sample": "AniLA (sample norm)",
-                "anila_pixel": "AniLA (pixel norm)", "anila_noise": "AniLA (noise only)",
-                "anila_mh": "AniLA + Metropolis",
-                "psgld": "pSGLD", "hmc": "HMC"}
+_KIND_LABELS = {
+    "langevin": "Langevin",
+    "mala": "MALA",
+    "anila": "AniLA",
+    "anila_sample": "AniLA (sample norm)",
+    "anila_pixel": "AniLA (pixel norm)",
+    "anila_noise": "AniLA (noise only)",
+    "anila_mh": "AniLA + Metropolis",
+    "psgld": "pSGLD",
+    "hmc": "HMC",
+}
 
 
-_METRIC_LABELS = {"energy_gap": "E(data) − E(samples)", "grid_tv": "grid TV to target",
-                  "clipped_share": "share of |∇E| > b",
-                  "fid": "FID"}
+_METRIC_LABELS = {
+    "energy_gap": "E(data) − E(samples)",
+    "grid_tv": "grid TV to target",
+    "clipped_share": "share of |∇E| > b",
+    "fid": "FID",
+}
 
 
 def _setting_label(wanted: dict, settings: Sequence[dict]) -> str:

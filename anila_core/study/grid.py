@@ -9,9 +9,24 @@ from dataclasses import dataclass
 
 from anila_core.training.config import CHAIN_KINDS, TrainConfig, preset
 
-__all__ = ["KINDS", "KIND_HELP", "CELL_FIELDS", "SETTING_FIELDS", "Grid", "Study", "STUDIES", "cell_id", "cell_config",
-           "setting_key",
-           "study_base", "gradients_per_iteration", "uses_b", "uses_leapfrog", "uses_damping", "number_text"]
+__all__ = [
+    "KINDS",
+    "KIND_HELP",
+    "CELL_FIELDS",
+    "SETTING_FIELDS",
+    "Grid",
+    "Study",
+    "STUDIES",
+    "cell_id",
+    "cell_config",
+    "setting_key",
+    "study_base",
+    "gradients_per_iteration",
+    "uses_b",
+    "uses_leapfrog",
+    "uses_damping",
+    "number_text",
+]
 
 
 #: the samplers a sweep compares, by name: the sampler, its variant and whether it is Metropolis-adjusted
@@ -72,8 +87,10 @@ def cell_id(cell: dict) -> str:
     b = f"-b{number_text(cell['b'])}" if cell.get("b") is not None else ""
     leapfrog = f"-L{cell['leapfrog']}" if cell.get("leapfrog") is not None else ""
     damping = f"-lam{number_text(cell['damping'])}" if cell.get("damping") is not None else ""
-    return (f"{cell['kind']}-eps{number_text(cell['step_size'])}{b}{leapfrog}{damping}"
-            f"-K{cell['n_steps']}-{cell['chains']}-seed{cell['seed']}")
+    return (
+        f"{cell['kind']}-eps{number_text(cell['step_size'])}{b}{leapfrog}{damping}"
+        f"-K{cell['n_steps']}-{cell['chains']}-seed{cell['seed']}"
+    )
 
 
 #: the fields of :func:`setting_key`, in its order
@@ -125,12 +142,23 @@ class Grid:
         out = []
         settings = itertools.product(self.kinds, self.step_sizes, self.n_steps, self.chains, self.seeds)
         for kind, eps, k, chains, seed in settings:
-            for b, leapfrog, damping in itertools.product(self.bs if uses_b(kind) else (None,),
-                                                          self.leapfrogs if uses_leapfrog(kind) else (None,),
-                                                          self.dampings if uses_damping(kind) else (None,)):
-                out.append(dict(kind=kind, step_size=float(eps), b=None if b is None else float(b), n_steps=int(k),
-                                chains=chains, seed=int(seed), leapfrog=None if leapfrog is None else int(leapfrog),
-                                damping=None if damping is None else float(damping)))
+            for b, leapfrog, damping in itertools.product(
+                self.bs if uses_b(kind) else (None,),
+                self.leapfrogs if uses_leapfrog(kind) else (None,),
+                self.dampings if uses_damping(kind) else (None,),
+            ):
+                out.append(
+                    dict(
+                        kind=kind,
+                        step_size=float(eps),
+                        b=None if b is None else float(b),
+                        n_steps=int(k),
+                        chains=chains,
+                        seed=int(seed),
+                        leapfrog=None if leapfrog is None else int(leapfrog),
+                        damping=None if damping is None else float(damping),
+                    )
+                )
         return out
 
     def to_dict(self) -> dict:
@@ -196,21 +224,51 @@ STUDIES: dict[str, Study] = {
         description="rings toy, 'sweep' preset (2000 iterations, 20 gradients per iteration and chain)",
         preset="sweep",
         grids=(
-            Grid(kinds=("langevin", "mala"), step_sizes=(0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1),
-                 n_steps=(20,),
-                 seeds=SEARCH_SEEDS),
-            Grid(kinds=("anila", "anila_noise"), step_sizes=(0.005, 0.01, 0.02, 0.05), bs=(1.0, 3.0), n_steps=(20,),
-                 seeds=SEARCH_SEEDS),
-            Grid(kinds=("anila_sample", "anila_mh"), step_sizes=(0.005, 0.01, 0.02, 0.05), bs=(3.0,), n_steps=(20,),
-                 seeds=SEARCH_SEEDS),
-            Grid(kinds=("psgld",), step_sizes=(0.01, 0.03, 0.1, 0.3), dampings=(1e-5, 0.1), n_steps=(20,),
-                 seeds=SEARCH_SEEDS),
+            Grid(
+                kinds=("langevin", "mala"),
+                step_sizes=(0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1),
+                n_steps=(20,),
+                seeds=SEARCH_SEEDS,
+            ),
+            Grid(
+                kinds=("anila", "anila_noise"),
+                step_sizes=(0.005, 0.01, 0.02, 0.05),
+                bs=(1.0, 3.0),
+                n_steps=(20,),
+                seeds=SEARCH_SEEDS,
+            ),
+            Grid(
+                kinds=("anila_sample", "anila_mh"),
+                step_sizes=(0.005, 0.01, 0.02, 0.05),
+                bs=(3.0,),
+                n_steps=(20,),
+                seeds=SEARCH_SEEDS,
+            ),
+            Grid(
+                kinds=("psgld",),
+                step_sizes=(0.01, 0.03, 0.1, 0.3),
+                dampings=(1e-5, 0.1),
+                n_steps=(20,),
+                seeds=SEARCH_SEEDS,
+            ),
             Grid(kinds=("hmc",), step_sizes=(0.02, 0.05, 0.1, 0.2), leapfrogs=(5,), n_steps=(4,), seeds=SEARCH_SEEDS),
             Grid(kinds=("hmc",), step_sizes=(0.02, 0.05, 0.1, 0.2), leapfrogs=(10,), n_steps=(2,), seeds=SEARCH_SEEDS),
-            Grid(kinds=("anila",), step_sizes=(1.0,), bs=PAPER_BS, n_steps=(20,), chains=("buffer", "short_run"),
-                 seeds=SEARCH_SEEDS),
-            Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(20,), chains=("short_run",),
-                 seeds=SEARCH_SEEDS),
+            Grid(
+                kinds=("anila",),
+                step_sizes=(1.0,),
+                bs=PAPER_BS,
+                n_steps=(20,),
+                chains=("buffer", "short_run"),
+                seeds=SEARCH_SEEDS,
+            ),
+            Grid(
+                kinds=("langevin", "anila"),
+                step_sizes=(0.02,),
+                bs=(3.0,),
+                n_steps=(20,),
+                chains=("short_run",),
+                seeds=SEARCH_SEEDS,
+            ),
             Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(10,), seeds=SEARCH_SEEDS),
         ),
         verdict_seeds=VERDICT_SEEDS,
@@ -228,10 +286,22 @@ STUDIES: dict[str, Study] = {
         preset="cpu",
         overrides=dict(dataset="digits", iters=300, eval_every=100, fid_every=300, fid_samples=500),
         grids=(
-            Grid(kinds=("langevin", "anila", "anila_noise"), step_sizes=(1.0, 3.0), bs=(0.03, 0.1), n_steps=(40,),
-                 chains=("short_run",), seeds=(0, 1, 2, 3, 4)),
-            Grid(kinds=("langevin", "anila"), step_sizes=(1.0,), bs=(0.1,), n_steps=(40,), chains=("buffer",),
-                 seeds=SEARCH_SEEDS),
+            Grid(
+                kinds=("langevin", "anila", "anila_noise"),
+                step_sizes=(1.0, 3.0),
+                bs=(0.03, 0.1),
+                n_steps=(40,),
+                chains=("short_run",),
+                seeds=(0, 1, 2, 3, 4),
+            ),
+            Grid(
+                kinds=("langevin", "anila"),
+                step_sizes=(1.0,),
+                bs=(0.1,),
+                n_steps=(40,),
+                chains=("buffer",),
+                seeds=SEARCH_SEEDS,
+            ),
         ),
         verdict_seeds=VERDICT_SEEDS,
         version=2,
@@ -244,8 +314,14 @@ STUDIES: dict[str, Study] = {
         preset="paper",
         grids=(
             Grid(kinds=("langevin",), step_sizes=(0.01,), n_steps=(100,), chains=("short_run",), seeds=SEARCH_SEEDS),
-            Grid(kinds=("anila",), step_sizes=(1.0,), bs=(0.03,), n_steps=(100,), chains=("short_run",),
-                 seeds=SEARCH_SEEDS),
+            Grid(
+                kinds=("anila",),
+                step_sizes=(1.0,),
+                bs=(0.03,),
+                n_steps=(100,),
+                chains=("short_run",),
+                seeds=SEARCH_SEEDS,
+            ),
         ),
         version=2,
     ),

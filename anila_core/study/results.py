@@ -9,13 +9,31 @@ from typing import Sequence
 
 from anila_core.study.grid import KINDS, SETTING_FIELDS, cell_id, setting_key, uses_b
 
-__all__ = ["UNSTABLE_TV", "QUALITY_FIELDS", "QUALITY_LABELS", "CONFIDENCE", "CLIPPING_SHARE", "TWO_DENSITY_KINDS",
-           "check_cell_result",
-           "read_sweep_file", "known_results", "read_plan", "load_sweep", "quality_key", "summarize", "cell_gradients",
-           "main_slice",
-           "best_settings", "same_setting_but_step", "paired_difference", "verdict_text", "verdict_settings",
-           "verdict_cells",
-           "two_density_rows", "budget_curves"]
+__all__ = [
+    "UNSTABLE_TV",
+    "QUALITY_FIELDS",
+    "QUALITY_LABELS",
+    "CONFIDENCE",
+    "CLIPPING_SHARE",
+    "TWO_DENSITY_KINDS",
+    "check_cell_result",
+    "read_sweep_file",
+    "known_results",
+    "read_plan",
+    "load_sweep",
+    "quality_key",
+    "summarize",
+    "cell_gradients",
+    "main_slice",
+    "best_settings",
+    "same_setting_but_step",
+    "paired_difference",
+    "verdict_text",
+    "verdict_settings",
+    "verdict_cells",
+    "two_density_rows",
+    "budget_curves",
+]
 
 
 #: a run whose final grid TV is at least this has lost the target (collapsed) even if nothing overflowed
@@ -25,9 +43,20 @@ UNSTABLE_TV = 0.5
 #: an evaluation row's measures of quality (2-D targets: the first five, the last two of them for the
 #: density the sampler draws from the energy at small step; images: FID, KID, coverage; points of a file:
 #: sliced Wasserstein, MMD and, in 2-D, the KDE grid TV)
-QUALITY_FIELDS = ("grid_tv", "grid_kl", "mmd", "sampler_grid_tv", "sampler_grid_kl", "fid", "kid", "coverage",
-                  "sliced_wasserstein",
-                  "kde_grid_tv", "chains_tv", "chains_sampler_tv")
+QUALITY_FIELDS = (
+    "grid_tv",
+    "grid_kl",
+    "mmd",
+    "sampler_grid_tv",
+    "sampler_grid_kl",
+    "fid",
+    "kid",
+    "coverage",
+    "sliced_wasserstein",
+    "kde_grid_tv",
+    "chains_tv",
+    "chains_sampler_tv",
+)
 
 
 #: how tables and figures name the metric a sweep ranks by
@@ -35,8 +64,16 @@ QUALITY_LABELS = {"grid_tv": "grid TV", "fid": "FID", "sliced_wasserstein": "sli
 
 
 #: a cell's measures that are shares (total variation, coverage), and those that are >= 0 (a KL, a distance)
-_SHARES = ("grid_tv", "sampler_grid_tv", "kde_grid_tv", "chains_tv", "chains_sampler_tv", "coverage", "best_grid_tv",
-           "clipped_share")
+_SHARES = (
+    "grid_tv",
+    "sampler_grid_tv",
+    "kde_grid_tv",
+    "chains_tv",
+    "chains_sampler_tv",
+    "coverage",
+    "best_grid_tv",
+    "clipped_share",
+)
 
 
 _NON_NEGATIVE = ("grid_kl", "sampler_grid_kl", "fid", "sliced_wasserstein", "wall_s", "iters")
@@ -45,17 +82,25 @@ _NON_NEGATIVE = ("grid_kl", "sampler_grid_kl", "fid", "sliced_wasserstein", "wal
 def check_cell_result(r, where: str, again: str) -> None:
     """``ValueError`` naming ``where`` (a cell file, or sweep.json's cell) unless ``r`` is a cell result as
     :func:`run_cell` writes it."""
+
     def refuse(what: str):
         raise ValueError(f"{where}: {what}; expected a cell result as a sweep writes it ({again})")
 
     if not isinstance(r, dict):
         refuse(f"holds a JSON {type(r).__name__}, not an object")
-    missing = [k for k in ("id", "kind", "step_size", "n_steps", "chains", "seed", "diverged", "final",
-                           "history") if k not in r]
+    missing = [
+        k
+        for k in ("id", "kind", "step_size", "n_steps", "chains", "seed", "diverged", "final", "history")
+        if k not in r
+    ]
     if missing:
         refuse(f"lacks {', '.join(missing)}")
-    if not isinstance(r["id"], str) or not isinstance(r["final"], dict) or not isinstance(r["history"], list) \
-            or not all(isinstance(row, dict) for row in r["history"]):
+    if (
+        not isinstance(r["id"], str)
+        or not isinstance(r["final"], dict)
+        or not isinstance(r["history"], list)
+        or not all(isinstance(row, dict) for row in r["history"])
+    ):
         refuse("its id is not a string, its final not an object or its history not a list of objects")
     if not isinstance(r["diverged"], bool):
         refuse(f"diverged: {r['diverged']!r} is not true or false")
@@ -90,8 +135,9 @@ def known_results(out: Path, version: int = 1) -> dict[str, dict]:
         again = f"delete {summary}: a rerun of the sweep writes it again from the cell files"
         data = read_sweep_file(summary, "the sweep.json a sweep wrote", again)
         if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
-            raise ValueError(f"{summary}: is not an object with a list of cells; expected the sweep.json a sweep wrote "
-                             f"({again})")
+            raise ValueError(
+                f"{summary}: is not an object with a list of cells; expected the sweep.json a sweep wrote ({again})"
+            )
         # an older design's cells are not this one's, even where their names agree
         if data.get("version", 1) == version:
             for i, r in enumerate(data.get("cells", [])):
@@ -111,11 +157,17 @@ def known_results(out: Path, version: int = 1) -> dict[str, dict]:
 def read_plan(path: Path) -> dict:
     """A sweep's plan.json, checked: an object with its base settings (an object) and its cells (a list of ids)."""
     plan = read_sweep_file(path, "the plan.json a sweep wrote", "the sweep's own files are not edited by hand")
-    if not isinstance(plan, dict) or not isinstance(plan.get("base"), dict) or not isinstance(plan.get("cells"), list) \
-            or not all(isinstance(c, str) for c in plan["cells"]):
-        raise ValueError(f"{path}: is not an object with 'base' (an object of settings) and 'cells' (a list of cell "
-                         f"ids); "
-                         "expected the plan.json a sweep wrote")
+    if (
+        not isinstance(plan, dict)
+        or not isinstance(plan.get("base"), dict)
+        or not isinstance(plan.get("cells"), list)
+        or not all(isinstance(c, str) for c in plan["cells"])
+    ):
+        raise ValueError(
+            f"{path}: is not an object with 'base' (an object of settings) and 'cells' (a list of cell "
+            f"ids); "
+            "expected the plan.json a sweep wrote"
+        )
     return plan
 
 
@@ -125,14 +177,19 @@ def load_sweep(path: str | Path) -> dict:
     if path.is_dir():
         path = path / "sweep.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no sweep results here; run `python -m anila_core sweep ... --out "
-                                f"{path.parent}` first")
+        raise FileNotFoundError(
+            f"{path}: no sweep results here; run `python -m anila_core sweep ... --out {path.parent}` first"
+        )
     again = f"run the sweep's command again with --out {path.parent} to write it from its cell files"
     summary = read_sweep_file(path, "the sweep.json a sweep wrote", again)
-    if not isinstance(summary, dict) or not isinstance(summary.get("cells"),
-                                                       list) or not isinstance(summary.get("base"), dict):
-        raise ValueError(f"{path}: is not an object with 'base' and 'cells'; expected the sweep.json a sweep wrote "
-                         f"({again})")
+    if (
+        not isinstance(summary, dict)
+        or not isinstance(summary.get("cells"), list)
+        or not isinstance(summary.get("base"), dict)
+    ):
+        raise ValueError(
+            f"{path}: is not an object with 'base' and 'cells'; expected the sweep.json a sweep wrote ({again})"
+        )
     for i, r in enumerate(summary["cells"]):
         check_cell_result(r, f"{path}: cell {i}", again)
     return summary
@@ -218,10 +275,21 @@ def best_settings(summary: dict) -> list[dict]:
         winner = min(stable, key=lambda r: r[key]) if stable else None
         # the step sizes at which the best setting's b (leapfrogs, damping) is stable for every seed: pooling every b
         # would call a step size stable where only one threshold was
-        steps = sorted({r["step_size"] for r in mine
-                        if r["stable_share"] == 1 and (winner is None or same_setting_but_step(r, winner))})
-        best.append({"kind": kind, "best": winner, "stable_step_sizes": steps,
-                     "all_step_sizes": sorted({r["step_size"] for r in mine})})
+        steps = sorted(
+            {
+                r["step_size"]
+                for r in mine
+                if r["stable_share"] == 1 and (winner is None or same_setting_but_step(r, winner))
+            }
+        )
+        best.append(
+            {
+                "kind": kind,
+                "best": winner,
+                "stable_step_sizes": steps,
+                "all_step_sizes": sorted({r["step_size"] for r in mine}),
+            }
+        )
     return best
 
 
@@ -257,10 +325,17 @@ def paired_difference(summary: dict, setting: dict, reference: dict) -> dict:
     shared = sorted(seed for seed, both in by_seed.items() if len(both) == 2)
     finished = [seed for seed in shared if all(not c["diverged"] and key in c["final"] for c in by_seed[seed].values())]
     diffs = [by_seed[seed]["mine"]["final"][key] - by_seed[seed]["ref"]["final"][key] for seed in finished]
-    out = {"seeds": len(shared), "pairs": len(diffs), "metric": key,
-           "diverged": sum(by_seed[seed]["mine"]["diverged"] for seed in shared),
-           "reference_diverged": sum(by_seed[seed]["ref"]["diverged"] for seed in shared),
-           "mean": None, "low": None, "high": None, "verdict": None}
+    out = {
+        "seeds": len(shared),
+        "pairs": len(diffs),
+        "metric": key,
+        "diverged": sum(by_seed[seed]["mine"]["diverged"] for seed in shared),
+        "reference_diverged": sum(by_seed[seed]["ref"]["diverged"] for seed in shared),
+        "mean": None,
+        "low": None,
+        "high": None,
+        "verdict": None,
+    }
     if len(diffs) < 2:
         return out
     mean = statistics.fmean(diffs)
@@ -306,8 +381,11 @@ def verdict_settings(summary: dict) -> list[dict]:
     paper_rule = [r for r in rows if r["kind"] == "anila" and r["step_size"] == 1.0] if key == "grid_tv" else []
     chosen = []
     for kind in KINDS:
-        mine = [r for r in rows
-                if r["kind"] == kind and r["gradients"] == budget and r["chains"] == chains and r not in paper_rule]
+        mine = [
+            r
+            for r in rows
+            if r["kind"] == kind and r["gradients"] == budget and r["chains"] == chains and r not in paper_rule
+        ]
         if uses_b(kind):
             mine = [r for r in mine if (r["clipped_share"] or 0) > CLIPPING_SHARE] or mine
         if best(mine) is not None:
@@ -340,8 +418,11 @@ CLIPPING_SHARE = 0.1
 def two_density_rows(rows: Sequence[dict]) -> list[dict]:
     """The settings (rows of :func:`summarize`) where exp(−E) and the sampler's small-step density differ and both were
     measured."""
-    return [r for r in rows
-            if r["kind"] in TWO_DENSITY_KINDS and r.get("grid_tv") is not None and r.get("sampler_grid_tv") is not None]
+    return [
+        r
+        for r in rows
+        if r["kind"] in TWO_DENSITY_KINDS and r.get("grid_tv") is not None and r.get("sampler_grid_tv") is not None
+    ]
 
 
 def budget_curves(summary: dict, clock: str) -> list[tuple[dict, tuple[list[float], list[float]]]]:
@@ -358,6 +439,13 @@ def budget_curves(summary: dict, clock: str) -> list[tuple[dict, tuple[list[floa
             continue  # cells written before CPU time was recorded
         per_iter = cell_gradients(results[0], summary["base"])
         at = (lambda h: h["iter"] * per_iter) if clock == "gradients" else (lambda h: h[clock])  # noqa: E731
-        out.append((entry, ([statistics.fmean(at(h[i]) for h in rows) for i in range(n)],
-                            [statistics.fmean(h[i][key] for h in rows) for i in range(n)])))
+        out.append(
+            (
+                entry,
+                (
+                    [statistics.fmean(at(h[i]) for h in rows) for i in range(n)],
+                    [statistics.fmean(h[i][key] for h in rows) for i in range(n)],
+                ),
+            )
+        )
     return out

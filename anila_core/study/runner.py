@@ -11,8 +11,16 @@ from typing import Callable, Iterator, Sequence
 
 from anila_core.processes import JobLost, WorkersLost, check_jobs, portable_error, run_jobs
 
-__all__ = ["EXECUTORS", "Cell", "Executor", "run_cells", "print_commands", "config_flags", "default_jobs",
-           "threads_per_cell"]
+__all__ = [
+    "EXECUTORS",
+    "Cell",
+    "Executor",
+    "run_cells",
+    "print_commands",
+    "config_flags",
+    "default_jobs",
+    "threads_per_cell",
+]
 
 #: where cells run: ``local`` (this machine: this process for one job, else a pool of worker processes) or ``submitit``
 #: (a SLURM array where SLURM is, else submitit's own local processes)
@@ -74,8 +82,9 @@ def default_jobs(jobs: int | None, cells: int) -> int:
     return max(1, min(jobs or os.cpu_count() or 1, cells))
 
 
-def run_cells(function: Callable, cells: Sequence[Cell], executor: Executor,
-              rerun: str) -> Iterator[tuple[int, object]]:
+def run_cells(
+    function: Callable, cells: Sequence[Cell], executor: Executor, rerun: str
+) -> Iterator[tuple[int, object]]:
     """Run ``function(cell.job)`` for every cell where ``executor`` says; yield ``(index, result)`` as each finishes.
 
     One job (or one cell) runs in this process. A local pool notices a worker that dies
@@ -90,8 +99,9 @@ def run_cells(function: Callable, cells: Sequence[Cell], executor: Executor,
         for index, cell in enumerate(cells):
             yield index, function(cell.job)
     else:
-        yield from run_jobs(function, [c.job for c in cells], min(executor.jobs, len(cells)), [c.name for c in cells],
-                            rerun=rerun)
+        yield from run_jobs(
+            function, [c.job for c in cells], min(executor.jobs, len(cells)), [c.name for c in cells], rerun=rerun
+        )
 
 
 def _answer(function: Callable, job: object) -> tuple[bool, object]:
@@ -111,9 +121,12 @@ def _run_with_submitit(function: Callable, cells: Sequence[Cell], executor: Exec
         raise ValueError("executor: submitit is not installed; pip install 'anila_core[cluster]'") from None
     runner = submitit.AutoExecutor(folder=executor.folder)
     # one CPU per cell: a cell trains on one torch thread (see threads_per_cell)
-    options = {"timeout_min": executor.time_min or DEFAULT_TIME_MIN, "slurm_partition": executor.partition,
-               "slurm_array_parallelism": executor.jobs,
-               "cpus_per_task": 1}
+    options = {
+        "timeout_min": executor.time_min or DEFAULT_TIME_MIN,
+        "slurm_partition": executor.partition,
+        "slurm_array_parallelism": executor.jobs,
+        "cpus_per_task": 1,
+    }
     runner.update_parameters(**{k: v for k, v in options.items() if v is not None})
     submitted = runner.map_array(_answer, [function] * len(cells), [c.job for c in cells])
     where = {job.job_id: index for index, job in enumerate(submitted)}

@@ -17,15 +17,30 @@ from anila_core.processes import check_jobs, torch_threads
 from anila_core.study.figures import plot_heatmaps, plot_quality_vs_budget, plot_stability, plot_two_densities
 from anila_core.study.grid import CELL_FIELDS, cell_config, cell_id, gradients_per_iteration
 from anila_core.study.reports import markdown_report
-from anila_core.study.results import (QUALITY_FIELDS, UNSTABLE_TV, known_results, read_plan, read_sweep_file, summarize,
-                                      two_density_rows, verdict_cells)
+from anila_core.study.results import (
+    QUALITY_FIELDS,
+    UNSTABLE_TV,
+    known_results,
+    read_plan,
+    read_sweep_file,
+    summarize,
+    two_density_rows,
+    verdict_cells,
+)
 from anila_core.study.runner import Cell, Executor, default_jobs, print_commands, run_cells, threads_per_cell
 from anila_core.training.config import TrainConfig, changed_settings
 from anila_core.training.kinds import data_kind
 from anila_core.training.limits import check_memory
 
-__all__ = ["run_sweep", "run_sweep_cell", "run_cell", "write_report", "product_formula_errors", "command_line",
-           "HISTORY_FIELDS"]
+__all__ = [
+    "run_sweep",
+    "run_sweep_cell",
+    "run_cell",
+    "write_report",
+    "product_formula_errors",
+    "command_line",
+    "HISTORY_FIELDS",
+]
 
 
 #: what a cell keeps of each evaluation row
@@ -67,10 +82,18 @@ def run_cell(base: TrainConfig, cell: dict) -> dict:
             raise
         raise out_of_memory(err, config, f"in sweep cell {cell_id(cell)}") from None
     history = [_fields(r, HISTORY_FIELDS) for r in trainer.history]
-    result = {"id": cell_id(cell), **{k: cell.get(k) for k in CELL_FIELDS}, "diverged": diverged is not None,
-              "diverged_at": diverged and diverged["iter"], "cause": diverged and diverged["cause"],
-              "iters": trainer.iteration, "wall_s": round(time.perf_counter() - start, 2), "load_avg": _load_average(),
-              "gradients_per_iter": gradients_per_iteration(config), "history": history}
+    result = {
+        "id": cell_id(cell),
+        **{k: cell.get(k) for k in CELL_FIELDS},
+        "diverged": diverged is not None,
+        "diverged_at": diverged and diverged["iter"],
+        "cause": diverged and diverged["cause"],
+        "iters": trainer.iteration,
+        "wall_s": round(time.perf_counter() - start, 2),
+        "load_avg": _load_average(),
+        "gradients_per_iter": gradients_per_iteration(config),
+        "history": history,
+    }
     final = {} if diverged or not trainer.history else _fields(trainer.history[-1], QUALITY_FIELDS)
     result["final"] = final
     clipped = [r["clipped_share"] for r in trainer.history if "clipped_share" in r]
@@ -99,9 +122,14 @@ def _plan(base: TrainConfig, cells: list[dict], study: str | None, version: int)
 def _machine() -> dict:
     import torch
 
-    return {"platform": platform.platform(), "processor": processor_name(), "python": platform.python_version(),
-            "torch": torch.__version__, "cpus": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "platform": platform.platform(),
+        "processor": processor_name(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def _load_average() -> float | None:
@@ -125,11 +153,23 @@ def _checked_cells(cells: Sequence[dict], base: TrainConfig) -> list[dict]:
     return cells
 
 
-def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: int | None = None, progress: bool = True,
-              study: str | None = None, command: str | None = None, verdict_seeds: Sequence[int] = (), version: int = 1,
-              product_formula_check: bool = False, executor: str = "local", partition: str | None = None,
-              time_min: int | None = None, cell_command: Callable[[dict], Sequence[str]] | None = None,
-              print_only: bool = False) -> dict | None:
+def run_sweep(
+    out: str | Path,
+    cells: Sequence[dict],
+    base: TrainConfig,
+    jobs: int | None = None,
+    progress: bool = True,
+    study: str | None = None,
+    command: str | None = None,
+    verdict_seeds: Sequence[int] = (),
+    version: int = 1,
+    product_formula_check: bool = False,
+    executor: str = "local",
+    partition: str | None = None,
+    time_min: int | None = None,
+    cell_command: Callable[[dict], Sequence[str]] | None = None,
+    print_only: bool = False,
+) -> dict | None:
     """Run every cell not yet finished in ``out`` and write ``sweep.json``, ``sweep.md`` and the figures; return the
     summary.
 
@@ -160,12 +200,24 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
     if print_only and cell_command is None:
         raise ValueError("print_only: needs cell_command, the command of one cell")
     # one sweep writes a folder at a time (its workers end with it); a refused folder is left as it was
-    checked_bs = sorted({c["b"] for c in cells if c["kind"] == "anila" and c["b"]}) \
-        if product_formula_check and data_kind(base).has_density else []
-    how = dict(jobs=jobs, progress=progress, study=study, command=command, version=version,
-               product_formula_bs=checked_bs,
-               executor=executor, partition=partition, time_min=time_min, cell_command=cell_command,
-               print_only=print_only)
+    checked_bs = (
+        sorted({c["b"] for c in cells if c["kind"] == "anila" and c["b"]})
+        if product_formula_check and data_kind(base).has_density
+        else []
+    )
+    how = dict(
+        jobs=jobs,
+        progress=progress,
+        study=study,
+        command=command,
+        version=version,
+        product_formula_bs=checked_bs,
+        executor=executor,
+        partition=partition,
+        time_min=time_min,
+        cell_command=cell_command,
+        print_only=print_only,
+    )
     with locked_folder(out, check=lambda: _check_folder(out, base)) as lock:
         summary = _run_sweep(out, cells, base, verify=lock.verify, **how)
         extra = verdict_cells(summary, verdict_seeds) if summary is not None else []
@@ -174,9 +226,14 @@ def run_sweep(out: str | Path, cells: Sequence[dict], base: TrainConfig, jobs: i
         return summary
 
 
-def run_sweep_cell(out: str | Path, cells: Sequence[dict], base: TrainConfig, wanted: str,
-                   verdict_seeds: Sequence[int] = (),
-                   version: int = 1) -> dict:
+def run_sweep_cell(
+    out: str | Path,
+    cells: Sequence[dict],
+    base: TrainConfig,
+    wanted: str,
+    verdict_seeds: Sequence[int] = (),
+    version: int = 1,
+) -> dict:
     """Train the one cell ``wanted`` (its id) of the sweep in ``out`` and write its cell file; return its result.
 
     What a command of :func:`run_sweep`'s ``print_only`` runs, on any machine that sees
@@ -189,8 +246,9 @@ def run_sweep_cell(out: str | Path, cells: Sequence[dict], base: TrainConfig, wa
     base = base.validate()
     cells = _checked_cells(cells, base)
     if not (out / "plan.json").is_file():
-        raise ValueError(f"out: {out} holds no sweep; run the sweep's command with --print-commands first, which "
-                         f"writes its plan")
+        raise ValueError(
+            f"out: {out} holds no sweep; run the sweep's command with --print-commands first, which writes its plan"
+        )
     _check_folder(out, base)
     known = known_results(out, version)
     if wanted in known:
@@ -201,8 +259,9 @@ def run_sweep_cell(out: str | Path, cells: Sequence[dict], base: TrainConfig, wa
         done = {"base": base.to_dict(), "cells": [known[i] for i in candidates]}
         candidates.update({cell_id(c): c for c in verdict_cells(done, verdict_seeds)})
     if wanted not in candidates:
-        raise ValueError(f"cell: {wanted!r} is not a cell of this sweep (nor, once its cells are finished, one of its "
-                         f"verdict cells)")
+        raise ValueError(
+            f"cell: {wanted!r} is not a cell of this sweep (nor, once its cells are finished, one of its verdict cells)"
+        )
     (out / "cells").mkdir(exist_ok=True)
     return _cell_worker((base.to_dict(), candidates[wanted], out / "cells" / f"{wanted}.json", 1, version))
 
@@ -218,17 +277,31 @@ def _check_folder(out: Path, base: TrainConfig) -> None:
             raise ValueError(f"{plan_path}: written by another version of anila_core ({err})") from None
         changed = sorted(changed_settings(old_base, base.to_dict(), ignore=()))
         if changed:
-            raise ValueError(f"out: {out} holds a sweep with other base settings ({', '.join(changed)}); "
-                             "choose another folder or run that sweep's own command")
+            raise ValueError(
+                f"out: {out} holds a sweep with other base settings ({', '.join(changed)}); "
+                "choose another folder or run that sweep's own command"
+            )
     elif any(p.name != LOCK_FILE for p in out.iterdir()):
         raise ValueError(f"out: {out} already holds files that are not a sweep; choose another folder")
 
 
-def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None, progress: bool, study: str | None,
-               command: str | None, version: int, product_formula_bs: Sequence[float], executor: str,
-               partition: str | None,
-               time_min: int | None, cell_command: Callable[[dict], Sequence[str]] | None, print_only: bool,
-               verify: Callable[[], None]) -> dict | None:
+def _run_sweep(
+    out: Path,
+    cells: list[dict],
+    base: TrainConfig,
+    jobs: int | None,
+    progress: bool,
+    study: str | None,
+    command: str | None,
+    version: int,
+    product_formula_bs: Sequence[float],
+    executor: str,
+    partition: str | None,
+    time_min: int | None,
+    cell_command: Callable[[dict], Sequence[str]] | None,
+    print_only: bool,
+    verify: Callable[[], None],
+) -> dict | None:
     """:func:`run_sweep` in its locked, checked folder (``None`` when it only printed the unfinished cells'
     commands)."""
     from tqdm.auto import tqdm
@@ -247,8 +320,14 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
     # the costliest cells first, so that the last ones to finish are short
     todo.sort(key=lambda c: -(c["n_steps"] + 2))
     threads = threads_per_cell(executor, jobs)
-    work = [Cell(f"cell {cell_id(c)}", (base.to_dict(), c, out / "cells" / f"{cell_id(c)}.json", threads, version),
-                 tuple(cell_command(c)) if cell_command else ()) for c in todo]
+    work = [
+        Cell(
+            f"cell {cell_id(c)}",
+            (base.to_dict(), c, out / "cells" / f"{cell_id(c)}.json", threads, version),
+            tuple(cell_command(c)) if cell_command else (),
+        )
+        for c in todo
+    ]
     if todo and print_only:
         print_commands(work)
         return None
@@ -256,9 +335,12 @@ def _run_sweep(out: Path, cells: list[dict], base: TrainConfig, jobs: int | None
         where = Executor(executor, default_jobs(jobs, len(work)), out / "submitit", partition, time_min)
         bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep cells", disable=not progress)
         try:  # a cell lost with its worker is named once the others finish (WorkersLost); a rerun computes it
-            for _, r in run_cells(_cell_worker, work, where,
-                                  rerun="run the same sweep command again: finished cells are kept, the lost ones run "
-                                        "again"):
+            for _, r in run_cells(
+                _cell_worker,
+                work,
+                where,
+                rerun="run the same sweep command again: finished cells are kept, the lost ones run again",
+            ):
                 known[r["id"]] = r
                 bar.update(1)
         finally:
@@ -294,8 +376,9 @@ def _product_formula_of_version(out: Path, version: int) -> list[dict] | None:
     return written.get("product_formula") if mine else None
 
 
-def product_formula_errors(base: TrainConfig, bs: Sequence[float], chains: int = 20_000, steps: int = 3000,
-                           step_size: float = 0.01) -> list[dict]:
+def product_formula_errors(
+    base: TrainConfig, bs: Sequence[float], chains: int = 20_000, steps: int = 3000, step_size: float = 0.01
+) -> list[dict]:
     """The error of the coordinate norm's small-step density exp(−E)/∏ aᵢ on the base's 2-D target, one row per
     threshold ``b``.
 
@@ -314,9 +397,13 @@ def product_formula_errors(base: TrainConfig, bs: Sequence[float], chains: int =
     rows = []
     for b in bs:
         generator = torch.Generator().manual_seed(0)
-        check = check_small_step_density(AniLA(step_size, b=b, norm="coordinate"), target.energy,
-                                         target.sample(chains, generator),
-                                         steps, generator=generator)
+        check = check_small_step_density(
+            AniLA(step_size, b=b, norm="coordinate"),
+            target.energy,
+            target.sample(chains, generator),
+            steps,
+            generator=generator,
+        )
         rows.append({"b": b, **dataclasses.asdict(check)})
     return rows
 
@@ -329,8 +416,11 @@ def write_report(summary: dict, out: str | Path) -> list[Path]:
     out = Path(out)
     atomic_write_text(out / "sweep.md", markdown_report(summary))
     written = [out / "sweep.md"]
-    plots = [("heatmaps.png", plot_heatmaps), ("stability.png", plot_stability),
-             ("quality_vs_budget.png", plot_quality_vs_budget)]
+    plots = [
+        ("heatmaps.png", plot_heatmaps),
+        ("stability.png", plot_stability),
+        ("quality_vs_budget.png", plot_quality_vs_budget),
+    ]
     if two_density_rows(summarize(summary)):
         plots.append(("two_densities.png", plot_two_densities))
     for name, plot in plots:

@@ -37,12 +37,14 @@ def load_checkpoint(path: str | Path) -> object:
             raise _unreadable(path, err) from None
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f"it asks for {found.group(1)}" if found else "it is not a torch checkpoint"
-        raise ValueError(f"{path}: refused: it may not be a checkpoint of anila_core: it holds Python objects other "
-                         "than "
-                         f"tensors and plain data ({what}), and loading such a file could run code it carries; "
-                         "nothing was "
-                         "loaded and nothing in its folder was changed; expected a checkpoint.pt written by "
-                         "anila_core") from None
+        raise ValueError(
+            f"{path}: refused: it may not be a checkpoint of anila_core: it holds Python objects other "
+            "than "
+            f"tensors and plain data ({what}), and loading such a file could run code it carries; "
+            "nothing was "
+            "loaded and nothing in its folder was changed; expected a checkpoint.pt written by "
+            "anila_core"
+        ) from None
     except Exception as err:  # a torn or foreign file: say which and why
         raise _unreadable(path, err) from None
 
@@ -50,8 +52,10 @@ def load_checkpoint(path: str | Path) -> object:
 def _unreadable(path: Path, err: Exception) -> ValueError:
     detail = " ".join(str(err).split())
     detail = detail if len(detail) <= 200 else detail[:199] + "…"
-    return ValueError(f"{path}: cannot be read as a checkpoint, it is truncated or not a checkpoint at all "
-                      f"({type(err).__name__}: {detail}); expected a complete checkpoint.pt written by anila_core")
+    return ValueError(
+        f"{path}: cannot be read as a checkpoint, it is truncated or not a checkpoint at all "
+        f"({type(err).__name__}: {detail}); expected a complete checkpoint.pt written by anila_core"
+    )
 
 
 def fit_generator_states(state: dict, device: torch.device) -> bool:

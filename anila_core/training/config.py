@@ -1,4 +1,5 @@
-"""The training configuration: one dataclass, its validation, and named presets (rings and points: smoke, cpu, cpu_long, paper; images: smoke, cpu, gpu, paper)."""
+"""The training configuration: one dataclass, its validation, and named presets (rings and points: smoke, cpu, cpu_long,
+paper; images: smoke, cpu, gpu, paper)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,25 @@ from anila_core.sampling.targets import TARGETS
 from anila_core.training.file_sources import DataSpec, absolute_data_spec, parse_data_spec
 from anila_core.training.user_energy import check_energy_spec
 
-__all__ = ["TrainConfig", "PRESETS", "IMAGE_PRESETS", "DEFAULT_PRESET", "preset", "preset_names", "CHAIN_KINDS", "LR_SCHEDULES", "AMP_MODES",
-           "DIVERGENCE_POLICIES", "RESUMABLE_FIELDS", "changed_settings", "describe_changes", "MAX_SEED", "MAX_EVAL_SAMPLES",
-           "COUNT_LIMITS", "MAX_FLOAT"]
+__all__ = [
+    "TrainConfig",
+    "PRESETS",
+    "IMAGE_PRESETS",
+    "DEFAULT_PRESET",
+    "preset",
+    "preset_names",
+    "CHAIN_KINDS",
+    "LR_SCHEDULES",
+    "AMP_MODES",
+    "DIVERGENCE_POLICIES",
+    "RESUMABLE_FIELDS",
+    "changed_settings",
+    "describe_changes",
+    "MAX_SEED",
+    "MAX_EVAL_SAMPLES",
+    "COUNT_LIMITS",
+    "MAX_FLOAT",
+]
 
 CHAIN_KINDS = ("buffer", "short_run")
 LR_SCHEDULES = ("constant", "cosine")
@@ -49,15 +66,27 @@ COUNT_LIMITS = {
     "max_rollbacks": (1_000, "time: each rollback retrains from the last checkpoint"),
     "image_size": (4_096, "memory: 4 bytes per pixel and channel of every chain"),
 }
-#: the largest magnitude of a float setting that enters the float32 tensors (at most 3.4e38) as it is: the code multiplies
+#: the largest magnitude of a float setting that enters the float32 tensors (at most 3.4e38) as it is: the code
+#: multiplies
 #: it by other settings and by gradients, so larger values overflow into infinities or fail to convert at all. The
 #: learning rate and the divergence threshold are left out: an overflowing step is caught as a divergence, with rollback
 MAX_FLOAT = 1e30
-FLOAT32_SETTINGS = ("step_size", "b", "noise_scale", "psgld_damping", "init_scale", "clamp", "data_noise", "energy_reg", "grad_clip")
+FLOAT32_SETTINGS = (
+    "step_size",
+    "b",
+    "noise_scale",
+    "psgld_damping",
+    "init_scale",
+    "clamp",
+    "data_noise",
+    "energy_reg",
+    "grad_clip",
+)
 
 
 def changed_settings(old: dict, new: dict, ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:
-    """The settings whose values differ between two config dicts (names only one of them has, and ``ignore``, do not count)."""
+    """The settings whose values differ between two config dicts (names only one of them has, and ``ignore``, do not
+    count)."""
     return [k for k in new if k in old and k not in ignore and old[k] != new[k]]
 
 
@@ -77,46 +106,74 @@ class TrainConfig:
 
     # what to learn: a 2-D target, or an image dataset when `dataset` is set
     target: str = _f("rings", "2-D target to learn (used when --dataset is not set)", choices=sorted(TARGETS))
-    dataset: str = _f("", f"data to learn instead of a 2-D target ('' = learn --target): an image dataset ({', '.join(DATASETS)}), "
-                          "images:FOLDER (a folder of your images: one subfolder per class, or flat) or points:FILE (an (N, D) "
-                          "array in .npy, .csv or .txt)")
+    dataset: str = _f(
+        "",
+        f"data to learn instead of a 2-D target ('' = learn --target): an image dataset ({', '.join(DATASETS)}), "
+        "images:FOLDER (a folder of your images: one subfolder per class, or flat) or points:FILE (an (N, D) "
+        "array in .npy, .csv or .txt)",
+    )
     data_root: str = _f("", "folder that holds the image datasets ('' = $ANILA_DATA, else ./data)")
-    image_size: int = _f(0, "side of the square training images (0 = the dataset's own: 8 for digits, 32 for CIFAR-10 and "
-                            "Flowers, the side the images of a folder share)")
-    standardize: bool = _f(True, "points:FILE: shift the points to mean 0 and divide them by one scale (the root of their mean "
-                                 "variance), so the presets' noise and window fit; the model and its samples live in those units")
+    image_size: int = _f(
+        0,
+        "side of the square training images (0 = the dataset's own: 8 for digits, 32 for CIFAR-10 and "
+        "Flowers, the side the images of a folder share)",
+    )
+    standardize: bool = _f(
+        True,
+        "points:FILE: shift the points to mean 0 and divide them by one scale (the root of their mean "
+        "variance), so the presets' noise and window fit; the model and its samples live in those units",
+    )
     # ConvNet energy for images
     conv_width: int = _f(64, "images: channels of the ConvNet's first layer (doubling per halving, at most 8x)")
     conv_activation: str = _f("leaky_relu", "images: activation of the ConvNet energy", choices=sorted(ACTIVATIONS))
     spectral_norm: bool = _f(False, "images: spectral normalisation of every convolution (bounds how sharp E gets)")
     # energy network
-    energy: str = _f("", "your own energy network instead of the built-in one: 'module.path:Name', a torch.nn.Module class or a "
-                         "function returning one (called with data_shape= when it takes it), imported from the Python path")
+    energy: str = _f(
+        "",
+        "your own energy network instead of the built-in one: 'module.path:Name', a torch.nn.Module class or a "
+        "function returning one (called with data_shape= when it takes it), imported from the Python path",
+    )
     width: int = _f(128, "hidden units per layer of the MLP energy")
     depth: int = _f(3, "hidden layers of the MLP energy")
     activation: str = _f("silu", "activation of the MLP energy", choices=sorted(ACTIVATIONS))
     # sampler
-    sampler: str = _f("langevin", "MCMC sampler for the negative samples: " + "; ".join(f"{k}, {e.summary}" for k, e in sorted(SAMPLERS.items())),
-                      choices=sorted(SAMPLERS))
+    sampler: str = _f(
+        "langevin",
+        "MCMC sampler for the negative samples: " + "; ".join(f"{k}, {e.summary}" for k, e in sorted(SAMPLERS.items())),
+        choices=sorted(SAMPLERS),
+    )
     step_size: float = _f(0.01, "sampler step size ε (> 0)")
     b: float = _f(1.0, "AniLA threshold b (> 0): steps shrink where |∇E| > b")
     norm: str = _f("coordinate", "AniLA: what |∇E| means", choices=list(NORMS))
-    variant: str = _f("full", "AniLA: 'noise_only' scales only the noise (a variant; Algorithm 1 scales both)", choices=list(ANILA_VARIANTS))
+    variant: str = _f(
+        "full",
+        "AniLA: 'noise_only' scales only the noise (a variant; Algorithm 1 scales both)",
+        choices=list(ANILA_VARIANTS),
+    )
     noise_scale: float = _f(1.0, "noise scale τ (1 = Langevin diffusion, < 1 = cold sampling)")
     metropolis: bool = _f(False, "Metropolis-adjust every transition (MALA)")
     psgld_alpha: float = _f(0.99, "pSGLD: decay of the squared-gradient average")
     psgld_damping: float = _f(1e-5, "pSGLD: damping λ added to sqrt(V)")
-    hmc_leapfrog: int = _f(5, "HMC: leapfrog steps per transition (each costs one gradient, so an iteration costs K × this)")
+    hmc_leapfrog: int = _f(
+        5, "HMC: leapfrog steps per transition (each costs one gradient, so an iteration costs K × this)"
+    )
     n_steps: int = _f(50, "K: sampler transitions per training iteration")
     # chains
-    chains: str = _f("buffer", "'short_run' restarts from noise every iteration (as the paper); 'buffer' persists chains", choices=list(CHAIN_KINDS))
+    chains: str = _f(
+        "buffer",
+        "'short_run' restarts from noise every iteration (as the paper); 'buffer' persists chains",
+        choices=list(CHAIN_KINDS),
+    )
     buffer_size: int = _f(10_000, "replay buffer: number of persistent chains")
     reinit: float = _f(0.05, "replay buffer: share of chains restarted from noise each iteration")
     init: str = _f("uniform", "noise the chains start from", choices=list(INIT_KINDS))
     init_scale: float = _f(4.6, "half-width of the uniform start (or sd of the Gaussian start)")
-    global_moves: int = _f(0, "independence Metropolis moves per chain and iteration before the K transitions: each proposes a point "
-                              "of the Gaussian start N(0, init_scale²) and accepts it with the model's Metropolis ratio, so chains "
-                              "can jump between modes (low-dimensional targets; needs --init gaussian; 0 = off)")
+    global_moves: int = _f(
+        0,
+        "independence Metropolis moves per chain and iteration before the K transitions: each proposes a point "
+        "of the Gaussian start N(0, init_scale²) and accepts it with the model's Metropolis ratio, so chains "
+        "can jump between modes (low-dimensional targets; needs --init gaussian; 0 = off)",
+    )
     # optimisation
     batch_size: int = _f(256, "M: data points and negative samples per iteration")
     iters: int = _f(2000, "training iterations")
@@ -134,38 +191,65 @@ class TrainConfig:
     ema: float = _f(0.0, "decay of an exponential moving average of the parameters used for evaluation (0 = off)")
     # divergence guard
     max_energy_gap: float = _f(1e4, "stop when |mean E(data) − mean E(samples)| exceeds this")
-    on_divergence: str = _f("stop", "what a divergence does: 'stop' with an error naming the last good checkpoint, or 'rollback' to "
-                                    "the last good state with half the learning rate", choices=DIVERGENCE_POLICIES)
+    on_divergence: str = _f(
+        "stop",
+        "what a divergence does: 'stop' with an error naming the last good checkpoint, or 'rollback' to "
+        "the last good state with half the learning rate",
+        choices=DIVERGENCE_POLICIES,
+    )
     max_rollbacks: int = _f(5, "with --on-divergence rollback: rollbacks allowed before the run stops with the error")
     # bookkeeping
     eval_every: int = _f(100, "iterations between evaluations (a row of metrics.jsonl)")
     eval_samples: int = _f(2000, "samples used by the MMD at each evaluation")
-    fid_every: int = _f(0, "images: iterations between FID/KID evaluations, always also at the end (0 = at every evaluation)")
-    fid_samples: int = _f(1000, "images: model samples (and at most as many real images) for FID/KID and digit coverage")
+    fid_every: int = _f(
+        0, "images: iterations between FID/KID evaluations, always also at the end (0 = at every evaluation)"
+    )
+    fid_samples: int = _f(
+        1000, "images: model samples (and at most as many real images) for FID/KID and digit coverage"
+    )
     checkpoint_every: int = _f(500, "iterations between checkpoints")
     seed: int = _f(0, "seed of the model, the data stream and the chains")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
     # speed (images)
-    amp: str = _f("off", "'bf16': bfloat16 autocast of the energy network on CUDA (sampler state and updates stay float32; ignored on CPU)", choices=AMP_MODES)
-    channels_last: bool = _f(False, "images: channels-last memory layout for the ConvNet (faster convolutions on recent GPUs)")
-    compile: bool = _f(False, "torch.compile the energy network (minutes of compile time; pays off on long GPU runs only)")
-    fast: str | bool = _f("auto", "sample through compiled steps (anila_core.sampling.compile_rule): true, false, "
-                          f"or 'auto' = when iters × n_steps >= {AUTO_MIN_TRANSITIONS} and not a ConvNet on a CPU",
-                          choices=FAST_CHOICES)
+    amp: str = _f(
+        "off",
+        "'bf16': bfloat16 autocast of the energy network on CUDA (sampler state and updates stay float32; ignored on "
+        "CPU)",
+        choices=AMP_MODES,
+    )
+    channels_last: bool = _f(
+        False, "images: channels-last memory layout for the ConvNet (faster convolutions on recent GPUs)"
+    )
+    compile: bool = _f(
+        False, "torch.compile the energy network (minutes of compile time; pays off on long GPU runs only)"
+    )
+    fast: str | bool = _f(
+        "auto",
+        "sample through compiled steps (anila_core.sampling.compile_rule): true, false, "
+        f"or 'auto' = when iters × n_steps >= {AUTO_MIN_TRANSITIONS} and not a ConvNet on a CPU",
+        choices=FAST_CHOICES,
+    )
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first field outside its allowed range."""
-        if not isinstance(self.dataset, str) or (self.dataset not in ("",) + DATASETS and parse_data_spec(self.dataset) is None):
-            raise ValueError(f"dataset: expected one of {list(DATASETS)}, 'images:FOLDER', 'points:FILE' or '' (a 2-D target), "
-                             f"got {self.dataset!r}")
+        if not isinstance(self.dataset, str) or (
+            self.dataset not in ("",) + DATASETS and parse_data_spec(self.dataset) is None
+        ):
+            raise ValueError(
+                f"dataset: expected one of {list(DATASETS)}, 'images:FOLDER', 'points:FILE' or '' (a 2-D target), "
+                f"got {self.dataset!r}"
+            )
         self.dataset = absolute_data_spec(self.dataset)  # a run finds its files from any working directory
         for f in fields(self):
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
             if choices is not None and not any(value == c and type(value) is type(c) for c in choices):  # 1 is not True
                 raise ValueError(f"{f.name}: expected one of {list(choices)}, got {value!r}")
-            expected = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool,
-                                                                "str | bool": (str, bool)}[f.type]
+            expected = (
+                f.type
+                if isinstance(f.type, type)
+                else {"int": int, "float": float, "str": str, "bool": bool, "str | bool": (str, bool)}[f.type]
+            )
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
                 setattr(self, f.name, value)
@@ -175,11 +259,40 @@ class TrainConfig:
             if expected is float and math.isnan(value):
                 raise ValueError(f"{f.name}: expected a number, got NaN")
         positive = ["step_size", "b", "lr", "init_scale", "psgld_damping", "max_energy_gap"]
-        at_least_one = ["width", "depth", "n_steps", "hmc_leapfrog", "buffer_size", "batch_size", "iters", "eval_every", "eval_samples", "checkpoint_every",
-                        "conv_width"]
-        non_negative = ["noise_scale", "energy_reg", "data_noise", "grad_clip", "clamp", "lr_decay_iters", "seed", "image_size", "fid_every",
-                        "max_rollbacks", "global_moves"]
-        unit = {"reinit": (0.0, 1.0), "beta1": (0.0, 0.999999), "beta2": (0.0, 0.999999), "lr_min": (0.0, 1.0), "ema": (0.0, 0.999999), "psgld_alpha": (0.0, 0.999999)}
+        at_least_one = [
+            "width",
+            "depth",
+            "n_steps",
+            "hmc_leapfrog",
+            "buffer_size",
+            "batch_size",
+            "iters",
+            "eval_every",
+            "eval_samples",
+            "checkpoint_every",
+            "conv_width",
+        ]
+        non_negative = [
+            "noise_scale",
+            "energy_reg",
+            "data_noise",
+            "grad_clip",
+            "clamp",
+            "lr_decay_iters",
+            "seed",
+            "image_size",
+            "fid_every",
+            "max_rollbacks",
+            "global_moves",
+        ]
+        unit = {
+            "reinit": (0.0, 1.0),
+            "beta1": (0.0, 0.999999),
+            "beta2": (0.0, 0.999999),
+            "lr_min": (0.0, 1.0),
+            "ema": (0.0, 0.999999),
+            "psgld_alpha": (0.0, 0.999999),
+        }
         for name in positive:
             v = getattr(self, name)
             if not v > 0 or (name != "b" and math.isinf(v)):
@@ -198,29 +311,40 @@ class TrainConfig:
         for name, (most, why) in COUNT_LIMITS.items():
             v = getattr(self, name)
             if v > most:
-                raise ValueError(f"{name}: expected at most {most:,}, got {v:.3g}; {why}" if v > 10**15 else
-                                 f"{name}: expected at most {most:,}, got {v:,}; {why}")
+                raise ValueError(
+                    f"{name}: expected at most {most:,}, got {v:.3g}; {why}"
+                    if v > 10**15
+                    else f"{name}: expected at most {most:,}, got {v:,}; {why}"
+                )
         for name in FLOAT32_SETTINGS:
             v = getattr(self, name)
             if isinstance(v, float) and abs(v) > MAX_FLOAT and not (name == "b" and math.isinf(v)):
-                raise ValueError(f"{name}: expected a value of magnitude at most {MAX_FLOAT:g}, got {v!r}; the tensors are float32 "
-                                 "(at most 3.4e38) and a setting is multiplied by others and by gradients, so larger values "
-                                 "overflow" + ("" if name != "b" else " (b = inf turns clipping off)"))
+                raise ValueError(
+                    f"{name}: expected a value of magnitude at most {MAX_FLOAT:g}, got {v!r}; the tensors are float32 "
+                    "(at most 3.4e38) and a setting is multiplied by others and by gradients, so larger values "
+                    "overflow" + ("" if name != "b" else " (b = inf turns clipping off)")
+                )
         if self.seed > MAX_SEED:
             raise ValueError(f"seed: expected an integer in [0, 2**63 - 1 = {MAX_SEED}], got {self.seed!r}")
         if self.eval_samples > MAX_EVAL_SAMPLES:
-            raise ValueError(f"eval_samples: expected at most {MAX_EVAL_SAMPLES} (the MMD's memory grows as its square), "
-                             f"got {self.eval_samples!r}")
+            raise ValueError(
+                f"eval_samples: expected at most {MAX_EVAL_SAMPLES} (the MMD's memory grows as its square), "
+                f"got {self.eval_samples!r}"
+            )
         if self.metropolis and self.noise_scale == 0:
             raise ValueError("metropolis: needs noise_scale > 0")
         if self.metropolis and SAMPLERS[self.sampler].no_metropolis_setting:
             raise ValueError(f"metropolis: {SAMPLERS[self.sampler].no_metropolis_setting}")
         if self.global_moves > 0 and self.init != "gaussian":
-            raise ValueError(f"global_moves: needs init='gaussian' (its proposal is the Gaussian start), got init={self.init!r}")
+            raise ValueError(
+                f"global_moves: needs init='gaussian' (its proposal is the Gaussian start), got init={self.init!r}"
+            )
         if self.chains == "buffer" and self.buffer_size < self.batch_size:
             raise ValueError(f"buffer_size: expected at least batch_size ({self.batch_size}), got {self.buffer_size}")
         if self.fid_samples < 2:
-            raise ValueError(f"fid_samples: expected an integer >= 2 (FID needs a covariance), got {self.fid_samples!r}")
+            raise ValueError(
+                f"fid_samples: expected an integer >= 2 (FID needs a covariance), got {self.fid_samples!r}"
+            )
         # the kinds are built from a configuration: imported here, once the configuration module is loaded
         from anila_core.training.kinds import data_kind
 
@@ -230,7 +354,8 @@ class TrainConfig:
 
     @property
     def data_spec(self) -> DataSpec | None:
-        """The data of your own this run learns (``images:FOLDER`` or ``points:FILE``), ``None`` for a built-in dataset or target."""
+        """The data of your own this run learns (``images:FOLDER`` or ``points:FILE``), ``None`` for a built-in dataset
+        or target."""
         return parse_data_spec(self.dataset)
 
     @property
@@ -245,12 +370,14 @@ class TrainConfig:
 
     @property
     def data_name(self) -> str:
-        """What the run learns, fit for a folder name: the dataset's or the 2-D target's name, ``points-moons`` for ``points:moons.csv``."""
+        """What the run learns, fit for a folder name: the dataset's or the 2-D target's name, ``points-moons`` for
+        ``points:moons.csv``."""
         spec = self.data_spec
         return spec.name if spec is not None else (self.dataset or self.target)
 
     def with_fixed_schedule(self, started: dict | None = None) -> "TrainConfig":
-        """This configuration with ``lr_decay_iters = 0`` settled: the value fixed by the run ``started``, else ``iters``.
+        """This configuration with ``lr_decay_iters = 0`` settled: the value fixed by the run ``started``, else
+        ``iters``.
 
         0 means "the run's iters", fixed once when the run starts and stored in its config.json,
         so that a resumed, longer run keeps the schedule it started with.
@@ -270,7 +397,9 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
-            raise ValueError(f"config: unknown field(s) {sorted(unknown)}; expected names from {[f.name for f in fields(self)]}")
+            raise ValueError(
+                f"config: unknown field(s) {sorted(unknown)}; expected names from {[f.name for f in fields(self)]}"
+            )
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -293,13 +422,31 @@ class TrainConfig:
 # (docs/study/) replaces that search; the presets follow its verdict settings once it completes.
 
 _SMOKE = dict(
-    width=32, depth=2, n_steps=10, batch_size=64, buffer_size=500, iters=30, eval_every=10,
-    eval_samples=200, checkpoint_every=10,
+    width=32,
+    depth=2,
+    n_steps=10,
+    batch_size=64,
+    buffer_size=500,
+    iters=30,
+    eval_every=10,
+    eval_samples=200,
+    checkpoint_every=10,
 )
 _CPU = dict(
-    width=128, depth=3, n_steps=30, batch_size=256, buffer_size=10_000, iters=3000, lr=1e-3,
-    lr_schedule="cosine", lr_min=0.05, init="gaussian", init_scale=2.0, eval_every=250,
-    eval_samples=2000, checkpoint_every=500,
+    width=128,
+    depth=3,
+    n_steps=30,
+    batch_size=256,
+    buffer_size=10_000,
+    iters=3000,
+    lr=1e-3,
+    lr_schedule="cosine",
+    lr_min=0.05,
+    init="gaussian",
+    init_scale=2.0,
+    eval_every=250,
+    eval_samples=2000,
+    checkpoint_every=500,
 )
 # The long run adds 4 independence Metropolis moves per chain and iteration (anila_core.sampling.global_moves),
 # for both samplers. Without them the rings' relative energies drifted once no buffer chain crossed
@@ -319,8 +466,15 @@ _SWEEP = dict(_CPU, n_steps=20, iters=2000, eval_every=250, eval_samples=1000, c
 # or iteration count, so these are the package's choices: short-run chains from uniform noise,
 # K = 100, a small threshold, Adam 1e-4, 20 000 iterations.
 _PAPER = dict(
-    width=128, depth=3, chains="short_run", n_steps=100, batch_size=256, iters=20_000, lr=1e-4,
-    eval_every=1000, checkpoint_every=2000,
+    width=128,
+    depth=3,
+    chains="short_run",
+    n_steps=100,
+    batch_size=256,
+    iters=20_000,
+    lr=1e-4,
+    eval_every=1000,
+    checkpoint_every=2000,
 )
 
 PRESETS: dict[str, tuple[dict, dict[str, dict]]] = {
@@ -345,8 +499,19 @@ DEFAULT_PRESET = "cpu"
 
 _IMAGE = dict(init="uniform", init_scale=1.0, clamp=1.0, conv_activation="leaky_relu")
 _IMAGE_SMOKE = dict(
-    _IMAGE, conv_width=8, chains="short_run", n_steps=5, batch_size=16, iters=6, lr=1e-3, eval_every=3,
-    fid_every=6, fid_samples=64, checkpoint_every=3, step_size=1.0, noise_scale=0.01,
+    _IMAGE,
+    conv_width=8,
+    chains="short_run",
+    n_steps=5,
+    batch_size=16,
+    iters=6,
+    lr=1e-3,
+    eval_every=3,
+    fid_every=6,
+    fid_samples=64,
+    checkpoint_every=3,
+    step_size=1.0,
+    noise_scale=0.01,
 )
 _IMAGE_SMOKE_SAMPLERS = {"anila": dict(b=0.01)}
 
@@ -357,21 +522,68 @@ _IMAGE_SMOKE_SAMPLERS = {"anila": dict(b=0.01)}
 # of the steps while its capped drift ε·b/2 still crosses [-1, 1] in K = 40 steps; at
 # b = 0.03 the chains could not reach the data and the energy gap ran away.
 _DIGITS_CPU = dict(
-    _IMAGE, conv_width=32, chains="short_run", n_steps=40, batch_size=64, iters=1000, lr=1e-3,
-    lr_schedule="cosine", lr_min=0.05, eval_every=100, fid_every=250, fid_samples=1000, checkpoint_every=250,
+    _IMAGE,
+    conv_width=32,
+    chains="short_run",
+    n_steps=40,
+    batch_size=64,
+    iters=1000,
+    lr=1e-3,
+    lr_schedule="cosine",
+    lr_min=0.05,
+    eval_every=100,
+    fid_every=250,
+    fid_samples=1000,
+    checkpoint_every=250,
 )
-_DIGITS_CPU_SAMPLERS = {"langevin": dict(step_size=1.0, noise_scale=0.01), "anila": dict(step_size=1.0, noise_scale=0.01, b=0.1)}
-_DIGITS_GPU = dict(_DIGITS_CPU, conv_width=64, n_steps=60, batch_size=256, iters=5000, eval_every=250, fid_every=1000, fid_samples=2000,
-                   checkpoint_every=1000)
+_DIGITS_CPU_SAMPLERS = {
+    "langevin": dict(step_size=1.0, noise_scale=0.01),
+    "anila": dict(step_size=1.0, noise_scale=0.01, b=0.1),
+}
+_DIGITS_GPU = dict(
+    _DIGITS_CPU,
+    conv_width=64,
+    n_steps=60,
+    batch_size=256,
+    iters=5000,
+    eval_every=250,
+    fid_every=1000,
+    fid_samples=2000,
+    checkpoint_every=1000,
+)
 
 # Colour images on a CPU: 16×16 so that a few hundred iterations take minutes; on a GPU 32×32.
 _PHOTO_CPU = dict(
-    _IMAGE, image_size=16, conv_width=16, chains="short_run", n_steps=30, batch_size=64, iters=400, lr=3e-4,
-    eval_every=50, fid_every=200, fid_samples=500, checkpoint_every=100, step_size=1.0, noise_scale=0.01,
+    _IMAGE,
+    image_size=16,
+    conv_width=16,
+    chains="short_run",
+    n_steps=30,
+    batch_size=64,
+    iters=400,
+    lr=3e-4,
+    eval_every=50,
+    fid_every=200,
+    fid_samples=500,
+    checkpoint_every=100,
+    step_size=1.0,
+    noise_scale=0.01,
 )
 _PHOTO_GPU = dict(
-    _IMAGE, conv_width=64, chains="short_run", n_steps=60, batch_size=128, iters=5000, lr=1e-4,
-    eval_every=250, fid_every=1000, fid_samples=5000, checkpoint_every=1000, step_size=1.0, noise_scale=0.01, amp="bf16",
+    _IMAGE,
+    conv_width=64,
+    chains="short_run",
+    n_steps=60,
+    batch_size=128,
+    iters=5000,
+    lr=1e-4,
+    eval_every=250,
+    fid_every=1000,
+    fid_samples=5000,
+    checkpoint_every=1000,
+    step_size=1.0,
+    noise_scale=0.01,
+    amp="bf16",
 )
 _PHOTO_SAMPLERS = {"anila": dict(b=0.05)}
 # A paper-scale image run: 32×32 and 100k iterations as in the draft's Figures 2 and 3 (the only
@@ -381,8 +593,20 @@ _PHOTO_SAMPLERS = {"anila": dict(b=0.05)}
 # (variant "full") such a threshold caps the drift at ε·b/2 = 1e-4 per step and chains never
 # leave the noise in 100 steps. The digits study (docs/study/digits) tests both forms in miniature.
 _PAPER_IMAGE = dict(
-    _IMAGE, conv_width=128, chains="short_run", n_steps=100, batch_size=128, iters=100_000, lr=1e-4,
-    step_size=1.0, noise_scale=0.01, eval_every=1000, fid_every=5000, fid_samples=10_000, checkpoint_every=2000, amp="bf16",
+    _IMAGE,
+    conv_width=128,
+    chains="short_run",
+    n_steps=100,
+    batch_size=128,
+    iters=100_000,
+    lr=1e-4,
+    step_size=1.0,
+    noise_scale=0.01,
+    eval_every=1000,
+    fid_every=5000,
+    fid_samples=10_000,
+    checkpoint_every=2000,
+    amp="bf16",
 )
 _PAPER_IMAGE_SAMPLERS = {"anila": dict(b=2e-4, norm="pixel", variant="noise_only")}
 # A folder of your own (images:FOLDER) gets the colour photos' settings, but at the side its
@@ -436,12 +660,18 @@ def preset(name: str = DEFAULT_PRESET, sampler: str = "langevin", **overrides: A
     """
     dataset = overrides.get("dataset", "")
     if dataset and dataset not in DATASETS and (not isinstance(dataset, str) or parse_data_spec(dataset) is None):
-        raise ValueError(f"dataset: expected one of {list(DATASETS)}, 'images:FOLDER', 'points:FILE' (or '' for a 2-D target), "
-                         f"got {dataset!r}")
+        raise ValueError(
+            f"dataset: expected one of {list(DATASETS)}, 'images:FOLDER', 'points:FILE' (or '' for a 2-D target), "
+            f"got {dataset!r}"
+        )
     key = _image_key(dataset)
     table = IMAGE_PRESETS if key else PRESETS
     if name not in table:
-        other = "images (pass dataset=...)" if name in IMAGE_PRESETS else "2-D targets and points (without an image dataset)"
+        other = (
+            "images (pass dataset=...)"
+            if name in IMAGE_PRESETS
+            else "2-D targets and points (without an image dataset)"
+        )
         hint = f"; {name!r} exists for {other}" if name in IMAGE_PRESETS or name in PRESETS else ""
         kind = f"dataset {dataset!r}" if key else ("points" if dataset else "2-D targets")
         raise ValueError(f"preset: unknown name {name!r} for {kind}; expected one of {sorted(table)}{hint}")

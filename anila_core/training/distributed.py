@@ -1,4 +1,5 @@
-"""Multi-process training under ``torchrun``: read its environment, start and end the process group, and the few collectives the trainer needs.
+"""Multi-process training under ``torchrun``: read its environment, start and end the process group, and the few
+collectives the trainer needs.
 
 ``torchrun --nproc_per_node N -m anila_core train ...`` starts N copies of the command with
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set. Each copy runs its own chains; the energy
@@ -18,8 +19,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "from_env", "current", "backend_for", "init_from_env", "process_group", "shutdown", "broadcast_object",
-           "gather_objects", "all_reduce_sum", "device_for_rank"]
+__all__ = [
+    "DistInfo",
+    "from_env",
+    "current",
+    "backend_for",
+    "init_from_env",
+    "process_group",
+    "shutdown",
+    "broadcast_object",
+    "gather_objects",
+    "all_reduce_sum",
+    "device_for_rank",
+]
 
 # Rank 0 evaluates (FID with Inception can take many minutes) while the others wait at the
 # next gradient all-reduce: give that wait far more room than the default timeout.
@@ -89,8 +101,10 @@ def init_from_env(use_cuda: bool) -> DistInfo:
         raise ValueError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     if use_cuda:
         if info.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK: {info.local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
-                             "use --nproc_per_node at most the number of GPUs")
+            raise ValueError(
+                f"LOCAL_RANK: {info.local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                "use --nproc_per_node at most the number of GPUs"
+            )
         torch.cuda.set_device(info.local_rank)
     dist.init_process_group(backend=backend_for(use_cuda), timeout=COLLECTIVE_TIMEOUT)
     return current()
@@ -122,8 +136,10 @@ def device_for_rank(device: torch.device, info: DistInfo) -> torch.device:
     if not info.enabled or device.type != "cuda":
         return device
     if device.index is not None and device.index != info.local_rank:
-        raise ValueError(f"device: {device} under torchrun would put every rank on one GPU; pass --device cuda or auto "
-                         f"(each rank then uses cuda:LOCAL_RANK)")
+        raise ValueError(
+            f"device: {device} under torchrun would put every rank on one GPU; pass --device cuda or auto "
+            f"(each rank then uses cuda:LOCAL_RANK)"
+        )
     return torch.device("cuda", info.local_rank)
 
 

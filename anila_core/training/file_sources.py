@@ -20,8 +20,17 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DataSpec", "parse_data_spec", "absolute_data_spec", "FILE_KINDS", "HELD_OUT_SHARE", "SPLIT_SEED", "load_file_data",
-           "PointsSource", "draw_indices"]
+__all__ = [
+    "DataSpec",
+    "parse_data_spec",
+    "absolute_data_spec",
+    "FILE_KINDS",
+    "HELD_OUT_SHARE",
+    "SPLIT_SEED",
+    "load_file_data",
+    "PointsSource",
+    "draw_indices",
+]
 
 #: the prefixes of ``--dataset`` that name data of your own
 FILE_KINDS = ("images", "points")
@@ -35,7 +44,8 @@ _cache: OrderedDict = OrderedDict()
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A parsed ``images:FOLDER`` or ``points:FILE``: the kind, the path as given (relative to the working directory) and the text."""
+    """A parsed ``images:FOLDER`` or ``points:FILE``: the kind, the path as given (relative to the working directory)
+    and the text."""
 
     kind: str
     path: Path
@@ -54,25 +64,30 @@ class DataSpec:
 
 
 def absolute_data_spec(dataset: str) -> str:
-    """``dataset`` with the path of a spec made absolute (relative to the working directory); any other value unchanged."""
+    """``dataset`` with the path of a spec made absolute (relative to the working directory); any other value
+    unchanged."""
     spec = parse_data_spec(dataset) if isinstance(dataset, str) else None
     return spec.absolute if spec is not None else dataset
 
 
 def parse_data_spec(dataset: str) -> DataSpec | None:
-    """The spec in ``dataset`` (``None`` for ``""`` and the built-in names); ``ValueError`` for a prefix without a path."""
+    """The spec in ``dataset`` (``None`` for ``""`` and the built-in names); ``ValueError`` for a prefix without a
+    path."""
     kind, sep, path = dataset.partition(":")
     if not sep or kind not in FILE_KINDS:
         return None
     if not path.strip():
-        raise ValueError(f"dataset: {dataset!r} names no {'folder' if kind == 'images' else 'file'}; expected "
-                         f"{'images:FOLDER' if kind == 'images' else 'points:FILE'}, e.g. "
-                         f"{'images:data/my_photos' if kind == 'images' else 'points:data/moons.csv'}")
+        raise ValueError(
+            f"dataset: {dataset!r} names no {'folder' if kind == 'images' else 'file'}; expected "
+            f"{'images:FOLDER' if kind == 'images' else 'points:FILE'}, e.g. "
+            f"{'images:data/my_photos' if kind == 'images' else 'points:data/moons.csv'}"
+        )
     return DataSpec(kind, Path(path).expanduser(), dataset)
 
 
 def _signature(path: Path) -> str:
-    """Changes when a file under ``path`` is added, removed, resized or rewritten (names, sizes and modification times)."""
+    """Changes when a file under ``path`` is added, removed, resized or rewritten (names, sizes and modification
+    times)."""
     h = hashlib.sha1()
     if path.is_file():
         st = path.stat()
@@ -85,12 +100,15 @@ def _signature(path: Path) -> str:
                     st = os.stat(os.path.join(folder, name))
                 except OSError:
                     continue
-                h.update(f"{os.path.relpath(os.path.join(folder, name), path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                h.update(
+                    f"{os.path.relpath(os.path.join(folder, name), path)}:{st.st_size}:{st.st_mtime_ns}\n".encode()
+                )
     return h.hexdigest()
 
 
 def load_file_data(spec: DataSpec, image_size: int = 0, standardize: bool = True):
-    """The data ``spec`` names: a :class:`~anila_core.images.folder.FolderImages` or a :class:`~anila_core.training.points_file.PointSet`.
+    """The data ``spec`` names: a :class:`~anila_core.images.folder.FolderImages` or a
+    :class:`~anila_core.training.points_file.PointSet`.
 
     Every problem with the files is one ``ValueError`` that starts with ``dataset:`` and the
     spec, then says what was found and what was expected.
@@ -117,7 +135,8 @@ def load_file_data(spec: DataSpec, image_size: int = 0, standardize: bool = True
 
 
 def draw_indices(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` indices into ``size`` items, distinct within each round of ``size`` (a batch larger than the data takes several rounds)."""
+    """``n`` indices into ``size`` items, distinct within each round of ``size`` (a batch larger than the data takes
+    several rounds)."""
     parts, left = [], n
     while left > 0:
         k = min(left, size)
@@ -127,7 +146,8 @@ def draw_indices(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
 
 
 class PointsSource:
-    """Random batches of a point set's training points, kept on the training device, from a CPU generator of its own (saved with the checkpoint)."""
+    """Random batches of a point set's training points, kept on the training device, from a CPU generator of its own
+    (saved with the checkpoint)."""
 
     def __init__(self, points, seed: int, device: torch.device):
         self.points = points

@@ -1,4 +1,5 @@
-"""Divergence handling: the checks after each training step, the last good checkpoint, and rollback to the last finite state."""
+"""Divergence handling: the checks after each training step, the last good checkpoint, and rollback to the last finite
+state."""
 
 from __future__ import annotations
 
@@ -22,8 +23,14 @@ class TrainingDiverged(RuntimeError):
     fields, never from the message's text.
     """
 
-    def __init__(self, message: str, iteration: int | None = None, cause: str | None = None,
-                 checkpoint: str | None = None, gave_up: bool = False):
+    def __init__(
+        self,
+        message: str,
+        iteration: int | None = None,
+        cause: str | None = None,
+        checkpoint: str | None = None,
+        gave_up: bool = False,
+    ):
         super().__init__(message)
         self.iteration, self.cause, self.checkpoint, self.gave_up = iteration, cause, checkpoint, gave_up
 
@@ -34,7 +41,8 @@ def parameters_finite(*models: torch.nn.Module | None) -> bool:
 
 
 def optimizer_overflow(err: RuntimeError, lr: float) -> str | None:
-    """The divergence cause when ``optimizer.step()`` raised because its update overflowed (``None`` for any other error).
+    """The divergence cause when ``optimizer.step()`` raised because its update overflowed (``None`` for any other
+    error).
 
     Adam turns its step size into the parameters' float type; past float32's range (about
     3.4e38, e.g. ``lr = 1e39``) torch raises instead of writing inf, so the guard would never see it.
@@ -44,8 +52,9 @@ def optimizer_overflow(err: RuntimeError, lr: float) -> str | None:
     return f"the optimizer step overflowed: its update at learning rate {lr:.3g} is not a finite float ({err})"
 
 
-def step_problem(stats: dict, samples_finite: torch.Tensor, params_finite: torch.Tensor, max_energy_gap: float,
-                 lr: float) -> str | None:
+def step_problem(
+    stats: dict, samples_finite: torch.Tensor, params_finite: torch.Tensor, max_energy_gap: float, lr: float
+) -> str | None:
     """What is wrong after a training step, the first of the guarded quantities in order (``None`` when all are well).
 
     The loss and energies were computed before the optimiser step, so parameters that are
@@ -58,13 +67,18 @@ def step_problem(stats: dict, samples_finite: torch.Tensor, params_finite: torch
         (torch.isfinite(stats["energy_samples"]), "the energy of the samples is not finite"),
         (samples_finite, "the negative samples are not finite"),
         (params_finite, f"the parameters are not finite after the optimizer step (learning rate {lr:.3g})"),
-        (gap.abs() <= max_energy_gap, f"the energy gap |E(data) − E(samples)| = {float(gap.abs()):.3g} exceeds max_energy_gap = {max_energy_gap:g}"),
+        (
+            gap.abs() <= max_energy_gap,
+            f"the energy gap |E(data) − E(samples)| = {float(gap.abs()):.3g} exceeds max_energy_gap = "
+            f"{max_energy_gap:g}",
+        ),
     ]
     return next((what for ok, what in checks if not bool(ok)), None)
 
 
 class Guard:
-    """What a run knows about divergence: the last checkpoint with finite parameters, and a finite state to roll back to.
+    """What a run knows about divergence: the last checkpoint with finite parameters, and a finite state to roll back
+    to.
 
     ``good_state`` is an in-memory copy (:meth:`TrainState.snapshot`) taken at the start of
     ``Trainer.run`` and at each checkpoint, only while the parameters are finite; so a
@@ -76,7 +90,8 @@ class Guard:
         self.good_state: dict | None = None
 
     def record_checkpoint(self, iteration: int, path: Path, *models: torch.nn.Module | None) -> None:
-        """Remember ``path`` (written or loaded at ``iteration``) as the place to resume from, if its parameters are finite."""
+        """Remember ``path`` (written or loaded at ``iteration``) as the place to resume from, if its parameters are
+        finite."""
         if parameters_finite(*models):
             self.last_good_checkpoint = (iteration, Path(path))
 
@@ -93,8 +108,12 @@ class Guard:
         else:
             at, checkpoint = self.last_good_checkpoint
             where = f"the last good checkpoint is {checkpoint} (iteration {at})"
-        return TrainingDiverged(f"training diverged at iteration {iteration}: {what}; {where}", iteration, what,
-                                None if checkpoint is None else str(checkpoint))
+        return TrainingDiverged(
+            f"training diverged at iteration {iteration}: {what}; {where}",
+            iteration,
+            what,
+            None if checkpoint is None else str(checkpoint),
+        )
 
     def check_parameters(self, state: TrainState) -> None:
         """Raise :class:`TrainingDiverged` if any parameter is NaN or infinite."""
@@ -116,19 +135,35 @@ class Guard:
         ``max_rollbacks`` rollbacks were already spent.
         """
         if self.good_state is None:
-            raise TrainingDiverged(f"{err}; there is no state with finite parameters to roll back to", err.iteration,
-                                   err.cause, err.checkpoint) from None
+            raise TrainingDiverged(
+                f"{err}; there is no state with finite parameters to roll back to",
+                err.iteration,
+                err.cause,
+                err.checkpoint,
+            ) from None
         if len(state.rollbacks) >= config.max_rollbacks:
-            raise TrainingDiverged(f"{err}; gave up after {len(state.rollbacks)} rollback(s) (max_rollbacks = "
-                                   f"{config.max_rollbacks}; the learning rate was {state.lr_factor:g} × lr)",
-                                   err.iteration, err.cause, err.checkpoint, gave_up=True) from None
+            raise TrainingDiverged(
+                f"{err}; gave up after {len(state.rollbacks)} rollback(s) (max_rollbacks = "
+                f"{config.max_rollbacks}; the learning rate was {state.lr_factor:g} × lr)",
+                err.iteration,
+                err.cause,
+                err.checkpoint,
+                gave_up=True,
+            ) from None
         state.restore(self.good_state)
         # halving is exact in floating point: the recorded lr is the one the next step takes
-        record = {"iter": err.iteration, "cause": err.cause or str(err), "restored_iter": state.iteration,
-                  "lr_factor": state.lr_factor * 0.5, "lr": state.learning_rate(config, state.iteration) * 0.5}
+        record = {
+            "iter": err.iteration,
+            "cause": err.cause or str(err),
+            "restored_iter": state.iteration,
+            "lr_factor": state.lr_factor * 0.5,
+            "lr": state.learning_rate(config, state.iteration) * 0.5,
+        }
         state.rolled_back(record)
         if say:
-            notice(f"warning: rollback at iteration {record['iter']}: {record['cause']}; back to the state of "
-                   f"iteration {state.iteration}, learning rate now {record['lr']:.3g} "
-                   f"(rollback {len(state.rollbacks)} of at most {config.max_rollbacks})")
+            notice(
+                f"warning: rollback at iteration {record['iter']}: {record['cause']}; back to the state of "
+                f"iteration {state.iteration}, learning rate now {record['lr']:.3g} "
+                f"(rollback {len(state.rollbacks)} of at most {config.max_rollbacks})"
+            )
         return record

@@ -27,13 +27,17 @@ def memory_needs(config: TrainConfig) -> dict[str, tuple[int, str]]:
     needs: dict[str, tuple[int, str]] = {}
     if c.chains == "buffer":
         values = math.prod(shape)
-        needs["--buffer-size"] = (c.buffer_size * values * _FLOAT, f"chains: buffer_size {c.buffer_size} × {values} values × 4 bytes")
+        needs["--buffer-size"] = (
+            c.buffer_size * values * _FLOAT,
+            f"chains: buffer_size {c.buffer_size} × {values} values × 4 bytes",
+        )
     needs.update(kind.memory_needs(shape))  # the network's activations and weights, the metrics' matrices
     return needs
 
 
 def available_memory(config: TrainConfig) -> tuple[int, str] | None:
-    """Bytes free where the run's tensors live (the GPU's free memory, or the machine's available memory); ``None`` when unknown."""
+    """Bytes free where the run's tensors live (the GPU's free memory, or the machine's available memory); ``None`` when
+    unknown."""
     try:
         from anila_core.device import resolve_device
 
@@ -80,12 +84,15 @@ def check_memory(config: TrainConfig) -> None:
     if total <= free[0]:
         return
     flag, (most, what) = max(needs.items(), key=lambda kv: kv[1][0])
-    raise ValueError(f"{flag.lstrip('-').replace('-', '_')}: the run needs at least {_gb(total)} of memory, more than the "
-                     f"{_gb(free[0])} {free[1]}; the largest part is {what} = {_gb(most)}; expected a smaller {flag}")
+    raise ValueError(
+        f"{flag.lstrip('-').replace('-', '_')}: the run needs at least {_gb(total)} of memory, more than the "
+        f"{_gb(free[0])} {free[1]}; the largest part is {what} = {_gb(most)}; expected a smaller {flag}"
+    )
 
 
 def out_of_memory(err: BaseException, config: TrainConfig, during: str) -> OutOfMemory:
-    """The :class:`OutOfMemory` for a failed allocation ``err`` raised ``during`` a run: what failed, and the sizes to reduce, largest first."""
+    """The :class:`OutOfMemory` for a failed allocation ``err`` raised ``during`` a run: what failed, and the sizes to
+    reduce, largest first."""
     c = config
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if len(first) > 160:
@@ -93,6 +100,8 @@ def out_of_memory(err: BaseException, config: TrainConfig, during: str) -> OutOf
     needs = sorted(memory_needs(c).items(), key=lambda kv: -kv[1][0])
     sizes = ", ".join(f"{flag} (now {getattr(c, flag[2:].replace('-', '_'))})" for flag, _ in needs)
     if c.energy:
-        sizes = (sizes + ", " if sizes else "") + f"--batch-size (now {c.batch_size}) or the size of your network ({c.energy})"
+        sizes = (
+            sizes + ", " if sizes else ""
+        ) + f"--batch-size (now {c.batch_size}) or the size of your network ({c.energy})"
     where = "GPU memory" if "CUDA" in str(err) or type(err).__name__ == "OutOfMemoryError" else "memory"
     return OutOfMemory(f"out of {where} {during} ({type(err).__name__}: {first}); reduce {sizes}")

@@ -1,4 +1,5 @@
-"""The energy network and the views of it that training and sampling call: DDP, torch.compile, bf16 autocast, channels-last."""
+"""The energy network and the views of it that training and sampling call: DDP, torch.compile, bf16 autocast,
+channels-last."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from anila_core.training.config import TrainConfig
 __all__ = ["build_energy", "Networks"]
 
 
-def build_energy(config: TrainConfig, data_shape: tuple[int, ...], energy: torch.nn.Module | None = None) -> torch.nn.Module:
+def build_energy(
+    config: TrainConfig, data_shape: tuple[int, ...], energy: torch.nn.Module | None = None
+) -> torch.nn.Module:
     """The energy network: ``energy`` when given (a module of your own, in memory), the one ``config.energy`` names
     (:mod:`anila_core.training.user_energy`), else the built-in one of the data's kind (an MLP for points ``(d,)``,
     the ConvNet of :mod:`anila_core.images.convnets` for images ``(C, H, W)``)."""
@@ -28,15 +31,24 @@ def build_energy(config: TrainConfig, data_shape: tuple[int, ...], energy: torch
 
 
 class Networks:
-    """One energy module seen two ways: the training view (DDP, compile) and the sampling view (never DDP), with their precision.
+    """One energy module seen two ways: the training view (DDP, compile) and the sampling view (never DDP), with their
+    precision.
 
     Wrapping changes how a forward runs, never which parameters it uses: both views share
     ``model``'s parameters. ``eval_model`` is the module evaluations sample (the EMA when on,
     else ``model``).
     """
 
-    def __init__(self, model: torch.nn.Module, eval_model: torch.nn.Module, config: TrainConfig, device: torch.device,
-                 dist: distributed.DistInfo, channels_last: bool, joint_forward: bool):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eval_model: torch.nn.Module,
+        config: TrainConfig,
+        device: torch.device,
+        dist: distributed.DistInfo,
+        channels_last: bool,
+        joint_forward: bool,
+    ):
         self.model, self.eval_model = model, eval_model
         self.amp = config.amp == "bf16" and device.type == "cuda"
         if config.amp == "bf16" and not self.amp and dist.is_main:

@@ -1,4 +1,5 @@
-"""Points from a file of your own: an (N, D) array of numbers read from .npy, .csv or .txt, checked, split and put in the model's units.
+"""Points from a file of your own: an (N, D) array of numbers read from .npy, .csv or .txt, checked, split and put in
+the model's units.
 
 Reading never runs code from the file (``np.load(allow_pickle=False)``; text is parsed as
 numbers), and a file that is not an ``(N, D)`` array of finite numbers is refused with one
@@ -51,9 +52,14 @@ def read_points(path: str | Path) -> np.ndarray:
     if path.exists() and not path.is_file():  # a FIFO would block the reader forever
         from anila_core.fileio import file_kind
 
-        raise ValueError(f"is {file_kind(path.stat().st_mode)}, not a regular file; expected a .npy, .csv or .txt file of points")
+        raise ValueError(
+            f"is {file_kind(path.stat().st_mode)}, not a regular file; expected a .npy, .csv or .txt file of points"
+        )
     if not path.is_file():
-        raise ValueError("does not exist; expected the path of a .npy, .csv or .txt file of points (relative to the working directory)")
+        raise ValueError(
+            "does not exist; expected the path of a .npy, .csv or .txt file of points (relative to the working "
+            "directory)"
+        )
     if path.suffix.lower() == ".npy":
         array, where = _read_npy(path), "rows"
         row_names = None
@@ -67,15 +73,19 @@ def read_points(path: str | Path) -> np.ndarray:
         # for text files the file's own line numbers, so the rows can be found in an editor; for .npy the row indices
         numbers = [row_names[i] for i in index] if row_names is not None else index
         what = f"{where} {_listed(numbers)}" + (" (counting from 0)" if row_names is None else "")
-        raise ValueError(f"has {len(index)} row(s) of {len(array)} with NaN, infinite or missing values ({what}); expected a "
-                         "finite number in every column of every row: remove or fill those rows")
+        raise ValueError(
+            f"has {len(index)} row(s) of {len(array)} with NaN, infinite or missing values ({what}); expected a "
+            "finite number in every column of every row: remove or fill those rows"
+        )
     huge = np.abs(array) > MAX_VALUE
     if huge.any():
         row, column = (int(i) for i in np.argwhere(huge)[0])
         name = f"line {row_names[row]}" if row_names is not None else f"row {row} (counting from 0)"
-        raise ValueError(f"has {array[row, column]:.6g} in column {column + 1}, {name} ({int(huge.sum())} value(s) beyond "
-                         f"±{MAX_VALUE:g}); expected values within ±{MAX_VALUE:g}: the model's samples are float32 tensors "
-                         "(at most 3.4e38) in the file's units, and standardising squares the values: rescale the file")
+        raise ValueError(
+            f"has {array[row, column]:.6g} in column {column + 1}, {name} ({int(huge.sum())} value(s) beyond "
+            f"±{MAX_VALUE:g}); expected values within ±{MAX_VALUE:g}: the model's samples are float32 tensors "
+            "(at most 3.4e38) in the file's units, and standardising squares the values: rescale the file"
+        )
     return array
 
 
@@ -84,11 +94,15 @@ def _read_npy(path: Path) -> np.ndarray:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as err:
         if "allow_pickle" in str(err):
-            raise ValueError("holds Python objects, which are never loaded (unpickling them could run code); expected a numeric "
-                             "array saved with np.save") from None
+            raise ValueError(
+                "holds Python objects, which are never loaded (unpickling them could run code); expected a numeric "
+                "array saved with np.save"
+            ) from None
         raise ValueError(f"cannot be read as a .npy file ({err}); expected an array saved with np.save") from None
     except (OSError, EOFError) as err:
-        raise ValueError(f"cannot be read as a .npy file ({type(err).__name__}: {err}); expected an array saved with np.save") from None
+        raise ValueError(
+            f"cannot be read as a .npy file ({type(err).__name__}: {err}); expected an array saved with np.save"
+        ) from None
     if not isinstance(loaded, np.ndarray):  # np.load opens a .npz archive whatever the file is called
         loaded.close()
         raise ValueError("is a .npz archive of several arrays; expected one array saved with np.save")
@@ -102,7 +116,9 @@ def _read_text(path: Path, delimiter: str | None) -> tuple[np.ndarray, list[int]
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
-        raise ValueError("is not a text file (it does not decode as UTF-8); expected numbers in text, one point per line") from None
+        raise ValueError(
+            "is not a text file (it does not decode as UTF-8); expected numbers in text, one point per line"
+        ) from None
     rows, numbers, header_seen = [], [], False
     for number, line in enumerate(lines, start=1):
         text = line.split("#", 1)[0].strip()
@@ -125,11 +141,15 @@ def _read_text(path: Path, delimiter: str | None) -> tuple[np.ndarray, list[int]
                 header_seen = True  # column names before the first row of numbers
                 continue
             kind = "commas" if delimiter == "," else "commas or whitespace"
-            raise ValueError(f"has {wrong!r} on line {number}, which is not a number; expected numbers separated by {kind}, "
-                             "one point per line (a header is allowed only as the first line)")
+            raise ValueError(
+                f"has {wrong!r} on line {number}, which is not a number; expected numbers separated by {kind}, "
+                "one point per line (a header is allowed only as the first line)"
+            )
         if rows and len(values) != len(rows[0]):
-            raise ValueError(f"has {len(values)} values on line {number} and {len(rows[0])} on line {numbers[0]}; expected the "
-                             "same number of columns on every line (one point per line)")
+            raise ValueError(
+                f"has {len(values)} values on line {number} and {len(rows[0])} on line {numbers[0]}; expected the "
+                "same number of columns on every line (one point per line)"
+            )
         rows.append(values)
         numbers.append(number)
     if not rows:
@@ -139,13 +159,17 @@ def _read_text(path: Path, delimiter: str | None) -> tuple[np.ndarray, list[int]
 
 def _check_shape(array: np.ndarray) -> None:
     if array.ndim == 1:
-        raise ValueError(f"is a 1-D array of {len(array)} values; expected a 2-D array of shape (N, D): one row per point, "
-                         "D >= 2 columns")
+        raise ValueError(
+            f"is a 1-D array of {len(array)} values; expected a 2-D array of shape (N, D): one row per point, "
+            "D >= 2 columns"
+        )
     if array.ndim != 2:
         raise ValueError(f"is an array of shape {array.shape}; expected a 2-D array of shape (N, D): one row per point")
     n, d = array.shape
     if d < 2:
-        raise ValueError(f"has {d} column(s); expected D >= 2 columns, one coordinate each (points in at least two dimensions)")
+        raise ValueError(
+            f"has {d} column(s); expected D >= 2 columns, one coordinate each (points in at least two dimensions)"
+        )
     if n < MIN_POINTS:
         raise ValueError(f"holds {n} point(s); expected at least {MIN_POINTS} (a share is held out for evaluation)")
 
@@ -205,10 +229,12 @@ def make_point_set(name: str, array: np.ndarray, standardize: bool, held_out_sha
             z = (train - mean) / scale
         if not (scale > 0 and math.isfinite(scale) and np.isfinite(z).all() and np.abs(z).max() < 1e6):
             column = int(np.argmax(spread))
-            raise ValueError(f"has points that vary by at most {spread[column]:.3g} (column {column + 1}, around "
-                             f"{mean[column]:.6g}): too little for the standardisation to divide by in floating point; expected "
-                             "points that vary by more than about 1e-150: rescale the file, or train without standardising "
-                             "(--no-standardize)")
+            raise ValueError(
+                f"has points that vary by at most {spread[column]:.3g} (column {column + 1}, around "
+                f"{mean[column]:.6g}): too little for the standardisation to divide by in floating point; expected "
+                "points that vary by more than about 1e-150: rescale the file, or train without standardising "
+                "(--no-standardize)"
+            )
     else:
         mean, scale = np.zeros(array.shape[1]), 1.0
     train_z = torch.from_numpy((train - mean) / scale).float()
@@ -216,4 +242,6 @@ def make_point_set(name: str, array: np.ndarray, standardize: bool, held_out_sha
     # the default window when everything fits in it, else one that holds every training point with a margin
     reach = float(train_z.abs().max())
     window = max(GRID_EXTENT, math.ceil(10 * 1.05 * reach) / 10)
-    return PointSet(name, train_z.contiguous(), held_z.contiguous(), tuple(float(v) for v in mean), scale, window, fingerprint)
+    return PointSet(
+        name, train_z.contiguous(), held_z.contiguous(), tuple(float(v) for v in mean), scale, window, fingerprint
+    )

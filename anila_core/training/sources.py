@@ -1,4 +1,5 @@
-"""Where a training run's data points come from: a 2-D target's sampler or an image dataset, behind one small interface (points of a file: :mod:`anila_core.training.file_sources`)."""
+"""Where a training run's data points come from: a 2-D target's sampler or an image dataset, behind one small interface
+(points of a file: :mod:`anila_core.training.file_sources`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ from anila_core.images.datasets import ImageDataset
 from anila_core.training.file_sources import draw_indices
 from anila_core.sampling.targets import Target
 
-__all__ = ["TargetSource", "ImageSource", "reference_images", "TRAIN_SPLITS", "stream_seed", "CHAIN_STREAM",
-           "DATA_STREAM"]
+__all__ = [
+    "TargetSource",
+    "ImageSource",
+    "reference_images",
+    "TRAIN_SPLITS",
+    "stream_seed",
+    "CHAIN_STREAM",
+    "DATA_STREAM",
+]
 
 #: the split each dataset trains on: Flowers' official train split holds only 1020 of 8189
 #: images, and a generative model has no use for a held-out set during training

@@ -130,14 +130,16 @@ class TrainState:
 
     def snapshot(self) -> dict:
         """A copy of this rank's state that a rollback returns to (nothing is gathered across ranks)."""
-        return copy.deepcopy({
-            "iteration": self.iteration,
-            "history": len(self.history),
-            "model": self.model.state_dict(),
-            "ema_model": None if self.ema_model is None else self.ema_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "chains": self.chains.state(self.source),
-        })
+        return copy.deepcopy(
+            {
+                "iteration": self.iteration,
+                "history": len(self.history),
+                "model": self.model.state_dict(),
+                "ema_model": None if self.ema_model is None else self.ema_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "chains": self.chains.state(self.source),
+            }
+        )
 
     def restore(self, good: dict) -> None:
         """Return to a :meth:`snapshot`; the snapshot stays intact for a later rollback."""
@@ -148,4 +150,4 @@ class TrainState:
         self.optimizer.load_state_dict(good["optimizer"])
         self.chains.load_state(good["chains"], self.source)
         self.iteration = good["iteration"]
-        del self.history[good["history"]:]
+        del self.history[good["history"] :]

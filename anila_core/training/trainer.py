@@ -49,14 +49,17 @@ __all__ = ["Trainer", "build_sampler", "train"]
 
 
 def build_sampler(config: TrainConfig) -> Sampler:
-    """The sampler a configuration names, with its hyperparameters (:func:`~anila_core.sampling.registry.sampler_from_config`)."""
+    """The sampler a configuration names, with its hyperparameters
+    (:func:`~anila_core.sampling.registry.sampler_from_config`)."""
     return sampler_from_config(config)
 
 
 def _views(owner: str, *names: str) -> tuple[property, ...]:
     """Read-only properties that read ``names`` from the trainer's ``owner`` (its ``state``, ``parts`` or ``kind``)."""
-    return tuple(property(lambda self, name=name: getattr(getattr(self, owner), name), doc=f"``{owner}.{name}``")
-                 for name in names)
+    return tuple(
+        property(lambda self, name=name: getattr(getattr(self, owner), name), doc=f"``{owner}.{name}``")
+        for name in names
+    )
 
 
 class Trainer:
@@ -97,12 +100,20 @@ class Trainer:
             ema_model=copy.deepcopy(model).requires_grad_(False) if c.ema > 0 else None,
             optimizer=torch.optim.Adam(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2)),
             chains=Chains(c, shape, device, gen),
-            source=kind.source(stream_seed(c.seed, dist.rank, DATA_STREAM), device, gen))
+            source=kind.source(stream_seed(c.seed, dist.rank, DATA_STREAM), device, gen),
+        )
         # the state's networks, held here too (the same objects, loaded in place, never replaced): notebooks, the
         # figures and calls such as sampler.sample(trainer.model, ...) name them as the trainer's own
         self.model, self.ema_model = self.state.model, self.state.ema_model
-        nets = Networks(model, self.state.eval_model(), c, device, dist, channels_last=kind.channels_last(),
-                        joint_forward=kind.joint_forward)
+        nets = Networks(
+            model,
+            self.state.eval_model(),
+            c,
+            device,
+            dist,
+            channels_last=kind.channels_last(),
+            joint_forward=kind.joint_forward,
+        )
         self.parts = RunParts(c, kind, shape, build_sampler(c), nets, device, dist)
         self.guard = Guard()
         # compiled sampling transitions (anila_core.sampling.compiled), by default only where the run amortises the
@@ -111,9 +122,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self, iters: int | None = None, callback: Callable[["Trainer", dict], None] | None = None,
-            on_checkpoint: Callable[["Trainer"], None] | None = None,
-            on_rollback: Callable[["Trainer", dict], None] | None = None) -> list[dict]:
+    def run(
+        self,
+        iters: int | None = None,
+        callback: Callable[["Trainer", dict], None] | None = None,
+        on_checkpoint: Callable[["Trainer"], None] | None = None,
+        on_rollback: Callable[["Trainer", dict], None] | None = None,
+    ) -> list[dict]:
         """Train until iteration ``iters`` (default: the config's), evaluating every ``eval_every`` iterations.
 
         ``callback(trainer, row)`` runs after each evaluation (live plots in a notebook);
@@ -139,8 +154,13 @@ class Trainer:
         rollback = c.on_divergence == "rollback"
         if rollback:  # the state a first rollback returns to, if finite (else one of an earlier call, or none)
             guard.keep(state)
-        bar = tqdm(total=end, initial=state.iteration, desc=f"{c.sampler} on {c.data_name}", disable=not self.progress,
-                   leave=False)
+        bar = tqdm(
+            total=end,
+            initial=state.iteration,
+            desc=f"{c.sampler} on {c.data_name}",
+            disable=not self.progress,
+            leave=False,
+        )
         try:
             while state.iteration < end:
                 evaluating = self._is_eval_point(state.iteration + 1, end)
@@ -181,10 +201,19 @@ class Trainer:
         if c.global_moves:
             x0, global_accept = independence_moves(self.energy, x0, c.global_moves, c.init_scale, chains.gen)
         sampled = chains.sampler_start(self.sampler, self.energy, x0)
-        # allow_nonfinite: non-finite chains are the divergence guard's to catch, with the run's policy (stop or roll back);
+        # allow_nonfinite: non-finite chains are the divergence guard's to catch, with the run's policy (stop or roll
+        # back);
         # evaluate_final=False: the next iteration's energy differs, so the last gradient would be thrown away
-        sampled = self.sampler.run(self.energy, sampled, c.n_steps, generator=chains.gen, trace=trace, fast=self.fast,
-                                   evaluate_final=False, allow_nonfinite=True)
+        sampled = self.sampler.run(
+            self.energy,
+            sampled,
+            c.n_steps,
+            generator=chains.gen,
+            trace=trace,
+            fast=self.fast,
+            evaluate_final=False,
+            allow_nonfinite=True,
+        )
         x_neg = sampled.x
         if c.clamp > 0:
             x_neg = x_neg.clamp(-c.clamp, c.clamp)
@@ -211,7 +240,8 @@ class Trainer:
         return stats
 
     def _optimizer_step(self, loss: torch.Tensor) -> str | None:
-        """Adam's step on ``loss`` at this iteration's learning rate; the divergence cause if the update overflowed, else ``None``."""
+        """Adam's step on ``loss`` at this iteration's learning rate; the divergence cause if the update overflowed,
+        else ``None``."""
         lr = self.learning_rate(self.iteration)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -235,7 +265,8 @@ class Trainer:
                     p_ema.lerp_(p, 1 - self.config.ema)
 
     def _reduce_stats(self, stats: dict, samples_finite: torch.Tensor) -> tuple[dict, torch.Tensor]:
-        """Average the logged scalars over the ranks, so every rank's guard takes the same decision (none stops alone)."""
+        """Average the logged scalars over the ranks, so every rank's guard takes the same decision (none stops
+        alone)."""
         keys = list(stats)
         packed = torch.stack([stats[k].float() for k in keys] + [(~samples_finite).float()])
         distributed.all_reduce_sum(packed)
@@ -261,7 +292,8 @@ class Trainer:
         return self.state.eval_model()
 
     def learning_rate(self, iteration: int) -> float:
-        """The learning rate of the step after ``iteration`` steps: constant or cosine-decayed, times the rollbacks' factor."""
+        """The learning rate of the step after ``iteration`` steps: constant or cosine-decayed, times the rollbacks'
+        factor."""
         return self.state.learning_rate(self.config, iteration)
 
     def data_batch(self, n: int) -> torch.Tensor:
@@ -274,7 +306,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation (anila_core.training.evaluation)
 
     def is_fid_point(self, iteration: int, end: int) -> bool:
-        """Whether the evaluation after ``iteration`` computes FID/KID: every ``fid_every`` iterations and at the end."""
+        """Whether the evaluation after ``iteration`` computes FID/KID: every ``fid_every`` iterations and at the
+        end."""
         return self.kind.is_fid_point(iteration, end)
 
     def _is_eval_point(self, iteration: int, end: int) -> bool:
@@ -295,11 +328,13 @@ class Trainer:
         return self.kind.scoring.scorer(self.parts)
 
     def image_scores(self) -> dict:
-        """FID/KID of ``fid_samples`` model samples against as many real images (``None`` when the features are unavailable)."""
+        """FID/KID of ``fid_samples`` model samples against as many real images (``None`` when the features are
+        unavailable)."""
         return self.kind.scoring.scores(self.parts, self.state)
 
     def step_size_image(self, x: torch.Tensor | None = None) -> torch.Tensor:
-        """The sampler's ``γ/ε`` per pixel at images ``x`` (default: the latest negative samples), averaged over batch and channels: ``(H, W)``."""
+        """The sampler's ``γ/ε`` per pixel at images ``x`` (default: the latest negative samples), averaged over batch
+        and channels: ``(H, W)``."""
         return self.kind.step_size_image(self.parts, self.state, x)
 
     def summary(self) -> dict:
@@ -311,11 +346,13 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
-        """Everything needed to resume exactly. Under torchrun every rank must call it (it gathers the ranks' chain states)."""
+        """Everything needed to resume exactly. Under torchrun every rank must call it (it gathers the ranks' chain
+        states)."""
         return self.state.state_dict(self.config, self.kind.fingerprint, self.dist)
 
     def load_state_dict(self, checkpoint: dict) -> None:
-        """Resume from a :meth:`state_dict`; a checkpoint that does not fit this configuration is refused first with a ``ValueError``."""
+        """Resume from a :meth:`state_dict`; a checkpoint that does not fit this configuration is refused first with a
+        ``ValueError``."""
         validate_checkpoint(checkpoint, self.config, self.data_shape, self.device, model=self.model)
         check_same_data(checkpoint.get("data_fingerprint"), self.config, self.kind.fingerprint)
         self.state.load_state_dict(checkpoint, self.dist.rank)
@@ -325,20 +362,31 @@ class Trainer:
     # read-through names for notebooks and callers: trainer.model is trainer.state.model, trainer.sampler is
     # trainer.parts.sampler (their fields are documented in TrainState, RunParts and DataKind)
     optimizer, chains, source, iteration, wall_s, history, rollbacks = _views(
-        "state", "optimizer", "chains", "source", "iteration", "wall_s", "history", "rollbacks")
+        "state", "optimizer", "chains", "source", "iteration", "wall_s", "history", "rollbacks"
+    )
     kind, sampler, nets, device, dist = _views("parts", "kind", "sampler", "nets", "device", "dist")
     target, dataset, held_out, scoring = _views("kind", "target", "dataset", "held_out", "scoring")
     data_shape = property(lambda self: self.parts.shape, doc="The shape of one data point: ``(d,)`` or ``(C, H, W)``.")
-    data_fingerprint = property(lambda self: self.kind.fingerprint,
-                                doc="A hash of data of your own (``None`` for built-in data).")
+    data_fingerprint = property(
+        lambda self: self.kind.fingerprint, doc="A hash of data of your own (``None`` for built-in data)."
+    )
     gen = property(lambda self: self.state.chains.gen, doc="The chain generator (chains, sampler noise, 2-D data).")
-    lr_factor = property(lambda self: self.state.lr_factor, lambda self, factor: self.state.set_lr_factor(factor),
-                         doc="The learning rate's factor, halved at each rollback.")
-    samples = property(lambda self: self.state.samples, lambda self, x: self.state.set_samples(x),
-                       doc="The latest negative samples (a notebook may set others to show or start from).")
-    fast = property(lambda self: self.state.fast, lambda self, on: self.state.set_fast(on),
-                    doc="Whether the chains sample through compiled transitions: decided when the run is created, "
-                        "kept by its checkpoint.")
+    lr_factor = property(
+        lambda self: self.state.lr_factor,
+        lambda self, factor: self.state.set_lr_factor(factor),
+        doc="The learning rate's factor, halved at each rollback.",
+    )
+    samples = property(
+        lambda self: self.state.samples,
+        lambda self, x: self.state.set_samples(x),
+        doc="The latest negative samples (a notebook may set others to show or start from).",
+    )
+    fast = property(
+        lambda self: self.state.fast,
+        lambda self, on: self.state.set_fast(on),
+        doc="Whether the chains sample through compiled transitions: decided when the run is created, "
+        "kept by its checkpoint.",
+    )
 
 
 def train(config: TrainConfig, callback=None, progress: bool = True, energy: torch.nn.Module | None = None) -> Trainer:

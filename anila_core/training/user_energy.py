@@ -1,4 +1,5 @@
-"""Your own energy network: a torch.nn.Module class or factory named ``module.path:Name``, imported, built, and checked to give one differentiable energy per sample.
+"""Your own energy network: a torch.nn.Module class or factory named ``module.path:Name``, imported, built, and checked
+to give one differentiable energy per sample.
 
 ``--energy mypackage.nets:MyEnergy`` imports ``mypackage.nets`` (from the Python path: the
 working directory under ``python -m``, or ``$PYTHONPATH``) and calls ``MyEnergy`` with
@@ -30,19 +31,35 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["IN_MEMORY", "check_energy_spec", "energy_for_run", "supplied_energy", "user_code_failure", "given_energy_spec", "energy_label", "require_module", "load_energy", "check_energy", "module_inside"]
+__all__ = [
+    "IN_MEMORY",
+    "check_energy_spec",
+    "energy_for_run",
+    "supplied_energy",
+    "user_code_failure",
+    "given_energy_spec",
+    "energy_label",
+    "require_module",
+    "load_energy",
+    "check_energy",
+    "module_inside",
+]
 
 #: the prefix of the spec a run records for a module given in memory
 IN_MEMORY = "in-memory:"
 _SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-_EXPECTED = "expected 'module.path:Name', a torch.nn.Module class or a function returning one, in a module Python can import"
+_EXPECTED = (
+    "expected 'module.path:Name', a torch.nn.Module class or a function returning one, in a module Python can import"
+)
 
 
 def check_energy_spec(spec: str) -> None:
     """``ValueError`` unless ``spec`` is ``""``, ``module.path:Name`` or a recorded ``in-memory:...``."""
     if spec == "" or spec.startswith(IN_MEMORY) or _SPEC.match(spec):
         return
-    raise ValueError(f"energy: {spec!r} is not a spec of the form module.path:Name; {_EXPECTED} (or '' for the built-in network)")
+    raise ValueError(
+        f"energy: {spec!r} is not a spec of the form module.path:Name; {_EXPECTED} (or '' for the built-in network)"
+    )
 
 
 def energy_label(spec: str) -> str:
@@ -61,10 +78,14 @@ def given_energy_spec(configured: str, module) -> str:
     spec = IN_MEMORY + _class_name(module)
     if configured and configured != spec:
         if configured.startswith(IN_MEMORY):
-            raise ValueError(f"energy: this run trained a {configured.removeprefix(IN_MEMORY)}, got a {_class_name(module)}; "
-                             "expected a module of the run's own class")
-        raise ValueError(f"energy: the configuration names {configured!r} and a module was passed as well; pass one: "
-                         "energy='' in the configuration with the module, or the spec alone")
+            raise ValueError(
+                f"energy: this run trained a {configured.removeprefix(IN_MEMORY)}, got a {_class_name(module)}; "
+                "expected a module of the run's own class"
+            )
+        raise ValueError(
+            f"energy: the configuration names {configured!r} and a module was passed as well; pass one: "
+            "energy='' in the configuration with the module, or the spec alone"
+        )
     return spec
 
 
@@ -73,14 +94,22 @@ def _import(module_name: str):
         return importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
-            raise ValueError(f"energy: cannot import {module_name!r}: Python finds no module of that name; expected a module on the "
-                             "Python path (run from the folder that holds it, or add that folder to PYTHONPATH)") from None
-        raise ValueError(f"energy: importing {module_name!r} failed: it imports {err.name!r}, which is not installed") from None
+            raise ValueError(
+                f"energy: cannot import {module_name!r}: Python finds no module of that name; expected a module on the "
+                "Python path (run from the folder that holds it, or add that folder to PYTHONPATH)"
+            ) from None
+        raise ValueError(
+            f"energy: importing {module_name!r} failed: it imports {err.name!r}, which is not installed"
+        ) from None
     except SystemExit as err:  # sys.exit() at import would end the run silently (exit 0, no result)
-        raise ValueError(f"energy: importing {module_name!r} called sys.exit({err.code!r}); expected a module that defines "
-                         "the network without ending the program") from None
+        raise ValueError(
+            f"energy: importing {module_name!r} called sys.exit({err.code!r}); expected a module that defines "
+            "the network without ending the program"
+        ) from None
     except Exception as err:  # the module's own code failed: say where, not a traceback
-        raise ValueError(f"energy: importing {module_name!r} raised {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
+        raise ValueError(
+            f"energy: importing {module_name!r} raised {type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        ) from None
 
 
 #: the energies a loader was given in this call, spec → class or factory: built without importing anything
@@ -89,7 +118,8 @@ _SUPPLIED: contextvars.ContextVar[dict] = contextvars.ContextVar("anila_supplied
 
 @contextlib.contextmanager
 def supplied_energy(spec: str, factory) -> Iterator[None]:
-    """Inside the block, :func:`load_energy` builds ``spec`` with ``factory`` (the class the caller gave) instead of importing it."""
+    """Inside the block, :func:`load_energy` builds ``spec`` with ``factory`` (the class the caller gave) instead of
+    importing it."""
     token = _SUPPLIED.set({**_SUPPLIED.get(), spec: factory})
     try:
         yield
@@ -98,7 +128,8 @@ def supplied_energy(spec: str, factory) -> Iterator[None]:
 
 
 def energy_for_run(saved: str, given, where: str) -> object | None:
-    """What a loader of the run whose configuration names ``saved`` may build it with, from the ``given`` energy argument.
+    """What a loader of the run whose configuration names ``saved`` may build it with, from the ``given`` energy
+    argument.
 
     ``given`` is the caller's: ``None``, the spec itself (``"module.path:Name"``, what
     ``--energy`` gives), the class or factory, or a module instance (a run trained in memory).
@@ -108,27 +139,35 @@ def energy_for_run(saved: str, given, where: str) -> object | None:
     """
     if given is None or given == "":
         if saved and not saved.startswith(IN_MEMORY):
-            raise ValueError(f"energy: {where} names the network {saved!r}, and loading a run imports no module that the caller "
-                             f"did not name; expected it named again: --energy {saved} on the command line (the same "
-                             f"command plus --resume), or energy={saved!r} (or the class itself) for load_trainer, load_runs and Run")
+            raise ValueError(
+                f"energy: {where} names the network {saved!r}, and loading a run imports no module that the caller "
+                f"did not name; expected it named again: --energy {saved} on the command line (the same "
+                f"command plus --resume), or energy={saved!r} (or the class itself) for load_trainer, load_runs and Run"
+            )
         return None
     if isinstance(given, nn.Module):
         return given  # a run trained in memory: given_energy_spec checks its class
     if isinstance(given, str):
         check_energy_spec(given)
         if given != saved:
-            raise ValueError(f"energy: {given!r} is not the network {where} names ({saved or 'the built-in one'!r}); expected "
-                             "the run's own energy (a resumed run cannot change its network)")
+            raise ValueError(
+                f"energy: {given!r} is not the network {where} names ({saved or 'the built-in one'!r}); expected "
+                "the run's own energy (a resumed run cannot change its network)"
+            )
         return given
     if callable(given):
         attribute = saved.partition(":")[2]
         name = getattr(given, "__qualname__", getattr(given, "__name__", ""))
         if not saved or saved.startswith(IN_MEMORY) or name != attribute:
-            raise ValueError(f"energy: {name or type(given).__name__} is not the network {where} names "
-                             f"({saved or 'the built-in one'!r}); expected the class or factory {attribute or '(none)'} of that spec")
+            raise ValueError(
+                f"energy: {name or type(given).__name__} is not the network {where} names "
+                f"({saved or 'the built-in one'!r}); expected the class or factory {attribute or '(none)'} of that spec"
+            )
         return given
-    raise TypeError(f"energy: expected the run's energy spec 'module.path:Name', its class or factory, or a torch.nn.Module, "
-                    f"got {type(given).__name__}")
+    raise TypeError(
+        f"energy: expected the run's energy spec 'module.path:Name', its class or factory, or a torch.nn.Module, "
+        f"got {type(given).__name__}"
+    )
 
 
 def _resolve(spec: str):
@@ -136,8 +175,12 @@ def _resolve(spec: str):
     target = _import(module_name)
     for part in attribute.split("."):
         if not hasattr(target, part):
-            names = sorted(n for n, v in vars(_import(module_name)).items() if not n.startswith("_") and
-                           (inspect.isfunction(v) or (inspect.isclass(v) and issubclass(v, nn.Module))))
+            names = sorted(
+                n
+                for n, v in vars(_import(module_name)).items()
+                if not n.startswith("_")
+                and (inspect.isfunction(v) or (inspect.isclass(v) and issubclass(v, nn.Module)))
+            )
             known = f" (it defines {', '.join(names[:6])}{' ...' if len(names) > 6 else ''})" if names else ""
             raise ValueError(f"energy: {module_name!r} has no {attribute!r}{known}; {_EXPECTED}")
         target = getattr(target, part)
@@ -145,25 +188,31 @@ def _resolve(spec: str):
 
 
 def require_module(spec: str) -> None:
-    """``ValueError`` saying how to pass the module again, when ``spec`` records one given in memory: no configuration can build it."""
+    """``ValueError`` saying how to pass the module again, when ``spec`` records one given in memory: no configuration
+    can build it."""
     if spec.startswith(IN_MEMORY):
-        raise ValueError(f"energy: this run trained a module given in memory ({spec.removeprefix(IN_MEMORY)}, from the Python API), "
-                         "which a configuration cannot build again; pass it again: Trainer(config, energy=module) or "
-                         "Run(out, resume=True, energy=module), a module of the same class (its weights come from the "
-                         "checkpoint); for runs that resume by themselves, from the command line too, name an importable "
-                         "class or factory instead: energy='module.path:Name' (--energy)")
+        raise ValueError(
+            f"energy: this run trained a module given in memory ({spec.removeprefix(IN_MEMORY)}, from the Python API), "
+            "which a configuration cannot build again; pass it again: Trainer(config, energy=module) or "
+            "Run(out, resume=True, energy=module), a module of the same class (its weights come from the "
+            "checkpoint); for runs that resume by themselves, from the command line too, name an importable "
+            "class or factory instead: energy='module.path:Name' (--energy)"
+        )
 
 
 def load_energy(spec: str, data_shape: tuple[int, ...]) -> nn.Module:
-    """Import and build the energy ``spec`` names, for data points of shape ``data_shape``; one ``ValueError`` when it cannot."""
+    """Import and build the energy ``spec`` names, for data points of shape ``data_shape``; one ``ValueError`` when it
+    cannot."""
     require_module(spec)
     check_energy_spec(spec)
     factory = _SUPPLIED.get().get(spec)
     if factory is None or isinstance(factory, str):
         factory = _resolve(spec)
     if isinstance(factory, nn.Module):
-        raise ValueError(f"energy: {spec} is a module instance; expected its class or a function that builds it (a run builds "
-                         "its own network, and a resumed run builds it again)")
+        raise ValueError(
+            f"energy: {spec} is a module instance; expected its class or a function that builds it (a run builds "
+            "its own network, and a resumed run builds it again)"
+        )
     if not (inspect.isclass(factory) and issubclass(factory, nn.Module)) and not inspect.isfunction(factory):
         raise ValueError(f"energy: {spec} is a {type(factory).__name__}; {_EXPECTED}")
     try:
@@ -171,17 +220,26 @@ def load_energy(spec: str, data_shape: tuple[int, ...]) -> nn.Module:
     except (TypeError, ValueError):
         parameters = {}
     takes_shape = "data_shape" in parameters
-    needed = [n for n, p in parameters.items() if n != "data_shape" and p.default is p.empty
-              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    needed = [
+        n
+        for n, p in parameters.items()
+        if n != "data_shape" and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
     if needed:
-        raise ValueError(f"energy: {spec} cannot be built: it needs {', '.join(needed)}; expected a class or function that "
-                         "takes no argument, or only data_shape (the shape of one data point: (D,) or (C, H, W))")
+        raise ValueError(
+            f"energy: {spec} cannot be built: it needs {', '.join(needed)}; expected a class or function that "
+            "takes no argument, or only data_shape (the shape of one data point: (D,) or (C, H, W))"
+        )
     try:
         model = factory(data_shape=tuple(data_shape)) if takes_shape else factory()
     except SystemExit as err:
-        raise ValueError(f"energy: building {spec} called sys.exit({err.code!r}); expected a network, not the end of the program") from None
+        raise ValueError(
+            f"energy: building {spec} called sys.exit({err.code!r}); expected a network, not the end of the program"
+        ) from None
     except Exception as err:
-        raise ValueError(f"energy: building {spec} raised {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
+        raise ValueError(
+            f"energy: building {spec} raised {type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"energy: {spec} returned a {type(model).__name__}; expected a torch.nn.Module")
     if not any(True for _ in model.parameters()):
@@ -190,7 +248,8 @@ def load_energy(spec: str, data_shape: tuple[int, ...]) -> nn.Module:
 
 
 def check_energy(model: nn.Module, x: torch.Tensor, label: str) -> None:
-    """``ValueError`` unless ``model`` maps the data points ``x`` to one finite energy each, differentiable in ``x`` and in its parameters.
+    """``ValueError`` unless ``model`` maps the data points ``x`` to one finite energy each, differentiable in ``x`` and
+    in its parameters.
 
     Run once when a trainer is built, in eval mode and with the random state untouched, so
     that the check changes nothing a run computes afterwards.
@@ -205,34 +264,54 @@ def check_energy(model: nn.Module, x: torch.Tensor, label: str) -> None:
             try:
                 energy = model(x)
             except SystemExit as err:
-                raise ValueError(f"energy: {label} called sys.exit({err.code!r}) in its forward pass; expected energies, not "
-                                 "the end of the program") from None
+                raise ValueError(
+                    f"energy: {label} called sys.exit({err.code!r}) in its forward pass; expected energies, not "
+                    "the end of the program"
+                ) from None
             except Exception as err:
-                raise ValueError(f"energy: {label} fails on data points of shape {shape} ({type(err).__name__}: "
-                                 f"{' '.join(str(err).split())[:200]}); expected a forward that takes a batch (N, *data_shape)") from None
+                raise ValueError(
+                    f"energy: {label} fails on data points of shape {shape} ({type(err).__name__}: "
+                    f"{' '.join(str(err).split())[:200]}); expected a forward that takes a batch (N, *data_shape)"
+                ) from None
             if not isinstance(energy, torch.Tensor):
-                raise ValueError(f"energy: {label} returned a {type(energy).__name__}; expected a tensor of shape ({n},): one energy per sample")
+                raise ValueError(
+                    f"energy: {label} returned a {type(energy).__name__}; expected a tensor of shape ({n},): one "
+                    "energy per sample"
+                )
             if tuple(energy.shape) != (n,):
                 hint = " (squeeze its last dimension)" if tuple(energy.shape) == (n, 1) else ""
-                raise ValueError(f"energy: {label} returned shape {tuple(energy.shape)} for {n} samples; expected ({n},): one energy "
-                                 f"per sample{hint}")
+                raise ValueError(
+                    f"energy: {label} returned shape {tuple(energy.shape)} for {n} samples; expected ({n},): one "
+                    "energy "
+                    f"per sample{hint}"
+                )
             if not energy.is_floating_point():
                 raise ValueError(f"energy: {label} returned dtype {energy.dtype}; expected floating-point energies")
             if not bool(torch.isfinite(energy).all()):
-                raise ValueError(f"energy: {label} returned NaN or infinite energies at data points; expected finite energies")
+                raise ValueError(
+                    f"energy: {label} returned NaN or infinite energies at data points; expected finite energies"
+                )
             if not energy.requires_grad:
-                raise ValueError(f"energy: {label} is not differentiable in its input: its energies carry no gradient (detached, or "
-                                 "computed outside torch); expected E(x) computed from x with torch operations")
+                raise ValueError(
+                    f"energy: {label} is not differentiable in its input: its energies carry no gradient (detached, or "
+                    "computed outside torch); expected E(x) computed from x with torch operations"
+                )
             params = [p for p in model.parameters() if p.requires_grad]
             grads = torch.autograd.grad(energy.sum(), [x, *params], allow_unused=True)
             if grads[0] is None:
-                raise ValueError(f"energy: {label} is not differentiable in its input: no gradient reaches x (its energies do not "
-                                 "depend on x); expected E(x) computed from x with torch operations")
+                raise ValueError(
+                    f"energy: {label} is not differentiable in its input: no gradient reaches x (its energies do not "
+                    "depend on x); expected E(x) computed from x with torch operations"
+                )
             if not bool(torch.isfinite(grads[0]).all()):
-                raise ValueError(f"energy: {label} has a NaN or infinite gradient in x at data points; expected a finite gradient")
+                raise ValueError(
+                    f"energy: {label} has a NaN or infinite gradient in x at data points; expected a finite gradient"
+                )
             if all(g is None for g in grads[1:]):
-                raise ValueError(f"energy: {label}'s energies do not depend on its parameters, so training cannot change them; "
-                                 "expected an energy computed with its weights")
+                raise ValueError(
+                    f"energy: {label}'s energies do not depend on its parameters, so training cannot change them; "
+                    "expected an energy computed with its weights"
+                )
     finally:
         model.train(was_training)
 
@@ -275,7 +354,8 @@ def _outside_the_package(filename: str) -> bool:
 
 
 def user_code_failure(err: BaseException, spec: str) -> ValueError | None:
-    """A ``ValueError`` naming the module of your own (``spec``'s) that raised ``err`` or called ``sys.exit`` during a run; else ``None``.
+    """A ``ValueError`` naming the module of your own (``spec``'s) that raised ``err`` or called ``sys.exit`` during a
+    run; else ``None``.
 
     A network of your own runs inside the training loop: its ``sys.exit(0)`` would end the run
     with exit 0 and no result, and its exception with a traceback through anila_core. Only an
@@ -289,7 +369,12 @@ def user_code_failure(err: BaseException, spec: str) -> ValueError | None:
     if not frames:
         return None
     last = frames[-1]
-    what = f"called sys.exit({err.code!r})" if isinstance(err, SystemExit) else \
-        f"raised {type(err).__name__}: {' '.join(str(err).split())[:200]}"
-    return ValueError(f"energy: your network {energy_label(spec)} {what} at {last.filename}:{last.lineno} (in {last.name}) "
-                      "during the run, which stopped there; expected a network that returns energies")
+    what = (
+        f"called sys.exit({err.code!r})"
+        if isinstance(err, SystemExit)
+        else f"raised {type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    )
+    return ValueError(
+        f"energy: your network {energy_label(spec)} {what} at {last.filename}:{last.lineno} (in {last.name}) "
+        "during the run, which stopped there; expected a network that returns energies"
+    )

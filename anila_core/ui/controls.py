@@ -53,15 +53,24 @@ class Panel:
 
         def log_slider(value: float, log10_bounds: tuple[float, float], description: str, readout: str):
             low, high = log10_bounds
-            return widgets.FloatLogSlider(value=value, base=10, min=low, max=high, step=0.1, description=description,
-                                          readout_format=readout, **common)
+            return widgets.FloatLogSlider(
+                value=value,
+                base=10,
+                min=low,
+                max=high,
+                step=0.1,
+                description=description,
+                readout_format=readout,
+                **common,
+            )
 
         self.b_slider = log_slider(b, ranges.b_log10, "threshold b", ranges.b_format)
         self.step_slider = log_slider(step_size, ranges.step_log10, "step size ε", ".2g")
         self.k_slider = widgets.IntSlider(value=K, min=1, max=ranges.k_max, step=1, description="steps K", **common)
         if ranges.noise_log10 is None:
-            self.noise_slider = widgets.FloatSlider(value=noise_scale, min=0.0, max=1.5, step=0.05,
-                                                    description="noise scale τ", **common)
+            self.noise_slider = widgets.FloatSlider(
+                value=noise_scale, min=0.0, max=1.5, step=0.05, description="noise scale τ", **common
+            )
         else:
             self.noise_slider = log_slider(noise_scale, ranges.noise_log10, "noise scale τ", ".2g")
         return [self.b_slider, self.step_slider, self.k_slider, self.noise_slider]

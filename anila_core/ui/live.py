@@ -1,4 +1,5 @@
-"""Live plots while training: a ``LivePlot`` callback that updates one figure in place, and ``run_together`` to train side by side.
+"""Live plots while training: a ``LivePlot`` callback that updates one figure in place, and ``run_together`` to train
+side by side.
 
 ``Trainer.run(callback=fn)`` calls ``fn(trainer, row)`` after every evaluation. A
 ``LivePlot`` is such a callback for one or several trainers: the top row shows each
@@ -129,8 +130,12 @@ class LivePlot:
         self.densities, self.scatters, self.titles = {}, {}, {}
         for label, trainer in self.trainers.items():
             ax = self.density_axes[label]
-            self.densities[label] = plots.plot_density(self._log_p(trainer), ax=ax, extent=self.extent, size=self.grid_size)
-            self.scatters[label] = plots.plot_samples(np.zeros((0, 2)), ax=ax, extent=self.extent, s=4, alpha=0.6, color="tab:red")
+            self.densities[label] = plots.plot_density(
+                self._log_p(trainer), ax=ax, extent=self.extent, size=self.grid_size
+            )
+            self.scatters[label] = plots.plot_samples(
+                np.zeros((0, 2)), ax=ax, extent=self.extent, s=4, alpha=0.6, color="tab:red"
+            )
             self.titles[label] = ax.set_title(label, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -190,7 +195,8 @@ class LivePlot:
             ax.autoscale_view(scaley=curve not in UNIT_CURVES)
 
     def __call__(self, trainer, row: dict | None = None) -> None:
-        """The callback: redraw ``trainer``'s density, samples and curves from its history (``row`` is its last entry)."""
+        """The callback: redraw ``trainer``'s density, samples and curves from its history (``row`` is its last
+        entry)."""
         self._update_trainer(self._label_of(trainer), trainer)
         self._rescale()
         self.n_updates += 1

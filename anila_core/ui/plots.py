@@ -1,4 +1,5 @@
-"""Matplotlib figures for 2-D targets and samplers: densities, samples, trajectories, AniLA step-size maps, comparisons, convergence curves and image grids."""
+"""Matplotlib figures for 2-D targets and samplers: densities, samples, trajectories, AniLA step-size maps, comparisons,
+convergence curves and image grids."""
 
 from __future__ import annotations
 
@@ -80,7 +81,9 @@ def density_grid(density, extent: float = GRID_EXTENT, size: int = GRID_SIZE, lo
     """
     if isinstance(density, torch.Tensor):
         if density.shape != (size, size):
-            raise ValueError(f"density: a precomputed grid must have shape ({size}, {size}), got {tuple(density.shape)}")
+            raise ValueError(
+                f"density: a precomputed grid must have shape ({size}, {size}), got {tuple(density.shape)}"
+            )
         log_p = density.double().cpu()
     else:
         log_p = metrics.grid_log_probs(_energy_fn(density), extent, size)
@@ -88,7 +91,13 @@ def density_grid(density, extent: float = GRID_EXTENT, size: int = GRID_SIZE, lo
 
 
 def plot_density(
-    density, ax=None, extent: float = GRID_EXTENT, size: int = GRID_SIZE, log: bool = False, cmap: str = "viridis", **imshow_kw
+    density,
+    ax=None,
+    extent: float = GRID_EXTENT,
+    size: int = GRID_SIZE,
+    log: bool = False,
+    cmap: str = "viridis",
+    **imshow_kw,
 ):
     """Draw a density on the grid as an image and return the ``AxesImage`` (its axes is ``image.axes``).
 
@@ -97,7 +106,9 @@ def plot_density(
     """
     ax = _axes(ax)
     values = density_grid(density, extent, size, log=log)
-    image = ax.imshow(values, origin="lower", extent=_extent_box(extent), cmap=cmap, interpolation="nearest", **imshow_kw)
+    image = ax.imshow(
+        values, origin="lower", extent=_extent_box(extent), cmap=cmap, interpolation="nearest", **imshow_kw
+    )
     _square(ax, extent)
     return image
 
@@ -129,7 +140,8 @@ def plot_samples(
     color=None,
     **kw,
 ):
-    """Draw 2-D samples ``(N, 2)`` as a scatter (returns the ``PathCollection``) or a 2-D histogram (returns the ``AxesImage``).
+    """Draw 2-D samples ``(N, 2)`` as a scatter (returns the ``PathCollection``) or a 2-D histogram (returns the
+    ``AxesImage``).
 
     Non-finite samples (a diverged chain) are simply not drawn; the axes stay at ``±extent``
     so that panels side by side share one frame.
@@ -254,7 +266,9 @@ def plot_step_size_map(
     return image
 
 
-def set_step_size_map(image, sampler: Sampler, density, reduce="min", extent: float = GRID_EXTENT, size: int = GRID_SIZE) -> None:
+def set_step_size_map(
+    image, sampler: Sampler, density, reduce="min", extent: float = GRID_EXTENT, size: int = GRID_SIZE
+) -> None:
     """Recompute the map of an image made by ``plot_step_size_map`` (new ``b``, ``ε`` or target), in place."""
     image.set_data(_reduce_map(step_size_map(sampler, density, extent, size), reduce))
 
@@ -330,7 +344,8 @@ def plot_convergence(results, ax=None, metric: str = "tv", logx: bool = True, fl
     lines = {}
     level = float(np.mean([res.floor(metric) for res in results.values()]))
     positive = [d for res in results.values() for d in res.distances(metric) if d > 0]
-    # where a value <= 0 is drawn: a tenth of the floor (or of the smallest positive value when the floor is not positive)
+    # where a value <= 0 is drawn: a tenth of the floor (or of the smallest positive value when the floor is not
+    # positive)
     low = (level if level > 0 else min(positive, default=1.0)) / 10
     clipped_any = False
     for label, res in results.items():
@@ -346,7 +361,15 @@ def plot_convergence(results, ax=None, metric: str = "tv", logx: bool = True, fl
     if floor:
         lines["noise floor"] = ax.axhline(level, color="grey", ls="--", lw=1, label="noise floor (exact samples)")
     if clipped_any:
-        ax.plot([], [], "v", ms=7, mfc="none", color="grey", label="≤ 0 (an unbiased estimate at the floor), drawn at floor/10")
+        ax.plot(
+            [],
+            [],
+            "v",
+            ms=7,
+            mfc="none",
+            color="grey",
+            label="≤ 0 (an unbiased estimate at the floor), drawn at floor/10",
+        )
     ax.set_yscale("log")
     if logx:
         ax.set_xscale("log")

@@ -1,4 +1,5 @@
-"""Figures and tables of runs on points of a file: in 2-D the rings' densities and samples, in more dimensions two-dimensional projections; training curves; the comparison's figure and table."""
+"""Figures and tables of runs on points of a file: in 2-D the rings' densities and samples, in more dimensions
+two-dimensional projections; training curves; the comparison's figure and table."""
 
 from __future__ import annotations
 
@@ -14,15 +15,23 @@ from anila_core.sampling.sample_distances import kde_grid_log_probs
 from anila_core.ui.plots import plot_density, plot_samples
 from anila_core.ui.report import plot_clipped_share, plot_energy_gap, save_figure, settings_text
 
-__all__ = ["principal_axes", "project", "plot_points_training_curves", "save_points_run_figures", "plot_pairs",
-           "plot_points_side_by_side", "points_markdown_table"]
+__all__ = [
+    "principal_axes",
+    "project",
+    "plot_points_training_curves",
+    "save_points_run_figures",
+    "plot_pairs",
+    "plot_points_side_by_side",
+    "points_markdown_table",
+]
 
 #: at most this many coordinate pairs in a figure of projections
 _MAX_PAIRS = 3
 
 
 def principal_axes(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean ``(D,)`` and the two leading principal directions ``(D, 2)`` of ``points``: the plane that shows most of their spread."""
+    """The mean ``(D,)`` and the two leading principal directions ``(D, 2)`` of ``points``: the plane that shows most of
+    their spread."""
     x = points.detach().double().cpu()
     mean = x.mean(0)
     _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
@@ -41,20 +50,29 @@ def _reach(*sets: torch.Tensor) -> float:
 
 
 def _model_samples(trainer) -> torch.Tensor:
-    """Samples of a trainer for its figures: those its evaluation measures (``eval_samples`` chains), more than one batch of negatives."""
+    """Samples of a trainer for its figures: those its evaluation measures (``eval_samples`` chains), more than one
+    batch of negatives."""
     return trainer.sample_for_eval().detach().float().cpu()
 
 
 def plot_points_training_curves(history: Sequence[dict], axes=None, label: str | None = None):
     """Sliced Wasserstein (and the KDE grid TV in 2-D), the energy gap and AniLA's clipped share against iteration."""
     if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")  # y labels clear of the panel on their left
+        _, axes = plt.subplots(
+            1, 3, figsize=(12, 3.2), layout="constrained"
+        )  # y labels clear of the panel on their left
     iters = [r["iter"] for r in history]
     line = axes[0].plot(iters, [r["sliced_wasserstein"] for r in history], "o-", ms=3, label=label)[0]
     axes[0].set_ylabel("sliced Wasserstein to held-out")
     if any("kde_grid_tv" in r for r in history):
-        axes[0].plot(iters, [r.get("kde_grid_tv", float("nan")) for r in history], "s--", ms=3, color=line.get_color(),
-                     label=None if label is None else f"{label}: KDE grid TV")
+        axes[0].plot(
+            iters,
+            [r.get("kde_grid_tv", float("nan")) for r in history],
+            "s--",
+            ms=3,
+            color=line.get_color(),
+            label=None if label is None else f"{label}: KDE grid TV",
+        )
         axes[0].set_ylabel("sliced W (—), KDE grid TV (--)")
     axes[0].set_xlabel("iteration")
     plot_energy_gap(history, axes[1], label)
@@ -82,7 +100,8 @@ def plot_pairs(data: torch.Tensor, samples: torch.Tensor | None = None, axes=Non
 
 
 def save_points_run_figures(trainer, out: str | Path) -> None:
-    """samples.png and training.png, and in 2-D data_density.png and learned_density.png, else projections.png, for one run."""
+    """samples.png and training.png, and in 2-D data_density.png and learned_density.png, else projections.png, for one
+    run."""
     out = Path(out)
     points, c = trainer.dataset, trainer.config
     samples = _model_samples(trainer)
@@ -94,7 +113,11 @@ def save_points_run_figures(trainer, out: str | Path) -> None:
             learned = grid_log_probs(model, extent=window, device=trainer.device)
         trainer.model.train()
         for name, density, title in (
-            ("data_density.png", kde_grid_log_probs(points.held_out, extent=window), f"held-out points of {c.data_name}: a KDE"),
+            (
+                "data_density.png",
+                kde_grid_log_probs(points.held_out, extent=window),
+                f"held-out points of {c.data_name}: a KDE",
+            ),
             ("learned_density.png", learned, f"learned density ({c.sampler}, iter {trainer.iteration})"),
         ):
             fig, ax = plt.subplots(figsize=(4, 4))
@@ -126,9 +149,11 @@ def save_points_run_figures(trainer, out: str | Path) -> None:
 
 
 def plot_points_side_by_side(runs: Mapping[str, dict], points, fig=None):
-    """The rings' Figure 1 for points of a file: the data, then each sampler's samples (and, in 2-D, learned density above them).
+    """The rings' Figure 1 for points of a file: the data, then each sampler's samples (and, in 2-D, learned density
+    above them).
 
-    ``runs`` maps a label to ``{"samples": (N, D), "final": final.json, "log_p": grid log-probs on the window (2-D only)}``.
+    ``runs`` maps a label to ``{"samples": (N, D), "final": final.json, "log_p": grid log-probs on the window (2-D
+    only)}``.
     In more than two dimensions everything is drawn on the data's two leading principal axes.
     """
     n = len(runs)
@@ -167,20 +192,29 @@ def plot_points_side_by_side(runs: Mapping[str, dict], points, fig=None):
 
 
 def points_markdown_table(finals: Mapping[str, dict]) -> str:
-    """One row per sampler: sliced Wasserstein (final, best), MMD², KDE grid TV (2-D), iterations, wall time, settings."""
+    """One row per sampler: sliced Wasserstein (final, best), MMD², KDE grid TV (2-D), iterations, wall time,
+    settings."""
     lines = [
-        "| sampler | sliced Wasserstein (final) | sliced Wasserstein (best, iter) | MMD² | KDE grid TV | clipped | iters | wall s | settings |",
+        "| sampler | sliced Wasserstein (final) | sliced Wasserstein (best, iter) | MMD² | KDE grid TV | clipped | "
+        "iters | wall s | settings |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, f in finals.items():
         settings = settings_text(f["config"])
         kde = "—" if f.get("kde_grid_tv") is None else f"{f['kde_grid_tv']:.3f}"
         clipped = "—" if f.get("clipped_share") is None else f"{f['clipped_share']:.1%}"  # AniLA's share of |∇E| > b
-        lines.append(f"| {label} | {f['sliced_wasserstein']:.4f} | {f['best_sliced_wasserstein']:.4f} ({f['best_iter']}) | "
-                     f"{f['mmd']:.4f} | {kde} | {clipped} | {f['iters']} | {f['wall_s']:.0f} | {settings} |")
+        lines.append(
+            f"| {label} | {f['sliced_wasserstein']:.4f} | {f['best_sliced_wasserstein']:.4f} ({f['best_iter']}) | "
+            f"{f['mmd']:.4f} | {kde} | {clipped} | {f['iters']} | {f['wall_s']:.0f} | {settings} |"
+        )
     first = next(iter(finals.values()), None)
     if first is not None:
-        lines += ["", f"Distances to the {first['n_held_out']} held-out points of {first['dataset']} (D = {first['dim']}), in the "
-                      f"model's units{' (standardised)' if first['units']['standardized'] else ''}; no density of the data is known, "
-                      "so none of them is an exact grid TV."]
+        lines += [
+            "",
+            f"Distances to the {first['n_held_out']} held-out points of {first['dataset']} (D = {first['dim']}), in "
+            "the "
+            f"model's units{' (standardised)' if first['units']['standardized'] else ''}; no density of the data is "
+            "known, "
+            "so none of them is an exact grid TV.",
+        ]
     return "\n".join(lines) + "\n"

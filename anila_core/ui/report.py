@@ -1,4 +1,5 @@
-"""Figures and tables a finished run or comparison writes: densities or sample grids, training and FID curves, step-size maps, side-by-side figures."""
+"""Figures and tables a finished run or comparison writes: densities or sample grids, training and FID curves, step-size
+maps, side-by-side figures."""
 
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ def plot_energy_gap(history: Sequence[dict], ax, label: str | None = None) -> No
 
 def plot_clipped_share(history: Sequence[dict], ax, label: str | None = None) -> None:
     """AniLA's share of coordinates with |∇E| > b against iteration (NaN where a row has none: other samplers)."""
-    ax.plot([r["iter"] for r in history], [r.get("clipped_share", float("nan")) for r in history], "o-", ms=3, label=label)
+    ax.plot(
+        [r["iter"] for r in history], [r.get("clipped_share", float("nan")) for r in history], "o-", ms=3, label=label
+    )
     ax.set_ylabel("share of |∇E| > b")
     ax.set_xlabel("iteration")
 
@@ -88,7 +91,9 @@ def save_run_figures(trainer, out: str | Path) -> None:
         ax.set_title(title, fontsize=9)
         save_figure(fig, out / name)
     fig, ax = plt.subplots(figsize=(4, 4))
-    plot_samples(trainer.samples.cpu() if trainer.samples is not None else trainer.sample_for_eval(), ax=ax, color="tab:blue")
+    plot_samples(
+        trainer.samples.cpu() if trainer.samples is not None else trainer.sample_for_eval(), ax=ax, color="tab:blue"
+    )
     ax.set_title(f"negative samples ({trainer.config.sampler})", fontsize=9)
     save_figure(fig, out / "samples.png")
     # constrained layout: each panel's y label gets its own room instead of reaching into the panel on its left
@@ -98,7 +103,8 @@ def save_run_figures(trainer, out: str | Path) -> None:
 
 
 def model_densities(trainer) -> dict:
-    """A trained 2-D model's two densities on the grid: ``log_p`` of exp(−E) and ``sampler_log_p``, what its sampler draws at small step.
+    """A trained 2-D model's two densities on the grid: ``log_p`` of exp(−E) and ``sampler_log_p``, what its sampler
+    draws at small step.
 
     The second is ``None`` where the sampler has no such law (pSGLD); for Langevin and the
     Metropolis-adjusted samplers it equals the first (see :mod:`anila_core.sampling.small_step`).
@@ -117,7 +123,8 @@ def model_densities(trainer) -> dict:
 
 
 def plot_side_by_side(runs: Mapping[str, dict], target, fig=None):
-    """The paper's Figure 1, with the second density: the true density, then per run exp(−E), its sampler's small-step density and its samples.
+    """The paper's Figure 1, with the second density: the true density, then per run exp(−E), its sampler's small-step
+    density and its samples.
 
     ``runs`` maps a run's label to ``{"log_p": grid log-probs of exp(−E), "sampler_log_p": those
     of the density its sampler draws as ε → 0 (or ``None``), "samples": (N, 2), "final": final.json}``
@@ -131,9 +138,16 @@ def plot_side_by_side(runs: Mapping[str, dict], target, fig=None):
     plot_density(target, ax=axes[0, 0])
     axes[0, 0].set_title("true density")
     axes[1, 0].axis("off")
-    axes[1, 0].text(0.5, 0.5, "row 2: the density each\nsampler draws from its\ntrained energy at small step\n"
-                    "(exp(−E)/a for AniLA;\nexp(−E) for Langevin)", ha="center", va="center", fontsize=9,
-                    transform=axes[1, 0].transAxes)
+    axes[1, 0].text(
+        0.5,
+        0.5,
+        "row 2: the density each\nsampler draws from its\ntrained energy at small step\n"
+        "(exp(−E)/a for AniLA;\nexp(−E) for Langevin)",
+        ha="center",
+        va="center",
+        fontsize=9,
+        transform=axes[1, 0].transAxes,
+    )
     plot_samples(target.sample(2000, generator=torch.Generator().manual_seed(0)), ax=axes[2, 0], color="tab:green")
     axes[2, 0].set_title("data samples")
     for j, (label, run) in enumerate(runs.items(), start=1):
@@ -143,13 +157,17 @@ def plot_side_by_side(runs: Mapping[str, dict], target, fig=None):
         if run.get("sampler_log_p") is not None:
             plot_density(run["sampler_log_p"], ax=axes[1, j])
             tv = final.get("sampler_grid_tv")
-            axes[1, j].set_title(f"{label}: its sampler's density" + ("" if tv is None else f", TV {tv:.3f}"), fontsize=9)  # the longest title: kept within its column
+            axes[1, j].set_title(
+                f"{label}: its sampler's density" + ("" if tv is None else f", TV {tv:.3f}"), fontsize=9
+            )  # the longest title: kept within its column
         else:
             axes[1, j].axis("off")
             axes[1, j].set_title(f"{label}: no small-step density", fontsize=10)
         plot_samples(run["samples"], ax=axes[2, j], color="tab:blue")
         clipped = final.get("clipped_share")
-        axes[2, j].set_title(f"{label}: samples" + ("" if clipped is None else f", {100 * clipped:.0f} % clipped"), fontsize=10)
+        axes[2, j].set_title(
+            f"{label}: samples" + ("" if clipped is None else f", {100 * clipped:.0f} % clipped"), fontsize=10
+        )
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -185,16 +203,19 @@ def _percent(share) -> str:
 
 
 def markdown_table(finals: Mapping[str, dict]) -> str:
-    """One row per run: final and best grid TV of exp(−E), grid KL, the grid TV of the sampler's small-step density, AniLA's clipped share, MMD, iterations, wall time, settings."""
+    """One row per run: final and best grid TV of exp(−E), grid KL, the grid TV of the sampler's small-step density,
+    AniLA's clipped share, MMD, iterations, wall time, settings."""
     lines = [
-        "| run | grid TV (final) | grid TV (best, iter) | grid KL (nats) | its sampler's density: grid TV | clipped | MMD² | iters | wall s | settings |",
+        "| run | grid TV (final) | grid TV (best, iter) | grid KL (nats) | its sampler's density: grid TV | clipped | "
+        "MMD² | iters | wall s | settings |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, f in finals.items():
         settings = settings_text(f["config"])
         lines.append(
             f"| {label} | {f['grid_tv']:.3f} | {f['best_grid_tv']:.3f} ({f['best_iter']}) | {f['grid_kl']:.3f} | "
-            f"{_maybe(f.get('sampler_grid_tv'), '.3f')} | {_percent(f.get('clipped_share'))} | {f['mmd']:.4f} | {f['iters']} | "
+            f"{_maybe(f.get('sampler_grid_tv'), '.3f')} | {_percent(f.get('clipped_share'))} | {f['mmd']:.4f} | "
+            f"{f['iters']} | "
             f"{f['wall_s']:.0f} | {settings} |"
         )
     return "\n".join(lines) + "\n"
@@ -208,7 +229,9 @@ def plot_image_training_curves(history: Sequence[dict], axes=None, label: str | 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")
     plot_energy_gap(history, axes[0], label)
-    axes[1].plot([r["iter"] for r in history], [r.get("grad_rms", float("nan")) for r in history], "o-", ms=3, label=label)
+    axes[1].plot(
+        [r["iter"] for r in history], [r.get("grad_rms", float("nan")) for r in history], "o-", ms=3, label=label
+    )
     axes[1].set_ylabel("rms of ∇E per coordinate")
     plot_clipped_share(history, axes[2], label)
     axes[1].set_xlabel("iteration")
@@ -281,11 +304,17 @@ def save_image_run_figures(trainer, out: str | Path, n_show: int = 64) -> None:
     if c.sampler == "anila":
         ratio = trainer.step_size_image(samples.to(trainer.device))
         fig, ax = plt.subplots(figsize=(3.8, 3.4))
-        plot_step_size_image(ratio, ax=ax, title=f"AniLA γ/ε per pixel, b = {c.b:g}\n(mean over {len(samples)} samples: {float(ratio.mean()):.2f})")
+        plot_step_size_image(
+            ratio,
+            ax=ax,
+            title=f"AniLA γ/ε per pixel, b = {c.b:g}\n(mean over {len(samples)} samples: {float(ratio.mean()):.2f})",
+        )
         save_figure(fig, out / "step_sizes.png")
 
 
-def plot_image_side_by_side(samples: Mapping[str, torch.Tensor], finals: Mapping[str, dict] | None = None, nrow: int = 8, fig=None):
+def plot_image_side_by_side(
+    samples: Mapping[str, torch.Tensor], finals: Mapping[str, dict] | None = None, nrow: int = 8, fig=None
+):
     """The paper's Figures 2 and 3: one sample grid per sampler, side by side, with FID in the titles when known."""
     n = len(samples)
     if n == 0:
@@ -317,21 +346,34 @@ def image_markdown_table(finals: Mapping[str, dict]) -> str:
         settings = settings_text(f["config"])
         best = "n/a" if f.get("best_fid") is None else f"{f['best_fid']:.3g} ({f['best_fid_iter']})"
         lines.append(
-            f"| {label} | {num(f.get('fid'), '.3g')} | {num(f.get('kid'), '.3g')} | {best} | {num(f.get('coverage'), '.0%')} | "
+            f"| {label} | {num(f.get('fid'), '.3g')} | {num(f.get('kid'), '.3g')} | {best} | "
+            f"{num(f.get('coverage'), '.0%')} | "
             f"{f['iters']} | {f['wall_s']:.0f} | {settings} |"
         )
     note = ""
     features = {f.get("fid_features") for f in finals.values() if f.get("fid_features")}
     if features:
         # a folder of your own may be scored on its own features: never to be read as Inception's FID
-        own = "" if features <= {"inception", "digits classifier"} else ", not Inception's: comparable between runs on that folder only"
+        own = (
+            ""
+            if features <= {"inception", "digits classifier"}
+            else ", not Inception's: comparable between runs on that folder only"
+        )
         note = f"\nFID/KID on {', '.join(sorted(features))} features{own}.\n"
     return "\n".join(lines) + "\n" + note
 
 
-#: per run, in order of appearance: line style, marker, line width, z-order. The first run is drawn widest and lowest, so a
-#: later run with the same numbers (AniLA at a b above every gradient is Langevin) lies on it, dashed, and both stay visible
-RUN_STYLES = (("-", "o", 3.0, 1), ("--", "s", 1.6, 2), (":", "^", 1.6, 3), ("-.", "D", 1.4, 4), ((0, (1, 1)), "v", 1.4, 5))
+#: per run, in order of appearance: line style, marker, line width, z-order. The first run is drawn widest and lowest,
+#: so a
+#: later run with the same numbers (AniLA at a b above every gradient is Langevin) lies on it, dashed, and both stay
+#: visible
+RUN_STYLES = (
+    ("-", "o", 3.0, 1),
+    ("--", "s", 1.6, 2),
+    (":", "^", 1.6, 3),
+    ("-.", "D", 1.4, 4),
+    ((0, (1, 1)), "v", 1.4, 5),
+)
 
 
 def distinguish_runs(axes) -> dict[str, dict]:
@@ -356,7 +398,8 @@ def distinguish_runs(axes) -> dict[str, dict]:
 
 
 def wall_time_note(trainers: Mapping) -> str:
-    """A Markdown paragraph on the runs' wall times: each run's iterations per second from its own rows, and what they do not measure.
+    """A Markdown paragraph on the runs' wall times: each run's iterations per second from its own rows, and what they
+    do not measure.
 
     The seconds are those of the machine that trained each run, shared with whatever else ran
     there (other runs of the same ``compare`` included), so runs with the same work per
@@ -370,14 +413,21 @@ def wall_time_note(trainers: Mapping) -> str:
             rates[label] = (min(steps), float(np.median(steps)), max(steps))
     if not rates:
         return ""
-    text = ("**Wall times** are seconds of training on the machine that ran each run, shared with whatever else ran there. "
-            "Iterations per second, from each run's own rows (lowest–highest between evaluations, median): "
-            + ", ".join(f"{label} {lo:.3g}–{hi:.3g} ({mid:.3g})" for label, (lo, mid, hi) in rates.items()) + ".")
+    text = (
+        "**Wall times** are seconds of training on the machine that ran each run, shared with whatever else ran there. "
+        "Iterations per second, from each run's own rows (lowest–highest between evaluations, median): "
+        + ", ".join(f"{label} {lo:.3g}–{hi:.3g} ({mid:.3g})" for label, (lo, mid, hi) in rates.items())
+        + "."
+    )
     medians = [mid for _, mid, _ in rates.values()]
     if max(medians) > 1.5 * min(medians):
-        text += (f" A ×{max(medians) / min(medians):.1f} difference that the samplers cannot explain (their work per iteration is "
-                 "the same network and K; AniLA's step map adds a few elementwise operations): the machine's load differed while "
-                 "each ran — `compare` and `demo` train runs in parallel processes, so runs that overlap share the cores. Do not "
-                 "rank speed by this column; `make bench` (benchmarks/RESULTS.md) measures it.")
+        text += (
+            f" A ×{max(medians) / min(medians):.1f} difference that the samplers cannot explain (their work per "
+            "iteration is "
+            "the same network and K; AniLA's step map adds a few elementwise operations): the machine's load differed "
+            "while "
+            "each ran — `compare` and `demo` train runs in parallel processes, so runs that overlap share the cores. "
+            "Do not "
+            "rank speed by this column; `make bench` (benchmarks/RESULTS.md) measures it."
+        )
     return text
-

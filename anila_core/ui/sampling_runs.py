@@ -68,9 +68,17 @@ def energy_readout(energy_fn, x: torch.Tensor, b: float, trace: Trace) -> dict:
     return out
 
 
-def run_comparison(target_name: str = "rings", step_size: float = 0.01, b: float = 1.0, K: int = 100,
-                   noise_scale: float = 1.0, n_chains: int = 500, seed: int = 0, metropolis: bool = False,
-                   extent: float = GRID_EXTENT) -> dict:
+def run_comparison(
+    target_name: str = "rings",
+    step_size: float = 0.01,
+    b: float = 1.0,
+    K: int = 100,
+    noise_scale: float = 1.0,
+    n_chains: int = 500,
+    seed: int = 0,
+    metropolis: bool = False,
+    extent: float = GRID_EXTENT,
+) -> dict:
     """Run Langevin and AniLA for ``K`` steps from the same uniform start and noise; return samples and readout numbers.
 
     Chains start uniformly on ``[-extent, extent]²`` (short-run sampling from noise). Both
@@ -142,9 +150,20 @@ def on_device(energy_fn, device: torch.device):
     return lambda x: energy_fn(x.to(device)).to(x.device)
 
 
-def sample_trained(energy_fn, sampler_name: str = "anila", step_size: float = 0.01, b: float = 1.0, K: int = 100,
-                   noise_scale: float = 1.0, n: int = 500, seed: int = 0, metropolis: bool = False,
-                   extent: float = GRID_EXTENT, device=None, n_leapfrog: int = 5) -> dict:
+def sample_trained(
+    energy_fn,
+    sampler_name: str = "anila",
+    step_size: float = 0.01,
+    b: float = 1.0,
+    K: int = 100,
+    noise_scale: float = 1.0,
+    n: int = 500,
+    seed: int = 0,
+    metropolis: bool = False,
+    extent: float = GRID_EXTENT,
+    device=None,
+    n_leapfrog: int = 5,
+) -> dict:
     """Run ``K`` steps of one sampler on a trained energy from uniform noise on ``[-extent, extent]²``.
 
     ``energy_fn`` maps ``(N, 2)`` to ``(N,)`` energies (e.g. ``trainer.eval_model()``); chains

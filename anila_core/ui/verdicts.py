@@ -1,4 +1,5 @@
-"""Which of two training runs did better, decided from every evaluation of the last half of training rather than from the last value alone.
+"""Which of two training runs did better, decided from every evaluation of the last half of training rather than from
+the last value alone.
 
 A rule that reads only the end of a run misfires both ways: two runs that end close may have
 been apart all along, and a run whose metric jumps about (an erratic run) makes any final gap
@@ -55,8 +56,13 @@ def _series(history: Sequence[Mapping], metric: str) -> dict[int, float]:
     return out
 
 
-def compare_runs(histories: Mapping[str, Sequence[Mapping]], metric: str, lower_is_better: bool = True,
-                 decimals: int = 3, last_share: float = 0.5) -> RunComparison:
+def compare_runs(
+    histories: Mapping[str, Sequence[Mapping]],
+    metric: str,
+    lower_is_better: bool = True,
+    decimals: int = 3,
+    last_share: float = 0.5,
+) -> RunComparison:
     """Compare two runs' ``metric`` at every evaluation they share in the last ``last_share`` of training.
 
     ``histories``: two runs' rows (``trainer.history`` or ``metrics.jsonl``), each a dict with
@@ -103,14 +109,27 @@ def comparison_sentence(result: RunComparison, name: str | None = None, decimals
         return f"{result.values[label][-1]:.{decimals}f}" if n else "n/a"
 
     if result.outcome == "too few":
-        return (f"**Too few evaluations to compare {a} and {b}** on {name}: {n} shared in the last half of training; "
-                "the verdict needs at least two.")
+        return (
+            f"**Too few evaluations to compare {a} and {b}** on {name}: {n} shared in the last half of training; "
+            "the verdict needs at least two."
+        )
     if result.outcome == "winner":
-        return (f"**{a} is ahead of {b}** on {name} at every one of the {n} evaluations of the last half of training "
-                f"({span}); at the last, {last(a)} against {last(b)}.")
+        return (
+            f"**{a} is ahead of {b}** on {name} at every one of the {n} evaluations of the last half of training "
+            f"({span}); at the last, {last(a)} against {last(b)}."
+        )
     if result.outcome == "tie":
-        return f"**A tie** on {name}: {a} and {b} print the same at all {n} evaluations of the last half ({span}), ending at {last(a)}."
-    return (f"**No clear winner** on {name}: over the {n} evaluations of the last half ({span}) {a} was ahead at "
-            f"{result.first_ahead} and {b} at {result.second_ahead}" + (f" (equal at {n - result.first_ahead - result.second_ahead})"
-                                                                        if result.first_ahead + result.second_ahead < n else "")
-            + f"; at the last, {last(a)} against {last(b)}.")
+        return (
+            f"**A tie** on {name}: {a} and {b} print the same at all {n} evaluations of the last half ({span}), "
+            f"ending at {last(a)}."
+        )
+    return (
+        f"**No clear winner** on {name}: over the {n} evaluations of the last half ({span}) {a} was ahead at "
+        f"{result.first_ahead} and {b} at {result.second_ahead}"
+        + (
+            f" (equal at {n - result.first_ahead - result.second_ahead})"
+            if result.first_ahead + result.second_ahead < n
+            else ""
+        )
+        + f"; at the last, {last(a)} against {last(b)}."
+    )

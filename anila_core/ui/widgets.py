@@ -54,9 +54,19 @@ class SamplingPanel(Panel):
     ``densities``, ``step_map``) so tests can drive the panel without a browser.
     """
 
-    def __init__(self, target: str = "rings", step_size: float = 0.01, b: float = 1.0, K: int = 100,
-                 noise_scale: float = 1.0, n_chains: int = 500, seed: int = 0, metropolis: bool = False,
-                 grid_size: int = 100, extent: float = GRID_EXTENT):
+    def __init__(
+        self,
+        target: str = "rings",
+        step_size: float = 0.01,
+        b: float = 1.0,
+        K: int = 100,
+        noise_scale: float = 1.0,
+        n_chains: int = 500,
+        seed: int = 0,
+        metropolis: bool = False,
+        grid_size: int = 100,
+        extent: float = GRID_EXTENT,
+    ):
         if target not in PANEL_TARGETS.values():
             raise ValueError(f"target: expected one of {sorted(PANEL_TARGETS.values())}, got {target!r}")
         self.n_chains = check_count("n_chains", n_chains)
@@ -151,10 +161,24 @@ class ModelSamplingPanel(Panel):
     ``step_map``) so tests drive the panel without a browser.
     """
 
-    def __init__(self, energy_fn, sampler: str = "anila", step_size: float = 0.01, b: float = 1.0, K: int = 100,
-                 noise_scale: float = 1.0, n_chains: int = 500, seed: int = 0, metropolis: bool = False,
-                 data: torch.Tensor | None = None, grid_size: int = 100, extent: float = GRID_EXTENT,
-                 title: str = "trained energy", device=None, n_leapfrog: int = 5):
+    def __init__(
+        self,
+        energy_fn,
+        sampler: str = "anila",
+        step_size: float = 0.01,
+        b: float = 1.0,
+        K: int = 100,
+        noise_scale: float = 1.0,
+        n_chains: int = 500,
+        seed: int = 0,
+        metropolis: bool = False,
+        data: torch.Tensor | None = None,
+        grid_size: int = 100,
+        extent: float = GRID_EXTENT,
+        title: str = "trained energy",
+        device=None,
+        n_leapfrog: int = 5,
+    ):
         if not callable(energy_fn):
             raise ValueError(
                 "energy_fn: expected a callable (N, 2) → (N,), e.g. trainer.eval_model(), "

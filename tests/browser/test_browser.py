@@ -1,4 +1,5 @@
-"""The panels in a real browser: notebooks 01 and 02 run in JupyterLab and the Voila explorer app, driven by headless Chromium."""
+"""The panels in a real browser: notebooks 01 and 02 run in JupyterLab and the Voila explorer app, driven by headless
+Chromium."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ import pytest
 
 CHROMIUM = os.environ.get("ANILA_CHROMIUM", "/usr/bin/chromium")
 if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(f"browser stack missing: no Chromium at {CHROMIUM} (make test-browser installs it)", allow_module_level=True)
+    pytest.skip(
+        f"browser stack missing: no Chromium at {CHROMIUM} (make test-browser installs it)", allow_module_level=True
+    )
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="browser stack missing: playwright is not installed (make test-browser installs it)"
 )
@@ -40,8 +43,13 @@ DOC_SHOTS = {
 # Without the background-networking flags Chromium keeps calling Google services, which
 # fail noisily on a closed network. Playwright adds --headless and a fresh profile per launch.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 TOKEN = "anila-browser-test"
 RUN_TIMEOUT_MS = 300_000  # a whole notebook at the smoke budget: ~30 s on 2 cores, slack for a busy CI machine
@@ -119,7 +127,9 @@ class Server:
         pytest.fail(f"{self.name} did not listen on port {self.port} within {timeout} s:\n{self.log_tail()}")
 
     def api(self, path: str, method: str = "GET"):
-        request = urllib.request.Request(f"{self.url}{path}", method=method, headers={"Authorization": f"token {TOKEN}"})
+        request = urllib.request.Request(
+            f"{self.url}{path}", method=method, headers={"Authorization": f"token {TOKEN}"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
         return json.loads(body) if body else None
@@ -164,8 +174,14 @@ def lab(tmp_path_factory, artifacts):
         path.write_text(json.dumps(values))
     port = _free_port()
     args = [
-        sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", "--ServerApp.open_browser=False",
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={TOKEN}",
+        "--ServerApp.open_browser=False",
         f"--ServerApp.root_dir={notebooks}",
     ]
     if os.getuid() == 0:  # Jupyter refuses root without being told (containers, CI)
@@ -195,8 +211,16 @@ def voila(tmp_path_factory, artifacts):
     home = tmp_path_factory.mktemp("voila")
     port = _free_port()
     args = [
-        sys.executable, "-m", "voila", "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
-        "--Voila.port_retries=0", f"--token={TOKEN}", "--show_tracebacks=True", "apps/explore.ipynb",
+        sys.executable,
+        "-m",
+        "voila",
+        "--no-browser",
+        "--Voila.ip=127.0.0.1",
+        f"--port={port}",
+        "--Voila.port_retries=0",
+        f"--token={TOKEN}",
+        "--show_tracebacks=True",
+        "apps/explore.ipynb",
     ]
     server = Server("voila", args, ROOT, _jupyter_env(home), port)
     try:
@@ -247,7 +271,12 @@ def _save(image: bytes, name: str) -> Path:
         shot = Image.open(io.BytesIO(image)).convert("RGB")
         box = ImageChops.difference(shot, Image.new("RGB", shot.size, "white")).getbbox() or (0, 0, *shot.size)
         pad = 8
-        box = (max(box[0] - pad, 0), max(box[1] - pad, 0), min(box[2] + pad, shot.width), min(box[3] + pad, shot.height))
+        box = (
+            max(box[0] - pad, 0),
+            max(box[1] - pad, 0),
+            min(box[2] + pad, shot.width),
+            min(box[3] + pad, shot.height),
+        )
         Path(DOCS_DIR).mkdir(parents=True, exist_ok=True)
         shot.crop(box).save(Path(DOCS_DIR) / DOC_SHOTS[name], optimize=True)
     return path
@@ -272,7 +301,8 @@ def _panels(scope, page):
 
 
 def _move_b_and_check(page, panel, shot: str) -> dict:
-    """PageDown on the panel's ``b`` slider handle; the readout and the figure must change. Screenshots before and after."""
+    """PageDown on the panel's ``b`` slider handle; the readout and the figure must change. Screenshots before and
+    after."""
     slider = panel.locator(".widget-slider").filter(has=_b_label(page))
     readout = panel.locator(".widget-html-content").first  # the panel's only HTML widget: the readout table
     panel.scroll_into_view_if_needed()
@@ -295,11 +325,14 @@ def _move_b_and_check(page, panel, shot: str) -> dict:
     b_after = slider.locator(".widget-readout").inner_text()
     assert b_after != before["b"], f"the b slider did not move (still {b_after})"
     page.wait_for_function(
-        "([el, old]) => el.innerText !== old", arg=[readout.element_handle(), before["readout"]], timeout=UPDATE_TIMEOUT_MS
+        "([el, old]) => el.innerText !== old",
+        arg=[readout.element_handle(), before["readout"]],
+        timeout=UPDATE_TIMEOUT_MS,
     )
     page.wait_for_function(
         f"([panel, old]) => {{ const s = ({FIGURE_SIGNATURE})(panel); return s !== null && s !== old; }}",
-        arg=[panel.element_handle(), before["signature"]], timeout=UPDATE_TIMEOUT_MS,
+        arg=[panel.element_handle(), before["signature"]],
+        timeout=UPDATE_TIMEOUT_MS,
     )
     page.wait_for_timeout(300)  # the new image is in the DOM; let it paint before the screenshot
     figure_after = panel.locator(FIGURE).first.screenshot()
@@ -317,7 +350,11 @@ def _wait_for_kernel(lab, notebook: str, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         for session in lab.api("/api/sessions"):
             kernel = session.get("kernel") or {}
-            if session["path"] == notebook and kernel.get("execution_state") == "idle" and kernel.get("connections", 0) > 0:
+            if (
+                session["path"] == notebook
+                and kernel.get("execution_state") == "idle"
+                and kernel.get("connections", 0) > 0
+            ):
                 return
         time.sleep(0.5)
     pytest.fail(f"{notebook}: its kernel was not idle and connected within {timeout} s:\n{lab.log_tail()}")
@@ -335,14 +372,18 @@ def _run_all_in_lab(page, lab, notebook: str, workspace: str):
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
     page.wait_for_function(  # started: some cell queued or done; fail here rather than after RUN_TIMEOUT_MS
-        "nb => [...nb.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))",
-        arg=nb.element_handle(), timeout=60_000,
+        "nb => [...nb.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].some(p => "
+        "/\\[(\\*|\\d+)\\]/.test(p.textContent))",
+        arg=nb.element_handle(),
+        timeout=60_000,
     )
     page.wait_for_function(NOTEBOOK_SETTLED, arg=nb.element_handle(), timeout=RUN_TIMEOUT_MS)
     prompts = nb.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
-    errors = nb.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").filter(
-        has_text="Traceback"
-    ).all_inner_texts()
+    errors = (
+        nb.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        .filter(has_text="Traceback")
+        .all_inner_texts()
+    )
     assert not errors, f"{notebook} raised:\n" + "\n".join(e[-2000:] for e in errors)
     not_run = [i for i, p in enumerate(prompts) if not re.fullmatch(r"\[\d+\]:", p.strip())]
     assert not not_run, f"{notebook}: code cells {not_run} did not run (prompts {prompts})"
@@ -359,9 +400,12 @@ def lab_kernels_stopped(lab):
         lab.api(f"/api/sessions/{session['id']}", method="DELETE")
 
 
-@pytest.mark.parametrize("notebook, shot", [("01_sampling_known_energies.ipynb", "lab-01"), ("02_rings_toy_ebm.ipynb", "lab-02")])
+@pytest.mark.parametrize(
+    "notebook, shot", [("01_sampling_known_energies.ipynb", "lab-01"), ("02_rings_toy_ebm.ipynb", "lab-02")]
+)
 def test_lab_notebook_panel_follows_b(lab, lab_kernels_stopped, page, notebook, shot):
-    """Run All in JupyterLab, then the notebook's one panel answers a move of its b slider (02: on the model it just trained)."""
+    """Run All in JupyterLab, then the notebook's one panel answers a move of its b slider (02: on the model it just
+    trained)."""
     nb = _run_all_in_lab(page, lab, notebook, workspace=shot)
     panels = _panels(nb, page)
     panels.first.wait_for(timeout=UPDATE_TIMEOUT_MS)  # widget views render after the kernel went idle
@@ -402,7 +446,8 @@ SITE = Path(os.environ.get("ANILA_SITE") or ROOT / "build" / "site" / "_build" /
 COURSE = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # a figure in a cell's output; a widget's (the live plots, the panels) needs the widget manager and a kernel
 FIGURES = """() => [...document.querySelectorAll('article.bd-article img')].map(img => ({
-    src: img.getAttribute('src'), loaded: img.complete, width: img.naturalWidth, output: img.closest('.cell_output') !== null,
+    src: img.getAttribute('src'), loaded: img.complete, width: img.naturalWidth,
+    output: img.closest('.cell_output') !== null,
 }))"""
 # the renderer's order of preference (MyST-NB, HTML): an output that also offers one of these is not drawn as a PNG
 RICHER_THAN_PNG = ("application/vnd.jupyter.widget-view+json", "application/javascript", "text/html", "image/svg+xml")
@@ -424,7 +469,9 @@ def _executed_png_figures(site: Path, name: str) -> int:
     That execution is the one Jupyter Book's cache keeps for the notebook's current code: the
     cache answers for the notebook file, by its code, whatever build first ran it.
     """
-    jupyter_cache = pytest.importorskip("jupyter_cache", reason="the site extra is not installed (make site installs it)")
+    jupyter_cache = pytest.importorskip(
+        "jupyter_cache", reason="the site extra is not installed (make site installs it)"
+    )
     cache = jupyter_cache.get_cache(site.parent / ".jupyter_cache")
     record = cache.match_cache_file(ROOT / "notebooks" / f"{name}.ipynb")  # raises KeyError if none ran this code
     cells = cache.get_cache_bundle(record.pk).nb.cells
@@ -450,7 +497,9 @@ def test_site_landing_page_is_the_readme_with_every_notebook_in_its_navigation(s
     assert page.locator("article h1").first.inner_text().strip().rstrip("#").strip() == readme_title
     nav = page.locator("nav.bd-links a.reference.internal")
     linked = [Path(h).stem for h in nav.evaluate_all("links => links.map(a => a.getAttribute('href'))")]
-    assert [n for n in linked if n in COURSE] == COURSE, f"the navigation lists {linked}, expected every notebook in order"
+    assert [n for n in linked if n in COURSE] == COURSE, (
+        f"the navigation lists {linked}, expected every notebook in order"
+    )
     docs = sorted(p.stem for p in (ROOT / "docs").glob("*.md"))
     assert set(docs) <= set(linked), f"docs pages missing from the navigation: {sorted(set(docs) - set(linked))}"
     figures = page.evaluate(FIGURES)

@@ -8,12 +8,27 @@ from anila_core.training.kinds.images import IMAGE_RUN_FILES, ImageData
 from anila_core.training.kinds.points import POINTS_2D_FIGURES, POINTS_RUN_FILES, PointsData
 from anila_core.training.kinds.target import RUN_FILES, TargetData
 
-__all__ = ["data_kind", "DataKind", "TargetData", "PointsData", "ImageData", "CHECKPOINT", "RUN_FILES",
-           "IMAGE_RUN_FILES", "POINTS_RUN_FILES", "KNOWN_RUN_FILES"]
+__all__ = [
+    "data_kind",
+    "DataKind",
+    "TargetData",
+    "PointsData",
+    "ImageData",
+    "CHECKPOINT",
+    "RUN_FILES",
+    "IMAGE_RUN_FILES",
+    "POINTS_RUN_FILES",
+    "KNOWN_RUN_FILES",
+]
 
 #: every name a run writes in its folder, whatever its data
-KNOWN_RUN_FILES = frozenset(RUN_FILES + IMAGE_RUN_FILES + POINTS_RUN_FILES + POINTS_2D_FIGURES
-                            + ("fid.png", "step_sizes.png", "projections.png"))
+KNOWN_RUN_FILES = frozenset(
+    RUN_FILES
+    + IMAGE_RUN_FILES
+    + POINTS_RUN_FILES
+    + POINTS_2D_FIGURES
+    + ("fid.png", "step_sizes.png", "projections.png")
+)
 
 
 def data_kind(config) -> DataKind:

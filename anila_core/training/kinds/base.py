@@ -100,13 +100,17 @@ class DataKind:
         c, needs = self.config, {}
         # a network of your own: its sizes are not the configuration's, so none of its terms is certain
         if not c.energy:
-            needs["--batch-size"] = (c.batch_size * c.width * c.depth * 4,
-                                     f"activations: batch_size {c.batch_size} × width {c.width} × depth {c.depth} × 4 "
-                                     "bytes")
+            needs["--batch-size"] = (
+                c.batch_size * c.width * c.depth * 4,
+                f"activations: batch_size {c.batch_size} × width {c.width} × depth {c.depth} × 4 bytes",
+            )
             layers = max(c.depth - 1, 1)
-            needs["--width"] = (4 * c.width * c.width * layers * 4, f"weights: width {c.width}² × {layers} "
-                                                                    "hidden-to-hidden "
-                                f"layer{'s' if layers > 1 else ''} × 4 copies × 4 bytes")
+            needs["--width"] = (
+                4 * c.width * c.width * layers * 4,
+                f"weights: width {c.width}² × {layers} "
+                "hidden-to-hidden "
+                f"layer{'s' if layers > 1 else ''} × 4 copies × 4 bytes",
+            )
         n = min(c.eval_samples, c.buffer_size) if c.chains == "buffer" else c.eval_samples
         needs["--eval-samples"] = (3 * n * n * 8, f"the MMD's 3 kernel matrices: {n}² × 8 bytes")
         return needs
@@ -135,10 +139,12 @@ class DataKind:
         chains = Chains(c, parts.shape, parts.device, gen)
         return self._fresh_samples(parts, state, chains, n, gen)
 
-    def _fresh_samples(self, parts: RunParts, state: TrainState, chains: Chains, n: int,
-                       gen: torch.Generator) -> torch.Tensor:
-        return parts.sampler.sample(state.eval_model(), chains.noise(n), self.config.n_steps, generator=gen,
-                                    allow_nonfinite=True).cpu()
+    def _fresh_samples(
+        self, parts: RunParts, state: TrainState, chains: Chains, n: int, gen: torch.Generator
+    ) -> torch.Tensor:
+        return parts.sampler.sample(
+            state.eval_model(), chains.noise(n), self.config.n_steps, generator=gen, allow_nonfinite=True
+        ).cpu()
 
     def metrics(self, parts: RunParts, state: TrainState, fid: bool | None) -> dict:
         """The evaluation row's measures of this kind of data (the model in eval mode, no gradients)."""

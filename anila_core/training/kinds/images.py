@@ -51,8 +51,9 @@ class ImageData(DataKind):
         else:
             from anila_core.images.datasets import load_dataset
 
-            self.dataset = load_dataset(c.dataset, c.data_root or None, c.image_size or None,
-                                        split=TRAIN_SPLITS[c.dataset])
+            self.dataset = load_dataset(
+                c.dataset, c.data_root or None, c.image_size or None, split=TRAIN_SPLITS[c.dataset]
+            )
 
     def _read_folder(self):
         """A folder's training and held-out images (read once per version of its files, see :func:`load_file_data`)."""
@@ -84,8 +85,9 @@ class ImageData(DataKind):
         c = self.config
         sizes = IMAGE_SIZES if self.spec is not None else SIZES.get(c.dataset)
         if c.image_size != 0 and c.image_size not in sizes:
-            raise ValueError(f"image_size: expected 0 (the dataset's own) or one of {sizes} for {c.dataset}, got "
-                             f"{c.image_size!r}")
+            raise ValueError(
+                f"image_size: expected 0 (the dataset's own) or one of {sizes} for {c.dataset}, got {c.image_size!r}"
+            )
 
     def network(self, shape: tuple[int, ...]) -> torch.nn.Module:
         from anila_core.images.convnets import make_convnet
@@ -101,11 +103,18 @@ class ImageData(DataKind):
         if c.energy:  # a network of your own: its sizes are not the configuration's, so none of its terms is certain
             return {}
         side = shape[-1]
-        return {"--batch-size": (c.batch_size * c.conv_width * side * side * 4, f"first convolution's output: "
-                                                                                "batch_size "
-                                 f"{c.batch_size} × conv_width {c.conv_width} × {side}×{side} × 4 bytes"),
-                "--conv-width": (4 * 9 * c.conv_width * c.conv_width * 4,
-                                 f"weights: conv_width {c.conv_width}² × 3×3 × 4 copies × 4 bytes")}
+        return {
+            "--batch-size": (
+                c.batch_size * c.conv_width * side * side * 4,
+                f"first convolution's output: "
+                "batch_size "
+                f"{c.batch_size} × conv_width {c.conv_width} × {side}×{side} × 4 bytes",
+            ),
+            "--conv-width": (
+                4 * 9 * c.conv_width * c.conv_width * 4,
+                f"weights: conv_width {c.conv_width}² × 3×3 × 4 copies × 4 bytes",
+            ),
+        }
 
     # ------------------------------------------------------------------ evaluation
 
@@ -124,8 +133,13 @@ class ImageData(DataKind):
         model.eval()
         out = []
         for start in range(0, n, c.batch_size):
-            x = parts.sampler.sample(parts.nets.eval_energy, chains.noise(min(c.batch_size, n - start)), c.n_steps,
-                                     generator=gen, allow_nonfinite=True)
+            x = parts.sampler.sample(
+                parts.nets.eval_energy,
+                chains.noise(min(c.batch_size, n - start)),
+                c.n_steps,
+                generator=gen,
+                allow_nonfinite=True,
+            )
             out.append((x.clamp(-c.clamp, c.clamp) if c.clamp > 0 else x).float().cpu())
         model.train(was_training)
         return torch.cat(out)
@@ -200,8 +214,11 @@ class ImageData(DataKind):
             "config": c.to_dict(),
         }
         if c.dataset == "digits":
-            final.update(coverage=last_scored.get("coverage"), class_entropy=last_scored.get("class_entropy"),
-                         class_histogram=last_scored.get("class_histogram"))
+            final.update(
+                coverage=last_scored.get("coverage"),
+                class_entropy=last_scored.get("class_entropy"),
+                class_histogram=last_scored.get("class_histogram"),
+            )
         if "clipped_share" in last:
             final["clipped_share"] = last["clipped_share"]
         return final
@@ -253,9 +270,12 @@ class ImageScoring:
                     self._scorer = make_scorer(c.dataset, real, parts.device, c.data_root or None)
             except InceptionUnavailableError as err:
                 self.unavailable = str(err)
-                _notice_once(parts, f"notice: FID/KID for {c.dataset} are not computed (training goes on; the metrics "
-                                    "rows "
-                                    f"and final.json say \"fid\": null). Why: {err}")
+                _notice_once(
+                    parts,
+                    f"notice: FID/KID for {c.dataset} are not computed (training goes on; the metrics "
+                    "rows "
+                    f"and final.json say \"fid\": null). Why: {err}",
+                )
         return self._scorer
 
     def _folder_scorer(self, parts):
@@ -267,11 +287,14 @@ class ImageScoring:
         with torch.enable_grad():  # a classifier of the folder trains on first use, and evaluation runs under no_grad
             scorer, why = make_folder_scorer(self.kind.dataset, real, parts.device, self.kind.fingerprint)
         if why is not None:
-            _notice_once(parts, f"notice: Inception's features are unavailable here ({why}), so FID/KID for "
-                                f"{c.dataset} are "
-                                f"computed on {scorer.features} (each metrics row names them in fid_features): "
-                                "comparable "
-                                "between runs on this folder, not with Inception FIDs")
+            _notice_once(
+                parts,
+                f"notice: Inception's features are unavailable here ({why}), so FID/KID for "
+                f"{c.dataset} are "
+                f"computed on {scorer.features} (each metrics row names them in fid_features): "
+                "comparable "
+                "between runs on this folder, not with Inception FIDs",
+            )
         return scorer
 
     def scores(self, parts, state) -> dict:

@@ -59,8 +59,10 @@ class PointsData(DataKind):
 
     def describe(self) -> str:
         points = self.dataset
-        return (f"{self.config.dataset} ({len(points.train)} points in {points.dim} dimensions, "
-                f"{len(points.held_out)} held out)")
+        return (
+            f"{self.config.dataset} ({len(points.train)} points in {points.dim} dimensions, "
+            f"{len(points.held_out)} held out)"
+        )
 
     def check(self) -> None:
         check_eval_samples(self.config)
@@ -76,8 +78,10 @@ class PointsData(DataKind):
         """
         samples = self.sample_for_eval(parts, state)
         reference = self.dataset.held_out[: self.config.eval_samples]  # already in a seeded random order
-        row = {"mmd": scaled_mmd(samples, reference),
-               "sliced_wasserstein": sliced_wasserstein(samples, reference, seed=DIRECTIONS_SEED)}
+        row = {
+            "mmd": scaled_mmd(samples, reference),
+            "sliced_wasserstein": sliced_wasserstein(samples, reference, seed=DIRECTIONS_SEED),
+        }
         if self.dataset.dim == 2:
             window = self.dataset.window
             if self._reference_grid is None:
@@ -114,10 +118,12 @@ class PointsData(DataKind):
 
     def result_line(self, final: dict) -> str:
         kde = f", KDE grid TV {final['kde_grid_tv']:.4f}" if "kde_grid_tv" in final else ""
-        return (f"sliced Wasserstein {final['sliced_wasserstein']:.4f}, MMD² {final['mmd']:.4f}{kde} to the held-out "
-                "points; "
-                f"best sliced Wasserstein {final['best_sliced_wasserstein']:.4f} at iteration {final['best_iter']}, "
-                f"{final['wall_s']:.0f} s")
+        return (
+            f"sliced Wasserstein {final['sliced_wasserstein']:.4f}, MMD² {final['mmd']:.4f}{kde} to the held-out "
+            "points; "
+            f"best sliced Wasserstein {final['best_sliced_wasserstein']:.4f} at iteration {final['best_iter']}, "
+            f"{final['wall_s']:.0f} s"
+        )
 
     def expected_files(self) -> tuple[str, ...]:
         return POINTS_RUN_FILES + (POINTS_2D_FIGURES if self.shape() == (2,) else ("projections.png",))

@@ -61,8 +61,12 @@ class TargetData(DataKind):
         target_lp = grid_log_probs(self.target.energy)
         samples = self.sample_for_eval(parts, state)
         exact = self.target.sample(len(samples), generator=torch.Generator().manual_seed(c.seed + 1))
-        row = dict(grid_tv=grid_tv(log_p, target_lp), grid_kl=grid_kl(log_p, target_lp), mmd=mmd(samples, exact),
-                   chains_tv=histogram_tv(samples, log_p, bins=CHAIN_BINS))
+        row = dict(
+            grid_tv=grid_tv(log_p, target_lp),
+            grid_kl=grid_kl(log_p, target_lp),
+            mmd=mmd(samples, exact),
+            chains_tv=histogram_tv(samples, log_p, bins=CHAIN_BINS),
+        )
         row.update(_sampler_density_distances(parts.sampler, model, target_lp, samples, parts.device))
         return row
 
@@ -87,8 +91,10 @@ class TargetData(DataKind):
         }
 
     def result_line(self, final: dict) -> str:
-        return (f"grid_tv {final['grid_tv']:.4f}, grid_kl {final['grid_kl']:.4f}, "
-                f"best grid_tv {final['best_grid_tv']:.4f} at iteration {final['best_iter']}, {final['wall_s']:.0f} s")
+        return (
+            f"grid_tv {final['grid_tv']:.4f}, grid_kl {final['grid_kl']:.4f}, "
+            f"best grid_tv {final['best_grid_tv']:.4f} at iteration {final['best_iter']}, {final['wall_s']:.0f} s"
+        )
 
     def expected_files(self) -> tuple[str, ...]:
         return RUN_FILES
@@ -102,9 +108,11 @@ class TargetData(DataKind):
 def check_eval_samples(config) -> None:
     """The evaluation of points measures the buffer's chains: it cannot ask for more than the buffer holds."""
     if config.chains == "buffer" and config.eval_samples > config.buffer_size:
-        raise ValueError(f"eval_samples: expected at most buffer_size ({config.buffer_size}): the evaluation measures "
-                         "the "
-                         f"buffer's chains, got {config.eval_samples!r}")
+        raise ValueError(
+            f"eval_samples: expected at most buffer_size ({config.buffer_size}): the evaluation measures "
+            "the "
+            f"buffer's chains, got {config.eval_samples!r}"
+        )
 
 
 def _sampler_density_distances(sampler, model, target_lp: torch.Tensor, samples: torch.Tensor, device) -> dict:
@@ -121,7 +129,8 @@ def _sampler_density_distances(sampler, model, target_lp: torch.Tensor, samples:
         density = small_step_log_probs(sampler, model, device=device)
     except ValueError:
         return {"sampler_grid_tv": None, "sampler_grid_kl": None, "chains_sampler_tv": None}
-    return {"sampler_grid_tv": grid_tv(density.log_probs, target_lp),
-            "sampler_grid_kl": grid_kl(density.log_probs, target_lp),
-            "chains_sampler_tv": histogram_tv(samples, density.log_probs, bins=CHAIN_BINS)}
-
+    return {
+        "sampler_grid_tv": grid_tv(density.log_probs, target_lp),
+        "sampler_grid_kl": grid_kl(density.log_probs, target_lp),
+        "chains_sampler_tv": histogram_tv(samples, density.log_probs, bins=CHAIN_BINS),
+    }
