@@ -1,5 +1,5 @@
-"""Test helper run in a process of its own (tests/test_cpu_capabilities.py): every sampler's compiled chain beside its
-eager chain, on the 2-D MLPs, reported as JSON.
+"""Test helper run in a process of its own (tests/sampling/test_cpu_capabilities.py): every sampler's compiled chain
+beside its eager chain, on the 2-D MLPs, reported as JSON.
 
 Usage: ``python tests/compiled_chains_worker.py REPORT.json [CASES]``, with ``ATEN_CPU_CAPABILITY`` set
 by the caller: torch reads it once, at start-up, so each vector ISA needs a process of its own.

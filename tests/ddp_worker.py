@@ -1,5 +1,5 @@
-"""Test helper run by torchrun (tests/test_ddp.py): the real CLI, then a fingerprint of each rank's final state in
-``<report dir>/rank<R>.json``.
+"""Test helper run by torchrun (tests/training/test_ddp.py): the real CLI, then a fingerprint of each rank's final state
+in ``<report dir>/rank<R>.json``.
 
 Usage: ``torchrun --nproc_per_node 2 tests/ddp_worker.py REPORT_DIR -- <CLI arguments> [-- <CLI arguments> ...]``.
 Each ``--`` starts one ``python -m anila_core`` command, run in turn in the same processes

@@ -2167,9 +2167,9 @@ def render_note() -> str:
     lines += [
         "",
         "Validation of the samplers' inputs is also tested with generated inputs (hypothesis) in",
-        "`tests/test_sampler_properties.py`: any step size, threshold, noise scale, norm, pSGLD setting or step count",
-        "outside its range, any `x0` of the wrong type, dtype, shape or with a non-finite value, any energy of the",
-        "wrong shape, and any unknown sampler name is refused with a `ValueError` that names it.",
+        "`tests/sampling/test_sampler_properties.py`: any step size, threshold, noise scale, norm, pSGLD setting or",
+        "step count outside its range, any `x0` of the wrong type, dtype, shape or with a non-finite value, any energy",
+        "of the wrong shape, and any unknown sampler name is refused with a `ValueError` that names it.",
         "",
     ]
     if HOSTILE:

@@ -15,7 +15,7 @@ from anila_core.study.figures import plot_heatmaps, plot_histories  # noqa: E402
 from anila_core.study.results import load_sweep  # noqa: E402
 from anila_core.ui import report  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _box(artist, renderer):

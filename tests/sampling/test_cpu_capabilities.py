@@ -20,7 +20,7 @@ import pytest
 
 import anila_core
 
-WORKER = Path(__file__).with_name("compiled_chains_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "compiled_chains_worker.py"
 ROOT = Path(anila_core.__file__).resolve().parents[1]
 
 

@@ -16,7 +16,7 @@ from anila_core import shipped  # noqa: E402
 from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, mmd  # noqa: E402
 from anila_core.training import kinds, runs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: every file a shipped comparison folder may hold: what the CLI writes, nothing else (no lock, no temporaries)
 ALLOWED = set(kinds.RUN_FILES) | set(kinds.IMAGE_RUN_FILES) | {"fid.png", "step_sizes.png"}
 GROUP_FILES = {"comparison.png", "comparison.md", "fid.png"}

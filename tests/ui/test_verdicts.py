@@ -77,7 +77,7 @@ def test_notebook_noise_finds_stderr_and_warnings_and_passes_clean_outputs():
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from notebook_noise import noise_in_outputs
 
     def nb(*outputs):

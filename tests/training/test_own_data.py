@@ -36,6 +36,7 @@ from anila_core.training.runs import CHECKPOINT, Run, load_trainer
 from anila_core.training.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 
 
 # --------------------------------------------------------------------------- energies of your own, imported by name
@@ -966,7 +967,7 @@ def test_the_command_line_imports_an_energy_from_the_python_path(tmp_path, moons
         "        return 0.5 * (x * torch.exp(-self.log_scale)).square().sum(1) + self.log_scale.sum()\n\n\n"
         "class Wrong(Gaussian):\n    def forward(self, x):\n        return super().forward(x)[:, None]\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(HERE.parent)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
     command = [
         sys.executable,
         "-m",

@@ -14,7 +14,7 @@ import torch
 
 from anila_core.sampling.samplers import Langevin
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLERS = ["langevin", "langevin-mala", "anila-coordinate", "anila-pixel", "anila-sample", "anila-mala", "psgld"]
 HAVE_JAX = importlib.util.find_spec("jax") is not None
 HAVE_BLACKJAX = importlib.util.find_spec("blackjax") is not None

@@ -18,7 +18,7 @@ from anila_core.training.kinds import data_kind
 from anila_core.training.runs import CHECKPOINT
 from digits_judge import digits_data_root
 
-WORKER = Path(__file__).with_name("ddp_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "ddp_worker.py"
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with Gloo"

@@ -12,7 +12,7 @@ from anila_core import AniLA, Langevin
 from anila_core.course import checks
 from anila_core.course.checks import INVALID, RIGHT, UNANSWERED, WRONG
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = {
     "00": ROOT / "notebooks" / "00_what_is_an_energy_model.ipynb",
     "01": ROOT / "notebooks" / "01_sampling_known_energies.ipynb",
