@@ -11,7 +11,8 @@ from anila_core.budget import resolve_budget
 from anila_core.device import resolve_device
 from anila_core.sampling.kernel import NonFiniteChainError, SamplerState, StepInfo, Trace, energy_and_grad
 from anila_core.sampling.registry import SAMPLERS, make_sampler
-from anila_core.sampling.samplers import HMC, AniLA, Langevin, PSGLD, Sampler
+from anila_core.sampling.hmc import HMC
+from anila_core.sampling.samplers import AniLA, Langevin, PSGLD, Sampler
 from anila_core.sampling.targets import Gaussian, GaussianMixture, Rings, make_target
 
 __all__ = [

@@ -8,15 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from anila_core.training.config import (
-    DEFAULT_PRESET,
-    IMAGE_PRESETS,
-    PRESETS,
-    RESUMABLE_FIELDS,
-    TrainConfig,
-    changed_settings,
-    preset,
-)
+from anila_core.training.config import RESUMABLE_FIELDS, TrainConfig, changed_settings
+from anila_core.training.presets import DEFAULT_PRESET, IMAGE_PRESETS, PRESETS, preset
 from anila_core.fileio import read_json_file
 from anila_core.flags import add_config_flags, config_overrides
 

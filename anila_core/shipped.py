@@ -59,8 +59,8 @@ def run_label(config) -> str:
 
 
 def load_runs(group: str | Path, device: str | None = None, names=None, energy=None) -> dict[str, object]:
-    """The trainers of a comparison folder's runs, each rebuilt by :func:`anila_core.training.runs.load_trainer`: label
-    → Trainer.
+    """The trainers of a comparison folder's runs, each rebuilt by
+    :func:`anila_core.training.run_loading.load_trainer`: label → Trainer.
 
     ``load_trainer`` reads the checkpoint with ``weights_only=True`` (tensors and plain data,
     no code) and checks it against the run's config.json. ``device``: where to put the
@@ -69,7 +69,7 @@ def load_runs(group: str | Path, device: str | None = None, names=None, energy=N
     alone is imported). Raises
     ``ValueError`` when the folder holds no finished run.
     """
-    from anila_core.training.runs import load_trainer
+    from anila_core.training.run_loading import load_trainer
 
     folders = run_folders(group)
     if names is not None:

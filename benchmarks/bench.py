@@ -64,7 +64,7 @@ import torch
 import anila_core.images.datasets
 from anila_core.images.datasets import ImageDataset
 from anila_core.sampling import compiled as fast
-from anila_core.training.config import preset
+from anila_core.training.presets import preset
 from anila_core.training.trainer import Trainer
 
 # the benchmark's other modules, found beside this script (its folder is the first entry of sys.path)

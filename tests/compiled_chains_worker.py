@@ -20,7 +20,8 @@ import torch
 from anila_core.nets import MLPEnergy
 from anila_core.sampling import compiled
 from anila_core.sampling.kernel import energy_and_grad
-from anila_core.sampling.samplers import HMC, PSGLD, AniLA, Langevin
+from anila_core.sampling.hmc import HMC
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
 
 N_CHAINS, N_STEPS = 256, 20
 X0 = 1.5 * torch.randn(N_CHAINS, 2, generator=torch.Generator().manual_seed(1))

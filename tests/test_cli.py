@@ -12,7 +12,7 @@ import torch
 
 from anila_core.cli import main
 from anila_core.fileio import read_jsonl
-from anila_core.training.config import preset
+from anila_core.training.presets import preset
 from anila_core.training.kinds import RUN_FILES
 
 
@@ -281,7 +281,7 @@ def test_compare_print_commands_lists_one_train_command_per_run_and_resume_colle
 
 
 def test_loading_a_run_to_sample_leaves_its_config_while_resume_records_the_change(tmp_path):
-    from anila_core.training.runs import load_trainer
+    from anila_core.training.run_loading import load_trainer
 
     out = tmp_path / "run"
     assert main(["train", "--preset", "smoke", "--iters", "10", "--out", str(out), "--no-progress"]) == 0
@@ -447,7 +447,7 @@ def test_training_runs_on_one_torch_thread_on_a_cpu_whoever_calls_it(monkeypatch
     """Notebooks, compare's workers and sweep cells all train through Trainer.run: one thread there, the caller's
     after."""
     from anila_core.processes import THREADS_ENV
-    from anila_core.training.config import preset
+    from anila_core.training.presets import preset
     from anila_core.training.trainer import Trainer
 
     monkeypatch.delenv(THREADS_ENV, raising=False)

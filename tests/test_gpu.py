@@ -25,7 +25,7 @@ from anila_core.images.convnets import make_convnet
 from anila_core.sampling import compiled as fast
 from anila_core.sampling import samplers as samplers_module
 from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
-from anila_core.training.config import preset
+from anila_core.training.presets import preset
 from anila_core.training.runs import CHECKPOINT
 from anila_core.training.trainer import Trainer
 

@@ -21,8 +21,9 @@ import anila_core.training.runs as runs
 import anila_core.ui.report as report
 from anila_core import fileio
 from anila_core.cli import main
-from anila_core.training.config import preset
-from anila_core.training.runs import CHECKPOINT, Run, load_trainer
+from anila_core.training.presets import preset
+from anila_core.training.runs import CHECKPOINT, Run
+from anila_core.training.run_loading import load_trainer
 from reliability_record import note
 
 SMOKE = ["train", "--preset", "smoke", "--no-progress"]

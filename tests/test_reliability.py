@@ -48,10 +48,12 @@ import anila_core.ui.report as report
 import anila_core.training.runs as runs
 from anila_core import fileio
 from anila_core.cli import main
-from anila_core.training.config import TrainConfig, preset
+from anila_core.training.config import TrainConfig
+from anila_core.training.presets import preset
 from anila_core.images.datasets import DatasetNotFoundError, ImageDataset, load_dataset
 from anila_core.nets import MLPEnergy
-from anila_core.training.runs import CHECKPOINT, Run, load_trainer
+from anila_core.training.runs import CHECKPOINT, Run
+from anila_core.training.run_loading import load_trainer
 from anila_core.sampling.registry import make_sampler
 from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
 from anila_core.sampling.targets import make_target

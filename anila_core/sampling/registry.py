@@ -6,7 +6,8 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from anila_core.sampling.samplers import HMC, PSGLD, AniLA, Langevin, Sampler
+from anila_core.sampling.hmc import HMC
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin, Sampler
 
 __all__ = ["SamplerEntry", "SAMPLERS", "make_sampler", "applicable", "sampler_from_config"]
 

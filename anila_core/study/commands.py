@@ -12,7 +12,8 @@ from anila_core.flags import add_config_flags, config_overrides, integer_flag, l
 from anila_core.sampling.compile_rule import parse_fast
 from anila_core.sampling.registry import SAMPLERS
 from anila_core.study.runner import EXECUTORS, config_flags
-from anila_core.training.config import DEFAULT_PRESET, TrainConfig, preset
+from anila_core.training.config import TrainConfig
+from anila_core.training.presets import DEFAULT_PRESET, preset
 from anila_core.training.kinds import data_kind
 
 __all__ = ["add_parsers", "cmd_compare", "cmd_sweep", "cmd_demo", "run_spec", "DEMO_RUNS", "SWEEP_AXES"]

@@ -268,7 +268,7 @@ def _finished(path: Path) -> dict:
 def _finish_target_comparison(out: Path, labels: list[str], finals: dict, configs: dict) -> str:
     """comparison.png (the learned densities and samples side by side with the target's) and the table, on a 2-D
     target."""
-    from anila_core.training.runs import load_trainer
+    from anila_core.training.run_loading import load_trainer
     from anila_core.ui.report import markdown_table, model_densities, plot_side_by_side, save_figure
 
     runs = {}
@@ -282,7 +282,7 @@ def _finish_target_comparison(out: Path, labels: list[str], finals: dict, config
 
 def _finish_image_comparison(out: Path, labels: list[str], finals: dict, configs: dict) -> str:
     """comparison.png (sample grids side by side: the paper's Figures 2 and 3), fid.png and the table."""
-    from anila_core.training.runs import load_trainer
+    from anila_core.training.run_loading import load_trainer
     from anila_core.ui.report import image_markdown_table, plot_fid_curve, plot_image_side_by_side, save_figure
 
     trainers = {s: load_trainer(out / s, progress=False, energy=configs[s].energy or None) for s in labels}
@@ -300,7 +300,7 @@ def _finish_points_comparison(out: Path, labels: list[str], finals: dict, config
     import torch
 
     from anila_core.sampling.distances import grid_log_probs
-    from anila_core.training.runs import load_trainer
+    from anila_core.training.run_loading import load_trainer
     from anila_core.ui.points_report import plot_points_side_by_side, points_markdown_table
     from anila_core.ui.report import save_figure
 

@@ -7,7 +7,8 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from anila_core.training.config import CHAIN_KINDS, TrainConfig, preset
+from anila_core.training.config import CHAIN_KINDS, TrainConfig
+from anila_core.training.presets import preset
 
 __all__ = [
     "KINDS",

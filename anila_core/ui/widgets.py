@@ -285,12 +285,12 @@ def trained_model_panel(
 
     ``run``: a run folder, or a ``Trainer`` already in memory; by default the trained AniLA
     run the repository ships (``anila_core.shipped.default_panel_run``). A folder is read by
-    :func:`anila_core.training.runs.load_trainer` (``weights_only``: no code in a checkpoint
+    :func:`anila_core.training.run_loading.load_trainer` (``weights_only``: no code in a checkpoint
     runs; ``energy``: the spec or class of a network of your own the run names, which is
     imported only when given here). ``kwargs`` override the panel's other arguments.
     """
     from anila_core.shipped import default_panel_run, run_label
-    from anila_core.training.runs import load_trainer
+    from anila_core.training.run_loading import load_trainer
 
     if run is None:
         run = default_panel_run()

@@ -8,7 +8,8 @@ import torch
 from anila_core.images.convnets import ConvEnergy
 from anila_core.sampling import compile_rule as rule
 from anila_core.sampling import compiled as fast
-from anila_core.training.config import TrainConfig, preset
+from anila_core.training.config import TrainConfig
+from anila_core.training.presets import preset
 from anila_core.nets import MLPEnergy
 from anila_core.sampling.kernel import Trace
 from anila_core.sampling.samplers import PSGLD, AniLA, Langevin

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from anila_core.training.config import TrainConfig, preset
+from anila_core.training.config import TrainConfig
+from anila_core.training.presets import preset
 from anila_core.sampling.global_moves import independence_moves
 from anila_core.training.runs import Run
 

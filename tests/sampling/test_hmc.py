@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from anila_core.sampling.kernel import Trace
-from anila_core.sampling.samplers import HMC, Langevin
+from anila_core.sampling.hmc import HMC
+from anila_core.sampling.samplers import Langevin
 from anila_core.sampling.targets import Gaussian
-from anila_core.training.config import preset
+from anila_core.training.presets import preset
 from anila_core.training.trainer import Trainer
 
 #: a correlated 2-D Gaussian: sds 1 and 2, correlation 0.8

@@ -12,8 +12,9 @@ import torch
 import anila_core
 from anila_core.sampling.kernel import NonFiniteChainError, SamplerState, StepInfo, Trace
 from anila_core.sampling.registry import SAMPLERS, applicable, make_sampler, sampler_from_config
-from anila_core.sampling.samplers import HMC, PSGLD, AniLA, Langevin
-from anila_core.training.config import preset
+from anila_core.sampling.hmc import HMC
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
+from anila_core.training.presets import preset
 
 PACKAGE = Path(anila_core.__file__).parent
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from anila_core.sampling.distances import grid_log_probs, grid_points
-from anila_core.sampling.samplers import HMC, PSGLD, AniLA, Langevin
+from anila_core.sampling.hmc import HMC
+from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
 from anila_core.sampling.small_step import check_small_step_density, small_step_log_probs
 
 S1, S2 = 0.3, 1.0
@@ -134,7 +135,7 @@ def test_the_product_formula_holds_for_a_separable_energy_and_misses_a_non_separ
 def test_every_rings_run_reports_both_densities():
     """exp(−E) and the density its sampler draws at small step: the same for Langevin, different for an AniLA that
     clips."""
-    from anila_core.training.config import preset
+    from anila_core.training.presets import preset
     from anila_core.training.trainer import Trainer
 
     finals = {}

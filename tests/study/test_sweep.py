@@ -21,7 +21,7 @@ from anila_core.study.results import (
     verdict_text,
 )
 from anila_core.study.sweep import run_sweep
-from anila_core.training.config import preset
+from anila_core.training.presets import preset
 
 
 def tiny_base(**changes):

@@ -7,7 +7,7 @@ import io
 
 import torch
 
-from anila_core.training.config import preset
+from anila_core.training.presets import preset
 from anila_core.training.trainer import Trainer
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from anila_core.training.config import preset
+from anila_core.training.presets import preset
 from anila_core.fileio import read_jsonl
 from anila_core.training.kinds import data_kind
 from anila_core.training.runs import CHECKPOINT

@@ -11,7 +11,8 @@ import torch
 import anila_core.images.metrics as image_metrics
 import anila_core.training.kinds.images as image_kind_module
 from anila_core.cli import main
-from anila_core.training.config import IMAGE_PRESETS, PRESETS, TrainConfig, preset
+from anila_core.training.config import TrainConfig
+from anila_core.training.presets import IMAGE_PRESETS, PRESETS, preset
 from anila_core.fileio import read_jsonl
 from anila_core.images.evaluation import ImageScorer, make_scorer, sample_from_noise, step_size_image
 from anila_core.training.kinds import IMAGE_RUN_FILES, data_kind

@@ -28,11 +28,13 @@ from anila_core.fileio import read_jsonl
 from anila_core.images.folder import load_image_folder
 from anila_core.sampling.distances import grid_tv, mmd
 from anila_core.sampling.sample_distances import kde_grid_log_probs, scaled_mmd, sliced_wasserstein, wasserstein_1d
-from anila_core.training.config import TrainConfig, preset
+from anila_core.training.config import TrainConfig
+from anila_core.training.presets import preset
 from anila_core.training.file_sources import HELD_OUT_SHARE, load_file_data, parse_data_spec
 from anila_core.training.points_file import read_points
 from anila_core.training.kinds import data_kind
-from anila_core.training.runs import CHECKPOINT, Run, load_trainer
+from anila_core.training.runs import CHECKPOINT, Run
+from anila_core.training.run_loading import load_trainer
 from anila_core.training.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from anila_core import shipped  # noqa: E402
 from anila_core.sampling.distances import grid_kl, grid_log_probs, grid_tv, mmd  # noqa: E402
-from anila_core.training import kinds, runs  # noqa: E402
+from anila_core.training import kinds, run_loading, runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 #: every file a shipped comparison folder may hold: what the CLI writes, nothing else (no lock, no temporaries)
@@ -60,7 +60,7 @@ def test_they_load_through_the_weights_only_loader(monkeypatch):
 def test_a_rings_run_reproduces_its_final_numbers(name):
     folder = shipped.RINGS_DEMO / name
     final = json.loads((folder / "final.json").read_text())
-    t = runs.load_trainer(folder, progress=False, device="cpu")
+    t = run_loading.load_trainer(folder, progress=False, device="cpu")
     assert t.iteration == final["iters"] == t.config.iters
     model = t.eval_model().eval()
     with torch.no_grad():
@@ -85,7 +85,7 @@ def test_a_digits_run_reproduces_its_fid(name, tmp_path, monkeypatch):
     monkeypatch.setenv("ANILA_DATA", str(tmp_path))
     folder = shipped.DIGITS_CPU / name
     final = json.loads((folder / "final.json").read_text())
-    t = runs.load_trainer(folder, progress=False, device="cpu")
+    t = run_loading.load_trainer(folder, progress=False, device="cpu")
     scores = t.image_scores()
     # the README's 5 %: the judge is trained anew here and the samples are fresh chains, both in this CPU's rounding
     assert scores["fid"] == pytest.approx(final["fid"], rel=0.05)

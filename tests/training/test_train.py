@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from anila_core.training.config import PRESETS, TrainConfig, preset
+from anila_core.training.config import TrainConfig
+from anila_core.training.presets import PRESETS, preset
 from anila_core.fileio import read_jsonl
 from anila_core.training.runs import CHECKPOINT, Run
 from anila_core.training.guard import TrainingDiverged

@@ -15,9 +15,10 @@ import anila_core
 import anila_core.sampling.compile_rule as compile_rule
 from anila_core.cli import main
 from anila_core.training.chains import ChainState
-from anila_core.training.config import preset
+from anila_core.training.presets import preset
 from anila_core.training.guard import TrainingDiverged
-from anila_core.training.runs import CHECKPOINT, Run, load_trainer
+from anila_core.training.runs import CHECKPOINT, Run
+from anila_core.training.run_loading import load_trainer
 from anila_core.training.checkpoint_checks import validate_checkpoint
 from anila_core.training.kinds import data_kind
 from anila_core.training.trainer import Trainer

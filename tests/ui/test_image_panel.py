@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from anila_core.training.config import preset  # noqa: E402
+from anila_core.training.presets import preset
 from anila_core.training.trainer import Trainer  # noqa: E402
 from anila_core.ui.plots import sample_image_grid  # noqa: E402
 from anila_core.ui.sampling_runs import sample_trained_images  # noqa: E402

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from anila_core.training.config import preset  # noqa: E402
+from anila_core.training.presets import preset
 from anila_core.ui.live import LivePlot, run_together  # noqa: E402
 from anila_core.ui.report import markdown_table  # noqa: E402
 from anila_core.training.runs import Run  # noqa: E402

@@ -9,9 +9,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from anila_core.training.config import preset  # noqa: E402
+from anila_core.training.presets import preset
 from anila_core.sampling.kernel import energy_and_grad  # noqa: E402
-from anila_core.sampling.samplers import HMC, AniLA, Langevin  # noqa: E402
+from anila_core.sampling.hmc import HMC  # noqa: E402
+from anila_core.sampling.samplers import AniLA, Langevin  # noqa: E402
 from anila_core.training.trainer import Trainer  # noqa: E402
 from anila_core.ui.sampling_runs import MODEL_SAMPLERS, format_model_readout, sample_trained  # noqa: E402
 from anila_core.ui.widgets import model_sampling_panel  # noqa: E402
