@@ -151,8 +151,7 @@ def bench_transitions(
     with_extras = extras and kind == "mlp" and device.type == "cpu"
     if with_extras:
         # the public API as a user calls it: no fast= argument, so whatever the sampler's default is (measured once
-        # warm),
-        # with the energy written each of the ways a user writes it
+        # warm), with the energy written each of the ways a user writes it
         default = samplers_for(kind)["langevin"]
         for path, energy in default_energies(net).items():
             measures[f"langevin/{path}"] = whole_call_measure(

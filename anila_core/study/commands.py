@@ -417,8 +417,7 @@ def _sweep_cell_command(args: argparse.Namespace, overrides: dict, out: Path):
 
 
 #: the demo's runs: Langevin and AniLA at the cpu preset's b = 30 (clips almost nothing, so it is nearly Langevin), and
-#: an
-#: AniLA that clips most coordinates (b = 3), so that the comparison shows what clipping does to a trained energy
+#: an AniLA that clips most coordinates (b = 3), so that the comparison shows what clipping does to a trained energy
 DEMO_RUNS = ("langevin", "anila", "anila:b=3")
 
 

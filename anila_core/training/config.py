@@ -62,9 +62,9 @@ COUNT_LIMITS = {
     "image_size": (4_096, "memory: 4 bytes per pixel and channel of every chain"),
 }
 #: the largest magnitude of a float setting that enters the float32 tensors (at most 3.4e38) as it is: the code
-#: multiplies
-#: it by other settings and by gradients, so larger values overflow into infinities or fail to convert at all. The
-#: learning rate and the divergence threshold are left out: an overflowing step is caught as a divergence, with rollback
+#: multiplies it by other settings and by gradients, so larger values overflow into infinities or fail to convert at
+#: all. The learning rate and the divergence threshold are left out: an overflowing step is caught as a divergence, with
+#: rollback
 MAX_FLOAT = 1e30
 FLOAT32_SETTINGS = (
     "step_size",

@@ -73,8 +73,7 @@ class Run:
     ):
         self.out = Path(out_dir)
         # a network of your own given in memory (see Trainer), or the spec or class of the one config.json names (a
-        # resumed
-        # run imports nothing its folder names alone); None for the built-in network
+        # resumed run imports nothing its folder names alone); None for the built-in network
         self._energy = energy
         self.is_main = distributed.current().is_main
         self._lock = FolderLock(self.out)

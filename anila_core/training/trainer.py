@@ -202,8 +202,7 @@ class Trainer:
             x0, global_accept = independence_moves(self.energy, x0, c.global_moves, c.init_scale, chains.gen)
         sampled = chains.sampler_start(self.sampler, self.energy, x0)
         # allow_nonfinite: non-finite chains are the divergence guard's to catch, with the run's policy (stop or roll
-        # back);
-        # evaluate_final=False: the next iteration's energy differs, so the last gradient would be thrown away
+        # back); evaluate_final=False: the next iteration's energy differs, so the last gradient would be thrown away
         sampled = self.sampler.run(
             self.energy,
             sampled,

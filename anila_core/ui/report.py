@@ -364,9 +364,8 @@ def image_markdown_table(finals: Mapping[str, dict]) -> str:
 
 
 #: per run, in order of appearance: line style, marker, line width, z-order. The first run is drawn widest and lowest,
-#: so a
-#: later run with the same numbers (AniLA at a b above every gradient is Langevin) lies on it, dashed, and both stay
-#: visible
+#: so a later run with the same numbers (AniLA at a b above every gradient is Langevin) lies on it, dashed, and both
+#: stay visible
 RUN_STYLES = (
     ("-", "o", 3.0, 1),
     ("--", "s", 1.6, 2),

@@ -122,8 +122,8 @@ def test_the_product_formula_holds_for_a_separable_energy_and_misses_a_non_separ
         )
     ok, off = results["separable"], results["rotated"]
     # The TV of n independent draws scatters about its floor by a few thousandths here (256 bins, 8000 draws), and the
-    # step's
-    # own O(ε) bias adds about as much: 0.03 leaves room for both, while the two densities differ by about 0.3 at b = 1.
+    # step's own O(ε) bias adds about as much: 0.03 leaves room for both, while the two densities differ by about 0.3 at
+    # b = 1.
     assert ok.formula_tv < ok.floor + 0.03, ok
     assert ok.energy_tv > ok.floor + 0.1, ok  # the bias is real: the chains are not at exp(−E)
     assert off.densities_tv > 0.1 and not off.exact
