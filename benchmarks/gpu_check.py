@@ -376,7 +376,7 @@ def render(report: dict) -> str:
             "`torch.cuda.synchronize()` on CUDA (`benchmarks/bench.py`'s machinery, rows taking turns within each "
             "repetition); "
             "floor: one eager forward + backward with respect to the input. `fast`: the compiled transition; "
-            "`fast+cudagraphs`: the same replayed as a CUDA graph (`sampler.fast_cuda_graphs = True`). "
+            "`fast+cudagraphs`: the same replayed as a CUDA graph (`sampler.with_cuda_graphs()`). "
             f"TorchEBM: {b.get('torchebm')}. Load during the step: {b.get('load')}.",
             "",
             "| energy | batch | K | sampler | path | ms / transition [p25–p75] | × floor | compile s | note |",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from pathlib import Path
@@ -127,7 +126,7 @@ def bench_transitions(
             lambda k, s=sampler: s.sample(net, x, k, generator=gen, fast=True), K, device
         )
         if device.type == "cuda":  # the same transition replayed as a CUDA graph: no per-kernel launch cost
-            s_graph = _with_cuda_graphs(sampler)
+            s_graph = sampler.with_cuda_graphs()
             compile_info[name + "+cudagraphs"] = compile_row(s_graph, net, x, gen)
             measures[f"{name}/fast+cudagraphs"] = marginal_measure(
                 lambda k, s=s_graph: s.sample(net, x, k, generator=gen, fast=True), K, device
@@ -275,12 +274,6 @@ def sampler_overheads(ebm_quadratic, samplers: dict, x: torch.Tensor, gen, cfg: 
     samples = interleaved(measures, cfg["reps"], warmup=1)
     floor = Stats.of(samples.pop("floor"), device)["ms"]
     return {key: Stats.of(values, device)["ms"] - floor for key, values in samples.items()}
-
-
-def _with_cuda_graphs(sampler):
-    s = copy.copy(sampler)
-    s.fast_cuda_graphs = True
-    return s
 
 
 def compile_row(sampler, net, x, gen) -> dict:

@@ -125,7 +125,7 @@ def test_compiled_and_cuda_graph_chains_equal_the_eager_chain(device, energy_and
     torch.testing.assert_close(compiled, eager, **TOL)
 
     if device.type == "cuda":
-        sampler.fast_cuda_graphs = True
+        sampler = sampler.with_cuda_graphs()
         before = {r["name"] for r in fast.cache_info()}
         graphed = _chain(sampler, net, x0, device, fast=True)
         again = _chain(sampler, net, x0, device, fast=True)  # a replay of the recorded graphs

@@ -15,6 +15,7 @@ steps from a state equals running ``n + m`` steps, bit for bit.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import torch
@@ -216,6 +217,12 @@ class Sampler:
             evaluate_final=False,
             allow_nonfinite=allow_nonfinite,
         ).x
+
+    def with_cuda_graphs(self) -> "Sampler":
+        """A copy of this sampler whose compiled path, on CUDA, replays each transition as a CUDA graph."""
+        graphed = copy.copy(self)
+        graphed.fast_cuda_graphs = True
+        return graphed
 
     # -- description
 
