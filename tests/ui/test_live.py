@@ -140,7 +140,7 @@ def test_a_live_plot_as_first_figure_leaves_later_inline_figures_shown(tmp_path)
         "matplotlib.use('module://matplotlib_inline.backend_inline')\n"
         "import matplotlib.pyplot as plt, torch\n"
         "torch.set_num_threads(1)\n"
-        "from anila_core.training.config import preset\n"
+        "from anila_core.training.presets import preset\n"
         "from anila_core.ui.live import LivePlot\n"
         "from anila_core.training.trainer import Trainer\n"
         "t = Trainer(preset('smoke', 'anila', device='cpu', iters=10), progress=False)\n"
