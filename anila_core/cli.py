@@ -210,8 +210,7 @@ def _user_code_failed(err: BaseException, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends with one ``error:`` line: exit 2 for bad input, 3 for a run that diverged or
-    that the
-    machine stopped (disk full, out of memory), 130 for Ctrl-C."""
+    that the machine stopped (disk full, out of memory), 130 for Ctrl-C."""
     from anila_core.failures import RunFailure, disk_full, is_out_of_memory
     from anila_core.training.guard import TrainingDiverged
 

@@ -4,10 +4,9 @@ in ``<report dir>/rank<R>.json``.
 Usage: ``torchrun --nproc_per_node 2 tests/ddp_worker.py REPORT_DIR -- <CLI arguments> [-- <CLI arguments> ...]``.
 Each ``--`` starts one ``python -m anila_core`` command, run in turn in the same processes
 and the same process group, which this helper starts and ends (one launch instead of several
-keeps the test short; a command finds the group running and leaves it so). The fingerprint of each command (a hash of
-the
-parameters and of the last negative samples) lets the test check that every rank ends with
-the same model while running chains of its own.
+keeps the test short; a command finds the group running and leaves it so). The fingerprint of
+each command (a hash of the parameters and of the last negative samples) lets the test check
+that every rank ends with the same model while running chains of its own.
 """
 
 from __future__ import annotations

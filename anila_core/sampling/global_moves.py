@@ -1,12 +1,10 @@
 """Independence Metropolis moves: jumps to a fresh Gaussian point, accepted with the model's Metropolis ratio, so chains
 can change modes.
 
-Langevin-type chains move by small steps along the gradient. Once an energy has sharp,
-separated modes (the rings), a chain stays in the mode it fell into, and persistent chains
-stop telling the training loop how much mass each mode should have: the modes' relative
-energies then drift (README, "The long run needs chains that change rings"). An independence move proposes ``y ~ N(0, s²
-I)``
-regardless of the current point ``x`` and accepts it with probability
+Langevin-type chains move by small steps along the gradient. Once an energy has sharp, separated modes (the rings), a
+chain stays in the mode it fell into, and persistent chains stop telling the training loop how much mass each mode
+should have: the modes' relative energies then drift (README, "The long run needs chains that change rings"). An
+independence move proposes ``y ~ N(0, s² I)`` regardless of the current point ``x`` and accepts it with probability
 
     min(1, exp(E(x) − E(y)) · q(x) / q(y)),   q = the density of N(0, s² I),
 

@@ -35,8 +35,8 @@ DEFAULT_TIME_MIN = 60
 @dataclass(frozen=True)
 class Cell:
     """One training run: ``name`` in messages, ``job`` the argument its worker function gets, ``command`` the arguments
-    of the
-    ``python -m anila_core`` command that runs it alone (what ``--print-commands`` lists for another scheduler)."""
+    of the ``python -m anila_core`` command that runs it alone (what ``--print-commands`` lists for another
+    scheduler)."""
 
     name: str
     job: object

@@ -242,8 +242,8 @@ class Run:
 
     def _hold(self) -> None:
         """Take the folder's lock again when this Run let go of it (after :meth:`train` or :meth:`close`); when it holds
-        it,
-        check that the lock is still the folder's (:class:`anila_core.failures.LockLost` otherwise) before a write."""
+        it, check that the lock is still the folder's (:class:`anila_core.failures.LockLost` otherwise) before a
+        write."""
         if not self.is_main:
             return
         if self._lock.held:
