@@ -17,7 +17,7 @@ eager chain of the same generator seed up to floating-point rounding.
 The compiled graph is the sampler's arithmetic as written: no layer is rewritten and no
 weight re-laid in memory. On a CPU it is generated for the vector ISA this process runs
 (``ATEN_CPU_CAPABILITY`` picks ``default``, ``avx2`` or ``avx512``), and inductor's disk cache
-keeps the code of each ISA apart (:func:`_cpu_codegen_options`).
+keeps the code of each ISA apart (:func:`cpu_codegen_options`).
 
 Compiled steps are cached per (sampler type and hyperparameters, energy, input shape, dtype,
 device), so the compile (seconds to tens of seconds, see :func:`cache_info`) is paid once per
@@ -49,6 +49,7 @@ __all__ = [
     "clear_cache",
     "compile_supported",
     "tracing_autograd",
+    "cpu_codegen_options",
 ]
 
 
@@ -115,7 +116,7 @@ def tracing_autograd():
     return dynamo.config.patch(trace_autograd_ops=True)
 
 
-def _cpu_codegen_options() -> dict:
+def cpu_codegen_options() -> dict:
     """Inductor's options for a CPU graph: its vector width pinned to the one this process would pick.
 
     Inductor writes C++ for the vector ISA it picks (``ATEN_CPU_CAPABILITY`` chooses among
@@ -124,7 +125,8 @@ def _cpu_codegen_options() -> dict:
     another: under ``default`` the AVX2 source failed to build, and under ``avx2`` the AVX-512
     source (loops of 16 floats over 8-float vectors) turned every chain NaN from its first step.
     With the width as an option, each ISA has its own cache entries, and the width alone
-    decides which ISA the code is written for.
+    decides which ISA the code is written for. Every ``torch.compile`` of the package on a CPU
+    (the sampler's step, ``--compile``'s network) passes these options.
     """
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
@@ -160,7 +162,7 @@ class FastStep:
         try:
             if self.compiled is None:
                 # fullgraph: a graph break would leave a slow half-compiled step; better to know and run eagerly
-                how = {"options": _cpu_codegen_options()} if self.mode == "cpu" else {"mode": self.mode}
+                how = {"options": cpu_codegen_options()} if self.mode == "cpu" else {"mode": self.mode}
                 self.compiled = torch.compile(self.traced, fullgraph=True, dynamic=False, **how)
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
@@ -236,7 +238,7 @@ def step_for(sampler, energy_fn: EnergyFn, x: torch.Tensor) -> FastStep:
     step replays as one CUDA graph).
     """
     global _counter
-    # "cpu": compiled with the options of _cpu_codegen_options; elsewhere, torch.compile's mode
+    # "cpu": compiled with the options of cpu_codegen_options; elsewhere, torch.compile's mode
     cuda_graphs = sampler.fast_cuda_graphs and x.device.type == "cuda"
     mode = "cpu" if x.device.type == "cpu" else "reduce-overhead" if cuda_graphs else "default"
     func = getattr(energy_fn, "__func__", None)

@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from anila_core.sampling.compiled import cpu_codegen_options
 from anila_core.training import distributed
 from anila_core.training.config import TrainConfig
 
@@ -63,8 +64,11 @@ class Networks:
             train_net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         sample_net = model  # the sampler needs no gradient sync: the bare module, never DDP
         if config.compile:
-            train_net = torch.compile(train_net)
-            sample_net = train_net if not dist.enabled else torch.compile(model)
+            # on a CPU, the vector width this process's ISA picks, so that inductor's disk cache never serves one
+            # ISA's code to another (anila_core.sampling.compiled.cpu_codegen_options)
+            how = {"options": cpu_codegen_options()} if device.type == "cpu" else {}
+            train_net = torch.compile(train_net, **how)
+            sample_net = train_net if not dist.enabled else torch.compile(model, **how)
         self.train_net, self.sample_net = train_net, sample_net
         # One forward over data and samples together where the data's kind asks for it (see DataKind.joint_forward), and
         # under DDP, which expects one forward per backward
