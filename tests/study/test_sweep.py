@@ -166,7 +166,7 @@ def test_report_counts_which_density_training_fitted():
     text = markdown_report(TWO)
     # three stable AniLA settings: two with the sampler's density closer to the data (0.20 < 0.40, 0.40 < 0.45)
     assert "closer to the data than exp(−E) in **2 of 3** stable settings (mean TV 0.287 against 0.367)" in text
-    assert "clips more than 10 % of coordinates: **2 of 2** (mean TV 0.300 against 0.425)" in text
+    assert "clips more than 1 % of coordinates: **2 of 2** (mean TV 0.300 against 0.425)" in text
     assert (
         "| anila | 0.01 | 3 | 20 | buffer | 1/1 | 50.0 % | 0.400 | 0.200 | -0.200 | — | — |" in text
     )  # K tells rows apart
