@@ -219,7 +219,8 @@ STUDIES: dict[str, Study] = {
     #   HMC: 4 leapfrog steps x 5 or 10 leapfrogs per transition (K = 4 or 2, the same 20 gradients).
     # Then the paper's own rule (ε = 1, small b, buffer and short-run chains), short-run chains and
     # K = 10 for Langevin and AniLA. Then each sampler's best setting and the paper rule's best get
-    # 7 more seeds (verdict_seeds). About 260 runs of 80-100 s of CPU time each: 6-7 hours of CPU time,
+    # 7 more seeds (verdict_seeds), and so do Langevin and AniLA at ε = 0.05 (below). About 275 runs of
+    # 80-100 s of CPU time each: 6-7 hours of CPU time,
     # 3-3.5 h on 2 cores.
     "rings": Study(
         description="rings toy, 'sweep' preset (2000 iterations, 20 gradients per iteration and chain)",
@@ -271,6 +272,10 @@ STUDIES: dict[str, Study] = {
                 seeds=SEARCH_SEEDS,
             ),
             Grid(kinds=("langevin", "anila"), step_sizes=(0.02,), bs=(3.0,), n_steps=(10,), seeds=SEARCH_SEEDS),
+            # Added after the search's first 110 cells: at ε = 0.05 Langevin lost the target for each of
+            # the 3 search seeds (2 diverged) while AniLA at b = 3 trained for each. A contrast chosen by
+            # looking is tested on fresh seeds: both run to the 10 verdict seeds (3-9 are new).
+            Grid(kinds=("langevin", "anila"), step_sizes=(0.05,), bs=(3.0,), n_steps=(20,), seeds=VERDICT_SEEDS),
         ),
         verdict_seeds=VERDICT_SEEDS,
         version=2,
