@@ -22,6 +22,7 @@ from anila_core.study.results import (
     verdict_settings,
     verdict_text,
 )
+from anila_core.study.stability import MIN_SEEDS, stability_contrasts, stability_text
 
 __all__ = ["markdown_report", "setting_table", "setting_text"]
 
@@ -170,7 +171,7 @@ def markdown_report(summary: dict) -> str:
                 f"| {entry['kind']} | {number_text(w['step_size'])} | {_other_settings(w)} | {_steps_text(w)} "
                 f"| {w['chains']} | {_fmt(w[key], 3, w.get(key + '_sd'))} | {steps} |"
             )
-    lines += _verdict_section(summary, rows) + _tuning_section(summary, rows)
+    lines += _verdict_section(summary, rows) + _stability_section(summary) + _tuning_section(summary, rows)
     if not images and not points:  # the rings' own sections: the paper's rule, the two densities, a fixed budget
         lines += _paper_rule_section(summary, rows, best) + _two_densities_section(rows, summary)
         lines += _budget_section(summary)
@@ -222,6 +223,34 @@ def _verdict_section(summary: dict, rows: list[dict]) -> list[str]:
             f"| {r['kind']} | {setting_text(r)} | {'yes' if r in chosen else ''} | {paired['seeds']} | "
             f"{paired['diverged']} / {paired['reference_diverged']} | {clipped} | {delta} | "
             f"{verdict_text(paired)}{note} |"
+        )
+    return lines
+
+
+def _stability_section(summary: dict) -> list[str]:
+    """Where a setting and Langevin at the same step size ran the verdict seeds and either lost the target: how often
+    each trained stably (:mod:`anila_core.study.stability`)."""
+    contrasts = stability_contrasts(summary)
+    if not contrasts:
+        return []
+    lines = [
+        "",
+        "## Stability at the same step size",
+        "",
+        f"Where a setting and Langevin at the same ε, K and chains both ran {MIN_SEEDS} seeds or more and either "
+        "lost the target: the seeds each trained stably (not diverged, "
+        + ("" if quality_key(summary) != "grid_tv" else f"final grid TV < {UNSTABLE_TV}, ")
+        + f"the same seeds for both), each share with its exact {CONFIDENCE:.0%} interval "
+        "(Clopper–Pearson, scipy.stats.binomtest), compared by Fisher's exact test (two-sided, "
+        "scipy.stats.fisher_exact).".replace("%", " %"),
+        "",
+        "| sampler | setting | Langevin at the same ε | seeds | stable (it) | stable (Langevin) | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r, ref, c in contrasts:
+        lines.append(
+            f"| {r['kind']} | {setting_text(r)} | {setting_text(ref)} | {c['seeds']} | {c['stable']} | "
+            f"{c['reference_stable']} | {stability_text(c)} |"
         )
     return lines
 

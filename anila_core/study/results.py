@@ -23,6 +23,7 @@ __all__ = [
     "load_sweep",
     "quality_key",
     "summarize",
+    "stable_result",
     "cell_gradients",
     "main_slice",
     "best_settings",
@@ -204,7 +205,8 @@ def quality_key(summary: dict) -> str:
     return data_kind(TrainConfig(dataset=summary["base"].get("dataset") or "")).quality_metric
 
 
-def _stable(result: dict, key: str) -> bool:
+def stable_result(result: dict, key: str) -> bool:
+    """Whether a cell trained stably: it did not diverge and (2-D targets) its final grid TV is below UNSTABLE_TV."""
     if result["diverged"]:
         return False
     return key != "grid_tv" or result["final"].get("grid_tv", 1.0) < UNSTABLE_TV
@@ -224,7 +226,7 @@ def summarize(summary: dict) -> list[dict]:
         finished = [r for r in results if not r["diverged"]]
         row["seeds"] = sorted(r["seed"] for r in results)
         row["diverged"] = sum(r["diverged"] for r in results)
-        row["stable_share"] = sum(_stable(r, key) for r in results) / len(results)
+        row["stable_share"] = sum(stable_result(r, key) for r in results) / len(results)
         for metric in (*QUALITY_FIELDS, "best_grid_tv"):
             values = [r["final"][metric] if metric in r["final"] else r.get(metric) for r in finished]
             values = [v for v in values if v is not None]
