@@ -82,7 +82,7 @@ _NON_NEGATIVE = ("grid_kl", "sampler_grid_kl", "fid", "sliced_wasserstein", "wal
 
 def check_cell_result(r, where: str, again: str) -> None:
     """``ValueError`` naming ``where`` (a cell file, or sweep.json's cell) unless ``r`` is a cell result as
-    :func:`run_cell` writes it."""
+    :func:`~anila_core.study.cell.run_cell` writes it."""
 
     def refuse(what: str):
         raise ValueError(f"{where}: {what}; expected a cell result as a sweep writes it ({again})")

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from anila_core.cli import main
+from anila_core.study import cell as study_cell
 from anila_core.study import sweep
 from anila_core.study.figures import plot_quality_vs_budget
 from anila_core.study.grid import Grid, cell_config, cell_id, gradients_per_iteration
@@ -229,8 +230,10 @@ def test_tiny_sweep_end_to_end_parallel_and_resumable(tmp_path, monkeypatch):
     # a finished cell is never computed again; a new cell is
     stamps = {p.name: p.stat().st_mtime_ns for p in cells}
     computed = []
-    real = sweep.run_cell
-    monkeypatch.setattr(sweep, "run_cell", lambda base, cell: computed.append(cell_id(cell)) or real(base, cell))
+    real = study_cell.run_cell
+    monkeypatch.setattr(
+        study_cell, "run_cell", lambda base, cell, *a: computed.append(cell_id(cell)) or real(base, cell, *a)
+    )
     more = Grid(kinds=("langevin",), step_sizes=(0.01, 0.02), n_steps=(5,), seeds=(0,)).cells()
     summary = run_sweep(out, grid.cells() + more[1:], tiny_base(), jobs=1, progress=False)
     assert computed == ["langevin-eps0.02-K5-buffer-seed0"]
