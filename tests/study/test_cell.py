@@ -34,8 +34,9 @@ def _without_clocks(result: dict) -> dict:
 def straight(tmp_path_factory):
     """The cells run straight (a smoke cell is far shorter than the checkpoint interval: it writes no checkpoint)."""
     out = tmp_path_factory.mktemp("straight")
-    summary = run_sweep(out, [CELL, OTHER], BASE, jobs=1, progress=False)
-    assert not list((out / "partial").glob("*/*")), "a short cell writes no checkpoint"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(study_cell, "_save", lambda *a: pytest.fail("a cell of seconds wrote a checkpoint"))
+        summary = run_sweep(out, [CELL, OTHER], BASE, jobs=1, progress=False)
     return {r["id"]: r for r in summary["cells"]}
 
 
@@ -95,6 +96,10 @@ def test_an_interrupted_cell_resumes_and_writes_the_result_of_the_cell_run_strai
     assert cpu[2] > saved["sweep_cell"]["cpu_s"] and result["wall_s"] >= saved["sweep_cell"]["wall_s"]
     assert not scratch.exists(), "the scratch folder is deleted once the result is written"
     assert json.loads((out / "cells" / f"{cell_id(CELL)}.json").read_text()) == result
+    # a worker killed between its result and the folder's removal: the next sweep removes the folder, keeps the result
+    shutil.copytree(study_cell.scratch_folder(interrupted, CELL), scratch)
+    assert run_sweep(out, [CELL], BASE, jobs=1, progress=False)["cells"] == [result] and starts == [10]
+    assert not scratch.exists()
 
 
 def _damage_truncated(out):
