@@ -146,3 +146,16 @@ def test_a_damaged_or_mismatched_checkpoint_is_named_and_the_cell_starts_over(
     for result in summary["cells"]:
         assert _without_clocks({**result, "version": 1}) == _without_clocks(straight[result["id"]])
     assert not list((out / "partial").iterdir())
+
+
+def test_a_pool_worker_resumes_the_cell_too(interrupted, straight, tmp_path):
+    out = tmp_path / "s"
+    shutil.copytree(interrupted, out)
+    saved = torch.load(study_cell.scratch_folder(out, CELL) / "checkpoint.pt", weights_only=True)
+    summary = run_sweep(out, [CELL, OTHER], BASE, jobs=2, progress=False)
+    results = {r["id"]: r for r in summary["cells"]}
+    for name, result in results.items():
+        assert _without_clocks(result) == _without_clocks(straight[name])
+    # the rows before the checkpoint are the saved ones, their CPU times included: the cell resumed, it did not restart
+    assert [r["cpu_s"] for r in results[cell_id(CELL)]["history"][:2]] == [r["cpu_s"] for r in saved["history"]]
+    assert not list((out / "partial").iterdir())
