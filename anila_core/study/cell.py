@@ -96,9 +96,11 @@ def run_cell(
     from anila_core.training.guard import TrainingDiverged
     from anila_core.training.limits import out_of_memory
 
+    every = CHECKPOINT_S if checkpoint_s is None else checkpoint_s
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:
+        raise ValueError(f"checkpoint_s: expected a number of seconds >= 0, got {checkpoint_s!r}")
     config = cell_config(base, cell)
     trainer, clock = _start(config, cell, scratch, version)
-    every = CHECKPOINT_S if checkpoint_s is None else checkpoint_s
 
     def cpu_time(trainer, row):
         row["cpu_s"] = round(clock.cpu_s(), 3)

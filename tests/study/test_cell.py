@@ -159,3 +159,10 @@ def test_a_pool_worker_resumes_the_cell_too(interrupted, straight, tmp_path):
     # the rows before the checkpoint are the saved ones, their CPU times included: the cell resumed, it did not restart
     assert [r["cpu_s"] for r in results[cell_id(CELL)]["history"][:2]] == [r["cpu_s"] for r in saved["history"]]
     assert not list((out / "partial").iterdir())
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), "300", True])
+def test_a_bad_checkpoint_interval_is_refused_by_name(seconds, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint_s: expected a number of seconds >= 0"):
+        study_cell.run_cell(BASE, CELL, tmp_path / "partial", checkpoint_s=seconds)
+    assert not list(tmp_path.iterdir())
