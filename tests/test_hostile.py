@@ -913,13 +913,13 @@ def test_a_sweep_whose_lock_was_deleted_writes_no_summary(tmp_path, monkeypatch)
     out = tmp_path / "s"
     cell = dict(kind="langevin", step_size=0.01, b=None, n_steps=5, chains="buffer", seed=0)
     base = preset("smoke", "langevin", iters=10, eval_every=5, eval_samples=100, device="cpu")
-    worker = sweep._cell_worker
+    worker = sweep.cell_worker
 
     def lock_deleted_meanwhile(job):
         (out / fileio.LOCK_FILE).unlink()
         return worker(job)
 
-    monkeypatch.setattr(sweep, "_cell_worker", lock_deleted_meanwhile)
+    monkeypatch.setattr(sweep, "cell_worker", lock_deleted_meanwhile)
     with pytest.raises(fileio.LockLost, match=r"\.lock was deleted"):
         sweep.run_sweep(out, [cell], base, jobs=1, progress=False)
     assert not (out / "sweep.json").exists() and len(list((out / "cells").glob("*.json"))) == 1, (

@@ -88,7 +88,8 @@ def _add_sweep_parser(sub, presets: str) -> None:
         "applies to the AniLA samplers only) at the same budget, in parallel processes, and write "
         "sweep.json, sweep.md, heatmaps.png, stability.png, quality_vs_budget.png (and "
         "two_densities.png) to --out. Each finished cell is saved at once (cells/<cell>.json): running "
-        "the same command again finishes an interrupted sweep without recomputing a finished cell. "
+        "the same command again finishes an interrupted sweep without recomputing a finished cell, and an "
+        "interrupted cell resumes from its last checkpoint (partial/<cell>/, saved every few minutes). "
         "Samplers: " + "; ".join(f"{k}: {v}" for k, v in KIND_HELP.items()) + ".",
     )
     sweep.add_argument(

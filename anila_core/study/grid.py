@@ -172,7 +172,8 @@ class Study:
 
     ``verdict_seeds``: once the grids' cells are done, each sampler's best setting (see
     :func:`verdict_settings`) is run again at these seeds, so that the comparisons the course
-    states rest on more seeds than the search that chose them. ``version`` names the design:
+    states rest on more seeds than the search that chose them (chosen on the search seeds alone, so the choice
+    stands once they ran). ``version`` names the design:
     a folder holding an older version's summary keeps it until the new one is complete, and
     reuses none of its cells.
     """

@@ -17,6 +17,7 @@ from anila_core.study.results import (
     main_slice,
     paired_difference,
     quality_key,
+    search_seeds,
     summarize,
     two_density_rows,
     verdict_settings,
@@ -206,8 +207,10 @@ def _verdict_section(summary: dict, rows: list[dict]) -> list[str]:
         f"{label} − Langevin's (lower is better), mean over the pairs where both finished, with its "
         f"{CONFIDENCE:.0%} t-interval over those pairs "
         "(scipy.stats.t). Diverged seeds are counted on each side. **Verdict settings** (each sampler's best: the "
-        "most seeds stable, then the lowest mean; an AniLA among its settings that clip) come first; a study with "
-        "verdict seeds reruns them at more seeds than the search that chose them.".replace("%", " %"),
+        "most seeds stable, then the lowest mean; an AniLA among its settings that clip) come first. They were "
+        f"chosen on the search seeds ({', '.join(map(str, search_seeds(summary)))}: those every setting of the main "
+        "slice ran), so the choice does not change once a study with verdict seeds reruns them at more seeds; their "
+        "comparisons here are over all their seeds.".replace("%", " %"),
         "",
         "| sampler | setting | verdict setting | seeds | diverged (it / Langevin) | clipped | "
         "Δ " + label + " | verdict |",

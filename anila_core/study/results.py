@@ -30,6 +30,7 @@ __all__ = [
     "same_setting_but_step",
     "paired_difference",
     "verdict_text",
+    "search_seeds",
     "verdict_settings",
     "verdict_cells",
     "two_density_rows",
@@ -82,7 +83,7 @@ _NON_NEGATIVE = ("grid_kl", "sampler_grid_kl", "fid", "sliced_wasserstein", "wal
 
 def check_cell_result(r, where: str, again: str) -> None:
     """``ValueError`` naming ``where`` (a cell file, or sweep.json's cell) unless ``r`` is a cell result as
-    :func:`run_cell` writes it."""
+    :func:`~anila_core.study.cell.run_cell` writes it."""
 
     def refuse(what: str):
         raise ValueError(f"{where}: {what}; expected a cell result as a sweep writes it ({again})")
@@ -365,16 +366,29 @@ def verdict_text(paired: dict, digits: int = 3) -> str:
     return f"{paired['verdict']} ({interval})"
 
 
-def verdict_settings(summary: dict) -> list[dict]:
-    """The settings (rows of :func:`summarize`) the study's verdicts rest on: each sampler's best on the main slice,
-    and on 2-D targets the paper rule's best.
+def search_seeds(summary: dict) -> list[int]:
+    """The seeds every setting of the main slice ran (:func:`main_slice`): the search's seeds, not the verdict seeds
+    that only the chosen settings get (all the seeds there are when the slice shares none)."""
+    rows = summarize(summary)
+    budget, chains = main_slice(rows)
+    shared = set.intersection(*(set(r["seeds"]) for r in rows if r["gradients"] == budget and r["chains"] == chains))
+    return sorted(shared or {r["seed"] for r in summary["cells"]})
 
-    Best: the most seeds stable, then the lowest mean final quality. An AniLA form is taken
-    among its settings that clip (a setting that clips almost nothing runs Langevin's chain:
-    no comparison); the paper's rule (AniLA at ε = 1 on a 2-D target) is a verdict of its own.
+
+def verdict_settings(summary: dict) -> list[dict]:
+    """The settings (rows of :func:`summarize`, over all their seeds) the study's verdicts rest on: each sampler's best
+    on the main slice, and on 2-D targets the paper rule's best.
+
+    Best: the most seeds stable, then the lowest mean final quality, both over the search
+    seeds only (:func:`search_seeds`), so the choice is the same before and after the
+    verdict seeds ran (their extra seeds would otherwise change the means of the chosen
+    settings alone). An AniLA form is taken among its settings that clip (a setting that clips
+    almost nothing runs Langevin's chain: no comparison); the paper's rule (AniLA at ε = 1 on a
+    2-D target) is a verdict of its own.
     """
     key = quality_key(summary)
-    rows = summarize(summary)
+    seeds = set(search_seeds(summary))
+    rows = summarize({**summary, "cells": [r for r in summary["cells"] if r["seed"] in seeds]})
     budget, chains = main_slice(rows)
 
     def best(candidates: list[dict]) -> dict | None:
@@ -394,7 +408,8 @@ def verdict_settings(summary: dict) -> list[dict]:
             chosen.append(best(mine))
     if best(paper_rule) is not None:
         chosen.append(best(paper_rule))
-    return chosen
+    everything = {setting_key(r): r for r in summarize(summary)}  # the chosen settings over all their seeds
+    return [everything[setting_key(r)] for r in chosen]
 
 
 def verdict_cells(summary: dict, seeds: Sequence[int]) -> list[dict]:

@@ -6,19 +6,19 @@ import dataclasses
 import datetime
 import os
 import platform
+import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from anila_core.device import processor_name
 from anila_core.fileio import LOCK_FILE, atomic_write_json, atomic_write_text, locked_folder
-from anila_core.processes import check_jobs, torch_threads
+from anila_core.processes import check_jobs
+from anila_core.study.cell import cell_worker, scratch_folder
 from anila_core.study.figures import plot_heatmaps, plot_quality_vs_budget, plot_stability, plot_two_densities
-from anila_core.study.grid import CELL_FIELDS, cell_config, cell_id, gradients_per_iteration
+from anila_core.study.grid import cell_config, cell_id
 from anila_core.study.reports import markdown_report
 from anila_core.study.results import (
-    QUALITY_FIELDS,
     UNSTABLE_TV,
     known_results,
     read_plan,
@@ -35,84 +35,10 @@ from anila_core.training.limits import check_memory
 __all__ = [
     "run_sweep",
     "run_sweep_cell",
-    "run_cell",
     "write_report",
     "product_formula_errors",
     "command_line",
-    "HISTORY_FIELDS",
 ]
-
-
-#: what a cell keeps of each evaluation row
-HISTORY_FIELDS = ("iter", "wall_s", "cpu_s", *QUALITY_FIELDS, "energy_gap", "clipped_share", "acceptance")
-
-
-def _fields(row: dict, names: Sequence[str]) -> dict:
-    return {k: row[k] for k in names if row.get(k) is not None}
-
-
-def run_cell(base: TrainConfig, cell: dict) -> dict:
-    """Train one cell in memory and return its result (a divergence is a result, not an error)."""
-    from anila_core.failures import is_out_of_memory
-    from anila_core.training.guard import TrainingDiverged
-    from anila_core.training.limits import out_of_memory
-    from anila_core.training.trainer import Trainer
-
-    config = cell_config(base, cell)
-    start = time.perf_counter()
-    try:
-        trainer = Trainer(config, progress=False)
-    except (MemoryError, RuntimeError) as err:
-        if not is_out_of_memory(err):
-            raise
-        raise out_of_memory(err, config, f"building sweep cell {cell_id(cell)}") from None
-    cpu_start = time.process_time()
-
-    def cpu_time(trainer, row):
-        # the process's CPU time: unlike wall time, it does not grow when other jobs share the cores
-        row["cpu_s"] = round(time.process_time() - cpu_start, 3)
-
-    diverged = None
-    try:
-        trainer.run(callback=cpu_time)
-    except TrainingDiverged as err:
-        diverged = {"iter": trainer.iteration, "cause": err.cause or str(err)}
-    except (MemoryError, RuntimeError) as err:
-        if not is_out_of_memory(err):
-            raise
-        raise out_of_memory(err, config, f"in sweep cell {cell_id(cell)}") from None
-    history = [_fields(r, HISTORY_FIELDS) for r in trainer.history]
-    result = {
-        "id": cell_id(cell),
-        **{k: cell.get(k) for k in CELL_FIELDS},
-        "diverged": diverged is not None,
-        "diverged_at": diverged and diverged["iter"],
-        "cause": diverged and diverged["cause"],
-        "iters": trainer.iteration,
-        "wall_s": round(time.perf_counter() - start, 2),
-        "load_avg": _load_average(),
-        "gradients_per_iter": gradients_per_iteration(config),
-        "history": history,
-    }
-    final = {} if diverged or not trainer.history else _fields(trainer.history[-1], QUALITY_FIELDS)
-    result["final"] = final
-    clipped = [r["clipped_share"] for r in trainer.history if "clipped_share" in r]
-    result["clipped_share"] = sum(clipped) / len(clipped) if clipped else None
-    result["energy_gap"] = trainer.history[-1]["energy_gap"] if trainer.history else None
-    if data_kind(config).has_density and trainer.history and not diverged:
-        result["best_grid_tv"] = min(r["grid_tv"] for r in trainer.history)
-    scored = [r for r in trainer.history if r.get("fid_features")]
-    if scored:  # a folder of your own: which features its FID/KID are on (Inception's only where its weights are)
-        result["fid_features"] = scored[-1]["fid_features"]
-    return result
-
-
-def _cell_worker(job: tuple) -> dict:
-    base_dict, cell, path, threads, version = job
-    with torch_threads(threads):
-        result = {**run_cell(TrainConfig.from_dict(base_dict), cell), "version": version}
-    atomic_write_json(path, result)  # written by the worker: a finished cell survives an interrupted sweep
-    return result
 
 
 def _plan(base: TrainConfig, cells: list[dict], study: str | None, version: int) -> dict:
@@ -130,14 +56,6 @@ def _machine() -> dict:
         "cpus": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-
-
-def _load_average() -> float | None:
-    """The machine's one-minute load average as a cell ends: wall times mean little without it (None where unknown)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
 
 
 def _checked_cells(cells: Sequence[dict], base: TrainConfig) -> list[dict]:
@@ -177,7 +95,11 @@ def run_sweep(
     ``executor="submitit"`` as a SLURM array (``partition``, ``time_min`` per cell; submitit's
     local processes where there is no SLURM), its files in ``out/submitit``. Each finished cell
     is written at once to ``out/cells/<id>.json``, so running the same sweep again (after a
-    crash, or to add cells) never recomputes a finished one. A folder that holds a sweep with
+    crash, or to add cells) never recomputes a finished one. An interrupted cell resumes from
+    its last checkpoint: a running cell saves its trainer's state every few minutes in
+    ``out/partial/<id>/`` (deleted once its result is written; see
+    :func:`~anila_core.study.cell.run_cell`), and its result is the one of a cell run straight,
+    but for its ``wall_s`` and ``cpu_s``, which sum the pieces it ran in. A folder that holds a sweep with
     another base configuration is refused, and so is a folder another sweep is writing
     (``out/.lock``); the worker processes end when this process ends.
 
@@ -263,7 +185,7 @@ def run_sweep_cell(
             f"cell: {wanted!r} is not a cell of this sweep (nor, once its cells are finished, one of its verdict cells)"
         )
     (out / "cells").mkdir(exist_ok=True)
-    return _cell_worker((base.to_dict(), candidates[wanted], out / "cells" / f"{wanted}.json", 1, version))
+    return cell_worker((base.to_dict(), candidates[wanted], out, 1, version))
 
 
 def _check_folder(out: Path, base: TrainConfig) -> None:
@@ -317,13 +239,16 @@ def _run_sweep(
 
     known = known_results(out, version)
     todo = [c for c in cells if cell_id(c) not in known]
+    for c in cells:  # the scratch folder of a cell whose worker ended between its result and the folder's removal
+        if cell_id(c) in known:
+            shutil.rmtree(scratch_folder(out, c), ignore_errors=True)
     # the costliest cells first, so that the last ones to finish are short
     todo.sort(key=lambda c: -(c["n_steps"] + 2))
     threads = threads_per_cell(executor, jobs)
     work = [
         Cell(
             f"cell {cell_id(c)}",
-            (base.to_dict(), c, out / "cells" / f"{cell_id(c)}.json", threads, version),
+            (base.to_dict(), c, out, threads, version),
             tuple(cell_command(c)) if cell_command else (),
         )
         for c in todo
@@ -336,7 +261,7 @@ def _run_sweep(
         bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep cells", disable=not progress)
         try:  # a cell lost with its worker is named once the others finish (WorkersLost); a rerun computes it
             for _, r in run_cells(
-                _cell_worker,
+                cell_worker,
                 work,
                 where,
                 rerun="run the same sweep command again: finished cells are kept, the lost ones run again",

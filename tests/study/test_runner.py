@@ -8,7 +8,7 @@ import pytest
 
 from anila_core.cli import build_parser, main
 from anila_core.flags import config_overrides
-from anila_core.study import sweep
+from anila_core.study import cell as study_cell
 from anila_core.study.grid import Grid, cell_id
 from anila_core.study.runner import Cell, Executor, _answer, config_flags, run_cells
 from anila_core.training.guard import TrainingDiverged
@@ -116,7 +116,9 @@ def test_cli_sweep_print_commands_lists_one_command_per_cell_and_collects_them(t
     assert main([*TINY_SWEEP, "--out", str(out), "--print-commands"]) == 0
     assert capsys.readouterr().out.splitlines() == commands[1:], "only the unfinished cell is listed"
     assert main(shlex.split(commands[1])[3:]) == 0
-    monkeypatch.setattr(sweep, "run_cell", lambda base, cell: pytest.fail(f"collecting computed {cell_id(cell)} again"))
+    monkeypatch.setattr(
+        study_cell, "run_cell", lambda base, cell, *a: pytest.fail(f"collecting computed {cell_id(cell)} again")
+    )
     assert main([*TINY_SWEEP, "--out", str(out)]) == 0
     summary = json.loads((out / "sweep.json").read_text())
     assert sorted(c["id"] for c in summary["cells"]) == sorted(ids) and (out / "sweep.md").is_file()

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from anila_core.cli import main
+from anila_core.study import cell as study_cell
 from anila_core.study import sweep
 from anila_core.study.figures import plot_quality_vs_budget
 from anila_core.study.grid import Grid, cell_config, cell_id, gradients_per_iteration
@@ -14,6 +15,7 @@ from anila_core.study.results import (
     best_settings,
     main_slice,
     paired_difference,
+    search_seeds,
     summarize,
     two_density_rows,
     verdict_cells,
@@ -228,8 +230,10 @@ def test_tiny_sweep_end_to_end_parallel_and_resumable(tmp_path, monkeypatch):
     # a finished cell is never computed again; a new cell is
     stamps = {p.name: p.stat().st_mtime_ns for p in cells}
     computed = []
-    real = sweep.run_cell
-    monkeypatch.setattr(sweep, "run_cell", lambda base, cell: computed.append(cell_id(cell)) or real(base, cell))
+    real = study_cell.run_cell
+    monkeypatch.setattr(
+        study_cell, "run_cell", lambda base, cell, *a: computed.append(cell_id(cell)) or real(base, cell, *a)
+    )
     more = Grid(kinds=("langevin",), step_sizes=(0.01, 0.02), n_steps=(5,), seeds=(0,)).cells()
     summary = run_sweep(out, grid.cells() + more[1:], tiny_base(), jobs=1, progress=False)
     assert computed == ["langevin-eps0.02-K5-buffer-seed0"]
@@ -453,3 +457,27 @@ def test_the_product_formula_is_measured_once_per_design_and_kept(tmp_path, monk
     again = run_sweep(tmp_path, cells, tiny_base(), jobs=1, progress=False, version=2, product_formula_check=True)
     assert calls == [[3.0]] and first["product_formula"] == again["product_formula"]
     assert "| 3 | 0.200 | 0.300 | 0.100 | 0.400 |" in (tmp_path / "sweep.md").read_text()
+
+
+def test_verdict_settings_are_chosen_on_the_search_seeds_and_stay_chosen_after_the_verdict_seeds():
+    search = [
+        *[_result("langevin", 0.01, None, s, tv) for s, tv in enumerate((0.20, 0.22, 0.24))],
+        *[_result("langevin", 0.05, None, s, tv) for s, tv in enumerate((0.23, 0.21, 0.25))],
+    ]
+    before = {**FIXED, "cells": search}
+    assert search_seeds(before) == [0, 1, 2]
+    chosen = verdict_settings(before)
+    assert [r["step_size"] for r in chosen] == [0.01]  # mean 0.22 against 0.23
+    # the chosen setting's verdict seeds come out worse: over all cells its mean (0.2425) passes the other's (0.23)
+    verdict = [_result("langevin", 0.01, None, s, 0.26) for s in range(3, 10)]
+    after = {**FIXED, "cells": search + verdict}
+    old_rule = min(
+        (r for r in summarize(after) if r["kind"] == "langevin"), key=lambda r: (-r["stable_share"], r["grid_tv"])
+    )
+    assert old_rule["step_size"] == 0.05, "all seeds pooled, the choice would flip"
+    assert search_seeds(after) == [0, 1, 2], "the search seeds come from the cells: those every setting ran"
+    again = verdict_settings(after)
+    assert [r["step_size"] for r in again] == [0.01]
+    # the chosen row is over all its seeds: the reports compare it there
+    assert again[0]["seeds"] == list(range(10)) and again[0]["grid_tv"] == pytest.approx((0.66 + 7 * 0.26) / 10)
+    assert "chosen on the search seeds (0, 1, 2" in markdown_report(after)
