@@ -243,43 +243,6 @@ def test_compare_resume_keeps_finished_runs_and_refuses_a_folder_from_other_sett
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_compare_print_commands_lists_one_train_command_per_run_and_resume_collects_them(tmp_path, capsys):
-    import shlex
-
-    out = tmp_path / "cmp"
-    args = [
-        "compare",
-        "--preset",
-        "smoke",
-        "--iters",
-        "10",
-        "--samplers",
-        "langevin",
-        "anila:b=3",
-        "--jobs",
-        "1",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
-    assert main(args + ["--print-commands"]) == 0
-    commands = capsys.readouterr().out.splitlines()
-    train = "python -m anila_core train --preset smoke"
-    assert commands == [
-        f"{train} --sampler langevin --iters 10 --out {out / 'langevin'} --no-progress",
-        f"{train} --sampler anila --iters 10 --b 3.0 --out {out / 'anila-b3'} --no-progress",
-    ]
-    for line in commands:  # what a scheduler runs: each run in its own folder
-        assert main(shlex.split(line)[3:]) == 0
-    capsys.readouterr()
-    assert main(args + ["--print-commands", "--resume"]) == 0
-    assert capsys.readouterr().out == "", "every run finished: nothing left to list"
-    assert main(args + ["--resume"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.count("finished earlier with these settings, kept") == 2 and (out / "comparison.md").is_file()
-    assert "| langevin |" in printed and "| anila-b3 |" in printed
-
-
 def test_loading_a_run_to_sample_leaves_its_config_while_resume_records_the_change(tmp_path):
     from anila_core.training.run_loading import load_trainer
 
