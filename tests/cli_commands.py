@@ -1,4 +1,4 @@
-"""The command lines the tests run most: a subcommand at the smoke preset, the tiny sweep, torchrun over a worker."""
+"""The command lines the tests run most: a subcommand at the smoke preset (on the digits), the tiny sweep, torchrun."""
 
 import sys
 
@@ -8,6 +8,11 @@ def smoke_argv(command: str, *flags, out=None) -> list[str]:
     (paths and numbers may be passed as they are)."""
     argv = [command, "--preset", "smoke", *map(str, flags)]
     return argv if out is None else [*argv, "--out", str(out), "--no-progress"]
+
+
+def digits_argv(command: str, data_root, *flags, out=None) -> list[str]:
+    """:func:`smoke_argv` on the 8×8 digits found in ``data_root``."""
+    return smoke_argv(command, "--dataset", "digits", "--data-root", data_root, *flags, out=out)
 
 
 #: a tiny grid on the command line: two cells (Langevin, AniLA at b = 3) of 10 iterations, evaluated at 5 and 10
