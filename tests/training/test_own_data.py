@@ -830,22 +830,15 @@ def test_the_command_line_imports_an_energy_from_the_python_path(tmp_path, moons
         "anila_core",
         *smoke_argv("train", "--dataset", f"points:{moons_csv}", "--iters", "10", "--no-progress"),
     ]
-    done = subprocess.run(
-        command + ["--energy", "my_energies:Gaussian", "--out", str(tmp_path / "ok")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+
+    def train_with(energy: str, folder: str) -> subprocess.CompletedProcess:
+        argv = command + ["--energy", energy, "--out", str(tmp_path / folder)]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+
+    done = train_with("my_energies:Gaussian", "ok")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "ok" / "final.json").read_text())["config"]["energy"] == "my_energies:Gaussian"
-    wrong = subprocess.run(
-        command + ["--energy", "my_energies:Wrong", "--out", str(tmp_path / "bad")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    wrong = train_with("my_energies:Wrong", "bad")
     assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
         "error: energy: my_energies:Wrong returned shape (4, 1) for 4 samples; expected (4,): one energy per sample "
         "(squeeze its last "
