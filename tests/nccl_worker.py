@@ -21,6 +21,7 @@ import torch.distributed as dist
 from anila_core.cli import main
 from anila_core.nets import MLPEnergy
 from anila_core.training import distributed
+from cli_commands import smoke_argv  # beside this script, which torchrun runs from its folder
 
 
 def run(report_path: Path, run_dir: Path, device: torch.device) -> int:
@@ -49,24 +50,8 @@ def run(report_path: Path, run_dir: Path, device: torch.device) -> int:
         )
         report["ddp_grad_max"] = max(float(p.grad.abs().max()) for p in plain.parameters())
 
-        code = main(
-            [
-                "train",
-                "--preset",
-                "smoke",
-                "--sampler",
-                "anila",
-                "--device",
-                device.type,
-                "--iters",
-                "6",
-                "--checkpoint-every",
-                "3",
-                "--no-progress",
-                "--out",
-                str(run_dir),
-            ]
-        )
+        flags = ["--sampler", "anila", "--device", device.type, "--iters", "6", "--checkpoint-every", "3"]
+        code = main(smoke_argv("train", *flags, out=run_dir))
         report["train_exit_code"] = code
         report["group_still_running"] = dist.is_initialized()  # the command used the group and left it to its owner
     finally:

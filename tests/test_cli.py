@@ -14,6 +14,7 @@ from anila_core.cli import main
 from anila_core.fileio import read_jsonl
 from anila_core.training.presets import preset
 from anila_core.training.kinds import RUN_FILES
+from cli_commands import smoke_argv
 
 
 def run_cli(*args, cwd=None):
@@ -25,27 +26,7 @@ def run_cli(*args, cwd=None):
 
 def test_train_writes_every_file_with_the_expected_content(tmp_path):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--preset",
-                "smoke",
-                "--sampler",
-                "anila",
-                "--b",
-                "0.5",
-                "--iters",
-                "20",
-                "--seed",
-                "3",
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(smoke_argv("train", "--sampler", "anila", "--b", "0.5", "--iters", "20", "--seed", "3", out=out)) == 0
     for name in RUN_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     config = json.loads((out / "config.json").read_text())
@@ -91,17 +72,17 @@ def test_help_documents_every_hyperparameter():
     "args, expected",
     [
         (["train", "--preset", "huge"], "preset: unknown name 'huge'"),
-        (["train", "--preset", "smoke", "--step-size", "-1"], "step_size: expected a finite number > 0"),
-        (["train", "--preset", "smoke", "--device", "cuda:7"], "device"),
+        (smoke_argv("train", "--step-size", "-1"), "step_size: expected a finite number > 0"),
+        (smoke_argv("train", "--device", "cuda:7"), "device"),
         (["train", "--resume"], "--resume: needs --out"),
         (["train", "--preset", ""], "preset: unknown name ''"),
         (
-            ["train", "--preset", "smoke", "--seed", "1e20"],
+            smoke_argv("train", "--seed", "1e20"),
             "seed: expected an integer in [0, 2**63 - 1 = 9223372036854775807]",
         ),
-        (["train", "--preset", "smoke", "--eval-samples", "1e9"], "eval_samples: expected at most 10000"),
+        (smoke_argv("train", "--eval-samples", "1e9"), "eval_samples: expected at most 10000"),
         (
-            ["train", "--preset", "smoke", "--seed", "two"],
+            smoke_argv("train", "--seed", "two"),
             "argument --seed: expected an integer (such as 2000 or 2e3), got 'two'",
         ),
     ],
@@ -124,7 +105,7 @@ def test_a_used_output_folder_is_refused_and_left_untouched(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    result = run_cli("train", "--preset", "smoke", "--out", str(out))
+    result = run_cli(*smoke_argv("train", "--out", out))
     assert result.returncode == 2 and "already holds files" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     assert (out / "precious.txt").read_text() == "keep me"
@@ -136,7 +117,7 @@ def test_resume_without_checkpoint_and_resume_with_changed_settings_are_refused(
     result = run_cli("train", "--resume", "--out", str(empty))
     assert result.returncode == 2 and "no config.json" in result.stderr
     run = tmp_path / "run"
-    assert main(["train", "--preset", "smoke", "--iters", "10", "--out", str(run), "--no-progress"]) == 0
+    assert main(smoke_argv("train", "--iters", "10", out=run)) == 0
     result = run_cli("train", "--resume", "--out", str(run), "--step-size", "0.5")
     assert result.returncode == 2 and "--step-size cannot change on resume" in result.stderr
     assert json.loads((run / "config.json").read_text())["step_size"] == 0.01
@@ -144,7 +125,7 @@ def test_resume_without_checkpoint_and_resume_with_changed_settings_are_refused(
 
 def test_cli_resume_continues_to_the_new_iteration_count(tmp_path, capsys):
     out = tmp_path / "run"
-    command = ["train", "--preset", "smoke", "--seed", "2", "--out", str(out), "--no-progress"]
+    command = smoke_argv("train", "--seed", "2", out=out)
     assert main(command + ["--iters", "10"]) == 0
     capsys.readouterr()
     # the same command line, plus --resume and a longer run: every setting given equals the saved one
@@ -156,9 +137,7 @@ def test_cli_resume_continues_to_the_new_iteration_count(tmp_path, capsys):
 
 def test_compare_writes_the_side_by_side_figure_and_table(tmp_path):
     out = tmp_path / "cmp"
-    assert (
-        main(["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]) == 0
-    )
+    assert main(smoke_argv("compare", "--iters", "10", "--jobs", "1", out=out)) == 0
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     table = (out / "comparison.md").read_text()
     assert "| langevin |" in table and "| anila |" in table
@@ -174,26 +153,7 @@ def test_compare_entries_carry_their_own_settings(tmp_path):
     assert run_spec("anila:b=3") == ("anila-b3", "anila", {"b": 3.0})
     assert run_spec("anila:b=3,n_steps=5") == ("anila-b3-n-steps5", "anila", {"b": 3.0, "n_steps": 5})
     out = tmp_path / "cmp"
-    assert (
-        main(
-            [
-                "compare",
-                "--preset",
-                "smoke",
-                "--iters",
-                "10",
-                "--jobs",
-                "1",
-                "--out",
-                str(out),
-                "--no-progress",
-                "--samplers",
-                "anila",
-                "anila:b=3",
-            ]
-        )
-        == 0
-    )
+    assert main(smoke_argv("compare", "--iters", "10", "--jobs", "1", "--samplers", "anila", "anila:b=3", out=out)) == 0
     tuned, clipping = (json.loads((out / name / "config.json").read_text()) for name in ("anila", "anila-b3"))
     assert tuned["b"] == preset("smoke", "anila").b and clipping["b"] == 3.0
     assert {k for k in tuned if tuned[k] != clipping[k]} == {"b"}
@@ -213,23 +173,20 @@ def test_compare_entries_carry_their_own_settings(tmp_path):
 )
 def test_compare_refuses_a_bad_entry_in_one_line(tmp_path, capsys, entry, message):
     out = tmp_path / "cmp"
-    assert main(["compare", "--preset", "smoke", "--out", str(out), "--samplers", "langevin", entry]) == 2
+    assert main(smoke_argv("compare", "--out", out, "--samplers", "langevin", entry)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
 
 
 def test_compare_refuses_two_entries_for_one_folder(tmp_path, capsys):
-    assert (
-        main(["compare", "--preset", "smoke", "--out", str(tmp_path / "c"), "--samplers", "anila:b=3", "anila:b=3.0"])
-        == 2
-    )
+    assert main(smoke_argv("compare", "--out", tmp_path / "c", "--samplers", "anila:b=3", "anila:b=3.0")) == 2
     assert "anila-b3 named twice" in capsys.readouterr().err
 
 
 def test_compare_resume_keeps_finished_runs_and_refuses_a_folder_from_other_settings(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]
+    args = smoke_argv("compare", "--iters", "10", "--jobs", "1", out=out)
     assert main(args) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".pt")}
     capsys.readouterr()
@@ -243,48 +200,11 @@ def test_compare_resume_keeps_finished_runs_and_refuses_a_folder_from_other_sett
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_compare_print_commands_lists_one_train_command_per_run_and_resume_collects_them(tmp_path, capsys):
-    import shlex
-
-    out = tmp_path / "cmp"
-    args = [
-        "compare",
-        "--preset",
-        "smoke",
-        "--iters",
-        "10",
-        "--samplers",
-        "langevin",
-        "anila:b=3",
-        "--jobs",
-        "1",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
-    assert main(args + ["--print-commands"]) == 0
-    commands = capsys.readouterr().out.splitlines()
-    train = "python -m anila_core train --preset smoke"
-    assert commands == [
-        f"{train} --sampler langevin --iters 10 --out {out / 'langevin'} --no-progress",
-        f"{train} --sampler anila --iters 10 --b 3.0 --out {out / 'anila-b3'} --no-progress",
-    ]
-    for line in commands:  # what a scheduler runs: each run in its own folder
-        assert main(shlex.split(line)[3:]) == 0
-    capsys.readouterr()
-    assert main(args + ["--print-commands", "--resume"]) == 0
-    assert capsys.readouterr().out == "", "every run finished: nothing left to list"
-    assert main(args + ["--resume"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.count("finished earlier with these settings, kept") == 2 and (out / "comparison.md").is_file()
-    assert "| langevin |" in printed and "| anila-b3 |" in printed
-
-
 def test_loading_a_run_to_sample_leaves_its_config_while_resume_records_the_change(tmp_path):
     from anila_core.training.run_loading import load_trainer
 
     out = tmp_path / "run"
-    assert main(["train", "--preset", "smoke", "--iters", "10", "--out", str(out), "--no-progress"]) == 0
+    assert main(smoke_argv("train", "--iters", "10", out=out)) == 0
     before = (out / "config.json").read_bytes()
     trainer = load_trainer(out, progress=False, device="cpu", iters=30)
     assert trainer.config.device == "cpu" and trainer.config.iters == 30
@@ -296,7 +216,7 @@ def test_loading_a_run_to_sample_leaves_its_config_while_resume_records_the_chan
 
 def test_resume_refuses_only_a_changed_value_and_names_both(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--preset", "smoke", "--iters", "10", "--out", str(out), "--no-progress"]) == 0
+    assert main(smoke_argv("train", "--iters", "10", out=out)) == 0
     before = (out / "config.json").read_bytes()
     capsys.readouterr()
     # --sampler and --seed as saved: accepted; --target given as saved too
@@ -390,7 +310,7 @@ def _table_start(out: str) -> int:
 
 
 def test_compare_prints_a_line_per_evaluation_of_each_run_unless_told_not_to(tmp_path, capsys):
-    args = ["compare", "--preset", "smoke", "--iters", "20", "--jobs", "1"]
+    args = smoke_argv("compare", "--iters", "20", "--jobs", "1")
     assert main(args + ["--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
     assert _progress(capsys.readouterr().out, 20) == {}
     assert main(args + ["--out", str(tmp_path / "shown")]) == 0  # not a terminal here: lines, not a bar

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # image_fixtures beside this file, also when run from another folder
 
 from image_fixtures import write_tiny_cifar10  # noqa: E402
+from cli_commands import smoke_argv, torchrun_argv  # noqa: E402
 
 ON_CPU = os.environ.get("ANILA_GPU_TESTS_ON_CPU") == "1"
 NO_CUDA = "needs CUDA: no GPU here (torch.cuda.is_available() is False); `make gpu-check` on a GPU machine runs it"
@@ -182,31 +183,19 @@ def _train(argv: list[str]) -> int:
     return main([*argv, "--no-progress"])
 
 
+def _train_ten_iterations(device: str, out) -> int:
+    """A smoke AniLA run of 10 iterations on ``device`` into ``out``, checkpointed at 5 and 10."""
+    return _train(
+        smoke_argv("train", *"--sampler anila --iters 10 --checkpoint-every 5 --device".split(), device, "--out", out)
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("first, then", [("cpu", "cuda"), ("cuda", "cpu")])
 def test_a_run_resumes_on_the_other_device_and_continues(device, tmp_path, first, then):
     first, then = (first if device.type == "cuda" else "cpu"), (then if device.type == "cuda" else "cpu")
     out = tmp_path / "run"
-    assert (
-        _train(
-            [
-                "train",
-                "--preset",
-                "smoke",
-                "--sampler",
-                "anila",
-                "--device",
-                first,
-                "--iters",
-                "10",
-                "--checkpoint-every",
-                "5",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert _train_ten_iterations(first, out) == 0
     rows_before = read_jsonl(out / "metrics.jsonl")
     saved = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
 
@@ -234,18 +223,7 @@ def test_nccl_process_group_and_ddp_on_one_gpu_through_torchrun(device, tmp_path
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     }
-    argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "1",
-        str(ROOT / "tests" / "nccl_worker.py"),
-        str(report),
-        str(tmp_path / "run"),
-        device.type,
-    ]
+    argv = torchrun_argv(1, ROOT / "tests" / "nccl_worker.py", report, tmp_path / "run", device.type)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     r = json.loads(report.read_text())
@@ -260,26 +238,7 @@ def test_nccl_process_group_and_ddp_on_one_gpu_through_torchrun(device, tmp_path
 def test_resume_on_another_kind_of_device_reseeds_the_chain_generator(tmp_path, capsys):
     """Simulated on the CPU: a checkpoint whose generator state has CUDA's size (16 bytes: Philox seed and offset)."""
     out = tmp_path / "run"
-    assert (
-        _train(
-            [
-                "train",
-                "--preset",
-                "smoke",
-                "--sampler",
-                "anila",
-                "--device",
-                "cpu",
-                "--iters",
-                "10",
-                "--checkpoint-every",
-                "5",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert _train_ten_iterations("cpu", out) == 0
     state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
     with pytest.raises(RuntimeError):  # what resuming did before: the states do not fit each other's generators
         torch.Generator().set_state(torch.zeros(16, dtype=torch.uint8))

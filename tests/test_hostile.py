@@ -25,8 +25,9 @@ from anila_core.training.presets import preset
 from anila_core.training.runs import CHECKPOINT, Run
 from anila_core.training.run_loading import load_trainer
 from reliability_record import note
+from cli_commands import smoke_argv
 
-SMOKE = ["train", "--preset", "smoke", "--no-progress"]
+SMOKE = smoke_argv("train", "--no-progress")
 
 
 @pytest.fixture(autouse=True)
@@ -321,20 +322,7 @@ def test_compare_reports_a_killed_worker_and_resume_reruns_its_run(tmp_path):
         sys.executable,
         "-m",
         "anila_core",
-        "compare",
-        "--preset",
-        "smoke",
-        "--iters",
-        "400",
-        "--eval-every",
-        "100",
-        "--checkpoint-every",
-        "100",
-        "--jobs",
-        "2",
-        "--out",
-        str(out),
-        "--no-progress",
+        *smoke_argv("compare", *"--iters 400 --eval-every 100 --checkpoint-every 100 --jobs 2".split(), out=out),
     ]
     parent = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -544,20 +532,7 @@ def test_a_damaged_sweep_file_is_named_with_what_is_wrong(case, finished_sweep, 
 )
 def test_compare_resume_names_a_damaged_final_json(damage, expected, tmp_path):
     out = tmp_path / "cmp"
-    argv = [
-        "compare",
-        "--preset",
-        "smoke",
-        "--iters",
-        "10",
-        "--samplers",
-        "langevin",
-        "--jobs",
-        "1",
-        "--out",
-        out,
-        "--no-progress",
-    ]
+    argv = smoke_argv("compare", "--iters", "10", "--samplers", "langevin", "--jobs", "1", out=out)
     assert cli(argv)[0] == 0
     (out / "langevin" / "final.json").write_text(damage)
     code, printed = cli(argv + ["--resume", "--iters", "10"])
@@ -721,7 +696,7 @@ def test_an_api_argument_of_the_wrong_type_or_range_is_named(case):
 )
 def test_a_number_beyond_its_bound_is_refused_before_anything_runs(flags, expected, tmp_path):
     out = tmp_path / "cmp"
-    code, printed = cli(["compare", "--preset", "smoke", "--out", out, "--no-progress", *flags])
+    code, printed = cli(smoke_argv("compare", *flags, out=out))
     message = error_line(printed)
     assert code == 2 and message.startswith(expected), message
     assert "expected" in message and not out.exists()
@@ -847,7 +822,7 @@ def test_ctrl_c_advises_resume_only_when_there_is_a_checkpoint(after_checkpoint,
 
 def test_compare_resume_with_a_longer_iters_extends_the_runs_without_naming_lr_decay_iters(tmp_path):
     out = tmp_path / "cmp"
-    argv = ["compare", "--preset", "smoke", "--samplers", "langevin", "--jobs", "1", "--out", out, "--no-progress"]
+    argv = smoke_argv("compare", "--samplers", "langevin", "--jobs", "1", out=out)
     assert cli(argv + ["--iters", "10"])[0] == 0
     code, printed = cli(argv + ["--iters", "20", "--resume"])
     assert code == 0 and "lr_decay_iters" not in printed, printed
@@ -878,22 +853,7 @@ def test_a_module_that_raises_in_a_later_forward_of_a_sweep_cell_is_named(module
     )
     out = tmp_path / "s"
     code, printed = cli(
-        [
-            "sweep",
-            "--preset",
-            "smoke",
-            "--samplers",
-            "langevin",
-            "--energy",
-            "raising:Net",
-            "--jobs",
-            "1",
-            "--iters",
-            "5",
-            "--out",
-            out,
-            "--no-progress",
-        ]
+        smoke_argv("sweep", "--samplers", "langevin", "--energy", "raising:Net", "--jobs", "1", "--iters", "5", out=out)
     )
     message = error_line(printed)
     assert code == 2 and "raising:Net raised RuntimeError: my network broke" in message and "raising.py" in message, (

@@ -59,6 +59,7 @@ from anila_core.sampling.samplers import PSGLD, AniLA, Langevin
 from anila_core.sampling.targets import make_target
 from anila_core.training.trainer import Trainer, TrainingDiverged
 from reliability_record import HOSTILE
+from cli_commands import smoke_argv
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 #: what the tests of this file observed, for docs/RELIABILITY.md
@@ -390,7 +391,7 @@ def test_the_resume_hint_follows_the_exceptions_fields_not_its_text(monkeypatch,
     ]
     for err, hinted in cases:
         monkeypatch.setattr(cli, "cmd_train", lambda args, err=err: (_ for _ in ()).throw(err))
-        assert cli.main(["train", "--preset", "smoke", "--no-progress"]) == 3
+        assert cli.main(smoke_argv("train", "--no-progress")) == 3
         assert ("hint: continue from that checkpoint" in capsys.readouterr().err) == hinted
 
 
@@ -406,7 +407,7 @@ def test_the_cli_stops_with_the_message_and_resume_with_rollback_completes(tmp_p
 
     monkeypatch.setattr(Trainer, "train_step", train_step)
     out = tmp_path / "run"
-    assert main(["train", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 3
+    assert main(smoke_argv("train", out=out)) == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err
     first = next(line for line in err.splitlines() if line.startswith("error: "))
@@ -476,26 +477,15 @@ def test_rollback_restores_the_last_good_state_halves_the_lr_and_completes(tmp_p
     }
 
 
+def _train_at_a_huge_lr(out, max_rollbacks: int) -> int:
+    """``train --lr 1e6`` on the command line, rolling back at most ``max_rollbacks`` times: its exit code."""
+    flags = "--lr 1e6 --max-energy-gap 100 --on-divergence rollback --max-rollbacks".split()
+    return main(smoke_argv("train", *flags, max_rollbacks, out=out))
+
+
 def test_rollback_from_a_huge_learning_rate_completes_on_the_cli(tmp_path, capsys, no_figures):
     out = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            "--preset",
-            "smoke",
-            "--lr",
-            "1e6",
-            "--max-energy-gap",
-            "100",
-            "--on-divergence",
-            "rollback",
-            "--max-rollbacks",
-            "25",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
+    code = _train_at_a_huge_lr(out, max_rollbacks=25)
     captured = capsys.readouterr()
     assert code == 0 and "Traceback" not in captured.err
     final = json.loads((out / "final.json").read_text())
@@ -512,24 +502,7 @@ def test_rollback_from_a_huge_learning_rate_completes_on_the_cli(tmp_path, capsy
 
 def test_a_hopeless_run_stops_after_max_rollbacks(tmp_path, capsys, no_figures):
     out = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            "--preset",
-            "smoke",
-            "--lr",
-            "1e6",
-            "--max-energy-gap",
-            "100",
-            "--on-divergence",
-            "rollback",
-            "--max-rollbacks",
-            "3",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
+    code = _train_at_a_huge_lr(out, max_rollbacks=3)
     err = capsys.readouterr().err
     assert code == 3 and "Traceback" not in err and err.count("warning: rollback") == 3
     message = next(line for line in err.splitlines() if line.startswith("error: "))
@@ -735,7 +708,12 @@ def _energy_call(energy, x0=None, n_steps=5):
 
 
 QUADRATIC = lambda x: 0.5 * x.square().sum(1)  # noqa: E731
-SMOKE = ["train", "--preset", "smoke", "--no-progress"]
+SMOKE = smoke_argv("train", "--no-progress")
+
+
+def _resume_run(*flags: str) -> Callable[[Path], list[str]]:
+    """A case's argv: ``train --resume`` on the run folder its setup prepared, plus ``flags``."""
+    return lambda w: ["train", "--resume", "--out", str(w / "run"), *flags]
 
 
 @dataclass(frozen=True)
@@ -1205,7 +1183,7 @@ CASES = [
         "compare --jobs 0",
         "--jobs",
         "expected an integer >= 1, got 0",
-        argv=lambda w: ["compare", "--preset", "smoke", "--jobs", "0", "--no-progress"],
+        argv=lambda w: smoke_argv("compare", "--jobs", "0", "--no-progress"),
     ),
     # ---- the command line: data folders
     Case(
@@ -1279,7 +1257,7 @@ CASES = [
         "has no checkpoint.pt yet",
         "start it afresh",
         setup=_drop_checkpoint,
-        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+        argv=_resume_run(),
     ),
     Case(
         "cli-resume-truncated",
@@ -1288,7 +1266,7 @@ CASES = [
         "checkpoint.pt: cannot be read",
         "expected a complete checkpoint.pt",
         setup=_truncate_checkpoint,
-        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+        argv=_resume_run(),
     ),
     Case(
         "cli-resume-other-architecture",
@@ -1297,7 +1275,7 @@ CASES = [
         "width 32 in the checkpoint, 64 in config.json",
         "expected the checkpoint and config.json of the same run",
         setup=_config_json_width_64,
-        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+        argv=_resume_run(),
     ),
     Case(
         "cli-resume-other-version",
@@ -1306,7 +1284,7 @@ CASES = [
         "format 2 (written by anila_core 9.0.0)",
         "which reads format 1",
         setup=_edit_checkpoint(lambda s: s.update(format=2, anila_core_version="9.0.0")),
-        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+        argv=_resume_run(),
     ),
     Case(
         "cli-resume-broken-config",
@@ -1315,7 +1293,7 @@ CASES = [
         "config.json: not a valid run configuration",
         "expected the config.json a run wrote",
         setup=_broken_config_json,
-        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+        argv=_resume_run(),
     ),
     Case(
         "cli-resume-changed-setting",
@@ -1324,7 +1302,7 @@ CASES = [
         "--lr cannot change on resume (--lr: 0.001 in the run's config.json, 0.1 given)",
         "only --iters, --device",
         setup=_copy_run,
-        argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--lr", "0.1"],
+        argv=_resume_run("--lr", "0.1"),
     ),
     Case(
         "cli-resume-other-preset",
@@ -1333,7 +1311,7 @@ CASES = [
         "--n-steps: 10 in the run's config.json, 30 from --preset cpu",
         "drop the flag or give the run's value",
         setup=_copy_run,
-        argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--preset", "cpu"],
+        argv=_resume_run("--preset", "cpu"),
     ),
     Case(
         "cli-resume-planted-code",
@@ -1342,7 +1320,7 @@ CASES = [
         "checkpoint.pt: refused: it may not be a checkpoint of anila_core",
         "expected a checkpoint.pt written by anila_core",
         setup=lambda w, b: _plant_code(_copy_run(w, b), w / "PWNED"),
-        argv=lambda w: ["train", "--resume", "--out", str(w / "run")],
+        argv=_resume_run(),
     ),
     Case(
         "cli-resume-iters-below",
@@ -1351,7 +1329,7 @@ CASES = [
         "--iters: 5 is below",
         "expected --iters >= 10",
         setup=_copy_run,
-        argv=lambda w: ["train", "--resume", "--out", str(w / "run"), "--iters", "5"],
+        argv=_resume_run("--iters", "5"),
     ),
 ]
 
@@ -1549,21 +1527,7 @@ def test_a_checkpoint_with_planted_code_is_refused_without_running_it(via, base_
         argv = (
             ["train", "--resume", "--out", str(run), "--no-progress"]
             if via == "train --resume"
-            else [
-                "compare",
-                "--preset",
-                "smoke",
-                "--iters",
-                "10",
-                "--samplers",
-                "langevin",
-                "--jobs",
-                "1",
-                "--resume",
-                "--out",
-                str(run.parent),
-                "--no-progress",
-            ]
+            else smoke_argv("compare", *"--iters 10 --samplers langevin --jobs 1 --resume".split(), out=run.parent)
         )
         code, printed = _cli(argv)
         assert code == 2, printed
@@ -1651,19 +1615,8 @@ def test_a_folder_held_by_another_writer_is_refused_by_every_command(command, tm
     out.mkdir()
     argv = {
         "train": SMOKE + ["--out", str(out)],
-        "compare": ["compare", "--preset", "smoke", "--jobs", "1", "--resume", "--out", str(out), "--no-progress"],
-        "sweep": [
-            "sweep",
-            "--preset",
-            "smoke",
-            "--samplers",
-            "langevin",
-            "--jobs",
-            "1",
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
+        "compare": smoke_argv("compare", "--jobs", "1", "--resume", out=out),
+        "sweep": smoke_argv("sweep", "--samplers", "langevin", "--jobs", "1", out=out),
     }[command]
     with fileio.FolderLock(out):  # held here: a notebook's open Run, say
         before = _tree(out)
@@ -1703,7 +1656,7 @@ def test_a_run_holds_its_folder_while_open_and_lets_go_when_training_ends(tmp_pa
 
 def test_a_compare_killed_before_its_first_checkpoint_finishes_with_resume(tmp_path, no_figures):
     out = tmp_path / "cmp"
-    args = ["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]
+    args = smoke_argv("compare", "--iters", "10", "--jobs", "1", out=out)
     pid = _fork()
     if pid == 0:
         code = 70
@@ -1751,20 +1704,9 @@ def test_the_workers_of_a_killed_compare_end_with_it(tmp_path):
             sys.executable,
             "-m",
             "anila_core",
-            "compare",
-            "--preset",
-            "smoke",
-            "--iters",
-            "1000000",
-            "--eval-every",
-            "1000000",
-            "--checkpoint-every",
-            "1000000",
-            "--jobs",
-            "2",
-            "--out",
-            str(out),
-            "--no-progress",
+            *smoke_argv(
+                "compare", *"--iters 1000000 --eval-every 1000000 --checkpoint-every 1000000 --jobs 2".split(), out=out
+            ),
         ],
         env=SUBPROCESS_ENV,
         stdout=subprocess.DEVNULL,
@@ -1989,20 +1931,7 @@ def test_out_of_memory_names_the_sizes_and_leaves_a_folder_to_rerun_or_resume(
 
 def test_the_same_command_plus_resume_continues_and_a_changed_value_is_refused(tmp_path, monkeypatch, no_figures):
     out = tmp_path / "run"
-    command = [
-        "train",
-        "--preset",
-        "smoke",
-        "--sampler",
-        "anila",
-        "--seed",
-        "3",
-        "--iters",
-        "20",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    command = smoke_argv("train", "--sampler", "anila", "--seed", "3", "--iters", "20", out=out)
     step = Trainer.train_step
 
     def stopped_after_the_checkpoint(

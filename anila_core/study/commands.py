@@ -299,14 +299,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if distributed.from_env().enabled:
         raise ValueError("sweep: runs its cells as separate processes and cannot run under torchrun")
     overrides = config_overrides(args)
-    grid_flags = {
-        "--samplers": args.samplers,
-        "--step-size": args.grid_step_size,
-        "--b": args.grid_b,
-        "--n-steps": args.grid_n_steps,
-        "--chains": args.grid_chains,
-        "--seed": args.grid_seed,
-    }
+    grid_flags = _grid_flags(args)
     if args.study:
         given = [flag for flag, value in grid_flags.items() if value is not None]
         given += ["--preset"] if args.preset is not None else []
@@ -393,6 +386,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_flags(args: argparse.Namespace) -> dict:
+    """The grid's flags as given on the command line (``None`` where left out), by flag."""
+    return {
+        "--samplers": args.samplers,
+        "--step-size": args.grid_step_size,
+        "--b": args.grid_b,
+        "--n-steps": args.grid_n_steps,
+        "--chains": args.grid_chains,
+        "--seed": args.grid_seed,
+    }
+
+
 def _sweep_cell_command(args: argparse.Namespace, overrides: dict, out: Path):
     """The command of one cell of this sweep: the same grid (or study) and settings, the folder absolute, plus ``--cell
     ID``."""
@@ -403,14 +408,7 @@ def _sweep_cell_command(args: argparse.Namespace, overrides: dict, out: Path):
         argv += ["--study", args.study]
     else:
         argv += ["--preset", args.preset] if args.preset is not None else []
-        for flag, values in (
-            ("--samplers", args.samplers),
-            ("--step-size", args.grid_step_size),
-            ("--b", args.grid_b),
-            ("--n-steps", args.grid_n_steps),
-            ("--chains", args.grid_chains),
-            ("--seed", args.grid_seed),
-        ):
+        for flag, values in _grid_flags(args).items():
             if values is not None:  # repr: every digit of a float
                 argv += [flag, *(repr(v) if isinstance(v, float) else str(v) for v in values)]
     argv += [*config_flags(overrides), "--out", str(out.absolute()), "--no-progress"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "DrawnBatches",
     "DataSpec",
     "parse_data_spec",
     "absolute_data_spec",
@@ -145,22 +146,12 @@ def draw_indices(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat(parts)
 
 
-class PointsSource:
-    """Random batches of a point set's training points, kept on the training device, from a CPU generator of its own
-    (saved with the checkpoint)."""
+class DrawnBatches:
+    """A data source whose batches are drawn by a CPU generator of its own, seeded once and saved with the checkpoint
+    (so a resumed run draws the batches it would have drawn)."""
 
-    def __init__(self, points, seed: int, device: torch.device):
-        self.points = points
-        self.shape = (points.dim,)
-        self.train = points.train.to(device)
+    def __init__(self, seed: int):
         self.gen = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def sample(self, n: int, device: torch.device | None = None) -> torch.Tensor:
-        x = self.train[draw_indices(n, len(self.train), self.gen).to(self.train.device)]
-        return x if device is None else x.to(device)
 
     def state_dict(self) -> dict:
         return {"generator": self.gen.get_state()}
@@ -168,3 +159,20 @@ class PointsSource:
     def load_state_dict(self, state: dict) -> None:
         if state and "generator" in state:
             self.gen.set_state(state["generator"])
+
+
+class PointsSource(DrawnBatches):
+    """Random batches of a point set's training points, kept on the training device."""
+
+    def __init__(self, points, seed: int, device: torch.device):
+        super().__init__(seed)
+        self.points = points
+        self.shape = (points.dim,)
+        self.train = points.train.to(device)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def sample(self, n: int, device: torch.device | None = None) -> torch.Tensor:
+        x = self.train[draw_indices(n, len(self.train), self.gen).to(self.train.device)]
+        return x if device is None else x.to(device)

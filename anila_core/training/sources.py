@@ -8,7 +8,7 @@ import hashlib
 import torch
 
 from anila_core.images.datasets import ImageDataset
-from anila_core.training.file_sources import draw_indices
+from anila_core.training.file_sources import DrawnBatches, draw_indices
 from anila_core.sampling.targets import Target
 
 __all__ = [
@@ -65,7 +65,7 @@ def reference_images(images: ImageDataset, n: int, seed: int) -> torch.Tensor:
     return images.to_float(images.data[index])
 
 
-class ImageSource:
+class ImageSource(DrawnBatches):
     """Random batches of an :class:`ImageDataset`, in ``[-1, 1]``, kept on the training device.
 
     The raw images (uint8 for photos) are copied to ``device`` once, so a batch costs one
@@ -75,10 +75,10 @@ class ImageSource:
     """
 
     def __init__(self, dataset: ImageDataset, seed: int, device: torch.device):
+        super().__init__(seed)
         self.dataset = dataset
         self.shape = dataset.shape
         self.raw = dataset.data.to(device)
-        self.gen = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -87,10 +87,3 @@ class ImageSource:
         index = draw_indices(n, len(self), self.gen).to(self.raw.device)
         x = self.dataset.to_float(self.raw[index])
         return x if device is None else x.to(device)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state and "generator" in state:
-            self.gen.set_state(state["generator"])

@@ -38,6 +38,17 @@ __all__ = [
 ]
 
 
+def _chain_settings(panel: Panel) -> dict:
+    """What both panels on points pass their sampling alike: the sliders' values, the seed, the Metropolis box and the
+    plotted window."""
+    return {
+        **panel._slider_values(),
+        "seed": panel.seed,
+        "metropolis": panel.metropolis_checkbox.value,
+        "extent": panel.extent,
+    }
+
+
 # --------------------------------------------------------------------------- a known target
 
 
@@ -111,11 +122,8 @@ class SamplingPanel(Panel):
         """The current control values as ``run_comparison`` keyword arguments."""
         return {
             "target_name": self.target_dropdown.value,
-            **self._slider_values(),
+            **_chain_settings(self),
             "n_chains": self.n_chains,
-            "seed": self.seed,
-            "metropolis": self.metropolis_checkbox.value,
-            "extent": self.extent,
         }
 
     def _compute(self, params: dict) -> dict:
@@ -241,11 +249,8 @@ class ModelSamplingPanel(Panel):
         """The current control values as ``sample_trained`` keyword arguments (without the energy)."""
         return {
             "sampler_name": self.sampler_selector.value,
-            **self._slider_values(),
+            **_chain_settings(self),
             "n": self.n_chains,
-            "seed": self.seed,
-            "metropolis": self.metropolis_checkbox.value,
-            "extent": self.extent,
             "device": self.device,
             "n_leapfrog": self.leapfrog_slider.value,
         }

@@ -1,4 +1,4 @@
-"""The runner of cells: one command per cell read back exactly, submitit's executor, a divergence kept whole."""
+"""The runner of cells: each cell's command read back, submitit for sweep and compare, a divergence kept whole."""
 
 import functools
 import json
@@ -12,27 +12,9 @@ from anila_core.study import cell as study_cell
 from anila_core.study.grid import Grid, cell_id
 from anila_core.study.runner import Cell, Executor, _answer, config_flags, run_cells
 from anila_core.training.guard import TrainingDiverged
+from anila_core.training.kinds import RUN_FILES
+from cli_commands import TINY_SWEEP, smoke_argv
 
-#: a tiny grid on the command line: two cells of 10 iterations
-TINY_SWEEP = [
-    "sweep",
-    "--preset",
-    "smoke",
-    "--samplers",
-    "langevin",
-    "anila",
-    "--step-size",
-    "0.01",
-    "--b",
-    "3",
-    "--n-steps",
-    "5",
-    "--iters",
-    "10",
-    "--eval-every",
-    "5",
-    "--no-progress",
-]
 #: the fields of a cell file as a sweep writes it (the format the committed studies hold)
 CELL_KEYS = {
     "id",
@@ -134,10 +116,14 @@ def test_a_cell_command_refuses_a_folder_without_the_sweeps_plan_and_a_cell_not_
     assert "--cell: 'gibbs-eps1-K5-buffer-seed0' is not a cell of this sweep" in capsys.readouterr().err
 
 
-def test_cli_sweep_through_submitits_local_executor(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def submitit_local(monkeypatch):
+    """submitit's own local processes even where SLURM is installed: the tests need no cluster."""
     submitit = pytest.importorskip("submitit")
-    # submitit's own local processes even where SLURM is installed: the test needs no cluster
     monkeypatch.setattr(submitit, "AutoExecutor", functools.partial(submitit.AutoExecutor, cluster="local"))
+
+
+def test_cli_sweep_through_submitits_local_executor(tmp_path, capsys, submitit_local):
     out = tmp_path / "s"
     assert main([*TINY_SWEEP, "--out", str(out), "--executor", "submitit"]) == 0
     assert "sweep: 2 cells on rings, 10 iterations each" in capsys.readouterr().out
@@ -147,3 +133,41 @@ def test_cli_sweep_through_submitits_local_executor(tmp_path, capsys, monkeypatc
         assert set(c) == CELL_KEYS and not c["diverged"] and 0 <= c["final"]["grid_tv"] <= 1 and c["iters"] == 10
     assert list((out / "submitit").glob("*_result.pkl")), "the cells ran as submitit jobs"
     assert "## Every setting" in (out / "sweep.md").read_text()
+
+
+#: a tiny comparison on the command line: Langevin and a clipping AniLA, 10 iterations each, one after the other
+TINY_COMPARE = ["--iters", "10", "--samplers", "langevin", "anila:b=3", "--jobs", "1"]
+
+
+def test_cli_compare_through_submitits_local_executor(tmp_path, capsys, submitit_local):
+    out = tmp_path / "cmp"
+    assert main(smoke_argv("compare", *TINY_COMPARE, "--executor", "submitit", out=out)) == 0
+    printed = capsys.readouterr().out
+    assert "| langevin |" in printed and "| anila-b3 |" in printed
+    for label, b in (("langevin", None), ("anila-b3", 3.0)):
+        assert {p.name for p in (out / label).iterdir()} >= set(RUN_FILES) | {"checkpoint.pt"}
+        final = json.loads((out / label / "final.json").read_text())
+        assert final["iters"] == 10 and 0 <= final["grid_tv"] <= 1 and (b is None or final["config"]["b"] == b)
+    assert (out / "comparison.md").is_file() and (out / "comparison.png").is_file()
+    assert len(list((out / "submitit").glob("*_result.pkl"))) == 2, "each run was a submitit job"
+
+
+def test_compare_print_commands_lists_one_train_command_per_run_and_resume_collects_them(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = smoke_argv("compare", *TINY_COMPARE, out=out)
+    assert main(args + ["--print-commands"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    train = "python -m anila_core train --preset smoke"
+    assert commands == [
+        f"{train} --sampler langevin --iters 10 --out {out / 'langevin'} --no-progress",
+        f"{train} --sampler anila --iters 10 --b 3.0 --out {out / 'anila-b3'} --no-progress",
+    ]
+    for line in commands:  # what a scheduler runs: each run in its own folder
+        assert main(shlex.split(line)[3:]) == 0
+    capsys.readouterr()
+    assert main(args + ["--print-commands", "--resume"]) == 0
+    assert capsys.readouterr().out == "", "every run finished: nothing left to list"
+    assert main(args + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier with these settings, kept") == 2 and (out / "comparison.md").is_file()
+    assert "| langevin |" in printed and "| anila-b3 |" in printed

@@ -24,6 +24,7 @@ from anila_core.study.results import (
 )
 from anila_core.study.sweep import run_sweep
 from anila_core.training.presets import preset
+from cli_commands import TINY_SWEEP
 
 
 def tiny_base(**changes):
@@ -264,31 +265,7 @@ def test_a_folder_with_another_sweep_or_other_files_is_refused(tmp_path):
 
 def test_cli_sweep_writes_the_table(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(
-        [
-            "sweep",
-            "--preset",
-            "smoke",
-            "--samplers",
-            "langevin",
-            "anila",
-            "--step-size",
-            "0.01",
-            "--b",
-            "3",
-            "--n-steps",
-            "5",
-            "--iters",
-            "10",
-            "--eval-every",
-            "5",
-            "--jobs",
-            "1",
-            "--no-progress",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main([*TINY_SWEEP, "--jobs", "1", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "sweep: 2 cells on rings, 10 iterations each" in printed and str(out / "sweep.md") in printed

@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from anila_core.fileio import read_jsonl
 from anila_core.training.kinds import data_kind
 from anila_core.training.runs import CHECKPOINT
 from digits_judge import digits_data_root
+from cli_commands import digits_argv, torchrun_argv
 
 WORKER = Path(__file__).resolve().parents[1] / "ddp_worker.py"
 
@@ -37,33 +37,9 @@ def launched(tmp_path_factory):
         ["train", *common, "--iters", "20", "--out", str(base / "straight")],
         ["train", *common, "--iters", "10", "--out", str(base / "split")],
         ["train", "--resume", "--iters", "20", "--device", "cpu", "--no-progress", "--out", str(base / "split")],
-        [
-            "train",
-            "--dataset",
-            "digits",
-            "--data-root",
-            str(data_root),
-            "--preset",
-            "smoke",
-            "--sampler",
-            "anila",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--out",
-            str(base / "digits"),
-        ],
+        digits_argv("train", data_root, "--sampler", "anila", "--device", "cpu", out=base / "digits"),
     ]
-    argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(WORKER),
-        str(reports),
-    ]
+    argv = torchrun_argv(2, WORKER, reports)
     for command in commands:
         argv += ["--", *command]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

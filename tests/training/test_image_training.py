@@ -22,6 +22,7 @@ from anila_core.training.sources import ImageSource, reference_images, stream_se
 from anila_core.training.trainer import Trainer
 from digits_judge import digits_data_root
 from image_fixtures import write_tiny_cifar10, write_tiny_flowers102
+from cli_commands import digits_argv
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -249,27 +250,7 @@ def test_without_inception_the_run_goes_on_with_fid_null_and_one_notice(data_roo
 
 def test_cli_digits_smoke_writes_every_expected_file(data_root, tmp_path):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--dataset",
-                "digits",
-                "--data-root",
-                str(data_root),
-                "--preset",
-                "smoke",
-                "--sampler",
-                "anila",
-                "--device",
-                "cpu",
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(digits_argv("train", data_root, "--sampler", "anila", "--device", "cpu", out=out)) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "digits" and config["sampler"] == "anila" and config["clamp"] == 1.0
     names = set(data_kind(TrainConfig.from_dict(config)).expected_files()) | {"fid.png"}
@@ -315,27 +296,7 @@ def test_a_missing_dataset_is_one_clear_error_with_exit_code_2(tmp_path, capsys)
 
 def test_compare_on_images_writes_the_side_by_side_grids_and_an_fid_table(data_root, tmp_path):
     out = tmp_path / "cmp"
-    assert (
-        main(
-            [
-                "compare",
-                "--dataset",
-                "digits",
-                "--data-root",
-                str(data_root),
-                "--preset",
-                "smoke",
-                "--jobs",
-                "1",
-                "--device",
-                "cpu",
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(digits_argv("compare", data_root, "--jobs", "1", "--device", "cpu", out=out)) == 0
     for name in ("comparison.png", "fid.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
     table = (out / "comparison.md").read_text()

@@ -36,6 +36,7 @@ from anila_core.training.kinds import data_kind
 from anila_core.training.runs import CHECKPOINT, Run
 from anila_core.training.run_loading import load_trainer
 from anila_core.training.trainer import Trainer
+from cli_commands import smoke_argv
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -170,6 +171,11 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def train_on_moons(capsys, moons_csv, out) -> int:
+    """The exit code of a smoke run of 10 iterations on the moons points into ``out``."""
+    return cli(capsys, *smoke_argv("train", "--dataset", f"points:{moons_csv}", "--iters", "10", out=out))[0]
+
+
 def assert_refused(capsys, args, expected: str, out_dir: Path | None = None) -> None:
     """The command ends with exit 2 and one ``error:`` line that holds ``expected``; nothing is written to
     ``out_dir``."""
@@ -277,17 +283,7 @@ def test_a_point_set_is_split_by_a_fixed_seed_and_standardised_keeping_its_shape
 def test_a_2d_points_run_writes_the_rings_figures_and_sample_metrics(tmp_path, capsys, moons_csv):
     out = tmp_path / "run"
     code, stdout, _ = cli(
-        capsys,
-        "train",
-        "--preset",
-        "smoke",
-        "--dataset",
-        f"points:{moons_csv}",
-        "--sampler",
-        "anila",
-        "--out",
-        out,
-        "--no-progress",
+        capsys, *smoke_argv("train", "--dataset", f"points:{moons_csv}", "--sampler", "anila", out=out)
     )
     assert code == 0
     assert (
@@ -325,24 +321,13 @@ def test_points_in_more_dimensions_are_drawn_on_projections(tmp_path):
 
 def test_compare_and_resume_on_points(tmp_path, capsys, moons_csv):
     out = tmp_path / "cmp"
-    args = [
+    args = smoke_argv(
         "compare",
-        "--preset",
-        "smoke",
         "--dataset",
         f"points:{moons_csv}",
-        "--samplers",
-        "langevin",
-        "anila",
-        "hmc",
-        "--iters",
-        "10",
-        "--jobs",
-        "1",
-        "--out",
-        out,
-        "--no-progress",
-    ]
+        *"--samplers langevin anila hmc --iters 10 --jobs 1".split(),
+        out=out,
+    )
     code, stdout, _ = cli(capsys, *args)
     assert code == 0
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
@@ -373,22 +358,7 @@ def test_a_points_run_resumes_exactly(tmp_path, moons_csv):
 
 def test_a_run_whose_points_changed_is_not_resumed_on_other_data(tmp_path, capsys, moons_csv):
     out = tmp_path / "run"
-    assert (
-        cli(
-            capsys,
-            "train",
-            "--preset",
-            "smoke",
-            "--dataset",
-            f"points:{moons_csv}",
-            "--iters",
-            "10",
-            "--out",
-            out,
-            "--no-progress",
-        )[0]
-        == 0
-    )
+    assert train_on_moons(capsys, moons_csv, out) == 0
     np.savetxt(moons_csv, two_moons(seed=1), delimiter=",", header="x,y", comments="")
     assert_refused(
         capsys, ["train", "--resume", "--out", out, "--iters", "20"], "changed since the run was trained on them"
@@ -398,26 +368,8 @@ def test_a_run_whose_points_changed_is_not_resumed_on_other_data(tmp_path, capsy
 
 def test_a_sweep_on_points_ranks_by_sliced_wasserstein(tmp_path, capsys, moons_csv):
     out = tmp_path / "sweep"
-    code, stdout, _ = cli(
-        capsys,
-        "sweep",
-        "--dataset",
-        f"points:{moons_csv}",
-        "--energy",
-        "test_own_data:small_mlp",
-        "--preset",
-        "smoke",
-        "--samplers",
-        "langevin",
-        "anila",
-        "--iters",
-        "10",
-        "--jobs",
-        "1",
-        "--out",
-        out,
-        "--no-progress",
-    )
+    flags = "--energy test_own_data:small_mlp --samplers langevin anila --iters 10 --jobs 1".split()
+    code, stdout, _ = cli(capsys, *smoke_argv("sweep", "--dataset", f"points:{moons_csv}", *flags, out=out))
     assert code == 0 and "best sliced_wasserstein" in stdout
     report = (out / "sweep.md").read_text()
     assert "final sliced Wasserstein" in report and "held-out points" in report
@@ -474,7 +426,7 @@ def test_a_bad_points_file_is_one_clear_line(tmp_path, capsys, name, write, expe
     out = tmp_path / "run"
     assert_refused(
         capsys,
-        ["train", "--preset", "smoke", "--dataset", f"points:{path}", "--out", out],
+        smoke_argv("train", "--dataset", f"points:{path}", "--out", out),
         f"dataset: points:{path} {expected}",
         out,
     )
@@ -531,21 +483,9 @@ def test_grey_images_stay_one_channel_and_are_repeated_when_mixed_with_colour(tm
 
 def test_a_class_folder_trains_compares_and_resumes_with_features_named_as_the_folders(tmp_path, capsys, class_folder):
     out = tmp_path / "cmp"
-    args = [
-        "compare",
-        "--preset",
-        "smoke",
-        "--dataset",
-        f"images:{class_folder}",
-        "--samplers",
-        "langevin",
-        "anila",
-        "--jobs",
-        "1",
-        "--out",
-        out,
-        "--no-progress",
-    ]
+    args = smoke_argv(
+        "compare", "--dataset", f"images:{class_folder}", *"--samplers langevin anila --jobs 1".split(), out=out
+    )
     code, _, err = cli(capsys, *args)
     assert code == 0
     assert (
@@ -599,20 +539,7 @@ def test_compare_then_resume_a_compared_run(tmp_path, capsys, kind):
         data, extra, iters = f"points:{tmp_path / 'blobs.npy'}", [], 10
     out = tmp_path / "cmp"
     code, _, _ = cli(
-        capsys,
-        "compare",
-        "--preset",
-        "smoke",
-        "--dataset",
-        data,
-        *extra,
-        "--iters",
-        iters,
-        "--jobs",
-        "1",
-        "--out",
-        out,
-        "--no-progress",
+        capsys, *smoke_argv("compare", "--dataset", data, *extra, "--iters", iters, "--jobs", "1", out=out)
     )
     assert code == 0 and (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert "| langevin |" in (out / "comparison.md").read_text() and "| anila |" in (out / "comparison.md").read_text()
@@ -628,22 +555,7 @@ def test_compare_then_resume_a_compared_run(tmp_path, capsys, kind):
 
 def test_a_relative_path_is_recorded_absolute_so_a_run_resumes_from_anywhere(tmp_path, capsys, moons_csv, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert (
-        cli(
-            capsys,
-            "train",
-            "--preset",
-            "smoke",
-            "--dataset",
-            "points:moons.csv",
-            "--iters",
-            "10",
-            "--out",
-            "run",
-            "--no-progress",
-        )[0]
-        == 0
-    )
+    assert cli(capsys, *smoke_argv("train", "--dataset", "points:moons.csv", "--iters", "10", out="run"))[0] == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == f"points:{moons_csv}"
     monkeypatch.chdir(tmp_path.parent)  # elsewhere: the run finds its data by the path it recorded
     assert cli(capsys, "train", "--resume", "--out", tmp_path / "run", "--iters", "20", "--no-progress")[0] == 0
@@ -672,17 +584,7 @@ def test_a_flat_folder_is_scored_on_random_projections(tmp_path, capsys):
     write_flat_folder(tmp_path / "photos")
     out = tmp_path / "run"
     code, stdout, _ = cli(
-        capsys,
-        "train",
-        "--preset",
-        "smoke",
-        "--dataset",
-        f"images:{tmp_path / 'photos'}",
-        "--image-size",
-        "8",
-        "--out",
-        out,
-        "--no-progress",
+        capsys, *smoke_argv("train", "--dataset", f"images:{tmp_path / 'photos'}", "--image-size", "8", out=out)
     )
     assert code == 0 and "on random projections of images-photos features" in stdout
     final = json.loads((out / "final.json").read_text())
@@ -691,23 +593,8 @@ def test_a_flat_folder_is_scored_on_random_projections(tmp_path, capsys):
 
 def test_a_sweep_on_a_folder_names_its_features(tmp_path, capsys, class_folder):
     out = tmp_path / "sweep"
-    code, _, _ = cli(
-        capsys,
-        "sweep",
-        "--dataset",
-        f"images:{class_folder}",
-        "--preset",
-        "smoke",
-        "--samplers",
-        "langevin",
-        "--step-size",
-        "1",
-        "--jobs",
-        "2",
-        "--out",
-        out,
-        "--no-progress",
-    )  # one cell: in this process, one thread
+    flags = "--samplers langevin --step-size 1 --jobs 2".split()  # one cell: in this process, one thread
+    code, _, _ = cli(capsys, *smoke_argv("sweep", "--dataset", f"images:{class_folder}", *flags, out=out))
     assert code == 0
     report = (out / "sweep.md").read_text()
     assert "FID and KID on the features of a classifier trained on images-shapes (2 classes), not Inception's" in report
@@ -773,7 +660,7 @@ def test_a_bad_image_folder_is_one_clear_line(tmp_path, capsys, make, image_size
     root = tmp_path / "folder"
     make(root)
     out = tmp_path / "run"
-    args = ["train", "--preset", "smoke", "--dataset", f"images:{root}", "--out", out]
+    args = smoke_argv("train", "--dataset", f"images:{root}", "--out", out)
     assert_refused(
         capsys,
         args + (["--image-size", str(image_size)] if image_size else []),
@@ -787,7 +674,7 @@ def test_mixed_sizes_are_fine_once_a_size_is_given_and_a_size_the_convnet_lacks_
     assert load_image_folder(tmp_path / "photos", 32, HELD_OUT_SHARE, 0).train.shape == (3, 32, 32)
     assert_refused(
         capsys,
-        ["train", "--preset", "smoke", "--dataset", f"images:{tmp_path / 'photos'}", "--image-size", "12"],
+        smoke_argv("train", "--dataset", f"images:{tmp_path / 'photos'}", "--image-size", "12"),
         "image_size: expected 0 (the dataset's own) or one of (8, 16, 32, 64)",
     )
 
@@ -797,18 +684,7 @@ def test_mixed_sizes_are_fine_once_a_size_is_given_and_a_size_the_convnet_lacks_
 
 def test_an_energy_named_on_the_command_line_trains_and_resumes(tmp_path, capsys, moons_csv):
     out = tmp_path / "run"
-    base = [
-        "train",
-        "--preset",
-        "smoke",
-        "--dataset",
-        f"points:{moons_csv}",
-        "--energy",
-        "test_own_data:QuadraticEnergy",
-        "--out",
-        out,
-        "--no-progress",
-    ]
+    base = smoke_argv("train", "--dataset", f"points:{moons_csv}", "--energy", "test_own_data:QuadraticEnergy", out=out)
     assert cli(capsys, *base, "--iters", "10")[0] == 0
     config = json.loads((out / "config.json").read_text())
     assert config["energy"] == "test_own_data:QuadraticEnergy"
@@ -829,20 +705,13 @@ def test_an_energy_factory_trains_in_compare(tmp_path, capsys, moons_csv):
     out = tmp_path / "cmp"
     code, _, _ = cli(
         capsys,
-        "compare",
-        "--preset",
-        "smoke",
-        "--dataset",
-        f"points:{moons_csv}",
-        "--energy",
-        "test_own_data:small_mlp",
-        "--iters",
-        "10",
-        "--jobs",
-        "1",
-        "--out",
-        out,
-        "--no-progress",
+        *smoke_argv(
+            "compare",
+            "--dataset",
+            f"points:{moons_csv}",
+            *"--energy test_own_data:small_mlp --iters 10 --jobs 1".split(),
+            out=out,
+        ),
     )
     assert code == 0
     for sampler in ("langevin", "anila"):
@@ -895,22 +764,7 @@ def test_an_energy_given_in_memory_trains_in_place_and_says_how_to_resume(tmp_pa
 
 def test_a_module_in_the_run_folder_is_never_imported_on_resume(tmp_path, capsys, moons_csv, monkeypatch):
     out = tmp_path / "run"
-    assert (
-        cli(
-            capsys,
-            "train",
-            "--preset",
-            "smoke",
-            "--dataset",
-            f"points:{moons_csv}",
-            "--iters",
-            "10",
-            "--out",
-            out,
-            "--no-progress",
-        )[0]
-        == 0
-    )
+    assert train_on_moons(capsys, moons_csv, out) == 0
     (out / "planted_energy_module.py").write_text("raise SystemExit('planted code ran')\n")
     config = json.loads((out / "config.json").read_text())
     config["energy"] = "planted_energy_module:Net"
@@ -954,7 +808,7 @@ def test_a_bad_energy_is_one_clear_line(tmp_path, capsys, moons_csv, spec, expec
     out = tmp_path / "run"
     assert_refused(
         capsys,
-        ["train", "--preset", "smoke", "--dataset", f"points:{moons_csv}", "--energy", spec, "--out", out],
+        smoke_argv("train", "--dataset", f"points:{moons_csv}", "--energy", spec, "--out", out),
         expected,
         out,
     )
@@ -974,31 +828,17 @@ def test_the_command_line_imports_an_energy_from_the_python_path(tmp_path, moons
         sys.executable,
         "-m",
         "anila_core",
-        "train",
-        "--preset",
-        "smoke",
-        "--dataset",
-        f"points:{moons_csv}",
-        "--iters",
-        "10",
-        "--no-progress",
+        *smoke_argv("train", "--dataset", f"points:{moons_csv}", "--iters", "10", "--no-progress"),
     ]
-    done = subprocess.run(
-        command + ["--energy", "my_energies:Gaussian", "--out", str(tmp_path / "ok")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+
+    def train_with(energy: str, folder: str) -> subprocess.CompletedProcess:
+        argv = command + ["--energy", energy, "--out", str(tmp_path / folder)]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+
+    done = train_with("my_energies:Gaussian", "ok")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "ok" / "final.json").read_text())["config"]["energy"] == "my_energies:Gaussian"
-    wrong = subprocess.run(
-        command + ["--energy", "my_energies:Wrong", "--out", str(tmp_path / "bad")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    wrong = train_with("my_energies:Wrong", "bad")
     assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
         "error: energy: my_energies:Wrong returned shape (4, 1) for 4 samples; expected (4,): one energy per sample "
         "(squeeze its last "
