@@ -1,7 +1,8 @@
 """When a chain samples compiled: the one rule (:func:`compiles`) and the one ``fast`` vocabulary, API to ``--fast``.
 
-``Sampler.run``/``sample`` ask :func:`compiles` for each call (its ``n_steps`` as the work), the
-training loop once per run (iters × K, with its own model as the energy). The compiled step
+``Sampler.run``/``sample`` ask :func:`compiles` for each call (its chains × ``n_steps`` as the work, added to
+what earlier calls sampled with the same network), the training loop once per run (iters × K × batch, with its own
+model as the energy). The compiled step
 itself is :mod:`anila_core.sampling.compiled`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dis
 import functools
 import types
+import weakref
 from functools import partial
 
 import torch
@@ -17,20 +19,23 @@ import torch
 from anila_core.sampling.compiled import compile_supported
 from anila_core.sampling.kernel import ArgumentTypeError, EnergyFn
 
-__all__ = ["compiles", "networks_of", "check_fast", "parse_fast", "FAST_CHOICES", "AUTO_MIN_TRANSITIONS"]
+__all__ = ["compiles", "networks_of", "check_fast", "parse_fast", "FAST_CHOICES", "AUTO_MIN_CHAIN_STEPS", "forget_work"]
 
 #: the values of ``fast``, from ``Sampler.run``/``sample`` to ``TrainConfig.fast`` and ``--fast auto|true|false``:
 #: compile when :func:`compiles` finds it pays, always, never
 FAST_CHOICES = ("auto", True, False)
-#: ``fast="auto"`` compiles a network energy's chains when a call (``run``/``sample``: its ``n_steps``) or a
-#: training run (its whole length, iters × K) makes at least this many transitions. Measured on the 2-core
-#: CPUs (MLP 2-128-128-128-1, batch 256): a cold compile took 11–25 s and the compiled transition saved
-#: ≈ 0.35 ms of 1.2 ms, so it paid for itself after 35k–70k transitions (measured with CPU rewrites of three
-#: layers since removed; without them the compiled transition of the 2-D MLP costs ≈ 15 % more, so it pays
-#: a little later). At this threshold every training preset but the smoke ones compiles (the cpu preset
-#: makes 90k: the demo, notebook 02 at the cpu budget, cpu_long, paper), and the CI sizes (hundreds of
-#: transitions), the sweep's cells (40k) and every notebook's direct sampling calls stay eager.
-AUTO_MIN_TRANSITIONS = 80_000
+#: ``fast="auto"`` compiles a network energy's chains once the work sampled with that network reaches this many
+#: chain-steps (chains × transitions): a training run's whole length (iters × K × batch), or a sampling call's
+#: ``n_steps`` × chains added to what the calls before it sampled with the same network. Measured on the 2-core
+#: CPUs (MLP 2-128-128-128-1, batch 256): a cold compile took 11–25 s and the compiled transition saved ≈ 0.35 ms
+#: of 1.2 ms, so it paid for itself after 35k–70k transitions of 256 chains, 9–18 million chain-steps. At this
+#: threshold every training preset but the smoke ones compiles (the cpu preset makes 23 million: the demo's
+#: cpu-preset runs, notebook 02 at the cpu budget, cpu_long, paper), the CI sizes and the sweep's cells (10
+#: million) stay eager, and a notebook's sampling calls stay eager until they have sampled that much with one
+#: network (a 100-step call of 1024 chains is 102 400: about 200 of them), so no single small call pays a compile.
+AUTO_MIN_CHAIN_STEPS = 20_000_000
+#: chain-steps sampled so far with each network under ``fast="auto"`` (weak keys: it never keeps a network alive)
+_SAMPLED: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
 #: the layers that make a network's transition all convolution: on a CPU, compiling does not speed it up (measured)
 _CONVOLUTIONS = (
     torch.nn.Conv1d,
@@ -60,22 +65,31 @@ def parse_fast(text: str) -> str | bool:
 
 
 def compiles(
-    fast, energy_fn: EnergyFn, device: torch.device | str, transitions: int, network_compiled: bool = False
+    fast,
+    energy_fn: EnergyFn,
+    device: torch.device | str,
+    chain_steps: int,
+    network_compiled: bool = False,
+    record: bool = True,
 ) -> bool:
-    """The one rule: whether a call of ``transitions`` steps (a training run: iters × K) samples compiled.
+    """The one rule: whether a sampling call or a training run of ``chain_steps`` (chains × transitions; a training
+    run: iters × K × batch) samples compiled.
 
     ``fast=True`` or ``False`` decides alone. ``"auto"`` compiles when all of these hold: the
-    network is not compiled already (``--compile``, the other route); ``transitions`` ≥
-    :data:`AUTO_MIN_TRANSITIONS`, so the compile (seconds, once per sampler setting, energy and
-    shape) pays; the energy is computed by a network (:func:`networks_of`; an analytic energy such
-    as a 2-D target costs microseconds per step eagerly); on a CPU, none of its networks holds a
-    convolution (a ConvNet's transition is all convolution there, and compiling does not make it
-    faster, measured); and ``torch.compile`` runs here.
+    network is not compiled already (``--compile``, the other route); the energy is computed by a
+    network (:func:`networks_of`; an analytic energy such as a 2-D target costs microseconds per
+    step eagerly); on a CPU, none of its networks holds a convolution (a ConvNet's transition is
+    all convolution there, and compiling does not make it faster, measured); the work sampled with
+    that network, this call's ``chain_steps`` included, reaches :data:`AUTO_MIN_CHAIN_STEPS`, so
+    the compile (seconds, once per sampler setting, energy and shape) pays; and ``torch.compile``
+    runs here. Every ``"auto"`` call on a network energy adds its ``chain_steps`` to that network's
+    count (:func:`forget_work` clears the counts), except with ``record=False``: a training run
+    decides once for the work it plans, which it has not sampled yet.
     """
     check_fast(fast)
     if isinstance(fast, bool):
         return fast
-    if network_compiled or transitions < AUTO_MIN_TRANSITIONS:
+    if network_compiled:
         return False
     networks = networks_of(energy_fn)
     if not networks:
@@ -83,7 +97,15 @@ def compiles(
     convolutions = any(isinstance(m, _CONVOLUTIONS) for net in networks for m in net.modules())
     if torch.device(device).type == "cpu" and convolutions:
         return False
-    return compile_supported()[0]
+    work = max(_SAMPLED.get(net, 0) for net in networks) + int(chain_steps)
+    for net in networks if record else ():
+        _SAMPLED[net] = work
+    return work >= AUTO_MIN_CHAIN_STEPS and compile_supported()[0]
+
+
+def forget_work() -> None:
+    """Forget the chain-steps sampled with every network: ``fast="auto"`` starts counting anew."""
+    _SAMPLED.clear()
 
 
 #: how many calls deep :func:`networks_of` follows an energy's functions (a lambda calling a helper calling a net: 3)

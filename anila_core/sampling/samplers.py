@@ -142,7 +142,7 @@ class Sampler:
         check_energy_fn(energy_fn)
         state = self._checked_state(energy_fn, state, generator, allow_nonfinite)
         step, context = self.step, contextlib.nullcontext()
-        if compile_rule.compiles(fast, energy_fn, state.x.device, n_steps):
+        if compile_rule.compiles(fast, energy_fn, state.x.device, n_steps * state.x.shape[0]):
             step, context = compiled.compiled_step(self, energy_fn, state.x)
         watch = ChainWatch.start(state.x)
         if trace is not None:

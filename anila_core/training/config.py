@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from anila_core.images.datasets import DATASETS
-from anila_core.sampling.compile_rule import AUTO_MIN_TRANSITIONS, FAST_CHOICES
+from anila_core.sampling.compile_rule import AUTO_MIN_CHAIN_STEPS, FAST_CHOICES
 from anila_core.sampling.registry import SAMPLERS
 from anila_core.nets import ACTIVATIONS
 from anila_core.sampling.samplers import ANILA_VARIANTS, NORMS
@@ -221,7 +221,7 @@ class TrainConfig:
     fast: str | bool = _f(
         "auto",
         "sample through compiled steps (anila_core.sampling.compile_rule): true, false, "
-        f"or 'auto' = when iters × n_steps >= {AUTO_MIN_TRANSITIONS} and not a ConvNet on a CPU",
+        f"or 'auto' = when iters × n_steps × batch_size >= {AUTO_MIN_CHAIN_STEPS:,} and not a ConvNet on a CPU",
         choices=FAST_CHOICES,
     )
 

@@ -118,7 +118,8 @@ class Trainer:
         self.guard = Guard()
         # compiled sampling transitions (anila_core.sampling.compiled), by default only where the run amortises the
         # compile; decided here, when the run is created, and kept in its checkpoint, so a longer resumed run keeps it
-        self.fast = compiles(c.fast, model, device, c.iters * c.n_steps, network_compiled=c.compile)
+        planned = c.iters * c.n_steps * c.batch_size  # chain-steps
+        self.fast = compiles(c.fast, model, device, planned, network_compiled=c.compile, record=False)
 
     # ------------------------------------------------------------------ the loop
 

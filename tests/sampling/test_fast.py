@@ -197,16 +197,18 @@ def test_sample_fast_validates_like_sample():
 
 
 def test_auto_compiles_big_calls_only(monkeypatch):
-    """``fast="auto"`` (the default) compiles a call of many steps, never a small one nor an eager-forced one."""
+    """``fast="auto"`` (the default) compiles a call of much work, never a small one nor an eager-forced one."""
     called = []
     real = fast.compiled_step
     monkeypatch.setattr(fast, "compiled_step", lambda *a, **k: called.append(a[2].shape) or real(*a, **k))
-    monkeypatch.setattr(rule, "AUTO_MIN_TRANSITIONS", K)
+    monkeypatch.setattr(rule, "AUTO_MIN_CHAIN_STEPS", K * len(X0))
+    rule.forget_work()
     sampler = SAMPLERS["langevin"]
     sampler.sample(NET, X0, K - 1)  # one step short of the threshold: eager
     assert not called
     sampler.sample(NET, X0, K, fast=False)
     assert not called
+    rule.forget_work()
     big = sampler.sample(NET, X0, K, generator=torch.Generator().manual_seed(7))
     assert called == [X0.shape]
     eager = sampler.sample(NET, X0, K, generator=torch.Generator().manual_seed(7), fast=False)
@@ -236,9 +238,12 @@ def test_compiled_runs_continue_exactly():
 
 
 def test_the_one_compile_rule():
-    """One rule for run/sample and for training: the work (transitions) against one threshold, and the energy itself."""
-    n = rule.AUTO_MIN_TRANSITIONS
-    assert rule.compiles("auto", NET, "cpu", n) and not rule.compiles("auto", NET, "cpu", n - 1)
+    """One rule for run/sample and for training: the work (chain-steps) against one threshold, and the energy itself."""
+    n = rule.AUTO_MIN_CHAIN_STEPS
+    rule.forget_work()
+    assert not rule.compiles("auto", NET, "cpu", n - 1)
+    rule.forget_work()
+    assert rule.compiles("auto", NET, "cpu", n)
     convnet = ConvEnergy(image_size=8, in_channels=1, width=4)
     assert not rule.compiles("auto", convnet, "cpu", 10 * n)  # ConvNets gain nothing on a CPU
     assert rule.compiles("auto", convnet, "cuda", 10 * n)
@@ -246,6 +251,23 @@ def test_the_one_compile_rule():
     assert rule.compiles(True, NET, "cpu", 1) and not rule.compiles(False, NET, "cpu", 10 * n)
     with pytest.raises(ValueError, match="fast: expected one of"):
         rule.compiles("yes", NET, "cpu", 1)
+
+
+def test_auto_counts_the_work_sampled_with_a_network_across_calls(monkeypatch):
+    """Small calls stay eager until the work sampled with the same network, theirs added up, reaches the threshold;
+    the count is per network, and a lambda over a network counts towards that network."""
+    monkeypatch.setattr(rule, "AUTO_MIN_CHAIN_STEPS", 1000)
+    rule.forget_work()
+    other = MLPEnergy(2, 8, 1)
+    assert [rule.compiles("auto", NET, "cpu", 300) for _ in range(4)] == [False, False, False, True]
+    assert not rule.compiles("auto", other, "cpu", 300)  # another network has its own count
+    assert rule.compiles("auto", lambda z: NET(z), "cpu", 1)  # the same network, through a lambda
+    assert not rule.compiles(False, NET, "cpu", 10**9)  # forcing stays forcing
+    rule.forget_work()
+    assert rule.compiles("auto", NET, "cpu", 1000, record=False)  # a training run's plan decides alone...
+    assert not rule.compiles("auto", NET, "cpu", 300)  # ...and is not counted as work sampled
+    rule.forget_work()
+    assert not rule.compiles("auto", NET, "cpu", 300)
 
 
 def test_config_field_and_smoke_runs_stay_eager():

@@ -270,8 +270,8 @@ def test_an_optimizer_overflow_rolls_back_and_the_run_completes():
 def test_an_extended_run_keeps_the_compiled_path_decision_and_equals_the_uninterrupted_one(tmp_path, monkeypatch):
     n = 10
     config = smoke(fast="auto")
-    # between n·K and 2n·K transitions: a run created for 2n iterations would compile, one created for n would not
-    monkeypatch.setattr(compile_rule, "AUTO_MIN_TRANSITIONS", 2 * n * config.n_steps)
+    # between n·K·M and 2n·K·M chain-steps: a run created for 2n iterations would compile, one for n would not
+    monkeypatch.setattr(compile_rule, "AUTO_MIN_CHAIN_STEPS", 2 * n * config.n_steps * config.batch_size)
     assert Trainer(config.replace(iters=2 * n), progress=False).fast
     straight = Trainer(config.replace(iters=n), progress=False)
     assert not straight.fast
