@@ -42,7 +42,7 @@ import torch
 from anila_core.sampling.kernel import EnergyFn
 
 __all__ = [
-    "compiled_step",
+    "compiled_steps",
     "step_for",
     "FastStep",
     "cache_info",
@@ -53,13 +53,13 @@ __all__ = [
 ]
 
 
-def _make_step(sampler):
-    """``sampler.step`` as a plain function of the energy, state and draws, for ``torch.compile`` to trace."""
+def _make_steps(sampler):
+    """``sampler.steps`` as a plain function of the energy, state, watch and draws, for ``torch.compile`` to trace."""
 
-    def anila_step(energy_fn, state, noise, u):
-        return sampler.step(energy_fn, state, noise, u)
+    def anila_steps(energy_fn, state, watch, noises, us):
+        return sampler.steps(energy_fn, state, watch, noises, us)
 
-    return anila_step
+    return anila_steps
 
 
 def _own_code(fn, name: str):
@@ -135,13 +135,15 @@ def cpu_codegen_options() -> dict:
 
 @dataclass
 class FastStep:
-    """One compiled step for one (sampler settings, energy, shape, dtype, device), and the eager step to fall back on.
+    """One compiled call of ``n`` steps for one (sampler settings, energy, shape, dtype, device, ``n``), and its eager
+    twin to fall back on.
 
-    ``traced`` is the function ``torch.compile`` compiles (``sampler.step``, see :func:`_make_step`);
-    ``fallback`` is that very ``step``, run eagerly as ``fast=False`` runs it, so a chain whose
+    ``traced`` is the function ``torch.compile`` compiles (``sampler.steps``, see :func:`_make_steps`);
+    ``fallback`` is that very ``steps``, run eagerly as ``fast=False`` runs it, so a chain whose
     compile fails is the eager chain, bit for bit. ``compile_s`` is the wall time of the first
-    call (tracing and code generation; one step's own run is a negligible part of it), ``None``
-    before it. ``failed`` holds why compiling failed, after which every call runs ``fallback``.
+    call (tracing and code generation; the steps' own run is a negligible part of it), ``None``
+    before it. ``calls`` counts calls (of ``n`` steps each). ``failed`` holds why compiling
+    failed, after which every call runs ``fallback``.
     """
 
     name: str
@@ -231,8 +233,9 @@ def _entries_for(energy_fn) -> dict[tuple, FastStep]:
         return _UNWEAKABLE.setdefault(id(owner), (owner, {}))[1]
 
 
-def step_for(sampler, energy_fn: EnergyFn, x: torch.Tensor) -> FastStep:
-    """The cached :class:`FastStep` of ``sampler.step`` for this sampler's hyperparameters, energy and ``x``.
+def step_for(sampler, energy_fn: EnergyFn, x: torch.Tensor, n_steps: int = 1) -> FastStep:
+    """The cached :class:`FastStep` of ``sampler.steps`` over ``n_steps`` steps, for this sampler's hyperparameters,
+    energy and ``x``.
 
     On CUDA with ``sampler.fast_cuda_graphs``, it compiles with ``mode="reduce-overhead"`` (the
     step replays as one CUDA graph).
@@ -242,31 +245,41 @@ def step_for(sampler, energy_fn: EnergyFn, x: torch.Tensor) -> FastStep:
     cuda_graphs = sampler.fast_cuda_graphs and x.device.type == "cuda"
     mode = "cpu" if x.device.type == "cpu" else "reduce-overhead" if cuda_graphs else "default"
     func = getattr(energy_fn, "__func__", None)
-    key = (_sampler_key(sampler), func, tuple(x.shape), x.dtype, x.device, mode)
+    key = (_sampler_key(sampler), func, tuple(x.shape), x.dtype, x.device, mode, n_steps)
     entries = _entries_for(energy_fn)
     entry = entries.get(key)
     if entry is None:
         frozen = copy.copy(sampler)  # a frozen copy: the entry's graph belongs to the hyperparameters in its key
-        step = _make_step(frozen)
+        steps = _make_steps(frozen)
         _counter += 1
-        name = f"{step.__name__}_{sampler.name}_{_counter}"
-        entry = FastStep(name=name, traced=_own_code(step, name), fallback=frozen.step, mode=mode)
+        name = f"{steps.__name__}_{n_steps}_{sampler.name}_{_counter}"
+        entry = FastStep(name=name, traced=_own_code(steps, name), fallback=frozen.steps, mode=mode)
         entries[key] = entry
     return entry
 
 
-def compiled_step(sampler, energy_fn: EnergyFn, x: torch.Tensor):
-    """``(step, context)`` for ``Sampler.run``: the compiled ``sampler.step`` and the block to loop in.
+def compiled_steps(sampler, energy_fn: EnergyFn, x: torch.Tensor):
+    """``(steps, context)`` for ``Sampler.run``: the compiled ``sampler.steps`` and the block to loop in.
 
-    The block is :func:`tracing_autograd`. The energy's parameters are read as they are: their
-    values, storage and memory layout are never changed. Where ``torch.compile`` cannot run here,
-    ``step`` is ``sampler.step`` itself, after a warning: the same chain as ``fast=False``, bit for bit.
+    ``steps`` takes ``sampler.steps``'s arguments and runs the compiled call of as many steps as
+    it is given draws (one graph per length). The block is :func:`tracing_autograd`. The energy's
+    parameters are read as they are: their values, storage and memory layout are never changed.
+    Where ``torch.compile`` cannot run here, ``steps`` is ``sampler.steps`` itself, after a
+    warning: the same chain as ``fast=False``, bit for bit.
     """
     ok, why = compile_supported()
     if not ok:
         _warn_once(f"anila_core.sampling.compiled: {why}; sampling runs eagerly, the same chain as fast=False")
-        return sampler.step, contextlib.nullcontext()
-    return step_for(sampler, energy_fn, x), tracing_autograd()
+        return sampler.steps, contextlib.nullcontext()
+    by_length: dict[int, FastStep] = {}  # looked up once per run, not per call: the cache key costs microseconds
+
+    def steps(energy_fn, state, watch, noises, us):
+        entry = by_length.get(len(noises))
+        if entry is None:
+            entry = by_length[len(noises)] = step_for(sampler, energy_fn, x, len(noises))
+        return entry(energy_fn, state, watch, noises, us)
+
+    return steps, tracing_autograd()
 
 
 def cache_info() -> list[dict]:
