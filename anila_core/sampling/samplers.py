@@ -155,10 +155,11 @@ class Sampler:
 
         The steps go ``steps_per_call`` at a time through :meth:`steps` (one at a time with a
         trace, and for the last few), which changes nothing in the chain: each step is the same
-        :meth:`step` on the same draws. Per step it draws, from ``generator``, the standard normal ``noise`` and then (Metropolis
-        samplers only) the uniform ``u``, nothing else. ``fast``: ``True`` runs each step compiled
-        (:mod:`anila_core.sampling.compiled`; the same chain up to rounding, falling back to eager
-        with a warning where compiling fails), ``False`` eagerly, ``"auto"`` (default) as
+        :meth:`step` on the same draws. Per step it draws, from ``generator``, the standard
+        normal ``noise`` and then (Metropolis samplers only) the uniform ``u``, nothing else.
+        ``fast``: ``True`` runs the steps compiled (:mod:`anila_core.sampling.compiled`; the same
+        chain up to rounding, falling back to eager with a warning where compiling fails),
+        ``False`` eagerly, ``"auto"`` (default) as
         :func:`~anila_core.sampling.compile_rule.compiles` decides for a call of ``n_steps``.
         ``evaluate_final=False`` skips the energy and gradient at the last positions of an
         unadjusted chain (nothing but a continuation needs them; the next ``run`` computes them).

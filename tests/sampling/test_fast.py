@@ -222,7 +222,7 @@ def test_auto_compiles_big_calls_only(monkeypatch):
 
 
 def test_compiled_runs_continue_exactly():
-    """n then m compiled steps from a state equal n + m compiled steps, bit for bit (pSGLD's V and MALA's test included).
+    """n then m compiled steps from a state equal n + m compiled steps, bit for bit (pSGLD's V, MALA's test included).
 
     2K = 12 steps run as a compiled call of 8 and 4 of one, the halves as 6 calls of one each: a step inside a
     longer compiled call is the step of a one-step call, bit for bit (inductor contracts no multiply-add, so a
