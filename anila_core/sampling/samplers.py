@@ -101,7 +101,9 @@ class Sampler:
         if self.metropolis and not evaluate:
             raise ValueError(f"evaluate: {self.name}'s Metropolis test needs the energy at its proposal; expected True")
 
-    def steps(self, energy_fn: EnergyFn, state: SamplerState, watch: ChainWatch, noises: tuple, us: tuple):
+    def steps(
+        self, energy_fn: EnergyFn, state: SamplerState, watch: ChainWatch, noises: tuple, us: tuple
+    ) -> tuple[SamplerState, ChainWatch, StepInfo | None]:
         """``len(noises)`` calls of :meth:`step` in a row, each followed by the watch: one call of the compiled path.
 
         ``noises[i]`` and ``us[i]`` are step ``i``'s draws. Returns the new state, the watch after
@@ -119,9 +121,8 @@ class Sampler:
         noises, us = [], []
         for _ in range(n):
             noises.append(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-            us.append(
-                torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) if self.metropolis else None
-            )
+            u = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) if self.metropolis else None
+            us.append(u)
         return tuple(noises), tuple(us)
 
     # -- the recipe: init, run, sample
@@ -159,8 +160,8 @@ class Sampler:
         normal ``noise`` and then (Metropolis samplers only) the uniform ``u``, nothing else.
         ``fast``: ``True`` runs the steps compiled (:mod:`anila_core.sampling.compiled`; the same
         chain up to rounding, falling back to eager with a warning where compiling fails),
-        ``False`` eagerly, ``"auto"`` (default) as
-        :func:`~anila_core.sampling.compile_rule.compiles` decides for a call of ``n_steps``.
+        ``False`` eagerly, ``"auto"`` (default) as :func:`~anila_core.sampling.compile_rule.compiles`
+        decides for a call of ``n_steps``.
         ``evaluate_final=False`` skips the energy and gradient at the last positions of an
         unadjusted chain (nothing but a continuation needs them; the next ``run`` computes them).
         An unadjusted chain whose energy or gradient turns NaN or infinite raises
