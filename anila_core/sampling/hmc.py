@@ -31,6 +31,8 @@ class HMC(Sampler):
 
     name = "hmc"
     metropolis = True
+    #: a transition is already ``n_leapfrog`` gradients: one per call keeps its compiled graph as long as that
+    steps_per_call = 1
 
     def __init__(self, step_size: float, n_leapfrog: int = 10, mass=1.0):
         self.step_size = finite_positive("step_size", step_size)

@@ -60,6 +60,9 @@ class Sampler:
     fast_cuda_graphs: bool = False
     #: the names of the per-chain tensors this sampler carries in ``state.extra`` (a state must come from this sampler)
     state_keys: tuple[str, ...] = ()
+    #: transitions per call of :meth:`steps` in ``run`` (one with a trace): the compiled path compiles that many steps
+    #: as one graph, so Python, the compiled call's guards and the watch's eager operations are paid once per call
+    steps_per_call: int = 8
 
     def init_extra(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
         """The sampler's own per-chain state at a fresh start whose gradient is ``grad`` (none for memoryless
@@ -98,6 +101,30 @@ class Sampler:
         if self.metropolis and not evaluate:
             raise ValueError(f"evaluate: {self.name}'s Metropolis test needs the energy at its proposal; expected True")
 
+    def steps(
+        self, energy_fn: EnergyFn, state: SamplerState, watch: ChainWatch, noises: tuple, us: tuple
+    ) -> tuple[SamplerState, ChainWatch, StepInfo | None]:
+        """``len(noises)`` calls of :meth:`step` in a row, each followed by the watch: one call of the compiled path.
+
+        ``noises[i]`` and ``us[i]`` are step ``i``'s draws. Returns the new state, the watch after
+        the last step and the last step's :class:`StepInfo` (what a trace records of a one-step call).
+        """
+        info = None
+        for noise, u in zip(noises, us):
+            state, info = self.step(energy_fn, state, noise, u)
+            watch = watch.after(info)
+        return state, watch, info
+
+    def _draws(self, n: int, x: torch.Tensor, generator: torch.Generator | None) -> tuple[tuple, tuple]:
+        """The draws of ``n`` steps, taken step by step as ever (noise, then ``u`` for Metropolis): the same chain
+        whatever the length of a call."""
+        noises, us = [], []
+        for _ in range(n):
+            noises.append(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+            u = torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) if self.metropolis else None
+            us.append(u)
+        return tuple(noises), tuple(us)
+
     # -- the recipe: init, run, sample
 
     def init(self, energy_fn: EnergyFn, x0: torch.Tensor, *, allow_nonfinite: bool = False) -> SamplerState:
@@ -127,11 +154,14 @@ class Sampler:
     ) -> SamplerState:
         """Advance ``state`` by ``n_steps`` calls of :meth:`step` and return the new state (positions detached).
 
-        Per step it draws, from ``generator``, the standard normal ``noise`` and then (Metropolis
-        samplers only) the uniform ``u``, nothing else. ``fast``: ``True`` runs each step compiled
-        (:mod:`anila_core.sampling.compiled`; the same chain up to rounding, falling back to eager
-        with a warning where compiling fails), ``False`` eagerly, ``"auto"`` (default) as
-        :func:`~anila_core.sampling.compile_rule.compiles` decides for a call of ``n_steps``.
+        The steps go ``steps_per_call`` at a time through :meth:`steps` (one at a time with a
+        trace, and for the last few), which changes nothing in the chain: each step is the same
+        :meth:`step` on the same draws. Per step it draws, from ``generator``, the standard
+        normal ``noise`` and then (Metropolis samplers only) the uniform ``u``, nothing else.
+        ``fast``: ``True`` runs the steps compiled (:mod:`anila_core.sampling.compiled`; the same
+        chain up to rounding, falling back to eager with a warning where compiling fails),
+        ``False`` eagerly, ``"auto"`` (default) as :func:`~anila_core.sampling.compile_rule.compiles`
+        decides for a call of ``n_steps``.
         ``evaluate_final=False`` skips the energy and gradient at the last positions of an
         unadjusted chain (nothing but a continuation needs them; the next ``run`` computes them).
         An unadjusted chain whose energy or gradient turns NaN or infinite raises
@@ -141,28 +171,29 @@ class Sampler:
         n_steps = check_n_steps(n_steps)
         check_energy_fn(energy_fn)
         state = self._checked_state(energy_fn, state, generator, allow_nonfinite)
-        step, context = self.step, contextlib.nullcontext()
+        steps, context = self.steps, contextlib.nullcontext()
         if compile_rule.compiles(fast, energy_fn, state.x.device, n_steps * state.x.shape[0]):
-            step, context = compiled.compiled_step(self, energy_fn, state.x)
+            steps, context = compiled.compiled_steps(self, energy_fn, state.x)
+        # the gradient at the last positions is only needed to continue or to trace the chain
+        move_last = not (evaluate_final or self.metropolis or trace is not None)
+        evaluated, per_call = n_steps - move_last, 1 if trace is not None else self.steps_per_call
         watch = ChainWatch.start(state.x)
         if trace is not None:
             trace.record_start(state)
+        t = 0
         with context:
-            for t in range(1, n_steps + 1):
-                noise = torch.randn(state.x.shape, generator=generator, device=state.x.device, dtype=state.x.dtype)
-                u = (
-                    torch.rand(state.x.shape[0], generator=generator, device=state.x.device, dtype=state.x.dtype)
-                    if self.metropolis
-                    else None
-                )
-                # the gradient at the last positions is only needed to continue or to trace the chain
-                if t == n_steps and not (evaluate_final or self.metropolis or trace is not None):
-                    state, info = self.step(energy_fn, state, noise, u, evaluate=False)
-                else:
-                    state, info = step(energy_fn, state, noise, u)
-                watch = watch.after(info)
-                if trace is not None:
+            while t < evaluated:
+                # whole calls of per_call steps, then single steps: two call lengths, so at most two compiles
+                n = per_call if evaluated - t >= per_call else 1
+                noises, us = self._draws(n, state.x, generator)
+                state, watch, info = steps(energy_fn, state, watch, noises, us)
+                t += n
+                if trace is not None:  # a trace's call is one step long
                     trace.record_step(t, state, info)
+            if move_last:
+                noises, us = self._draws(1, state.x, generator)
+                state, info = self.step(energy_fn, state, noises[0], us[0], evaluate=False)
+                watch = watch.after(info)
         # Metropolis chains reject non-finite proposals, and allow_nonfinite returns such chains as they are
         if not (self.metropolis or allow_nonfinite):
             watch.check(self.name, n_steps)

@@ -199,8 +199,8 @@ def test_sample_fast_validates_like_sample():
 def test_auto_compiles_big_calls_only(monkeypatch):
     """``fast="auto"`` (the default) compiles a call of much work, never a small one nor an eager-forced one."""
     called = []
-    real = fast.compiled_step
-    monkeypatch.setattr(fast, "compiled_step", lambda *a, **k: called.append(a[2].shape) or real(*a, **k))
+    real = fast.compiled_steps
+    monkeypatch.setattr(fast, "compiled_steps", lambda *a, **k: called.append(a[2].shape) or real(*a, **k))
     monkeypatch.setattr(rule, "AUTO_MIN_CHAIN_STEPS", K * len(X0))
     rule.forget_work()
     sampler = SAMPLERS["langevin"]
@@ -224,8 +224,13 @@ def test_auto_compiles_big_calls_only(monkeypatch):
 
 
 def test_compiled_runs_continue_exactly():
-    """n then m compiled steps from a state equal n + m compiled steps, bit for bit (pSGLD's V included)."""
-    for sampler in (SAMPLERS["langevin"], PSGLD(step_size=0.005)):
+    """n then m compiled steps from a state equal n + m compiled steps, bit for bit (pSGLD's V, MALA's test included).
+
+    2K = 12 steps run as a compiled call of 8 and 4 of one, the halves as 6 calls of one each: a step inside a
+    longer compiled call is the step of a one-step call, bit for bit (inductor contracts no multiply-add, so a
+    fused operation rounds as an unfused one).
+    """
+    for sampler in (SAMPLERS["langevin"], PSGLD(step_size=0.005), Langevin(step_size=0.05, metropolis=True)):
         state = sampler.init(NET, X0)
         whole = sampler.run(NET, state, 2 * K, generator=torch.Generator().manual_seed(3), fast=True)
         gen = torch.Generator().manual_seed(3)

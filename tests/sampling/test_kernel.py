@@ -203,6 +203,32 @@ def test_an_unadjusted_chain_that_turns_non_finite_stops_with_the_step_share_and
     assert 0 < int((~torch.isfinite(x).all(1)).sum()) == round(err.share * 20)
 
 
+def wall_at(position: float):
+    """``−2·x₀`` up to ``x₀ = position``, NaN beyond: with ε = 1 and no noise a chain from 0 moves by 1 a step, so it
+    turns NaN at step ``ceil(position)`` exactly."""
+
+    def energy(x):
+        return torch.where(x[:, 0] < position, -2.0 * x[:, 0], torch.nan)
+
+    return energy
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_the_watch_names_the_first_bad_step_whatever_the_steps_per_call(fast):
+    """Steps run several per call (``steps_per_call``): the watch still names the very step a chain turned non-finite,
+    inside a call or at its end, compiled or not."""
+
+    def with_calls_of(n):
+        return type(f"Langevin{n}", (Langevin,), {"steps_per_call": n})(step_size=1.0, noise_scale=0.0)
+
+    samplers = [Langevin(step_size=1.0, noise_scale=0.0)] + ([] if fast else [with_calls_of(1), with_calls_of(3)])
+    for sampler in samplers:
+        for position, first_bad in ((10.5, 11), (7.5, 8), (15.5, 16)):  # inside the second call of 8, at a call's end
+            with pytest.raises(NonFiniteChainError) as info:
+                sampler.run(wall_at(position), sampler.init(wall_at(position), torch.zeros(16, 2)), 20, fast=fast)
+            assert info.value.step == first_bad and info.value.share == 1.0, (sampler.steps_per_call, position)
+
+
 def test_a_target_that_is_infinite_outside_a_box_stops_ula_but_not_mala():
     x0 = torch.zeros(200, 2)
     with pytest.raises(NonFiniteChainError, match="became NaN or infinite"):
