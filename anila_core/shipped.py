@@ -37,8 +37,9 @@ def run_folders(group: str | Path) -> dict[str, Path]:
     """The finished run folders of a comparison folder (``RINGS_DEMO``, ``DIGITS_CPU`` or a ``compare --out``): name →
     folder.
 
-    A folder counts when it holds ``config.json``, ``checkpoint.pt`` and ``final.json``, or is a run that
-    diverged (``config.json`` and a ``final.json`` that says so: a comparison's result too); names come in :data:`RUN_ORDER`, then alphabetically. Empty when there is none (say, a
+    A folder counts when it holds ``config.json``, ``checkpoint.pt`` and ``final.json``, or is a
+    run that diverged (``config.json`` and a ``final.json`` that says so: a comparison's result
+    too); names come in :data:`RUN_ORDER`, then alphabetically. Empty when there is none (say, a
     package installed without the repository's data folder).
     """
     group = Path(group)

@@ -429,7 +429,7 @@ def test_demo_shows_each_parallel_runs_progress_before_the_table(tmp_path):
     # lines from the two worker processes may interleave, but each run's own come in order and whole
     from anila_core.study.commands import DEMO_RUNS, run_spec
 
-    assert set(progress) == {run_spec(run)[0] for run in DEMO_RUNS}, result.stdout  # a folder name each: anila-b3
+    assert set(progress) == {run_spec(run)[0] for run in DEMO_RUNS}, result.stdout  # a folder name each: anila-eps0.05
     assert all(done == [10, 20, 30] for done in progress.values()), result.stdout
     assert result.stdout.rindex("iterations (100%)") < _table_start(result.stdout), "the table comes after the runs"
 

@@ -274,8 +274,9 @@ def run_spec(text: str) -> tuple[str, str, dict]:
     """One entry of ``compare --samplers``: ``anila``, or a sampler with its own settings, ``anila:b=3`` or
     ``anila:b=3,step_size=0.02``.
 
-    Returns the run's label (its folder: ``anila-b3``, ``anila-eps0.05``, ``anila-b3-K5``), the sampler's name and its settings, which
-    override the preset's entries for that sampler (and the flags shared by every run).
+    Returns the run's label (its folder: ``anila-b3``, ``anila-eps0.05``, ``anila-b3-K5``), the
+    sampler's name and its settings, which override the preset's entries for that sampler (and the
+    flags shared by every run).
     """
     sampler, _, rest = text.partition(":")
     settings = {}
