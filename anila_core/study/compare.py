@@ -302,9 +302,11 @@ def _finish_image_comparison(out: Path, labels: list[str], finals: dict, configs
     from anila_core.training.run_loading import load_trainer
     from anila_core.ui.report import image_markdown_table, plot_fid_curve, plot_image_side_by_side, save_figure
 
-    trainers = {s: load_trainer(out / s, progress=False, energy=configs[s].energy or None) for s in labels}
+    trained = [s for s in labels if not finals[s].get("diverged")]  # a diverged run is in the table, with no samples
+    trainers = {s: load_trainer(out / s, progress=False, energy=configs[s].energy or None) for s in trained}
     samples = {s: t.sample_for_eval(64) for s, t in trainers.items()}
-    save_figure(plot_image_side_by_side(samples, finals), out / "comparison.png")
+    if samples:
+        save_figure(plot_image_side_by_side(samples, finals), out / "comparison.png")
     ax = plot_fid_curve({s: t.history for s, t in trainers.items()})
     if ax is not None:
         save_figure(ax.figure, out / "fid.png")
@@ -322,7 +324,7 @@ def _finish_points_comparison(out: Path, labels: list[str], finals: dict, config
     from anila_core.ui.report import save_figure
 
     runs, points = {}, None
-    for s in labels:
+    for s in [s for s in labels if not finals[s].get("diverged")]:  # a diverged run is in the table, with no samples
         trainer = load_trainer(out / s, progress=False, energy=configs[s].energy or None)
         points = trainer.dataset
         log_p = None
@@ -330,5 +332,6 @@ def _finish_points_comparison(out: Path, labels: list[str], finals: dict, config
             with torch.no_grad():
                 log_p = grid_log_probs(trainer.eval_model(), extent=points.window, device=trainer.device)
         runs[s] = {"log_p": log_p, "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
-    save_figure(plot_points_side_by_side(runs, points), out / "comparison.png")
+    if runs:
+        save_figure(plot_points_side_by_side(runs, points), out / "comparison.png")
     return points_markdown_table(finals)

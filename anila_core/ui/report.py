@@ -374,6 +374,10 @@ def image_markdown_table(finals: Mapping[str, dict]) -> str:
 
     for label, f in finals.items():
         settings = settings_text(f["config"])
+        if f.get("diverged"):  # counted, not dropped
+            dashes = " | ".join(["—"] * 3)
+            lines.append(f"| {label} | {diverged_text(f)} | {dashes} | {f['iters']} | {f['wall_s']:.0f} | {settings} |")
+            continue
         best = "n/a" if f.get("best_fid") is None else f"{f['best_fid']:.3g} ({f['best_fid_iter']})"
         lines.append(
             f"| {label} | {num(f.get('fid'), '.3g')} | {num(f.get('kid'), '.3g')} | {best} | "

@@ -97,6 +97,12 @@ def test_run_together_stops_a_trainer_that_diverges_and_trains_the_others():
     record = divergence_record(a, diverged[0])
     assert record["diverged"] is True and record["diverged_at"] == 1 and "max_energy_gap" in record["cause"]
     assert "| Langevin | diverged at iteration 1 |" in markdown_table({"Langevin": record, "AniLA": b.summary()})
+    # the tables of image and points comparisons count it too, rather than failing on its missing measures
+    from anila_core.ui.points_report import points_markdown_table
+    from anila_core.ui.report import image_markdown_table
+
+    for table in (image_markdown_table, points_markdown_table):
+        assert "| Langevin | diverged at iteration 1 |" in table({"Langevin": record})
 
 
 def test_the_summary_is_what_a_run_directory_writes(tmp_path):
