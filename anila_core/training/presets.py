@@ -80,7 +80,7 @@ _PAPER = dict(
 
 PRESETS: dict[str, tuple[dict, dict[str, dict]]] = {
     "smoke": (_SMOKE, {"anila": dict(b=0.05)}),  # small enough that AniLA clips even at smoke size
-    # the study's settings (above), run at K = 30 and 3000 iterations here
+    # the study's settings (above), run at K = 30 and 3000 iterations here (cpu_long: 10 000, with global moves)
     "cpu": (_CPU, {"langevin": dict(step_size=0.01), "anila": dict(step_size=0.02, b=3.0)}),
     "cpu_long": (_CPU_LONG, {"langevin": dict(step_size=0.01), "anila": dict(step_size=0.02, b=3.0)}),
     # the study's own settings; its cells set their sampler, step size and b themselves, and its base is
