@@ -13,6 +13,7 @@ import torch
 from anila_core.cli import main
 from anila_core.fileio import read_jsonl
 from anila_core.training.presets import preset
+from anila_core.training import kinds
 from anila_core.training.kinds import RUN_FILES
 from cli_commands import smoke_argv
 
@@ -151,7 +152,10 @@ def test_compare_entries_carry_their_own_settings(tmp_path):
 
     assert run_spec("anila") == ("anila", "anila", {})
     assert run_spec("anila:b=3") == ("anila-b3", "anila", {"b": 3.0})
-    assert run_spec("anila:b=3,n_steps=5") == ("anila-b3-n-steps5", "anila", {"b": 3.0, "n_steps": 5})
+    # short and in the study's cell ids' words (anila-eps0.05-b3-K20-buffer-seed0): step_size -> eps, n_steps -> K
+    assert run_spec("anila:b=3,n_steps=5") == ("anila-b3-K5", "anila", {"b": 3.0, "n_steps": 5})
+    assert run_spec("anila:step_size=0.05") == ("anila-eps0.05", "anila", {"step_size": 0.05})
+    assert run_spec("langevin:lr_min=0.1") == ("langevin-lr-min0.1", "langevin", {"lr_min": 0.1})
     out = tmp_path / "cmp"
     assert main(smoke_argv("compare", "--iters", "10", "--jobs", "1", "--samplers", "anila", "anila:b=3", out=out)) == 0
     tuned, clipping = (json.loads((out / name / "config.json").read_text()) for name in ("anila", "anila-b3"))
@@ -177,6 +181,22 @@ def test_compare_refuses_a_bad_entry_in_one_line(tmp_path, capsys, entry, messag
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_compare_shows_a_run_that_diverged_as_diverged_and_keeps_it_on_resume(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    # a gap bound no energy meets: the run diverges at its first step, a result of the comparison, not a crash
+    args = ["compare", "--preset", "smoke", "--iters", "10", "--jobs", "1", "--out", str(out), "--no-progress"]
+    assert main(args + ["--samplers", "langevin", "langevin:max_energy_gap=1e-9"]) == 0
+    diverged = json.loads((out / "langevin-max-energy-gap1e-09" / "final.json").read_text())
+    assert diverged["diverged"] is True and diverged["diverged_at"] == 1 and "max_energy_gap" in diverged["cause"]
+    assert {p.name for p in (out / "langevin-max-energy-gap1e-09").iterdir()} == set(kinds.DIVERGED_RUN_FILES)
+    table = (out / "comparison.md").read_text()
+    assert "| langevin-max-energy-gap1e-09 | diverged at iteration 1 |" in table and "| langevin | 0." in table
+    assert (out / "comparison.png").is_file()
+    capsys.readouterr()
+    assert main(args + ["--resume", "--samplers", "langevin", "langevin:max_energy_gap=1e-9"]) == 0
+    assert capsys.readouterr().out.count("finished earlier with these settings, kept") == 2  # not trained again
 
 
 def test_compare_refuses_two_entries_for_one_folder(tmp_path, capsys):
@@ -329,7 +349,7 @@ def test_demo_shows_each_parallel_runs_progress_before_the_table(tmp_path):
     # lines from the two worker processes may interleave, but each run's own come in order and whole
     from anila_core.study.commands import DEMO_RUNS, run_spec
 
-    assert set(progress) == {run_spec(run)[0] for run in DEMO_RUNS}, result.stdout  # a folder name each: anila-b3
+    assert set(progress) == {run_spec(run)[0] for run in DEMO_RUNS}, result.stdout  # a folder name each: anila-eps0.05
     assert all(done == [10, 20, 30] for done in progress.values()), result.stdout
     assert result.stdout.rindex("iterations (100%)") < _table_start(result.stdout), "the table comes after the runs"
 

@@ -16,7 +16,17 @@ from anila_core.training.config import TrainConfig
 from anila_core.training.presets import DEFAULT_PRESET, preset
 from anila_core.training.kinds import data_kind
 
-__all__ = ["add_parsers", "cmd_compare", "cmd_sweep", "cmd_demo", "run_spec", "DEMO_RUNS", "SWEEP_AXES"]
+__all__ = [
+    "add_parsers",
+    "cmd_compare",
+    "cmd_sweep",
+    "cmd_demo",
+    "run_spec",
+    "DEMO_RUNS",
+    "DEMO_PRESET",
+    "LABEL_NAMES",
+    "SWEEP_AXES",
+]
 
 
 def add_parsers(sub, presets: str) -> None:
@@ -64,13 +74,18 @@ def add_parsers(sub, presets: str) -> None:
 
     demo = sub.add_parser(
         "demo",
-        help="the headless demo on the rings at the cpu preset: Langevin, AniLA at b = 30 (clips "
-        "almost nothing: Langevin's chain) and a clipping AniLA (b = 3); a few minutes",
+        help="the headless demo on the rings: the rings study's seed-0 cells at its preset (sweep): Langevin at "
+        "its best (ε = 0.01), AniLA at its best (ε = 0.02, b = 3), and both at ε = 0.05, where Langevin "
+        "diverges and AniLA trains; about 6 min of CPU",
     )
     demo.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="folder for the comparison (default runs/demo)"
     )
-    demo.add_argument("--preset", default=DEFAULT_PRESET, help=f"named settings (default {DEFAULT_PRESET})")
+    demo.add_argument(
+        "--preset",
+        default=DEMO_PRESET,
+        help=f"named settings (default {DEMO_PRESET}, the rings study's: then the runs are its seed-0 cells)",
+    )
 
 
 #: the settings a sweep varies per cell; the rest of its flags set the base every cell shares
@@ -252,12 +267,17 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
     return 0
 
 
+#: how a run's folder name writes a setting, as the study's cell ids do (anila_core.study.grid.cell_id)
+LABEL_NAMES = {"step_size": "eps", "n_steps": "K"}
+
+
 def run_spec(text: str) -> tuple[str, str, dict]:
     """One entry of ``compare --samplers``: ``anila``, or a sampler with its own settings, ``anila:b=3`` or
     ``anila:b=3,step_size=0.02``.
 
-    Returns the run's label (its folder: ``anila-b3``), the sampler's name and its settings, which
-    override the preset's entries for that sampler (and the flags shared by every run).
+    Returns the run's label (its folder: ``anila-b3``, ``anila-eps0.05``, ``anila-b3-K5``), the
+    sampler's name and its settings, which override the preset's entries for that sampler (and the
+    flags shared by every run).
     """
     sampler, _, rest = text.partition(":")
     settings = {}
@@ -275,9 +295,13 @@ def run_spec(text: str) -> tuple[str, str, dict]:
             settings[key] = parsers[kinds[key]](value.strip())
         except (ValueError, argparse.ArgumentTypeError) as err:
             raise ValueError(f"--samplers: {text!r}: {key}: {err}") from None
-    # a folder name that says what differs: anila:b=3 -> anila-b3
+    # a folder name that says what differs, in the study's cell ids' words: anila:b=3,step_size=0.05 -> anila-b3-eps0.05
     label = "-".join(
-        [sampler] + [k.replace("_", "-") + (f"{v:g}" if isinstance(v, float) else str(v)) for k, v in settings.items()]
+        [sampler]
+        + [
+            LABEL_NAMES.get(k, k.replace("_", "-")) + (f"{v:g}" if isinstance(v, float) else str(v))
+            for k, v in settings.items()
+        ]
     )
     return label, sampler, settings
 
@@ -415,9 +439,12 @@ def _sweep_cell_command(args: argparse.Namespace, overrides: dict, out: Path):
     return lambda cell: [*argv, "--cell", cell_id(cell)]
 
 
-#: the demo's runs: Langevin and AniLA at the cpu preset's b = 30 (clips almost nothing, so it is nearly Langevin), and
-#: an AniLA that clips most coordinates (b = 3), so that the comparison shows what clipping does to a trained energy
-DEMO_RUNS = ("langevin", "anila", "anila:b=3")
+#: the demo's preset: the rings study's (its base is the cells' base), so that at seed 0 its runs are the study's cells
+DEMO_PRESET = "sweep"
+#: the demo's runs, the contrasts the rings study's search found: Langevin and AniLA at their best (the preset's
+#: entries: ε = 0.01; ε = 0.02, b = 3, which clips about a fifth of the coordinates), and both at ε = 0.05, where
+#: Langevin lost the target for every search seed and AniLA trained
+DEMO_RUNS = ("langevin", "anila", "langevin:step_size=0.05", "anila:step_size=0.05")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -100,8 +100,15 @@ def _command(folder: Path, command: Sequence[str]) -> list[str]:
 
 
 def _finished_with(folder: Path, config: TrainConfig) -> bool:
-    """Whether the run in ``folder`` finished at ``config``'s iterations (a resumed comparison keeps it)."""
-    return (folder / "final.json").exists() and _finished(folder / "final.json")["iters"] == config.iters
+    """Whether the run in ``folder`` finished at ``config``'s iterations, or diverged (a resumed comparison keeps
+    it)."""
+    return (folder / "final.json").exists() and _done(_finished(folder / "final.json"), config)
+
+
+def _done(final: dict, config: TrainConfig) -> bool:
+    """Whether ``final`` ends its run at ``config``: trained to its iterations, or diverged (a result: training it
+    again with the same seed diverges again)."""
+    return bool(final.get("diverged")) or final["iters"] == config.iters
 
 
 def _compare(
@@ -210,13 +217,14 @@ def _duration(seconds: float) -> str:
 def _train_one(job: tuple) -> dict:
     """Worker of a comparison: one sampler's run, with its share of the CPU threads, showing its progress as
     ``progress`` says."""
+    from anila_core.training.guard import TrainingDiverged
     from anila_core.training.runs import Run
 
     config, out, resume, threads, progress = job
     out = Path(out)
     if resume and (out / "final.json").exists():
         final = _finished(out / "final.json")
-        if final["iters"] == config.iters:
+        if _done(final, config):
             print(
                 f"{out}: finished earlier with these settings, kept (delete the folder to train it again)", flush=True
             )
@@ -244,7 +252,13 @@ def _train_one(job: tuple) -> dict:
                 f"evaluation, every {run.config.eval_every})",
                 flush=True,
             )
-        final = run.train(callback=lines)
+        try:
+            final = run.train(callback=lines)
+        except TrainingDiverged as err:  # a result of the comparison, shown as such, not a failure of it
+            final = run.record_divergence(err)
+            run.close()
+            print(f"{out.name}: diverged at iteration {final['diverged_at']} ({final['cause']})", flush=True)
+            return final
         if lines is not None:
             print(f"{out.name}: done in {time.perf_counter() - lines.start:.0f} s, figures written", flush=True)
         return final
@@ -273,9 +287,12 @@ def _finish_target_comparison(out: Path, labels: list[str], finals: dict, config
 
     runs = {}
     for s in labels:
+        if finals[s].get("diverged"):  # no trained state: its column says where it diverged
+            runs[s] = {"final": finals[s]}
+            continue
         trainer = load_trainer(out / s, progress=False, energy=configs[s].energy or None)
         runs[s] = {**model_densities(trainer), "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
-    target = load_trainer(out / labels[0], progress=False, energy=configs[labels[0]].energy or None).target
+    target = data_kind(configs[labels[0]]).target
     save_figure(plot_side_by_side(runs, target), out / "comparison.png")
     return markdown_table(finals)
 
@@ -285,9 +302,11 @@ def _finish_image_comparison(out: Path, labels: list[str], finals: dict, configs
     from anila_core.training.run_loading import load_trainer
     from anila_core.ui.report import image_markdown_table, plot_fid_curve, plot_image_side_by_side, save_figure
 
-    trainers = {s: load_trainer(out / s, progress=False, energy=configs[s].energy or None) for s in labels}
+    trained = [s for s in labels if not finals[s].get("diverged")]  # a diverged run is in the table, with no samples
+    trainers = {s: load_trainer(out / s, progress=False, energy=configs[s].energy or None) for s in trained}
     samples = {s: t.sample_for_eval(64) for s, t in trainers.items()}
-    save_figure(plot_image_side_by_side(samples, finals), out / "comparison.png")
+    if samples:
+        save_figure(plot_image_side_by_side(samples, finals), out / "comparison.png")
     ax = plot_fid_curve({s: t.history for s, t in trainers.items()})
     if ax is not None:
         save_figure(ax.figure, out / "fid.png")
@@ -305,7 +324,7 @@ def _finish_points_comparison(out: Path, labels: list[str], finals: dict, config
     from anila_core.ui.report import save_figure
 
     runs, points = {}, None
-    for s in labels:
+    for s in [s for s in labels if not finals[s].get("diverged")]:  # a diverged run is in the table, with no samples
         trainer = load_trainer(out / s, progress=False, energy=configs[s].energy or None)
         points = trainer.dataset
         log_p = None
@@ -313,5 +332,6 @@ def _finish_points_comparison(out: Path, labels: list[str], finals: dict, config
             with torch.no_grad():
                 log_p = grid_log_probs(trainer.eval_model(), extent=points.window, device=trainer.device)
         runs[s] = {"log_p": log_p, "samples": trainer.sample_for_eval()[:2000], "final": finals[s]}
-    save_figure(plot_points_side_by_side(runs, points), out / "comparison.png")
+    if runs:
+        save_figure(plot_points_side_by_side(runs, points), out / "comparison.png")
     return points_markdown_table(finals)

@@ -11,7 +11,14 @@ from anila_core.notices import notice
 from anila_core.training.config import TrainConfig
 from anila_core.training.state import TrainState
 
-__all__ = ["TrainingDiverged", "Guard", "step_problem", "parameters_finite", "optimizer_overflow"]
+__all__ = [
+    "TrainingDiverged",
+    "Guard",
+    "step_problem",
+    "parameters_finite",
+    "optimizer_overflow",
+    "divergence_record",
+]
 
 
 class TrainingDiverged(RuntimeError):
@@ -33,6 +40,25 @@ class TrainingDiverged(RuntimeError):
     ):
         super().__init__(message)
         self.iteration, self.cause, self.checkpoint, self.gave_up = iteration, cause, checkpoint, gave_up
+
+
+def divergence_record(trainer, err: TrainingDiverged) -> dict:
+    """What a run that diverged leaves as its result (its ``final.json`` in a comparison): where and why it stopped.
+
+    ``diverged_at`` is the iteration the trainer reached, as the sampler study records a diverged
+    cell (``anila_core.study.sweep.run_cell``), so that the two can be compared.
+    """
+    c = trainer.config
+    return {
+        "sampler": c.sampler,
+        "seed": c.seed,
+        "config": c.to_dict(),
+        "iters": trainer.iteration,
+        "diverged": True,
+        "diverged_at": trainer.iteration,
+        "cause": err.cause or str(err),
+        "wall_s": trainer.wall_s,
+    }
 
 
 def parameters_finite(*models: torch.nn.Module | None) -> bool:

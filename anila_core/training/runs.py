@@ -26,6 +26,7 @@ from anila_core.fileio import (
     remove_made_folders,
     write_jsonl,
 )
+from anila_core.training.guard import TrainingDiverged, divergence_record
 from anila_core.training.limits import check_memory, out_of_memory
 from anila_core.training.kinds import CHECKPOINT, KNOWN_RUN_FILES
 from anila_core.training.run_loading import build_trainer, load_trainer
@@ -379,6 +380,13 @@ class Run:
         self._hold()
         final = self.trainer.summary()
         self.trainer.kind.save_figures(self.trainer, self.out)
+        self._write_final(final)
+        return final
+
+    def record_divergence(self, err: TrainingDiverged) -> dict:
+        """Write ``final.json`` of a run that diverged, as a result (a comparison's): where and why, no trained
+        measures (:func:`anila_core.training.guard.divergence_record`)."""
+        final = divergence_record(self.trainer, err)
         self._write_final(final)
         return final
 

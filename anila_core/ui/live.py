@@ -48,31 +48,39 @@ def _count(name: str, value) -> int:
     return value
 
 
-def run_together(trainers: Iterable, iters: int | None = None, callback: Callable | None = None) -> None:
+def run_together(trainers: Iterable, iters: int | None = None, callback: Callable | None = None) -> list:
     """Train several trainers in turns, one evaluation interval each, so live curves grow side by side.
 
     Each trainer stops only at its own evaluation points (multiples of its ``eval_every``)
     or at its end, so its history and parameters are exactly those of one uninterrupted
     ``trainer.run(iters)``: taking turns changes the order of the work, not the result.
-    ``iters`` defaults to each trainer's ``config.iters``.
+    ``iters`` defaults to each trainer's ``config.iters``. A trainer that diverges stops there
+    and the others go on (a comparison's result, as in ``compare``): returns, per trainer, its
+    :class:`~anila_core.training.guard.TrainingDiverged` or ``None``.
     """
+    from anila_core.training.guard import TrainingDiverged
+
     trainers = list(trainers)
     if not trainers:
         raise ValueError("trainers: expected at least one Trainer")
     if iters is not None:
         _count("iters", iters)
     ends = [t.config.iters if iters is None else iters for t in trainers]
+    diverged: list = [None] * len(trainers)
     while True:
         moved = False
-        for trainer, end in zip(trainers, ends):
-            if trainer.iteration >= end:
+        for i, (trainer, end) in enumerate(zip(trainers, ends)):
+            if trainer.iteration >= end or diverged[i] is not None:
                 continue
             every = trainer.config.eval_every
             stop = min((trainer.iteration // every + 1) * every, end)
-            trainer.run(stop, callback=callback)
+            try:
+                trainer.run(stop, callback=callback)
+            except TrainingDiverged as err:
+                diverged[i] = err
             moved = True
         if not moved:
-            return
+            return diverged
 
 
 class LivePlot:

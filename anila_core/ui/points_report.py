@@ -13,7 +13,7 @@ import torch
 from anila_core.sampling.distances import grid_log_probs
 from anila_core.sampling.sample_distances import kde_grid_log_probs
 from anila_core.ui.plots import plot_density, plot_samples
-from anila_core.ui.report import plot_clipped_share, plot_energy_gap, save_figure, settings_text
+from anila_core.ui.report import diverged_text, plot_clipped_share, plot_energy_gap, save_figure, settings_text
 
 __all__ = [
     "principal_axes",
@@ -201,13 +201,17 @@ def points_markdown_table(finals: Mapping[str, dict]) -> str:
     ]
     for label, f in finals.items():
         settings = settings_text(f["config"])
+        if f.get("diverged"):  # counted, not dropped
+            dashes = " | ".join(["—"] * 4)
+            lines.append(f"| {label} | {diverged_text(f)} | {dashes} | {f['iters']} | {f['wall_s']:.0f} | {settings} |")
+            continue
         kde = "—" if f.get("kde_grid_tv") is None else f"{f['kde_grid_tv']:.3f}"
         clipped = "—" if f.get("clipped_share") is None else f"{f['clipped_share']:.1%}"  # AniLA's share of |∇E| > b
         lines.append(
             f"| {label} | {f['sliced_wasserstein']:.4f} | {f['best_sliced_wasserstein']:.4f} ({f['best_iter']}) | "
             f"{f['mmd']:.4f} | {kde} | {clipped} | {f['iters']} | {f['wall_s']:.0f} | {settings} |"
         )
-    first = next(iter(finals.values()), None)
+    first = next((f for f in finals.values() if not f.get("diverged")), None)
     if first is not None:
         lines += [
             "",

@@ -26,6 +26,7 @@ __all__ = [
     "save_figure",
     "settings_text",
     "markdown_table",
+    "diverged_text",
     "save_image_run_figures",
     "plot_image_training_curves",
     "plot_fid_curve",
@@ -152,6 +153,9 @@ def plot_side_by_side(runs: Mapping[str, dict], target, fig=None):
     axes[2, 0].set_title("data samples")
     for j, (label, run) in enumerate(runs.items(), start=1):
         final = run["final"]
+        if final.get("diverged"):
+            _diverged_column(axes[:, j], label, final)
+            continue
         plot_density(run["log_p"], ax=axes[0, j])
         axes[0, j].set_title(f"{label}: exp(−E), TV {final['grid_tv']:.3f}", fontsize=10)
         if run.get("sampler_log_p") is not None:
@@ -173,6 +177,28 @@ def plot_side_by_side(runs: Mapping[str, dict], target, fig=None):
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def _diverged_column(axes, label: str, final: Mapping) -> None:
+    """A run that diverged, in a side-by-side figure: no density and no samples, where and why it stopped instead."""
+    for ax in axes:
+        ax.axis("off")
+    axes[0].set_title(f"{label}: diverged", fontsize=10)
+    axes[0].text(
+        0.5,
+        0.5,
+        f"diverged at iteration\n{final['diverged_at']} of {final['config']['iters']}:\nno trained energy",
+        ha="center",
+        va="center",
+        fontsize=10,
+        color="tab:red",
+        transform=axes[0].transAxes,
+    )
+
+
+def diverged_text(final: Mapping) -> str:
+    """A table's cell for a run that diverged: ``diverged at iteration 1481``."""
+    return f"diverged at iteration {final['diverged_at']}"
 
 
 def _maybe(value, spec: str) -> str:
@@ -212,6 +238,10 @@ def markdown_table(finals: Mapping[str, dict]) -> str:
     ]
     for label, f in finals.items():
         settings = settings_text(f["config"])
+        if f.get("diverged"):  # counted, not dropped: the row says where it stopped
+            dashes = " | ".join(["—"] * 5)
+            lines.append(f"| {label} | {diverged_text(f)} | {dashes} | {f['iters']} | {f['wall_s']:.0f} | {settings} |")
+            continue
         lines.append(
             f"| {label} | {f['grid_tv']:.3f} | {f['best_grid_tv']:.3f} ({f['best_iter']}) | {f['grid_kl']:.3f} | "
             f"{_maybe(f.get('sampler_grid_tv'), '.3f')} | {_percent(f.get('clipped_share'))} | {f['mmd']:.4f} | "
@@ -344,6 +374,10 @@ def image_markdown_table(finals: Mapping[str, dict]) -> str:
 
     for label, f in finals.items():
         settings = settings_text(f["config"])
+        if f.get("diverged"):  # counted, not dropped
+            dashes = " | ".join(["—"] * 3)
+            lines.append(f"| {label} | {diverged_text(f)} | {dashes} | {f['iters']} | {f['wall_s']:.0f} | {settings} |")
+            continue
         best = "n/a" if f.get("best_fid") is None else f"{f['best_fid']:.3g} ({f['best_fid_iter']})"
         lines.append(
             f"| {label} | {num(f.get('fid'), '.3g')} | {num(f.get('kid'), '.3g')} | {best} | "

@@ -28,8 +28,14 @@ GRID_TOLERANCE = 1e-3  # grid TV and KL, printed to three decimals
 MMD_TOLERANCE = 1e-4  # MMD², printed to four
 
 
+#: the demo's runs (python -m anila_core demo): Langevin and AniLA at their best, then both at ε = 0.05
+DEMO_FOLDERS = ["langevin", "anila", "langevin-eps0.05", "anila-eps0.05"]
+#: those that trained (Langevin at ε = 0.05 diverged: its folder holds where and why, no weights)
+TRAINED_DEMO_FOLDERS = ["langevin", "anila", "anila-eps0.05"]
+
+
 def test_the_shipped_runs_are_there_complete_and_small():
-    assert list(shipped.run_folders(shipped.RINGS_DEMO)) == ["langevin", "anila", "anila-b3"]  # the demo's three runs
+    assert list(shipped.run_folders(shipped.RINGS_DEMO)) == DEMO_FOLDERS
     assert list(shipped.run_folders(shipped.DIGITS_CPU)) == ["langevin", "anila"]
     total = 0
     for group in (shipped.RINGS_DEMO, shipped.DIGITS_CPU):
@@ -37,6 +43,9 @@ def test_the_shipped_runs_are_there_complete_and_small():
         for folder in shipped.run_folders(group).values():
             names = {p.name for p in folder.iterdir()}
             config = runs.TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
+            if json.loads((folder / "final.json").read_text()).get("diverged"):
+                assert names == set(kinds.DIVERGED_RUN_FILES), folder
+                continue
             assert set(kinds.data_kind(config).expected_files()) <= names <= ALLOWED, folder
         total += sum(p.stat().st_size for p in group.rglob("*") if p.is_file())
     assert total < 5e6, f"shipped runs take {total / 1e6:.1f} MB; keep them to a few MB"
@@ -52,11 +61,15 @@ def test_they_load_through_the_weights_only_loader(monkeypatch):
 
     monkeypatch.setattr(torch, "load", recording)
     trainers = shipped.load_runs(shipped.RINGS_DEMO, device="cpu")
-    assert list(trainers) == ["Langevin", "AniLA b = 30", "AniLA b = 3"]
+    # the labels say each run's ε (and b), so that the figures tell the four apart; the diverged run has no weights
+    assert list(trainers) == ["Langevin ε = 0.01", "AniLA ε = 0.02, b = 3", "AniLA ε = 0.05, b = 3"]
+    assert list(shipped.diverged_runs(shipped.RINGS_DEMO)) == ["Langevin ε = 0.05"]
     assert seen and all(flag is True for flag in seen)
+    with pytest.raises(ValueError, match=r"names: \['langevin-eps0.05'\] diverged"):
+        shipped.load_runs(shipped.RINGS_DEMO, device="cpu", names=["langevin-eps0.05"])
 
 
-@pytest.mark.parametrize("name", ["langevin", "anila", "anila-b3"])
+@pytest.mark.parametrize("name", TRAINED_DEMO_FOLDERS)
 def test_a_rings_run_reproduces_its_final_numbers(name):
     folder = shipped.RINGS_DEMO / name
     final = json.loads((folder / "final.json").read_text())
@@ -129,13 +142,16 @@ def test_notebooks_default_to_the_shipped_runs_with_one_switch(notebook, group, 
     assert flipped["USE_RUNS"] is False
 
 
-def test_the_trained_panel_samples_the_shipped_anila_run_by_default():
+def test_the_trained_panel_samples_the_shipped_clipping_anila_run_by_default():
     from anila_core.ui.widgets import trained_model_panel
 
+    assert shipped.default_panel_run() == shipped.RINGS_DEMO / "anila"
     panel = trained_model_panel(n_chains=100)
     config = runs.TrainConfig.from_dict(json.loads((shipped.RINGS_DEMO / "anila" / "config.json").read_text()))
+    final = json.loads((shipped.RINGS_DEMO / "anila" / "final.json").read_text())
+    assert final["clipped_share"] > 0.05  # AniLA at its best clips: not Langevin's chain
     assert panel.b_slider.value == pytest.approx(config.b, rel=0.05)  # a log slider rounds to its steps
-    assert panel.k_slider.value == config.n_steps and "AniLA b = 30" in panel.name
+    assert panel.k_slider.value == config.n_steps and "AniLA ε = 0.02, b = 3" in panel.name
     before = panel.readout.value
     panel.b_slider.value = 0.1
     assert panel.readout.value != before and panel.result["params"]["b"] == pytest.approx(0.1)
@@ -145,13 +161,55 @@ def test_the_live_plot_of_loaded_runs_draws_their_histories():
     from anila_core.ui.live import LivePlot
 
     trainers = shipped.load_runs(shipped.RINGS_DEMO, device="cpu", names=["langevin", "anila"])
+    langevin = next(label for label, t in trainers.items() if t.config.sampler == "langevin")
     live = LivePlot(trainers, grid_size=20)
     for curve, ax in live.curve_axes.items():
         for label, line in live.lines[curve].items():
             iters = [r["iter"] for r in trainers[label].history]
-            if curve == "clipped_share" and label == "Langevin":
+            if curve == "clipped_share" and label == langevin:
                 continue  # Langevin has no threshold: a gap, not a line
             assert list(line.get_xdata()) == iters
         low, high = ax.get_xlim()
         # before the fix the axes kept matplotlib's (0, 1) and the lines lay outside them
-        assert low <= trainers["Langevin"].history[0]["iter"] and high >= trainers["Langevin"].history[-1]["iter"]
+        assert low <= trainers[langevin].history[0]["iter"] and high >= trainers[langevin].history[-1]["iter"]
+
+
+# --------------------------------------------------------------------------- the demo is the study's seed 0
+
+#: the measures a trained demo run and its study cell both record at their last evaluation
+FINAL_MEASURES = ("grid_tv", "grid_kl", "mmd", "sampler_grid_tv")
+
+
+def _study_cell(config: dict) -> dict:
+    """The rings study's committed cell of the run with ``config`` (docs/study/rings/cells/<id>.json)."""
+    from anila_core.study.grid import KINDS, cell_id
+
+    kind = next(k for k, v in KINDS.items() if all(config[f] == value for f, value in v.items()))
+    cell = dict(kind=kind, step_size=config["step_size"], b=config["b"] if config["sampler"] == "anila" else None)
+    cell.update(n_steps=config["n_steps"], chains=config["chains"], seed=config["seed"])
+    return json.loads((ROOT / "docs" / "study" / "rings" / "cells" / f"{cell_id(cell)}.json").read_text())
+
+
+@pytest.mark.parametrize("name", DEMO_FOLDERS)
+def test_a_demo_run_is_the_rings_studys_seed_0_cell_of_its_setting(name):
+    # The demo (compare at the sweep preset, seed 0) and the study's cell (sweep.run_cell) ran the same configuration
+    # through the same trainer, on the same CPU, one thread each; the run's checkpoint, written only at its end
+    # (checkpoint_every = iters), draws no random numbers. So their numbers are the same floats and are compared
+    # exactly, file against file (on another CPU both are still these files).
+    from anila_core.study.grid import STUDIES, cell_config, study_base
+
+    folder = shipped.RINGS_DEMO / name
+    config = json.loads((folder / "config.json").read_text())
+    cell = _study_cell(config)
+    # the same settings, field by field (a run's config.json holds its learning-rate schedule's length fixed: iters)
+    assert cell_config(study_base(STUDIES["rings"]), cell).with_fixed_schedule().to_dict() == config
+    final = json.loads((folder / "final.json").read_text())
+    assert bool(final.get("diverged")) == cell["diverged"]
+    if cell["diverged"]:
+        assert (final["diverged_at"], final["cause"]) == (cell["diverged_at"], cell["cause"])
+    else:
+        assert {k: final[k] for k in FINAL_MEASURES} == {k: cell["final"][k] for k in FINAL_MEASURES}
+        assert final["best_grid_tv"] == cell["best_grid_tv"]
+    # every evaluation along the way, too (a diverged run's up to where it stopped)
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iter"], r["grid_tv"]) for r in rows] == [(r["iter"], r["grid_tv"]) for r in cell["history"]]

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from anila_core.training.presets import preset
 from anila_core.ui.live import LivePlot, run_together  # noqa: E402
 from anila_core.ui.report import markdown_table  # noqa: E402
+from anila_core.training.guard import TrainingDiverged, divergence_record  # noqa: E402
 from anila_core.training.runs import Run  # noqa: E402
 from anila_core.training.trainer import Trainer  # noqa: E402
 
@@ -85,6 +86,23 @@ def test_run_together_respects_each_trainers_own_evaluation_points():
     run_together([a, b], iters=14)
     assert [r["iter"] for r in a.history] == [5, 10, 14]
     assert [r["iter"] for r in b.history] == [7, 14]
+
+
+def test_run_together_stops_a_trainer_that_diverges_and_trains_the_others():
+    a = Trainer(tiny("langevin", max_energy_gap=1e-9), progress=False)  # a gap bound no energy meets
+    b = Trainer(tiny("anila"), progress=False)
+    diverged = run_together([a, b])
+    assert diverged[1] is None and b.iteration == 20
+    assert isinstance(diverged[0], TrainingDiverged) and a.iteration == 1
+    record = divergence_record(a, diverged[0])
+    assert record["diverged"] is True and record["diverged_at"] == 1 and "max_energy_gap" in record["cause"]
+    assert "| Langevin | diverged at iteration 1 |" in markdown_table({"Langevin": record, "AniLA": b.summary()})
+    # the tables of image and points comparisons count it too, rather than failing on its missing measures
+    from anila_core.ui.points_report import points_markdown_table
+    from anila_core.ui.report import image_markdown_table
+
+    for table in (image_markdown_table, points_markdown_table):
+        assert "| Langevin | diverged at iteration 1 |" in table({"Langevin": record})
 
 
 def test_the_summary_is_what_a_run_directory_writes(tmp_path):

@@ -13,8 +13,9 @@ def rows(values, every=100):
 
 
 def test_an_erratic_run_behind_at_every_evaluation_loses():
-    # notebook 02's case: b = 3 jumps about (0.15 → 0.40 → 0.22 …) but is above b = 30 at every evaluation of the last
-    # half; a rule that reads how much a run moved over its last evaluations called this "no clear winner"
+    # the case of notebook 02's earlier runs (AniLA at b = 3 and b = 30): b = 3 jumps about (0.15 → 0.40 → 0.22 …)
+    # but is above b = 30 at every evaluation of the last half; a rule that reads how much a run moved over its last
+    # evaluations called this "no clear winner"
     steady = rows([0.5, 0.3, 0.12, 0.11, 0.10, 0.10, 0.101, 0.10])
     erratic = rows([0.5, 0.4, 0.35, 0.41, 0.18, 0.40, 0.229, 0.33])
     result = compare_runs({"b = 3": erratic, "b = 30": steady}, "grid_tv")

@@ -3,7 +3,7 @@ configuration."""
 
 from __future__ import annotations
 
-from anila_core.training.kinds.base import CHECKPOINT, DataKind
+from anila_core.training.kinds.base import CHECKPOINT, DIVERGED_RUN_FILES, DataKind
 from anila_core.training.kinds.images import IMAGE_RUN_FILES, ImageData
 from anila_core.training.kinds.points import POINTS_2D_FIGURES, POINTS_RUN_FILES, PointsData
 from anila_core.training.kinds.target import RUN_FILES, TargetData
@@ -19,6 +19,7 @@ __all__ = [
     "IMAGE_RUN_FILES",
     "POINTS_RUN_FILES",
     "KNOWN_RUN_FILES",
+    "DIVERGED_RUN_FILES",
 ]
 
 #: every name a run writes in its folder, whatever its data

@@ -19,6 +19,9 @@ __all__ = ["DataKind", "RUN_RECORDS", "CHECKPOINT"]
 CHECKPOINT = "checkpoint.pt"
 #: what every run writes besides its figures
 RUN_RECORDS = ("config.json", "metrics.jsonl", "final.json", CHECKPOINT)
+#: what a run that diverged leaves when its divergence is recorded as its result (``Run.record_divergence``): no
+#: checkpoint and no figures, as there is no trained state to keep
+DIVERGED_RUN_FILES = ("config.json", "metrics.jsonl", "final.json")
 
 
 class DataKind:
