@@ -123,10 +123,9 @@ def networks_of(energy_fn) -> list[torch.nn.Module]:
     bound method belongs to; for a plain function, lambda or ``functools.partial``, the modules
     it closes over, is given as arguments or reads as globals, followed through the functions,
     partials and bound methods it refers to (``lambda x: net(x).squeeze(-1)`` in a notebook finds
-    ``net``). Other objects' attributes are not searched: a method of an object that merely
-    holds a network (a trainer's ``energy``) finds none, so its owner names the network itself
-    (the trainer passes its model to :func:`compiles`). A 2-D target's ``energy`` or
-    ``lambda x: x.square().sum(1)`` finds none.
+    ``net``); for a bound method, also the attributes its code reads off its own object
+    (``self.net`` in a wrapper's ``energy`` method finds ``net``). No other attribute of any object
+    is searched. A 2-D target's ``energy`` or ``lambda x: x.square().sum(1)`` finds none.
     """
     found: dict[int, torch.nn.Module] = {}
     _collect_networks(energy_fn, found, _SEARCH_DEPTH, set())
@@ -140,8 +139,15 @@ def _collect_networks(value, found: dict, depth: int, seen: set) -> None:
     if isinstance(value, torch.nn.Module):
         found[id(value)] = value
     elif isinstance(value, types.MethodType):
-        if isinstance(value.__self__, torch.nn.Module):
-            found[id(value.__self__)] = value.__self__
+        owner = value.__self__
+        if isinstance(owner, torch.nn.Module):
+            found[id(owner)] = owner
+        # the attributes the method's code names that its object holds itself (``self.net``): read from the
+        # instance's own dict, so no property or descriptor runs
+        own = getattr(owner, "__dict__", {})
+        for name in _attribute_names(value.__func__.__code__) if isinstance(own, dict) else ():
+            if name in own:
+                _collect_networks(own[name], found, depth - 1, seen)
         _collect_networks(value.__func__, found, depth - 1, seen)
     elif isinstance(value, partial):
         for part in (value.func, *value.args, *value.keywords.values()):
@@ -155,6 +161,16 @@ def _collect_networks(value, found: dict, depth: int, seen: set) -> None:
         for name in _global_names(value.__code__):
             if name in value.__globals__:
                 _collect_networks(value.__globals__[name], found, depth - 1, seen)
+
+
+@functools.lru_cache(maxsize=1024)
+def _attribute_names(code: types.CodeType) -> tuple[str, ...]:
+    """The attribute names ``code`` reads (``self.net`` reads ``net``), its nested functions' included."""
+    names = {ins.argval for ins in dis.get_instructions(code) if ins.opname in ("LOAD_ATTR", "LOAD_METHOD")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_attribute_names(const))
+    return tuple(sorted(n for n in names if isinstance(n, str)))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -347,7 +347,17 @@ def test_the_networks_of_an_energy_are_found():
         return scaled(z) + 1.0
 
     assert rule.networks_of(through_a_helper) == [net]
-    # other objects' attributes are not searched: a trainer names its network to the rule itself
+
+    # a bound method's own object: the attributes its code reads (self.net) are searched, no others
+    class Holder:
+        def __init__(self, network):
+            self.net, self.other = network, mlp(1)
+
+        def energy(self, z):
+            return self.net(z)
+
+    assert rule.networks_of(Holder(net).energy) == [net]
+    # the trainer's energy reads self.nets, an object that is not a network: it names its network to the rule itself
     trainer = Trainer(preset("smoke", "langevin", device="cpu"), progress=False)
     assert rule.networks_of(trainer.energy) == [] and rule.networks_of(lambda z: trainer.energy(z)) == []
     assert rule.compiles("auto", trainer.model, "cpu", 10**9) and not trainer.fast  # the smoke run is short: eager
