@@ -145,7 +145,7 @@ def _collect_networks(value, found: dict, depth: int, seen: set) -> None:
         # the attributes the method's code names that its object holds itself (``self.net``): read from the
         # instance's own dict, so no property or descriptor runs
         own = getattr(owner, "__dict__", {})
-        for name in _attribute_names(value.__func__.__code__) if isinstance(own, dict) else ():
+        for name in _names_read(value.__func__.__code__, _ATTRIBUTE_READS) if isinstance(own, dict) else ():
             if name in own:
                 _collect_networks(own[name], found, depth - 1, seen)
         _collect_networks(value.__func__, found, depth - 1, seen)
@@ -158,29 +158,21 @@ def _collect_networks(value, found: dict, depth: int, seen: set) -> None:
                 _collect_networks(cell.cell_contents, found, depth - 1, seen)
             except ValueError:  # a cell not yet filled (a closure over a name assigned later)
                 pass
-        for name in _global_names(value.__code__):
+        for name in _names_read(value.__code__, _GLOBAL_READS):
             if name in value.__globals__:
                 _collect_networks(value.__globals__[name], found, depth - 1, seen)
 
 
-@functools.lru_cache(maxsize=1024)
-def _attribute_names(code: types.CodeType) -> tuple[str, ...]:
-    """The attribute names ``code`` reads (``self.net`` reads ``net``), its nested functions' included."""
-    names = {ins.argval for ins in dis.get_instructions(code) if ins.opname in ("LOAD_ATTR", "LOAD_METHOD")}
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names.update(_attribute_names(const))
-    return tuple(sorted(n for n in names if isinstance(n, str)))
+#: the instructions that read a global (``net`` in a notebook's lambda) and those that read an attribute (``self.net``)
+_GLOBAL_READS, _ATTRIBUTE_READS = ("LOAD_GLOBAL", "LOAD_NAME"), ("LOAD_ATTR", "LOAD_METHOD")
 
 
 @functools.lru_cache(maxsize=1024)
-def _global_names(code: types.CodeType) -> tuple[str, ...]:
-    """The global names ``code`` reads, its nested functions' and comprehensions' included.
-
-    Attribute names are not globals: ``x.net`` reads none.
-    """
-    names = {ins.argval for ins in dis.get_instructions(code) if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+def _names_read(code: types.CodeType, reads: tuple[str, ...]) -> tuple[str, ...]:
+    """The names ``code`` reads with the instructions ``reads`` (:data:`_GLOBAL_READS` or :data:`_ATTRIBUTE_READS`),
+    its nested functions' and comprehensions' included."""
+    names = {ins.argval for ins in dis.get_instructions(code) if ins.opname in reads}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names.update(_global_names(const))
+            names.update(_names_read(const, reads))
     return tuple(sorted(n for n in names if isinstance(n, str)))

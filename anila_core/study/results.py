@@ -28,6 +28,7 @@ __all__ = [
     "main_slice",
     "best_settings",
     "same_setting_but_step",
+    "paired_cells",
     "paired_difference",
     "verdict_text",
     "search_seeds",
@@ -306,6 +307,17 @@ def same_setting_but_step(row: dict, other: dict) -> bool:
 CONFIDENCE = 0.95
 
 
+def paired_cells(summary: dict, setting: dict, reference: dict) -> dict[int, dict]:
+    """Seed → ``{"mine": cell, "ref": cell}`` for the seeds both ``setting`` and ``reference`` (rows of
+    :func:`summarize`) ran: a seed is one pair."""
+    by_seed: dict[int, dict] = {}
+    for r in summary["cells"]:
+        for name, row in (("mine", setting), ("ref", reference)):
+            if setting_key(r) == setting_key(row):
+                by_seed.setdefault(r["seed"], {})[name] = r
+    return {seed: both for seed, both in by_seed.items() if len(both) == 2}
+
+
 def paired_difference(summary: dict, setting: dict, reference: dict) -> dict:
     """The paired comparison of ``setting`` with ``reference`` (rows of :func:`summarize`) on the seeds both ran.
 
@@ -320,12 +332,8 @@ def paired_difference(summary: dict, setting: dict, reference: dict) -> dict:
     from scipy import stats
 
     key = quality_key(summary)
-    by_seed = {}
-    for r in summary["cells"]:
-        for name, row in (("mine", setting), ("ref", reference)):
-            if setting_key(r) == setting_key(row):
-                by_seed.setdefault(r["seed"], {})[name] = r
-    shared = sorted(seed for seed, both in by_seed.items() if len(both) == 2)
+    by_seed = paired_cells(summary, setting, reference)
+    shared = sorted(by_seed)
     finished = [seed for seed in shared if all(not c["diverged"] and key in c["final"] for c in by_seed[seed].values())]
     diffs = [by_seed[seed]["mine"]["final"][key] - by_seed[seed]["ref"]["final"][key] for seed in finished]
     out = {

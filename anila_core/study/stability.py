@@ -10,8 +10,7 @@ stable" where p < 0.05, else "no difference detected".
 
 from __future__ import annotations
 
-from anila_core.study.grid import setting_key
-from anila_core.study.results import CONFIDENCE, quality_key, stable_result, summarize
+from anila_core.study.results import CONFIDENCE, paired_cells, quality_key, stable_result, summarize
 
 __all__ = ["MIN_SEEDS", "stability_contrast", "stability_contrasts", "stability_text"]
 
@@ -30,12 +29,7 @@ def stability_contrast(summary: dict, setting: dict, reference: dict) -> dict:
     from scipy import stats
 
     key = quality_key(summary)
-    by_seed: dict[int, dict] = {}
-    for r in summary["cells"]:
-        for name, row in (("mine", setting), ("ref", reference)):
-            if setting_key(r) == setting_key(row):
-                by_seed.setdefault(r["seed"], {})[name] = r
-    shared = [both for both in by_seed.values() if len(both) == 2]
+    shared = list(paired_cells(summary, setting, reference).values())
     n = len(shared)
     mine = sum(stable_result(both["mine"], key) for both in shared)
     ref = sum(stable_result(both["ref"], key) for both in shared)
