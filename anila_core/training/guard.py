@@ -46,7 +46,7 @@ def divergence_record(trainer, err: TrainingDiverged) -> dict:
     """What a run that diverged leaves as its result (its ``final.json`` in a comparison): where and why it stopped.
 
     ``diverged_at`` is the iteration the trainer reached, as the sampler study records a diverged
-    cell (``anila_core.study.sweep.run_cell``), so that the two can be compared.
+    cell (``anila_core.study.cell.run_cell``), so that the two can be compared.
     """
     c = trainer.config
     return {
