@@ -15,15 +15,16 @@ followed by the non-finite watch — autograd's input gradient included
 call pay Python, dynamo's guards, the graph's wrapper and the watch's small operations once
 per call instead of once per step: on the CPU MLP (2-128-128-128-1, batch 1024, one thread)
 that took ≈ 0.4 ms off a 4 ms transition, measured side by side. What is left beyond the
-GEMMs is the graph's own kernels (the activations and their derivatives, the thin first and
-last layers), not the calls. The noise is drawn *outside* the compiled region, step by step in
+GEMMs is the graph's own kernels (the activations and their derivatives), not the calls. The noise is drawn *outside* the compiled region, step by step in
 the same order as eagerly, so a compiled chain equals the eager chain of the same generator
 seed up to floating-point rounding, and the length of a call (8 or 1) changes nothing in it.
 
-The compiled graph is the sampler's arithmetic as written: no layer is rewritten and no
-weight re-laid in memory. On a CPU it is generated for the vector ISA this process runs
-(``ATEN_CPU_CAPABILITY`` picks ``default``, ``avx2`` or ``avx512``), and inductor's disk cache
-keeps the code of each ISA apart (:func:`cpu_codegen_options`).
+On a CPU the compiled graph is the sampler's arithmetic with three exact rewrites of
+:mod:`~anila_core.sampling.graph_rewrites` (the sigmoid computed once, thin products and
+biases fused into the elementwise kernels), which change float rounding only; no weight is
+re-laid in memory and the user's module is not touched. Its code is generated for the vector
+ISA this process runs (``ATEN_CPU_CAPABILITY`` picks ``default``, ``avx2`` or ``avx512``), and
+inductor's disk cache keeps the code of each ISA apart (:func:`cpu_codegen_options`).
 
 Compiled calls are cached per (sampler type and hyperparameters, energy, input shape, dtype,
 device, steps per call), so the compile (seconds to tens of seconds for each of a run's two
@@ -46,6 +47,7 @@ from typing import Callable
 
 import torch
 
+from anila_core.sampling import graph_rewrites
 from anila_core.sampling.kernel import EnergyFn
 
 __all__ = [
@@ -171,7 +173,11 @@ class FastStep:
         try:
             if self.compiled is None:
                 # fullgraph: a graph break would leave a slow half-compiled step; better to know and run eagerly
-                how = {"options": cpu_codegen_options()} if self.mode == "cpu" else {"mode": self.mode}
+                how = (
+                    {"options": {**cpu_codegen_options(), **graph_rewrites.inductor_options()}}
+                    if self.mode == "cpu"
+                    else {"mode": self.mode}
+                )
                 self.compiled = torch.compile(self.traced, fullgraph=True, dynamic=False, **how)
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
