@@ -15,9 +15,10 @@ followed by the non-finite watch — autograd's input gradient included
 call pay Python, dynamo's guards, the graph's wrapper and the watch's small operations once
 per call instead of once per step: on the CPU MLP (2-128-128-128-1, batch 1024, one thread)
 that took ≈ 0.4 ms off a 4 ms transition, measured side by side. What is left beyond the
-GEMMs is the graph's own kernels (the activations and their derivatives), not the calls. The noise is drawn *outside* the compiled region, step by step in
-the same order as eagerly, so a compiled chain equals the eager chain of the same generator
-seed up to floating-point rounding, and the length of a call (8 or 1) changes nothing in it.
+GEMMs is the graph's own kernels (the activations and their derivatives), not the calls. The
+noise is drawn *outside* the compiled region, step by step in the same order as eagerly, so a
+compiled chain equals the eager chain of the same generator seed up to floating-point rounding,
+and the length of a call (8 or 1) changes nothing in it.
 
 On a CPU the compiled graph is the sampler's arithmetic with three exact rewrites of
 :mod:`~anila_core.sampling.graph_rewrites` (the sigmoid computed once, thin products and
