@@ -263,7 +263,8 @@ def cmd_compare(args: argparse.Namespace, preset_name: str | None = None) -> int
         return 0
     print(result.table)
     print(f"wall time {result.wall_s:.0f} s")
-    print(f"figure: {result.figure_path}\ntable:  {result.table_path}")
+    figure = result.figure_path or "none (no run trained: the table says where each diverged)"
+    print(f"figure: {figure}\ntable:  {result.table_path}")
     return 0
 
 

@@ -25,12 +25,12 @@ PROGRESS_BAR, PROGRESS_LINES, NO_PROGRESS = "bar", "lines", None
 @dataclass(frozen=True)
 class Comparison:
     """What a finished comparison wrote: each run's ``final.json`` by label, the markdown ``table`` and where it and
-    the figure are."""
+    the figure are (``figure_path`` is ``None`` when no run trained: a figure of diverged runs has nothing to show)."""
 
     finals: dict
     table: str
     table_path: Path
-    figure_path: Path
+    figure_path: Path | None
     wall_s: float
 
 
@@ -156,9 +156,12 @@ def _compare(
         "points": _finish_points_comparison,
         "target": _finish_target_comparison,
     }[data_kind(first).name]
+    figure = out / "comparison.png"
+    figure.unlink(missing_ok=True)  # a figure of an earlier attempt must not pass for this one's
     table = finish(out, labels, finals, configs)
     atomic_write_text(out / "comparison.md", table)
-    return Comparison(finals, table, out / "comparison.md", out / "comparison.png", time.perf_counter() - start)
+    shown = figure if figure.exists() else None
+    return Comparison(finals, table, out / "comparison.md", shown, time.perf_counter() - start)
 
 
 def _check_same_settings(out: Path, config: TrainConfig) -> None:

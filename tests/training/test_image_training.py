@@ -294,6 +294,17 @@ def test_a_missing_dataset_is_one_clear_error_with_exit_code_2(tmp_path, capsys)
     assert err.startswith("error: Flowers102: folder") and "flowers-102" in err and not out.exists()
 
 
+def test_a_compare_whose_runs_all_diverged_writes_its_table_and_no_figure(data_root, tmp_path, capsys):
+    """A gap bound no energy meets: both runs stop at their first step; the table says so and no sample grid is
+    claimed."""
+    out = tmp_path / "cmp"
+    gap = "--max-energy-gap", "1e-9"
+    assert main(digits_argv("compare", data_root, "--jobs", "1", "--device", "cpu", "--iters", "4", *gap, out=out)) == 0
+    assert "| langevin | diverged at iteration 1 |" in (out / "comparison.md").read_text()
+    assert not (out / "comparison.png").exists()
+    assert "figure: none (no run trained" in capsys.readouterr().out
+
+
 def test_compare_on_images_writes_the_side_by_side_grids_and_an_fid_table(data_root, tmp_path):
     out = tmp_path / "cmp"
     assert main(digits_argv("compare", data_root, "--jobs", "1", "--device", "cpu", out=out)) == 0
