@@ -19,7 +19,7 @@ help:
 	@echo "make explore       the two live panels as a web app (Voila)"
 	@echo "make bench         the speed table: samplers against the autograd floor, TorchEBM, JAX and BlackJAX"
 	@echo "make gpu-check     the GPU check (tests, CUDA benchmark, training speed); without a GPU its CPU dry run"
-	@echo "make study         the sampler studies behind notebook 06 (docs/study/; resumable, 4-5 hours on 2 cores)"
+	@echo "make study         the sampler studies behind notebook 06 (docs/study/; resumable, about 6-7 hours on 2 idle cores)"
 	@echo "make reliability   rewrite docs/RELIABILITY.md from a fresh run of the reliability and hostile-use tests"
 	@echo "make site          the course as a website: the notebooks run at the smoke budget, in $(SITE_HTML)"
 
@@ -98,7 +98,7 @@ gpu-check:
 	echo "gpu-check: $$py"; \
 	PYTHONPATH="$(CURDIR)" MPLBACKEND=Agg "$$py" benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
-# The sampler studies behind notebook 06 and the README's verdicts (about 4-5 hours on 2 cores in all). Finished
+# The sampler studies behind notebook 06 and the README's verdicts (about 6-7 hours on 2 idle cores in all). Finished
 # cells are kept (docs/study/*/cells/, committed): rerunning after an interruption only computes what is missing.
 study: $(STAMP)
 	$(PY) -m anila_core sweep --study rings --out docs/study/rings --no-progress

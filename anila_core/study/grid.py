@@ -208,21 +208,23 @@ PAPER_BS = (0.01, 0.03, 0.1)
 
 
 STUDIES: dict[str, Study] = {
-    # The rings study (docs/study/rings). Equal tuning effort: every sampler gets 8 settings at
-    # the same gradient budget (20 gradients per chain and iteration), 3 seeds each:
+    # The rings study (docs/study/rings). Tuning effort at the same gradient budget (20 gradients per
+    # chain and iteration), 3 seeds each, and no best setting at the edge of an axis it could move along:
     #   Langevin and MALA: 8 step sizes, 0.002-0.1 (the last study's best, 0.01, was its grid's edge);
-    #   AniLA and its noise-only form: 4 step sizes x b in {1, 3}, thresholds at which AniLA clips
-    #   (at b = 30 it clipped nothing: Langevin's own chain, not a competitor);
+    #   AniLA and its noise-only form: 4 step sizes x b in {1, 3, 10}, thresholds at which AniLA clips
+    #   (at b = 30 it clipped nothing: Langevin's own chain, not a competitor; b = 10 was added when
+    #   the first 3-seed results put the best at b = 3, the edge of {1, 3});
     #   the sample-norm and Metropolis-adjusted forms: the same 4 step sizes at b = 3 only (4
-    #   settings, trimmed to keep the study near 4 hours on 2 cores; the report's table says so);
-    #   pSGLD: 4 step sizes x damping in {1e-5 (its usual value), 0.1} (with 1e-5 it diverged at
-    #   small steps, where 1/(λ + sqrt V) is huge, and at large ones);
-    #   HMC: 4 leapfrog steps x 5 or 10 leapfrogs per transition (K = 4 or 2, the same 20 gradients).
+    #   settings, trimmed to keep the study's length down; the report's table says so);
+    #   pSGLD: 4 step sizes x damping in {1e-5 (its usual value), 0.1, 1} (with 1e-5 it diverged at
+    #   small steps, where 1/(λ + sqrt V) is huge, and at large ones; 1 added as 0.1 was the edge);
+    #   HMC: 4 leapfrog steps x 2, 5 or 10 leapfrogs per transition (K = 10, 4 or 2: the same 20
+    #   gradients; 2 added as the best of {5, 10} would sit at an edge either way).
     # Then the paper's own rule (ε = 1, small b, buffer and short-run chains), short-run chains and
     # K = 10 for Langevin and AniLA. Then each sampler's best setting and the paper rule's best get
-    # 7 more seeds (verdict_seeds), and so do Langevin and AniLA at ε = 0.05 (below). About 275 runs of
-    # 80-100 s of CPU time each: 6-7 hours of CPU time,
-    # 3-3.5 h on 2 cores.
+    # 7 more seeds (verdict_seeds), and so do Langevin and AniLA at ε = 0.05 (below). About 320 runs
+    # of 80-100 s of CPU time each (median 80 s measured over the first 187, one thread each):
+    # about 7-8 hours of CPU time, 3.5-4 h on 2 idle cores.
     "rings": Study(
         description="rings toy, 'sweep' preset (2000 iterations, 20 gradients per iteration and chain)",
         preset="sweep",
@@ -236,7 +238,7 @@ STUDIES: dict[str, Study] = {
             Grid(
                 kinds=("anila", "anila_noise"),
                 step_sizes=(0.005, 0.01, 0.02, 0.05),
-                bs=(1.0, 3.0),
+                bs=(1.0, 3.0, 10.0),
                 n_steps=(20,),
                 seeds=SEARCH_SEEDS,
             ),
@@ -250,10 +252,11 @@ STUDIES: dict[str, Study] = {
             Grid(
                 kinds=("psgld",),
                 step_sizes=(0.01, 0.03, 0.1, 0.3),
-                dampings=(1e-5, 0.1),
+                dampings=(1e-5, 0.1, 1.0),
                 n_steps=(20,),
                 seeds=SEARCH_SEEDS,
             ),
+            Grid(kinds=("hmc",), step_sizes=(0.02, 0.05, 0.1, 0.2), leapfrogs=(2,), n_steps=(10,), seeds=SEARCH_SEEDS),
             Grid(kinds=("hmc",), step_sizes=(0.02, 0.05, 0.1, 0.2), leapfrogs=(5,), n_steps=(4,), seeds=SEARCH_SEEDS),
             Grid(kinds=("hmc",), step_sizes=(0.02, 0.05, 0.1, 0.2), leapfrogs=(10,), n_steps=(2,), seeds=SEARCH_SEEDS),
             Grid(
