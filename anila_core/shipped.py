@@ -117,7 +117,7 @@ def diverged_runs(group: str | Path) -> dict[str, dict]:
 
 
 def default_panel_run() -> Path | None:
-    """The run a trained-energy panel samples when none is named: the shipped demo's AniLA at its best, which clips
-    (``None`` if absent)."""
+    """The run a trained-energy panel samples when none is named: the shipped demo's AniLA (ε = 0.02, b = 3), a run
+    that clips (``None`` if absent)."""
     folders = {n: p for n, p in run_folders(RINGS_DEMO).items() if not _diverged(p)}
     return folders.get("anila") or next(iter(folders.values()), None)

@@ -75,7 +75,7 @@ def add_parsers(sub, presets: str) -> None:
     demo = sub.add_parser(
         "demo",
         help="the headless demo on the rings: the rings study's seed-0 cells at its preset (sweep): Langevin at "
-        "its best (ε = 0.01), AniLA at its best (ε = 0.02, b = 3), and both at ε = 0.05, where Langevin "
+        "its best (ε = 0.01), a clipping AniLA (ε = 0.02, b = 3), and both at ε = 0.05, where Langevin "
         "diverges and AniLA trains; about 6 min of CPU",
     )
     demo.add_argument(

@@ -149,7 +149,7 @@ def test_the_trained_panel_samples_the_shipped_clipping_anila_run_by_default():
     panel = trained_model_panel(n_chains=100)
     config = runs.TrainConfig.from_dict(json.loads((shipped.RINGS_DEMO / "anila" / "config.json").read_text()))
     final = json.loads((shipped.RINGS_DEMO / "anila" / "final.json").read_text())
-    assert final["clipped_share"] > 0.05  # AniLA at its best clips: not Langevin's chain
+    assert final["clipped_share"] > 0.05  # the demo's AniLA (ε = 0.02, b = 3) clips: not Langevin's chain
     assert panel.b_slider.value == pytest.approx(config.b, rel=0.05)  # a log slider rounds to its steps
     assert panel.k_slider.value == config.n_steps and "AniLA ε = 0.02, b = 3" in panel.name
     before = panel.readout.value
