@@ -13,7 +13,7 @@ PIP_FILTER := 2> >(grep --line-buffered -v "is ignored: it is neither a file nor
 
 help:
 	@echo "make lab    set up .venv and open the tutorials in JupyterLab"
-	@echo "make demo   set up .venv and run the headless demo (rings, the study's seed 0: Langevin and AniLA at their best, both at eps 0.05)"
+	@echo "make demo   set up .venv and run the headless demo (rings, the study's seed 0: Langevin and AniLA at their best, both at eps 0.05, AniLA at b 3)"
 	@echo "make test   set up .venv and run all tests, notebooks included (ANILA_BUDGET=smoke)"
 	@echo "make test-browser  drive JupyterLab and Voila in headless Chromium (installs chromium with apt)"
 	@echo "make explore       the two live panels as a web app (Voila)"

@@ -26,7 +26,7 @@ RINGS_DEMO = TRAINED / "rings-demo"
 DIGITS_CPU = TRAINED / "digits-cpu"
 #: the order runs are shown in: Langevin and AniLA at their best (the presets' entries), then both at ε = 0.05 (the
 #: demo's step size at which one trains and the other fails); other folders after, by name
-RUN_ORDER = ("langevin", "anila", "langevin-eps0.05", "anila-eps0.05")
+RUN_ORDER = ("langevin", "anila", "langevin-eps0.05", "anila-eps0.05-b3")
 #: what a folder needs for the loader and the notebooks: the settings, the weights and the final numbers
 NEEDED = ("config.json", "checkpoint.pt", "final.json")
 #: what a run that diverged leaves (its final.json says where and why; there are no weights to load)
@@ -117,7 +117,7 @@ def diverged_runs(group: str | Path) -> dict[str, dict]:
 
 
 def default_panel_run() -> Path | None:
-    """The run a trained-energy panel samples when none is named: the shipped demo's AniLA (ε = 0.02, b = 3), a run
-    that clips (``None`` if absent)."""
+    """The run a trained-energy panel samples when none is named: the shipped demo's AniLA at its best (ε = 0.005,
+    b = 10), a run that clips a few per cent of the coordinates (``None`` if absent)."""
     folders = {n: p for n, p in run_folders(RINGS_DEMO).items() if not _diverged(p)}
     return folders.get("anila") or next(iter(folders.values()), None)

@@ -291,7 +291,7 @@ def compile_row(sampler, net, x, gen) -> dict:
     hits = counters["inductor"]["fxgraph_cache_hit"]
     misses = counters["inductor"]["fxgraph_cache_miss"]
     start = time.perf_counter()
-    # two whole calls and two single steps: both call lengths' graphs compile, pSGLD's first and later ones each
+    # two whole calls and a call of the 2 steps left: both call lengths' graphs compile, pSGLD's first and later ones
     sampler.sample(net, x, 2 * sampler.steps_per_call + 3, generator=gen, fast=True)
     wall = time.perf_counter() - start
     new = [r for r in fast.cache_info() if r["name"] not in before]

@@ -18,7 +18,7 @@ that took ≈ 0.4 ms off a 4 ms transition, measured side by side. What is left 
 GEMMs is the graph's own kernels (the activations and their derivatives), not the calls. The
 noise is drawn *outside* the compiled region, step by step in the same order as eagerly, so a
 compiled chain equals the eager chain of the same generator seed up to floating-point rounding,
-and the length of a call (8 or 1) changes nothing in it.
+and the length of a call (8, or the few left at the end of a run) changes nothing in it.
 
 On a CPU the compiled graph is the sampler's arithmetic with three exact rewrites of
 :mod:`~anila_core.sampling.graph_rewrites` (the sigmoid computed once, thin products and

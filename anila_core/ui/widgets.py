@@ -289,7 +289,7 @@ def trained_model_panel(
     """A ``ModelSamplingPanel`` on a finished 2-D run, started at the run's own ε, b and K.
 
     ``run``: a run folder, or a ``Trainer`` already in memory; by default the shipped demo's AniLA
-    (ε = 0.02, b = 3), a run that clips (``anila_core.shipped.default_panel_run``). A folder is read by
+    (ε = 0.005, b = 10), a run that clips (``anila_core.shipped.default_panel_run``). A folder is read by
     :func:`anila_core.training.run_loading.load_trainer` (``weights_only``: no code in a checkpoint
     runs; ``energy``: the spec or class of a network of your own the run names, which is
     imported only when given here). ``kwargs`` override the panel's other arguments.

@@ -111,11 +111,11 @@ def test_cache_reuses_the_compiled_transition_for_the_same_shape():
     both(sampler)  # compiled by now (or by the test above)
     rows = {r["name"]: dict(r) for r in fast.cache_info()}
     twin = Langevin(step_size=0.05)  # another object, same hyperparameters: the same entry
-    twin.run(NET, twin.init(NET, X0), K, generator=torch.Generator().manual_seed(0), fast=True)
+    twin.sample(NET, X0, K, generator=torch.Generator().manual_seed(0), fast=True)  # K - 1 steps: one call
     after = {r["name"]: r for r in fast.cache_info()}
     assert after.keys() == rows.keys(), "the same (sampler, energy, shape) must not compile again"
     [name] = [n for n in after if after[n]["calls"] != rows[n]["calls"]]
-    assert after[name]["calls"] == rows[name]["calls"] + K
+    assert after[name]["calls"] == rows[name]["calls"] + 1
     assert after[name]["compile_s"] > 0 and after[name]["failed"] is None
     # another shape is another entry, and the parameters are read at every call, not frozen in
     entry = fast.step_for(sampler, NET, X0)
@@ -226,8 +226,8 @@ def test_auto_compiles_big_calls_only(monkeypatch):
 def test_compiled_runs_continue_exactly():
     """n then m compiled steps from a state equal n + m compiled steps, bit for bit (pSGLD's V, MALA's test included).
 
-    2K = 12 steps run as a compiled call of 8 and 4 of one, the halves as 6 calls of one each: a step inside a
-    longer compiled call is the step of a one-step call, bit for bit (inductor contracts no multiply-add, so a
+    2K = 12 steps run as a compiled call of 8 and one of 4, the halves as one call of 6 each: a step inside a
+    longer compiled call is the step of a shorter call, bit for bit (inductor contracts no multiply-add, so a
     fused operation rounds as an unfused one).
     """
     for sampler in (SAMPLERS["langevin"], PSGLD(step_size=0.005), Langevin(step_size=0.05, metropolis=True)):

@@ -29,9 +29,9 @@ MMD_TOLERANCE = 1e-4  # MMD², printed to four
 
 
 #: the demo's runs (python -m anila_core demo): Langevin and AniLA at their best, then both at ε = 0.05
-DEMO_FOLDERS = ["langevin", "anila", "langevin-eps0.05", "anila-eps0.05"]
+DEMO_FOLDERS = ["langevin", "anila", "langevin-eps0.05", "anila-eps0.05-b3"]
 #: those that trained (Langevin at ε = 0.05 diverged: its folder holds where and why, no weights)
-TRAINED_DEMO_FOLDERS = ["langevin", "anila", "anila-eps0.05"]
+TRAINED_DEMO_FOLDERS = ["langevin", "anila", "anila-eps0.05-b3"]
 
 
 def test_the_shipped_runs_are_there_complete_and_small():
@@ -62,7 +62,7 @@ def test_they_load_through_the_weights_only_loader(monkeypatch):
     monkeypatch.setattr(torch, "load", recording)
     trainers = shipped.load_runs(shipped.RINGS_DEMO, device="cpu")
     # the labels say each run's ε (and b), so that the figures tell the four apart; the diverged run has no weights
-    assert list(trainers) == ["Langevin ε = 0.01", "AniLA ε = 0.02, b = 3", "AniLA ε = 0.05, b = 3"]
+    assert list(trainers) == ["Langevin ε = 0.01", "AniLA ε = 0.005, b = 10", "AniLA ε = 0.05, b = 3"]
     assert list(shipped.diverged_runs(shipped.RINGS_DEMO)) == ["Langevin ε = 0.05"]
     assert seen and all(flag is True for flag in seen)
     with pytest.raises(ValueError, match=r"names: \['langevin-eps0.05'\] diverged"):
@@ -149,9 +149,9 @@ def test_the_trained_panel_samples_the_shipped_clipping_anila_run_by_default():
     panel = trained_model_panel(n_chains=100)
     config = runs.TrainConfig.from_dict(json.loads((shipped.RINGS_DEMO / "anila" / "config.json").read_text()))
     final = json.loads((shipped.RINGS_DEMO / "anila" / "final.json").read_text())
-    assert final["clipped_share"] > 0.05  # the demo's AniLA (ε = 0.02, b = 3) clips: not Langevin's chain
+    assert final["clipped_share"] > 0.02  # the demo's AniLA (ε = 0.005, b = 10) clips a few per cent: its own chain
     assert panel.b_slider.value == pytest.approx(config.b, rel=0.05)  # a log slider rounds to its steps
-    assert panel.k_slider.value == config.n_steps and "AniLA ε = 0.02, b = 3" in panel.name
+    assert panel.k_slider.value == config.n_steps and "AniLA ε = 0.005, b = 10" in panel.name
     before = panel.readout.value
     panel.b_slider.value = 0.1
     assert panel.readout.value != before and panel.result["params"]["b"] == pytest.approx(0.1)
@@ -190,12 +190,23 @@ def _study_cell(config: dict) -> dict:
     return json.loads((ROOT / "docs" / "study" / "rings" / "cells" / f"{cell_id(cell)}.json").read_text())
 
 
+#: demo runs trained on another CPU than their study cell: the AniLA at its best (Intel Xeon; its cell: AMD EPYC).
+#: The other three and their cells ran on one machine, in one session each, and are compared bit for bit.
+OTHER_CPU_THAN_ITS_CELL = {"anila"}
+#: how far a run retrained on another CPU landed from its cell: float32 rounding of another vector ISA, carried
+#: through 2000 iterations of training. Measured for the AniLA run (same code, Intel against AMD): grid TV 0.0014,
+#: its sampler's TV 0.0016, KL 0.020, MMD² 4e-5, best grid TV 2e-4 apart. The bounds leave room for another pair
+#: of CPUs and stay well below the seeds' spread (sd 0.052 in final grid TV over this setting's 10 seeds); the
+#: settings and the seed are compared exactly, above them.
+ACROSS_CPUS = {"grid_tv": 0.01, "sampler_grid_tv": 0.01, "grid_kl": 0.1, "mmd": 5e-4}
+
+
 @pytest.mark.parametrize("name", DEMO_FOLDERS)
 def test_a_demo_run_is_the_rings_studys_seed_0_cell_of_its_setting(name):
     # The demo (compare at the sweep preset, seed 0) and the study's cell (sweep.run_cell) ran the same configuration
-    # through the same trainer, on the same CPU, one thread each; the run's checkpoint, written only at its end
-    # (checkpoint_every = iters), draws no random numbers. So their numbers are the same floats and are compared
-    # exactly, file against file (on another CPU both are still these files).
+    # through the same trainer, one thread each; the run's checkpoint, written only at its end
+    # (checkpoint_every = iters), draws no random numbers. On one CPU their numbers are the same floats and are
+    # compared exactly, file against file (on another CPU both are still these files).
     from anila_core.study.grid import STUDIES, cell_config, study_base
 
     folder = shipped.RINGS_DEMO / name
@@ -205,11 +216,17 @@ def test_a_demo_run_is_the_rings_studys_seed_0_cell_of_its_setting(name):
     assert cell_config(study_base(STUDIES["rings"]), cell).with_fixed_schedule().to_dict() == config
     final = json.loads((folder / "final.json").read_text())
     assert bool(final.get("diverged")) == cell["diverged"]
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     if cell["diverged"]:
         assert (final["diverged_at"], final["cause"]) == (cell["diverged_at"], cell["cause"])
-    else:
+    if name in OTHER_CPU_THAN_ITS_CELL:
+        for k in FINAL_MEASURES:
+            assert final[k] == pytest.approx(cell["final"][k], abs=ACROSS_CPUS[k]), k
+        assert final["best_grid_tv"] == pytest.approx(cell["best_grid_tv"], abs=ACROSS_CPUS["grid_tv"])
+        assert [r["iter"] for r in rows] == [r["iter"] for r in cell["history"]]
+        return
+    if not cell["diverged"]:
         assert {k: final[k] for k in FINAL_MEASURES} == {k: cell["final"][k] for k in FINAL_MEASURES}
         assert final["best_grid_tv"] == cell["best_grid_tv"]
     # every evaluation along the way, too (a diverged run's up to where it stopped)
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [(r["iter"], r["grid_tv"]) for r in rows] == [(r["iter"], r["grid_tv"]) for r in cell["history"]]
