@@ -183,9 +183,8 @@ class Sampler:
         t = 0
         with context:
             while t < evaluated:
-                # whole calls of per_call steps, then the rest in one call: two call lengths per run, so at most
-                # two compiles for a run's length. Not the rest one step at a time: a compiled call's first step
-                # costs more than the others (measured: a one-step call took 1.5x a step of an eight-step call)
+                # whole calls of per_call steps, then the rest in one call (two compiles per run length), not one
+                # at a time: a compiled call's first step costs more (a one-step call: 1.5x a step of eight)
                 n = min(per_call, evaluated - t)
                 noises, us = self._draws(n, state.x, generator)
                 state, watch, info = steps(energy_fn, state, watch, noises, us)
