@@ -76,7 +76,7 @@ def add_parsers(sub, presets: str) -> None:
         "demo",
         help="the headless demo on the rings: the rings study's seed-0 cells at its preset (sweep): Langevin at "
         "its best (ε = 0.01), AniLA at its best (ε = 0.005, b = 10, clipping a few per cent), and both at ε = 0.05, "
-        "where Langevin diverges and AniLA at b = 3 trains; about 10 min of CPU",
+        "where Langevin diverges and AniLA at b = 3 trains; a few minutes on 2 cores",
     )
     demo.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="folder for the comparison (default runs/demo)"
