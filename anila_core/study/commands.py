@@ -396,7 +396,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         w = entry["best"]
         steps = ", ".join(f"{s:g}" for s in entry["stable_step_sizes"]) or "none"
         if w is None:
-            print(f"  {entry['kind']:>13}: no setting stable for every seed")
+            print(f"  {entry['kind']:>13}: every seed of its settings diverged")
             continue
         key = quality_key(summary)
         b = "" if w["b"] is None else f", b={w['b']:g}"

@@ -176,7 +176,7 @@ def plot_quality_vs_budget(summary: dict, axes=None):
             ax.text(
                 0.5,
                 0.5,
-                "no setting stable for every seed\n(or no CPU time recorded)",
+                "every seed diverged\n(or no CPU time recorded)",
                 ha="center",
                 va="center",
                 transform=ax.transAxes,

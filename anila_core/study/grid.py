@@ -325,8 +325,8 @@ STUDIES: dict[str, Study] = {
         version=2,
     ),
     # The rings at the 'paper' preset as shipped (short-run chains from uniform noise, K = 100,
-    # Adam 1e-4, 20 000 iterations): each sampler at its preset setting, 3 seeds (about 22 minutes
-    # per run, two at a time on 2 cores).
+    # Adam 1e-4, 20 000 iterations): each sampler at its preset setting, 3 seeds (22 minutes per run
+    # on an Intel Xeon, 33 on an AMD EPYC, two at a time on 2 cores: the cells' own records).
     "rings_paper": Study(
         description="rings toy, 'paper' preset as shipped (20 000 iterations, K = 100, short-run chains)",
         preset="paper",

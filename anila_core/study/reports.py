@@ -166,7 +166,7 @@ def markdown_report(summary: dict) -> str:
         w = entry["best"]
         steps = ", ".join(number_text(s) for s in entry["stable_step_sizes"]) or "none"
         if w is None:
-            lines.append(f"| {entry['kind']} | — | — | — | — | no setting stable for every seed | {steps} |")
+            lines.append(f"| {entry['kind']} | — | — | — | — | every seed diverged | {steps} |")
         else:
             lines.append(
                 f"| {entry['kind']} | {number_text(w['step_size'])} | {_other_settings(w)} | {_steps_text(w)} "
@@ -303,7 +303,7 @@ def _tuning_section(summary: dict, rows: list[dict]) -> list[str]:
             ]
         lines.append(
             f"| {kind} | {len(mine)} | {', '.join(number_text(v) for v in values['ε'])} | {other or '—'} | "
-            f"{setting_text(winner) if winner else 'none stable for every seed'} | {', '.join(edges) or '—'} "
+            f"{setting_text(winner) if winner else 'none: every seed diverged'} | {', '.join(edges) or '—'} "
             f"|"
         )
     return lines

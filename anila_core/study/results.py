@@ -265,18 +265,29 @@ def main_slice(rows: list[dict]) -> tuple[int, str]:
 
 
 def best_settings(summary: dict) -> list[dict]:
-    """Per sampler, its best setting (lowest mean final quality among settings stable for every seed) and its stable
-    step sizes."""
-    key = quality_key(summary)
+    """Per sampler, its best setting on the main slice and the step sizes at which that setting is stable for every
+    seed.
+
+    The best is the setting the verdicts rest on (:func:`verdict_settings`: the most seeds
+    stable, then the lowest mean, over the search seeds; an AniLA form among its settings that
+    clip), reported over all its seeds, so the table of best settings and the verdicts name
+    the same settings. ``best`` is ``None`` when every seed of the sampler's settings on the main
+    slice diverged.
+    """
     rows = summarize(summary)
     budget, chains = main_slice(rows)
+    chosen = _chosen(summary)
     best = []
     for kind in KINDS:
         mine = [r for r in rows if r["kind"] == kind and r["gradients"] == budget and r["chains"] == chains]
         if not mine:
             continue
-        stable = [r for r in mine if r["stable_share"] == 1 and key in r]
-        winner = min(stable, key=lambda r: r[key]) if stable else None
+        winner = chosen["main"].get(kind)
+        rule = chosen["paper_rule"]
+        if winner is None and rule is not None and any(setting_key(r) == setting_key(rule) for r in mine):
+            winner = rule  # the paper's rule is this sampler's only setting here (the rings_paper study's AniLA)
+        if winner is not None and quality_key(summary) not in winner:  # no seed of any setting finished
+            winner = None
         # the step sizes at which the best setting's b (leapfrogs, damping) is stable for every seed: pooling every b
         # would call a step size stable where only one threshold was
         steps = sorted(
@@ -394,6 +405,13 @@ def verdict_settings(summary: dict) -> list[dict]:
     almost nothing runs Langevin's chain: no comparison); the paper's rule (AniLA at ε = 1 on a
     2-D target) is a verdict of its own.
     """
+    chosen = _chosen(summary)
+    return list(chosen["main"].values()) + ([chosen["paper_rule"]] if chosen["paper_rule"] is not None else [])
+
+
+def _chosen(summary: dict) -> dict:
+    """``{"main": {kind: best row}, "paper_rule": best row or None}``, chosen as :func:`verdict_settings` says and
+    returned over all their seeds."""
     key = quality_key(summary)
     seeds = set(search_seeds(summary))
     rows = summarize({**summary, "cells": [r for r in summary["cells"] if r["seed"] in seeds]})
@@ -403,7 +421,8 @@ def verdict_settings(summary: dict) -> list[dict]:
         return min(candidates, key=lambda r: (-r["stable_share"], r.get(key, math.inf)), default=None)
 
     paper_rule = [r for r in rows if r["kind"] == "anila" and r["step_size"] == 1.0] if key == "grid_tv" else []
-    chosen = []
+    everything = {setting_key(r): r for r in summarize(summary)}  # the chosen settings over all their seeds
+    main = {}
     for kind in KINDS:
         mine = [
             r
@@ -413,11 +432,9 @@ def verdict_settings(summary: dict) -> list[dict]:
         if uses_b(kind):
             mine = [r for r in mine if (r["clipped_share"] or 0) > CLIPPING_SHARE] or mine
         if best(mine) is not None:
-            chosen.append(best(mine))
-    if best(paper_rule) is not None:
-        chosen.append(best(paper_rule))
-    everything = {setting_key(r): r for r in summarize(summary)}  # the chosen settings over all their seeds
-    return [everything[setting_key(r)] for r in chosen]
+            main[kind] = everything[setting_key(best(mine))]
+    top = best(paper_rule)
+    return {"main": main, "paper_rule": None if top is None else everything[setting_key(top)]}
 
 
 def verdict_cells(summary: dict, seeds: Sequence[int]) -> list[dict]:

@@ -161,8 +161,24 @@ def test_hmc_cells_join_the_slice_of_equal_gradients_per_iteration():
     }
     assert main_slice(rows) == (20, "buffer")
     best = {e["kind"]: e["best"] for e in best_settings(TWO)}
-    assert best["hmc"]["step_size"] == 0.1 and best["anila"]["b"] == 30.0
+    # AniLA's best is among the settings that clip: b = 30 clips nothing here, which is Langevin's chain
+    assert best["hmc"]["step_size"] == 0.1 and best["anila"]["b"] == 3.0
     assert "| hmc | 0.1 | — | 4×5 | buffer |" in markdown_report(TWO)
+
+
+def test_best_table_names_the_verdicts_setting_when_verdict_seeds_move_its_mean():
+    """Chosen on the search seeds (those every setting ran), reported over all seeds: the table of best settings and
+    the verdicts' reference are one setting, even where the verdict seeds raised its mean above another's."""
+    cells = [_two_density_cell("langevin", 0.01, None, s, 0.20, 0.20, None) for s in (0, 1, 2)]
+    cells += [_two_density_cell("langevin", 0.01, None, s, 0.40, 0.40, None) for s in (3, 4, 5)]  # verdict seeds
+    cells += [_two_density_cell("langevin", 0.005, None, s, 0.25, 0.25, None) for s in (0, 1, 2)]
+    summary = {**TWO, "cells": cells}
+    best = {e["kind"]: e["best"] for e in best_settings(summary)}
+    assert best["langevin"]["step_size"] == 0.01 and best["langevin"]["grid_tv"] == pytest.approx(0.30)
+    assert [r["step_size"] for r in verdict_settings(summary)] == [0.01]
+    text = markdown_report(summary)
+    assert "| langevin | 0.01 | — | 20 | buffer | 0.300 ± 0.110 |" in text
+    assert "Langevin at its best (ε=0.01, K=20, buffer)" in text
 
 
 def test_report_counts_which_density_training_fitted():
