@@ -154,6 +154,9 @@ def markdown_report(summary: dict) -> str:
         ),
         "## Best setting per sampler",
         "",
+        "The setting each sampler's verdict rests on (chosen on the search seeds, as the verdicts below say), its "
+        "mean ± sd over all its seeds.",
+        "",
     ]
     best = best_settings(summary)
     metric = QUALITY_LABELS[key]
