@@ -9,6 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
+from anila_core.device import processor_name
 from anila_core.fileio import atomic_torch_save, atomic_write_json
 from anila_core.processes import torch_threads
 from anila_core.study.grid import CELL_FIELDS, cell_config, cell_id, gradients_per_iteration
@@ -218,6 +219,7 @@ def _result(trainer, config: TrainConfig, cell: dict, diverged: dict | None, clo
         "iters": trainer.iteration,
         "wall_s": round(clock.wall_s(), 2),
         "load_avg": _load_average(),
+        "cpu": processor_name(),  # a resumed study's cells may run on several machines: the report counts them
         "gradients_per_iter": gradients_per_iteration(config),
         "history": [_fields(r, HISTORY_FIELDS) for r in history],
     }

@@ -107,6 +107,22 @@ def _load_text(summary: dict) -> str:
     )
 
 
+def _cpu_text(summary: dict) -> str:
+    """Where the cells ran: the CPUs their records name, with counts (a resumed study may have used several)."""
+    machine = summary["machine"]
+    written = (
+        f"sweep.json written on {machine.get('cpus')} CPUs"
+        f"{' (' + machine['processor'] + ')' if machine.get('processor') else ''}, torch {machine.get('torch')}"
+    )
+    cpus: dict[str, int] = {}
+    for c in summary["cells"]:
+        name = c.get("cpu") or "not recorded"
+        cpus[name] = cpus.get(name, 0) + 1
+    if set(cpus) == {"not recorded"}:
+        return f"{written}; the cells did not record their CPU (a resumed study's may have run elsewhere)."
+    return f"{written}; the cells ran on: " + ", ".join(f"{k} ({n})" for k, n in sorted(cpus.items())) + "."
+
+
 def markdown_report(summary: dict) -> str:
     """The study as markdown: how it was run, the best setting per sampler, then every setting."""
     key = quality_key(summary)
@@ -120,9 +136,7 @@ def markdown_report(summary: dict) -> str:
         f"{len(summary['cells'])} training runs on **{base.get('dataset') or base['target']}**, {base['iters']} "
         f"iterations each (batch {base['batch_size']}, Adam {base['lr']:g}, {base['lr_schedule']} schedule); seeds "
         f"pooled per setting (mean ± sd over the seeds that finished). Date {summary.get('date')}, "
-        f"{summary['machine'].get('cpus')} "
-        f"CPUs{' (' + summary['machine']['processor'] + ')' if summary['machine'].get('processor') else ''}, torch "
-        f"{summary['machine'].get('torch')}.{_load_text(summary)}",
+        f"{_cpu_text(summary)}{_load_text(summary)}",
         "",
         f"Command: `{summary.get('command') or 'python -m anila_core sweep ...'}`",
         "",

@@ -271,12 +271,14 @@ def _run_sweep(
         finally:
             bar.close()
     results = [known[i] for i in plan["cells"] if i in known]
+    # collecting finished cells again (on another machine, another day) must not relabel where and when they ran
+    last = None if todo else _written_by_version(out, version)
     summary = {
         "study": study,
         "version": version,
         "command": command,
-        "date": datetime.date.today().isoformat(),
-        "machine": _machine(),
+        "date": last["date"] if last and "date" in last else datetime.date.today().isoformat(),
+        "machine": last["machine"] if last and "machine" in last else _machine(),
         "base": base.to_dict(),
         "unstable_tv": UNSTABLE_TV,
         "cells": results,
@@ -290,15 +292,20 @@ def _run_sweep(
     return summary
 
 
-def _product_formula_of_version(out: Path, version: int) -> list[dict] | None:
-    """The product formula's measured errors in ``out``'s sweep.json when it was written by this design ``version``,
-    else None."""
+def _written_by_version(out: Path, version: int) -> dict | None:
+    """``out``'s sweep.json when this design ``version`` wrote it, else None."""
     path = out / "sweep.json"
     if not path.exists():
         return None
     written = read_sweep_file(path, "the sweep.json a sweep wrote", f"delete {path}: a rerun writes it again")
-    mine = isinstance(written, dict) and written.get("version", 1) == version
-    return written.get("product_formula") if mine else None
+    return written if isinstance(written, dict) and written.get("version", 1) == version else None
+
+
+def _product_formula_of_version(out: Path, version: int) -> list[dict] | None:
+    """The product formula's measured errors in ``out``'s sweep.json when it was written by this design ``version``,
+    else None."""
+    written = _written_by_version(out, version)
+    return None if written is None else written.get("product_formula")
 
 
 def product_formula_errors(

@@ -32,6 +32,7 @@ CELL_KEYS = {
     "iters",
     "wall_s",
     "load_avg",
+    "cpu",
     "gradients_per_iter",
     "history",
     "final",

@@ -258,6 +258,25 @@ def test_tiny_sweep_end_to_end_parallel_and_resumable(tmp_path, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in cells} == stamps
 
 
+def test_cells_record_their_cpu_and_collecting_again_keeps_where_they_ran(tmp_path):
+    from anila_core.device import processor_name
+
+    cells = Grid(kinds=("langevin",), step_sizes=(0.01,), n_steps=(2,), seeds=(0,)).cells()
+    first = run_sweep(tmp_path, cells, tiny_base(), jobs=1, progress=False)
+    assert first["cells"][0]["cpu"] == processor_name()
+    assert f"the cells ran on: {processor_name()} (1)." in (tmp_path / "sweep.md").read_text()
+    # the summary as if another machine had run the cells on another day; collecting them here changes neither
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    saved["machine"]["processor"], saved["date"] = "Elsewhere CPU", "2000-01-01"
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    again = run_sweep(tmp_path, cells, tiny_base(), jobs=1, progress=False)
+    assert again["machine"]["processor"] == "Elsewhere CPU" and again["date"] == "2000-01-01"
+    assert "sweep.json written on" in (tmp_path / "sweep.md").read_text()
+    # a cell without the record (written before cells kept it) is counted as such
+    old = {**again, "cells": [{k: v for k, v in c.items() if k != "cpu"} for c in again["cells"]]}
+    assert "the cells did not record their CPU" in markdown_report(old)
+
+
 def test_a_diverged_cell_is_a_result(tmp_path):
     base = tiny_base(max_energy_gap=1e-12)  # the guard trips at the first iteration
     cell = dict(kind="langevin", step_size=0.01, b=None, n_steps=5, chains="buffer", seed=0)
