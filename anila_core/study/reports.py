@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from typing import Sequence
 
 from anila_core.study.grid import KINDS, number_text, uses_b
@@ -114,10 +115,7 @@ def _cpu_text(summary: dict) -> str:
         f"sweep.json written on {machine.get('cpus')} CPUs"
         f"{' (' + machine['processor'] + ')' if machine.get('processor') else ''}, torch {machine.get('torch')}"
     )
-    cpus: dict[str, int] = {}
-    for c in summary["cells"]:
-        name = c.get("cpu") or "not recorded"
-        cpus[name] = cpus.get(name, 0) + 1
+    cpus = Counter(c.get("cpu") or "not recorded" for c in summary["cells"])
     if set(cpus) == {"not recorded"}:
         return f"{written}; the cells did not record their CPU (a resumed study's may have run elsewhere)."
     return f"{written}; the cells ran on: " + ", ".join(f"{k} ({n})" for k, n in sorted(cpus.items())) + "."

@@ -274,6 +274,7 @@ def best_settings(summary: dict) -> list[dict]:
     the same settings. ``best`` is ``None`` when every seed of the sampler's settings on the main
     slice diverged.
     """
+    key = quality_key(summary)
     rows = summarize(summary)
     budget, chains = main_slice(rows)
     chosen = _chosen(summary)
@@ -286,7 +287,7 @@ def best_settings(summary: dict) -> list[dict]:
         rule = chosen["paper_rule"]
         if winner is None and rule is not None and any(setting_key(r) == setting_key(rule) for r in mine):
             winner = rule  # the paper's rule is this sampler's only setting here (the rings_paper study's AniLA)
-        if winner is not None and quality_key(summary) not in winner:  # no seed of any setting finished
+        if winner is not None and key not in winner:  # no seed of any setting finished
             winner = None
         # the step sizes at which the best setting's b (leapfrogs, damping) is stable for every seed: pooling every b
         # would call a step size stable where only one threshold was

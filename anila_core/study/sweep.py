@@ -271,8 +271,9 @@ def _run_sweep(
         finally:
             bar.close()
     results = [known[i] for i in plan["cells"] if i in known]
+    written = _written_by_version(out, version)  # read once: where and when it ran, the product formula's errors
     # collecting finished cells again (on another machine, another day) must not relabel where and when they ran
-    last = None if todo else _written_by_version(out, version)
+    last = None if todo else written
     summary = {
         "study": study,
         "version": version,
@@ -284,7 +285,7 @@ def _run_sweep(
         "cells": results,
     }
     if product_formula_bs:  # measured once per design (a minute), then kept in sweep.json across reruns
-        kept = _product_formula_of_version(out, version)
+        kept = written and written.get("product_formula")
         summary["product_formula"] = kept or product_formula_errors(base, product_formula_bs)
     verify()  # the folder's lock is still this sweep's (not deleted or replaced meanwhile): LockLost otherwise
     atomic_write_json(out / "sweep.json", summary)
@@ -299,13 +300,6 @@ def _written_by_version(out: Path, version: int) -> dict | None:
         return None
     written = read_sweep_file(path, "the sweep.json a sweep wrote", f"delete {path}: a rerun writes it again")
     return written if isinstance(written, dict) and written.get("version", 1) == version else None
-
-
-def _product_formula_of_version(out: Path, version: int) -> list[dict] | None:
-    """The product formula's measured errors in ``out``'s sweep.json when it was written by this design ``version``,
-    else None."""
-    written = _written_by_version(out, version)
-    return None if written is None else written.get("product_formula")
 
 
 def product_formula_errors(

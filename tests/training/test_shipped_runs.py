@@ -218,11 +218,11 @@ def test_a_demo_run_is_the_rings_studys_seed_0_cell_of_its_setting(name):
     assert bool(final.get("diverged")) == cell["diverged"]
     if cell["diverged"]:
         assert (final["diverged_at"], final["cause"]) == (cell["diverged_at"], cell["cause"])
+    across = name in OTHER_CPU_THAN_ITS_CELL
 
     def agree(ours, theirs, measure):  # the same floats on one CPU; within ACROSS_CPUS across two
         return ours == pytest.approx(theirs, abs=ACROSS_CPUS[measure]) if across else ours == theirs
 
-    across = name in OTHER_CPU_THAN_ITS_CELL
     if not cell["diverged"]:
         for k in FINAL_MEASURES:
             assert agree(final[k], cell["final"][k], k), k
