@@ -22,10 +22,12 @@ and the length of a call (8, or the few left at the end of a run) changes nothin
 
 On a CPU the compiled graph is the sampler's arithmetic with three exact rewrites of
 :mod:`~anila_core.sampling.graph_rewrites` (the sigmoid computed once, thin products and
-biases fused into the elementwise kernels), which change float rounding only; no weight is
-re-laid in memory and the user's module is not touched. Its code is generated for the vector
-ISA this process runs (``ATEN_CPU_CAPABILITY`` picks ``default``, ``avx2`` or ``avx512``), and
-inductor's disk cache keeps the code of each ISA apart (:func:`cpu_codegen_options`).
+biases fused into the elementwise kernels), which change float rounding only, and its float32
+exponentials are ATen's ``exp_u20`` (:mod:`~anila_core.sampling.vector_exp`: at most 20 ulp
+instead of Sleef's 1); no weight is re-laid in memory and the user's module is not touched.
+Its code is generated for the vector ISA this process runs (``ATEN_CPU_CAPABILITY`` picks
+``default``, ``avx2`` or ``avx512``), and inductor's disk cache keeps the code of each ISA apart
+(:func:`cpu_codegen_options`).
 
 Compiled calls are cached per (sampler type and hyperparameters, energy, input shape, dtype,
 device, steps per call), so the compile (seconds to tens of seconds for each of a run's two
@@ -48,7 +50,7 @@ from typing import Callable
 
 import torch
 
-from anila_core.sampling import graph_rewrites
+from anila_core.sampling import graph_rewrites, vector_exp
 from anila_core.sampling.kernel import EnergyFn
 
 __all__ = [
@@ -183,6 +185,9 @@ class FastStep:
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
                 out = _cloned(self.compiled(*args))  # a CUDA graph's outputs are overwritten by its next replay
+            elif self.mode == "cpu":  # inductor writes the code inside the call, on its first and on a recompile
+                with vector_exp.cheaper_exponential():
+                    out = self.compiled(*args)
             else:
                 out = self.compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly

@@ -161,7 +161,8 @@ def _make_pass():
         return None
 
     class CpuStepRewrites(CustomGraphPass):
-        """The rewrites as inductor's last post-grad pass; its cache key is this file's hash."""
+        """The rewrites as inductor's last post-grad pass; its cache key: this file's and vector_exp's hash, and which
+        exponential the code is written with."""
 
         def __call__(self, graph: torch.fx.Graph) -> None:
             _rewrite_products(graph)
@@ -169,8 +170,10 @@ def _make_pass():
             graph.eliminate_dead_code()
             graph.lint()
 
-        def uuid(self):
-            return get_hash_for_files((__file__,))
+        def uuid(self):  # the exponential the code is written with (vector_exp) is part of what it computes
+            from anila_core.sampling import vector_exp
+
+            return get_hash_for_files((__file__, vector_exp.__file__)), vector_exp.in_use()
 
     return CpuStepRewrites()
 

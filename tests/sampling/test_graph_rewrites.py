@@ -90,8 +90,17 @@ def test_silu_without_its_derivative_is_left_as_traced():
     assert "aten.div.Tensor" in targets(gm) and "aten.sigmoid.default" not in targets(gm)
 
 
-def test_the_pass_has_a_cache_key_of_its_own_source():
-    """Inductor's graph cache keys on the pass's uuid: a change to this file must not be served an old graph."""
+def test_the_pass_has_a_cache_key_of_its_own_source_and_the_exponentials():
+    """Inductor's graph cache keys on the pass's uuid: a change to this file, or to the exponential the code is written
+    with (vector_exp), must not be served an old graph."""
     from torch._inductor.custom_graph_pass import get_hash_for_files
 
-    assert rewrites._PASS.uuid() == get_hash_for_files((rewrites.__file__,))
+    from anila_core.sampling import vector_exp
+
+    files = get_hash_for_files((rewrites.__file__, vector_exp.__file__))
+    assert rewrites._PASS.uuid() == (files, vector_exp.in_use())
+    try:
+        vector_exp.use_exp_u20 = False
+        assert rewrites._PASS.uuid() == (files, False)
+    finally:
+        vector_exp.use_exp_u20 = True
