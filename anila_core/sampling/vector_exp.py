@@ -26,19 +26,31 @@ The switch is inductor's code generator's table of vector operations, changed fo
 of a compiled step's call (where inductor generates its code, on the first call and on a
 recompile) and restored after. While it lasts it is the process's: a compile in another thread
 at that moment would be written with it too. :data:`AVAILABLE` is ``False`` where this torch's
-code generator has no such table, and compiled steps then keep Sleef's exponential, as they do
-after ``vector_exp.use_exp_u20 = False``. The compiled graph's cache key holds this file's hash
-and :func:`in_use` (:mod:`~anila_core.sampling.graph_rewrites`), so code written with one
-exponential is not served to a compile that asked for the other.
+code generator has no such table or its vector headers no ``exp_u20``, and compiled steps then
+keep Sleef's exponential, as they do after ``vector_exp.use_exp_u20 = False``. The compiled
+graph's cache key holds this file's hash and :func:`in_use`
+(:mod:`~anila_core.sampling.graph_rewrites`), so code written with one exponential is not served
+to a compile that asked for the other.
 """
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import torch
 
 __all__ = ["AVAILABLE", "use_exp_u20", "in_use", "cheaper_exponential"]
+
+
+def _headers_declare_exp_u20() -> bool:
+    """Whether the vector headers inductor's code is built against declare ``exp_u20`` for one vector and for several
+    (an older torch's may not: its code would then fail to build, and the step run eagerly)."""
+    folder = Path(torch.__file__).parent / "include" / "ATen" / "cpu" / "vec"
+    try:
+        return all("exp_u20" in (folder / name).read_text(errors="replace") for name in ("vec_base.h", "vec_n.h"))
+    except OSError:
+        return False
 
 
 def _vector_table():
@@ -49,6 +61,8 @@ def _vector_table():
         return None
     own = vars(CppVecOverrides)
     if not all(isinstance(own.get(name), staticmethod) for name in ("exp", "sigmoid")):
+        return None
+    if not _headers_declare_exp_u20():
         return None
     return CppVecOverrides, own["exp"], own["sigmoid"]
 

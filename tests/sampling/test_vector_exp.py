@@ -81,3 +81,20 @@ def test_the_block_puts_inductors_own_operations_back_even_after_an_error():
         with vector_exp.cheaper_exponential():
             raise RuntimeError("inside")
     assert vars(CppVecOverrides)["exp"] is own["exp"] and vars(CppVecOverrides)["sigmoid"] is own["sigmoid"]
+
+
+def test_a_torch_whose_vector_headers_lack_exp_u20_keeps_sleefs(monkeypatch, tmp_path):
+    """Code calling exp_u20 against headers without it would not build (and the step would run eagerly): such a torch
+    is told apart before any compile, and nothing is swapped."""
+    from torch._inductor.codegen.cpp import CppVecOverrides
+
+    (tmp_path / "include" / "ATen" / "cpu" / "vec").mkdir(parents=True)
+    for name in ("vec_base.h", "vec_n.h"):
+        (tmp_path / "include" / "ATen" / "cpu" / "vec" / name).write_text("Vectorized<T> exp() const;\n")
+    monkeypatch.setattr(torch, "__file__", str(tmp_path / "__init__.py"))
+    assert vector_exp._headers_declare_exp_u20() is False and vector_exp._vector_table() is None
+    monkeypatch.setattr(vector_exp, "AVAILABLE", False)
+    own = dict(vars(CppVecOverrides))
+    with vector_exp.cheaper_exponential():
+        assert vars(CppVecOverrides)["exp"] is own["exp"]
+    assert not vector_exp.in_use()
