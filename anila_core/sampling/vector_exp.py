@@ -94,10 +94,12 @@ _SIGMOID = (
 
 
 def exp(x):  # named as the operation it replaces: inductor finds its scalar twin by this name
+    """The C++ of a vector ``exp(x)``: ``exp_u20`` for float32, inductor's own otherwise."""
     return _EXP.format(x=x) if _is_float32(x) else _TABLE[1].__func__(x)
 
 
 def sigmoid(x):
+    """The C++ of a vector ``sigmoid(x)``: ``1 / (1 + exp_u20(−x))`` for float32, inductor's own otherwise."""
     return _SIGMOID.format(x=x) if _is_float32(x) else _TABLE[2].__func__(x)
 
 
