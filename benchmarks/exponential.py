@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samplers", nargs="+", choices=sorted(SAMPLERS), default=list(SAMPLERS))
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
+    if args.reps < 2:
+        parser.error(f"--reps: expected at least 2 (a median and its quartiles), got {args.reps}")
     if not vector_exp.AVAILABLE:
         sys.exit("exponential.py: this torch's inductor has no vector operation table; compiled steps use Sleef's exp")
     torch.set_num_threads(1)
