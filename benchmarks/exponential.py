@@ -2,9 +2,10 @@
 
 Each sampler is compiled twice in this one process, for two copies of one MLP (same weights, so
 separate compiled steps): once with ``anila_core.sampling.vector_exp.use_exp_u20`` off, once on.
-Every repetition then times both, in turns, on this process's CPU clock (one torch thread): the
-steady cost per transition, ``(t(69) − t(5)) / 64``, and the benchmark table's marginal cost at
-K = 20, ``(t(20) − t(1)) / 19``. The ratio and the difference are taken within each repetition
+Every repetition then times both, in turns (the bench's ``interleaved``), on this process's CPU
+clock (one torch thread), each as the bench's marginal cost ``(t(K) − t(1)) / (K − 1)``: the
+steady cost per transition at K = 65 (eight compiled calls of eight) and the transition table's
+K = 20. The ratio and the difference are taken within each repetition
 (paired) before the median, so a slow minute of a shared machine slows both sides alike. Beside
 the times, what each costs in accuracy: the largest |compiled − eager| of a 40-step chain.
 
@@ -31,7 +32,7 @@ from anila_core.sampling import vector_exp
 from anila_core.sampling.samplers import AniLA, Langevin
 
 # the benchmark's other modules, found beside this script (its folder is the first entry of sys.path)
-from timing import load_average
+from timing import interleaved, load_average, marginal_measure
 
 SAMPLERS = {  # the rings' cpu preset's settings, as in the transition table
     "langevin": lambda: Langevin(0.01),
@@ -39,6 +40,7 @@ SAMPLERS = {  # the rings' cpu preset's settings, as in the transition table
     "anila-coordinate": lambda: AniLA(0.01, b=3.0),
 }
 VARIANTS = ("sleef", "exp_u20")
+STEADY_K = 65  # (t(65) − t(1)) / 64: eight calls of eight transitions, the steady cost
 
 
 def _clock(fn) -> float:
@@ -64,23 +66,19 @@ def measure(name: str, reps: int, batch: int = 1024, width: int = 128, depth: in
     compile_s = {}
     for variant in VARIANTS:
         vector_exp.use_exp_u20 = variant == "exp_u20"
-        try:
-            # every call length the measures use: 8 and 4 (69 and 5 steps), 3 (20), 1 (2), 7 (40)
-            compile_s[variant] = sum(_clock(lambda n=n: run(variant, n)) for n in (69, 5, 20, 2, 40))
+        try:  # every call length the measures use, compiled with this variant's exponential
+            compile_s[variant] = sum(_clock(lambda n=n: run(variant, n)) for n in (STEADY_K, 20, 2, 1, 40))
         finally:
             vector_exp.use_exp_u20 = True
     eager = run("sleef", 40, seed=1, fast=False)
     error = {v: (run(v, 40, seed=1) - eager).abs().max().item() for v in VARIANTS}
-    steady: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    k20: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for rep in range(reps):
-        for variant in VARIANTS if rep % 2 == 0 else VARIANTS[::-1]:
-            short, long = _clock(lambda: run(variant, 5)), _clock(lambda: run(variant, 69))
-            steady[variant].append((long - short) / 64 * 1e3)
-            one, twenty = _clock(lambda: run(variant, 1)), _clock(lambda: run(variant, 20))
-            k20[variant].append((twenty - one) / 19 * 1e3)
+    cpu = torch.device("cpu")
+    measures = {(v, K): marginal_measure(lambda k, v=v: run(v, k), K, cpu) for v in VARIANTS for K in (STEADY_K, 20)}
+    # taking turns, one sample of each per repetition: the i-th samples of the two exponentials are a pair
+    samples = interleaved(measures, reps, warmup=1)
 
-    def summary(times: dict[str, list[float]]) -> dict:
+    def summary(K: int) -> dict:
+        times = {v: [cpu_s * 1e3 for _, cpu_s in samples[(v, K)]] for v in VARIANTS}
         pairs = list(zip(times["sleef"], times["exp_u20"]))
         return {
             "sleef_ms": statistics.median(times["sleef"]),
@@ -92,8 +90,8 @@ def measure(name: str, reps: int, batch: int = 1024, width: int = 128, depth: in
 
     return {
         "sampler": name,
-        "steady": summary(steady),
-        "k20": summary(k20),
+        "steady": summary(STEADY_K),
+        "k20": summary(20),
         "max_abs_diff_from_eager": error,
         "compile_cpu_s": compile_s,
     }
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("| sampler | measure | Sleef exp | exp_u20 | exp_u20 / Sleef | saved ms [p25–p75] |")
     print("|---|---|---|---|---|---|")
     for row in rows:
-        for key, label in (("steady", "steady, (t(69) − t(5))/64"), ("k20", "K = 20, (t(20) − t(1))/19")):
+        for key, label in (("steady", "steady, (t(65) − t(1))/64"), ("k20", "K = 20, (t(20) − t(1))/19")):
             m = row[key]
             print(
                 f"| {row['sampler']} | {label} | {m['sleef_ms']:.3f} | {m['exp_u20_ms']:.3f} | {m['ratio']:.3f} | "

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from anila_core.sampling import vector_exp
+
 __all__ = ["THIN", "inductor_options"]
 
 #: inner or outer dimension of a matrix product at or below which it becomes elementwise work
@@ -171,8 +173,6 @@ def _make_pass():
             graph.lint()
 
         def uuid(self):  # the exponential the code is written with (vector_exp) is part of what it computes
-            from anila_core.sampling import vector_exp
-
             return get_hash_for_files((__file__, vector_exp.__file__)), vector_exp.in_use()
 
     return CpuStepRewrites()

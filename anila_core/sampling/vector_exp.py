@@ -12,7 +12,7 @@ against float64), defined for every vector ISA it builds for, AVX2, AVX-512 and 
 would write a float32 ``exp()`` or sigmoid; the scalar code (``ATEN_CPU_CAPABILITY=default``,
 loop tails) keeps ``std::exp``, and float64 keeps the 1-ulp one. Side by side on an AMD EPYC
 (``benchmarks/exponential.py``, paired within each repetition) a compiled transition of the MLP
-2-128-128-128-1 at batch 1024 took 0.909 of Sleef's time for Langevin, 0.916 for MALA and 0.936
+2-128-128-128-1 at batch 1024 took 0.915 of Sleef's time for Langevin, 0.921 for MALA and 0.911
 for AniLA (``benchmarks/exponential.json``; README, "Speed").
 
 What it changes in a chain is float rounding, a few float32 ulps in σ: a compiled chain still
